@@ -1,0 +1,60 @@
+# Courier: the two commands a newcomer needs are `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= node.yaml
+# Debian packages the tests talk to as real peers.
+PEER_PACKAGES := dcmtk orthanc
+
+.PHONY: run test venv dev peers lint typecheck pytest bench clean
+
+$(BIN)/courier: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+venv: $(BIN)/courier
+
+$(VENV)/.dev: $(BIN)/courier
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+dev: $(VENV)/.dev
+
+## make run: set up .venv and start the node on node.yaml (embedded defaults).
+run: venv
+	$(BIN)/courier serve --config $(CONFIG)
+
+## Install the test peers from Debian when we are root; otherwise say what is missing.
+peers:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(PEER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing test peers:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	  (command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432 && \
+	    pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start) || true; \
+	else \
+	  echo "not root: install $(PEER_PACKAGES) yourself for the peer tests"; \
+	fi
+
+lint: dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: dev
+	$(BIN)/mypy
+
+pytest: dev
+	$(BIN)/pytest
+
+## make test: set up, install the test peers, run lint, types and every test.
+test: dev peers lint typecheck pytest
+
+bench: dev peers
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

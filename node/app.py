@@ -1,0 +1,163 @@
+"""Composition root: build everything once at start-up, run, stop cleanly.
+
+``Node`` wires the store (engine, migrations, content store, catalog), the SCP and the
+periodic stability sweep. With ``scp.workers > 1`` the SCP runs in that many child
+processes listening on one port (SO_REUSEPORT): one Python process cannot use more
+than one core for DIMSE decoding. Recovery and migrations run once, in the parent,
+before any receiver starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.config import Config, load_config
+from scp import spool
+from scp.ingest import Ingest
+from scp.recovery import recover
+from scp.server import start_server
+from scp.stability import StabilitySweep
+from store.catalog import Catalog
+from store.content import ContentStore
+from store.db import database_url, make_engine, make_sessions, migrate
+from store.errors import StoreError
+
+log = logging.getLogger("courier.node")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """One line per event; pynetdicom only above WARNING (it is chatty, never PHI-free)."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def open_store(cfg: Config) -> tuple[Engine, sessionmaker[Session], ContentStore]:
+    """Engine (migrated), session factory and content store for ``cfg``."""
+    base = cfg.source.parent if cfg.source else Path.cwd()
+    url = database_url(cfg.store, cfg.data_dir, base)
+    engine = make_engine(
+        url, busy_timeout_s=cfg.store.busy_timeout_s, pool_size=cfg.store.pool_size
+    )
+    migrate(engine)
+    content = ContentStore(cfg.data_dir)
+    content.prepare()
+    return engine, make_sessions(engine), content
+
+
+@dataclass
+class Node:
+    """A running node; ``stop()`` ends it."""
+
+    cfg: Config
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    port: int | None = None
+
+    def run(self) -> None:
+        """Start the SCP (in-process or as workers) and sweep until stopped."""
+        engine, sessions, content = open_store(self.cfg)
+        catalog = Catalog(sessions)
+        recover(content, sessions, catalog)
+        workers = self.cfg.scp.workers
+        procs: list[Any] = []
+        server = None
+        if workers == 1:
+            server = _start_receiver(self.cfg, sessions, content, workers=1)
+            self.port = int(server.server_address[1])
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            for _ in range(workers):
+                p = ctx.Process(target=_worker_main, args=(str(self.cfg.source),), daemon=True)
+                p.start()
+                procs.append(p)
+            self.port = self.cfg.scp.port
+        log.info("node %s ready scp_port=%s workers=%d", self.cfg.node.name, self.port, workers)
+        sweep = StabilitySweep(sessions, self.cfg.scp.stable_after_s)
+        try:
+            while not self.stop_event.wait(self.cfg.scp.stability_check_s):
+                try:
+                    sweep.run()
+                except StoreError as exc:
+                    log.warning("stability sweep skipped: %s", exc)
+                for p in procs:
+                    if not p.is_alive():
+                        log.error("receiver process %d exited (%s); stopping", p.pid, p.exitcode)
+                        self.stop_event.set()
+        finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.join(10)
+            engine.dispose()
+            log.info("node stopped")
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return."""
+        self.stop_event.set()
+
+
+def _start_receiver(
+    cfg: Config, sessions: sessionmaker[Session], content: ContentStore, workers: int
+) -> Any:
+    spool.install(content.spool)
+    ingest = Ingest(content, Catalog(sessions))
+    return start_server(cfg.scp, ingest, workers=workers)
+
+
+def _worker_main(config_path: str) -> None:
+    """Entry point of one receiving process (spawned: builds its own engine)."""
+    _die_with_parent()
+    setup_logging(os.environ.get("COURIER_LOG_LEVEL", "INFO"))
+    cfg = load_config(Path(config_path))
+    base = cfg.source.parent if cfg.source else Path.cwd()
+    engine = make_engine(
+        database_url(cfg.store, cfg.data_dir, base),
+        busy_timeout_s=cfg.store.busy_timeout_s,
+        pool_size=cfg.store.pool_size,
+    )
+    content = ContentStore(cfg.data_dir)
+    server = _start_receiver(cfg, make_sessions(engine), content, workers=cfg.scp.workers)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
+    done.wait()
+    server.shutdown()
+    server.server_close()
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent dies, even by kill -9 (no orphan receivers)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() == 1:
+        os._exit(1)
+
+
+def serve(cfg: Config) -> int:
+    """``courier serve``: run until SIGTERM/SIGINT; returns the exit status."""
+    node = Node(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: node.stop())
+    signal.signal(signal.SIGINT, lambda *_: node.stop())
+    node.run()
+    return 0

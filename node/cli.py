@@ -1,0 +1,192 @@
+"""The ``courier`` command line.
+
+Every command takes ``--config PATH`` (default ``./node.yaml`` or ``$COURIER_CONFIG``);
+commands that print data take ``--json``. Exit status: 0 success, 1 not found or
+refused, 2 bad usage or invalid configuration, 3 the database is unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from node import __version__
+from node.app import open_store, serve, setup_logging
+from node.config import Config, ConfigError, config_path, load_config
+from store.catalog import guarded
+from store.errors import StoreError
+from store.models import Instance, InstanceConflict, Study
+
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", help="node.yaml to use (default ./node.yaml or $COURIER_CONFIG)"
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON")
+    p = argparse.ArgumentParser(prog="courier", description="Courier DICOM delivery node")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("serve", parents=[common], help="run the node (DICOM SCP, sweeps)")
+    sub.add_parser(
+        "check-config",
+        parents=[common, as_json],
+        help="validate node.yaml without starting anything",
+    )
+    sub.add_parser("version", parents=[as_json], help="print the version")
+    studies = sub.add_parser("studies", help="what arrived").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    ls = studies.add_parser("list", parents=[common, as_json], help="list received studies")
+    ls.add_argument("--state", choices=["receiving", "stable"])
+    ls.add_argument("--limit", type=int, default=100)
+    show = studies.add_parser("show", parents=[common, as_json], help="one study in detail")
+    show.add_argument("study_uid")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        return _print(args, {"version": __version__}, f"courier {__version__}")
+    try:
+        cfg = load_config(config_path(args.config))
+    except ConfigError as exc:
+        print(f"courier: invalid configuration:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "check-config":
+        return _print(args, {"ok": True, "config": str(cfg.source)}, f"{cfg.source}: OK")
+    try:
+        if args.command == "serve":
+            setup_logging()
+            return serve(cfg)
+        if args.command == "studies":
+            return _studies(args, cfg)
+    except StoreError as exc:
+        print(f"courier: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_USAGE
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=_json_default))
+    else:
+        print(text)
+    return EXIT_OK
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def _study_dict(st: Study) -> dict[str, Any]:
+    return {
+        "study_uid": st.study_uid,
+        "state": st.state,
+        "patient_id": st.patient_id,
+        "patient_name": st.patient_name,
+        "accession_number": st.accession_number,
+        "study_date": st.study_date,
+        "study_description": st.study_description,
+        "modalities": st.modalities,
+        "instances": st.instance_count,
+        "size_bytes": st.size_bytes,
+        "calling_ae": st.calling_ae,
+        "first_received_at": st.first_received_at,
+        "last_received_at": st.last_received_at,
+        "stable_at": st.stable_at,
+    }
+
+
+def _studies(args: argparse.Namespace, cfg: Config) -> int:
+    engine, sessions, _content = open_store(cfg)
+    try:
+        with guarded(sessions) as s:
+            if args.action == "list":
+                q = select(Study).order_by(Study.last_received_at.desc()).limit(args.limit)
+                if args.state:
+                    q = q.where(Study.state == args.state)
+                rows = [_study_dict(st) for st in s.scalars(q)]
+                lines = [
+                    f"{'STUDY UID':<64} {'STATE':<9} {'INST':>6} {'MB':>8} "
+                    f"{'FROM':<16} LAST RECEIVED"
+                ]
+                lines += [
+                    f"{r['study_uid']:<64} {r['state']:<9} {r['instances']:>6} "
+                    f"{r['size_bytes'] / 1e6:>8.1f} {r['calling_ae']:<16} "
+                    f"{r['last_received_at']:%Y-%m-%d %H:%M:%S}"
+                    for r in rows
+                ]
+                return _print(args, rows, "\n".join(lines))
+            st = s.scalars(select(Study).where(Study.study_uid == args.study_uid)).first()
+            if st is None:
+                print(
+                    f"courier: no study {args.study_uid}; see `courier studies list`",
+                    file=sys.stderr,
+                )
+                return EXIT_NOT_FOUND
+            data = _study_dict(st)
+            data["series"] = [
+                {
+                    "series_uid": se.series_uid,
+                    "modality": se.modality,
+                    "series_number": se.series_number,
+                    "description": se.series_description,
+                    "instances": se.instance_count,
+                    "size_bytes": se.size_bytes,
+                }
+                for se in st.series
+            ]
+            data["missing_files"] = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(Instance)
+                    .where(Instance.study_id == st.id, Instance.file_missing.is_(True))
+                )
+                or 0
+            )
+            data["conflicts"] = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(InstanceConflict)
+                    .where(InstanceConflict.study_uid == st.study_uid)
+                )
+                or 0
+            )
+            data["events"] = [
+                {"at": e.at, "from": e.from_state, "to": e.to_state, "reason": e.reason}
+                for e in st.events
+            ]
+            text = "\n".join(
+                [f"{k}: {v}" for k, v in data.items() if k not in ("series", "events")]
+                + ["series:"]
+                + [
+                    f"  {x['series_uid']} {x['modality']} #{x['series_number']} "
+                    f"{x['instances']} instances"
+                    for x in data["series"]
+                ]
+                + ["events:"]
+                + [
+                    f"  {e['at']:%Y-%m-%d %H:%M:%S} {e['from'] or '-'} -> {e['to']}: {e['reason']}"
+                    for e in data["events"]
+                ]
+            )
+            return _print(args, data, text)
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""node.yaml: one strict, typed schema composed of each package's settings.
+
+Unknown keys are errors; every error names the file, line, dotted key and the bad value.
+Relative paths are resolved against the directory holding the config file. Secrets
+never stand in the YAML: a setting ``x_env`` names an environment variable and
+``x_file`` a file (see :func:`read_secret`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rules.source import YamlDocument, YamlSourceError, read_yaml_file
+from scp.settings import ScpSettings
+from store.settings import StoreSettings
+
+DEFAULT_CONFIG = "node.yaml"
+
+
+class ConfigError(Exception):
+    """node.yaml is unreadable or invalid; ``str()`` lists each problem on its own line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class NodeSettings(BaseModel):
+    """The ``node:`` section: identity and where data lives."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(default="courier", min_length=1, max_length=64, pattern=r"^[\w.-]+$")
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="Received instances, spool, packages, outboxes; relative to this file.",
+    )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _not_empty(cls, v: Path) -> Path:
+        if str(v).strip() in ("", "."):
+            raise ValueError("give a folder of its own for Courier's data, e.g. ./data")
+        return v
+
+
+class Config(BaseModel):
+    """The whole of node.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    scp: ScpSettings = Field(default_factory=ScpSettings)
+
+    # Set by load_config, not by the YAML.
+    source: Path | None = Field(default=None, exclude=True)
+
+    @property
+    def data_dir(self) -> Path:
+        """Absolute data directory."""
+        base = self.source.parent if self.source is not None else Path.cwd()
+        return (base / self.node.data_dir).resolve()
+
+
+def config_path(given: str | None, environ: Mapping[str, str] = os.environ) -> Path:
+    """The config to use: ``--config``, else ``$COURIER_CONFIG``, else ``./node.yaml``."""
+    return Path(given or environ.get("COURIER_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate ``path``; raises :class:`ConfigError` listing every problem."""
+    try:
+        doc = read_yaml_file(path)
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"{path}: no such file; pass --config PATH or set COURIER_CONFIG"]
+        ) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read it: {exc.strerror}"]) from None
+    except YamlSourceError as exc:
+        raise ConfigError([str(exc)]) from None
+    data = doc.data if doc.data is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}:1:1: the top level must be a mapping of sections"])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(doc, exc)) from None
+    return cfg.model_copy(update={"source": path.resolve()})
+
+
+def _problems(doc: YamlDocument, exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function")))
+        # Drop pydantic's union-branch names (e.g. 'str', 'AllowedPeer') from the key path.
+        loc = _yaml_loc(doc, loc)
+        mark = doc.mark(loc)
+        where = f"{doc.source}:{mark[0]}:{mark[1]}" if mark else doc.source
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling against the commented node.yaml"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+        out.append(f"{where}: {key}: {msg}{shown}")
+    return out
+
+
+def _yaml_loc(doc: YamlDocument, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    kept: list[Any] = []
+    for part in loc:
+        if (*kept, part) in doc.marks or isinstance(part, int):
+            kept.append(part)
+        elif not kept or (*kept,) in doc.marks:
+            # A key pydantic names that the YAML lacks (missing or extra): keep it.
+            kept.append(part)
+    return tuple(kept)
+
+
+def read_secret(
+    name: str,
+    *,
+    env: str | None,
+    file: str | None,
+    base: Path,
+    environ: Mapping[str, str] = os.environ,
+) -> str | None:
+    """Return the secret named by ``x_env`` or ``x_file``; raises ConfigError if it is absent."""
+    if env:
+        value = environ.get(env)
+        if value is None:
+            raise ConfigError([f"{name}_env: environment variable {env} is not set"])
+        return value.strip()
+    if file:
+        p = Path(file)
+        p = p if p.is_absolute() else base / p
+        try:
+            return p.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError([f"{name}_file: cannot read {p}: {exc.strerror}"]) from None
+    return None

@@ -1,0 +1,178 @@
+"""Strict YAML reading with line marks, shared by the rules and node.yaml.
+
+PyYAML's ``safe_load`` keeps the last of two duplicate keys without a word, so an
+admin's copy-paste silently changes a rule. This reader builds plain Python values
+from ruamel.yaml's node graph itself and refuses, with the file, line and column:
+
+- duplicate keys, and keys that are not plain scalars;
+- any explicit tag (``!!python/object``, ``!include`` ...): there is nothing to construct;
+- anchors and aliases (an alias bomb expands to billions of nodes; configs never need them);
+- files over ``MAX_BYTES`` and bytes that are not UTF-8.
+
+Every value's position is kept in :class:`YamlDocument.marks`, keyed by its path of
+keys and list indexes, so a schema error can point at the line that caused it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+MAX_BYTES = 1024 * 1024
+
+Loc = tuple[str | int, ...]
+
+_STR = "tag:yaml.org,2002:str"
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_BOOL = "tag:yaml.org,2002:bool"
+_NULL = "tag:yaml.org,2002:null"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+
+
+class YamlSourceError(ValueError):
+    """The YAML text cannot be read; ``str()`` gives ``file:line:col: what to fix``."""
+
+    def __init__(self, source: str, line: int | None, column: int | None, message: str) -> None:
+        self.source = source
+        self.line = line
+        self.column = column
+        self.message = message
+        where = source if line is None else f"{source}:{line}:{column or 1}"
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass
+class YamlDocument:
+    """Plain values (dict/list/str/int/float/bool/None) and where each one stands."""
+
+    source: str
+    data: Any
+    marks: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+
+    def mark(self, loc: Loc) -> tuple[int, int] | None:
+        """Return (line, column), 1-based, of the deepest known prefix of ``loc``."""
+        for end in range(len(loc), -1, -1):
+            found = self.marks.get(tuple(loc[:end]))
+            if found is not None:
+                return found
+        return None
+
+
+def read_yaml_file(path: Path) -> YamlDocument:
+    """Read ``path`` strictly; raises :class:`YamlSourceError` (or ``OSError``)."""
+    source = str(path)
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise YamlSourceError(
+            source, None, None, f"file is {size} bytes; the limit is {MAX_BYTES}: split it"
+        )
+    return read_yaml_bytes(path.read_bytes(), source)
+
+
+def read_yaml_bytes(raw: bytes, source: str = "<text>") -> YamlDocument:
+    """Read YAML from bytes strictly; raises :class:`YamlSourceError`."""
+    if len(raw) > MAX_BYTES:
+        raise YamlSourceError(
+            source, None, None, f"text is {len(raw)} bytes; the limit is {MAX_BYTES}"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise YamlSourceError(
+            source, line, None, f"not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+        ) from None
+    return read_yaml_text(text, source)
+
+
+def read_yaml_text(text: str, source: str = "<text>") -> YamlDocument:
+    """Read YAML text strictly; raises :class:`YamlSourceError`."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    yaml = YAML(typ="rt", pure=True)
+    try:
+        node = yaml.compose(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        col = mark.column + 1 if mark is not None else None
+        raise YamlSourceError(source, line, col, str(exc.problem or exc.context)) from None
+    except YAMLError as exc:
+        raise YamlSourceError(source, None, None, str(exc)) from None
+    doc = YamlDocument(source=source, data=None)
+    if node is not None:
+        doc.data = _build(node, (), doc)
+    return doc
+
+
+def _pos(node: Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _fail(doc: YamlDocument, node: Node, message: str) -> YamlSourceError:
+    line, col = _pos(node)
+    return YamlSourceError(doc.source, line, col, message)
+
+
+def _build(node: Node, loc: Loc, doc: YamlDocument) -> Any:
+    doc.marks[loc] = _pos(node)
+    if getattr(node, "anchor", None):
+        raise _fail(doc, node, "anchors and aliases (&, *) are not allowed: write the value out")
+    if isinstance(node, MappingNode):
+        if node.tag != _MAP:
+            raise _fail(doc, node, f"tag {node.tag!r} is not allowed")
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.tag == _NULL:
+                raise _fail(doc, key_node, "a key must be a plain name")
+            if getattr(key_node, "anchor", None) or key_node.tag not in (_STR, _INT, _BOOL):
+                raise _fail(doc, key_node, f"key tag {key_node.tag!r} is not allowed")
+            key = str(key_node.value)
+            if key == "<<":
+                raise _fail(doc, key_node, "merge keys (<<) are not allowed: write the keys out")
+            if key in out:
+                first = doc.marks.get((*loc, key))
+                where = f" (first at line {first[0]})" if first else ""
+                raise _fail(doc, key_node, f"duplicate key {key!r}{where}")
+            out[key] = _build(value_node, (*loc, key), doc)
+        return out
+    if isinstance(node, SequenceNode):
+        if node.tag != _SEQ:
+            raise _fail(doc, node, f"tag {node.tag!r} is not allowed")
+        return [_build(item, (*loc, i), doc) for i, item in enumerate(node.value)]
+    if isinstance(node, ScalarNode):
+        return _scalar(node, doc)
+    raise _fail(doc, node, "unsupported YAML node")
+
+
+def _scalar(node: ScalarNode, doc: YamlDocument) -> Any:
+    value: str = node.value
+    tag = node.tag
+    if tag in (_STR, _TIMESTAMP):
+        return value
+    if tag == _NULL:
+        return None
+    if tag == _BOOL:
+        return value.lower() in ("true", "yes", "on")
+    if tag == _INT:
+        cleaned = value.replace("_", "")
+        try:
+            return (
+                int(cleaned, 0) if cleaned.lower().startswith(("0x", "0o", "0b")) else int(cleaned)
+            )
+        except ValueError:
+            return value
+    if tag == _FLOAT:
+        try:
+            return float(value.replace("_", ""))
+        except ValueError:
+            return value
+    raise _fail(doc, node, f"tag {tag!r} is not allowed: remove it")

@@ -1,0 +1,251 @@
+"""Reading a received instance's header, and refusing data that is not a whole dataset.
+
+pydicom reads lazily and forgives a lot: a file cut short in its pixel data reads
+without complaint, and a sequence nested thousands deep exhausts its recursion. Before
+an instance is acknowledged, :func:`check_structure` walks every element header of the
+dataset iteratively (no recursion, bounded depth), checking that each value fits in the
+file and that every undefined-length sequence and item is closed; then
+:func:`read_header` extracts the attributes the index needs.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+MAX_DEPTH = 32
+
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQ_END = 0xFFFEE0DD
+
+
+class BadDataset(ValueError):
+    """The received bytes are not a complete, parseable dataset (answer Cxxx)."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the index keeps of one instance (patient fields never reach a log)."""
+
+    transfer_syntax_uid: str
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    study_uid: str | None
+    series_uid: str | None
+    patient_id: str
+    patient_name: str
+    patient_birth_date: str
+    accession_number: str
+    study_date: str
+    study_description: str
+    modality: str
+    series_number: str
+    series_description: str
+    instance_number: str
+    dataset_offset: int
+
+
+def _meta(fh: BinaryIO, size: int) -> tuple[str, int]:
+    """Return (transfer syntax UID, offset of the dataset) from a Part-10 file."""
+    head = fh.read(132)
+    if len(head) < 132 or head[128:132] != b"DICM":
+        raise BadDataset("no DICOM file meta information")
+    offset = 132
+    ts = ""
+    while offset + 8 <= size:
+        fh.seek(offset)
+        raw = fh.read(8)
+        group, elem, vr = struct.unpack("<HH2s", raw[:6])
+        if group != 0x0002:
+            break
+        if vr in _LONG_VRS:
+            length = struct.unpack("<L", fh.read(4))[0]
+            start = offset + 12
+        else:
+            length = struct.unpack("<H", raw[6:8])[0]
+            start = offset + 8
+        if start + length > size:
+            raise BadDataset("file meta information is truncated")
+        if elem == 0x0010:
+            fh.seek(start)
+            ts = fh.read(length).rstrip(b"\x00 ").decode("ascii", "replace")
+        offset = start + length
+    if not ts:
+        raise BadDataset("no transfer syntax in the file meta information")
+    return ts, offset
+
+
+def check_structure(path: Path) -> tuple[str, int]:
+    """Walk the dataset's element headers; raise :class:`BadDataset` if it is not whole.
+
+    Returns (transfer syntax UID, dataset offset).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        ts, offset = _meta(fh, size)
+        if ts == DeflatedExplicitVRLittleEndian:
+            return ts, offset  # compressed stream: checked by the full parse instead
+        little = ts != ExplicitVRBigEndian
+        implicit0 = ts == ImplicitVRLittleEndian
+        _walk(fh, offset, size, little, implicit0)
+    return ts, offset
+
+
+def _walk(fh: BinaryIO, offset: int, size: int, little: bool, implicit0: bool) -> None:
+    end = "<" if little else ">"
+    tag_fmt = struct.Struct(end + "HH")
+    u16 = struct.Struct(end + "H")
+    u32 = struct.Struct(end + "L")
+    # Each frame: (kind, implicit, end offset or None when undefined length)
+    stack: list[tuple[str, bool, int | None]] = [("dataset", implicit0, size)]
+    while True:
+        kind, implicit, limit = stack[-1]
+        if limit is not None and offset >= limit:
+            if offset > limit:
+                raise BadDataset("an element runs past the end of its container")
+            if len(stack) == 1:
+                return
+            stack.pop()
+            continue
+        fh.seek(offset)
+        raw = fh.read(8)
+        if len(raw) < 8:
+            raise BadDataset("the dataset ends in the middle of an element")
+        group, elem = tag_fmt.unpack(raw[:4])
+        tag = (group << 16) | elem
+        if group == 0xFFFE:
+            length = u32.unpack(raw[4:8])[0]
+            offset += 8
+            if tag == _ITEM and kind == "seq":
+                if length == _UNDEFINED:
+                    stack.append(("item", implicit, None))
+                else:
+                    stack.append(("item", implicit, offset + length))
+                    if offset + length > size:
+                        raise BadDataset("an item runs past the end of the file")
+            elif tag == _ITEM and kind == "frags":
+                # Encapsulated pixel data: items hold opaque fragments.
+                if length == _UNDEFINED or offset + length > size:
+                    raise BadDataset("a pixel data fragment runs past the end of the file")
+                offset += length
+            elif (tag == _ITEM_END and kind == "item" and limit is None) or (
+                tag == _SEQ_END and kind in ("seq", "frags") and limit is None
+            ):
+                stack.pop()
+            else:
+                raise BadDataset("a sequence or item delimiter is out of place")
+            if len(stack) > MAX_DEPTH:
+                raise BadDataset(f"sequences are nested more than {MAX_DEPTH} deep")
+            continue
+        if kind in ("seq", "frags"):
+            raise BadDataset("a sequence holds something other than items")
+        if implicit:
+            vr = b"UN"
+            length = u32.unpack(raw[4:8])[0]
+            start = offset + 8
+        else:
+            vr = raw[4:6]
+            if vr in _LONG_VRS:
+                more = fh.read(4)
+                if len(more) < 4:
+                    raise BadDataset("the dataset ends in the middle of an element")
+                length = u32.unpack(more)[0]
+                start = offset + 12
+            elif vr.isalpha() and vr.isupper():
+                length = u16.unpack(raw[6:8])[0]
+                start = offset + 8
+            else:
+                raise BadDataset("an element has an invalid value representation")
+        if length == _UNDEFINED:
+            if vr in (b"OB", b"OW"):
+                stack.append(("frags", implicit, None))  # encapsulated pixel data
+            elif vr in (b"SQ", b"UN"):
+                # Undefined-length UN holds implicit VR little endian (PS3.5 6.2.2).
+                stack.append(("seq", implicit or vr == b"UN", None))
+            else:
+                raise BadDataset("an element of undefined length is not a sequence")
+            if len(stack) > MAX_DEPTH:
+                raise BadDataset(f"sequences are nested more than {MAX_DEPTH} deep")
+            offset = start
+            continue
+        if start + length > size:
+            raise BadDataset("an element's value runs past the end of the file")
+        if vr == b"SQ" and length:
+            stack.append(("seq", implicit, start + length))
+            if len(stack) > MAX_DEPTH:
+                raise BadDataset(f"sequences are nested more than {MAX_DEPTH} deep")
+            offset = start
+            continue
+        offset = start + length
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    return str(value).strip()[:324]
+
+
+def _uid(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    return str(value).strip("\x00 ")
+
+
+def read_header(path: Path) -> Header:
+    """Check the structure, then read the indexed attributes; raises :class:`BadDataset`."""
+    ts, offset = check_structure(path)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=4096)
+        # Touch every value we keep now, so decoding errors surface here.
+        header = Header(
+            transfer_syntax_uid=ts,
+            sop_class_uid=_uid(ds, "SOPClassUID"),
+            sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+            study_uid=_uid(ds, "StudyInstanceUID"),
+            series_uid=_uid(ds, "SeriesInstanceUID"),
+            patient_id=_text(ds, "PatientID")[:64],
+            patient_name=_text(ds, "PatientName"),
+            patient_birth_date=_text(ds, "PatientBirthDate")[:8],
+            accession_number=_text(ds, "AccessionNumber")[:16],
+            study_date=_text(ds, "StudyDate")[:8],
+            study_description=_text(ds, "StudyDescription")[:64],
+            modality=_text(ds, "Modality")[:16],
+            series_number=_text(ds, "SeriesNumber")[:12],
+            series_description=_text(ds, "SeriesDescription")[:64],
+            instance_number=_text(ds, "InstanceNumber")[:12],
+            dataset_offset=offset,
+        )
+    except BadDataset:
+        raise
+    except RecursionError:
+        raise BadDataset(f"sequences are nested more than {MAX_DEPTH} deep") from None
+    except Exception as exc:
+        # pydicom raises many types on bad input; the message may quote values, so
+        # only the type is kept.
+        raise BadDataset(f"the dataset cannot be parsed ({type(exc).__name__})") from None
+    return header

@@ -1,0 +1,216 @@
+"""Ingest: turn one spooled C-STORE dataset into a durable, indexed instance.
+
+The order is the promise behind 0x0000: parse and check the header, hash, fsync,
+rename into place, fsync the folder, commit the row, and only then succeed. Anything
+else answers a failure status and leaves nothing half-done: no row without a file, no
+file at a final path that the sender was not told about (a file renamed into place
+whose row fails is removed again).
+
+The statuses are in :class:`Status` (PS3.4 Annex B.2.3: the ranges are the standard's,
+the sub-codes ours). Nothing here logs patient data: UIDs, sizes and AE titles only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+from scp.header import BadDataset, Header, read_header
+from scp.spool import SpoolFile
+from store.catalog import Catalog, DuplicateRace, InstanceRecord
+from store.content import ContentStore, check_uid, sha256_of
+from store.errors import DatabaseUnavailable, DiskFull, InvalidUID
+
+log = logging.getLogger("courier.scp.ingest")
+
+
+class Status(IntEnum):
+    """C-STORE response statuses Courier answers with."""
+
+    SUCCESS = 0x0000  # Success: stored durably and indexed (or an identical copy was)
+    OUT_OF_RESOURCES_DISK = 0xA700  # Refused: Out of Resources - no space for the file
+    OUT_OF_RESOURCES_DB = 0xA701  # Refused: Out of Resources - index database unavailable
+    DATASET_MISMATCH = 0xA900  # Error: Data Set does not match SOP Class (UIDs differ)
+    CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand - not a whole, parseable dataset
+    MISSING_UID = 0xC001  # Error: Cannot understand - Study/Series/SOP Instance UID missing
+    INVALID_UID = 0xC002  # Error: Cannot understand - a UID is malformed
+    PROCESSING_FAILURE = 0x0110  # Failure: Processing failure - unexpected error, see log
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who sent the instance (association facts; AE titles are not patient data)."""
+
+    calling_ae: str
+    called_ae: str
+    host: str
+
+
+# A test seam that can refuse an instance at the header stage (rules' reject, later).
+Screen = Callable[[Header, Peer], int | None]
+
+
+class Ingest:
+    """Stores one instance at a time per SOP Instance UID; safe across associations."""
+
+    def __init__(self, content: ContentStore, catalog: Catalog, screen: Screen | None = None):
+        self._content = content
+        self._catalog = catalog
+        self._screen = screen
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def _lock_for(self, uid: str) -> threading.Lock:
+        with self._locks_guard:
+            lock = self._locks.get(uid)
+            if lock is None:
+                if len(self._locks) > 10_000:
+                    self._locks = {k: v for k, v in self._locks.items() if v.locked()}
+                lock = self._locks[uid] = threading.Lock()
+            return lock
+
+    def store(
+        self, spooled: SpoolFile | None, path: Path, sop_class: str, sop_instance: str, peer: Peer
+    ) -> Status:
+        """Make the spooled dataset durable and indexed; return the status to answer."""
+        if spooled is not None and spooled.error is not None:
+            log.warning("spool write failed (%s); answering A700", spooled.error.strerror)
+            return Status.OUT_OF_RESOURCES_DISK
+        try:
+            header = read_header(path)
+        except BadDataset as exc:
+            log.warning("refused instance: %s", exc)
+            return Status.CANNOT_UNDERSTAND
+        missing = [
+            k
+            for k, v in (
+                ("SOPInstanceUID", header.sop_instance_uid),
+                ("SOPClassUID", header.sop_class_uid),
+                ("StudyInstanceUID", header.study_uid),
+                ("SeriesInstanceUID", header.series_uid),
+            )
+            if not v
+        ]
+        if missing:
+            log.warning("refused instance: missing %s", ", ".join(missing))
+            return Status.MISSING_UID
+        if header.sop_instance_uid != sop_instance or header.sop_class_uid != sop_class:
+            log.warning("refused instance: dataset UIDs differ from the C-STORE command")
+            return Status.DATASET_MISMATCH
+        try:
+            rel = self._content.instance_relpath(
+                str(header.study_uid), str(header.series_uid), sop_instance
+            )
+            check_uid(sop_class, "SOPClassUID")
+        except InvalidUID as exc:
+            log.warning("refused instance: %s", exc)
+            return Status.INVALID_UID
+        if self._screen is not None:
+            refused = self._screen(header, peer)
+            if refused is not None:
+                return Status(refused)
+        with self._lock_for(sop_instance):
+            try:
+                return self._durable(path, rel, header, peer)
+            except DiskFull:
+                log.warning("content store full; answering A700 uid=%s", sop_instance)
+                return Status.OUT_OF_RESOURCES_DISK
+            except DatabaseUnavailable as exc:
+                log.warning("%s; answering A701 uid=%s", exc, sop_instance)
+                return Status.OUT_OF_RESOURCES_DB
+
+    def _durable(self, path: Path, rel: str, header: Header, peer: Peer) -> Status:
+        sha, size = sha256_of(path)
+        rec = _record(header, peer, sha, size, rel)
+        attempts = 20
+        for attempt in range(attempts):
+            known = self._catalog.lookup(rec.sop_instance_uid)
+            if known is not None:
+                return self._again(
+                    path, rec, known.sha256, known.path, known.id, known.file_missing
+                )
+            try:
+                # The last attempt takes over a file whose writer never indexed it.
+                self._content.place(path, rel, replace=attempt == attempts - 1)
+            except FileExistsError:
+                # Another receiving process is storing the same UID right now.
+                time.sleep(0.05)
+                continue
+            try:
+                self._catalog.add(rec)
+            except DuplicateRace:
+                # Indexed by someone else between our look-up and insert (their file was
+                # placed before ours could be): undo ours and look again.
+                self._content.remove(rel)
+                continue
+            except BaseException:
+                self._content.remove(rel)
+                raise
+            log.info(
+                "stored uid=%s study=%s bytes=%d from=%s",
+                rec.sop_instance_uid,
+                rec.study_uid,
+                size,
+                peer.calling_ae,
+            )
+            return Status.SUCCESS
+        return Status.PROCESSING_FAILURE
+
+    def _again(
+        self,
+        path: Path,
+        rec: InstanceRecord,
+        sha: str,
+        known_path: str,
+        instance_id: int,
+        file_missing: bool,
+    ) -> Status:
+        if sha == rec.sha256:
+            if file_missing or not self._content.path(known_path).exists():
+                self._content.place(path, known_path)
+                self._catalog.mark_restored(instance_id)
+                log.info("restored missing file uid=%s", rec.sop_instance_uid)
+            else:
+                log.info("identical re-send uid=%s kept one copy", rec.sop_instance_uid)
+            return Status.SUCCESS
+        conflict_rel = self._content.conflict_relpath(rec.sop_instance_uid, rec.sha256)
+        self._content.place(path, conflict_rel)
+        conflict = InstanceRecord(**{**rec.__dict__, "path": conflict_rel})
+        try:
+            self._catalog.add_conflict(conflict)
+        except BaseException:
+            self._content.remove(conflict_rel)
+            raise
+        log.warning("same UID, different bytes: kept aside uid=%s", rec.sop_instance_uid)
+        return Status.SUCCESS
+
+
+def _record(header: Header, peer: Peer, sha: str, size: int, rel: str) -> InstanceRecord:
+    return InstanceRecord(
+        study_uid=str(header.study_uid),
+        series_uid=str(header.series_uid),
+        sop_instance_uid=str(header.sop_instance_uid),
+        sop_class_uid=str(header.sop_class_uid),
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        sha256=sha,
+        size_bytes=size,
+        path=rel,
+        patient_id=header.patient_id,
+        patient_name=header.patient_name,
+        patient_birth_date=header.patient_birth_date,
+        accession_number=header.accession_number,
+        study_date=header.study_date,
+        study_description=header.study_description,
+        modality=header.modality,
+        series_number=header.series_number,
+        series_description=header.series_description,
+        instance_number=header.instance_number,
+        calling_ae=peer.calling_ae,
+        called_ae=peer.called_ae,
+        peer_host=peer.host,
+    )

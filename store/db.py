@@ -1,0 +1,104 @@
+"""Engines, sessions and migrations for SQLite (embedded default) and PostgreSQL.
+
+SQLite runs in WAL mode with ``synchronous=FULL``: a C-STORE is acknowledged only after
+its row is committed, and ``NORMAL`` may lose the last commits on power loss.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.settings import StoreSettings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def database_url(
+    settings: StoreSettings,
+    data_dir: Path,
+    base: Path,
+    environ: Mapping[str, str] = os.environ,
+) -> str:
+    """Resolve the URL: from the env var, the file, the literal, or SQLite under data_dir."""
+    if settings.database_url_env:
+        value = environ.get(settings.database_url_env)
+        if not value:
+            raise ValueError(
+                f"store.database_url_env: environment variable "
+                f"{settings.database_url_env} is not set"
+            )
+        return value.strip()
+    if settings.database_url_file:
+        p = Path(settings.database_url_file)
+        return (p if p.is_absolute() else base / p).read_text(encoding="utf-8").strip()
+    if settings.database_url:
+        return settings.database_url
+    return f"sqlite:///{data_dir / 'courier.db'}"
+
+
+def make_engine(
+    url: str, *, busy_timeout_s: float = 5.0, pool_size: int = 8, schema: str | None = None
+) -> Engine:
+    """Create an engine with Courier's durability settings.
+
+    ``schema`` (PostgreSQL only) puts every table in that schema, which tests use to
+    isolate themselves in the shared ``test`` database.
+    """
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"future": True}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": busy_timeout_s, "check_same_thread": False}
+    else:
+        connect_args: dict[str, Any] = {"connect_timeout": max(1, int(busy_timeout_s))}
+        options = [
+            f"-c lock_timeout={int(busy_timeout_s * 1000)}",
+            f"-c statement_timeout={int(busy_timeout_s * 4000)}",
+        ]
+        if schema:
+            options.append(f"-c search_path={schema}")
+        connect_args["options"] = " ".join(options)
+        kwargs.update(
+            connect_args=connect_args,
+            pool_size=pool_size,
+            pool_pre_ping=True,
+            pool_timeout=busy_timeout_s,
+        )
+    engine = create_engine(url, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        timeout_ms = int(busy_timeout_s * 1000)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA busy_timeout={timeout_ms}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    return engine
+
+
+def make_sessions(engine: Engine) -> sessionmaker[Session]:
+    """The session factory every package receives (never a global)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def migrate(engine: Engine) -> None:
+    """Apply every Alembic migration up to head (idempotent, run at start-up)."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")

@@ -1,0 +1,49 @@
+"""The ``store:`` section of node.yaml: where the index database lives."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StoreSettings(BaseModel):
+    """Persistence settings. The content store always lives under ``node.data_dir``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL of the index database. Empty: SQLite at <data_dir>/courier.db. "
+            "Must not hold a password: use database_url_env or database_url_file for that."
+        ),
+    )
+    database_url_env: str | None = Field(
+        default=None, description="Name of an environment variable holding the URL."
+    )
+    database_url_file: str | None = Field(
+        default=None, description="Path of a file holding the URL (e.g. a Docker/K8s secret)."
+    )
+    busy_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How long a write waits for a locked database before giving up (seconds).",
+    )
+    pool_size: int = Field(default=8, ge=1, le=100, description="PostgreSQL connection pool.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StoreSettings:
+        given = [
+            k for k in ("database_url", "database_url_env", "database_url_file") if getattr(self, k)
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give only one of {', '.join(given)}")
+        url = self.database_url or ""
+        if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
+            netloc = url.split("://", 1)[1].split("/", 1)[0]
+            if ":" in netloc.split("@", 1)[0]:
+                raise ValueError(
+                    "database_url holds a password: put the URL in an environment variable "
+                    "(database_url_env) or a file (database_url_file) instead"
+                )
+        return self
