@@ -95,20 +95,26 @@ def load_config(path: Path) -> Config:
     return cfg.model_copy(update={"source": path.resolve()})
 
 
+# Values under these keys are never echoed in an error (they may hold a password).
+_SECRET_WORDS = ("password", "secret", "token", "database_url", "key")
+
+
 def _problems(doc: YamlDocument, exc: ValidationError) -> list[str]:
     out = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function")))
         # Drop pydantic's union-branch names (e.g. 'str', 'AllowedPeer') from the key path.
         loc = _yaml_loc(doc, loc)
-        mark = doc.mark(loc)
+        mark = doc.key_mark(loc)
         where = f"{doc.source}:{mark[0]}:{mark[1]}" if mark else doc.source
         key = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key; check the spelling against the commented node.yaml"
         value = err.get("input")
-        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+        secret = any(w in key for w in _SECRET_WORDS)
+        hidden = secret or isinstance(value, dict | list) or value is None
+        shown = "" if hidden else f" (got {value!r})"
         out.append(f"{where}: {key}: {msg}{shown}")
     return out
 

@@ -56,6 +56,11 @@ class YamlDocument:
     source: str
     data: Any
     marks: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    key_marks: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+
+    def key_mark(self, loc: Loc) -> tuple[int, int] | None:
+        """Position of the *key* naming ``loc`` (for "unknown key" errors), else of the value."""
+        return self.key_marks.get(tuple(loc)) or self.mark(loc)
 
     def mark(self, loc: Loc) -> tuple[int, int] | None:
         """Return (line, column), 1-based, of the deepest known prefix of ``loc``."""
@@ -142,6 +147,7 @@ def _build(node: Node, loc: Loc, doc: YamlDocument) -> Any:
                 first = doc.marks.get((*loc, key))
                 where = f" (first at line {first[0]})" if first else ""
                 raise _fail(doc, key_node, f"duplicate key {key!r}{where}")
+            doc.key_marks[(*loc, key)] = _pos(key_node)
             out[key] = _build(value_node, (*loc, key), doc)
         return out
     if isinstance(node, SequenceNode):

@@ -67,6 +67,10 @@ def make_engine(
         ]
         if schema:
             options.append(f"-c search_path={schema}")
+        given = parsed.query.get("options")
+        if given:
+            # Keep options given in the URL (e.g. a search_path) beside ours.
+            options.insert(0, given if isinstance(given, str) else " ".join(given))
         connect_args["options"] = " ".join(options)
         kwargs.update(
             connect_args=connect_args,

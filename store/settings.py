@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class StoreSettings(BaseModel):
@@ -31,6 +31,18 @@ class StoreSettings(BaseModel):
     )
     pool_size: int = Field(default=8, ge=1, le=100, description="PostgreSQL connection pool.")
 
+    @field_validator("database_url")
+    @classmethod
+    def _no_password(cls, url: str | None) -> str | None:
+        netloc = (url or "").split("://", 1)[-1].split("/", 1)[0]
+        if "@" in netloc and ":" in netloc.split("@", 1)[0]:
+            # Never echo the URL back: it holds the password.
+            raise ValueError(
+                "database_url holds a password: put the URL in an environment variable "
+                "(database_url_env) or a file (database_url_file) instead"
+            )
+        return url
+
     @model_validator(mode="after")
     def _one_source(self) -> StoreSettings:
         given = [
@@ -38,12 +50,4 @@ class StoreSettings(BaseModel):
         ]
         if len(given) > 1:
             raise ValueError(f"give only one of {', '.join(given)}")
-        url = self.database_url or ""
-        if "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]:
-            netloc = url.split("://", 1)[1].split("/", 1)[0]
-            if ":" in netloc.split("@", 1)[0]:
-                raise ValueError(
-                    "database_url holds a password: put the URL in an environment variable "
-                    "(database_url_env) or a file (database_url_file) instead"
-                )
         return self
