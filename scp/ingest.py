@@ -137,29 +137,32 @@ class Ingest:
             try:
                 # The last attempt takes over a file whose writer never indexed it.
                 self._content.place(path, rel, replace=attempt == attempts - 1)
+                break
             except FileExistsError:
                 # Another receiving process is storing the same UID right now.
                 time.sleep(0.05)
-                continue
-            try:
-                self._catalog.add(rec)
-            except DuplicateRace:
-                # Indexed by someone else between our look-up and insert (their file was
-                # placed before ours could be): undo ours and look again.
-                self._content.remove(rel)
-                continue
-            except BaseException:
-                self._content.remove(rel)
-                raise
-            log.info(
-                "stored uid=%s study=%s bytes=%d from=%s",
-                rec.sop_instance_uid,
-                rec.study_uid,
-                size,
-                peer.calling_ae,
-            )
-            return Status.SUCCESS
-        return Status.PROCESSING_FAILURE
+        else:
+            return Status.PROCESSING_FAILURE
+        # The file at ``rel`` is ours now (placing never overwrites): index it.
+        try:
+            for _retry in range(5):
+                try:
+                    self._catalog.add(rec)
+                    break
+                except DuplicateRace:
+                    # Another process created this study or series row first; it
+                    # exists now, so the next attempt updates it.
+                    continue
+            else:
+                raise DatabaseUnavailable("the index kept refusing the row")
+        except BaseException:
+            self._content.remove(rel)
+            raise
+        log.info(
+            "stored uid=%s study=%s bytes=%d from=%s",
+            rec.sop_instance_uid, rec.study_uid, size, peer.calling_ae,
+        )
+        return Status.SUCCESS
 
     def _again(
         self,
