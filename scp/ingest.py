@@ -160,7 +160,10 @@ class Ingest:
             raise
         log.info(
             "stored uid=%s study=%s bytes=%d from=%s",
-            rec.sop_instance_uid, rec.study_uid, size, peer.calling_ae,
+            rec.sop_instance_uid,
+            rec.study_uid,
+            size,
+            peer.calling_ae,
         )
         return Status.SUCCESS
 

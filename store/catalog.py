@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, TimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -106,82 +106,44 @@ class Catalog:
             s.execute(update(Instance).where(Instance.id == instance_id).values(file_missing=False))
 
     def add(self, rec: InstanceRecord, received_at: datetime | None = None) -> None:
-        """Index a durably stored instance; raises DuplicateRace or DatabaseUnavailable."""
+        """Index a durably stored instance; raises DuplicateRace or DatabaseUnavailable.
+
+        Counters are incremented in SQL (never read-modify-write in Python), and the
+        first statement is a write, so SQLite takes its write lock and PostgreSQL its
+        row lock before anything is read: concurrent receivers lose no count.
+        """
         now = received_at or self._clock()
         try:
             with guarded(self._sessions) as s, s.begin():
-                study = s.scalars(
-                    select(Study).where(Study.study_uid == rec.study_uid).with_for_update()
-                ).first()
-                if study is None:
-                    study = Study(
-                        study_uid=rec.study_uid,
-                        patient_id=rec.patient_id,
-                        patient_name=rec.patient_name,
-                        patient_birth_date=rec.patient_birth_date,
-                        accession_number=rec.accession_number,
-                        study_date=rec.study_date,
-                        study_description=rec.study_description,
-                        modalities=rec.modality,
-                        state=StudyState.RECEIVING,
-                        instance_count=0,
-                        size_bytes=0,
-                        calling_ae=rec.calling_ae,
-                        called_ae=rec.called_ae,
-                        peer_host=rec.peer_host,
-                        first_received_at=now,
-                        last_received_at=now,
+                study_id = self._bump_study(s, rec, now)
+                state, modalities = s.execute(
+                    select(Study.state, Study.modalities).where(Study.id == study_id)
+                ).one()
+                if state == StudyState.STABLE:
+                    s.execute(
+                        update(Study)
+                        .where(Study.id == study_id)
+                        .values(state=StudyState.RECEIVING, stable_at=None)
                     )
-                    s.add(study)
-                    s.flush()
                     s.add(
                         StudyEvent(
-                            study_id=study.id,
-                            at=now,
-                            from_state="",
-                            to_state=StudyState.RECEIVING,
-                            reason="first instance",
-                        )
-                    )
-                elif study.state == StudyState.STABLE:
-                    s.add(
-                        StudyEvent(
-                            study_id=study.id,
+                            study_id=study_id,
                             at=now,
                             from_state=StudyState.STABLE,
                             to_state=StudyState.RECEIVING,
                             reason="new instance after the study was stable",
                         )
                     )
-                    study.state = StudyState.RECEIVING
-                    study.stable_at = None
-                if rec.modality and rec.modality not in study.modalities.split("\\"):
-                    joined = "\\".join(m for m in (study.modalities, rec.modality) if m)
-                    study.modalities = joined[:64]
-                study.instance_count += 1
-                study.size_bytes += rec.size_bytes
-                study.last_received_at = max(study.last_received_at, now)
-                series = s.scalars(
-                    select(Series).where(Series.series_uid == rec.series_uid)
-                ).first()
-                if series is None:
-                    series = Series(
-                        study_id=study.id,
-                        series_uid=rec.series_uid,
-                        modality=rec.modality,
-                        series_number=rec.series_number,
-                        series_description=rec.series_description,
-                        instance_count=0,
-                        size_bytes=0,
+                if rec.modality and rec.modality not in modalities.split("\\"):
+                    joined = "\\".join(m for m in (modalities, rec.modality) if m)
+                    s.execute(
+                        update(Study).where(Study.id == study_id).values(modalities=joined[:64])
                     )
-                    s.add(series)
-                    s.flush()
-                series.instance_count += 1
-                series.size_bytes += rec.size_bytes
+                series_id = self._bump_series(s, rec, study_id)
                 s.add(
                     Instance(
-                        study_id=study.id,
-                        series_id=series.id,
+                        study_id=study_id,
+                        series_id=series_id,
                         sop_instance_uid=rec.sop_instance_uid,
                         sop_class_uid=rec.sop_class_uid,
                         transfer_syntax_uid=rec.transfer_syntax_uid,
@@ -196,6 +158,79 @@ class Catalog:
                 )
         except IntegrityError:
             raise DuplicateRace("instance, series or study was inserted concurrently") from None
+
+    @staticmethod
+    def _bump_study(s: Session, rec: InstanceRecord, now: datetime) -> int:
+        bumped = s.execute(
+            update(Study)
+            .where(Study.study_uid == rec.study_uid)
+            .values(
+                instance_count=Study.instance_count + 1,
+                size_bytes=Study.size_bytes + rec.size_bytes,
+                last_received_at=case(
+                    (Study.last_received_at < now, now), else_=Study.last_received_at
+                ),
+            )
+            .returning(Study.id)
+        ).first()
+        if bumped is not None:
+            return int(bumped[0])
+        study = Study(
+            study_uid=rec.study_uid,
+            patient_id=rec.patient_id,
+            patient_name=rec.patient_name,
+            patient_birth_date=rec.patient_birth_date,
+            accession_number=rec.accession_number,
+            study_date=rec.study_date,
+            study_description=rec.study_description,
+            modalities=rec.modality,
+            state=StudyState.RECEIVING,
+            instance_count=1,
+            size_bytes=rec.size_bytes,
+            calling_ae=rec.calling_ae,
+            called_ae=rec.called_ae,
+            peer_host=rec.peer_host,
+            first_received_at=now,
+            last_received_at=now,
+        )
+        s.add(study)
+        s.flush()
+        s.add(
+            StudyEvent(
+                study_id=study.id,
+                at=now,
+                from_state="",
+                to_state=StudyState.RECEIVING,
+                reason="first instance",
+            )
+        )
+        return study.id
+
+    @staticmethod
+    def _bump_series(s: Session, rec: InstanceRecord, study_id: int) -> int:
+        bumped = s.execute(
+            update(Series)
+            .where(Series.series_uid == rec.series_uid)
+            .values(
+                instance_count=Series.instance_count + 1,
+                size_bytes=Series.size_bytes + rec.size_bytes,
+            )
+            .returning(Series.id)
+        ).first()
+        if bumped is not None:
+            return int(bumped[0])
+        series = Series(
+            study_id=study_id,
+            series_uid=rec.series_uid,
+            modality=rec.modality,
+            series_number=rec.series_number,
+            series_description=rec.series_description,
+            instance_count=1,
+            size_bytes=rec.size_bytes,
+        )
+        s.add(series)
+        s.flush()
+        return series.id
 
     def add_conflict(self, rec: InstanceRecord) -> None:
         """Record a same-UID, different-bytes arrival kept aside at ``rec.path``."""

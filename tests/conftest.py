@@ -139,8 +139,7 @@ def start_local_scp(db: Database, root: Path, **overrides: Any) -> LocalScp:
     catalog = Catalog(db.sessions)
     ingest = Ingest(content, catalog)
     server = start_server(settings, ingest, port=0)
-    return LocalScp(int(server.server_address[1]), content, db, catalog, ingest, server,
-                    settings)
+    return LocalScp(int(server.server_address[1]), content, db, catalog, ingest, server, settings)
 
 
 @pytest.fixture
@@ -175,8 +174,14 @@ class NodeProcess:
                 self.kill9()
 
 
-def write_config(path: Path, data_dir: Path, port: int, db: Database | None = None,
-                 extra_scp: str = "", extra: str = "") -> None:
+def write_config(
+    path: Path,
+    data_dir: Path,
+    port: int,
+    db: Database | None = None,
+    extra_scp: str = "",
+    extra: str = "",
+) -> None:
     lines = [
         "node:",
         f"  data_dir: {data_dir}",
@@ -191,8 +196,13 @@ def write_config(path: Path, data_dir: Path, port: int, db: Database | None = No
     path.write_text("\n".join(lines) + "\n" + extra)
 
 
-def start_node(tmp: Path, db: Database | None = None, extra_scp: str = "",
-               env: dict[str, str] | None = None, wait: bool = True) -> NodeProcess:
+def start_node(
+    tmp: Path,
+    db: Database | None = None,
+    extra_scp: str = "",
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+) -> NodeProcess:
     """Start ``courier serve`` on a free port and wait until it answers C-ECHO."""
     port = free_port()
     data_dir = tmp / "node-data"
@@ -207,8 +217,12 @@ def start_node(tmp: Path, db: Database | None = None, extra_scp: str = "",
     full_env.update(env or {})
     log = tmp / "node.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([str(COURIER), "serve", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT, env=full_env)
+        proc = subprocess.Popen(
+            [str(COURIER), "serve", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
     node = NodeProcess(proc, config, data_dir, port, log)
     if wait:
         wait_for_echo(port, proc)
@@ -229,8 +243,9 @@ def echo_ok(port: int, calling: str = "ECHOSCU", called: str = "COURIER") -> boo
     return bool(status) and int(status.Status) == 0
 
 
-def wait_for_echo(port: int, proc: subprocess.Popen[bytes] | None = None,
-                  timeout: float = 30) -> None:
+def wait_for_echo(
+    port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

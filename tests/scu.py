@@ -10,7 +10,6 @@ from pathlib import Path
 from pydicom.filewriter import dcmwrite
 from pynetdicom import AE, _config
 
-
 VERIFICATION = "1.2.840.10008.1.1"
 
 
@@ -64,9 +63,14 @@ def send(
     return statuses
 
 
-def storescu(port: int, files: Sequence[Path] | Path, *extra: str,
-             calling: str = "STORESCU", called: str = "COURIER",
-             timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int,
+    files: Sequence[Path] | Path,
+    *extra: str,
+    calling: str = "STORESCU",
+    called: str = "COURIER",
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
     """dcmtk's storescu. TCP_NODELAY=1: Debian's dcmtk keeps Nagle on otherwise."""
     paths = [files] if isinstance(files, Path) else list(files)
     env = {**os.environ, "TCP_NODELAY": "1"}
@@ -97,5 +101,3 @@ def with_meta_uid(src: Path, out: Path, sop_instance: str) -> Path:
     ds.file_meta.MediaStorageSOPInstanceUID = sop_instance
     dcmwrite(out, ds, enforce_file_format=False)
     return out
-
-

@@ -60,8 +60,9 @@ def test_every_transfer_syntax_is_stored_as_sent(local_scp: LocalScp, tmp_path: 
     assert stored_ts == set(studies)
 
 
-def test_pynetdicom_as_second_scu_and_identical_resends(local_scp: LocalScp,
-                                                        tmp_path: Path) -> None:
+def test_pynetdicom_as_second_scu_and_identical_resends(
+    local_scp: LocalScp, tmp_path: Path
+) -> None:
     files = synthetic.make_small_instances(tmp_path / "s", n=20)
     assert send(local_scp.port, files) == [0x0000] * 20
     for _ in range(3):  # identical re-sends succeed and keep one copy
@@ -87,8 +88,9 @@ def test_same_uid_different_bytes_is_kept_aside(local_scp: LocalScp, tmp_path: P
 
 
 @pytest.mark.parametrize("workers", [2])
-def test_node_with_two_receiving_processes(node_factory: object, tmp_path: Path,
-                                           workers: int) -> None:
+def test_node_with_two_receiving_processes(
+    node_factory: object, tmp_path: Path, workers: int
+) -> None:
     need("dcmtk", have_dcmtk())
     node = node_factory(extra_scp=f"workers: {workers}")  # type: ignore[operator]
     files = synthetic.make_small_instances(tmp_path / "w", n=200)
@@ -103,8 +105,12 @@ def test_node_with_two_receiving_processes(node_factory: object, tmp_path: Path,
 
     from tests.conftest import COURIER
 
-    out = subprocess.run([str(COURIER), "studies", "list", "--json", "--config",
-                          str(node.config)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(COURIER), "studies", "list", "--json", "--config", str(node.config)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     studies = json.loads(out.stdout)
     assert [s["instances"] for s in studies] == [200]
     stored = list((node.data_dir / "instances").rglob("*.dcm"))

@@ -28,8 +28,21 @@ def test_migrations_are_idempotent_and_sqlite_is_durable(db: Database) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["../../etc", "1.2.3/../4", "1.2.\x003", "", "1..2", ".1.2", "1.2.", "a.b", "1" * 65,
-     "/abs", "1.2 ", None, 123],
+    [
+        "../../etc",
+        "1.2.3/../4",
+        "1.2.\x003",
+        "",
+        "1..2",
+        ".1.2",
+        "1.2.",
+        "a.b",
+        "1" * 65,
+        "/abs",
+        "1.2 ",
+        None,
+        123,
+    ],
 )
 def test_paths_come_from_valid_uids_only(tmp_path: Path, value: object) -> None:
     with pytest.raises(InvalidUID) as err:
@@ -40,13 +53,20 @@ def test_paths_come_from_valid_uids_only(tmp_path: Path, value: object) -> None:
         store.instance_relpath("1.2", "1.3", value)  # type: ignore[arg-type]
 
 
-def _rec(sop: str, study: str = "1.2.3", series: str = "1.2.3.1", sha: str = "a" * 64,
-         **kw: str) -> InstanceRecord:
-    return InstanceRecord(study_uid=study, series_uid=series, sop_instance_uid=sop,
-                          sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                          transfer_syntax_uid="1.2.840.10008.1.2.1", sha256=sha,
-                          size_bytes=100, path=f"instances/{study}/{series}/{sop}.dcm",
-                          modality=kw.get("modality", "CT"))
+def _rec(
+    sop: str, study: str = "1.2.3", series: str = "1.2.3.1", sha: str = "a" * 64, **kw: str
+) -> InstanceRecord:
+    return InstanceRecord(
+        study_uid=study,
+        series_uid=series,
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        sha256=sha,
+        size_bytes=100,
+        path=f"instances/{study}/{series}/{sop}.dcm",
+        modality=kw.get("modality", "CT"),
+    )
 
 
 class Clock:
@@ -91,10 +111,16 @@ def test_study_becomes_stable_and_back_when_more_arrives(db: Database) -> None:
     clock.now += timedelta(seconds=61)
     assert sweep.run() == ["1.2.3"]
     with db.sessions() as s:
-        events = [(e.from_state, e.to_state) for e in s.scalars(
-            select(StudyEvent).order_by(StudyEvent.id))]
-    assert events == [("", "receiving"), ("receiving", "stable"), ("stable", "receiving"),
-                      ("receiving", "stable")]
+        events = [
+            (e.from_state, e.to_state)
+            for e in s.scalars(select(StudyEvent).order_by(StudyEvent.id))
+        ]
+    assert events == [
+        ("", "receiving"),
+        ("receiving", "stable"),
+        ("stable", "receiving"),
+        ("receiving", "stable"),
+    ]
 
 
 def test_two_sweepers_record_each_transition_once(db: Database) -> None:

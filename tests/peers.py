@@ -1,0 +1,472 @@
+"""Real DICOM peers on loopback for tests and benchmarks: dcmtk and Orthanc.
+
+- :func:`free_port`: a free TCP port on 127.0.0.1.
+- :func:`require_peer`: skip a test when a peer is missing, or fail it when the environment
+  has ``COURIER_REQUIRE_PEERS=1`` (CI), so a missing install never passes silently.
+- :func:`storescu`, :func:`echoscu`: dcmtk's command-line SCUs.
+- :class:`DcmtkStorescp`: dcmtk's ``storescp`` writing into a directory of its own.
+- :class:`Orthanc`: an Orthanc server with its own configuration and storage.
+
+Debian builds of dcmtk and Orthanc leave Nagle's algorithm on unless the environment has
+``TCP_NODELAY=1``; every C-STORE then stalls about 40 ms on the delayed ACK. Every process
+started here gets ``TCP_NODELAY=1``.
+
+Only loopback hosts are accepted (``ValueError`` otherwise): these peers exist for tests.
+dcmtk 3.6.7's ``storescp`` and Orthanc 1.10's DICOM server have no bind-address option and
+listen on every interface; nothing here sends anything off the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+__all__ = [
+    "DcmtkStorescp",
+    "Orthanc",
+    "echoscu",
+    "free_port",
+    "have_dcmtk",
+    "have_orthanc",
+    "nodelay_env",
+    "require_peer",
+    "storescu",
+]
+
+ORTHANC_BIN = "/usr/sbin/Orthanc"
+_DCMTK_TOOLS = ("storescu", "storescp", "echoscu", "dcmdump")
+
+
+def free_port() -> int:
+    """Return a TCP port that was free on 127.0.0.1 a moment ago (the OS picked it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def require_peer(name: str, available: bool) -> None:
+    """Skip the calling test when peer ``name`` is not available.
+
+    With ``COURIER_REQUIRE_PEERS=1`` in the environment (as in CI) the test fails instead,
+    so a missing peer cannot turn a red run green.
+    """
+    if available:
+        return
+    import pytest  # here, not at the top: the benchmark imports this module without pytest
+
+    message = f"test peer {name!r} is not installed"
+    if os.environ.get("COURIER_REQUIRE_PEERS") == "1":
+        pytest.fail(f"{message} (COURIER_REQUIRE_PEERS=1: `make peers` installs it)", False)
+    pytest.skip(message)
+
+
+def have_dcmtk() -> bool:
+    """Return whether dcmtk's storescu, storescp, echoscu and dcmdump are on PATH."""
+    return all(shutil.which(tool) for tool in _DCMTK_TOOLS)
+
+
+def have_orthanc() -> bool:
+    """Return whether the Orthanc server binary is installed."""
+    return os.access(ORTHANC_BIN, os.X_OK)
+
+
+def nodelay_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return ``base`` (default: this process's environment) plus ``TCP_NODELAY=1``."""
+    env = dict(os.environ if base is None else base)
+    env["TCP_NODELAY"] = "1"
+    return env
+
+
+def _loopback(host: str) -> str:
+    if host == "localhost":
+        return host
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return host
+    except ValueError:
+        pass
+    raise ValueError(f"test peers talk to loopback only, not {host!r}")
+
+
+def _as_paths(files_or_dir: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[str]:
+    if isinstance(files_or_dir, str | os.PathLike):
+        return [os.fspath(files_or_dir)]
+    return [os.fspath(p) for p in files_or_dir]
+
+
+def storescu(
+    host: str,
+    port: int,
+    files_or_dir: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    calling_ae: str = "STORESCU",
+    called_ae: str = "COURIER",
+    extra: Sequence[str] = (),
+    *,
+    timeout: float = 600.0,
+) -> subprocess.CompletedProcess[str]:
+    """Send files (or directories, scanned recursively) with dcmtk's ``storescu``.
+
+    ``extra`` goes before the host: e.g. :func:`synthetic.storescu_args_for` to send a
+    compressed file in its own transfer syntax (by default storescu proposes only the
+    uncompressed ones and cannot decompress). One association for all files; storescu stops
+    at the first failed C-STORE unless ``extra`` has ``-nh``. Returns the completed process
+    (output captured as text); the exit code is non-zero when a store failed. Raises
+    ``subprocess.TimeoutExpired`` after ``timeout`` seconds.
+    """
+    paths = _as_paths(files_or_dir)
+    scan = ["+sd", "+r"] if any(os.path.isdir(p) for p in paths) else []
+    argv = [
+        "storescu",
+        "-aet",
+        calling_ae,
+        "-aec",
+        called_ae,
+        *scan,
+        *extra,
+        _loopback(host),
+        str(port),
+        *paths,
+    ]
+    return subprocess.run(
+        argv, env=nodelay_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def echoscu(
+    host: str,
+    port: int,
+    calling_ae: str = "ECHOSCU",
+    called_ae: str = "COURIER",
+    extra: Sequence[str] = (),
+    *,
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[str]:
+    """Send one C-ECHO with dcmtk's ``echoscu``; exit code 0 means the peer answered."""
+    argv = ["echoscu", "-aet", calling_ae, "-aec", called_ae, *extra, _loopback(host), str(port)]
+    return subprocess.run(
+        argv, env=nodelay_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def wait_for_echo(
+    host: str,
+    port: int,
+    called_ae: str,
+    *,
+    timeout: float = 20.0,
+    process: subprocess.Popen[bytes] | None = None,
+) -> bool:
+    """Poll with C-ECHO until the SCP at ``host:port`` answers; return whether it did.
+
+    Gives up early (False) when ``process`` (the SCP) has exited.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            if (
+                echoscu(host, port, called_ae=called_ae, extra=["-to", "2"], timeout=5).returncode
+                == 0
+            ):
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def _stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class DcmtkStorescp:
+    """dcmtk's ``storescp`` on a free port, writing each received instance into a directory.
+
+    Use as a context manager; ``port``, ``ae_title``, ``out_dir`` and ``process`` are set on
+    entry. It accepts every transfer syntax dcmtk knows (``+xa``) and, with ``fork=True``,
+    forks one child per association (otherwise associations are served one at a time). The
+    temporary directory (received files and log) is removed on exit unless ``out_dir`` was
+    given. Raises ``RuntimeError`` when it does not answer C-ECHO within ``startup_timeout``.
+    """
+
+    def __init__(
+        self,
+        ae_title: str = "STORESCP",
+        *,
+        out_dir: Path | None = None,
+        fork: bool = False,
+        extra: Sequence[str] = (),
+        startup_timeout: float = 20.0,
+    ) -> None:
+        self.ae_title = ae_title
+        self.port = 0
+        self._given_dir = out_dir
+        self._tmp: Path | None = None
+        self.out_dir = Path(out_dir) if out_dir is not None else Path()
+        self._fork = fork
+        self._extra = list(extra)
+        self._startup_timeout = startup_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = Path()
+
+    def __enter__(self) -> Self:
+        self._tmp = Path(tempfile.mkdtemp(prefix="storescp-"))
+        self.out_dir = self._given_dir or self._tmp / "in"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self._tmp / "storescp.log"
+        self.port = free_port()
+        argv = ["storescp", "-aet", self.ae_title, "+xa", "-dhl", "-od", str(self.out_dir)]
+        argv += ["--fork"] if self._fork else []
+        argv += [*self._extra, str(self.port)]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                argv, env=nodelay_env(), stdout=log, stderr=subprocess.STDOUT
+            )
+        if not wait_for_echo(
+            "127.0.0.1",
+            self.port,
+            self.ae_title,
+            timeout=self._startup_timeout,
+            process=self.process,
+        ):
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"storescp did not start: {_tail(self.log_path)}")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.process is not None:
+            _stop(self.process)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def files(self) -> list[Path]:
+        """Return the files received so far, sorted by name."""
+        return sorted(p for p in self.out_dir.rglob("*") if p.is_file())
+
+
+class OrthancError(RuntimeError):
+    """Orthanc answered an HTTP error; ``status`` is the HTTP code, ``body`` its text."""
+
+    def __init__(self, message: str, status: int, body: str) -> None:
+        super().__init__(f"{message}: HTTP {status}: {body[:500]}")
+        self.status = status
+        self.body = body
+
+
+class Orthanc:
+    """An Orthanc server with its own configuration and empty storage, on free ports.
+
+    ``modalities`` maps Orthanc's name for a remote modality to ``(aet, host, port)``
+    (hosts must be loopback). ``config`` overrides or adds configuration keys (e.g.
+    ``{"SyncStorageArea": False}``). On entry the JSON configuration is written into a
+    temporary directory (which also holds storage, index and log, and is removed on exit
+    unless ``keep=True``), Orthanc is started with ``TCP_NODELAY=1``, and the call returns
+    once ``GET /system`` answers; ``RuntimeError`` (with the log's tail) if it does not
+    within ``startup_timeout`` seconds. HTTP helpers use urllib only and raise
+    :class:`OrthancError` on HTTP errors.
+
+    Keys checked against Orthanc 1.10.1's own defaults (``Orthanc --config=FILE``):
+    ``RemoteAccessAllowed: false`` keeps HTTP on loopback; ``Plugins: []`` loads none;
+    ``SyncStorageArea`` (default true) fsyncs each stored file.
+    """
+
+    def __init__(
+        self,
+        modalities: Mapping[str, tuple[str, str, int]] | None = None,
+        *,
+        aet: str = "ORTHANC",
+        config: Mapping[str, Any] | None = None,
+        executable: str = ORTHANC_BIN,
+        startup_timeout: float = 30.0,
+        keep: bool = False,
+    ) -> None:
+        self.aet = aet
+        self.modalities = dict(modalities or {})
+        self._overrides = dict(config or {})
+        self._executable = executable
+        self._startup_timeout = startup_timeout
+        self._keep = keep
+        self.dicom_port = 0
+        self.http_port = 0
+        self.dir = Path()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    @property
+    def url(self) -> str:
+        """Base URL of the REST API."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def log_path(self) -> Path:
+        """Orthanc's combined stdout/stderr."""
+        return self.dir / "orthanc.log"
+
+    def config(self) -> dict[str, Any]:
+        """Return the configuration written on entry (ports must be chosen first)."""
+        return {
+            "Name": "courier-test-orthanc",
+            "StorageDirectory": str(self.dir / "storage"),
+            "IndexDirectory": str(self.dir / "index"),
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [],
+            "LuaScripts": [],
+            "DicomModalities": {
+                name: [aet, _loopback(host), port]
+                for name, (aet, host, port) in self.modalities.items()
+            },
+            "DicomScuTimeout": 10,
+            "SaveJobs": False,
+            **self._overrides,
+        }
+
+    def __enter__(self) -> Self:
+        self.dir = Path(tempfile.mkdtemp(prefix="orthanc-"))
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        while self.http_port == self.dicom_port:
+            self.http_port = free_port()
+        config_path = self.dir / "orthanc.json"
+        config_path.write_text(json.dumps(self.config(), indent=2))
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [self._executable, str(config_path)],
+                env=nodelay_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self._startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"Orthanc exited with {self.process.returncode}: {_tail(self.log_path)}"
+                )
+            try:
+                self.get("/system")
+                return
+            except (OSError, OrthancError):
+                time.sleep(0.1)
+        raise RuntimeError(f"Orthanc did not answer /system: {_tail(self.log_path)}")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.process is not None:
+            _stop(self.process, grace=20.0)
+        if not self._keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- REST -----------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        timeout: float = 60.0,
+    ) -> Any:
+        """Send one request to the REST API and return the decoded JSON answer (or None)."""
+        req = urllib.request.Request(self.url + path, data=body, method=method)
+        if body is not None:
+            req.add_header("Content-Type", content_type)
+        try:
+            with self._opener.open(req, timeout=timeout) as resp:
+                data = resp.read()
+        except urllib.error.HTTPError as err:
+            text = err.read().decode(errors="replace")
+            raise OrthancError(f"{method} {path}", err.code, text) from None
+        return json.loads(data) if data.strip() else None
+
+    def get(self, path: str) -> Any:
+        """GET ``path`` and return its JSON."""
+        return self.request("GET", path)
+
+    def upload(self, paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+        """POST each file to ``/instances``; return the Orthanc IDs of the instances."""
+        ids = []
+        for path in paths:
+            answer = self.request(
+                "POST", "/instances", Path(path).read_bytes(), content_type="application/dicom"
+            )
+            ids.append(str(answer["ID"]))
+        return ids
+
+    def store_to(self, modality: str, resources: Sequence[str], synchronous: bool = True) -> Any:
+        """Ask Orthanc to C-STORE ``resources`` (Orthanc IDs) to ``modality``; return its JSON.
+
+        Synchronous by default: the call returns when the transfer is over, and an
+        :class:`OrthancError` means it failed.
+        """
+        body = json.dumps({"Resources": list(resources), "Synchronous": synchronous}).encode()
+        return self.request("POST", f"/modalities/{modality}/store", body)
+
+    def echo(self, modality: str) -> bool:
+        """C-ECHO ``modality`` from Orthanc; return whether it answered."""
+        try:
+            self.request("POST", f"/modalities/{modality}/echo", b"{}")
+        except OrthancError:
+            return False
+        return True
+
+    def studies(self) -> list[str]:
+        """Return the Orthanc IDs of all stored studies."""
+        return [str(s) for s in self.get("/studies")]
+
+    def instances(self) -> list[str]:
+        """Return the Orthanc IDs of all stored instances."""
+        return [str(s) for s in self.get("/instances")]
+
+    def study_instance_uids(self) -> list[str]:
+        """Return the StudyInstanceUID of every stored study, sorted."""
+        studies = self.get("/studies?expand")
+        return sorted(str(s["MainDicomTags"]["StudyInstanceUID"]) for s in studies)
