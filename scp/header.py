@@ -16,10 +16,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
+import pydicom.config
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 MAX_DEPTH = 32
+
+# We validate what we rely on (UIDs, structure) ourselves; pydicom's value warnings
+# would only echo received values (patient data) into the log.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 _LONG_VRS = {
     b"OB",
@@ -202,11 +207,19 @@ def _walk(fh: BinaryIO, offset: int, size: int, little: bool, implicit0: bool) -
         offset = start + length
 
 
+_CONTROL = dict.fromkeys(range(0x20), None)
+_CONTROL.pop(0x1B)  # ESC starts ISO 2022 character set switches in names
+
+
 def _text(ds: Dataset, keyword: str) -> str:
+    """The value as text for the index: control characters (NUL!) removed.
+
+    PostgreSQL refuses NUL in text, and no attribute we index may contain one.
+    """
     value = ds.get(keyword)
     if value is None:
         return ""
-    return str(value).strip()[:324]
+    return str(value).translate(_CONTROL).strip()[:324]
 
 
 def _uid(ds: Dataset, keyword: str) -> str | None:

@@ -291,8 +291,9 @@ class Orthanc:
     ``modalities`` maps Orthanc's name for a remote modality to ``(aet, host, port)``
     (hosts must be loopback). ``config`` overrides or adds configuration keys (e.g.
     ``{"SyncStorageArea": False}``). On entry the JSON configuration is written into a
-    temporary directory (which also holds storage, index and log, and is removed on exit
-    unless ``keep=True``), Orthanc is started with ``TCP_NODELAY=1``, and the call returns
+    temporary directory (which also holds storage, index and log, is created under
+    ``workdir`` or the system's temporary directory, and is removed on exit unless
+    ``keep=True``), Orthanc is started with ``TCP_NODELAY=1``, and the call returns
     once ``GET /system`` answers; ``RuntimeError`` (with the log's tail) if it does not
     within ``startup_timeout`` seconds. HTTP helpers use urllib only and raise
     :class:`OrthancError` on HTTP errors.
@@ -311,8 +312,10 @@ class Orthanc:
         executable: str = ORTHANC_BIN,
         startup_timeout: float = 30.0,
         keep: bool = False,
+        workdir: Path | None = None,
     ) -> None:
         self.aet = aet
+        self._workdir = workdir
         self.modalities = dict(modalities or {})
         self._overrides = dict(config or {})
         self._executable = executable
@@ -357,7 +360,7 @@ class Orthanc:
         }
 
     def __enter__(self) -> Self:
-        self.dir = Path(tempfile.mkdtemp(prefix="orthanc-"))
+        self.dir = Path(tempfile.mkdtemp(prefix="orthanc-", dir=self._workdir))
         self.dicom_port = free_port()
         self.http_port = free_port()
         while self.http_port == self.dicom_port:

@@ -34,9 +34,9 @@ def send(
     ``None`` marks an instance the association died on. Contexts default to each file's
     own SOP class and transfer syntax (from its file meta).
     """
-    from pydicom import dcmread
+    from pydicom.filereader import read_file_meta_info
 
-    metas = [dcmread(f, stop_before_pixels=True).file_meta for f in files]
+    metas = [read_file_meta_info(f) for f in files]
     if contexts is None:
         contexts = {(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in metas}
     ae = AE(ae_title=calling)
@@ -81,15 +81,19 @@ def storescu(
 
 def rewrite(src: Path, out: Path, **changes: object) -> Path:
     """Copy ``src`` with dataset attributes changed (keeps its transfer syntax)."""
+    import warnings
+
     from pydicom import dcmread
 
     ds = dcmread(src)
-    for key, value in changes.items():
-        if value is None:
-            delattr(ds, key)
-        else:
-            setattr(ds, key, value)
-    dcmwrite(out, ds, enforce_file_format=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # we write invalid values on purpose
+        for key, value in changes.items():
+            if value is None:
+                delattr(ds, key)
+            else:
+                setattr(ds, key, value)
+        dcmwrite(out, ds, enforce_file_format=False)
     return out
 
 

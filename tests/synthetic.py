@@ -103,7 +103,7 @@ ENCODERS: dict[str, str] = {
     JPEGLosslessSV1: "imagecodecs.jpeg8_encode lossless=True predictor=1 (libjpeg-turbo 3)",
     JPEGLSLossless: "pydicom Dataset.compress (pyjpegls)",
     JPEG2000Lossless: "pydicom Dataset.compress (pylibjpeg-openjpeg)",
-    RLELossless: "pydicom Dataset.compress (pydicom RLE encoder)",
+    RLELossless: "pydicom Dataset.compress (RLE: pydicom or pylibjpeg-rle plugin)",
     HTJ2KLossless: "imagecodecs.htj2k_encode reversible=True (OpenJPH)",
 }
 
@@ -193,7 +193,10 @@ def _ct_dataset(
     """Build the attributes shared by every instance of a series (no per-instance ones)."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    if sop_class == CTImageStorage:
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    else:
+        ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.SOPClassUID = sop_class
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = _STUDY_DATE
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = _STUDY_TIME
