@@ -17,7 +17,10 @@ from typing import BinaryIO
 
 import pydicom
 import pydicom.config
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 MAX_DEPTH = 32
@@ -103,10 +106,12 @@ def _meta(fh: BinaryIO, size: int) -> tuple[str, int]:
     return ts, offset
 
 
-def check_structure(path: Path) -> tuple[str, int]:
+def check_structure(path: Path, wanted: dict[int, RawDataElement] | None = None) -> tuple[str, int]:
     """Walk the dataset's element headers; raise :class:`BadDataset` if it is not whole.
 
-    Returns (transfer syntax UID, dataset offset).
+    Top-level elements whose tags are keys of ``wanted`` are stored there (raw, for
+    pydicom to decode with the dataset's character set). Returns (transfer syntax
+    UID, dataset offset).
     """
     size = path.stat().st_size
     with open(path, "rb") as fh:
@@ -115,11 +120,18 @@ def check_structure(path: Path) -> tuple[str, int]:
             return ts, offset  # compressed stream: checked by the full parse instead
         little = ts != ExplicitVRBigEndian
         implicit0 = ts == ImplicitVRLittleEndian
-        _walk(fh, offset, size, little, implicit0)
+        _walk(fh, offset, size, little, implicit0, wanted)
     return ts, offset
 
 
-def _walk(fh: BinaryIO, offset: int, size: int, little: bool, implicit0: bool) -> None:
+def _walk(
+    fh: BinaryIO,
+    offset: int,
+    size: int,
+    little: bool,
+    implicit0: bool,
+    wanted: dict[int, RawDataElement | None] | None = None,
+) -> None:
     end = "<" if little else ">"
     tag_fmt = struct.Struct(end + "HH")
     u16 = struct.Struct(end + "H")
@@ -198,6 +210,17 @@ def _walk(fh: BinaryIO, offset: int, size: int, little: bool, implicit0: bool) -
             continue
         if start + length > size:
             raise BadDataset("an element's value runs past the end of the file")
+        if wanted is not None and len(stack) == 1 and tag in wanted and length <= 1024:
+            fh.seek(start)
+            wanted[tag] = RawDataElement(
+                BaseTag(tag),
+                None if implicit else vr.decode("ascii"),
+                length,
+                fh.read(length),
+                start,
+                implicit,
+                little,
+            )
         if vr == b"SQ" and length:
             stack.append(("seq", implicit, start + length))
             if len(stack) > MAX_DEPTH:
@@ -229,12 +252,43 @@ def _uid(ds: Dataset, keyword: str) -> str | None:
     return str(value).strip("\x00 ")
 
 
+_WANTED = {
+    int(tag_for_keyword(k) or 0): k
+    for k in (
+        "SpecificCharacterSet",
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "AccessionNumber",
+        "StudyDate",
+        "StudyDescription",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "InstanceNumber",
+    )
+}
+
+
 def read_header(path: Path) -> Header:
-    """Check the structure, then read the indexed attributes; raises :class:`BadDataset`."""
-    ts, offset = check_structure(path)
+    """Check the structure and read the indexed attributes in one pass.
+
+    Raises :class:`BadDataset`. The values are decoded by pydicom (with the dataset's
+    Specific Character Set); deflated datasets are parsed by pydicom whole.
+    """
+    wanted: dict[int, RawDataElement | None] = dict.fromkeys(_WANTED)
+    ts, offset = check_structure(path, wanted)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=4096)
-        # Touch every value we keep now, so decoding errors surface here.
+        ds: Dataset
+        if ts == DeflatedExplicitVRLittleEndian:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=4096)
+        else:
+            ds = Dataset({BaseTag(t): raw for t, raw in wanted.items() if raw is not None})
+            # Touch every value we keep now, so decoding errors surface here.
         header = Header(
             transfer_syntax_uid=ts,
             sop_class_uid=_uid(ds, "SOPClassUID"),

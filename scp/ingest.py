@@ -12,6 +12,7 @@ the sub-codes ours). Nothing here logs patient data: UIDs, sizes and AE titles o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from scp.header import BadDataset, Header, read_header
 from scp.spool import SpoolFile
-from store.catalog import Catalog, DuplicateRace, InstanceRecord
+from store.catalog import Catalog, DuplicateRace, InstanceRecord, KnownInstance
 from store.content import ContentStore, check_uid, sha256_of
 from store.errors import DatabaseUnavailable, DiskFull, InvalidUID
 
@@ -127,32 +128,34 @@ class Ingest:
     def _durable(self, path: Path, rel: str, header: Header, peer: Peer) -> Status:
         sha, size = sha256_of(path)
         rec = _record(header, peer, sha, size, rel)
+        # Placing never overwrites, so the common path (a new instance) needs no
+        # look-up first: the link either creates the file (ours) or finds one there.
         attempts = 20
         for attempt in range(attempts):
-            known = self._catalog.lookup(rec.sop_instance_uid)
-            if known is not None:
-                return self._again(
-                    path, rec, known.sha256, known.path, known.id, known.file_missing
-                )
             try:
                 # The last attempt takes over a file whose writer never indexed it.
                 self._content.place(path, rel, replace=attempt == attempts - 1)
                 break
             except FileExistsError:
+                known = self._catalog.lookup(rec.sop_instance_uid)
+                if known is not None:
+                    return self._again(path, rec, known)
                 # Another receiving process is storing the same UID right now.
                 time.sleep(0.05)
         else:
             return Status.PROCESSING_FAILURE
-        # The file at ``rel`` is ours now (placing never overwrites): index it.
         try:
             for _retry in range(5):
                 try:
                     self._catalog.add(rec)
                     break
                 except DuplicateRace:
+                    known = self._catalog.lookup(rec.sop_instance_uid)
+                    if known is not None:
+                        # Indexed already, its file missing (or under other study UIDs).
+                        return self._placed_but_known(rel, rec, known)
                     # Another process created this study or series row first; it
                     # exists now, so the next attempt updates it.
-                    continue
             else:
                 raise DatabaseUnavailable("the index kept refusing the row")
         except BaseException:
@@ -167,26 +170,27 @@ class Ingest:
         )
         return Status.SUCCESS
 
-    def _again(
-        self,
-        path: Path,
-        rec: InstanceRecord,
-        sha: str,
-        known_path: str,
-        instance_id: int,
-        file_missing: bool,
-    ) -> Status:
-        if sha == rec.sha256:
-            if file_missing or not self._content.path(known_path).exists():
-                self._content.place(path, known_path)
-                self._catalog.mark_restored(instance_id)
-                log.info("restored missing file uid=%s", rec.sop_instance_uid)
-            else:
-                log.info("identical re-send uid=%s kept one copy", rec.sop_instance_uid)
+    def _again(self, path: Path, rec: InstanceRecord, known: KnownInstance) -> Status:
+        """A file is already at the instance's path and indexed: same bytes or not."""
+        if known.sha256 == rec.sha256:
+            if known.file_missing:
+                self._catalog.mark_restored(known.id)
+            log.info("identical re-send uid=%s kept one copy", rec.sop_instance_uid)
             return Status.SUCCESS
+        return self._keep_aside(path, rec)
+
+    def _placed_but_known(self, rel: str, rec: InstanceRecord, known: KnownInstance) -> Status:
+        """We placed a file, but the UID was indexed: restore it, or move ours aside."""
+        if known.sha256 == rec.sha256 and known.path == rel:
+            self._catalog.mark_restored(known.id)
+            log.info("restored missing file uid=%s", rec.sop_instance_uid)
+            return Status.SUCCESS
+        return self._keep_aside(self._content.path(rel), rec)
+
+    def _keep_aside(self, path: Path, rec: InstanceRecord) -> Status:
         conflict_rel = self._content.conflict_relpath(rec.sop_instance_uid, rec.sha256)
-        self._content.place(path, conflict_rel)
-        conflict = InstanceRecord(**{**rec.__dict__, "path": conflict_rel})
+        self._content.place(path, conflict_rel, replace=True)
+        conflict = replace_path(rec, conflict_rel)
         try:
             self._catalog.add_conflict(conflict)
         except BaseException:
@@ -194,6 +198,11 @@ class Ingest:
             raise
         log.warning("same UID, different bytes: kept aside uid=%s", rec.sop_instance_uid)
         return Status.SUCCESS
+
+
+def replace_path(rec: InstanceRecord, rel: str) -> InstanceRecord:
+    """``rec`` stored at another path."""
+    return dataclasses.replace(rec, path=rel)
 
 
 def _record(header: Header, peer: Peer, sha: str, size: int, rel: str) -> InstanceRecord:

@@ -53,6 +53,8 @@ REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user: calling AE no
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service-user: called AE not recognized
 REJECT_LIMIT = (0x02, 0x03, 0x02)  # transient, service-provider: local limit exceeded
 
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
+
 # Room for a large A-ASSOCIATE-RQ (128 contexts, user identity) beyond max_pdu_size.
 _CONTROL_PDU_ROOM = 256 * 1024
 
@@ -141,6 +143,9 @@ class BoundedSocket(AssociationSocket):
                 if n == 0:
                     return buf[:got]
                 got += n
+                # Re-arm quick ACKs: a sender that keeps Nagle on (pynetdicom, Debian's
+                # dcmtk without TCP_NODELAY=1) otherwise waits ~40 ms per small message.
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         finally:
             view.release()
         return buf

@@ -14,13 +14,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import case, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, case, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, TimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.errors import DatabaseUnavailable, StoreError
-from store.models import Instance, InstanceConflict, Series, Study, StudyEvent, StudyState, utcnow
+from store.models import (
+    Instance,
+    InstanceConflict,
+    Series,
+    Study,
+    StudyEvent,
+    StudyState,
+    UTCDateTime,
+    utcnow,
+)
 
 
 class DuplicateRace(StoreError):
@@ -73,12 +83,121 @@ def guarded(sessions: sessionmaker[Session]) -> Iterator[Session]:
     except IntegrityError:
         raise
     except (OperationalError, TimeoutError, DBAPIError) as exc:
-        # The driver's message may quote SQL parameters (patient data): keep the type.
-        cause = type(getattr(exc, "orig", None) or exc).__name__
-        raise DatabaseUnavailable(
-            f"the index database is unavailable ({cause}); "
-            "check store.database_url and that the database is running"
-        ) from None
+        raise _unavailable(exc) from None
+
+
+_STUDIES = cast(Table, Study.__table__)
+_SERIES = cast(Table, Series.__table__)
+_INSTANCES = cast(Table, Instance.__table__)
+_EVENTS = cast(Table, StudyEvent.__table__)
+
+
+def _p(name: str) -> Any:
+    # Bind names must differ from column names in INSERT/UPDATE: prefix them.
+    return bindparam(f"p_{name}")
+
+
+_S, _SE, _I, _E = _STUDIES.c, _SERIES.c, _INSTANCES.c, _EVENTS.c
+_NOW = bindparam("now", type_=UTCDateTime())
+_BUMP_STUDY = (
+    update(_STUDIES)
+    .where(_S.study_uid == _p("study_uid"))
+    .values(
+        instance_count=_S.instance_count + 1,
+        size_bytes=_S.size_bytes + _p("size_bytes"),
+        last_received_at=case((_S.last_received_at < _NOW, _NOW), else_=_S.last_received_at),
+    )
+    .returning(_S.id, _S.state, _S.modalities)
+)
+_NEW_STUDY = (
+    insert(_STUDIES)
+    .values(
+        study_uid=_p("study_uid"),
+        patient_id=_p("patient_id"),
+        patient_name=_p("patient_name"),
+        patient_birth_date=_p("patient_birth_date"),
+        accession_number=_p("accession_number"),
+        study_date=_p("study_date"),
+        study_description=_p("study_description"),
+        modalities=_p("modality"),
+        state=StudyState.RECEIVING,
+        instance_count=1,
+        size_bytes=_p("size_bytes"),
+        calling_ae=_p("calling_ae"),
+        called_ae=_p("called_ae"),
+        peer_host=_p("peer_host"),
+        first_received_at=_NOW,
+        last_received_at=_NOW,
+    )
+    .returning(_S.id)
+)
+_NEW_EVENT = insert(_EVENTS).values(
+    study_id=_p("study_id"),
+    at=_NOW,
+    from_state=_p("from_state"),
+    to_state=_p("to_state"),
+    reason=_p("reason"),
+)
+_UNSTABLE = (
+    update(_STUDIES)
+    .where(_S.id == _p("study_id"))
+    .values(state=StudyState.RECEIVING, stable_at=None)
+)
+_MODALITIES = update(_STUDIES).where(_S.id == _p("study_id")).values(modalities=_p("modalities"))
+_BUMP_SERIES = (
+    update(_SERIES)
+    .where(_SE.series_uid == _p("series_uid"))
+    .values(instance_count=_SE.instance_count + 1, size_bytes=_SE.size_bytes + _p("size_bytes"))
+    .returning(_SE.id)
+)
+_NEW_SERIES = (
+    insert(_SERIES)
+    .values(
+        study_id=_p("study_id"),
+        series_uid=_p("series_uid"),
+        modality=_p("modality"),
+        series_number=_p("series_number"),
+        series_description=_p("series_description"),
+        instance_count=1,
+        size_bytes=_p("size_bytes"),
+    )
+    .returning(_SE.id)
+)
+_NEW_INSTANCE = insert(_INSTANCES).values(
+    study_id=_p("study_id"),
+    series_id=_p("series_id"),
+    sop_instance_uid=_p("sop_instance_uid"),
+    sop_class_uid=_p("sop_class_uid"),
+    transfer_syntax_uid=_p("transfer_syntax_uid"),
+    instance_number=_p("instance_number"),
+    size_bytes=_p("size_bytes"),
+    sha256=_p("sha256"),
+    path=_p("path"),
+    calling_ae=_p("calling_ae"),
+    received_at=_NOW,
+    file_missing=False,
+)
+
+
+@contextmanager
+def guarded_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection whose database failures become :class:`DatabaseUnavailable`."""
+    try:
+        with engine.connect() as conn:
+            yield conn
+    except IntegrityError:
+        raise
+    except (OperationalError, TimeoutError, DBAPIError) as exc:
+        raise _unavailable(exc) from None
+
+
+def _unavailable(exc: Exception) -> DatabaseUnavailable:
+    # The driver's message may quote SQL parameters (patient data): keep the type.
+    cause = type(getattr(exc, "orig", None) or exc).__name__
+    return DatabaseUnavailable(
+        f"the index database is unavailable ({cause}); "
+        "check store.database_url and that the database is running"
+    )
 
 
 class Catalog:
@@ -88,14 +207,16 @@ class Catalog:
         self, sessions: sessionmaker[Session], clock: Callable[[], datetime] = utcnow
     ) -> None:
         self._sessions = sessions
+        self._engine: Engine = sessions.kw["bind"]
         self._clock = clock
 
     def lookup(self, sop_instance_uid: str) -> KnownInstance | None:
         """The indexed instance with this UID, or None."""
-        with guarded(self._sessions) as s:
-            row = s.execute(
-                select(Instance.id, Instance.sha256, Instance.path, Instance.file_missing).where(
-                    Instance.sop_instance_uid == sop_instance_uid
+        t = _INSTANCES.c
+        with guarded_connection(self._engine) as conn:
+            row = conn.execute(
+                select(t.id, t.sha256, t.path, t.file_missing).where(
+                    t.sop_instance_uid == sop_instance_uid
                 )
             ).first()
         return None if row is None else KnownInstance(row[0], row[1], row[2], row[3])
@@ -110,127 +231,55 @@ class Catalog:
 
         Counters are incremented in SQL (never read-modify-write in Python), and the
         first statement is a write, so SQLite takes its write lock and PostgreSQL its
-        row lock before anything is read: concurrent receivers lose no count.
+        row lock before anything is read: concurrent receivers lose no count. The
+        statements are built once (this runs for every received instance).
         """
         now = received_at or self._clock()
+        values: dict[str, Any] = {f"p_{k}": v for k, v in rec.__dict__.items()}
+        values["now"] = now
         try:
-            with guarded(self._sessions) as s, s.begin():
-                study_id = self._bump_study(s, rec, now)
-                state, modalities = s.execute(
-                    select(Study.state, Study.modalities).where(Study.id == study_id)
-                ).one()
-                if state == StudyState.STABLE:
-                    s.execute(
-                        update(Study)
-                        .where(Study.id == study_id)
-                        .values(state=StudyState.RECEIVING, stable_at=None)
+            with guarded_connection(self._engine) as conn, conn.begin():
+                row = conn.execute(_BUMP_STUDY, values).first()
+                if row is None:
+                    study_id = int(conn.execute(_NEW_STUDY, values).scalar_one())
+                    conn.execute(
+                        _NEW_EVENT,
+                        {
+                            "p_study_id": study_id,
+                            "now": now,
+                            "p_from_state": "",
+                            "p_to_state": StudyState.RECEIVING,
+                            "p_reason": "first instance",
+                        },
                     )
-                    s.add(
-                        StudyEvent(
-                            study_id=study_id,
-                            at=now,
-                            from_state=StudyState.STABLE,
-                            to_state=StudyState.RECEIVING,
-                            reason="new instance after the study was stable",
-                        )
+                    state, modalities = str(StudyState.RECEIVING), rec.modality
+                else:
+                    study_id, state, modalities = int(row[0]), str(row[1]), str(row[2])
+                if state == StudyState.STABLE:
+                    conn.execute(_UNSTABLE, {"p_study_id": study_id})
+                    conn.execute(
+                        _NEW_EVENT,
+                        {
+                            "p_study_id": study_id,
+                            "now": now,
+                            "p_from_state": StudyState.STABLE,
+                            "p_to_state": StudyState.RECEIVING,
+                            "p_reason": "new instance after the study was stable",
+                        },
                     )
                 if rec.modality and rec.modality not in modalities.split("\\"):
                     joined = "\\".join(m for m in (modalities, rec.modality) if m)
-                    s.execute(
-                        update(Study).where(Study.id == study_id).values(modalities=joined[:64])
-                    )
-                series_id = self._bump_series(s, rec, study_id)
-                s.add(
-                    Instance(
-                        study_id=study_id,
-                        series_id=series_id,
-                        sop_instance_uid=rec.sop_instance_uid,
-                        sop_class_uid=rec.sop_class_uid,
-                        transfer_syntax_uid=rec.transfer_syntax_uid,
-                        instance_number=rec.instance_number,
-                        size_bytes=rec.size_bytes,
-                        sha256=rec.sha256,
-                        path=rec.path,
-                        calling_ae=rec.calling_ae,
-                        received_at=now,
-                        file_missing=False,
-                    )
+                    conn.execute(_MODALITIES, {"p_study_id": study_id, "p_modalities": joined[:64]})
+                series_id = conn.execute(_BUMP_SERIES, values).scalar()
+                if series_id is None:
+                    series_id = conn.execute(
+                        _NEW_SERIES, {**values, "p_study_id": study_id}
+                    ).scalar_one()
+                conn.execute(
+                    _NEW_INSTANCE, {**values, "p_study_id": study_id, "p_series_id": series_id}
                 )
         except IntegrityError:
             raise DuplicateRace("instance, series or study was inserted concurrently") from None
-
-    @staticmethod
-    def _bump_study(s: Session, rec: InstanceRecord, now: datetime) -> int:
-        bumped = s.execute(
-            update(Study)
-            .where(Study.study_uid == rec.study_uid)
-            .values(
-                instance_count=Study.instance_count + 1,
-                size_bytes=Study.size_bytes + rec.size_bytes,
-                last_received_at=case(
-                    (Study.last_received_at < now, now), else_=Study.last_received_at
-                ),
-            )
-            .returning(Study.id)
-        ).first()
-        if bumped is not None:
-            return int(bumped[0])
-        study = Study(
-            study_uid=rec.study_uid,
-            patient_id=rec.patient_id,
-            patient_name=rec.patient_name,
-            patient_birth_date=rec.patient_birth_date,
-            accession_number=rec.accession_number,
-            study_date=rec.study_date,
-            study_description=rec.study_description,
-            modalities=rec.modality,
-            state=StudyState.RECEIVING,
-            instance_count=1,
-            size_bytes=rec.size_bytes,
-            calling_ae=rec.calling_ae,
-            called_ae=rec.called_ae,
-            peer_host=rec.peer_host,
-            first_received_at=now,
-            last_received_at=now,
-        )
-        s.add(study)
-        s.flush()
-        s.add(
-            StudyEvent(
-                study_id=study.id,
-                at=now,
-                from_state="",
-                to_state=StudyState.RECEIVING,
-                reason="first instance",
-            )
-        )
-        return study.id
-
-    @staticmethod
-    def _bump_series(s: Session, rec: InstanceRecord, study_id: int) -> int:
-        bumped = s.execute(
-            update(Series)
-            .where(Series.series_uid == rec.series_uid)
-            .values(
-                instance_count=Series.instance_count + 1,
-                size_bytes=Series.size_bytes + rec.size_bytes,
-            )
-            .returning(Series.id)
-        ).first()
-        if bumped is not None:
-            return int(bumped[0])
-        series = Series(
-            study_id=study_id,
-            series_uid=rec.series_uid,
-            modality=rec.modality,
-            series_number=rec.series_number,
-            series_description=rec.series_description,
-            instance_count=1,
-            size_bytes=rec.size_bytes,
-        )
-        s.add(series)
-        s.flush()
-        return series.id
 
     def add_conflict(self, rec: InstanceRecord) -> None:
         """Record a same-UID, different-bytes arrival kept aside at ``rec.path``."""

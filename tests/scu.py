@@ -28,6 +28,7 @@ def send(
     calling: str = "PYSCU",
     called: str = "COURIER",
     contexts: Iterable[tuple[str, str]] | None = None,
+    timeout: float = 30,
 ) -> list[int | None]:
     """Send ``files`` as-is (bytes, not re-encoded) on one association; return statuses.
 
@@ -40,7 +41,7 @@ def send(
     if contexts is None:
         contexts = {(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in metas}
     ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     for sop_class, ts in sorted(set(contexts)):
         ae.add_requested_context(sop_class, ts)
     old = _config.STORE_SEND_CHUNKED_DATASET

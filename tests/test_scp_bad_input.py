@@ -3,6 +3,7 @@ behind, and the next association works. No patient data reaches a log line."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
@@ -314,10 +315,8 @@ def test_many_bad_associations_in_parallel_then_good_ones(scp: LocalScp, tmp_pat
 
     def junk() -> None:
         for _ in range(5):
-            try:
+            with contextlib.suppress(OSError):
                 _raw(scp.port, b"\x07\x00\x00\x00\x00\x04garbage" * 3, wait=0.5)
-            except OSError:
-                pass
 
     threads = [threading.Thread(target=junk) for _ in range(3)]
     for t in threads:
