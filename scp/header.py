@@ -106,7 +106,9 @@ def _meta(fh: BinaryIO, size: int) -> tuple[str, int]:
     return ts, offset
 
 
-def check_structure(path: Path, wanted: dict[int, RawDataElement] | None = None) -> tuple[str, int]:
+def check_structure(
+    path: Path, wanted: dict[int, RawDataElement | None] | None = None
+) -> tuple[str, int]:
     """Walk the dataset's element headers; raise :class:`BadDataset` if it is not whole.
 
     Top-level elements whose tags are keys of ``wanted`` are stored there (raw, for

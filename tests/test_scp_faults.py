@@ -65,7 +65,7 @@ def test_kill_9_during_a_1000_instance_push(
         node = node_factory(db)  # type: ignore[operator]
         statuses: list[int | None] = []
 
-        def push(port: int = node.port) -> None:
+        def push(port: int = node.port, statuses: list[int | None] = statuses) -> None:
             with contextlib.suppress(ConnectionError):
                 statuses.extend(send(port, files, timeout=3))
 
