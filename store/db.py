@@ -15,8 +15,10 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from store.errors import DatabaseUnavailable
 from store.settings import StoreSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -103,6 +105,13 @@ def migrate(engine: Engine) -> None:
     """Apply every Alembic migration up to head (idempotent, run at start-up)."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except (OperationalError, DBAPIError) as exc:
+        cause = type(getattr(exc, "orig", None) or exc).__name__
+        raise DatabaseUnavailable(
+            f"cannot open the index database ({cause}); check store.database_url and "
+            "that the database server is running"
+        ) from None

@@ -8,7 +8,6 @@ they fail instead: nothing is silently skipped in CI.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -34,19 +33,11 @@ from scp.settings import ScpSettings  # noqa: E402
 from store.catalog import Catalog  # noqa: E402
 from store.content import ContentStore  # noqa: E402
 from store.db import make_engine, make_sessions, migrate  # noqa: E402
+from tests.peers import free_port, have_dcmtk, have_orthanc  # noqa: E402
+from tests.peers import require_peer as need  # noqa: E402
 
 PG_URL = os.environ.get("COURIER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REQUIRE_PEERS = os.environ.get("COURIER_REQUIRE_PEERS") == "1"
 COURIER = REPO / ".venv" / "bin" / "courier"
-
-
-def need(name: str, available: bool) -> None:
-    """Skip (or, in CI, fail) when a real peer is missing."""
-    if available:
-        return
-    if REQUIRE_PEERS:
-        pytest.fail(f"peer {name} is required (COURIER_REQUIRE_PEERS=1) but missing")
-    pytest.skip(f"peer {name} not available")
 
 
 def have_postgres() -> bool:
@@ -58,12 +49,6 @@ def have_postgres() -> bool:
         return True
     except Exception:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -276,9 +261,4 @@ def node_factory(tmp_path: Path) -> Iterator[Any]:
         n.stop()
 
 
-def have_dcmtk() -> bool:
-    return shutil.which("storescu") is not None and shutil.which("echoscu") is not None
-
-
-def have_orthanc() -> bool:
-    return Path("/usr/sbin/Orthanc").exists() or shutil.which("Orthanc") is not None
+__all__ = ["free_port", "have_dcmtk", "have_orthanc", "need"]
