@@ -37,6 +37,7 @@ from typing import Any, Self
 __all__ = [
     "DcmtkStorescp",
     "Orthanc",
+    "OrthancError",
     "echoscu",
     "free_port",
     "have_dcmtk",
@@ -44,6 +45,7 @@ __all__ = [
     "nodelay_env",
     "require_peer",
     "storescu",
+    "wait_for_echo",
 ]
 
 ORTHANC_BIN = "/usr/sbin/Orthanc"

@@ -47,6 +47,7 @@ def send(
     old = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes exactly
     statuses: list[int | None] = []
+    assoc = None
     try:
         assoc = ae.associate("127.0.0.1", port, ae_title=called)
         if not assoc.is_established:
@@ -61,6 +62,10 @@ def send(
             assoc.release()
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = old
+        # pynetdicom leaves the socket open when the peer dies mid-association.
+        sock = getattr(getattr(assoc, "dul", None), "socket", None)
+        if sock is not None and getattr(sock, "socket", None) is not None:
+            sock.socket.close()
     return statuses
 
 
