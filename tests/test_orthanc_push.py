@@ -21,8 +21,7 @@ def test_orthanc_pushes_a_study_to_courier(local_scp: LocalScp, tmp_path: Path) 
     files += synthetic.make_transfer_syntax_studies(tmp_path / "ts", n_instances=1)[
         "1.2.840.10008.1.2.4.80"  # JPEG-LS lossless: Orthanc passes it on as stored
     ]
-    with Orthanc({"courier": ("COURIER", "127.0.0.1", local_scp.port)},
-                 workdir=tmp_path) as pacs:
+    with Orthanc({"courier": ("COURIER", "127.0.0.1", local_scp.port)}, workdir=tmp_path) as pacs:
         pacs.upload(files)
         assert pacs.echo("courier")
         studies = pacs.studies()
