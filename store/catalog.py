@@ -97,6 +97,11 @@ def _p(name: str) -> Any:
     return bindparam(f"p_{name}")
 
 
+def _binds(*names: str) -> dict[str, Any]:
+    """Column values bound to same-named parameters of :func:`_p`."""
+    return {name: _p(name) for name in names}
+
+
 _S, _SE, _I, _E = _STUDIES.c, _SERIES.c, _INSTANCES.c, _EVENTS.c
 _NOW = bindparam("now", type_=UTCDateTime())
 _BUMP_STUDY = (
@@ -112,31 +117,29 @@ _BUMP_STUDY = (
 _NEW_STUDY = (
     insert(_STUDIES)
     .values(
-        study_uid=_p("study_uid"),
-        patient_id=_p("patient_id"),
-        patient_name=_p("patient_name"),
-        patient_birth_date=_p("patient_birth_date"),
-        accession_number=_p("accession_number"),
-        study_date=_p("study_date"),
-        study_description=_p("study_description"),
+        **_binds(
+            "study_uid",
+            "patient_id",
+            "patient_name",
+            "patient_birth_date",
+            "accession_number",
+            "study_date",
+            "study_description",
+            "size_bytes",
+            "calling_ae",
+            "called_ae",
+            "peer_host",
+        ),
         modalities=_p("modality"),
         state=StudyState.RECEIVING,
         instance_count=1,
-        size_bytes=_p("size_bytes"),
-        calling_ae=_p("calling_ae"),
-        called_ae=_p("called_ae"),
-        peer_host=_p("peer_host"),
         first_received_at=_NOW,
         last_received_at=_NOW,
     )
     .returning(_S.id)
 )
 _NEW_EVENT = insert(_EVENTS).values(
-    study_id=_p("study_id"),
-    at=_NOW,
-    from_state=_p("from_state"),
-    to_state=_p("to_state"),
-    reason=_p("reason"),
+    **_binds("study_id", "from_state", "to_state", "reason"), at=_NOW
 )
 _UNSTABLE = (
     update(_STUDIES)
@@ -153,27 +156,31 @@ _BUMP_SERIES = (
 _NEW_SERIES = (
     insert(_SERIES)
     .values(
-        study_id=_p("study_id"),
-        series_uid=_p("series_uid"),
-        modality=_p("modality"),
-        series_number=_p("series_number"),
-        series_description=_p("series_description"),
+        **_binds(
+            "study_id",
+            "series_uid",
+            "modality",
+            "series_number",
+            "series_description",
+            "size_bytes",
+        ),
         instance_count=1,
-        size_bytes=_p("size_bytes"),
     )
     .returning(_SE.id)
 )
 _NEW_INSTANCE = insert(_INSTANCES).values(
-    study_id=_p("study_id"),
-    series_id=_p("series_id"),
-    sop_instance_uid=_p("sop_instance_uid"),
-    sop_class_uid=_p("sop_class_uid"),
-    transfer_syntax_uid=_p("transfer_syntax_uid"),
-    instance_number=_p("instance_number"),
-    size_bytes=_p("size_bytes"),
-    sha256=_p("sha256"),
-    path=_p("path"),
-    calling_ae=_p("calling_ae"),
+    **_binds(
+        "study_id",
+        "series_id",
+        "sop_instance_uid",
+        "sop_class_uid",
+        "transfer_syntax_uid",
+        "instance_number",
+        "size_bytes",
+        "sha256",
+        "path",
+        "calling_ae",
+    ),
     received_at=_NOW,
     file_missing=False,
 )
