@@ -236,26 +236,45 @@ _CONTROL = dict.fromkeys(range(0x20), None)
 _CONTROL.pop(0x1B)  # ESC starts ISO 2022 character set switches in names
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    """The value as text for the index: control characters (NUL!) removed.
+class _Fields:
+    """The indexed attributes: plain ASCII values read straight from their bytes (the
+    common case, and fast); anything else decoded by pydicom with the dataset's
+    Specific Character Set."""
 
-    PostgreSQL refuses NUL in text, and no attribute we index may contain one.
-    """
-    value = ds.get(keyword)
-    if value is None:
-        return ""
-    return str(value).translate(_CONTROL).strip()[:324]
+    def __init__(self, raws: dict[int, RawDataElement | None], ds: Dataset | None) -> None:
+        self._raws = raws
+        self._ds = ds
+
+    def _dataset(self) -> Dataset:
+        if self._ds is None:
+            self._ds = Dataset({BaseTag(t): r for t, r in self._raws.items() if r is not None})
+        return self._ds
+
+    def get(self, keyword: str) -> str | None:
+        tag = _TAGS[keyword]
+        raw = self._raws.get(tag)
+        if raw is not None and isinstance(raw.value, bytes) and raw.value.isascii():
+            return raw.value.decode("ascii")
+        if raw is None and self._ds is None:
+            return None
+        value = self._dataset().get(keyword)
+        return None if value is None else str(value)
+
+    def text(self, keyword: str, limit: int) -> str:
+        """The value for the index: control characters (NUL!) removed, trimmed.
+
+        PostgreSQL refuses NUL in text, and no attribute we index may contain one.
+        """
+        value = self.get(keyword)
+        return "" if value is None else value.translate(_CONTROL).strip()[:limit]
+
+    def uid(self, keyword: str) -> str | None:
+        value = self.get(keyword)
+        return None if value is None else value.strip("\x00 ")
 
 
-def _uid(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    if value is None:
-        return None
-    return str(value).strip("\x00 ")
-
-
-_WANTED = {
-    int(tag_for_keyword(k) or 0): k
+_TAGS = {
+    k: int(tag_for_keyword(k) or 0)
     for k in (
         "SpecificCharacterSet",
         "SOPClassUID",
@@ -274,6 +293,7 @@ _WANTED = {
         "InstanceNumber",
     )
 }
+_WANTED = {tag: k for k, tag in _TAGS.items()}
 
 
 def read_header(path: Path) -> Header:
@@ -285,28 +305,26 @@ def read_header(path: Path) -> Header:
     wanted: dict[int, RawDataElement | None] = dict.fromkeys(_WANTED)
     ts, offset = check_structure(path, wanted)
     try:
-        ds: Dataset
+        full = None
         if ts == DeflatedExplicitVRLittleEndian:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=4096)
-        else:
-            ds = Dataset({BaseTag(t): raw for t, raw in wanted.items() if raw is not None})
-            # Touch every value we keep now, so decoding errors surface here.
+            full = pydicom.dcmread(path, stop_before_pixels=True, defer_size=4096)
+        f = _Fields(wanted, full)
         header = Header(
             transfer_syntax_uid=ts,
-            sop_class_uid=_uid(ds, "SOPClassUID"),
-            sop_instance_uid=_uid(ds, "SOPInstanceUID"),
-            study_uid=_uid(ds, "StudyInstanceUID"),
-            series_uid=_uid(ds, "SeriesInstanceUID"),
-            patient_id=_text(ds, "PatientID")[:64],
-            patient_name=_text(ds, "PatientName"),
-            patient_birth_date=_text(ds, "PatientBirthDate")[:8],
-            accession_number=_text(ds, "AccessionNumber")[:16],
-            study_date=_text(ds, "StudyDate")[:8],
-            study_description=_text(ds, "StudyDescription")[:64],
-            modality=_text(ds, "Modality")[:16],
-            series_number=_text(ds, "SeriesNumber")[:12],
-            series_description=_text(ds, "SeriesDescription")[:64],
-            instance_number=_text(ds, "InstanceNumber")[:12],
+            sop_class_uid=f.uid("SOPClassUID"),
+            sop_instance_uid=f.uid("SOPInstanceUID"),
+            study_uid=f.uid("StudyInstanceUID"),
+            series_uid=f.uid("SeriesInstanceUID"),
+            patient_id=f.text("PatientID", 64),
+            patient_name=f.text("PatientName", 324),
+            patient_birth_date=f.text("PatientBirthDate", 8),
+            accession_number=f.text("AccessionNumber", 16),
+            study_date=f.text("StudyDate", 8),
+            study_description=f.text("StudyDescription", 64),
+            modality=f.text("Modality", 16),
+            series_number=f.text("SeriesNumber", 12),
+            series_description=f.text("SeriesDescription", 64),
+            instance_number=f.text("InstanceNumber", 12),
             dataset_offset=offset,
         )
     except BadDataset:

@@ -116,3 +116,22 @@ def test_node_with_two_receiving_processes(
     stored = list((node.data_dir / "instances").rglob("*.dcm"))
     assert len(stored) == 200
     assert list((node.data_dir / "spool").iterdir()) == []
+
+
+def test_non_ascii_names_are_decoded_with_the_character_set(
+    local_scp: LocalScp, tmp_path: Path
+) -> None:
+    from tests.scu import rewrite
+
+    f = synthetic.make_small_instances(tmp_path / "n", n=1)[0]
+    utf8 = rewrite(
+        f,
+        tmp_path / "utf8.dcm",
+        SpecificCharacterSet="ISO_IR 192",
+        PatientName="Müller^Zoë",
+        StudyDescription="Thorax 胸部",
+    )
+    assert send(local_scp.port, [utf8]) == [0x0000]
+    with local_scp.db.sessions() as s:
+        study = s.scalars(select(Study)).one()
+    assert (study.patient_name, study.study_description) == ("Müller^Zoë", "Thorax 胸部")
