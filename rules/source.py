@@ -7,7 +7,7 @@ from ruamel.yaml's node graph itself and refuses, with the file, line and column
 - duplicate keys, and keys that are not plain scalars;
 - any explicit tag (``!!python/object``, ``!include`` ...): there is nothing to construct;
 - anchors and aliases (an alias bomb expands to billions of nodes; configs never need them);
-- files over ``MAX_BYTES`` and bytes that are not UTF-8.
+- files over ``MAX_BYTES``, bytes that are not UTF-8, nesting deeper than ``MAX_DEPTH``.
 
 Every value's position is kept in :class:`YamlDocument.marks`, keyed by its path of
 keys and list indexes, so a schema error can point at the line that caused it.
@@ -15,6 +15,7 @@ keys and list indexes, so a schema error can point at the line that caused it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,11 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 64  # configs need a handful; this bounds recursion everywhere after
 
 Loc = tuple[str | int, ...]
+
+_FLOW_TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"\\]|\\.)*"|#[^\n]*|[\[\]{}]""")
 
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
@@ -57,6 +61,9 @@ class YamlDocument:
     data: Any
     marks: dict[Loc, tuple[int, int]] = field(default_factory=dict)
     key_marks: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    # The text as written of every number (``00123`` reads as 123; ``00321060`` is a tag):
+    # consumers that want text (rule values, tags) take it from here.
+    raw: dict[Loc, str] = field(default_factory=dict)
 
     def key_mark(self, loc: Loc) -> tuple[int, int] | None:
         """Position of the *key* naming ``loc`` (for "unknown key" errors), else of the value."""
@@ -102,9 +109,22 @@ def read_yaml_text(text: str, source: str = "<text>") -> YamlDocument:
     """Read YAML text strictly; raises :class:`YamlSourceError`."""
     if text.startswith("\ufeff"):
         text = text[1:]
+    size = len(text.encode("utf-8", "replace"))
+    if size > MAX_BYTES:
+        raise YamlSourceError(source, None, None, f"text is {size} bytes; the limit is {MAX_BYTES}")
+    too_deep = _flow_too_deep(text)
+    if too_deep is not None:
+        raise YamlSourceError(
+            source, *too_deep, f"nested more than {MAX_DEPTH} levels deep: flatten it"
+        )
     yaml = YAML(typ="rt", pure=True)
     try:
         node = yaml.compose(text)
+    except RecursionError:
+        # ruamel's parser recurses per nesting level: ``[[[[...`` a million deep.
+        raise YamlSourceError(
+            source, None, None, f"nested more than {MAX_DEPTH} levels deep: flatten it"
+        ) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -118,6 +138,27 @@ def read_yaml_text(text: str, source: str = "<text>") -> YamlDocument:
     return doc
 
 
+def _flow_too_deep(text: str) -> tuple[int, int] | None:
+    """Where ``[[[[...`` nests too deep, if it does: ruamel's scanner is quadratic in it.
+
+    Quoted strings and comments are skipped roughly; a miss only means ruamel's own
+    RecursionError (caught above) stops the bomb, seconds later.
+    """
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return None
+    depth = 0
+    for token in _FLOW_TOKENS.finditer(text):
+        bracket = token.group()
+        if bracket in ("[", "{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                at = token.start()
+                return text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+        elif bracket in ("]", "}"):
+            depth = max(depth - 1, 0)
+    return None
+
+
 def _pos(node: Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
@@ -129,6 +170,8 @@ def _fail(doc: YamlDocument, node: Node, message: str) -> YamlSourceError:
 
 def _build(node: Node, loc: Loc, doc: YamlDocument) -> Any:
     doc.marks[loc] = _pos(node)
+    if len(loc) > MAX_DEPTH:
+        raise _fail(doc, node, f"nested more than {MAX_DEPTH} levels deep: flatten it")
     if getattr(node, "anchor", None):
         raise _fail(doc, node, "anchors and aliases (&, *) are not allowed: write the value out")
     if isinstance(node, MappingNode):
@@ -155,6 +198,8 @@ def _build(node: Node, loc: Loc, doc: YamlDocument) -> Any:
             raise _fail(doc, node, f"tag {node.tag!r} is not allowed")
         return [_build(item, (*loc, i), doc) for i, item in enumerate(node.value)]
     if isinstance(node, ScalarNode):
+        if node.tag in (_INT, _FLOAT):
+            doc.raw[loc] = node.value
         return _scalar(node, doc)
     raise _fail(doc, node, "unsupported YAML node")
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pydicom
-import pytest
 from sqlalchemy import create_engine, select, text
 
 from store.db import make_engine, make_sessions, migrate
@@ -178,7 +177,8 @@ def test_locked_postgresql_table_answers_a701(tmp_path: Path) -> None:
     db = Database("postgresql", PG_URL, schema, engine, make_sessions(engine))
     scp = start_local_scp(db, tmp_path / "data", dimse_timeout_s=10)
     files = synthetic.make_small_instances(tmp_path / "s", n=2)
-    locker = create_engine(PG_URL).connect()
+    locker_engine = create_engine(PG_URL)
+    locker = locker_engine.connect()
     try:
         tx = locker.begin()
         locker.execute(text(f'LOCK TABLE "{schema}".studies IN ACCESS EXCLUSIVE MODE'))
@@ -189,6 +189,7 @@ def test_locked_postgresql_table_answers_a701(tmp_path: Path) -> None:
         assert send(scp.port, files) == [0x0000, 0x0000]
     finally:
         locker.close()
+        locker_engine.dispose()
         scp.server.shutdown()
         scp.server.server_close()
         engine.dispose()
@@ -213,8 +214,3 @@ def test_unreachable_database_answers_a701(tmp_path: Path) -> None:
         scp.server.shutdown()
         scp.server.server_close()
         engine.dispose()
-
-
-@pytest.mark.skipif(os.environ.get("COURIER_SLOW") != "1", reason="slow mode only")
-def test_slow_mode_marker_documented() -> None:
-    assert KILL_ROUNDS == 20
