@@ -22,9 +22,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Config, load_config
+from node.rulebook import Rulebook
 from scp import spool
 from scp.ingest import Ingest
 from scp.recovery import recover
+from scp.screen import RuleScreen
 from scp.server import start_server
 from scp.stability import StabilitySweep
 from store.catalog import Catalog
@@ -65,6 +67,16 @@ class Node:
     cfg: Config
     stop_event: threading.Event = field(default_factory=threading.Event)
     port: int | None = None
+    rulebook: Rulebook | None = None
+    procs: list[Any] = field(default_factory=list)
+
+    def reload_rules(self) -> None:
+        """SIGHUP: reload the rules here and in every receiving process."""
+        if self.rulebook is not None:
+            self.rulebook.reload_requested.set()
+        for p in self.procs:
+            if p.pid is not None:
+                os.kill(p.pid, signal.SIGHUP)
 
     def run(self) -> None:
         """Start the SCP (in-process or as workers) and sweep until stopped."""
@@ -72,12 +84,14 @@ class Node:
         catalog = Catalog(sessions)
         recover(content, sessions, catalog)
         workers = self.cfg.scp.workers
-        procs: list[Any] = []
+        procs = self.procs
         server = None
         if workers == 1:
-            server = _start_receiver(self.cfg, sessions, content, workers=1)
+            server, self.rulebook = _start_receiver(self.cfg, sessions, content, workers=1)
             self.port = int(server.server_address[1])
         else:
+            # The parent keeps its own rulebook to report reload errors (courier status).
+            self.rulebook = Rulebook(self.cfg)
             ctx = multiprocessing.get_context("spawn")
             for _ in range(workers):
                 p = ctx.Process(target=_worker_main, args=(str(self.cfg.source),), daemon=True)
@@ -88,6 +102,8 @@ class Node:
         sweep = StabilitySweep(sessions, self.cfg.scp.stable_after_s)
         try:
             while not self.stop_event.wait(self.cfg.scp.stability_check_s):
+                if self.rulebook is not None:
+                    self.rulebook.current()  # notices a changed rules file
                 try:
                     sweep.run()
                 except StoreError as exc:
@@ -114,10 +130,11 @@ class Node:
 
 def _start_receiver(
     cfg: Config, sessions: sessionmaker[Session], content: ContentStore, workers: int
-) -> Any:
+) -> tuple[Any, Rulebook]:
     spool.install(content.spool)
-    ingest = Ingest(content, Catalog(sessions))
-    return start_server(cfg.scp, ingest, workers=workers)
+    rulebook = Rulebook(cfg)
+    ingest = Ingest(content, Catalog(sessions), RuleScreen(rulebook.current))
+    return start_server(cfg.scp, ingest, workers=workers), rulebook
 
 
 def _worker_main(config_path: str) -> None:
@@ -132,9 +149,10 @@ def _worker_main(config_path: str) -> None:
         pool_size=cfg.store.pool_size,
     )
     content = ContentStore(cfg.data_dir)
-    server = _start_receiver(cfg, make_sessions(engine), content, workers=cfg.scp.workers)
+    server, rulebook = _start_receiver(cfg, make_sessions(engine), content, workers=cfg.scp.workers)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGHUP, lambda *_: rulebook.reload_requested.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
     done.wait()
     server.shutdown()
@@ -159,5 +177,6 @@ def serve(cfg: Config) -> int:
     node = Node(cfg)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
+    signal.signal(signal.SIGHUP, lambda *_: node.reload_rules())
     node.run()
     return 0

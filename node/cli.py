@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from node import __version__
 from node.app import open_store, serve, setup_logging
+from node.cli_rules import add_rules_parsers, run_rules_command
 from node.config import Config, ConfigError, config_path, load_config
 from store.catalog import guarded
 from store.errors import StoreError
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=100)
     show = studies.add_parser("show", parents=[common, as_json], help="one study in detail")
     show.add_argument("study_uid")
+    add_rules_parsers(sub, common, as_json)
     return p
 
 
@@ -58,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
         return _print(args, {"version": __version__}, f"courier {__version__}")
+    if args.command == "rules":
+        return run_rules_command(args, config_path(args.config))
     try:
         cfg = load_config(config_path(args.config))
     except ConfigError as exc:

@@ -13,8 +13,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from rules import RuleSet, RuleSyntaxError, load_rules, load_rules_from_data
 from rules.source import YamlDocument, YamlSourceError, read_yaml_file
 from scp.settings import ScpSettings
 from store.settings import StoreSettings
@@ -57,9 +66,35 @@ class Config(BaseModel):
     node: NodeSettings = Field(default_factory=NodeSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     scp: ScpSettings = Field(default_factory=ScpSettings)
+    rules: list[Any] | None = Field(
+        default=None, description="The rules, inline (see rules/README.md)."
+    )
+    rules_file: str | None = Field(
+        default=None, description="A separate rules file admins edit; relative to this file."
+    )
 
     # Set by load_config, not by the YAML.
     source: Path | None = Field(default=None, exclude=True)
+    _ruleset: RuleSet = PrivateAttr(default_factory=lambda: RuleSet([]))
+
+    @model_validator(mode="after")
+    def _one_rules_source(self) -> Config:
+        if self.rules is not None and self.rules_file:
+            raise ValueError("give rules or rules_file, not both")
+        return self
+
+    @property
+    def ruleset(self) -> RuleSet:
+        """The compiled rules (empty: every stable study is held for staff)."""
+        return self._ruleset
+
+    @property
+    def rules_path(self) -> Path | None:
+        """Absolute path of ``rules_file``, if one is set."""
+        if not self.rules_file:
+            return None
+        base = self.source.parent if self.source is not None else Path.cwd()
+        return (base / self.rules_file).resolve()
 
     @property
     def data_dir(self) -> Path:
@@ -92,7 +127,26 @@ def load_config(path: Path) -> Config:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_problems(doc, exc)) from None
-    return cfg.model_copy(update={"source": path.resolve()})
+    cfg = cfg.model_copy(update={"source": path.resolve()})
+    cfg._ruleset = _compile_rules(cfg, doc)
+    return cfg
+
+
+def _compile_rules(cfg: Config, doc: YamlDocument) -> RuleSet:
+    try:
+        if cfg.rules is not None:
+            return load_rules_from_data(doc.data["rules"], doc, at=("rules",))
+        rules_path = cfg.rules_path
+        if rules_path is not None:
+            try:
+                return load_rules(rules_path)
+            except OSError as exc:
+                raise ConfigError(
+                    [f"{doc.source}: rules_file: cannot read {rules_path}: {exc.strerror}"]
+                ) from None
+    except RuleSyntaxError as exc:
+        raise ConfigError(str(exc).splitlines()) from None
+    return RuleSet([])
 
 
 # Values under these keys are never echoed in an error (they may hold a password).

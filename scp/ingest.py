@@ -41,6 +41,7 @@ class Status(IntEnum):
     MISSING_UID = 0xC001  # Error: Cannot understand - Study/Series/SOP Instance UID missing
     INVALID_UID = 0xC002  # Error: Cannot understand - a UID is malformed
     PROCESSING_FAILURE = 0x0110  # Failure: Processing failure - unexpected error, see log
+    REFUSED_BY_RULE = 0x0124  # Refused: Not authorized (PS3.7 C.4) - a reject rule matched
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ class Peer:
     host: str
 
 
-# A test seam that can refuse an instance at the header stage (rules' reject, later).
-Screen = Callable[[Header, Peer], int | None]
+# Refuses an instance at the header stage (``scp.screen.RuleScreen``): a status, or None.
+Screen = Callable[[Path, Header, Peer], int | None]
 
 
 class Ingest:
@@ -112,7 +113,7 @@ class Ingest:
             log.warning("refused instance: %s", exc)
             return Status.INVALID_UID
         if self._screen is not None:
-            refused = self._screen(header, peer)
+            refused = self._screen(path, header, peer)
             if refused is not None:
                 return Status(refused)
         with self._lock_for(sop_instance):

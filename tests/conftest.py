@@ -35,6 +35,7 @@ from store.content import ContentStore  # noqa: E402
 from store.db import make_engine, make_sessions, migrate  # noqa: E402
 from tests.peers import free_port, have_dcmtk, have_orthanc  # noqa: E402
 from tests.peers import require_peer as need  # noqa: E402
+from tests.scu import close_socket  # noqa: E402
 
 PG_URL = os.environ.get("COURIER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 COURIER = REPO / ".venv" / "bin" / "courier"
@@ -187,12 +188,13 @@ def start_node(
     extra_scp: str = "",
     env: dict[str, str] | None = None,
     wait: bool = True,
+    extra: str = "",
 ) -> NodeProcess:
     """Start ``courier serve`` on a free port and wait until it answers C-ECHO."""
     port = free_port()
     data_dir = tmp / "node-data"
     config = tmp / "node.yaml"
-    write_config(config, data_dir, port, db, extra_scp)
+    write_config(config, data_dir, port, db, extra_scp, extra)
     full_env = dict(os.environ)
     if db is not None:
         url = db.url
@@ -221,11 +223,14 @@ def echo_ok(port: int, calling: str = "ECHOSCU", called: str = "COURIER") -> boo
     ae.add_requested_context("1.2.840.10008.1.1")
     ae.acse_timeout = 5
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
-    if not assoc.is_established:
-        return False
-    status = assoc.send_c_echo()
-    assoc.release()
-    return bool(status) and int(status.Status) == 0
+    try:
+        if not assoc.is_established:
+            return False
+        status = assoc.send_c_echo()
+        assoc.release()
+        return bool(status) and int(status.Status) == 0
+    finally:
+        close_socket(assoc)
 
 
 def wait_for_echo(

@@ -13,6 +13,13 @@ from pynetdicom import AE, _config
 VERIFICATION = "1.2.840.10008.1.1"
 
 
+def close_socket(assoc: object) -> None:
+    """pynetdicom leaves a client socket open after a refused or broken association."""
+    sock = getattr(getattr(assoc, "dul", None), "socket", None)
+    if sock is not None and getattr(sock, "socket", None) is not None:
+        sock.socket.close()
+
+
 def dataset_bytes(path: Path) -> bytes:
     """The dataset part of a Part-10 file (everything after the file meta group)."""
     from scp.header import check_structure
@@ -62,10 +69,7 @@ def send(
             assoc.release()
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = old
-        # pynetdicom leaves the socket open when the peer dies mid-association.
-        sock = getattr(getattr(assoc, "dul", None), "socket", None)
-        if sock is not None and getattr(sock, "socket", None) is not None:
-            sock.socket.close()
+        close_socket(assoc)
     return statuses
 
 

@@ -1,0 +1,334 @@
+"""``courier request create|list|show|cancel|resend``: release requests from the shell.
+
+:func:`add_request_parsers` adds the commands to ``courier``'s parser and
+:func:`run_request_command` runs one. Exit status as in :mod:`node.cli`: 0 success,
+1 not found or refused (a forbidden transition, a reused idempotency key), 2 bad input
+(each problem printed as ``--option: message`` on stderr; nothing is written), 3 the
+database is unavailable. ``--json`` prints data (and, on bad input, the errors) as JSON
+on stdout. The output shows patient data to the staff member who asked; nothing of it
+is logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from node.app import open_store
+from node.config import Config
+from release.errors import InvalidRequest, RequestConflict, RequestError
+from release.requests import RequestBook
+from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
+from store.errors import StoreError
+from store.models import ReleaseRequest, RequestEvent, RequestState, Urgency
+
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+# Draft fields as the options that set them, so an error names what the user typed.
+_OPTIONS = {
+    "patient_id": "--patient-id",
+    "patient_name": "--patient-name",
+    "patient_birth_date": "--birth-date",
+    "recipient_email": "--email",
+    "second_channel": "--second-channel",
+    "language": "--language",
+    "urgency": "--urgency",
+    "link_days": "--link-days",
+    "note": "--note",
+    "requested_by": "--requested-by",
+    "idempotency_key": "--idempotency-key",
+    "by_reference": "--by-reference",
+}
+
+
+def add_request_parsers(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    as_json: argparse.ArgumentParser,
+) -> None:
+    """Add ``request create|list|show|cancel|resend`` under ``subparsers``.
+
+    ``common`` carries ``--config``, ``as_json`` carries ``--json``; the chosen action
+    lands in ``args.request_action``.
+    """
+    request = subparsers.add_parser("request", help="release requests (create, list, ...)")
+    actions = request.add_subparsers(dest="request_action", required=True, metavar="ACTION")
+
+    create = actions.add_parser(
+        "create", parents=[common, as_json], help="ask for a patient's studies to be released"
+    )
+    create.add_argument("--patient-id", required=True, help="patient ID / MRN")
+    create.add_argument("--patient-name", required=True)
+    create.add_argument("--birth-date", required=True, metavar="YYYYMMDD")
+    create.add_argument("--email", required=True, help="where the link is sent")
+    create.add_argument(
+        "--second-channel",
+        required=True,
+        metavar="sms:+E164|email:ADDR",
+        help="where the code is sent; never the --email address",
+    )
+    create.add_argument(
+        "--accession", action="append", default=[], help="accession number (repeatable)"
+    )
+    create.add_argument(
+        "--study-uid", action="append", default=[], help="Study Instance UID (repeatable)"
+    )
+    create.add_argument(
+        "--by-reference",
+        action="store_true",
+        help="also take whatever arrives tagged with this request's reference",
+    )
+    create.add_argument(
+        "--expected",
+        type=int,
+        metavar="N",
+        help="expected number of instances (only with a single --accession or --study-uid)",
+    )
+    create.add_argument("--language", default="en", help=f"one of {', '.join(SUPPORTED_LANGUAGES)}")
+    create.add_argument("--urgency", default=Urgency.OVERNIGHT, help="overnight (default) or now")
+    create.add_argument("--link-days", type=int, default=30, help="link lifetime, 1-365 days")
+    create.add_argument("--note", default="", help="free text for staff (at most 2000 characters)")
+    create.add_argument("--requested-by", help="who asked (default: $USER)")
+    create.add_argument("--idempotency-key", help="the same key again returns the same request")
+
+    ls = actions.add_parser("list", parents=[common, as_json], help="list requests, newest first")
+    ls.add_argument("--state", choices=[s.value for s in RequestState])
+    ls.add_argument("--limit", type=int, default=100)
+
+    show = actions.add_parser(
+        "show", parents=[common, as_json], help="one request, its selection and its timeline"
+    )
+    show.add_argument("reference", help="reference (e.g. CR-7KQ4-M2XD-9) or id")
+
+    cancel = actions.add_parser("cancel", parents=[common, as_json], help="cancel a request")
+    cancel.add_argument("reference")
+    cancel.add_argument("--reason", required=True, help="why (kept in the timeline)")
+
+    resend = actions.add_parser(
+        "resend", parents=[common, as_json], help="send the link of a notified request again"
+    )
+    resend.add_argument("reference")
+    resend.add_argument("--reason", default="resend requested")
+
+
+def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
+    """Run the ``request`` action in ``args``; returns the exit status."""
+    draft: RequestDraft | None = None
+    if args.request_action == "create":
+        errors = _create_errors(args)
+        if not errors:
+            try:
+                draft = RequestDraft.model_validate(_draft_data(args))
+            except ValidationError as exc:
+                errors = [_with_option(e, args) for e in validation_errors(exc)]
+        if errors:
+            return _refuse_input(args, errors)
+    try:
+        engine, sessions, _content = open_store(cfg)
+    except StoreError as exc:
+        return _fail(args, EXIT_UNAVAILABLE, str(exc))
+    book = RequestBook(sessions)
+    try:
+        if draft is not None:
+            return _create(args, book, draft)
+        if args.request_action == "list":
+            return _list(args, book)
+        if args.request_action == "show":
+            return _show(args, book)
+        if args.request_action == "cancel":
+            event = book.cancel(args.reference, _actor(), args.reason)
+            return _event_done(args, book, event, "cancelled")
+        if args.request_action == "resend":
+            event = book.resend(args.reference, _actor(), args.reason)
+            return _event_done(
+                args, book, event, "resend requested; the delivery will send the link again"
+            )
+        return EXIT_USAGE
+    except InvalidRequest as exc:
+        return _fail(args, EXIT_USAGE, str(exc))
+    except RequestConflict as exc:
+        error = {"field": "idempotency_key", "option": "--idempotency-key", "message": str(exc)}
+        return _refuse_input(args, [error], status=EXIT_NOT_FOUND)
+    except RequestError as exc:
+        return _fail(args, EXIT_NOT_FOUND, str(exc))
+    except StoreError as exc:
+        return _fail(args, EXIT_UNAVAILABLE, str(exc))
+    finally:
+        engine.dispose()
+
+
+def _actor() -> str:
+    """Who runs the command, as recorded in the timeline."""
+    return f"cli:{os.environ.get('USER') or 'unknown'}"
+
+
+def _create_errors(args: argparse.Namespace) -> list[dict[str, str]]:
+    """Problems only the command line can have (before the draft is validated)."""
+    if args.expected is not None and len(args.accession) + len(args.study_uid) != 1:
+        return [
+            {
+                "field": "selection.0.expected_instances",
+                "option": "--expected",
+                "message": "applies to a single --accession or --study-uid; give exactly one",
+            }
+        ]
+    return []
+
+
+def _draft_data(args: argparse.Namespace) -> dict[str, Any]:
+    selection: list[dict[str, Any]] = [{"kind": "accession", "value": v} for v in args.accession]
+    selection += [{"kind": "study_uid", "value": v} for v in args.study_uid]
+    if args.expected is not None:
+        selection[0]["expected_instances"] = args.expected
+    data: dict[str, Any] = {
+        "patient_id": args.patient_id,
+        "patient_name": args.patient_name,
+        "patient_birth_date": args.birth_date,
+        "recipient_email": args.email,
+        "second_channel": args.second_channel,
+        "selection": selection,
+        "by_reference": args.by_reference,
+        "language": args.language,
+        "urgency": args.urgency,
+        "link_days": args.link_days,
+        "note": args.note,
+        "requested_by": args.requested_by or os.environ.get("USER") or "",
+    }
+    if args.idempotency_key is not None:
+        data["idempotency_key"] = args.idempotency_key
+    return data
+
+
+def _with_option(error: dict[str, str], args: argparse.Namespace) -> dict[str, str]:
+    field = error["field"]
+    option = _OPTIONS.get(field, "")
+    parts = field.split(".")
+    if parts[0] == "selection":
+        option = "--accession/--study-uid"
+        if len(parts) > 1 and parts[1].isdigit():
+            index = int(parts[1])
+            option = "--accession" if index < len(args.accession) else "--study-uid"
+            if parts[-1] == "expected_instances":
+                option = "--expected"
+    return {**error, "option": option or field}
+
+
+def _refuse_input(
+    args: argparse.Namespace, errors: list[dict[str, str]], status: int = EXIT_USAGE
+) -> int:
+    print("courier: request refused; nothing was stored:", file=sys.stderr)
+    for e in errors:
+        print(f"  {e['option']}: {e['message']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"errors": errors}, indent=2))
+    return status
+
+
+def _fail(args: argparse.Namespace, status: int, message: str) -> int:
+    print(f"courier: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message}, indent=2))
+    return status
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> int:
+    if args.json:
+        print(json.dumps(data, indent=2, default=_json_default))
+    else:
+        print(text)
+    return EXIT_OK
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
+
+
+def request_dict(req: ReleaseRequest) -> dict[str, Any]:
+    """The request as plain data (JSON output, and later the API)."""
+    return {
+        "id": req.id,
+        "reference": req.reference,
+        "state": str(req.state),
+        "patient_id": req.patient_id,
+        "patient_name": req.patient_name,
+        "patient_birth_date": req.patient_birth_date,
+        "recipient_email": req.recipient_email,
+        "second_channel": req.second_channel,
+        "language": req.language,
+        "urgency": str(req.urgency),
+        "link_days": req.link_days,
+        "note": req.note,
+        "requested_by": req.requested_by,
+        "idempotency_key": req.idempotency_key,
+        "created_at": req.created_at,
+        "updated_at": req.updated_at,
+        "due_by": req.due_by,
+        "selection": [
+            {"kind": s.kind, "value": s.value, "expected_instances": s.expected_instances}
+            for s in req.selections
+        ],
+    }
+
+
+def event_dict(event: RequestEvent) -> dict[str, Any]:
+    """One timeline entry as plain data."""
+    return {
+        "at": event.at,
+        "actor": event.actor,
+        "from": event.from_state,
+        "to": event.to_state,
+        "reason": event.reason,
+    }
+
+
+def _create(args: argparse.Namespace, book: RequestBook, draft: RequestDraft) -> int:
+    req, created = book.submit(draft, _actor())
+    data = {**request_dict(req), "created": created}
+    verb = "created" if created else "already exists (same idempotency key)"
+    return _print(args, data, f"{req.reference} {verb}: {req.state}")
+
+
+def _list(args: argparse.Namespace, book: RequestBook) -> int:
+    state = RequestState(args.state) if args.state else None
+    rows = [request_dict(r) for r in book.list(state=state, limit=args.limit)]
+    lines = [f"{'REFERENCE':<15} {'STATE':<10} {'URGENCY':<9} {'SELECTED':>8} CREATED"]
+    lines += [
+        f"{r['reference']:<15} {r['state']:<10} {r['urgency']:<9} {len(r['selection']):>8} "
+        f"{r['created_at']:%Y-%m-%d %H:%M}"
+        for r in rows
+    ]
+    return _print(args, rows, "\n".join(lines))
+
+
+def _show(args: argparse.Namespace, book: RequestBook) -> int:
+    req = book.get(args.reference)
+    data = request_dict(req)
+    data["timeline"] = [event_dict(e) for e in book.timeline(req.id)]
+    lines = [f"{k}: {v}" for k, v in data.items() if k not in ("selection", "timeline")]
+    lines.append("selection:")
+    lines += [
+        f"  {s['kind']} {s['value']}"
+        + (f" ({s['expected_instances']} instances)" if s["expected_instances"] else "")
+        for s in data["selection"]
+    ]
+    lines.append("timeline:")
+    lines += [
+        f"  {e['at']:%Y-%m-%d %H:%M:%S} {e['from'] or '-'} -> {e['to']} by {e['actor']}"
+        + (f": {e['reason']}" if e["reason"] else "")
+        for e in data["timeline"]
+    ]
+    return _print(args, data, "\n".join(lines))
+
+
+def _event_done(args: argparse.Namespace, book: RequestBook, event: RequestEvent, text: str) -> int:
+    req = book.get(event.request_id)
+    data = {"reference": req.reference, "state": str(req.state), "event": event_dict(event)}
+    return _print(args, data, f"{req.reference}: {text}")
