@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from node import __version__
 from node.app import open_store, serve, setup_logging
+from node.cli_requests import add_request_parsers, run_request_command
 from node.cli_rules import add_rules_parsers, run_rules_command
 from node.config import Config, ConfigError, config_path, load_config
 from store.catalog import guarded
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     show = studies.add_parser("show", parents=[common, as_json], help="one study in detail")
     show.add_argument("study_uid")
     add_rules_parsers(sub, common, as_json)
+    add_request_parsers(sub, common, as_json)
     return p
 
 
@@ -75,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(cfg)
         if args.command == "studies":
             return _studies(args, cfg)
+        if args.command == "request":
+            return run_request_command(args, cfg)
     except StoreError as exc:
         print(f"courier: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -12,6 +12,7 @@ is logged.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -94,7 +95,7 @@ def add_request_parsers(
     create.add_argument("--urgency", default=Urgency.OVERNIGHT, help="overnight (default) or now")
     create.add_argument("--link-days", type=int, default=30, help="link lifetime, 1-365 days")
     create.add_argument("--note", default="", help="free text for staff (at most 2000 characters)")
-    create.add_argument("--requested-by", help="who asked (default: $USER)")
+    create.add_argument("--requested-by", help="who asked (default: your login name)")
     create.add_argument("--idempotency-key", help="the same key again returns the same request")
 
     ls = actions.add_parser("list", parents=[common, as_json], help="list requests, newest first")
@@ -165,7 +166,7 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
 
 def _actor() -> str:
     """Who runs the command, as recorded in the timeline."""
-    return f"cli:{os.environ.get('USER') or 'unknown'}"
+    return f"cli:{_login()}"
 
 
 def _create_errors(args: argparse.Namespace) -> list[dict[str, str]]:
@@ -198,7 +199,7 @@ def _draft_data(args: argparse.Namespace) -> dict[str, Any]:
         "urgency": args.urgency,
         "link_days": args.link_days,
         "note": args.note,
-        "requested_by": args.requested_by or os.environ.get("USER") or "",
+        "requested_by": args.requested_by or _login(),
     }
     if args.idempotency_key is not None:
         data["idempotency_key"] = args.idempotency_key
@@ -332,3 +333,11 @@ def _event_done(args: argparse.Namespace, book: RequestBook, event: RequestEvent
     req = book.get(event.request_id)
     data = {"reference": req.reference, "state": str(req.state), "event": event_dict(event)}
     return _print(args, data, f"{req.reference}: {text}")
+
+
+def _login() -> str:
+    """The operator's login name ($USER may be unset, e.g. under cron or in a container)."""
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -155,3 +156,101 @@ class StudyEvent(Base):
 def utcnow() -> datetime:
     """The current aware UTC time (the default clock)."""
     return datetime.now(UTC)
+
+
+class RequestState(enum.StrEnum):
+    """Where a release request stands; the allowed moves live in ``release.states``."""
+
+    PENDING = "pending"
+    RECEIVING = "receiving"
+    READY = "ready"
+    PACKAGING = "packaging"
+    NOTIFIED = "notified"
+    DOWNLOADED = "downloaded"
+    OVERDUE = "overdue"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class Urgency(enum.StrEnum):
+    """When a ready request is delivered: in the nightly batch, or at once."""
+
+    OVERNIGHT = "overnight"
+    NOW = "now"
+
+
+class SelectionKind(enum.StrEnum):
+    """What a selection names: an accession number, a study UID, or the request's reference
+    (whatever arrives tagged with it)."""
+
+    ACCESSION = "accession"
+    STUDY_UID = "study_uid"
+    REFERENCE = "reference"
+
+
+class ReleaseRequest(Base):
+    """A request to release a patient's studies to them by secure link.
+
+    ``reference`` is the short human-typable name staff and the RIS use (and put in a
+    routing tag); ``idempotency_key`` makes a repeated submission return the same row.
+    Patient and contact fields never go to a log line: log ``reference`` or ``id``.
+    """
+
+    __tablename__ = "release_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reference: Mapped[str] = mapped_column(String(16), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default=RequestState.PENDING, index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_name: Mapped[str] = mapped_column(String(200))
+    patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
+    recipient_email: Mapped[str] = mapped_column(String(254))
+    second_channel: Mapped[str] = mapped_column(String(260))
+    language: Mapped[str] = mapped_column(String(16), default="en")
+    urgency: Mapped[str] = mapped_column(String(16), default=Urgency.OVERNIGHT)
+    link_days: Mapped[int] = mapped_column(Integer, default=30)
+    note: Mapped[str] = mapped_column(Text, default="")
+    requested_by: Mapped[str] = mapped_column(String(200))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_by: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    selections: Mapped[list[RequestSelection]] = relationship(
+        back_populates="request", order_by="RequestSelection.id"
+    )
+    events: Mapped[list[RequestEvent]] = relationship(
+        back_populates="request", order_by="RequestEvent.id"
+    )
+
+
+class RequestSelection(Base):
+    """One thing a request waits for; the rules' join looks these up by (kind, value)."""
+
+    __tablename__ = "request_selections"
+    __table_args__ = (Index("ix_request_selections_kind_value", "kind", "value"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("release_requests.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(String(64))
+    expected_instances: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    request: Mapped[ReleaseRequest] = relationship(back_populates="selections")
+
+
+class RequestEvent(Base):
+    """One recorded transition of a request (or a note on it, such as a resend)."""
+
+    __tablename__ = "request_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("release_requests.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(200))
+    from_state: Mapped[str] = mapped_column(String(16), default="")
+    to_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+    request: Mapped[ReleaseRequest] = relationship(back_populates="events")

@@ -20,7 +20,7 @@ from tests.conftest import Database
 def test_migrations_are_idempotent_and_sqlite_is_durable(db: Database) -> None:
     migrate(db.engine)  # a second run changes nothing
     with db.engine.connect() as c:
-        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
         if db.kind == "sqlite":
             assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
             assert c.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL

@@ -1,0 +1,17 @@
+"""Release: requests to release a patient's studies by secure link.
+
+Owns the release requests themselves: validation of what staff submit
+(``release.validation``), short human-typable references with a check character
+(``release.reference``), the request states and the one table of allowed transitions
+(``release.states``), and the service that creates, finds, moves and audits requests
+(``release.requests``). Matching studies to requests (``rules``), packaging and sending
+(``delivery``) and the web (``portal``) build on it.
+
+Imports nothing of ours but ``store``.
+
+Errors (``release.errors``): :class:`~release.errors.RequestError` and its subclasses
+:class:`~release.errors.RequestNotFound`, :class:`~release.errors.InvalidTransition`,
+:class:`~release.errors.RequestConflict`, :class:`~release.errors.InvalidRequest`. Bad
+drafts raise pydantic's ``ValidationError``; :func:`release.validation.validation_errors`
+turns it into per-field messages.
+"""
