@@ -21,8 +21,10 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.config import Config, load_config
+from node.config import Config, ConfigError, load_config
 from node.rulebook import Rulebook
+from release.matching import Matcher
+from release.requests import RequestBook
 from scp import spool
 from scp.ingest import Ingest
 from scp.recovery import recover
@@ -50,7 +52,10 @@ def setup_logging(level: str = "INFO") -> None:
 def open_store(cfg: Config) -> tuple[Engine, sessionmaker[Session], ContentStore]:
     """Engine (migrated), session factory and content store for ``cfg``."""
     base = cfg.source.parent if cfg.source else Path.cwd()
-    url = database_url(cfg.store, cfg.data_dir, base)
+    try:
+        url = database_url(cfg.store, cfg.data_dir, base)
+    except (ValueError, OSError) as exc:
+        raise ConfigError([f"{cfg.source}: {exc}"]) from None
     engine = make_engine(
         url, busy_timeout_s=cfg.store.busy_timeout_s, pool_size=cfg.store.pool_size
     )
@@ -100,14 +105,18 @@ class Node:
             self.port = self.cfg.scp.port
         log.info("node %s ready scp_port=%s workers=%d", self.cfg.node.name, self.port, workers)
         sweep = StabilitySweep(sessions, self.cfg.scp.stable_after_s)
+        rulebook = self.rulebook
+        matcher = Matcher(sessions, content, rulebook.current, RequestBook(sessions))
         try:
             while not self.stop_event.wait(self.cfg.scp.stability_check_s):
-                if self.rulebook is not None:
-                    self.rulebook.current()  # notices a changed rules file
                 try:
                     sweep.run()
+                    matcher.on_stable(matcher.undecided())
+                    matcher.sweep_overdue(self.cfg.delivery.overdue_after_h)
                 except StoreError as exc:
                     log.warning("stability sweep skipped: %s", exc)
+                except Exception as exc:  # a sweep must never stop the node
+                    log.error("stability/matching sweep failed (%s)", type(exc).__name__)
                 for p in procs:
                     if not p.is_alive():
                         log.error("receiver process %d exited (%s); stopping", p.pid, p.exitcode)

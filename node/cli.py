@@ -82,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"courier: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except ConfigError as exc:
+        print(f"courier: invalid configuration:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_USAGE
 
 

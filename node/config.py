@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from delivery.settings import DeliverySettings
 from rules import RuleSet, RuleSyntaxError, load_rules, load_rules_from_data
 from rules.source import YamlDocument, YamlSourceError, read_yaml_file
 from scp.settings import ScpSettings
@@ -66,6 +67,7 @@ class Config(BaseModel):
     node: NodeSettings = Field(default_factory=NodeSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     scp: ScpSettings = Field(default_factory=ScpSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     rules: list[Any] | None = Field(
         default=None, description="The rules, inline (see rules/README.md)."
     )

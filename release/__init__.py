@@ -4,10 +4,11 @@ Owns the release requests themselves: validation of what staff submit
 (``release.validation``), short human-typable references with a check character
 (``release.reference``), the request states and the one table of allowed transitions
 (``release.states``), and the service that creates, finds, moves and audits requests
-(``release.requests``). Matching studies to requests (``rules``), packaging and sending
-(``delivery``) and the web (``portal``) build on it.
+(``release.requests``), and matching stable studies to pending requests through the
+rules, with completeness and overdue sweeps (``release.matching``). Packaging and
+sending (``delivery``) and the web (``portal``) build on it.
 
-Imports nothing of ours but ``store``.
+Imports nothing of ours but ``store`` and ``rules``.
 
 Errors (``release.errors``): :class:`~release.errors.RequestError` and its subclasses
 :class:`~release.errors.RequestNotFound`, :class:`~release.errors.InvalidTransition`,

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -254,3 +255,34 @@ class RequestEvent(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
 
     request: Mapped[ReleaseRequest] = relationship(back_populates="events")
+
+
+class StudyDecision(Base):
+    """What the rules decided for a stable study, with the rule's name and why.
+
+    ``trace`` holds the explanation without header values (safe to show and log).
+    """
+
+    __tablename__ = "study_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    action: Mapped[str] = mapped_column(String(16), index=True)
+    rule: Mapped[str] = mapped_column(String(64), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    trace: Mapped[str] = mapped_column(Text, default="")
+    retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class RequestStudy(Base):
+    """A received study attached to a release request by a release rule."""
+
+    __tablename__ = "request_studies"
+    __table_args__ = (UniqueConstraint("request_id", "study_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("release_requests.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    rule: Mapped[str] = mapped_column(String(64), default="")
+    matched_at: Mapped[datetime] = mapped_column(UTCDateTime())

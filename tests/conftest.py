@@ -146,6 +146,7 @@ class NodeProcess:
     data_dir: Path
     port: int
     log: Path
+    env: dict[str, str]
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -210,7 +211,7 @@ def start_node(
             stderr=subprocess.STDOUT,
             env=full_env,
         )
-    node = NodeProcess(proc, config, data_dir, port, log)
+    node = NodeProcess(proc, config, data_dir, port, log, full_env)
     if wait:
         wait_for_echo(port, proc)
     return node

@@ -1,0 +1,275 @@
+"""Matching: stable studies meet the release rules and the pending requests.
+
+When a study becomes stable, the rules decide (``release``/``hold``/``discard``) on a
+representative instance's header and the association it came on; the decision is
+recorded with the rule's name and why (:class:`~store.models.StudyDecision`). A
+``release`` attaches the study to every pending request its join keys find (indexed
+look-ups, never a scan), moves the request to ``receiving`` and, once every selection
+is satisfied by a stable study (with at least the expected instance count, when one
+was given), to ``ready``. A shortfall is never released silently: the request stays
+``receiving`` and its timeline says what is missing. Requests still incomplete after
+``overdue_after_h`` become ``overdue`` (staff are alerted through the outbox when the
+delivery issue lands; until then the event records it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import pydicom
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from release.errors import InvalidTransition
+from release.requests import RequestBook
+from rules import AssociationFacts, Decision, RuleSet, explain_text, facts_from_dataset
+from store.catalog import guarded
+from store.content import ContentStore
+from store.models import (
+    Instance,
+    ReleaseRequest,
+    RequestSelection,
+    RequestState,
+    RequestStudy,
+    SelectionKind,
+    Study,
+    StudyDecision,
+    StudyState,
+    utcnow,
+)
+
+log = logging.getLogger("courier.release.matching")
+
+ACTOR = "rules"
+# Requests a study may still join: an overdue request takes late studies too.
+JOINABLE = (RequestState.PENDING, RequestState.RECEIVING, RequestState.OVERDUE)
+_KINDS = {
+    "accession": SelectionKind.ACCESSION,
+    "study_uid": SelectionKind.STUDY_UID,
+    "reference": SelectionKind.REFERENCE,
+}
+
+
+class Matcher:
+    """Applies the running rules to stable studies and moves requests along."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        content: ContentStore,
+        rules: Callable[[], RuleSet],
+        book: RequestBook,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._content = content
+        self._rules = rules
+        self._book = book
+        self._clock = clock
+
+    def on_stable(self, study_uids: list[str]) -> list[str]:
+        """Decide for each newly stable study; returns references that became ready."""
+        ready: list[str] = []
+        for uid in study_uids:
+            try:
+                decision = self._decide(uid)
+            except (OSError, ValueError) as exc:
+                # An unreadable representative file: staff see the study undecided.
+                log.error("study %s: cannot decide (%s)", uid, type(exc).__name__)
+                continue
+            if decision is None:
+                continue
+            attached = self._attach(uid, decision) if decision.action == "release" else []
+            self._record(uid, decision, joined=len(attached))
+            for request_id in attached:
+                if self.refresh(request_id):
+                    ready.append(self._book.get(request_id).reference)
+        return ready
+
+    def _record(self, study_uid: str, decision: Decision, joined: int) -> None:
+        """Keep the decision with its rule and why. A release that joined no pending
+        request holds the study for staff instead (it is never dropped)."""
+        action, reason = decision.action, decision.reason or ""
+        if action == "release" and not joined:
+            action = "hold"
+            reason = f"rule {decision.rule} matched, but no pending request has these keys"
+        with guarded(self._sessions) as s:
+            study_id = s.scalar(select(Study.id).where(Study.study_uid == study_uid))
+            s.add(
+                StudyDecision(
+                    study_id=study_id,
+                    at=self._clock(),
+                    action=action,
+                    rule=decision.rule or "",
+                    reason=reason,
+                    trace=explain_text(decision),
+                    retention_days=decision.retention_days,
+                )
+            )
+            s.commit()
+        log.info(
+            "study %s: %s by rule %s (requests joined: %d)",
+            study_uid,
+            action,
+            decision.rule,
+            joined,
+        )
+
+    def undecided(self, limit: int = 500) -> list[str]:
+        """Stable studies with no decision since they became stable (the database, not
+        a sweep's return value, says what is left: a failed pass is retried)."""
+        later = (
+            select(StudyDecision.id)
+            .where(StudyDecision.study_id == Study.id, StudyDecision.at >= Study.stable_at)
+            .exists()
+        )
+        with guarded(self._sessions) as s:
+            return list(
+                s.scalars(
+                    select(Study.study_uid)
+                    .where(Study.state == StudyState.STABLE, ~later)
+                    .order_by(Study.stable_at)
+                    .limit(limit)
+                )
+            )
+
+    def _decide(self, study_uid: str) -> Decision | None:
+        with guarded(self._sessions) as s:
+            row = s.execute(
+                select(Study, Instance.path)
+                .join(Instance, Instance.study_id == Study.id)
+                .where(Study.study_uid == study_uid, Instance.file_missing.is_(False))
+                .order_by(Instance.id)
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            study, path = row
+            ruleset = self._rules()
+            ds = pydicom.dcmread(self._content.path(path), stop_before_pixels=True)
+            association = AssociationFacts(study.calling_ae, study.called_ae, study.peer_host)
+            decision = ruleset.decide(
+                facts_from_dataset(ds, association, wanted=ruleset.wanted), "stable"
+            )
+        return decision
+
+    def _attach(self, study_uid: str, decision: Decision) -> list[int]:
+        """Link the study to every request its joins find; returns their ids."""
+        found: dict[int, ReleaseRequest] = {}
+        for join in decision.joins:
+            keyed = [(k, v) for k, v in join.items() if k in _KINDS]
+            if not keyed:
+                continue
+            ids: set[int] | None = None
+            candidates: dict[int, ReleaseRequest] = {}
+            for field, value in keyed:
+                hits = self._book.find_pending_by(_KINDS[field], value, states=JOINABLE)
+                candidates.update((r.id, r) for r in hits)
+                ids = {r.id for r in hits} if ids is None else ids & {r.id for r in hits}
+            patient = join.get("patient_id")
+            for rid in ids or set():
+                if patient is None or candidates[rid].patient_id == patient:
+                    found[rid] = candidates[rid]
+        now = self._clock()
+        with guarded(self._sessions) as s:
+            study_id = s.scalar(select(Study.id).where(Study.study_uid == study_uid))
+            for rid in found:
+                s.add(
+                    RequestStudy(
+                        request_id=rid, study_id=study_id, rule=decision.rule or "", matched_at=now
+                    )
+                )
+                try:
+                    s.commit()
+                except IntegrityError:
+                    s.rollback()  # already attached (the study changed and is stable again)
+        for rid, req in found.items():
+            if req.state in (RequestState.PENDING, RequestState.OVERDUE):
+                self._move(
+                    rid, RequestState.RECEIVING, f"study matched by rule {decision.rule}", req.state
+                )
+        if not found:
+            log.info("study %s: rule %s found no pending request", study_uid, decision.rule)
+        return list(found)
+
+    def refresh(self, request_id: int) -> bool:
+        """Move the request to ``ready`` if every selection is satisfied; True if it did."""
+        with guarded(self._sessions) as s:
+            req = s.get(ReleaseRequest, request_id)
+            if req is None or req.state not in (RequestState.RECEIVING, RequestState.OVERDUE):
+                return False
+            selections = list(
+                s.scalars(select(RequestSelection).where(RequestSelection.request_id == req.id))
+            )
+            studies = list(
+                s.scalars(
+                    select(Study)
+                    .join(RequestStudy, RequestStudy.study_id == Study.id)
+                    .where(RequestStudy.request_id == req.id)
+                )
+            )
+            state = req.state
+        missing = [m for sel in selections if (m := _unsatisfied(sel, studies))]
+        if missing:
+            log.info("request %s not ready: %d selection(s) open", request_id, len(missing))
+            return False
+        return self._move(
+            request_id,
+            RequestState.READY,
+            f"all {len(selections)} selection(s) received and stable",
+            state,
+        )
+
+    def sweep_overdue(self, overdue_after_h: float) -> list[str]:
+        """Requests still incomplete after ``overdue_after_h`` become overdue."""
+        cutoff = self._clock() - timedelta(hours=overdue_after_h)
+        with guarded(self._sessions) as s:
+            late = list(
+                s.execute(
+                    select(ReleaseRequest.id, ReleaseRequest.reference, ReleaseRequest.state).where(
+                        ReleaseRequest.state.in_([RequestState.PENDING, RequestState.RECEIVING]),
+                        ReleaseRequest.created_at <= cutoff,
+                    )
+                )
+            )
+        moved = []
+        for rid, reference, state in late:
+            reason = (
+                f"studies not all received within {overdue_after_h:g} h; "
+                "staff alerted (CD fallback candidate)"
+            )
+            if self._move(rid, RequestState.OVERDUE, reason, state):
+                moved.append(reference)
+        return moved
+
+    def _move(
+        self, request_id: int, to: RequestState, reason: str, from_state: RequestState | str
+    ) -> bool:
+        try:
+            self._book.transition(
+                request_id, to, ACTOR, reason, from_state=RequestState(from_state)
+            )
+        except InvalidTransition:
+            return False  # someone else moved it first: their move stands
+        return True
+
+
+def _unsatisfied(sel: RequestSelection, studies: list[Study]) -> str | None:
+    """None when a stable attached study satisfies ``sel``; else what is missing."""
+    if sel.kind == SelectionKind.REFERENCE:
+        hits = studies
+    elif sel.kind == SelectionKind.ACCESSION:
+        hits = [st for st in studies if st.accession_number == sel.value]
+    else:
+        hits = [st for st in studies if st.study_uid == sel.value]
+    stable = [st for st in hits if st.state == StudyState.STABLE]
+    if not stable:
+        return f"{sel.kind} not received and stable yet"
+    if sel.expected_instances is not None:
+        got = max(st.instance_count for st in stable)
+        if got < sel.expected_instances:
+            return f"{sel.kind}: {got} of {sel.expected_instances} instances (partial)"
+    return None
