@@ -8,10 +8,8 @@ refused, 2 bad usage or invalid configuration, 3 the database is unavailable.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -21,11 +19,15 @@ from node.app import open_store, serve, setup_logging
 from node.cli_requests import add_request_parsers, run_request_command
 from node.cli_rules import add_rules_parsers, run_rules_command
 from node.config import Config, ConfigError, config_path, load_config
+from node.output import (
+    EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    print_result,
+)
 from store.catalog import guarded
 from store.errors import StoreError
 from store.models import Instance, InstanceConflict, Study
-
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     if args.command == "version":
-        return _print(args, {"version": __version__}, f"courier {__version__}")
+        return print_result(args, {"version": __version__}, f"courier {__version__}")
     if args.command == "rules":
         return run_rules_command(args, config_path(args.config))
     try:
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"courier: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "check-config":
-        return _print(args, {"ok": True, "config": str(cfg.source)}, f"{cfg.source}: OK")
+        return print_result(args, {"ok": True, "config": str(cfg.source)}, f"{cfg.source}: OK")
     try:
         if args.command == "serve":
             setup_logging()
@@ -86,20 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"courier: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_USAGE
-
-
-def _print(args: argparse.Namespace, data: Any, text: str) -> int:
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, default=_json_default))
-    else:
-        print(text)
-    return EXIT_OK
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
 
 
 def _study_dict(st: Study) -> dict[str, Any]:
@@ -140,7 +128,7 @@ def _studies(args: argparse.Namespace, cfg: Config) -> int:
                     f"{r['last_received_at']:%Y-%m-%d %H:%M:%S}"
                     for r in rows
                 ]
-                return _print(args, rows, "\n".join(lines))
+                return print_result(args, rows, "\n".join(lines))
             st = s.scalars(select(Study).where(Study.study_uid == args.study_uid)).first()
             if st is None:
                 print(
@@ -194,7 +182,7 @@ def _studies(args: argparse.Namespace, cfg: Config) -> int:
                     for e in data["events"]
                 ]
             )
-            return _print(args, data, text)
+            return print_result(args, data, text)
     finally:
         engine.dispose()
 

@@ -16,20 +16,23 @@ import getpass
 import json
 import os
 import sys
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from node.app import open_store
 from node.config import Config
+from node.output import (
+    EXIT_NOT_FOUND,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    print_result,
+)
 from release.errors import InvalidRequest, RequestConflict, RequestError
 from release.requests import RequestBook
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
 from store.errors import StoreError
 from store.models import ReleaseRequest, RequestEvent, RequestState, Urgency
-
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 # Draft fields as the options that set them, so an error names what the user typed.
 _OPTIONS = {
@@ -238,20 +241,6 @@ def _fail(args: argparse.Namespace, status: int, message: str) -> int:
     return status
 
 
-def _print(args: argparse.Namespace, data: Any, text: str) -> int:
-    if args.json:
-        print(json.dumps(data, indent=2, default=_json_default))
-    else:
-        print(text)
-    return EXIT_OK
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
-
-
 def request_dict(req: ReleaseRequest) -> dict[str, Any]:
     """The request as plain data (JSON output, and later the API)."""
     return {
@@ -294,7 +283,7 @@ def _create(args: argparse.Namespace, book: RequestBook, draft: RequestDraft) ->
     req, created = book.submit(draft, _actor())
     data = {**request_dict(req), "created": created}
     verb = "created" if created else "already exists (same idempotency key)"
-    return _print(args, data, f"{req.reference} {verb}: {req.state}")
+    return print_result(args, data, f"{req.reference} {verb}: {req.state}")
 
 
 def _list(args: argparse.Namespace, book: RequestBook) -> int:
@@ -306,7 +295,7 @@ def _list(args: argparse.Namespace, book: RequestBook) -> int:
         f"{r['created_at']:%Y-%m-%d %H:%M}"
         for r in rows
     ]
-    return _print(args, rows, "\n".join(lines))
+    return print_result(args, rows, "\n".join(lines))
 
 
 def _show(args: argparse.Namespace, book: RequestBook) -> int:
@@ -326,13 +315,13 @@ def _show(args: argparse.Namespace, book: RequestBook) -> int:
         + (f": {e['reason']}" if e["reason"] else "")
         for e in data["timeline"]
     ]
-    return _print(args, data, "\n".join(lines))
+    return print_result(args, data, "\n".join(lines))
 
 
 def _event_done(args: argparse.Namespace, book: RequestBook, event: RequestEvent, text: str) -> int:
     req = book.get(event.request_id)
     data = {"reference": req.reference, "state": str(req.state), "event": event_dict(event)}
-    return _print(args, data, f"{req.reference}: {text}")
+    return print_result(args, data, f"{req.reference}: {text}")
 
 
 def _login() -> str:
