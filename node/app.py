@@ -109,6 +109,8 @@ class Node:
         matcher = Matcher(sessions, content, rulebook.current, RequestBook(sessions))
         try:
             while not self.stop_event.wait(self.cfg.scp.stability_check_s):
+                if self.rulebook is not None:
+                    self.rulebook.current()  # notices a changed rules file or a SIGHUP
                 try:
                     sweep.run()
                     matcher.on_stable(matcher.undecided())

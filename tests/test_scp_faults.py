@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import random
 import subprocess
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from sqlalchemy import create_engine, select, text
 
 from store.db import make_engine, make_sessions, migrate
@@ -52,6 +54,9 @@ def _check_consistent(db: Database, data_dir: Path, acked: dict[str, Path]) -> N
         assert (data_dir / row.path).is_file(), "a row points at a missing file"
 
 
+# pynetdicom leaks its client socket when a connect is refused (the node is being
+# killed); the object is not ours to close.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_kill_9_during_a_1000_instance_push(
     node_factory: object, db: Database, tmp_path: Path
 ) -> None:
@@ -89,6 +94,7 @@ def test_kill_9_during_a_1000_instance_push(
     _check_consistent(db, node.data_dir, {uids[f]: f for f in files})
     with db.sessions() as s:
         assert len(s.scalars(select(Instance.id)).all()) == len(files)
+    gc.collect()  # let pynetdicom's leaked sockets go here, under this test's filter
 
 
 def _can_mount_tmpfs(target: Path) -> bool:

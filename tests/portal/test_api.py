@@ -1,0 +1,237 @@
+"""The REST API over SQLite and PostgreSQL: what it creates, refuses and shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import sessionmaker
+
+from portal.api import create_app
+from portal.apikeys import hash_api_key, new_api_key
+from portal.http import SECURITY_HEADERS
+from store.models import RequestEvent, Study, StudyState
+from tests.portal.conftest import NOW, Api
+from tests.release.helpers import counts, draft_data
+
+URL = "/api/v1/requests"
+
+
+def errors_of(body: dict[str, Any]) -> dict[str, str]:
+    return {e["field"]: e["message"] for e in body["errors"]}
+
+
+def create(api: Api, **overrides: Any) -> dict[str, Any]:
+    r = api.client.post(URL, json=draft_data(**overrides), headers=api.auth)
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_create_records_the_request_and_who_made_it(api: Api) -> None:
+    body = create(api)
+    assert body["created"] is True and body["state"] == "pending"
+    assert body["reference"].startswith("CR-")
+    assert body["selection"] == [
+        {"kind": "accession", "value": "ACC0001", "expected_instances": None}
+    ]
+    with api.db.sessions() as s:
+        actors = s.scalars(select(RequestEvent.actor)).all()
+    assert actors == [f"api:{hash_api_key(api.key)[:8]}"]
+
+
+def test_the_same_idempotency_key_returns_the_existing_request(api: Api) -> None:
+    first = create(api, idempotency_key="ris-42")
+    again = api.client.post(URL, json=draft_data(idempotency_key="ris-42"), headers=api.auth)
+    assert again.status_code == 200
+    assert again.json()["reference"] == first["reference"] and again.json()["created"] is False
+    assert counts(api.db.sessions) == (1, 1, 1)
+
+
+def test_the_same_key_for_other_content_is_a_conflict(api: Api) -> None:
+    create(api, idempotency_key="ris-42")
+    r = api.client.post(
+        URL, json=draft_data(idempotency_key="ris-42", note="other"), headers=api.auth
+    )
+    assert r.status_code == 409
+    assert "different content" in r.json()["detail"]
+    assert counts(api.db.sessions) == (1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "says"),
+    [
+        ({"recipient_email": "not-an-address"}, "recipient_email", "e-mail"),
+        ({"second_channel": "sms:07911123456"}, "second_channel", "E.164"),
+        ({"second_channel": "sms:+4479"}, "second_channel", "number"),
+        ({"second_channel": "email:patient@example.org"}, "second_channel", "must differ"),
+        ({"patient_name": "<script>alert(1)</script>"}, "patient_name", "not allowed"),
+        ({"patient_id": "1'; DROP TABLE x;--"}, "patient_id", "not allowed"),
+        ({"note": "x" * 10_240}, "note", "at most"),
+        ({"patient_name": "A" * 10_240}, "patient_name", "at most"),
+        ({"selection": [{"kind": "mrn", "value": "1"}]}, "selection.0.kind", "accession"),
+        ({"shoe_size": 42}, "shoe_size", "unknown field"),
+    ],
+)
+def test_bad_fields_are_named_and_nothing_is_written(
+    api: Api, overrides: dict[str, Any], field: str, says: str
+) -> None:
+    r = api.client.post(URL, json=draft_data(**overrides), headers=api.auth)
+    assert r.status_code == 422, r.text
+    errors = errors_of(r.json())
+    assert field in errors, errors
+    assert says in errors[field]
+    assert counts(api.db.sessions) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"patient_id": ', "application/json"),
+        (b"\xff\xfe", "application/json"),
+        (b"[]", "application/json"),
+        (b"", "application/json"),
+        (b"patient_id=1", "application/x-www-form-urlencoded"),
+        (b'{"patient_id": "1"}', "text/plain"),
+    ],
+)
+def test_malformed_or_mistyped_bodies_are_refused(
+    api: Api, content: bytes, content_type: str
+) -> None:
+    headers = {**api.auth, "Content-Type": content_type}
+    r = api.client.post(URL, content=content, headers=headers)
+    assert r.status_code in (415, 422), r.text
+    assert r.json()["errors"]
+    assert counts(api.db.sessions) == (0, 0, 0)
+
+
+def test_an_oversized_body_is_refused_unread(api: Api) -> None:
+    r = api.client.post(
+        URL, content=b" " * 300_000, headers={**api.auth, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", URL),
+        ("GET", URL),
+        ("GET", f"{URL}/CR-7KQ4-M2XD-9"),
+        ("POST", f"{URL}/CR-7KQ4-M2XD-9/cancel"),
+        ("GET", "/api/v1/studies"),
+    ],
+)
+def test_every_route_needs_a_known_key(api: Api, method: str, path: str) -> None:
+    missing = api.client.request(method, path, json=draft_data())
+    assert missing.status_code == 401
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+    wrong = api.client.request(method, path, json=draft_data(), headers={"X-API-Key": "ck_no"})
+    assert wrong.status_code == 403
+    bearer = api.client.request(
+        method, path, json=draft_data(), headers={"Authorization": "Bearer ck_no"}
+    )
+    assert bearer.status_code == 403
+    assert counts(api.db.sessions) == (0, 0, 0)
+
+
+def test_the_x_api_key_header_works_too(api: Api) -> None:
+    r = api.client.get(URL, headers={"X-API-Key": api.key})
+    assert r.status_code == 200 and r.json() == []
+
+
+def test_list_filters_by_state_and_is_bounded(api: Api) -> None:
+    a = create(api, selection=[{"kind": "accession", "value": "A1"}])
+    b = create(api, selection=[{"kind": "accession", "value": "A2"}])
+    api.client.post(f"{URL}/{a['reference']}/cancel", json={"reason": "dup"}, headers=api.auth)
+    listed = api.client.get(URL, headers=api.auth).json()
+    assert {r["reference"] for r in listed} == {a["reference"], b["reference"]}
+    pending = api.client.get(URL, params={"state": "pending"}, headers=api.auth).json()
+    assert [r["reference"] for r in pending] == [b["reference"]]
+    assert len(api.client.get(URL, params={"limit": 1}, headers=api.auth).json()) == 1
+    for bad in ({"limit": 0}, {"limit": 501}, {"limit": "many"}, {"state": "lost"}):
+        r = api.client.get(URL, params=bad, headers=api.auth)
+        assert r.status_code == 422
+        assert set(errors_of(r.json())) <= {"limit", "state"}
+
+
+def test_get_shows_selection_and_timeline_and_cancel_is_recorded(api: Api) -> None:
+    ref = create(api)["reference"]
+    r = api.client.post(
+        f"{URL}/{ref.lower()}/cancel", json={"reason": "wrong patient"}, headers=api.auth
+    )
+    assert r.status_code == 200
+    assert r.json()["state"] == "cancelled"
+    assert r.json()["event"]["reason"] == "wrong patient"
+    shown = api.client.get(f"{URL}/{ref}", headers=api.auth).json()
+    assert shown["selection"][0]["value"] == "ACC0001"
+    assert [(e["from"], e["to"]) for e in shown["timeline"]] == [
+        ("", "pending"),
+        ("pending", "cancelled"),
+    ]
+    again = api.client.post(f"{URL}/{ref}/cancel", json={"reason": "again"}, headers=api.auth)
+    assert again.status_code == 409
+    junk = api.client.post(f"{URL}/{ref}/cancel", json={"reason": "x", "y": 1}, headers=api.auth)
+    assert junk.status_code == 422
+
+
+@pytest.mark.parametrize("ref", ["CR-7KQ4-M2XD-9", "CR-0000", "999999", "<b>", "x" * 64])
+def test_an_unknown_reference_is_404(api: Api, ref: str) -> None:
+    assert api.client.get(f"{URL}/{ref}", headers=api.auth).status_code == 404
+    cancel = api.client.post(f"{URL}/{ref}/cancel", json={}, headers=api.auth)
+    assert cancel.status_code == 404
+
+
+def test_studies_newest_first_and_by_state(api: Api) -> None:
+    with api.db.sessions() as s, s.begin():
+        for i, state in enumerate([StudyState.STABLE, StudyState.RECEIVING]):
+            s.add(
+                Study(
+                    study_uid=f"1.2.3.{i}",
+                    accession_number=f"ACC{i}",
+                    state=state,
+                    first_received_at=NOW.replace(hour=9 + i),
+                    last_received_at=NOW.replace(hour=9 + i),
+                )
+            )
+    rows = api.client.get("/api/v1/studies", headers=api.auth).json()
+    assert [r["study_uid"] for r in rows] == ["1.2.3.1", "1.2.3.0"]
+    stable = api.client.get("/api/v1/studies?state=stable&limit=5", headers=api.auth).json()
+    assert [r["study_uid"] for r in stable] == ["1.2.3.0"]
+    assert api.client.get("/api/v1/studies?limit=0", headers=api.auth).status_code == 422
+
+
+def test_security_headers_on_every_response(api: Api) -> None:
+    ref = create(api)["reference"]
+    responses = [
+        api.client.get(URL, headers=api.auth),
+        api.client.get(f"{URL}/{ref}", headers=api.auth),
+        api.client.get(f"{URL}/nope", headers=api.auth),
+        api.client.post(f"{URL}/{ref}/cancel", json={}, headers=api.auth),
+        api.client.post(URL, json={}, headers=api.auth),
+        api.client.get("/api/v1/studies", headers=api.auth),
+        api.client.get("/api/v1/studies"),
+        api.client.get("/api/openapi.json"),
+        api.client.get("/no/such/page"),
+    ]
+    for r in responses:
+        for name, value in SECURITY_HEADERS:
+            assert r.headers[name.decode()] == value.decode(), (r.url, name)
+
+
+def test_a_database_outage_is_503_with_a_clear_message(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'missing' / 'index.db'}")
+    key = new_api_key()
+    app = create_app(sessionmaker(engine), [hash_api_key(key)])
+    with TestClient(app) as client:
+        for method, path in [("GET", URL), ("GET", "/api/v1/studies"), ("POST", URL)]:
+            r = client.request(
+                method, path, json=draft_data(), headers={"Authorization": f"Bearer {key}"}
+            )
+            assert r.status_code == 503
+            assert "database is unavailable" in r.json()["detail"]
+            assert r.headers["Cache-Control"] == "no-store"
+    engine.dispose()
