@@ -29,10 +29,11 @@ from node.output import (
     print_result,
 )
 from release.errors import InvalidRequest, RequestConflict, RequestError
+from release.records import event_dict, request_dict
 from release.requests import RequestBook
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
 from store.errors import StoreError
-from store.models import ReleaseRequest, RequestEvent, RequestState, Urgency
+from store.models import RequestEvent, RequestState, Urgency
 
 # Draft fields as the options that set them, so an error names what the user typed.
 _OPTIONS = {
@@ -239,44 +240,6 @@ def _fail(args: argparse.Namespace, status: int, message: str) -> int:
     if getattr(args, "json", False):
         print(json.dumps({"error": message}, indent=2))
     return status
-
-
-def request_dict(req: ReleaseRequest) -> dict[str, Any]:
-    """The request as plain data (JSON output, and later the API)."""
-    return {
-        "id": req.id,
-        "reference": req.reference,
-        "state": str(req.state),
-        "patient_id": req.patient_id,
-        "patient_name": req.patient_name,
-        "patient_birth_date": req.patient_birth_date,
-        "recipient_email": req.recipient_email,
-        "second_channel": req.second_channel,
-        "language": req.language,
-        "urgency": str(req.urgency),
-        "link_days": req.link_days,
-        "note": req.note,
-        "requested_by": req.requested_by,
-        "idempotency_key": req.idempotency_key,
-        "created_at": req.created_at,
-        "updated_at": req.updated_at,
-        "due_by": req.due_by,
-        "selection": [
-            {"kind": s.kind, "value": s.value, "expected_instances": s.expected_instances}
-            for s in req.selections
-        ],
-    }
-
-
-def event_dict(event: RequestEvent) -> dict[str, Any]:
-    """One timeline entry as plain data."""
-    return {
-        "at": event.at,
-        "actor": event.actor,
-        "from": event.from_state,
-        "to": event.to_state,
-        "reason": event.reason,
-    }
 
 
 def _create(args: argparse.Namespace, book: RequestBook, draft: RequestDraft) -> int:

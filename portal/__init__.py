@@ -1,4 +1,5 @@
-"""Portal: patient pages, staff pages and the REST API.
+"""Portal: the web app: the REST API for staff and the RIS (:mod:`portal.api`) and, in a
+later issue, the patient and staff pages.
 
-Not built yet (see the portal issue). May import ``store``, ``delivery`` and ``rules``.
+May import ``store``, ``release``, ``delivery`` and ``rules``; never ``node``.
 """

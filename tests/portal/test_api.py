@@ -178,6 +178,15 @@ def test_get_shows_selection_and_timeline_and_cancel_is_recorded(api: Api) -> No
     assert junk.status_code == 422
 
 
+@pytest.mark.parametrize("reason", ["x" * 10_240, "bell\x07", 42])
+def test_a_bad_cancel_reason_is_a_field_error_and_changes_nothing(api: Api, reason: Any) -> None:
+    ref = create(api)["reference"]
+    r = api.client.post(f"{URL}/{ref}/cancel", json={"reason": reason}, headers=api.auth)
+    assert r.status_code == 422
+    assert list(errors_of(r.json())) == ["reason"]
+    assert api.client.get(f"{URL}/{ref}", headers=api.auth).json()["state"] == "pending"
+
+
 @pytest.mark.parametrize("ref", ["CR-7KQ4-M2XD-9", "CR-0000", "999999", "<b>", "x" * 64])
 def test_an_unknown_reference_is_404(api: Api, ref: str) -> None:
     assert api.client.get(f"{URL}/{ref}", headers=api.auth).status_code == 404

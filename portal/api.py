@@ -1,0 +1,201 @@
+"""The REST API for staff and RIS integration, under ``/api/v1``.
+
+``create_app`` builds the app from its dependencies (a session factory, the configured
+API key hashes, a clock), so tests and ``courier serve`` build it the same way. Every
+route needs a staff API key (``Authorization: Bearer <key>`` or ``X-API-Key``): none
+gives 401, an unknown one 403. Input is validated by :class:`release.validation.RequestDraft`,
+the same as the CLI; errors are ``{"errors": [{"field", "message"}]}`` with 422. The
+OpenAPI document is at ``/api/openapi.json``. Bodies are never logged.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    Security,
+)
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from portal.apikeys import actor_of, check_hashes, match_api_key
+from portal.http import Detail, ErrorList, SecurityHeaders, install_error_handlers
+from release.records import event_dict, request_dict
+from release.requests import RequestBook
+from release.validation import RequestDraft
+from store.catalog import guarded
+from store.models import RequestState, Study, StudyState, utcnow
+
+MAX_LIMIT = 500
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <staff API key>")
+_header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="staff API key")
+
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Detail, "description": "no API key"},
+    403: {"model": Detail, "description": "unknown API key"},
+    422: {"model": ErrorList, "description": "bad input, one entry per field"},
+    503: {"model": Detail, "description": "the index database is unavailable"},
+}
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many, newest first")]
+
+
+class CancelBody(BaseModel):
+    """Why the request is cancelled (recorded on its timeline)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(max_length=2000)] = "cancelled through the API"
+
+
+@dataclass(frozen=True)
+class _Deps:
+    sessions: sessionmaker[Session]
+    hashes: tuple[str, ...]
+    book: RequestBook
+
+
+def _deps(request: Request) -> _Deps:
+    deps: _Deps = request.app.state.courier
+    return deps
+
+
+Deps = Annotated[_Deps, Depends(_deps)]
+
+
+def _actor(
+    deps: Deps,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    header_key: Annotated[str | None, Security(_header_key)],
+) -> str:
+    key = bearer.credentials if bearer is not None else header_key
+    if not key:
+        raise HTTPException(
+            401,
+            "an API key is required: send Authorization: Bearer <key> or X-API-Key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    digest = match_api_key(key, deps.hashes)
+    if digest is None:
+        raise HTTPException(403, "unknown API key; ask an administrator for a valid one")
+    return actor_of(digest)
+
+
+Actor = Annotated[str, Depends(_actor)]
+Ref = Annotated[str, Path(max_length=64, description="a reference like CR-7KQ4-M2XD-9, or an id")]
+api = APIRouter(prefix="/api/v1", responses=_REFUSALS)
+
+
+@api.post(
+    "/requests",
+    status_code=201,
+    responses={
+        200: {"description": "the same idempotency key: the existing request"},
+        409: {"model": Detail, "description": "idempotency key reused for other content"},
+    },
+)
+def create_request(
+    draft: RequestDraft, response: Response, who: Actor, deps: Deps
+) -> dict[str, Any]:
+    """Create a release request (201), or return the one made earlier with the same
+    idempotency key and content (200)."""
+    req, created = deps.book.submit(draft, who)
+    if not created:
+        response.status_code = 200
+    return {**request_dict(req), "created": created}
+
+
+@api.get("/requests")
+def list_requests(
+    who: Actor, deps: Deps, state: RequestState | None = None, limit: Limit = 100
+) -> list[dict[str, Any]]:
+    """Release requests, newest first, optionally only those in ``state``."""
+    return [request_dict(r) for r in deps.book.list(state=state, limit=limit)]
+
+
+@api.get("/requests/{ref}", responses={404: {"model": Detail}})
+def get_request(ref: Ref, who: Actor, deps: Deps) -> dict[str, Any]:
+    """One request with its selection and its timeline (oldest event first)."""
+    req = deps.book.get(ref)
+    timeline = [event_dict(e) for e in deps.book.timeline(req.id)]
+    return {**request_dict(req), "timeline": timeline}
+
+
+@api.post(
+    "/requests/{ref}/cancel",
+    responses={404: {"model": Detail}, 409: {"model": Detail}},
+)
+def cancel_request(ref: Ref, body: CancelBody, who: Actor, deps: Deps) -> dict[str, Any]:
+    """Cancel a request that is not expired or cancelled already."""
+    event = deps.book.cancel(ref, who, body.reason)
+    return {**request_dict(deps.book.get(event.request_id)), "event": event_dict(event)}
+
+
+@api.get("/studies")
+def list_studies(
+    who: Actor, deps: Deps, state: StudyState | None = None, limit: Limit = 100
+) -> list[dict[str, Any]]:
+    """Received studies, most recently received first."""
+    q = select(Study).order_by(Study.last_received_at.desc(), Study.id.desc()).limit(limit)
+    if state is not None:
+        q = q.where(Study.state == state)
+    with guarded(deps.sessions) as s:
+        return [study_dict(st) for st in s.scalars(q)]
+
+
+def create_app(
+    sessions: sessionmaker[Session],
+    api_key_hashes: Sequence[str],
+    clock: Callable[[], datetime] = utcnow,
+) -> FastAPI:
+    """The web app: the REST API (and, later, the portal's pages).
+
+    ``api_key_hashes`` are :func:`portal.apikeys.hash_api_key` digests; a malformed one
+    raises ValueError here, at start-up. With none, every API call is refused (403).
+    """
+    app = FastAPI(
+        title="Courier",
+        summary="Release requests and received studies, for staff and the RIS",
+        version="1",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.state.courier = _Deps(sessions, check_hashes(api_key_hashes), RequestBook(sessions, clock))
+    app.include_router(api)
+    install_error_handlers(app)
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+def study_dict(st: Study) -> dict[str, Any]:
+    """A received study as plain data."""
+    return {
+        "id": st.id,
+        "study_uid": st.study_uid,
+        "patient_id": st.patient_id,
+        "patient_name": st.patient_name,
+        "patient_birth_date": st.patient_birth_date,
+        "accession_number": st.accession_number,
+        "study_date": st.study_date,
+        "study_description": st.study_description,
+        "modalities": st.modalities,
+        "state": str(st.state),
+        "instance_count": st.instance_count,
+        "size_bytes": st.size_bytes,
+        "calling_ae": st.calling_ae,
+        "called_ae": st.called_ae,
+        "first_received_at": st.first_received_at,
+        "last_received_at": st.last_received_at,
+        "stable_at": st.stable_at,
+    }
