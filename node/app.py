@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Config, ConfigError, load_config
 from node.rulebook import Rulebook
+from node.web import WebServer
 from release.matching import Matcher
 from release.requests import RequestBook
 from scp import spool
@@ -104,6 +105,11 @@ class Node:
                 procs.append(p)
             self.port = self.cfg.scp.port
         log.info("node %s ready scp_port=%s workers=%d", self.cfg.node.name, self.port, workers)
+        web = None
+        if self.cfg.portal.enabled:
+            web = WebServer(self.cfg, sessions)
+            web.start()
+            log.info("web app listening port=%d", self.cfg.portal.port)
         sweep = StabilitySweep(sessions, self.cfg.scp.stable_after_s)
         rulebook = self.rulebook
         matcher = Matcher(sessions, content, rulebook.current, RequestBook(sessions))
@@ -124,6 +130,8 @@ class Node:
                         log.error("receiver process %d exited (%s); stopping", p.pid, p.exitcode)
                         self.stop_event.set()
         finally:
+            if web is not None:
+                web.stop()
             if server is not None:
                 server.shutdown()
                 server.server_close()

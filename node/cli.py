@@ -8,6 +8,7 @@ refused, 2 bad usage or invalid configuration, 3 the database is unavailable.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from node.output import (
     EXIT_USAGE,
     print_result,
 )
+from portal.apikeys import hash_api_key, new_api_key
 from store.catalog import guarded
 from store.errors import StoreError
 from store.models import Instance, InstanceConflict, Study
@@ -54,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=100)
     show = studies.add_parser("show", parents=[common, as_json], help="one study in detail")
     show.add_argument("study_uid")
+    apikey = sub.add_parser("apikey", help="staff/RIS API keys").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    mk = apikey.add_parser(
+        "create",
+        parents=[common, as_json],
+        help="make a key: printed once, only its digest is kept",
+    )
+    mk.add_argument("--label", default="", help="a note kept beside the digest")
     add_rules_parsers(sub, common, as_json)
     add_request_parsers(sub, common, as_json)
     return p
@@ -81,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _studies(args, cfg)
         if args.command == "request":
             return run_request_command(args, cfg)
+        if args.command == "apikey":
+            return _apikey_create(args, cfg)
     except StoreError as exc:
         print(f"courier: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -88,6 +101,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"courier: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_USAGE
+
+
+def _apikey_create(args: argparse.Namespace, cfg: Config) -> int:
+    key = new_api_key()
+    digest = hash_api_key(key)
+    path = cfg.api_keys_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    label = " ".join(args.label.split())[:80]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
+        fh.write(f"{digest}{'  # ' + label if label else ''}\n")
+    text = (
+        f"API key (shown once; give it to the caller, it is not stored):\n  {key}\n"
+        f"digest {digest} added to {path}\nrestart `courier serve` to accept it"
+    )
+    return print_result(args, {"key": key, "digest": digest, "file": str(path)}, text)
 
 
 def _study_dict(st: Study) -> dict[str, Any]:

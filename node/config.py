@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from delivery.settings import DeliverySettings
+from portal.settings import PortalSettings
 from rules import RuleSet, RuleSyntaxError, load_rules, load_rules_from_data
 from rules.source import YamlDocument, YamlSourceError, read_yaml_file
 from scp.settings import ScpSettings
@@ -68,6 +69,7 @@ class Config(BaseModel):
     store: StoreSettings = Field(default_factory=StoreSettings)
     scp: ScpSettings = Field(default_factory=ScpSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    portal: PortalSettings = Field(default_factory=PortalSettings)
     rules: list[Any] | None = Field(
         default=None, description="The rules, inline (see rules/README.md)."
     )
@@ -89,6 +91,11 @@ class Config(BaseModel):
     def ruleset(self) -> RuleSet:
         """The compiled rules (empty: every stable study is held for staff)."""
         return self._ruleset
+
+    @property
+    def api_keys_path(self) -> Path:
+        """Absolute path of the API key digests file."""
+        return self.data_dir / self.portal.api_keys_file
 
     @property
     def rules_path(self) -> Path | None:

@@ -168,6 +168,7 @@ def write_config(
     db: Database | None = None,
     extra_scp: str = "",
     extra: str = "",
+    web_port: int | None = None,
 ) -> None:
     lines = [
         "node:",
@@ -180,6 +181,8 @@ def write_config(
     lines += [f"  {x}" for x in extra_scp.splitlines() if x.strip()]
     if db is not None:
         lines += ["store:", "  database_url_env: COURIER_TEST_DB_URL"]
+    # Every test node serves its web app on a port of its own.
+    lines += ["portal:", "  host: 127.0.0.1", f"  port: {web_port or free_port()}"]
     path.write_text("\n".join(lines) + "\n" + extra)
 
 
@@ -190,12 +193,13 @@ def start_node(
     env: dict[str, str] | None = None,
     wait: bool = True,
     extra: str = "",
+    web_port: int | None = None,
 ) -> NodeProcess:
     """Start ``courier serve`` on a free port and wait until it answers C-ECHO."""
     port = free_port()
     data_dir = tmp / "node-data"
     config = tmp / "node.yaml"
-    write_config(config, data_dir, port, db, extra_scp, extra)
+    write_config(config, data_dir, port, db, extra_scp, extra, web_port)
     full_env = dict(os.environ)
     if db is not None:
         url = db.url

@@ -1,0 +1,60 @@
+"""The web app (REST API) served by uvicorn inside ``courier serve``, on its own thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.config import Config
+from portal.api import create_app
+
+log = logging.getLogger("courier.node.web")
+
+
+def api_key_hashes(cfg: Config) -> list[str]:
+    """Digests from node.yaml plus the keys file (missing file: none)."""
+    hashes = list(cfg.portal.api_key_hashes)
+    path: Path = cfg.api_keys_path
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                hashes.append(line.lower())
+    return hashes
+
+
+class WebServer:
+    """uvicorn on a thread; :meth:`stop` ends it."""
+
+    def __init__(self, cfg: Config, sessions: sessionmaker[Session]) -> None:
+        app = create_app(sessions, api_key_hashes(cfg))
+        # uvicorn's access log would print request paths (request references): off.
+        config = uvicorn.Config(
+            app,
+            host=cfg.portal.host,
+            port=cfg.portal.port,
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="courier-web", daemon=True)
+
+    def start(self) -> None:
+        """Serve; returns once the socket listens (or the server failed to start)."""
+        self._thread.start()
+        for _ in range(200):  # bounded: 200 x 50 ms
+            if self._server.started or not self._thread.is_alive():
+                break
+            self._thread.join(0.05)
+        if not self._server.started:
+            raise RuntimeError("the web app did not start: is portal.port free?")
+
+    def stop(self) -> None:
+        """Ask uvicorn to finish and wait for it."""
+        self._server.should_exit = True
+        self._thread.join(10)

@@ -1,0 +1,48 @@
+"""The ``portal:`` section of node.yaml: the web app (REST API now, pages later)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class PortalSettings(BaseModel):
+    """Where the web app listens, and which API keys it accepts (as hashes)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=True, description="Serve the web app in `courier serve`.")
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8080, ge=1, le=65535, description="HTTP port.")
+    api_key_hashes: list[str] = Field(
+        default_factory=list,
+        description="SHA-256 hex digests of staff/RIS API keys (a digest is not a secret).",
+    )
+    api_keys_file: str = Field(
+        default="api_keys.txt",
+        description="More digests, one per line; `courier apikey create` appends here. "
+        "Relative to node.data_dir. Read at start: restart after adding a key.",
+    )
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _digests(cls, v: list[str]) -> list[str]:
+        for i, h in enumerate(v):
+            if not _SHA256.match(h.strip().lower()):
+                raise ValueError(
+                    f"entry {i} is not a SHA-256 hex digest: store the digest printed by "
+                    "`courier apikey create`, never the key itself"
+                )
+        return [h.strip().lower() for h in v]
+
+    @field_validator("host")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address to listen on") from None
