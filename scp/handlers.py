@@ -50,7 +50,6 @@ def handle_store(event: evt.Event, ingest: Ingest) -> int:
         )
     except Exception as exc:  # never let pynetdicom answer 0xC211 on its own
         log.error("C-STORE failed unexpectedly (%s); answering 0x0110", type(exc).__name__)
-        log.debug("C-STORE failure detail", exc_info=True)
         return int(Status.PROCESSING_FAILURE)
 
 
