@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from release.errors import InvalidRequest, InvalidTransition, RequestConflict, RequestNotFound
-from release.validation import RequestDraft
+from release.validation import field_errors as release_field_errors
 from store.errors import DatabaseUnavailable
 
 log = logging.getLogger("courier.portal")
@@ -90,29 +90,21 @@ def _declared_length(scope: Scope) -> int:
 
 
 def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
-    """pydantic/FastAPI error dicts as ``{"field", "message"}``, like
-    :func:`release.validation.validation_errors` (input values are never included)."""
+    """FastAPI's error dicts as ``{"field", "message"}``: the body/query prefix dropped,
+    then :func:`release.validation.field_errors` (input values are never included)."""
     out: list[dict[str, str]] = []
     for err in errors:
         loc = [str(p) for p in err.get("loc", ())]
         if loc and loc[0] in _SOURCES:
             loc = loc[1:]
         kind = err.get("type", "")
-        field = ".".join(loc)
-        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if kind == "json_invalid":
-            field, message = "request", "malformed JSON; expected a JSON object"
-        elif kind == "extra_forbidden":
-            message = "unknown field; remove it"
-        elif kind == "missing":
-            message = "required"
-        if not field and kind in ("model_attributes_type", "dict_type", "model_type"):
+            out.append({"field": "request", "message": "malformed JSON; expected a JSON object"})
+        elif not loc and kind in ("model_attributes_type", "dict_type", "model_type"):
             message = "expected a JSON object, sent as Content-Type: application/json"
-        if not field:
-            head, sep, rest = message.partition(": ")
-            if sep and head in RequestDraft.model_fields:
-                field, message = head, rest
-        out.append({"field": field or "request", "message": message})
+            out.append({"field": "request", "message": message})
+        else:
+            out += release_field_errors([{**err, "loc": loc}])
     return out
 
 

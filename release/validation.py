@@ -13,8 +13,9 @@ process through a log line (they may quote the input).
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -284,13 +285,19 @@ def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     Whole-draft checks name their field as the message's ``field:`` prefix; it is moved
     into ``field``.
     """
+    return field_errors(exc.errors(include_url=False, include_input=False))
+
+
+def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """:func:`validation_errors` for pydantic error dicts (the API's too); input values
+    are never included."""
     out: list[dict[str, str]] = []
-    for err in exc.errors(include_url=False, include_input=False):
-        field = ".".join(str(p) for p in err["loc"])
-        message = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+    for err in errors:
+        field = ".".join(str(p) for p in err.get("loc", ()))
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "extra_forbidden":
             message = "unknown field; remove it"
-        elif err["type"] == "missing":
+        elif err.get("type") == "missing":
             message = "required"
         if not field:
             head, sep, rest = message.partition(": ")
