@@ -23,8 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Config, ConfigError, load_config
 from node.rulebook import Rulebook
+from node.status import StatusFile
 from node.web import WebServer
 from release.matching import Matcher
+from release.purge import Purger
 from release.requests import RequestBook
 from scp import spool
 from scp.ingest import Ingest
@@ -113,14 +115,26 @@ class Node:
         sweep = StabilitySweep(sessions, self.cfg.scp.stable_after_s)
         rulebook = self.rulebook
         matcher = Matcher(sessions, content, rulebook.current, RequestBook(sessions))
+        purger = Purger(sessions, content, self.cfg.store.unmatched_retention_days)
+        status = StatusFile(self.cfg.data_dir)
+        web_port = self.cfg.portal.port if web is not None else None
         try:
-            while not self.stop_event.wait(self.cfg.scp.stability_check_s):
-                if self.rulebook is not None:
-                    self.rulebook.current()  # notices a changed rules file or a SIGHUP
+            while True:
+                rules = rulebook.current()  # notices a changed rules file or a SIGHUP
+                status.write(
+                    scp_port=self.port,
+                    web_port=web_port,
+                    rules_count=len(rules),
+                    rules_error=rulebook.last_error,
+                )
+                if self.stop_event.wait(self.cfg.scp.stability_check_s):
+                    break
                 try:
                     sweep.run()
+                    matcher.sweep_changed()
                     matcher.on_stable(matcher.undecided())
                     matcher.sweep_overdue(self.cfg.delivery.overdue_after_h)
+                    purger.sweep()
                 except StoreError as exc:
                     log.warning("stability sweep skipped: %s", exc)
                 except Exception as exc:  # a sweep must never stop the node
@@ -130,6 +144,7 @@ class Node:
                         log.error("receiver process %d exited (%s); stopping", p.pid, p.exitcode)
                         self.stop_event.set()
         finally:
+            status.clear()
             if web is not None:
                 web.stop()
             if server is not None:

@@ -22,14 +22,23 @@ from node.cli_rules import add_rules_parsers, run_rules_command
 from node.config import Config, ConfigError, config_path, load_config
 from node.output import (
     EXIT_NOT_FOUND,
+    EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     print_result,
 )
+from node.status import read_status, status_text
 from portal.apikeys import hash_api_key, new_api_key
 from store.catalog import guarded
 from store.errors import StoreError
-from store.models import Instance, InstanceConflict, Study
+from store.models import (
+    Instance,
+    InstanceConflict,
+    RequestStudy,
+    Study,
+    StudyDecision,
+    StudyState,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,11 +57,23 @@ def _parser() -> argparse.ArgumentParser:
         help="validate node.yaml without starting anything",
     )
     sub.add_parser("version", parents=[as_json], help="print the version")
+    sub.add_parser(
+        "status",
+        parents=[common, as_json],
+        help="is the node running, did the last rules reload fail, counts by state "
+        "(exit 1 when not running or the rules reload failed)",
+    )
     studies = sub.add_parser("studies", help="what arrived").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
     ls = studies.add_parser("list", parents=[common, as_json], help="list received studies")
-    ls.add_argument("--state", choices=["receiving", "stable"])
+    ls.add_argument("--state", choices=[str(x) for x in StudyState])
+    ls.add_argument(
+        "--held",
+        action="store_true",
+        help="only studies held because no pending request matched (purged after "
+        "store.unmatched_retention_days)",
+    )
     ls.add_argument("--limit", type=int, default=100)
     show = studies.add_parser("show", parents=[common, as_json], help="one study in detail")
     show.add_argument("study_uid")
@@ -78,7 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "rules":
         return run_rules_command(args, config_path(args.config))
     try:
-        cfg = load_config(config_path(args.config))
+        # Only the commands that apply the rules need them valid (see load_config).
+        rules_needed = args.command in ("serve", "check-config")
+        cfg = load_config(config_path(args.config), compile_rules=rules_needed)
     except ConfigError as exc:
         print(f"courier: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -90,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(cfg)
         if args.command == "studies":
             return _studies(args, cfg)
+        if args.command == "status":
+            return _status(args, cfg)
         if args.command == "request":
             return run_request_command(args, cfg)
         if args.command == "apikey":
@@ -101,6 +126,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"courier: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_USAGE
+
+
+def _status(args: argparse.Namespace, cfg: Config) -> int:
+    engine, sessions, _content = open_store(cfg)
+    try:
+        # Three missed sweeps (and at least 30 s) before the node counts as not running.
+        stale = max(30.0, 3 * cfg.scp.stability_check_s)
+        status = read_status(cfg.data_dir, sessions, stale_after_s=stale)
+    finally:
+        engine.dispose()
+    print_result(args, status, status_text(status))
+    return EXIT_OK if status["healthy"] else EXIT_NOT_FOUND
 
 
 def _apikey_create(args: argparse.Namespace, cfg: Config) -> int:
@@ -146,6 +183,10 @@ def _studies(args: argparse.Namespace, cfg: Config) -> int:
                 q = select(Study).order_by(Study.last_received_at.desc()).limit(args.limit)
                 if args.state:
                     q = q.where(Study.state == args.state)
+                if args.held:
+                    held = select(StudyDecision.study_id).where(StudyDecision.action == "hold")
+                    attached = select(RequestStudy.study_id)
+                    q = q.where(Study.id.in_(held), Study.id.not_in(attached))
                 rows = [_study_dict(st) for st in s.scalars(q)]
                 lines = [
                     f"{'STUDY UID':<64} {'STATE':<9} {'INST':>6} {'MB':>8} "

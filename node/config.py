@@ -117,8 +117,13 @@ def config_path(given: str | None, environ: Mapping[str, str] = os.environ) -> P
     return Path(given or environ.get("COURIER_CONFIG") or DEFAULT_CONFIG)
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate ``path``; raises :class:`ConfigError` listing every problem."""
+def load_config(path: Path, *, compile_rules: bool = True) -> Config:
+    """Read and validate ``path``; raises :class:`ConfigError` listing every problem.
+
+    ``compile_rules=False`` skips the rules (``cfg.ruleset`` is then empty): commands
+    that do not apply them (status, requests, studies) keep working while an admin is
+    fixing a broken rules file.
+    """
     try:
         doc = read_yaml_file(path)
     except FileNotFoundError:
@@ -137,7 +142,8 @@ def load_config(path: Path) -> Config:
     except ValidationError as exc:
         raise ConfigError(_problems(doc, exc)) from None
     cfg = cfg.model_copy(update={"source": path.resolve()})
-    cfg._ruleset = _compile_rules(cfg, doc)
+    if compile_rules:
+        cfg._ruleset = _compile_rules(cfg, doc)
     return cfg
 
 

@@ -223,6 +223,29 @@ class Matcher:
             state,
         )
 
+    def sweep_changed(self) -> list[str]:
+        """Ready requests with an attached study that received new instances go back to
+        ``receiving`` (until it is stable and matched again); returns their references."""
+        with guarded(self._sessions) as s:
+            changed = list(
+                s.execute(
+                    select(ReleaseRequest.id, ReleaseRequest.reference)
+                    .join(RequestStudy, RequestStudy.request_id == ReleaseRequest.id)
+                    .join(Study, Study.id == RequestStudy.study_id)
+                    .where(
+                        ReleaseRequest.state == RequestState.READY,
+                        Study.state != StudyState.STABLE,
+                    )
+                    .distinct()
+                )
+            )
+        reason = "a selected study received new instances before packaging"
+        return [
+            ref
+            for rid, ref in changed
+            if self._move(rid, RequestState.RECEIVING, reason, RequestState.READY)
+        ]
+
     def sweep_overdue(self, overdue_after_h: float) -> list[str]:
         """Requests still incomplete after ``overdue_after_h`` become overdue."""
         cutoff = self._clock() - timedelta(hours=overdue_after_h)

@@ -262,16 +262,18 @@ class Catalog:
                     state, modalities = str(StudyState.RECEIVING), rec.modality
                 else:
                     study_id, state, modalities = int(row[0]), str(row[1]), str(row[2])
-                if state == StudyState.STABLE:
+                if state != StudyState.RECEIVING:
+                    # Stable, or purged/being purged: the study is receiving again (a purge
+                    # in progress sees the state change and leaves the new instance alone).
                     conn.execute(_UNSTABLE, {"p_study_id": study_id})
                     conn.execute(
                         _NEW_EVENT,
                         {
                             "p_study_id": study_id,
                             "now": now,
-                            "p_from_state": StudyState.STABLE,
+                            "p_from_state": state,
                             "p_to_state": StudyState.RECEIVING,
-                            "p_reason": "new instance after the study was stable",
+                            "p_reason": f"new instance after the study was {state}",
                         },
                     )
                 if rec.modality and rec.modality not in modalities.split("\\"):

@@ -51,10 +51,12 @@ class Base(DeclarativeBase):
 
 
 class StudyState(enum.StrEnum):
-    """Where a study stands on arrival: still receiving, or quiet for stable_after_s."""
+    """Where a study stands: still receiving, quiet for stable_after_s, or purged."""
 
     RECEIVING = "receiving"
     STABLE = "stable"
+    PURGING = "purging"  # files being deleted (held or discarded past retention)
+    PURGED = "purged"  # files gone; the row and its history stay for the audit trail
 
 
 class Study(Base):

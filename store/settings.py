@@ -30,6 +30,16 @@ class StoreSettings(BaseModel):
         description="How long a write waits for a locked database before giving up (seconds).",
     )
     pool_size: int = Field(default=8, ge=1, le=100, description="PostgreSQL connection pool.")
+    unmatched_retention_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description=(
+            "A study held because it matched no pending request is purged (files deleted, "
+            "the purge recorded) this many days after the decision. A discard rule's own "
+            "retention_days wins for the studies it discards."
+        ),
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -101,6 +101,47 @@ def test_hot_reload_and_a_failed_reload_keeps_running_rules(
     assert send(node.port, [files[2]], calling="TESTAE") == [0x0124]  # still the old rules
     assert send(node.port, [files[3]], calling="OTHER") == [0x0000]
 
+    # `courier status` says so (exit 1), and is healthy again once the file is fixed.
+    code, status_doc = _status(node)
+    assert code == 1 and status_doc["running"] is True
+    assert "explode" in status_doc["rules_error"] and status_doc["node"]["rules_count"] == 4
+    rules.write_text(REJECT_SR_AND_STRANGERS)
+    os.kill(node.proc.pid, signal.SIGHUP)
+    code, status_doc = _status(node, until_healthy=True)
+    assert code == 0 and status_doc["rules_error"] is None
+    assert sum(status_doc["studies"].values()) == 1  # type: ignore[attr-defined]
+    node.stop()
+    code, status_doc = _status(node)
+    assert code == 1 and status_doc["running"] is False and status_doc["node"]["stopped_at"]
+    text = subprocess.run(
+        [COURIER, "status", "--config", str(node.config)],
+        env=node.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout
+    assert "node stopped at" in text
+
+
+def _status(node: object, until_healthy: bool = False) -> tuple[int, dict[str, object]]:
+    """``courier status --json`` (polled: the node rewrites its status every sweep)."""
+    deadline = time.monotonic() + 15
+    while True:
+        done = subprocess.run(
+            [COURIER, "status", "--json", "--config", str(node.config)],  # type: ignore[attr-defined]
+            env=node.env,  # type: ignore[attr-defined]
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        doc = json.loads(done.stdout)
+        settled = doc["healthy"] if until_healthy else doc["rules_error"] or not doc["running"]
+        if settled or time.monotonic() > deadline:
+            return done.returncode, doc
+        time.sleep(0.3)
+
 
 def test_rules_test_explains_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rules = tmp_path / "rules.yaml"

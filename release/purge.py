@@ -1,0 +1,179 @@
+"""Purge: studies nobody asked for are deleted after their retention, and that is recorded.
+
+A stable study whose latest decision is ``hold`` (it matched no pending request, or a
+hold rule kept it for staff) or ``discard`` and that no request has attached is purged
+once its retention has passed: ``retention_days`` of the discard rule that decided, or
+``store.unmatched_retention_days`` otherwise, counted from the decision.
+
+Two steps, so a crash never loses track of a half-purged study nor resurrects it:
+
+1. claim: ``stable → purging`` by a conditional UPDATE (the row count says who won);
+2. delete the files, then in one transaction delete the instance rows, zero the counts,
+   and move ``purging → purged`` with a study event that says why.
+
+A study left ``purging`` by a crash is finished by the next sweep. If an instance
+arrives while a purge runs, the study goes back to ``receiving`` (see
+``store.catalog``); step 2 then keeps the rows of files it already deleted, flagged
+``file_missing``, and the new instance is kept. The study row and its events stay: the
+audit trail shows what was received, decided and purged, and when.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.catalog import guarded
+from store.content import ContentStore
+from store.models import (
+    Instance,
+    RequestStudy,
+    Series,
+    Study,
+    StudyDecision,
+    StudyEvent,
+    StudyState,
+    utcnow,
+)
+
+log = logging.getLogger("courier.release.purge")
+
+_PURGEABLE = ("hold", "discard")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A study past its retention, as the sweep found it."""
+
+    study_id: int
+    study_uid: str
+    state: str
+    action: str
+    rule: str
+    days: int
+
+
+class Purger:
+    """Finds held/discarded studies past retention and purges them."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        content: ContentStore,
+        unmatched_retention_days: int,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._content = content
+        self._default_days = unmatched_retention_days
+        self._clock = clock
+
+    def due(self, limit: int = 200) -> list[Candidate]:
+        """Studies whose retention has passed (and those a crash left ``purging``)."""
+        now = self._clock()
+        latest = (
+            select(StudyDecision.study_id, func.max(StudyDecision.id).label("decision_id"))
+            .group_by(StudyDecision.study_id)
+            .subquery()
+        )
+        attached = select(RequestStudy.id).where(RequestStudy.study_id == Study.id).exists()
+        query = (
+            select(Study.id, Study.study_uid, Study.state, StudyDecision)
+            .join(latest, latest.c.study_id == Study.id)
+            .join(StudyDecision, StudyDecision.id == latest.c.decision_id)
+            .where(
+                Study.state.in_([StudyState.STABLE, StudyState.PURGING]),
+                StudyDecision.action.in_(_PURGEABLE),
+                StudyDecision.at >= Study.stable_at,
+                ~attached,
+            )
+            .order_by(StudyDecision.at)
+            .limit(limit)
+        )
+        found: list[Candidate] = []
+        with guarded(self._sessions) as s:
+            for study_id, uid, state, decision in s.execute(query):
+                days = self._days(decision)
+                if state == StudyState.PURGING or decision.at + timedelta(days=days) <= now:
+                    found.append(
+                        Candidate(study_id, uid, state, decision.action, decision.rule, days)
+                    )
+        return found
+
+    def _days(self, decision: StudyDecision) -> int:
+        if decision.action == "discard" and decision.retention_days is not None:
+            return decision.retention_days
+        return self._default_days
+
+    def sweep(self) -> list[str]:
+        """Purge every due study; returns the UIDs purged."""
+        return [c.study_uid for c in self.due() if self.purge(c)]
+
+    def purge(self, c: Candidate) -> bool:
+        """Purge one study (see the module docstring); False when it changed meanwhile."""
+        if c.state == StudyState.STABLE and not self._claim(c.study_id):
+            return False
+        with guarded(self._sessions) as s:
+            files = list(
+                s.execute(select(Instance.id, Instance.path).where(Instance.study_id == c.study_id))
+            )
+        for _, path in files:
+            self._content.remove(path)
+        ids = [i for i, _ in files]
+        reason = (
+            f"{'discarded' if c.action == 'discard' else 'held, matched no request'}; "
+            f"purged after {c.days} days (rule {c.rule or '-'}): {len(ids)} file(s) deleted"
+        )
+        with guarded(self._sessions) as s, s.begin():
+            done = s.execute(  # type: ignore[attr-defined]
+                update(Study)
+                .where(Study.id == c.study_id, Study.state == StudyState.PURGING)
+                .values(state=StudyState.PURGED, instance_count=0, size_bytes=0)
+            ).rowcount
+            if not done:
+                # New instances arrived during the purge: keep them; the rows of the
+                # files already deleted stay, flagged, so nothing pretends to be there.
+                s.execute(update(Instance).where(Instance.id.in_(ids)).values(file_missing=True))
+                log.warning("study %s: changed during purge; new instances kept", c.study_uid)
+                return False
+            s.execute(delete(Instance).where(Instance.id.in_(ids)))
+            s.execute(
+                update(Series)
+                .where(Series.study_id == c.study_id)
+                .values(instance_count=0, size_bytes=0)
+            )
+            s.add(
+                StudyEvent(
+                    study_id=c.study_id,
+                    at=self._clock(),
+                    from_state=StudyState.PURGING,
+                    to_state=StudyState.PURGED,
+                    reason=reason,
+                )
+            )
+        log.info("study %s purged (%d files, rule %s)", c.study_uid, len(ids), c.rule or "-")
+        return True
+
+    def _claim(self, study_id: int) -> bool:
+        with guarded(self._sessions) as s, s.begin():
+            won = s.execute(  # type: ignore[attr-defined]
+                update(Study)
+                .where(Study.id == study_id, Study.state == StudyState.STABLE)
+                .values(state=StudyState.PURGING)
+            ).rowcount
+            if won:
+                s.add(
+                    StudyEvent(
+                        study_id=study_id,
+                        at=self._clock(),
+                        from_state=StudyState.STABLE,
+                        to_state=StudyState.PURGING,
+                        reason="retention passed: deleting files",
+                    )
+                )
+        return bool(won)

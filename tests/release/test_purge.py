@@ -1,0 +1,203 @@
+"""Held and discarded studies are purged after their retention, and the purge is recorded;
+a ready request whose study changes goes back to receiving (injected clock throughout)."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import func, select
+
+from release.matching import Matcher
+from release.purge import Purger
+from release.requests import RequestBook
+from rules import load_rules_text
+from scp.recovery import recover
+from scp.stability import StabilitySweep
+from store.catalog import Catalog
+from store.content import ContentStore
+from store.models import Instance, RequestState, Study, StudyEvent, StudyState
+from tests import synthetic
+from tests.conftest import Database
+from tests.release.helpers import draft
+
+RULES = """\
+rules:
+  - name: junk
+    when: {StudyDescription: SCOUT}
+    action: discard
+    retention_days: 2
+  - name: by-accession
+    when: {AccessionNumber: {present: true}}
+    action: release
+    join: {accession: AccessionNumber}
+  - name: everything-else
+    action: hold
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        # Recovery dates re-indexed files by their mtime: start from the real time.
+        self.now = datetime.now(UTC) + timedelta(seconds=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class World:
+    """Store, matcher and purger over one database, all on one injected clock."""
+
+    def __init__(self, db: Database, root: Path) -> None:
+        self.clock = Clock()
+        self.content = ContentStore(root / "data")
+        self.content.prepare()
+        self.sessions = db.sessions
+        self.catalog = Catalog(db.sessions, clock=self.clock)
+        self.book = RequestBook(db.sessions, clock=self.clock)
+        rules = load_rules_text(RULES)
+        self.matcher = Matcher(
+            db.sessions, self.content, lambda: rules, self.book, clock=self.clock
+        )
+        self.sweep = StabilitySweep(db.sessions, 60, clock=self.clock)
+        self.purger = Purger(db.sessions, self.content, 30, clock=self.clock)
+        self.src = root / "src"
+
+    def receive(self, name: str, n: int, accession: str, description: str = "") -> str:
+        """Put ``n`` synthetic instances in the store (indexed as recovery does)."""
+        paths = synthetic.make_small_instances(
+            self.src / name, n=n, n_series=1, accession=accession, patient_id=f"P{name}"
+        )
+        for p in paths:
+            ds = pydicom.dcmread(p)
+            if description:
+                ds.StudyDescription = description
+                ds.save_as(p)
+            rel = self.content.instance_relpath(
+                ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+            )
+            dest = self.content.path(rel)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dest)
+        recover(self.content, self.sessions, self.catalog)
+        return str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+
+    def settle(self) -> None:
+        """Let studies go stable and the rules decide."""
+        self.clock.now += timedelta(seconds=61)
+        self.sweep.run()
+        self.matcher.sweep_changed()
+        self.matcher.on_stable(self.matcher.undecided())
+
+    def study(self, uid: str) -> Study:
+        with self.sessions() as s:
+            st = s.scalars(select(Study).where(Study.study_uid == uid)).one()
+            s.expunge(st)
+            return st
+
+    def files(self, uid: str) -> int:
+        with self.sessions() as s:
+            return int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(Instance)
+                    .join(Study)
+                    .where(Study.study_uid == uid)
+                )
+                or 0
+            )
+
+
+@pytest.fixture
+def world(db: Database, tmp_path: Path) -> World:
+    return World(db, tmp_path)
+
+
+def test_held_and_discarded_studies_are_purged_after_retention(world: World) -> None:
+    held = world.receive("held", 3, accession="NOREQ1")
+    junk = world.receive("junk", 2, accession="", description="SCOUT")
+    world.book.create(draft(selection=[{"kind": "accession", "value": "WANTED"}]), "test")
+    wanted = world.receive("wanted", 2, accession="WANTED")
+    world.settle()
+
+    # Day 1: nothing is due yet.
+    world.clock.now += timedelta(days=1)
+    assert world.purger.sweep() == []
+    # Day 2+: the discard rule's own retention (2 days) has passed; held ones wait 30.
+    world.clock.now += timedelta(days=1, minutes=1)
+    assert world.purger.sweep() == [junk]
+    assert world.purger.sweep() == []  # purged once
+    world.clock.now += timedelta(days=29)
+    assert world.purger.sweep() == [held]
+
+    for uid in (held, junk):
+        st = world.study(uid)
+        assert (st.state, st.instance_count, world.files(uid)) == (StudyState.PURGED, 0, 0)
+    # The study attached to a request is never purged, however old.
+    assert world.study(wanted).state == StudyState.STABLE
+    assert world.files(wanted) == 2
+    on_disk = list(world.content.iter_instances())
+    assert len(on_disk) == 2 and all(wanted in rel for rel in on_disk)
+    with world.sessions() as s:
+        reasons = [
+            e.reason
+            for e in s.scalars(select(StudyEvent).where(StudyEvent.to_state == StudyState.PURGED))
+        ]
+    assert len(reasons) == 2
+    assert any("purged after 2 days (rule junk): 2 file(s) deleted" in r for r in reasons)
+    assert any("purged after 30 days (rule by-accession): 3 file(s)" in r for r in reasons)
+
+
+def test_a_purge_interrupted_after_its_claim_is_finished_by_the_next_sweep(world: World) -> None:
+    held = world.receive("held", 2, accession="NOREQ2")
+    world.settle()
+    world.clock.now += timedelta(days=31)
+    [candidate] = world.purger.due()
+    assert world.purger._claim(candidate.study_id)  # the crash came right after the claim
+    assert world.study(held).state == StudyState.PURGING
+    assert world.purger.sweep() == [held]
+    assert world.study(held).state == StudyState.PURGED
+    assert list(world.content.iter_instances()) == []
+
+
+def test_a_purged_study_that_arrives_again_is_received_and_decided_again(world: World) -> None:
+    held = world.receive("again", 2, accession="NOREQ3")
+    world.settle()
+    world.clock.now += timedelta(days=31)
+    assert world.purger.sweep() == [held]
+    world.receive("again", 2, accession="NOREQ3")
+    st = world.study(held)
+    assert (st.state, st.instance_count) == (StudyState.RECEIVING, 2)
+    world.settle()
+    assert world.study(held).state == StudyState.STABLE
+    assert world.purger.sweep() == []  # a fresh decision: its retention starts again
+
+
+def test_a_ready_request_goes_back_to_receiving_when_its_study_changes(world: World) -> None:
+    req = world.book.create(draft(selection=[{"kind": "accession", "value": "ACC77"}]), "test")
+    uid = world.receive("grow", 2, accession="ACC77")
+    world.settle()
+    assert world.book.get(req.reference).state == RequestState.READY
+    # Two more instances of the same study arrive before packaging.
+    paths = synthetic.make_small_instances(
+        world.src / "grow2", n=4, n_series=1, accession="ACC77", patient_id="Pgrow"
+    )
+    for p in paths[2:]:
+        ds = pydicom.dcmread(p)
+        rel = world.content.instance_relpath(
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        )
+        world.content.path(rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, world.content.path(rel))
+    recover(world.content, world.sessions, world.catalog)
+    assert world.study(uid).state == StudyState.RECEIVING
+    assert world.matcher.sweep_changed() == [req.reference]
+    assert world.book.get(req.reference).state == RequestState.RECEIVING
+    world.settle()
+    assert world.book.get(req.reference).state == RequestState.READY
+    assert world.study(uid).instance_count == 4
+    states = [e.to_state for e in world.book.timeline(req.reference)]
+    assert states[-3:] == ["ready", "receiving", "ready"]
