@@ -30,6 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from portal.apikeys import actor_of, check_hashes, match_api_key
+from portal.gate import ApiGate
 from portal.http import Detail, ErrorList, SecurityHeaders, install_error_handlers
 from release.records import event_dict, request_dict
 from release.requests import RequestBook
@@ -44,6 +45,8 @@ _header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="staf
 _REFUSALS: dict[int | str, dict[str, Any]] = {
     401: {"model": Detail, "description": "no API key"},
     403: {"model": Detail, "description": "unknown API key"},
+    413: {"model": Detail, "description": "body over 256 KB"},
+    415: {"model": Detail, "description": "body not sent as application/json"},
     422: {"model": ErrorList, "description": "bad input, one entry per field"},
     503: {"model": Detail, "description": "the index database is unavailable"},
 }
@@ -171,10 +174,12 @@ def create_app(
         docs_url="/api/docs",
         redoc_url=None,
     )
-    app.state.courier = _Deps(sessions, check_hashes(api_key_hashes), RequestBook(sessions, clock))
+    hashes = check_hashes(api_key_hashes)
+    app.state.courier = _Deps(sessions, hashes, RequestBook(sessions, clock))
     app.include_router(api)
     install_error_handlers(app)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(ApiGate, hashes=hashes)
+    app.add_middleware(SecurityHeaders)  # outermost: its headers go on the gate's refusals
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,31 +89,49 @@ def test_bad_fields_are_named_and_nothing_is_written(
 
 
 @pytest.mark.parametrize(
-    ("content", "content_type"),
+    ("content", "content_type", "status"),
     [
-        (b'{"patient_id": ', "application/json"),
-        (b"\xff\xfe", "application/json"),
-        (b"[]", "application/json"),
-        (b"", "application/json"),
-        (b"patient_id=1", "application/x-www-form-urlencoded"),
-        (b'{"patient_id": "1"}', "text/plain"),
+        (b'{"patient_id": ', "application/json", 422),
+        (b"\xff\xfe", "application/json", 422),
+        (b"[]", "application/json", 422),
+        (b"", "application/json", 422),
+        (b'{"patient_id": "1"}', "application/json; charset=utf-8", 422),
+        (b"patient_id=1", "application/x-www-form-urlencoded", 415),
+        (b'{"patient_id": "1"}', "text/plain", 415),
+        (b'{"patient_id": "1"}', "", 415),
     ],
 )
 def test_malformed_or_mistyped_bodies_are_refused(
-    api: Api, content: bytes, content_type: str
+    api: Api, content: bytes, content_type: str, status: int
 ) -> None:
     headers = {**api.auth, "Content-Type": content_type}
     r = api.client.post(URL, content=content, headers=headers)
-    assert r.status_code in (415, 422), r.text
-    assert r.json()["errors"]
+    assert r.status_code == status, r.text
+    assert r.json()["errors" if status == 422 else "detail"]
     assert counts(api.db.sessions) == (0, 0, 0)
 
 
-def test_an_oversized_body_is_refused_unread(api: Api) -> None:
-    r = api.client.post(
-        URL, content=b" " * 300_000, headers={**api.auth, "Content-Type": "application/json"}
-    )
+def test_an_anonymous_caller_learns_nothing_from_a_bad_body(api: Api) -> None:
+    """The key is checked before the body is parsed: no validation errors leak."""
+    for headers in ({}, {"X-API-Key": "ck_no"}):
+        r = api.client.post(
+            URL, content=b'{"patient_id": ', headers={**headers, "Content-Type": "text/plain"}
+        )
+        assert r.status_code in (401, 403) and "errors" not in r.json()
+
+
+def test_an_oversized_body_is_refused_with_or_without_a_length(api: Api) -> None:
+    headers = {**api.auth, "Content-Type": "application/json"}
+    r = api.client.post(URL, content=b" " * 300_000, headers=headers)
     assert r.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer encoding
+        for _ in range(40):
+            yield b" " * 10_000
+
+    r = api.client.post(URL, content=chunks(), headers=headers)
+    assert r.status_code == 413, r.text
+    assert counts(api.db.sessions) == (0, 0, 0)
 
 
 @pytest.mark.parametrize(
