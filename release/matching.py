@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from release.errors import InvalidTransition
 from release.requests import RequestBook
+from release.states import allowed
 from rules import AssociationFacts, Decision, RuleSet, explain_text, facts_from_dataset
 from store.catalog import guarded
 from store.content import ContentStore
@@ -71,7 +72,13 @@ class Matcher:
         self._clock = clock
 
     def on_stable(self, study_uids: list[str]) -> list[str]:
-        """Decide for each newly stable study; returns references that became ready."""
+        """Decide for each newly stable study; returns references that became ready.
+
+        Per study, the header is read first (no transaction held), then one transaction
+        records the decision, attaches the study, moves its requests and checks them for
+        completeness: one commit per study, and a failure leaves the study undecided,
+        to be retried by the next sweep.
+        """
         ready: list[str] = []
         for uid in study_uids:
             try:
@@ -82,26 +89,27 @@ class Matcher:
                 continue
             if decision is None:
                 continue
-            attached = self._attach(uid, decision) if decision.action == "release" else []
-            self._record(uid, decision, joined=len(attached))
-            for request_id in attached:
-                if self.refresh(request_id):
-                    ready.append(self._book.get(request_id).reference)
+            try:
+                ready += self._apply(uid, decision)
+            except IntegrityError:
+                log.warning("study %s: attached concurrently; retried next sweep", uid)
         return ready
 
-    def _record(self, study_uid: str, decision: Decision, joined: int) -> None:
-        """Keep the decision with its rule and why. A release that joined no pending
-        request holds the study for staff instead (it is never dropped)."""
-        action, reason = decision.action, decision.reason or ""
-        if action == "release" and not joined:
-            action = "hold"
-            reason = f"rule {decision.rule} matched, but no pending request has these keys"
-        with guarded(self._sessions) as s:
+    def _apply(self, study_uid: str, decision: Decision) -> list[str]:
+        now = self._clock()
+        with guarded(self._sessions) as s, s.begin():
             study_id = s.scalar(select(Study.id).where(Study.study_uid == study_uid))
+            found = self._find(s, decision) if decision.action == "release" else {}
+            states = self._attach(s, study_id, found, decision, now)
+            action, reason = decision.action, decision.reason or ""
+            if action == "release" and not found:
+                # Never dropped: held for staff, listed, purged after retention.
+                action = "hold"
+                reason = f"rule {decision.rule} matched, but no pending request has these keys"
             s.add(
                 StudyDecision(
                     study_id=study_id,
-                    at=self._clock(),
+                    at=now,
                     action=action,
                     rule=decision.rule or "",
                     reason=reason,
@@ -109,14 +117,20 @@ class Matcher:
                     retention_days=decision.retention_days,
                 )
             )
-            s.commit()
+            s.flush()
+            ready = [
+                req.reference
+                for rid, req in found.items()
+                if self._complete(s, req, states[rid], now)
+            ]
         log.info(
             "study %s: %s by rule %s (requests joined: %d)",
             study_uid,
             action,
             decision.rule,
-            joined,
+            len(found),
         )
+        return ready
 
     def undecided(self, limit: int = 500) -> list[str]:
         """Stable studies with no decision since they became stable (the database, not
@@ -156,8 +170,8 @@ class Matcher:
             )
         return decision
 
-    def _attach(self, study_uid: str, decision: Decision) -> list[int]:
-        """Link the study to every request its joins find; returns their ids."""
+    def _find(self, s: Session, decision: Decision) -> dict[int, ReleaseRequest]:
+        """Every joinable request the decision's join keys find (indexed look-ups)."""
         found: dict[int, ReleaseRequest] = {}
         for join in decision.joins:
             keyed = [(k, v) for k, v in join.items() if k in _KINDS]
@@ -166,62 +180,98 @@ class Matcher:
             ids: set[int] | None = None
             candidates: dict[int, ReleaseRequest] = {}
             for field, value in keyed:
-                hits = self._book.find_pending_by(_KINDS[field], value, states=JOINABLE)
+                hits = self._book.find_pending_by(_KINDS[field], value, states=JOINABLE, session=s)
                 candidates.update((r.id, r) for r in hits)
                 ids = {r.id for r in hits} if ids is None else ids & {r.id for r in hits}
             patient = join.get("patient_id")
             for rid in ids or set():
                 if patient is None or candidates[rid].patient_id == patient:
                     found[rid] = candidates[rid]
-        now = self._clock()
-        with guarded(self._sessions) as s:
-            study_id = s.scalar(select(Study.id).where(Study.study_uid == study_uid))
-            for rid in found:
-                s.add(
-                    RequestStudy(
-                        request_id=rid, study_id=study_id, rule=decision.rule or "", matched_at=now
-                    )
+        return found
+
+    def _attach(
+        self,
+        s: Session,
+        study_id: int | None,
+        found: dict[int, ReleaseRequest],
+        decision: Decision,
+        now: datetime,
+    ) -> dict[int, RequestState]:
+        """Link the study to the requests found and move waiting ones to receiving;
+        returns each request's state afterwards."""
+        states = {rid: RequestState(req.state) for rid, req in found.items()}
+        if not found or study_id is None:
+            return states
+        known = set(
+            s.scalars(
+                select(RequestStudy.request_id).where(
+                    RequestStudy.study_id == study_id, RequestStudy.request_id.in_(found)
                 )
-                try:
-                    s.commit()
-                except IntegrityError:
-                    s.rollback()  # already attached (the study changed and is stable again)
+            )
+        )
+        for rid in found.keys() - known:
+            s.add(
+                RequestStudy(
+                    request_id=rid, study_id=study_id, rule=decision.rule or "", matched_at=now
+                )
+            )
         for rid, req in found.items():
-            if req.state in (RequestState.PENDING, RequestState.OVERDUE):
-                self._move(
-                    rid, RequestState.RECEIVING, f"study matched by rule {decision.rule}", req.state
-                )
-        if not found:
-            log.info("study %s: rule %s found no pending request", study_uid, decision.rule)
-        return list(found)
+            if states[rid] in (RequestState.PENDING, RequestState.OVERDUE):
+                reason = f"study matched by rule {decision.rule}"
+                if self._move_in(s, req, states[rid], RequestState.RECEIVING, reason, now):
+                    states[rid] = RequestState.RECEIVING
+        return states
+
+    def _complete(
+        self, s: Session, req: ReleaseRequest, state: RequestState, now: datetime
+    ) -> bool:
+        """In ``s``: move ``req`` to ready if every selection is satisfied; True if it did."""
+        if state not in (RequestState.RECEIVING, RequestState.OVERDUE):
+            return False
+        selections = list(
+            s.scalars(select(RequestSelection).where(RequestSelection.request_id == req.id))
+        )
+        studies = list(
+            s.scalars(
+                select(Study)
+                .join(RequestStudy, RequestStudy.study_id == Study.id)
+                .where(RequestStudy.request_id == req.id)
+            )
+        )
+        missing = [m for sel in selections if (m := _unsatisfied(sel, studies))]
+        if missing:
+            log.info("request %s not ready: %d selection(s) open", req.id, len(missing))
+            return False
+        reason = f"all {len(selections)} selection(s) received and stable"
+        return self._move_in(s, req, state, RequestState.READY, reason, now)
+
+    def _move_in(
+        self,
+        s: Session,
+        req: ReleaseRequest,
+        source: RequestState,
+        target: RequestState,
+        reason: str,
+        now: datetime,
+    ) -> bool:
+        """Move inside ``s``; False (nothing written) if someone moved it first."""
+        if not allowed(source, target):
+            return False
+        try:
+            # A lost race changes nothing (the UPDATE matched no row, no event was
+            # added), so the rest of the caller's transaction stays valid.
+            self._book.move(s, req, source, target, ACTOR, reason, now)
+        except InvalidTransition:
+            return False  # their move stands
+        return True
 
     def refresh(self, request_id: int) -> bool:
         """Move the request to ``ready`` if every selection is satisfied; True if it did."""
-        with guarded(self._sessions) as s:
+        with guarded(self._sessions) as s, s.begin():
             req = s.get(ReleaseRequest, request_id)
-            if req is None or req.state not in (RequestState.RECEIVING, RequestState.OVERDUE):
+            if req is None:
                 return False
-            selections = list(
-                s.scalars(select(RequestSelection).where(RequestSelection.request_id == req.id))
-            )
-            studies = list(
-                s.scalars(
-                    select(Study)
-                    .join(RequestStudy, RequestStudy.study_id == Study.id)
-                    .where(RequestStudy.request_id == req.id)
-                )
-            )
-            state = req.state
-        missing = [m for sel in selections if (m := _unsatisfied(sel, studies))]
-        if missing:
-            log.info("request %s not ready: %d selection(s) open", request_id, len(missing))
-            return False
-        return self._move(
-            request_id,
-            RequestState.READY,
-            f"all {len(selections)} selection(s) received and stable",
-            state,
-        )
+            return self._complete(s, req, RequestState(req.state), self._clock())
 
     def sweep_changed(self) -> list[str]:
         """Ready requests with an attached study that received new instances go back to

@@ -191,13 +191,19 @@ class RequestBook:
             )
 
     def find_pending_by(
-        self, kind: SelectionKind | str, value: str, states: Sequence[RequestState] = JOINABLE
+        self,
+        kind: SelectionKind | str,
+        value: str,
+        states: Sequence[RequestState] = JOINABLE,
+        *,
+        session: Session | None = None,
     ) -> builtins.list[ReleaseRequest]:
         """Requests still waiting (``states``) that select ``value`` as ``kind``.
 
         One indexed look-up on (kind, value), never a scan of pending requests. A
         ``reference`` value is normalized first (a tag may hold it in any case); one
-        whose check symbol fails finds nothing.
+        whose check symbol fails finds nothing. With ``session``, the look-up runs in
+        the caller's transaction (and the rows belong to that session).
         """
         kind = SelectionKind(kind)
         value = value.strip()
@@ -216,6 +222,8 @@ class RequestBook:
             .order_by(ReleaseRequest.id)
             .options(selectinload(ReleaseRequest.selections))
         )
+        if session is not None:
+            return builtins.list(session.scalars(q).unique())
         with guarded(self._sessions) as s:
             return builtins.list(s.scalars(q).unique())
 
@@ -252,7 +260,7 @@ class RequestBook:
             if not allowed(source, target):
                 raise InvalidTransition(_refusal(req.reference, source, target))
             now = self._clock()
-            return self._move(s, req, source, target, actor, reason, now)
+            return self.move(s, req, source, target, actor, reason, now)
 
     def cancel(self, ref_or_id: str | int, actor: str, reason: str) -> RequestEvent:
         """Cancel the request (from any state but a final one); returns the event.
@@ -281,9 +289,9 @@ class RequestBook:
                     "nothing to resend"
                     + ("" if current in FINAL else "; it is sent when the studies are ready")
                 )
-            return self._move(s, req, current, current, actor, reason, self._clock())
+            return self.move(s, req, current, current, actor, reason, self._clock())
 
-    def _move(
+    def move(
         self,
         s: Session,
         req: ReleaseRequest,
@@ -293,6 +301,12 @@ class RequestBook:
         reason: str,
         now: datetime,
     ) -> RequestEvent:
+        """Move ``req`` from ``source`` to ``target`` inside the caller's transaction ``s``
+        and record the event there, so whatever else the caller writes (a decision, an
+        outbox row) commits or rolls back with the move. The caller has checked the
+        table (:func:`release.states.allowed`); raises :class:`InvalidTransition` when
+        the request is no longer in ``source`` (another actor moved it first).
+        """
         result = cast(
             CursorResult[Any],
             s.execute(
