@@ -64,7 +64,11 @@ class Matcher:
         rules: Callable[[], RuleSet],
         book: RequestBook,
         clock: Callable[[], datetime] = utcnow,
+        on_overdue: Callable[[Session, ReleaseRequest], None] | None = None,
     ) -> None:
+        """``on_overdue(session, request)`` runs in the transaction that moves a request
+        to ``overdue`` (the node queues the staff alert there)."""
+        self._on_overdue = on_overdue
         self._sessions = sessions
         self._content = content
         self._rules = rules
@@ -309,13 +313,20 @@ class Matcher:
                 )
             )
         moved = []
+        reason = (
+            f"studies not all received within {overdue_after_h:g} h; "
+            "staff alerted (CD fallback candidate)"
+        )
         for rid, reference, state in late:
-            reason = (
-                f"studies not all received within {overdue_after_h:g} h; "
-                "staff alerted (CD fallback candidate)"
-            )
-            if self._move(rid, RequestState.OVERDUE, reason, state):
-                moved.append(reference)
+            with guarded(self._sessions) as s, s.begin():
+                req = s.get(ReleaseRequest, rid)
+                if req is None:
+                    continue
+                now = self._clock()
+                if self._move_in(s, req, RequestState(state), RequestState.OVERDUE, reason, now):
+                    if self._on_overdue is not None:
+                        self._on_overdue(s, req)  # the alert commits with the move
+                    moved.append(reference)
         return moved
 
     def _move(

@@ -288,3 +288,127 @@ class RequestStudy(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     rule: Mapped[str] = mapped_column(String(64), default="")
     matched_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Package(Base):
+    """A built delivery package of one request: the ZIP part(s) under ``folder``.
+
+    ``parts`` is JSON: ``[{"name", "size", "sha256"}]``. A package row exists only once
+    every part was renamed into place (a half-built ZIP is never recorded or served).
+    """
+
+    __tablename__ = "packages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("release_requests.id"), index=True)
+    folder: Mapped[str] = mapped_column(String(300))
+    parts: Mapped[str] = mapped_column(Text)
+    studies: Mapped[int] = mapped_column(Integer)
+    instances: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    built_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Grant(Base):
+    """One recipient's right to download a package: the link and the second factor.
+
+    The link token is never stored: it is derived (HMAC with the node's secret) from
+    ``id`` and ``token_salt`` when the email is composed, and only its SHA-256 is kept
+    for look-ups. Likewise a one-time code is derived from ``code_salt`` and kept as a
+    keyed hash until ``code_expires_at``.
+    """
+
+    __tablename__ = "grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("release_requests.id"), index=True)
+    package_id: Mapped[int | None] = mapped_column(ForeignKey("packages.id"), nullable=True)
+    purpose: Mapped[str] = mapped_column(String(16), default="patient")
+    recipient_email: Mapped[str] = mapped_column(String(254))
+    second_channel: Mapped[str] = mapped_column(String(260))
+    language: Mapped[str] = mapped_column(String(16), default="en")
+    token_salt: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    code_salt: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    code_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    code_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    code_tries: Mapped[int] = mapped_column(Integer, default=0)
+    codes_sent: Mapped[int] = mapped_column(Integer, default=0)
+    codes_failed: Mapped[int] = mapped_column(Integer, default=0)
+    downloads: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class NotificationState(enum.StrEnum):
+    """Where an outbox row stands."""
+
+    QUEUED = "queued"  # waiting for its next attempt (next_attempt_at)
+    SENDING = "sending"  # claimed by a relay until claimed_until
+    SENT = "sent"
+    FAILED = "failed"  # permanent: staff were told
+    HELD = "held"  # nowhere to send (no staff address configured): kept, listed
+
+
+class Notification(Base):
+    """An outbox row: one message to send, written in the transaction that causes it.
+
+    ``params`` is JSON holding what the template needs, never a secret: links and codes
+    are derived again from the grant at send time. ``message_id`` is set once, so every
+    re-send of this row is the same message.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int | None] = mapped_column(
+        ForeignKey("release_requests.id"), nullable=True, index=True
+    )
+    grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id"), nullable=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(8))
+    recipient: Mapped[str] = mapped_column(String(260))
+    language: Mapped[str] = mapped_column(String(16), default="en")
+    params: Mapped[str] = mapped_column(Text, default="{}")
+    message_id: Mapped[str] = mapped_column(String(210), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default=NotificationState.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    composed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    provider_id: Mapped[str] = mapped_column(String(210), default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class NotificationAttempt(Base):
+    """One try at sending a notification: written before the provider is called
+    (``outcome`` empty) and completed after, so a crash in between is visible."""
+
+    __tablename__ = "notification_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16), default="")
+    code: Mapped[str] = mapped_column(String(16), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    provider_id: Mapped[str] = mapped_column(String(210), default="")
+
+
+class JobRun(Base):
+    """When a scheduled job last started and finished (the scheduler only triggers; this
+    row tells a restarted node whether last night's batch ran)."""
+
+    __tablename__ = "job_runs"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

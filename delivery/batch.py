@@ -1,0 +1,360 @@
+"""The delivery batch: ready requests become packages, grants and queued link emails.
+
+For each ready request (urgent ones only, on the urgent path):
+
+1. claim it, ``ready → packaging`` (a conditional UPDATE: two batches never take one);
+2. build its package from the stored instances of its attached studies into
+   ``<package_dir>/<reference>/`` (written under a temporary name, renamed when whole);
+3. in one transaction: the package row, a grant for the recipient, ``packaging →
+   notified`` and the link email in the outbox.
+
+A package that cannot be built (an instance file missing or unreadable) moves the
+request to ``failed`` and alerts staff in one transaction: never a partial release. A
+crash mid-build leaves the request in ``packaging``; :meth:`DeliveryBatch.recover`
+(run at start-up) sweeps the half-written files and puts such requests back to
+``ready``, so the next run rebuilds them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from delivery.grants import GrantKeys, new_grant
+from delivery.outbox import Outbox
+from delivery.package import (
+    PackageInfo,
+    PackageItem,
+    PackageResult,
+    Progress,
+    build_package,
+    sweep_partial,
+)
+from delivery.package_errors import PackageError
+from release.errors import InvalidTransition
+from release.requests import RequestBook
+from store.catalog import guarded
+from store.content import ContentStore
+from store.models import (
+    Grant,
+    Instance,
+    JobRun,
+    Package,
+    ReleaseRequest,
+    RequestState,
+    RequestStudy,
+    Series,
+    Study,
+    Urgency,
+    utcnow,
+)
+
+log = logging.getLogger("courier.delivery.batch")
+ACTOR = "delivery"
+
+
+@dataclass
+class BatchReport:
+    """What one run did, by request reference."""
+
+    notified: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+class DeliveryBatch:
+    """Packages ready requests and queues their link emails."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        content: ContentStore,
+        book: RequestBook,
+        outbox: Outbox,
+        keys: GrantKeys,
+        package_dir: Path,
+        *,
+        contact: str = "",
+        max_part_bytes: int | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._content = content
+        self._book = book
+        self._outbox = outbox
+        self._keys = keys
+        self._dir = package_dir
+        self._contact = contact
+        self._max_part = max_part_bytes
+        self._clock = clock
+
+    def recover(self) -> list[str]:
+        """At start-up: sweep half-built files; requests left ``packaging`` go back to
+        ``ready`` (they are rebuilt). Returns their references."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        for folder in [self._dir, *(p for p in self._dir.iterdir() if p.is_dir())]:
+            sweep_partial(folder)
+        with guarded(self._sessions) as s:
+            stuck = list(
+                s.scalars(
+                    select(ReleaseRequest.reference).where(
+                        ReleaseRequest.state == RequestState.PACKAGING
+                    )
+                )
+            )
+        moved = []
+        for ref in stuck:
+            try:
+                self._book.transition(
+                    ref,
+                    RequestState.READY,
+                    ACTOR,
+                    "packaging was interrupted (node restarted); it will be rebuilt",
+                    from_state=RequestState.PACKAGING,
+                )
+                moved.append(ref)
+            except InvalidTransition:
+                pass
+        return moved
+
+    def ready(self, *, urgent_only: bool = False) -> list[str]:
+        """References of the requests a run would take, oldest first."""
+        q = select(ReleaseRequest.reference).where(ReleaseRequest.state == RequestState.READY)
+        if urgent_only:
+            q = q.where(ReleaseRequest.urgency == Urgency.NOW)
+        with guarded(self._sessions) as s:
+            return list(s.scalars(q.order_by(ReleaseRequest.updated_at, ReleaseRequest.id)))
+
+    def run(
+        self,
+        *,
+        urgent_only: bool = False,
+        progress: Callable[[str], Progress | None] | None = None,
+        job: str | None = None,
+    ) -> BatchReport:
+        """Deliver every ready (or, with ``urgent_only``, every urgent ready) request.
+
+        ``progress(reference)`` may return a per-package ``(done, total)`` callback (the
+        CLI's progress bar). ``job`` names the run in ``job_runs`` (e.g. ``batch``).
+        """
+        started = self._clock()
+        report = BatchReport()
+        for ref in self.ready(urgent_only=urgent_only):
+            outcome = self.deliver(ref, progress(ref) if progress else None)
+            getattr(report, outcome).append(ref)
+        if job:
+            self._mark(job, started)
+        if report.notified or report.failed:
+            log.info(
+                "batch: %d notified, %d failed, %d skipped",
+                len(report.notified),
+                len(report.failed),
+                len(report.skipped),
+            )
+        return report
+
+    def deliver(self, reference: str, progress: Progress | None = None) -> str:
+        """Package one ready request; returns ``notified``, ``failed`` or ``skipped``."""
+        try:
+            self._book.transition(
+                reference,
+                RequestState.PACKAGING,
+                ACTOR,
+                "packaging",
+                from_state=RequestState.READY,
+            )
+        except InvalidTransition:
+            return "skipped"  # another run took it, or it changed
+        req = self._book.get(reference)
+        now = self._clock()
+        try:
+            items = self._items(req.id)
+            result = build_package(
+                items,
+                self._dir / req.reference,
+                info=PackageInfo(
+                    reference=req.reference,
+                    language=req.language,
+                    contact=self._contact,
+                    created=now,
+                ),
+                max_part_bytes=self._max_part,
+                progress=progress,
+            )
+        except (PackageError, OSError) as exc:
+            self._fail(req, f"package could not be built: {exc}")
+            return "failed"
+        self._notify(req, result, now)
+        return "notified"
+
+    def _items(self, request_id: int) -> list[PackageItem]:
+        with guarded(self._sessions) as s:
+            rows = s.execute(
+                select(
+                    Instance,
+                    Study.study_uid,
+                    Series.series_uid,
+                    Series.series_number,
+                    Series.modality,
+                )
+                .join(Series, Series.id == Instance.series_id)
+                .join(Study, Study.id == Instance.study_id)
+                .join(RequestStudy, RequestStudy.study_id == Study.id)
+                .where(RequestStudy.request_id == request_id)
+                .order_by(Instance.id)
+            ).all()
+        if not rows:
+            raise PackageError("no stored instance for this request")
+        missing = sum(1 for row in rows if row[0].file_missing)
+        if missing:
+            raise PackageError(f"{missing} instance file(s) are missing from the store")
+        return [
+            PackageItem(
+                path=self._content.path(inst.path),
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_instance_uid=inst.sop_instance_uid,
+                sop_class_uid=inst.sop_class_uid,
+                transfer_syntax_uid=inst.transfer_syntax_uid,
+                modality=modality or None,
+                series_number=_int(series_number),
+                instance_number=_int(inst.instance_number),
+            )
+            for inst, study_uid, series_uid, series_number, modality in rows
+        ]
+
+    def _notify(self, req: ReleaseRequest, result: PackageResult, now: datetime) -> None:
+        with guarded(self._sessions) as s, s.begin():
+            fresh = s.get(ReleaseRequest, req.id)
+            assert fresh is not None
+            package = Package(
+                request_id=req.id,
+                folder=req.reference,
+                parts=json.dumps(
+                    [
+                        {"name": p.name, "size": n, "sha256": h}
+                        for p, n, h in zip(
+                            result.parts, result.part_bytes, result.part_sha256, strict=True
+                        )
+                    ]
+                ),
+                studies=result.studies,
+                instances=result.instances,
+                size_bytes=result.total_bytes,
+                built_at=now,
+            )
+            s.add(package)
+            s.flush()
+            grant = new_grant(
+                s, self._keys, fresh, package_id=package.id, link_days=fresh.link_days, now=now
+            )
+            self._book.move(
+                s,
+                fresh,
+                RequestState.PACKAGING,
+                RequestState.NOTIFIED,
+                ACTOR,
+                f"package built ({result.instances} instances, {len(result.parts)} part(s), "
+                f"{result.total_bytes / 1e6:.1f} MB); link email queued, valid "
+                f"{fresh.link_days} days",
+                now,
+            )
+            self._outbox.enqueue(
+                s,
+                kind="link_email",
+                channel="email",
+                recipient=fresh.recipient_email,
+                language=fresh.language,
+                request_id=fresh.id,
+                grant_id=grant.id,
+            )
+
+    def _fail(self, req: ReleaseRequest, why: str) -> None:
+        log.error("request %s: packaging failed", req.reference)
+        with guarded(self._sessions) as s, s.begin():
+            fresh = s.get(ReleaseRequest, req.id)
+            assert fresh is not None
+            try:
+                self._book.move(
+                    s,
+                    fresh,
+                    RequestState.PACKAGING,
+                    RequestState.FAILED,
+                    ACTOR,
+                    why[:1000],
+                    self._clock(),
+                )
+            except InvalidTransition:
+                return
+            self._outbox.alert(s, "failed", reference=fresh.reference, request_id=fresh.id)
+
+    def _mark(self, job: str, started: datetime) -> None:
+        """Record a completed run of ``job`` (its start and end)."""
+        with guarded(self._sessions) as s, s.begin():
+            row = s.get(JobRun, job) or JobRun(name=job)
+            row.started_at = started
+            row.finished_at = self._clock()
+            s.add(row)
+
+    def last_run(self, job: str = "batch") -> datetime | None:
+        """When the last *completed* run of ``job`` started (a run that crashed does not
+        count, so the scheduler's catch-up runs it again)."""
+        with guarded(self._sessions) as s:
+            row = s.get(JobRun, job)
+            return None if row is None else row.started_at
+
+    def expire(self) -> list[str]:
+        """Requests whose every link has run out become ``expired``; their package files
+        are deleted (the package row keeps what was sent, with ``deleted_at``)."""
+        now = self._clock()
+        live = (RequestState.NOTIFIED, RequestState.DOWNLOADED)
+        with guarded(self._sessions) as s:
+            due = list(
+                s.execute(
+                    select(ReleaseRequest.id, ReleaseRequest.reference, ReleaseRequest.state)
+                    .join(Grant, Grant.request_id == ReleaseRequest.id)
+                    .where(ReleaseRequest.state.in_(live))
+                    .group_by(ReleaseRequest.id, ReleaseRequest.reference, ReleaseRequest.state)
+                    .having(func.max(Grant.expires_at) <= now)
+                )
+            )
+        expired = []
+        for rid, reference, state in due:
+            with guarded(self._sessions) as s, s.begin():
+                req = s.get(ReleaseRequest, rid)
+                assert req is not None
+                try:
+                    self._book.move(
+                        s,
+                        req,
+                        RequestState(state),
+                        RequestState.EXPIRED,
+                        ACTOR,
+                        "the link's life ended; package files deleted",
+                        now,
+                    )
+                except InvalidTransition:
+                    continue
+                s.execute(
+                    update(Package)
+                    .where(Package.request_id == rid, Package.deleted_at.is_(None))
+                    .values(deleted_at=now)
+                )
+            shutil.rmtree(self._dir / reference, ignore_errors=True)
+            expired.append(reference)
+        return expired
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None

@@ -1,0 +1,110 @@
+"""Composing an outbox row into the message its channel sends.
+
+Links and codes are derived here, at send time, from the grant and the node secret
+(:mod:`delivery.grants`): the row holds no secret. A code row carries the ``code_salt``
+it was issued with; if a newer code has been issued since, the row is not sent (the
+patient would get two different codes), and neither is a code past its validity.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy.orm import Session
+
+from delivery import messages
+from delivery.channel import OutgoingMessage
+from delivery.grants import GrantKeys
+from store.models import Grant, Notification, utcnow
+
+
+class ComposeError(Exception):
+    """The row cannot be composed. ``outcome`` is recorded; ``alert`` says whether this is
+    a failure staff must hear of (a missing grant) or an expected end (superseded)."""
+
+    def __init__(self, message: str, *, outcome: str = "permanent", alert: bool = True) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.alert = alert
+
+
+@dataclass(frozen=True)
+class Branding:
+    """What the messages say about the sender."""
+
+    public_url: str
+    hospital: str
+    sms_sender: str
+    contact: str = ""
+
+
+class Composer:
+    """Callable ``(session, row) -> OutgoingMessage``."""
+
+    def __init__(
+        self, keys: GrantKeys, branding: Branding, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self._keys = keys
+        self._b = branding
+        self._clock = clock
+
+    def link_url(self, grant: Grant) -> str:
+        """The download link of ``grant``."""
+        return f"{self._b.public_url.rstrip('/')}/d/{self._keys.token(grant)}"
+
+    def __call__(
+        self, s: Session, row: Notification, *, check_expiry: bool = True
+    ) -> OutgoingMessage:
+        """The message of ``row``. ``check_expiry=False`` composes a code past its
+        validity too: only to look up whether an earlier attempt was delivered."""
+        params = json.loads(row.params or "{}")
+        if row.kind.startswith("alert_"):
+            return messages.staff_alert(
+                to=row.recipient,
+                kind=cast(messages.AlertKind, params.get("alert")),
+                reference=params.get("reference"),
+                message_id=row.message_id,
+                composed_at=row.composed_at,
+            )
+        grant = s.get(Grant, row.grant_id) if row.grant_id is not None else None
+        if grant is None:
+            raise ComposeError("the grant of this message is gone")
+        if row.kind == "link_email":
+            return messages.link_email(
+                to=row.recipient,
+                link_url=self.link_url(grant),
+                expires=grant.expires_at.date(),
+                hospital=self._b.hospital,
+                language=row.language,
+                message_id=row.message_id,
+                contact=self._b.contact,
+                composed_at=row.composed_at,
+            )
+        if params.get("code_salt") != grant.code_salt:
+            raise ComposeError("superseded by a newer code", outcome="superseded", alert=False)
+        expired = grant.code_expires_at is None or self._clock() >= grant.code_expires_at
+        if check_expiry and expired:
+            raise ComposeError("the code expired before it could be sent", alert=False)
+        code = self._keys.code(grant)
+        if row.kind == "code_sms":
+            return messages.code_sms(
+                to=row.recipient,
+                code=code,
+                language=row.language,
+                sender_name=self._b.sms_sender,
+                message_id=row.message_id,
+            )
+        if row.kind == "code_email":
+            return messages.code_email(
+                to=row.recipient,
+                code=code,
+                hospital=self._b.hospital,
+                language=row.language,
+                message_id=row.message_id,
+                composed_at=row.composed_at,
+            )
+        raise ComposeError(f"unknown notification kind {row.kind}")

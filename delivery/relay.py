@@ -1,0 +1,300 @@
+"""The outbox relay: claims due notifications, sends them, records every attempt.
+
+Per row: claim (conditional UPDATE) → compose → if the last attempt's outcome is unknown
+(a crash mid-send, an SMTP link that dropped after the final dot, a Twilio 5xx or
+timeout) ask the channel whether it already has the message (SMS, file; SMTP cannot
+tell, so the same email is re-sent with the same Message-ID) → record the attempt →
+send → record the outcome. Outcomes:
+
+- sent: the row is done; the request's timeline says so.
+- retryable (SMTP 4xx, connection errors, Twilio 429/5xx): queued again after
+  ``min(cap, base·2ⁿ)`` with jitter (half to full), or after the provider's
+  Retry-After; after ``max_attempts`` the row fails for good.
+- permanent (SMTP 5xx, an invalid or unsubscribed number): the row fails; a failed
+  link email or code marks the request ``failed`` and alerts staff, in one transaction.
+
+The timeline of a request (``courier request show``) gets one event per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from delivery.channel import Channel, OutgoingMessage, Receipt
+from delivery.compose import ComposeError, Composer
+from delivery.errors import DeliveryError
+from delivery.outbox import Outbox
+from release.errors import InvalidTransition
+from release.requests import RequestBook
+from release.states import allowed
+from store.models import (
+    Grant,
+    Notification,
+    NotificationAttempt,
+    NotificationState,
+    ReleaseRequest,
+    RequestEvent,
+    RequestState,
+    utcnow,
+)
+
+log = logging.getLogger("courier.delivery.relay")
+ACTOR = "outbox"
+# Long enough for an SMTP server to answer after the final dot (RFC 5321: 10 min).
+LEASE_S = 900.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff between attempts: ``min(cap, base·2ⁿ⁻¹)`` scaled by a random 0.5–1."""
+
+    base_s: float = 30.0
+    cap_s: float = 3600.0
+    max_attempts: int = 12
+
+    def delay(self, attempts: int, rng: random.Random, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(self.cap_s, max(0.0, retry_after))
+        raw = min(self.cap_s, self.base_s * 2 ** max(0, attempts - 1))
+        return rng.uniform(raw / 2, raw)
+
+
+class Relay:
+    """Sends what the outbox holds through the channels ("email", "sms")."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        outbox: Outbox,
+        channels: Mapping[str, Channel],
+        compose: Composer,
+        book: RequestBook,
+        *,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+        concurrency: int = 8,
+        lease_s: float = LEASE_S,
+    ) -> None:
+        self._sessions = sessions
+        self._outbox = outbox
+        self._channels = channels
+        self._compose = compose
+        self._book = book
+        self._policy = policy or RetryPolicy()
+        self._clock = clock
+        self._rng = rng or random.SystemRandom()
+        self._limit = asyncio.Semaphore(concurrency)
+        self._lease = lease_s
+
+    async def run_once(self, limit: int = 200) -> int:
+        """One pass over the due rows; returns how many attempts ended in ``sent``."""
+        with self._sessions() as s:
+            due = self._outbox.due(s, limit)
+        results = await asyncio.gather(*(self._guarded(nid) for nid in due))
+        return sum(results)
+
+    async def _guarded(self, nid: int) -> bool:
+        async with self._limit:
+            try:
+                return await self._one(nid)
+            except Exception as exc:  # one row must never stop the relay
+                log.error("notification %d: relay error (%s)", nid, type(exc).__name__)
+                return False
+
+    async def _one(self, nid: int) -> bool:
+        with self._sessions() as s:
+            if not self._outbox.claim(s, nid, self._lease):
+                return False
+        with self._sessions() as s:
+            row = s.get(Notification, nid)
+            assert row is not None
+            channel = self._channels.get(row.channel)
+            unknown_before = Outbox.interrupted(s, row)
+            try:
+                message = self._compose(s, row, check_expiry=not unknown_before)
+            except ComposeError as exc:
+                self._finish(nid, None, exc.outcome, str(exc), permanent=exc.alert)
+                return False
+        if channel is None:
+            self._finish(nid, None, "permanent", f"no {row.channel} channel configured", True)
+            return False
+        if unknown_before:
+            try:
+                found = await self._lookup(channel, message)
+            except DeliveryError as exc:
+                self._failed(nid, None, exc)
+                return False
+            if found is not None:
+                self._sent(nid, None, found, "found at the provider after an unknown outcome")
+                return True
+            with self._sessions() as s:  # not delivered: is it still worth sending?
+                try:
+                    message = self._compose(s, row)
+                except ComposeError as exc:
+                    self._finish(nid, None, exc.outcome, str(exc), permanent=exc.alert)
+                    return False
+        with self._sessions() as s:
+            attempt = self._outbox.start_attempt(s, row, channel.name)
+        try:
+            receipt = await channel.send(message)
+        except DeliveryError as exc:
+            self._failed(nid, attempt.id, exc)
+            return False
+        self._sent(nid, attempt.id, receipt, "sent")
+        return True
+
+    async def _lookup(self, channel: Channel, message: OutgoingMessage) -> Receipt | None:
+        try:
+            return await channel.lookup(message)
+        except DeliveryError as exc:
+            # Cannot tell: re-sending could duplicate. Wait and ask again later.
+            raise DeliveryError(
+                f"could not check whether the provider already has the message: {exc.message}",
+                permanent=False,
+                outcome_unknown=True,
+            ) from None
+
+    # -- recording --------------------------------------------------------------------
+
+    def _sent(self, nid: int, attempt_id: int | None, receipt: Receipt, how: str) -> None:
+        now = self._clock()
+        with self._sessions() as s, s.begin():
+            row = s.get(Notification, nid)
+            assert row is not None
+            row.state = NotificationState.SENT
+            row.sent_at = now
+            row.provider_id = receipt.provider_id[:210]
+            row.claimed_until = None
+            self._close_attempt(s, attempt_id, "sent", "", how, receipt.provider_id)
+            self._note(s, row, f"{_what(row)} {how} (attempt {row.attempts}, {receipt.channel})")
+        log.info("notification %d (%s) sent via %s", nid, row.kind, receipt.channel)
+
+    def _failed(self, nid: int, attempt_id: int | None, exc: DeliveryError) -> None:
+        now = self._clock()
+        code = "" if exc.code is None else str(exc.code)
+        with self._sessions() as s, s.begin():
+            row = s.get(Notification, nid)
+            assert row is not None
+            permanent = exc.permanent or row.attempts >= self._policy.max_attempts
+            outcome = (
+                "permanent" if exc.permanent else "unknown" if exc.outcome_unknown else "retry"
+            )
+            self._close_attempt(s, attempt_id, outcome, code, exc.message, "")
+            row.last_error = exc.message[:500]
+            row.claimed_until = None
+            if permanent:
+                why = exc.message if exc.permanent else f"gave up after {row.attempts} attempts"
+                self._fail_for_good(s, row, why)
+            else:
+                wait = self._policy.delay(row.attempts, self._rng, exc.retry_after)
+                row.state = NotificationState.QUEUED
+                row.next_attempt_at = now + timedelta(seconds=wait)
+                self._note(
+                    s,
+                    row,
+                    f"{_what(row)} attempt {row.attempts} failed ({code or outcome}): "
+                    f"{exc.message}; next try in {wait:.0f} s",
+                )
+        log.warning(
+            "notification %d (%s) attempt failed code=%s permanent=%s",
+            nid,
+            row.kind,
+            code,
+            permanent,
+        )
+
+    def _finish(
+        self, nid: int, attempt_id: int | None, outcome: str, detail: str, permanent: bool
+    ) -> None:
+        """End a row without calling a provider (superseded code, no channel...)."""
+        with self._sessions() as s, s.begin():
+            row = s.get(Notification, nid)
+            assert row is not None
+            row.claimed_until = None
+            row.last_error = detail[:500]
+            if permanent:
+                self._fail_for_good(s, row, detail)
+            else:
+                row.state = NotificationState.FAILED
+                self._note(s, row, f"{_what(row)} not sent: {detail}")
+
+    def _fail_for_good(self, s: Session, row: Notification, why: str) -> None:
+        """A permanent failure: the row fails; a patient message fails its request and
+        staff are alerted (an alert that fails is only logged: no alert loops)."""
+        row.state = NotificationState.FAILED
+        self._note(s, row, f"{_what(row)} failed for good: {why}")
+        if row.kind.startswith("alert_") or row.request_id is None:
+            log.error("staff alert %d could not be sent; see courier outbox list", row.id)
+            return
+        if row.grant_id is not None and row.kind.startswith("code_"):
+            grant = s.get(Grant, row.grant_id)
+            if grant is not None:
+                grant.codes_failed += 1
+        req = s.get(ReleaseRequest, row.request_id)
+        if req is None:
+            return
+        state = RequestState(req.state)
+        if allowed(state, RequestState.FAILED):
+            with contextlib.suppress(InvalidTransition):
+                self._book.move(
+                    s,
+                    req,
+                    state,
+                    RequestState.FAILED,
+                    ACTOR,
+                    f"{_what(row)}: {why}",
+                    self._clock(),
+                )
+        self._outbox.alert(s, "failed", reference=req.reference, request_id=req.id)
+
+    def _close_attempt(
+        self, s: Session, attempt_id: int | None, outcome: str, code: str, detail: str, pid: str
+    ) -> None:
+        if attempt_id is None:
+            return
+        attempt = s.get(NotificationAttempt, attempt_id)
+        if attempt is not None:
+            attempt.finished_at = self._clock()
+            attempt.outcome = outcome
+            attempt.code = code[:16]
+            attempt.detail = detail[:1000]
+            attempt.provider_id = pid[:210]
+
+    def _note(self, s: Session, row: Notification, reason: str) -> None:
+        """One timeline event per attempt on the row's request (state unchanged)."""
+        if row.request_id is None:
+            return
+        state = s.scalar(select(ReleaseRequest.state).where(ReleaseRequest.id == row.request_id))
+        s.add(
+            RequestEvent(
+                request_id=row.request_id,
+                at=self._clock(),
+                actor=ACTOR,
+                from_state=state or "",
+                to_state=state or "",
+                reason=reason[:2000],
+            )
+        )
+
+
+def _what(row: Notification) -> str:
+    """How a row is named on the timeline: its kind and channel, never its recipient."""
+    names = {
+        "link_email": "link email",
+        "code_sms": "code by SMS",
+        "code_email": "code by email",
+    }
+    name = names.get(row.kind) or row.kind.replace("alert_", "staff alert: ")
+    extra = json.loads(row.params or "{}").get("alert")
+    return f"{name}{'' if not extra or extra in name else ' ' + extra}"
