@@ -1,0 +1,160 @@
+"""Composes every notification Courier sends, from the Jinja2 templates in
+``delivery/templates`` and the gettext catalogs of domain ``messages`` (see
+:mod:`delivery.i18n`): the link email, the authorization-code SMS and email, and the
+staff alerts.
+
+PHI rules, enforced here rather than hoped for in templates: no function takes a
+patient's name, ID, birth date or study description, so none can leak into a message.
+Subjects name only the hospital; the SMS carries the code, its validity, the sender's
+short name and a reference marker; staff alerts name the request by its reference.
+
+Every function takes the ``message_id`` the relay stored with the outbox row, so the
+same row always yields the same message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import date, datetime
+from typing import Literal
+
+from babel.dates import format_date
+
+from delivery.channel import OutgoingMessage
+from delivery.i18n import locale_name, render
+from delivery.sms import gsm_safe
+
+DOMAIN = "messages"
+CODE_VALID_MINUTES = 10
+AlertKind = Literal["overdue", "failed", "locked", "rules_reload_failed"]
+
+_CODE = re.compile(r"^[0-9]{6}$")
+_REFERENCE = re.compile(r"^[A-Z0-9][A-Z0-9-]{0,31}$")
+# Crockford's base32 without I, L, O, U: readable over the phone.
+_REF_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def sms_ref(message_id: str) -> str:
+    """The 6-character marker an SMS carries so :meth:`TwilioChannel.lookup` can find it;
+    derived from ``message_id``, so every re-send of a row carries the same one."""
+    n = int.from_bytes(hashlib.sha256(message_id.encode()).digest()[:4], "big")
+    return "".join(_REF_ALPHABET[(n >> (5 * i)) & 31] for i in range(6))
+
+
+def _line(template: str, language: str, **ctx: object) -> str:
+    return " ".join(render(template, language, DOMAIN, **ctx).split())
+
+
+def link_email(
+    *,
+    to: str,
+    link_url: str,
+    expires: date,
+    hospital: str,
+    language: str,
+    message_id: str,
+    contact: str = "",
+    composed_at: datetime | None = None,
+) -> OutgoingMessage:
+    """The email carrying the download link (and nothing else secret). ``expires`` is
+    shown as a long date in ``language``; ``contact`` is an optional help line."""
+    if not link_url.startswith("https://") and not link_url.startswith("http://"):
+        raise ValueError("link_url must be an absolute http(s) URL")
+    ctx = {
+        "hospital": hospital,
+        "link_url": link_url,
+        "contact": contact,
+        "expires": format_date(expires, format="long", locale=locale_name(language)),
+    }
+    subject = _line("link_email.subject.j2", language, **ctx)
+    return OutgoingMessage(
+        kind="email",
+        to=to,
+        subject=subject,
+        text=render("link_email.txt.j2", language, DOMAIN, **ctx),
+        html=render("link_email.html.j2", language, DOMAIN, subject=subject, **ctx),
+        message_id=message_id,
+        language=language,
+        date=composed_at,
+    )
+
+
+def code_sms(
+    *, to: str, code: str, language: str, sender_name: str, message_id: str
+) -> OutgoingMessage:
+    """The SMS with a 6-digit code valid :data:`CODE_VALID_MINUTES` minutes. English
+    fits one GSM-7 segment; Arabic and Chinese are UCS-2 and kept under 70 characters."""
+    if not _CODE.match(code):
+        raise ValueError("code must be 6 digits")
+    ref = sms_ref(message_id)
+    text = _line(
+        "code_sms.txt.j2",
+        language,
+        sender=sender_name,
+        code=code,
+        minutes=CODE_VALID_MINUTES,
+        ref=ref,
+    )
+    return OutgoingMessage(
+        kind="sms",
+        to=to,
+        text=gsm_safe(text),
+        message_id=message_id,
+        client_ref=ref,
+        language=language,
+    )
+
+
+def code_email(
+    *,
+    to: str,
+    code: str,
+    hospital: str,
+    language: str,
+    message_id: str,
+    composed_at: datetime | None = None,
+) -> OutgoingMessage:
+    """The code by the second email (no SMS number, or the SMS was refused). The subject
+    does not hold the code: subjects show on lock screens."""
+    if not _CODE.match(code):
+        raise ValueError("code must be 6 digits")
+    ctx = {"hospital": hospital, "code": code, "minutes": CODE_VALID_MINUTES}
+    subject = _line("code_email.subject.j2", language)
+    return OutgoingMessage(
+        kind="email",
+        to=to,
+        subject=subject,
+        text=render("code_email.txt.j2", language, DOMAIN, **ctx),
+        html=render("code_email.html.j2", language, DOMAIN, subject=subject, **ctx),
+        message_id=message_id,
+        language=language,
+        date=composed_at,
+    )
+
+
+def staff_alert(
+    *,
+    to: str,
+    kind: AlertKind,
+    reference: str | None,
+    message_id: str,
+    language: str = "en",
+    composed_at: datetime | None = None,
+) -> OutgoingMessage:
+    """A plain-text alert to ``delivery.staff_email``. Requests are named by their
+    reference only (``CR-…``); ``rules_reload_failed`` takes none."""
+    if kind != "rules_reload_failed" and (reference is None or not _REFERENCE.match(reference)):
+        raise ValueError("a request alert needs the request's reference (e.g. CR-7KQ4-M2XD-9)")
+    if kind == "rules_reload_failed":
+        reference = None
+    ctx = {"kind": kind, "reference": reference}
+    return OutgoingMessage(
+        kind="email",
+        to=to,
+        subject=_line("staff_alert.subject.j2", language, **ctx),
+        text=render("staff_alert.txt.j2", language, DOMAIN, **ctx),
+        message_id=message_id,
+        language=language,
+        date=composed_at,
+    )

@@ -1,0 +1,1 @@
+"""Tests of delivery: window, scheduling, settings, packaging, channels, outbox."""
