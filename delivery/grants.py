@@ -116,6 +116,7 @@ def new_grant(
         purpose=purpose,
         recipient_email=req.recipient_email,
         second_channel=req.second_channel,
+        backup_email=req.backup_email,
         language=req.language,
         token_salt=secrets.token_hex(16),
         token_hash="",

@@ -193,7 +193,9 @@ class Relay:
             self._close_attempt(s, attempt_id, outcome, code, exc.message, "")
             row.last_error = exc.message[:500]
             row.claimed_until = None
-            if permanent:
+            if permanent and exc.permanent and self._to_backup(s, row, code):
+                row.state = NotificationState.FAILED
+            elif permanent:
                 why = exc.message if exc.permanent else f"gave up after {row.attempts} attempts"
                 self._fail_for_good(s, row, why)
             else:
@@ -213,6 +215,35 @@ class Relay:
             code,
             permanent,
         )
+
+    def _to_backup(self, s: Session, row: Notification, code: str) -> bool:
+        """A refused number (invalid, not a mobile, unsubscribed): the *same* code goes
+        to the request's backup email instead, and later codes go there too. False when
+        there is no backup email (the caller then fails the request)."""
+        if row.kind != "code_sms" or row.grant_id is None:
+            return False
+        grant = s.get(Grant, row.grant_id)
+        if grant is None or not grant.backup_email:
+            return False
+        grant.second_channel = f"email:{grant.backup_email}"
+        grant.codes_failed += 1
+        self._outbox.enqueue(
+            s,
+            kind="code_email",
+            channel="email",
+            recipient=grant.backup_email,
+            language=row.language,
+            params=json.loads(row.params or "{}"),  # the same code_salt: the same code
+            request_id=row.request_id,
+            grant_id=row.grant_id,
+        )
+        self._note(
+            s,
+            row,
+            f"{_what(row)} refused for good ({code or 'permanent'}); the same code goes to "
+            "the backup email",
+        )
+        return True
 
     def _finish(
         self, nid: int, attempt_id: int | None, outcome: str, detail: str, permanent: bool

@@ -1,12 +1,22 @@
-"""The ``delivery:`` section of node.yaml (what exists so far: request deadlines)."""
+"""The ``delivery:`` section of node.yaml: when delivery runs, links, packages, retries.
+
+One strict model (unknown keys are errors, values are immutable). Every field states its
+unit and default next to it; the shipped node.yaml repeats them as comments. Validation
+messages name what is expected; :mod:`node.config` adds the file, line and dotted key.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from delivery.window import DeliveryWindow, WindowError, parse_zone
 
 
 class DeliverySettings(BaseModel):
-    """Delivery timing. Hours are wall-clock hours from the request's creation."""
+    """Delivery timing, links, packages, the outbox's retries and the patient's codes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -14,6 +24,167 @@ class DeliverySettings(BaseModel):
         default=72.0,
         gt=0,
         le=24 * 365,
-        description="A request still missing studies this long after creation is overdue: "
-        "staff are alerted and it becomes a CD candidate.",
+        description="Hours. A request still missing studies this long after creation is "
+        "overdue: staff are alerted and it becomes a CD candidate. Default 72.",
     )
+    window: str = Field(
+        default="01:00-05:00",
+        description="Nightly delivery window, local HH:MM-HH:MM in `timezone`; may wrap "
+        "midnight (22:00-02:00); start and end differ. Routine requests are packaged and "
+        "sent when it opens. Default 01:00-05:00.",
+    )
+    timezone: str = Field(
+        default="Europe/London",
+        description="IANA time zone of `window` (e.g. Europe/London, America/New_York). "
+        "Default Europe/London.",
+    )
+    link_days: int = Field(
+        default=30,
+        ge=1,
+        le=365,
+        description="Days a patient's download link stays valid after it is sent. Default 30.",
+    )
+    max_package_mb: int = Field(
+        default=2000,
+        ge=0,
+        le=1_000_000,
+        description="Megabytes (10^6 bytes). A package larger than this is split into parts "
+        "of at most this size (a single instance larger than it gets a part of its own). "
+        "0: never split. Default 2000.",
+    )
+    staff_email: str | None = Field(
+        default=None,
+        description="Address for staff alerts (overdue requests, failed deliveries, locked "
+        "links, a failed rules reload). Empty: alerts are only logged and recorded. "
+        "Default empty.",
+    )
+    contact: str = Field(
+        default="",
+        max_length=300,
+        description="Who patients contact with questions, as the package README and the "
+        "link email show it (e.g. 'Imaging records, 020 7946 0000, Mon-Fri 9-5'). "
+        "Default empty: the README says to contact the hospital.",
+    )
+    urgent_check_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=3600,
+        description="Seconds between looks for ready urgent requests, which go at once "
+        "whatever the window; 20 sends them within a minute. Default 20.",
+    )
+    sweep_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds between the housekeeping sweeps (stability, overdue requests, "
+        "expired links, purge). Default 60.",
+    )
+    misfire_grace_h: float = Field(
+        default=6.0,
+        gt=0,
+        le=24,
+        description="Hours. A nightly batch that could not start on time (the node was busy "
+        "or suspended) still runs if it can start within this long; later, the next "
+        "start-up catches the missed night up. Default 6.",
+    )
+    retry_base_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="Seconds before the outbox's first retry of a message that failed for "
+        "a temporary reason; each retry waits about twice as long, with jitter. Default 30.",
+    )
+    retry_cap_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=7 * 86_400,
+        description="Seconds: the longest wait between two retries (at least "
+        "retry_base_s). Default 3600.",
+    )
+    max_attempts: int = Field(
+        default=12,
+        ge=1,
+        le=1000,
+        description="Attempts per message (the first send included) before the outbox "
+        "gives up, marks the delivery failed and alerts staff. Default 12.",
+    )
+    code_ttl_min: int = Field(
+        default=10,
+        ge=1,
+        le=60,
+        description="Minutes a one-time code sent to the patient stays valid. Default 10.",
+    )
+    code_max_tries: int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        description="Wrong codes accepted for one link before it locks until staff "
+        "re-issue it. Default 5.",
+    )
+    code_sends_per_hour: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Codes one link may have sent per rolling hour. Default 3.",
+    )
+    package_dir: Path | None = Field(
+        default=None,
+        description="Folder for built packages; relative paths are under node.data_dir. "
+        "Empty: <data_dir>/packages. Default empty.",
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        try:
+            DeliveryWindow.parse(v, "UTC")
+        except WindowError as exc:
+            raise ValueError(str(exc)) from None
+        return v.strip()
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            return parse_zone(v).key
+        except WindowError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("staff_email")
+    @classmethod
+    def _email(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        try:
+            # Syntax only: a DNS look-up at start-up would make the config check flaky.
+            return validate_email(v.strip(), check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            raise ValueError(
+                f"not a valid e-mail address ({exc}); expected name@example.org"
+            ) from None
+
+    @field_validator("package_dir")
+    @classmethod
+    def _folder(cls, v: Path | None) -> Path | None:
+        if v is not None and str(v).strip() in ("", "."):
+            raise ValueError("give a folder for packages, e.g. packages, or leave it empty")
+        return v
+
+    @model_validator(mode="after")
+    def _retry_order(self) -> DeliverySettings:
+        if self.retry_cap_s < self.retry_base_s:
+            raise ValueError(
+                f"retry_cap_s ({self.retry_cap_s:g}) is below retry_base_s "
+                f"({self.retry_base_s:g}); the cap must be at least the first wait"
+            )
+        return self
+
+    def delivery_window(self) -> DeliveryWindow:
+        """The validated ``window`` in ``timezone``."""
+        return DeliveryWindow.parse(self.window, self.timezone)
+
+    def packages_path(self, data_dir: Path) -> Path:
+        """Where packages are built: ``package_dir`` resolved under ``data_dir``."""
+        if self.package_dir is None:
+            return data_dir / "packages"
+        return data_dir / self.package_dir  # an absolute package_dir replaces data_dir

@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Config, ConfigError, load_config
+from node.delivery import DeliveryService
 from node.rulebook import Rulebook
 from node.status import StatusFile
 from node.web import WebServer
@@ -114,13 +115,28 @@ class Node:
             log.info("web app listening port=%d", self.cfg.portal.port)
         sweep = StabilitySweep(sessions, self.cfg.scp.stable_after_s)
         rulebook = self.rulebook
-        matcher = Matcher(sessions, content, rulebook.current, RequestBook(sessions))
+        delivery = DeliveryService(self.cfg, sessions, content)
+        delivery.start()
+        matcher = Matcher(
+            sessions,
+            content,
+            rulebook.current,
+            RequestBook(sessions),
+            on_overdue=delivery.overdue_alert,
+        )
+        alerted_error: str | None = None
         purger = Purger(sessions, content, self.cfg.store.unmatched_retention_days)
         status = StatusFile(self.cfg.data_dir)
         web_port = self.cfg.portal.port if web is not None else None
         try:
             while True:
                 rules = rulebook.current()  # notices a changed rules file or a SIGHUP
+                if rulebook.last_error and rulebook.last_error != alerted_error:
+                    try:
+                        delivery.rules_failed()  # staff hear of it once per new error
+                        alerted_error = rulebook.last_error
+                    except StoreError as exc:
+                        log.warning("rules alert not queued: %s", exc)
                 status.write(
                     scp_port=self.port,
                     web_port=web_port,
@@ -144,6 +160,7 @@ class Node:
                         log.error("receiver process %d exited (%s); stopping", p.pid, p.exitcode)
                         self.stop_event.set()
         finally:
+            delivery.stop()
             status.clear()
             if web is not None:
                 web.stop()

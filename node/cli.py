@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from node import __version__
 from node.app import open_store, serve, setup_logging
+from node.cli_delivery import add_delivery_parsers, run_deliver, run_outbox
 from node.cli_requests import add_request_parsers, run_request_command
 from node.cli_rules import add_rules_parsers, run_rules_command
 from node.config import Config, ConfigError, config_path, load_config
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     mk.add_argument("--label", default="", help="a note kept beside the digest")
     add_rules_parsers(sub, common, as_json)
+    add_delivery_parsers(sub, common, as_json)
     add_request_parsers(sub, common, as_json)
     return p
 
@@ -115,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _studies(args, cfg)
         if args.command == "status":
             return _status(args, cfg)
+        if args.command == "deliver":
+            return run_deliver(args, cfg)
+        if args.command == "outbox":
+            return run_outbox(args, cfg)
         if args.command == "request":
             return run_request_command(args, cfg)
         if args.command == "apikey":

@@ -42,6 +42,7 @@ _OPTIONS = {
     "patient_birth_date": "--birth-date",
     "recipient_email": "--email",
     "second_channel": "--second-channel",
+    "backup_email": "--backup-email",
     "language": "--language",
     "urgency": "--urgency",
     "link_days": "--link-days",
@@ -77,6 +78,12 @@ def add_request_parsers(
         required=True,
         metavar="sms:+E164|email:ADDR",
         help="where the code is sent; never the --email address",
+    )
+    create.add_argument(
+        "--backup-email",
+        metavar="ADDR",
+        help="with an sms second channel: where the code goes if the number is refused "
+        "(invalid, not a mobile, unsubscribed); never the --email address",
     )
     create.add_argument(
         "--accession", action="append", default=[], help="accession number (repeatable)"
@@ -197,6 +204,7 @@ def _draft_data(args: argparse.Namespace) -> dict[str, Any]:
         "patient_birth_date": args.birth_date,
         "recipient_email": args.email,
         "second_channel": args.second_channel,
+        "backup_email": args.backup_email,
         "selection": selection,
         "by_reference": args.by_reference,
         "language": args.language,

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from delivery.channel_settings import EmailSettings, SmsSettings
 from delivery.settings import DeliverySettings
 from portal.settings import PortalSettings
 from rules import RuleSet, RuleSyntaxError, load_rules, load_rules_from_data
@@ -69,6 +70,8 @@ class Config(BaseModel):
     store: StoreSettings = Field(default_factory=StoreSettings)
     scp: ScpSettings = Field(default_factory=ScpSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    email: EmailSettings = Field(default_factory=EmailSettings)
+    sms: SmsSettings = Field(default_factory=SmsSettings)
     portal: PortalSettings = Field(default_factory=PortalSettings)
     rules: list[Any] | None = Field(
         default=None, description="The rules, inline (see rules/README.md)."

@@ -18,6 +18,11 @@ class PortalSettings(BaseModel):
     enabled: bool = Field(default=True, description="Serve the web app in `courier serve`.")
     host: str = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP port.")
+    public_url: str = Field(
+        default="http://127.0.0.1:8080",
+        description="The address patients reach the portal at, as emailed links show it "
+        "(https://… behind the hospital's reverse proxy in production).",
+    )
     api_key_hashes: list[str] = Field(
         default_factory=list,
         description="SHA-256 hex digests of staff/RIS API keys (a digest is not a secret).",
@@ -38,6 +43,14 @@ class PortalSettings(BaseModel):
                     "`courier apikey create`, never the key itself"
                 )
         return [h.strip().lower() for h in v]
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str) -> str:
+        v = v.strip().rstrip("/")
+        if not re.match(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$", v):
+            raise ValueError("expected an absolute http(s) URL such as https://courier.example.org")
+        return v
 
     @field_validator("host")
     @classmethod

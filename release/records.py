@@ -18,6 +18,7 @@ def request_dict(req: ReleaseRequest) -> dict[str, Any]:
         "patient_birth_date": req.patient_birth_date,
         "recipient_email": req.recipient_email,
         "second_channel": req.second_channel,
+        "backup_email": req.backup_email,
         "language": req.language,
         "urgency": str(req.urgency),
         "link_days": req.link_days,

@@ -104,6 +104,7 @@ class RequestBook:
                 patient_birth_date=draft.patient_birth_date,
                 recipient_email=draft.recipient_email,
                 second_channel=draft.second_channel,
+                backup_email=draft.backup_email,
                 language=draft.language,
                 urgency=draft.urgency,
                 link_days=draft.link_days,

@@ -180,6 +180,7 @@ class RequestDraft(BaseModel):
     patient_birth_date: Text16
     recipient_email: Address
     second_channel: Channel
+    backup_email: Address | None = None
     selection: Annotated[list[Selector], Field(max_length=MAX_SELECTIONS)] = []
     by_reference: bool = False
     language: Text16 = "en"
@@ -219,6 +220,11 @@ class RequestDraft(BaseModel):
     @classmethod
     def _recipient(cls, v: str) -> str:
         return _email(v)
+
+    @field_validator("backup_email")
+    @classmethod
+    def _backup(cls, v: str | None) -> str | None:
+        return None if v is None or not v.strip() else _email(v)
 
     @field_validator("second_channel")
     @classmethod
@@ -276,6 +282,17 @@ class RequestDraft(BaseModel):
                 "second_channel: must differ from recipient_email (the code and the link "
                 "must not reach the same inbox)"
             )
+        if self.backup_email is not None:
+            if scheme != "sms":
+                raise ValueError(
+                    "backup_email: only with an sms second_channel (it takes the code when "
+                    "the number turns out invalid)"
+                )
+            if self.backup_email.casefold() == self.recipient_email.casefold():
+                raise ValueError(
+                    "backup_email: must differ from recipient_email (the code and the link "
+                    "must not reach the same inbox)"
+                )
         return self
 
 

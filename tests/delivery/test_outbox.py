@@ -348,3 +348,26 @@ def test_codes_per_hour_are_capped(rig: Rig) -> None:
             send_code(s, rig.keys, rig.outbox, g, now=rig.clock(), ttl_min=10, sends_per_hour=3)
         with pytest.raises(GrantError, match="codes were sent in the last hour"):
             send_code(s, rig.keys, rig.outbox, g, now=rig.clock(), ttl_min=10, sends_per_hour=3)
+
+
+def test_a_refused_number_sends_the_same_code_to_the_backup_email(rig: Rig) -> None:
+    req, grant = rig.notified_request(backup_email="backup@example.net")
+    with rig.db.sessions() as s, s.begin():
+        s.execute(update(Notification).values(state="sent"))
+        g = s.get(Grant, grant.id)
+        assert g is not None
+        send_code(s, rig.keys, rig.outbox, g, now=rig.clock(), ttl_min=10, sends_per_hour=3)
+        code = rig.keys.code(g)
+    rig.twilio.script({1: SmsFault("status", status=400, code=21211)})
+    assert rig.run() == 0  # the SMS is refused; the code email is queued
+    assert rig.run() == 1
+    [got] = rig.smtp.received
+    assert got.rcpt_tos == ["backup@example.net"]
+    assert code in got.message().get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert rig.book.get(req.reference).state == RequestState.NOTIFIED  # not failed
+    assert not [r for r in rig.rows() if r.kind.startswith("alert_")]
+    with rig.db.sessions() as s:
+        g = s.get(Grant, grant.id)
+        assert g is not None and g.second_channel == "email:backup@example.net"
+    assert any("same code goes to the backup email" in e.reason
+               for e in rig.book.timeline(req.reference))

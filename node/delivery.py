@@ -1,0 +1,193 @@
+"""Delivery in the running node: the batch, the scheduler and the outbox relay, wired.
+
+``DeliveryService`` is built once in ``courier serve`` (and by ``courier deliver``):
+
+- at start, packaging interrupted by a crash is swept and its requests go back to
+  ``ready``; then the scheduler starts (nightly window, urgent path, sweeps) and catches
+  up a missed night;
+- the relay runs in its own thread with its own asyncio loop (the channels are async),
+  polling the outbox every ``RELAY_POLL_S``;
+- the sweep job expires requests whose links ran out and deletes their packages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from delivery.batch import DeliveryBatch
+from delivery.channel import Channel, build_channels
+from delivery.compose import Branding, Composer
+from delivery.grants import GrantKeys, load_secret
+from delivery.outbox import Outbox
+from delivery.relay import Relay, RetryPolicy
+from delivery.schedule import DeliveryScheduler
+from node.config import Config
+from release.requests import RequestBook
+from store.catalog import guarded
+from store.content import ContentStore
+from store.models import ReleaseRequest, utcnow
+
+log = logging.getLogger("courier.node.delivery")
+RELAY_POLL_S = 1.0
+
+
+def message_domain(cfg: Config) -> str:
+    """The right-hand side of our Message-IDs: the sender's domain."""
+    return cfg.email.from_address.rpartition("@")[2] or "courier.invalid"
+
+
+class DeliveryService:
+    """Owns the batch, the scheduler and the relay thread of one node."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        sessions: sessionmaker[Session],
+        content: ContentStore,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.cfg = cfg
+        self._sessions = sessions
+        self._clock = clock
+        d = cfg.delivery
+        self.book = RequestBook(sessions, clock)
+        self.keys = GrantKeys(load_secret(cfg.data_dir / "secret.key"))
+        self.outbox = Outbox(domain=message_domain(cfg), staff_email=d.staff_email, clock=clock)
+        self.package_dir = d.packages_path(cfg.data_dir)
+        self.batch = DeliveryBatch(
+            sessions,
+            content,
+            self.book,
+            self.outbox,
+            self.keys,
+            self.package_dir,
+            contact=d.contact,
+            max_part_bytes=d.max_package_mb * 1_000_000 if d.max_package_mb else None,
+            clock=clock,
+        )
+        self.composer = Composer(
+            self.keys,
+            Branding(
+                public_url=cfg.portal.public_url,
+                hospital=cfg.email.from_name or cfg.node.name,
+                sms_sender=cfg.sms.sender_name,
+                contact=d.contact,
+            ),
+            clock,
+        )
+        self.policy = RetryPolicy(d.retry_base_s, d.retry_cap_s, d.max_attempts)
+        self.scheduler: DeliveryScheduler | None = None
+        self._stop = threading.Event()
+        self._relay_thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover interrupted packaging, start the scheduler and the relay thread."""
+        moved = self.batch.recover()
+        if moved:
+            log.warning("%d request(s) were mid-packaging at start: back to ready", len(moved))
+        self.scheduler = DeliveryScheduler(
+            self.cfg.delivery,
+            batch=lambda: self.batch.run(job="batch"),
+            urgent=lambda: self.batch.run(urgent_only=True),
+            sweep=self.expire,
+            last_batch_at=lambda: self.batch.last_run("batch"),
+        )
+        self.scheduler.start()
+        self._relay_thread = threading.Thread(
+            target=self._relay_main, name="courier-relay", daemon=True
+        )
+        self._relay_thread.start()
+
+    def stop(self) -> None:
+        """Stop triggering, let a running batch finish, stop the relay."""
+        self._stop.set()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+        if self._relay_thread is not None:
+            self._relay_thread.join(30)
+
+    def make_relay(self) -> tuple[Relay, Callable[[], object]]:
+        """A relay over fresh channels (build it inside the loop that will run it) and
+        the coroutine factory that closes them."""
+        email, sms = build_channels(self.cfg.email, self.cfg.sms, self.cfg.data_dir, os.environ)
+        relay = Relay(
+            self._sessions,
+            self.outbox,
+            {"email": cast(Channel, email), "sms": cast(Channel, sms)},
+            self.composer,
+            self.book,
+            policy=self.policy,
+            clock=self._clock,
+        )
+
+        async def close() -> None:
+            for ch in (email, sms):
+                with contextlib.suppress(Exception):
+                    await ch.aclose()
+
+        return relay, close
+
+    def _relay_main(self) -> None:
+        asyncio.run(self._relay_loop())
+
+    async def _relay_loop(self) -> None:
+        relay, close = self.make_relay()
+        try:
+            while not self._stop.is_set():
+                try:
+                    await relay.run_once()
+                except Exception as exc:  # the relay must outlive any one failure
+                    log.error("outbox relay pass failed (%s)", type(exc).__name__)
+                await asyncio.sleep(RELAY_POLL_S)
+        finally:
+            await close()  # type: ignore[misc]
+
+    async def drain(self, rounds: int = 3) -> int:
+        """Send what is due now (``courier deliver --now``); returns how many were sent."""
+        relay, close = self.make_relay()
+        sent = 0
+        try:
+            for _ in range(rounds):
+                n = await relay.run_once()
+                sent += n
+                if not n:
+                    break
+        finally:
+            await close()  # type: ignore[misc]
+        return sent
+
+    # -- sweeps -------------------------------------------------------------------------
+
+    def expire(self) -> list[str]:
+        """Requests whose link ran out become ``expired``; their packages are deleted."""
+        return self.batch.expire()
+
+    def rules_failed(self) -> None:
+        """Alert staff that a rules reload failed (the running rules stay in force)."""
+        with guarded(self._sessions) as s, s.begin():
+            self.outbox.alert(s, "rules_reload_failed", reference=None, request_id=None)
+
+    def overdue_alert(self, s: Session, req: ReleaseRequest) -> None:
+        """Matcher hook: queue the overdue alert in the transaction of the move."""
+        self.outbox.alert(s, "overdue", reference=req.reference, request_id=req.id)
+
+
+def pending_references(sessions: sessionmaker[Session], state: str) -> list[str]:
+    """References of the requests in ``state`` (for the CLI)."""
+    with guarded(sessions) as s:
+        return list(
+            s.scalars(select(ReleaseRequest.reference).where(ReleaseRequest.state == state))
+        )
