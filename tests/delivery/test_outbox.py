@@ -193,7 +193,8 @@ def test_550_on_rcpt_fails_the_request_and_alerts_staff(rig: Rig) -> None:
     rig.smtp.script({1: Fault("RCPT", "550 5.1.1 no such user")})
     assert rig.run() == 0
     rows = rig.rows()
-    assert [(r.kind, r.state) for r in rows] == [("link_email", "failed"), ("alert_failed", "queued")]
+    kinds = [(r.kind, r.state) for r in rows]
+    assert kinds == [("link_email", "failed"), ("alert_failed", "queued")]
     assert rig.book.get(req.reference).state == RequestState.FAILED
     assert rig.run() == 1  # the alert goes out; the failed row is never retried
     assert rig.smtp.attempts == 2
@@ -240,7 +241,7 @@ def _sms_request(rig: Rig) -> tuple[ReleaseRequest, Grant, Notification]:
 
 
 def test_code_sms_carries_the_derived_code_and_nothing_else(rig: Rig) -> None:
-    _, grant, row = _sms_request(rig)
+    _, grant, _row = _sms_request(rig)
     assert rig.run() == 1
     [posted] = rig.twilio.messages
     code = rig.keys.code(grant)
@@ -369,5 +370,6 @@ def test_a_refused_number_sends_the_same_code_to_the_backup_email(rig: Rig) -> N
     with rig.db.sessions() as s:
         g = s.get(Grant, grant.id)
         assert g is not None and g.second_channel == "email:backup@example.net"
-    assert any("same code goes to the backup email" in e.reason
-               for e in rig.book.timeline(req.reference))
+    assert any(
+        "same code goes to the backup email" in e.reason for e in rig.book.timeline(req.reference)
+    )
