@@ -172,8 +172,13 @@ class DeliveryService:
     # -- sweeps -------------------------------------------------------------------------
 
     def expire(self) -> list[str]:
-        """Requests whose link ran out become ``expired``; their packages are deleted."""
-        return self.batch.expire()
+        """The sweep job: requests whose link ran out become ``expired`` (packages
+        deleted), and a missed night is caught up (a machine that slept through the
+        window longer than the misfire grace delivers as soon as it wakes)."""
+        expired = self.batch.expire()
+        if self.scheduler is not None:
+            self.scheduler.catch_up()
+        return expired
 
     def rules_failed(self) -> None:
         """Alert staff that a rules reload failed (the running rules stay in force)."""
