@@ -1,0 +1,108 @@
+"""Splitting a package into self-contained parts below a size limit.
+
+Every part carries its own DICOMDIR, READMEs, MANIFEST.json and the previews of the series
+it holds, so besides the instances themselves a part costs an overhead that
+:func:`part_cost` estimates generously (ZIP headers, directory records and manifest lines
+per instance; the preview and records per series; READMEs and the rest per part).
+
+:func:`plan_parts` fills parts greedily in package order (study, series, instance) and
+cuts between series where it can: a series that does not fit in what is left of the
+current part starts a new one, and only a series larger than a whole part is cut between
+instances. A part holds at least one instance, so a single instance larger than the limit
+gets a part of its own that is larger than the limit: the only case where a part exceeds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+#: ZIP local + central headers (with ZIP64 extras), DICOMDIR record, manifest line.
+PER_INSTANCE_BYTES = 1024
+#: SERIES/STUDY/PATIENT records and the manifest's series entry (plus the preview itself).
+PER_SERIES_BYTES = 2048
+#: Both READMEs (deflated), the manifest's header, DICOMDIR header, ZIP end records.
+PER_PART_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Sized(Generic[T]):
+    """An instance (any object) and the size of its file in bytes."""
+
+    item: T
+    size: int
+
+
+@dataclass(frozen=True)
+class SeriesGroup(Generic[T]):
+    """The instances of one series in package order, and its preview's size (0: none)."""
+
+    key: str
+    instances: Sequence[Sized[T]]
+    preview_bytes: int
+
+
+def part_cost(instance_bytes: int, instances: int, series_preview_bytes: Sequence[int]) -> int:
+    """Estimated ZIP size of a part with these contents (an upper bound, in bytes)."""
+    return (
+        PER_PART_BYTES
+        + instance_bytes
+        + instances * PER_INSTANCE_BYTES
+        + sum(PER_SERIES_BYTES + p for p in series_preview_bytes)
+    )
+
+
+class _Planner(Generic[T]):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[list[Sized[T]]] = []
+        self._current: list[Sized[T]] = []
+        self._used = PER_PART_BYTES
+
+    def room(self) -> int:
+        return self.limit - self._used
+
+    def close(self) -> None:
+        if self._current:
+            self.parts.append(self._current)
+        self._current = []
+        self._used = PER_PART_BYTES
+
+    def open_series(self, preview_bytes: int) -> None:
+        self._used += PER_SERIES_BYTES + preview_bytes
+
+    def add(self, sized: Sized[T]) -> None:
+        self._current.append(sized)
+        self._used += sized.size + PER_INSTANCE_BYTES
+
+    @property
+    def empty(self) -> bool:
+        return not self._current
+
+
+def plan_parts(groups: Sequence[SeriesGroup[T]], limit: int | None) -> list[list[Sized[T]]]:
+    """Cut the series in ``groups`` into parts of at most ``limit`` estimated bytes.
+
+    ``limit`` None: one part. Returns the parts in order, each a non-empty list of instances
+    in package order; together they hold every instance exactly once.
+    """
+    everything = [s for g in groups for s in g.instances]
+    if limit is None or not everything:
+        return [everything] if everything else []
+    plan: _Planner[T] = _Planner(limit)
+    for group in groups:
+        series_cost = PER_SERIES_BYTES + group.preview_bytes
+        whole = series_cost + sum(s.size + PER_INSTANCE_BYTES for s in group.instances)
+        if whole > plan.room() and whole <= limit - PER_PART_BYTES:
+            plan.close()  # fits in a part of its own: do not cut it
+        plan.open_series(group.preview_bytes)
+        for sized in group.instances:
+            if sized.size + PER_INSTANCE_BYTES > plan.room() and not plan.empty:
+                plan.close()  # only reached for a series larger than a whole part
+                plan.open_series(group.preview_bytes)
+            plan.add(sized)
+    plan.close()
+    return plan.parts

@@ -1,0 +1,135 @@
+"""The package's ``README.txt`` and ``README.html``, in the request's language.
+
+Both come from ``delivery/templates/readme.{txt,html}.j2`` through
+:func:`delivery.i18n.render` (domain ``readme``): English is the source text, Arabic and
+Simplified Chinese live in ``delivery/locale/*/LC_MESSAGES/readme.po``, and a language
+without a catalog falls back to English. The HTML page is self-contained and carries
+``lang`` and ``dir`` (``rtl`` for Arabic). No patient data: the reference is enough for
+staff to find the request.
+
+The per-platform sections and the viewers are data here (:data:`PLACES`) rather than
+template text; their strings are msgids of the same catalog, listed in :data:`MESSAGES` so
+a catalog check can find them (Babel's extractor does not see ``_(variable)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from babel.dates import format_date
+
+from delivery.i18n import SOURCE_LANGUAGE, locale_name, render
+
+DOMAIN = "readme"
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """A free (or free-to-try) DICOM viewer the README suggests."""
+
+    name: str
+    url: str
+    note: str  # msgid
+
+
+@dataclass(frozen=True)
+class Place:
+    """How to open the package on one kind of device (all strings are msgids)."""
+
+    title: str
+    how: str
+    viewers: tuple[Viewer, ...]
+    open: str | None
+
+
+_OPEN_IT = "In the viewer, open the DICOMDIR file or the unzipped folder."
+
+PLACES: tuple[Place, ...] = (
+    Place(
+        "On a Windows computer",
+        'Right-click the ZIP file and choose "Extract All". Then install a free viewer, '
+        "for example:",
+        (
+            Viewer("Weasis", "https://weasis.org", "free, for Windows, Mac and Linux"),
+            Viewer("MicroDicom", "https://www.microdicom.com", "free for personal use"),
+            Viewer("RadiAnt DICOM Viewer", "https://www.radiantviewer.com", "free to try"),
+        ),
+        _OPEN_IT,
+    ),
+    Place(
+        "On a Mac",
+        "Double-click the ZIP file to unzip it. Then install a free viewer, for example:",
+        (
+            Viewer("Horos", "https://horosproject.org", "free, for Mac"),
+            Viewer("OsiriX Lite", "https://www.osirix-viewer.com", "free, for Mac"),
+            Viewer("Weasis", "https://weasis.org", "free, for Windows, Mac and Linux"),
+        ),
+        _OPEN_IT,
+    ),
+    Place(
+        "On an iPhone, iPad or Android phone",
+        "A phone is fine for a quick look. In the Files app, tap the ZIP file to unzip it. "
+        'Install a free DICOM viewer app from the App Store or Google Play (search for "DICOM '
+        'viewer"), then open the unzipped folder with it. The pictures in the PREVIEW folder '
+        "open in any photo app.",
+        (
+            Viewer(
+                "IMAIOS DICOM Viewer",
+                "https://www.imaios.com/en/imaios-dicom-viewer",
+                "free, for iPhone, iPad and Android",
+            ),
+        ),
+        None,
+    ),
+)
+
+#: Every msgid that reaches the templates as data (see the module docstring).
+MESSAGES: frozenset[str] = frozenset(
+    {p.title for p in PLACES}
+    | {p.how for p in PLACES}
+    | {p.open for p in PLACES if p.open}
+    | {v.note for p in PLACES for v in p.viewers}
+)
+
+
+def _date(value: datetime, tag: str) -> str:
+    try:
+        return format_date(value, format="long", locale=locale_name(tag))
+    except Exception:  # an unknown locale: the ISO date reads the same everywhere
+        return value.date().isoformat()
+
+
+def render_readmes(
+    *,
+    language: str,
+    reference: str,
+    contact: str,
+    created: datetime,
+    expires: datetime | None,
+    part: int,
+    parts: int,
+    studies: int,
+    series: int,
+    instances: int,
+) -> tuple[str, str]:
+    """Return ``(README.txt, README.html)`` for one part, in ``language`` (BCP 47).
+
+    Counts are those of the whole package. An unknown language renders in English.
+    """
+    context: dict[str, object] = {
+        "reference": reference,
+        "contact": contact,
+        "created": _date(created, language),
+        "expires": _date(expires, language) if expires else None,
+        "part": part,
+        "parts": parts,
+        "studies": studies,
+        "series": series,
+        "instances": instances,
+        "places": PLACES,
+    }
+    tag = language or SOURCE_LANGUAGE
+    text = render("readme.txt.j2", tag, DOMAIN, **context)
+    html = render("readme.html.j2", tag, DOMAIN, **context)
+    return text, html

@@ -1,0 +1,394 @@
+"""Delivery packages read back by pydicom's FileSet and dcmtk, with synthetic studies only."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import zipfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.fileset import FileSet
+from pydicom.uid import HTJ2KLossless, JPEG2000Lossless
+
+from delivery.dicomdir import discard
+from delivery.package import (
+    MissingInstanceError,
+    PackageInfo,
+    PackageItem,
+    PackageResult,
+    UnreadableInstanceError,
+    build_package,
+    sweep_partial,
+)
+from delivery.parts import SeriesGroup, Sized, plan_parts
+from tests import synthetic
+from tests.peers import have_dcmtk, require_peer
+
+REPO = Path(__file__).resolve().parents[2]
+CREATED = datetime(2024, 1, 2, 10, 15, tzinfo=UTC)
+INFO = PackageInfo("CR-ABCD-EFGH-K", "en", "Imaging desk, 01632 960000", CREATED)
+
+
+def items_for(paths: list[Path]) -> list[PackageItem]:
+    """PackageItems as the index would hold them (read from the files' headers)."""
+    items = []
+    for path in paths:
+        h = pydicom.dcmread(path, stop_before_pixels=True)
+        items.append(
+            PackageItem(
+                path, h.StudyInstanceUID, h.SeriesInstanceUID, h.SOPInstanceUID,
+                h.SOPClassUID, h.file_meta.TransferSyntaxUID, h.Modality,
+                int(h.SeriesNumber), int(h.InstanceNumber),
+            )
+        )  # fmt: skip
+    return items
+
+
+@contextlib.contextmanager
+def read_fileset(dicomdir: Path) -> Iterator[FileSet]:
+    """pydicom's FileSet over ``dicomdir``, its staging folder removed afterwards."""
+    fileset = FileSet(dicomdir)
+    try:
+        yield fileset
+    finally:
+        discard(fileset)
+
+
+def unpack(part: Path, into: Path) -> Path:
+    with zipfile.ZipFile(part) as zf:
+        assert zf.testzip() is None
+        zf.extractall(into)
+    return into
+
+
+def check_part(part: Path, into: Path, sources: dict[str, Path]) -> dict[str, object]:
+    """Check one part on its own; return its manifest. ``sources``: SOP UID -> stored file."""
+    root = unpack(part, into)
+    manifest = json.loads((root / "MANIFEST.json").read_text("utf-8"))
+    listed = {f["path"]: f for f in manifest["files"]}
+    on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {
+        "MANIFEST.json"
+    }
+    assert set(listed) == on_disk
+    for name, entry in listed.items():
+        data = (root / name).read_bytes()
+        assert len(data) == entry["size"]
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+    with read_fileset(root / "DICOMDIR") as fileset:
+        assert len(fileset) == manifest["counts"]["instances"]
+        for instance in fileset:
+            stored = sources[instance.SOPInstanceUID]
+            assert Path(instance.path).read_bytes() == stored.read_bytes()
+    previews = [s["preview"] for s in manifest["series"] if s["preview"]]
+    assert all((root / p).read_bytes()[:3] == b"\xff\xd8\xff" for p in previews)
+    return manifest
+
+
+def sources_of(items: list[PackageItem]) -> dict[str, Path]:
+    return {i.sop_instance_uid: i.path for i in items}
+
+
+# -- whole packages read back -------------------------------------------------------------
+
+
+def _ct(d: Path) -> list[Path]:
+    return synthetic.make_ct_series(d, n_slices=9, rows=64, cols=64)
+
+
+def _small(d: Path) -> list[Path]:
+    return synthetic.make_small_instances(d, n=24, n_series=3)
+
+
+def _syntaxes(d: Path) -> list[Path]:
+    return [p for ps in synthetic.make_transfer_syntax_studies(d).values() for p in ps]
+
+
+@pytest.mark.parametrize(
+    ("make", "studies", "series"),
+    [(_ct, 1, 1), (_small, 1, 3), (_syntaxes, len(synthetic.TRANSFER_SYNTAXES), 10)],
+    ids=["ct", "small-3-series", "every-transfer-syntax"],
+)
+def test_package_reads_back_whole(make, studies: int, series: int, tmp_path: Path) -> None:
+    items = items_for(make(tmp_path / "src"))
+    calls: list[tuple[int, int]] = []
+    result = build_package(items, tmp_path / "out", info=INFO, progress=lambda *a: calls.append(a))
+    assert result.parts == (tmp_path / "out" / "CR-ABCD-EFGH-K.zip",)
+    assert (result.studies, result.series, result.instances) == (studies, series, len(items))
+    data = result.parts[0].read_bytes()
+    assert hashlib.sha256(data).hexdigest() == result.part_sha256[0]
+    assert len(data) == result.part_bytes[0] == result.total_bytes
+    manifest = check_part(result.parts[0], tmp_path / "x", sources_of(items))
+    assert manifest["counts"] == {"studies": studies, "series": series, "instances": len(items)}
+    assert (manifest["part"], manifest["parts"]) == (1, 1)
+    # A thumbnail for every series, compressed transfer syntaxes included.
+    assert all(s["preview"] for s in manifest["series"]), manifest["notes"]
+    assert calls[-1][0] == calls[-1][1] == sum(i.path.stat().st_size for i in items)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["CR-ABCD-EFGH-K.zip"]
+
+
+def test_dcmtk_reads_the_dicomdir(tmp_path: Path) -> None:
+    require_peer("dcmtk", have_dcmtk() and shutil.which("dcmmkdir") is not None)
+    items = items_for(_syntaxes(tmp_path / "src"))
+    result = build_package(items, tmp_path / "out", info=INFO)
+    root = unpack(result.parts[0], tmp_path / "x")
+    dump = subprocess.run(["dcmdump", "-q", "DICOMDIR"], cwd=root, capture_output=True, text=True)
+    assert dump.returncode == 0 and not dump.stderr, dump.stderr
+    assert "ReferencedFileID" in dump.stdout
+    # dcmmkdir +U reads the DICOMDIR, then checks each referenced file (PS3.10 file IDs,
+    # consistency); -w writes nothing. dcmtk 3.6.7 cannot parse HTJ2K files at all.
+    with read_fileset(root / "DICOMDIR") as fileset:
+        known = [
+            Path(i.path).relative_to(root).as_posix()
+            for i in fileset
+            if synthetic.dcmtk_knows(i.TransferSyntaxUID)
+        ]
+    mkdir = subprocess.run(
+        ["dcmmkdir", "-w", "-Nxc", "+U", "+D", "DICOMDIR", *known],
+        cwd=root, capture_output=True, text=True,
+    )  # fmt: skip
+    assert mkdir.returncode == 0 and "E:" not in mkdir.stderr, mkdir.stderr
+
+
+def test_dciodvfy_accepts_the_dicomdir(tmp_path: Path) -> None:
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dicom3tools' dciodvfy is not installed (optional)")
+    result = build_package(items_for(_small(tmp_path / "src")), tmp_path / "out", info=INFO)
+    root = unpack(result.parts[0], tmp_path / "x")
+    run = subprocess.run(["dciodvfy", "DICOMDIR"], cwd=root, capture_output=True, text=True)
+    assert "Error" not in run.stderr, run.stderr
+
+
+# -- README languages ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("language", "direction", "script"),
+    [
+        ("en", "ltr", "Your medical images"),
+        ("ar", "rtl", "صورك الطبية"),
+        ("zh-Hans", "ltr", "您的医学影像"),
+    ],
+)  # fmt: skip
+def test_readme_in_the_request_language(
+    language: str, direction: str, script: str, tmp_path: Path
+) -> None:
+    items = items_for(_ct(tmp_path / "src"))
+    info = PackageInfo("CR-ABCD-EFGH-K", language, "Imaging desk", CREATED, CREATED)
+    result = build_package(items, tmp_path / "out", info=info)
+    english = build_package(items, tmp_path / "en", info=INFO)
+    with zipfile.ZipFile(result.parts[0]) as zf, zipfile.ZipFile(english.parts[0]) as en:
+        html = zf.read("README.html").decode()
+        text = zf.read("README.txt").decode()
+        english_lines = [ln for ln in en.read("README.txt").decode().splitlines() if " " in ln]
+    assert f'dir="{direction}"' in html and f'lang="{language}"' in html
+    assert script in html and script in text
+    assert "CR-ABCD-EFGH-K" in text and "Imaging desk" in text
+    for viewer in ("Weasis", "Horos", "MicroDicom", "RadiAnt", "OsiriX Lite"):
+        assert viewer in text
+    if language != "en":  # every sentence translated: no English line is left over
+        leftover = [ln for ln in english_lines if ln in text and "http" not in ln]
+        assert leftover == []
+
+
+# -- failures -----------------------------------------------------------------------------
+
+
+def test_missing_instance_fails_and_leaves_nothing(tmp_path: Path) -> None:
+    items = items_for(_small(tmp_path / "src"))
+    items[5].path.unlink()
+    with pytest.raises(MissingInstanceError, match=items[5].sop_instance_uid):
+        build_package(items, tmp_path / "out", info=INFO)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_file_that_is_another_instance_fails(tmp_path: Path) -> None:
+    items = items_for(_small(tmp_path / "src"))
+    shutil.copyfile(items[1].path, items[2].path)  # index and store disagree
+    with pytest.raises(UnreadableInstanceError, match="another instance"):
+        build_package(items, tmp_path / "out", info=INFO)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_undecodable_series_has_no_preview_but_a_package(tmp_path: Path) -> None:
+    studies = synthetic.make_transfer_syntax_studies(
+        tmp_path / "src", syntaxes=[JPEG2000Lossless, synthetic.ExplicitVRLittleEndian]
+    )
+    broken = studies[JPEG2000Lossless]
+    for path in broken:  # same length, garbage codestream: the header still reads
+        ds = pydicom.dcmread(path)
+        frame = bytearray(ds.PixelData)
+        frame[40:-40] = bytes(len(frame) - 80)
+        ds.PixelData = bytes(frame)
+        ds.save_as(path, enforce_file_format=True)
+    items = items_for([p for ps in studies.values() for p in ps])
+    result = build_package(items, tmp_path / "out", info=INFO)
+    manifest = check_part(result.parts[0], tmp_path / "x", sources_of(items))
+    by_series = {s["series_uid"]: s for s in manifest["series"]}
+    assert by_series[items[0].series_uid]["preview"] is None
+    assert "could not be decoded" in by_series[items[0].series_uid]["preview_note"]
+    assert by_series[items[-1].series_uid]["preview"]
+    assert any("no preview" in n for n in result.notes)
+
+
+def test_missing_record_attributes_are_invented_in_the_dicomdir_only(tmp_path: Path) -> None:
+    paths = _ct(tmp_path / "src")
+    ds = pydicom.dcmread(paths[0])
+    del ds.StudyID
+    ds.save_as(paths[0], enforce_file_format=True)
+    items = items_for(paths)
+    result = build_package(items, tmp_path / "out", info=INFO)
+    check_part(result.parts[0], tmp_path / "x", sources_of(items))  # still byte-identical
+    assert any("StudyID" in n for n in result.notes)
+
+
+# -- splitting ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("limit", "parts", "cut_series"),
+    [(None, 1, False), (10_000_000, 1, False), (450_000, 2, False), (160_000, 6, True)],
+)
+def test_split_into_self_contained_parts(
+    limit: int | None, parts: int, cut_series: bool, tmp_path: Path
+) -> None:
+    # 3 series of 16 instances of ~10 KB (~160 KB a series).
+    items = items_for(synthetic.make_small_instances(tmp_path / "src", n=48, n_series=3))
+    result: PackageResult = build_package(items, tmp_path / "out", info=INFO, max_part_bytes=limit)
+    assert len(result.parts) == parts
+    if parts > 1:
+        assert result.parts[0].name == f"CR-ABCD-EFGH-K-part1-of-{parts}.zip"
+    seen: list[str] = []
+    series_parts: dict[str, int] = {}
+    for k, part in enumerate(result.parts, start=1):
+        assert limit is None or part.stat().st_size <= limit
+        manifest = check_part(part, tmp_path / f"x{k}", sources_of(items))
+        assert (manifest["part"], manifest["parts"]) == (k, parts)
+        assert manifest["package_counts"]["instances"] == len(items)
+        with read_fileset(tmp_path / f"x{k}" / "DICOMDIR") as fileset:
+            seen += [i.SOPInstanceUID for i in fileset]
+        for s in manifest["series"]:
+            series_parts[s["series_uid"]] = series_parts.get(s["series_uid"], 0) + 1
+        with zipfile.ZipFile(part) as zf:
+            assert f"part {k} of {parts}" in zf.read("README.txt").decode() or parts == 1
+    assert sorted(seen) == sorted(i.sop_instance_uid for i in items)  # each exactly once
+    assert any(n > 1 for n in series_parts.values()) == cut_series
+
+
+@pytest.mark.parametrize(
+    ("sizes", "limit", "expected"),
+    [
+        ([[10, 10], [10]], None, [["a0", "a1", "b0"]]),
+        ([[10, 10], [10]], 10**9, [["a0", "a1", "b0"]]),
+        # series b does not fit after a, but fits a part: a new part, not a cut
+        ([[40_000], [40_000]], 70_000 + 64 * 1024, [["a0"], ["b0"]]),
+        # one series larger than a part: cut between its instances
+        ([[30_000] * 4], 70_000 + 64 * 1024, [["a0", "a1"], ["a2", "a3"]]),
+        # an instance larger than the limit still gets a part of its own
+        ([[10**6]], 100, [["a0"]]),
+    ],
+)  # fmt: skip
+def test_plan_parts(sizes: list[list[int]], limit: int | None, expected: list[list[str]]) -> None:
+    groups = [
+        SeriesGroup(chr(97 + g), [Sized(f"{chr(97 + g)}{i}", s) for i, s in enumerate(sz)], 0)
+        for g, sz in enumerate(sizes)
+    ]
+    assert [[s.item for s in part] for part in plan_parts(groups, limit)] == expected
+
+
+# -- atomicity and memory (subprocesses) --------------------------------------------------
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from datetime import datetime, timezone
+    from pathlib import Path
+    sys.path.insert(0, {repo!r})
+    from delivery.package import PackageInfo, build_package
+    from tests.delivery.test_package import items_for
+    src, out, slow = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "slow"
+    items = items_for(sorted(src.glob("*.dcm")))
+    def progress(done, total):
+        print("progress", done, total, flush=True)
+        if slow:
+            time.sleep(0.05)
+    info = PackageInfo("CR-ABCD-EFGH-K", "en", "desk", datetime.now(timezone.utc))
+    build_package(items, out, info=info, progress=progress)
+    # VmHWM, not ru_maxrss: Linux carries the parent's (pytest's) high-water mark across exec.
+    status = Path("/proc/self/status").read_text().splitlines()
+    print("hwm_kb", next(ln.split()[1] for ln in status if ln.startswith("VmHWM:")), flush=True)
+    """
+)
+
+
+def _child(tmp_path: Path, src: Path, out: Path, mode: str) -> subprocess.Popen[str]:
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD.format(repo=str(REPO)))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, str(script), str(src), str(out), mode],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+
+def test_kill_9_mid_build_leaves_no_final_zip(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    synthetic.make_ct_series(src, n_slices=60, rows=256, cols=256)
+    out = tmp_path / "out"
+    child = _child(tmp_path, src, out, "slow")
+    assert child.stdout is not None
+    for _ in range(10):  # a few instances in: the part is half written
+        assert child.stdout.readline().startswith("progress")
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    child.stdout.close()
+    names = [p.name for p in out.iterdir()]
+    assert not any(n.endswith(".zip") for n in names), names
+    assert any(n.startswith(".") and n.endswith(".partial") for n in names), names
+    assert sweep_partial(out) >= 1
+    assert list(out.iterdir()) == []
+    assert sweep_partial(out) == 0
+
+
+def test_sweep_partial_keeps_finished_packages(tmp_path: Path) -> None:
+    result = build_package(items_for(_ct(tmp_path / "src")), tmp_path / "out", info=INFO)
+    (tmp_path / "out" / ".CR-X.zip.abc.partial").write_bytes(b"half")
+    (tmp_path / "out" / ".CR-X.zip.def.dicomdir.partial").mkdir()
+    assert sweep_partial(tmp_path / "out") == 2
+    assert list((tmp_path / "out").iterdir()) == [result.parts[0]]
+
+
+def _peak_rss_kb(tmp_path: Path, n_slices: int, name: str) -> int:
+    src = tmp_path / name
+    synthetic.make_ct_series(src, n_slices=n_slices)
+    child = _child(tmp_path, src, tmp_path / f"out-{name}", "fast")
+    stdout, _ = child.communicate(timeout=300)
+    assert child.returncode == 0
+    shutil.rmtree(src)
+    return int(stdout.strip().splitlines()[-1].split()[1])
+
+
+def test_peak_memory_stays_flat(tmp_path: Path) -> None:
+    small = _peak_rss_kb(tmp_path, 10, "small")  # ~5 MB of instances
+    big = _peak_rss_kb(tmp_path, 240, "big")  # ~126 MB of instances
+    # Generous bounds: the interpreter and libraries, plus directory records; never the data.
+    assert big < 200 * 1024, big
+    assert big - small < 48 * 1024, (small, big)
+
+
+def test_htj2k_is_previewed_even_though_dcmtk_cannot_read_it(tmp_path: Path) -> None:
+    studies = synthetic.make_transfer_syntax_studies(tmp_path / "src", syntaxes=[HTJ2KLossless])
+    items = items_for(studies[HTJ2KLossless])
+    result = build_package(items, tmp_path / "out", info=INFO)
+    manifest = check_part(result.parts[0], tmp_path / "x", sources_of(items))
+    assert manifest["series"][0]["preview"] == "PREVIEW/001-CT.jpg"
