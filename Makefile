@@ -3,8 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= node.yaml
-# Debian packages the tests talk to as real peers.
-PEER_PACKAGES := dcmtk orthanc
+# Debian packages the tests talk to as real peers (dicom3tools: dciodvfy checks DICOMDIRs).
+PEER_PACKAGES := dcmtk orthanc dicom3tools
 
 .PHONY: run test venv dev peers lint typecheck pytest bench clean
 

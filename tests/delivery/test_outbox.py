@@ -373,3 +373,18 @@ def test_a_refused_number_sends_the_same_code_to_the_backup_email(rig: Rig) -> N
     assert any(
         "same code goes to the backup email" in e.reason for e in rig.book.timeline(req.reference)
     )
+
+
+def test_smtp_down_for_a_while_then_up_delivers_after_recovery(rig: Rig) -> None:
+    rig.notified_request()
+    rig.smtp.stop()
+    for _ in range(3):  # three passes while the server is down: each a retryable failure
+        assert rig.run() == 0
+        rig.later()
+    [row] = rig.rows()
+    assert row.state == "queued" and row.attempts == 3
+    assert {a.outcome for a in rig.attempts(row.id)} == {"retry"}
+    rig.smtp.start()  # back, on the same port
+    rig.later()
+    assert rig.run() == 1
+    assert len(rig.smtp.received) == 1 and rig.rows()[0].state == "sent"
