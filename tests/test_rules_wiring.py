@@ -122,6 +122,17 @@ def test_hot_reload_and_a_failed_reload_keeps_running_rules(
         check=False,
     ).stdout
     assert "node stopped at" in text
+    # Staff were alerted once (held: this node has no delivery.staff_email).
+    outbox = subprocess.run(
+        [COURIER, "outbox", "list", "--json", "--config", str(node.config)],
+        env=node.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    alerts = [n for n in json.loads(outbox) if n["kind"] == "alert_rules_reload_failed"]
+    assert [a["state"] for a in alerts] == ["held"]
 
 
 def _status(node: object, until_healthy: bool = False) -> tuple[int, dict[str, object]]:
