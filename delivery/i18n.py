@@ -60,14 +60,17 @@ def direction(tag: str) -> Literal["ltr", "rtl"]:
 
 
 @functools.cache
-def environment(tag: str, domain: str) -> jinja2.Environment:
-    """A Jinja2 environment over ``delivery/templates`` speaking ``tag``.
+def environment(
+    tag: str, domain: str, template_dir: Path = TEMPLATE_DIR
+) -> jinja2.Environment:
+    """A Jinja2 environment over ``template_dir`` (default ``delivery/templates``)
+    speaking ``tag``.
 
     HTML templates (``*.html.j2``) are autoescaped; text templates are not. Templates
     mark text with ``{% trans %}…{% endtrans %}`` or ``_("…")``.
     """
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        loader=jinja2.FileSystemLoader(template_dir),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
         undefined=jinja2.StrictUndefined,
         extensions=["jinja2.ext.i18n"],

@@ -108,14 +108,14 @@ class Node:
                 procs.append(p)
             self.port = self.cfg.scp.port
         log.info("node %s ready scp_port=%s workers=%d", self.cfg.node.name, self.port, workers)
+        delivery = DeliveryService(self.cfg, sessions, content)
         web = None
         if self.cfg.portal.enabled:
-            web = WebServer(self.cfg, sessions)
+            web = WebServer(self.cfg, sessions, delivery.portal_context())
             web.start()
             log.info("web app listening port=%d", self.cfg.portal.port)
         sweep = StabilitySweep(sessions, self.cfg.scp.stable_after_s)
         rulebook = self.rulebook
-        delivery = DeliveryService(self.cfg, sessions, content)
         delivery.start()
         matcher = Matcher(
             sessions,

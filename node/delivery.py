@@ -32,6 +32,7 @@ from delivery.outbox import Outbox
 from delivery.relay import Relay, RetryPolicy
 from delivery.schedule import DeliveryScheduler
 from node.config import Config
+from portal.context import PortalContext
 from release.requests import RequestBook
 from store.catalog import guarded
 from store.content import ContentStore
@@ -168,6 +169,19 @@ class DeliveryService:
         finally:
             await close()  # type: ignore[misc]
         return sent
+
+    def portal_context(self) -> PortalContext:
+        """What the portal's pages need, sharing this service's keys and outbox."""
+        return PortalContext(
+            sessions=self._sessions,
+            keys=self.keys,
+            outbox=self.outbox,
+            delivery=self.cfg.delivery,
+            portal=self.cfg.portal,
+            package_dir=self.package_dir,
+            hospital=self.cfg.email.from_name or self.cfg.node.name,
+            clock=self._clock,
+        )
 
     # -- sweeps -------------------------------------------------------------------------
 

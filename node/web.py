@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Config
 from portal.api import create_app
+from portal.context import PortalContext
 
 log = logging.getLogger("courier.node.web")
 
@@ -30,16 +31,32 @@ def api_key_hashes(cfg: Config) -> list[str]:
 class WebServer:
     """uvicorn on a thread; :meth:`stop` ends it."""
 
-    def __init__(self, cfg: Config, sessions: sessionmaker[Session]) -> None:
-        app = create_app(sessions, api_key_hashes(cfg))
-        # uvicorn's access log would print request paths (request references): off.
+    def __init__(
+        self,
+        cfg: Config,
+        sessions: sessionmaker[Session],
+        portal: PortalContext | None = None,
+    ) -> None:
+        app = create_app(sessions, api_key_hashes(cfg), portal=portal)
+        p = cfg.portal
+        tls = {}
+        if p.tls_cert_file and p.tls_key_file:
+            tls = {
+                "ssl_certfile": str(cfg.data_dir / p.tls_cert_file),
+                "ssl_keyfile": str(cfg.data_dir / p.tls_key_file),
+            }
+        # uvicorn's access log would print request paths (link tokens, references): off.
+        # Proxy headers are believed only from the configured proxies.
         config = uvicorn.Config(
             app,
-            host=cfg.portal.host,
-            port=cfg.portal.port,
+            host=p.host,
+            port=p.port,
             log_level="warning",
             access_log=False,
             server_header=False,
+            proxy_headers=bool(p.trusted_proxies),
+            forwarded_allow_ips=",".join(p.trusted_proxies) or "",
+            **tls,  # type: ignore[arg-type]
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="courier-web", daemon=True)

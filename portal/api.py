@@ -30,8 +30,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from portal.apikeys import actor_of, check_hashes, match_api_key
+from portal.context import PortalContext
 from portal.gate import ApiGate
 from portal.http import Detail, ErrorList, SecurityHeaders, install_error_handlers
+from portal.site import install_pages
 from release.records import event_dict, request_dict
 from release.requests import RequestBook
 from release.validation import RequestDraft
@@ -160,8 +162,9 @@ def create_app(
     sessions: sessionmaker[Session],
     api_key_hashes: Sequence[str],
     clock: Callable[[], datetime] = utcnow,
+    portal: PortalContext | None = None,
 ) -> FastAPI:
-    """The web app: the REST API (and, later, the portal's pages).
+    """The web app: the REST API, and with ``portal`` the patient and staff pages.
 
     ``api_key_hashes`` are :func:`portal.apikeys.hash_api_key` digests; a malformed one
     raises ValueError here, at start-up. With none, every API call is refused (403).
@@ -177,6 +180,8 @@ def create_app(
     hashes = check_hashes(api_key_hashes)
     app.state.courier = _Deps(sessions, hashes, RequestBook(sessions, clock))
     app.include_router(api)
+    if portal is not None:
+        install_pages(app, portal)
     install_error_handlers(app)
     app.add_middleware(ApiGate, hashes=hashes)
     app.add_middleware(SecurityHeaders)  # outermost: its headers go on the gate's refusals

@@ -24,11 +24,21 @@ from store.errors import DatabaseUnavailable
 
 log = logging.getLogger("courier.portal")
 
+# No inline script or style anywhere (the pages need no JavaScript); images may be the
+# package's own previews only; nobody may frame a page (clickjacking a code form).
+CSP = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     (b"cache-control", b"no-store"),  # responses hold patient data: no cache keeps them
     (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", CSP),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-opener-policy", b"same-origin"),
 )
+HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
 # A request is a few kB of JSON; anything much larger is refused before it is read.
 MAX_BODY = 256 * 1024
 # Where a parameter came from is not part of its name for the caller.
@@ -66,7 +76,15 @@ class SecurityHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 names = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                wanted = (
+                    (*SECURITY_HEADERS, HSTS)
+                    if scope.get("scheme") == "https"
+                    else (SECURITY_HEADERS)
+                )
+                if scope.get("path") == "/api/docs":
+                    # Swagger UI loads its script and style from a CDN: no page data there.
+                    wanted = tuple(h for h in wanted if h[0] != b"content-security-policy")
+                extra = [(k, v) for k, v in wanted if k not in names]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 

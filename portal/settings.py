@@ -33,6 +33,46 @@ class PortalSettings(BaseModel):
         "Relative to node.data_dir. Read at start: restart after adding a key.",
     )
 
+    session_idle_min: int = Field(
+        default=30,
+        ge=1,
+        le=24 * 60,
+        description="A signed-in patient, clinician or staff member is signed out after "
+        "this many minutes without a request.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses of reverse proxies whose X-Forwarded-For / -Proto headers "
+        "are believed (the client's address for rate limits, https for HSTS). Empty: "
+        "none; the TCP peer is the client.",
+    )
+    rate_limit_per_min: int = Field(
+        default=30,
+        ge=1,
+        le=10_000,
+        description="Form posts (code requests, code checks, sign-ins) accepted per "
+        "client address per minute; more get 429.",
+    )
+    tls_cert_file: str | None = Field(
+        default=None,
+        description="Serve HTTPS with this certificate (PEM; relative to node.data_dir). "
+        "Usually a reverse proxy terminates TLS instead.",
+    )
+    tls_key_file: str | None = Field(
+        default=None, description="The certificate's private key (PEM), with tls_cert_file."
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        out = []
+        for i, item in enumerate(v):
+            try:
+                out.append(str(ipaddress.ip_address(item.strip())))
+            except ValueError:
+                raise ValueError(f"entry {i} is not an IP address") from None
+        return out
+
     @field_validator("api_key_hashes")
     @classmethod
     def _digests(cls, v: list[str]) -> list[str]:

@@ -343,6 +343,12 @@ class Grant(Base):
     codes_sent: Mapped[int] = mapped_column(Integer, default=0)
     codes_failed: Mapped[int] = mapped_column(Integer, default=0)
     downloads: Mapped[int] = mapped_column(Integer, default=0)
+    # Wrong codes in the current day window: 20 lock the link until staff re-issue it.
+    failures_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    # The grant a forwarded (clinician) grant was made from; revoking it is the patient's.
+    parent_grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id"), nullable=True)
+    first_opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class NotificationState(enum.StrEnum):
@@ -414,3 +420,33 @@ class JobRun(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class PortalSession(Base):
+    """A signed-in browser: a patient or clinician who gave the right code (``grant_id``),
+    or a staff member (``staff_user_id``). The cookie holds a random token; only its
+    SHA-256 is stored. Idle sessions end after ``portal.session_idle_min``."""
+
+    __tablename__ = "portal_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "grant" or "staff"
+    grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id"), nullable=True)
+    staff_user_id: Mapped[int | None] = mapped_column(ForeignKey("staff_users.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class StaffUser(Base):
+    """A staff member who signs in to the staff pages (password kept as a scrypt hash)."""
+
+    __tablename__ = "staff_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
