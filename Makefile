@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= node.yaml
 # Debian packages the tests talk to as real peers (dicom3tools: dciodvfy checks DICOMDIRs).
-PEER_PACKAGES := dcmtk orthanc dicom3tools
+PEER_PACKAGES := dcmtk orthanc dicom3tools chromium
 
 .PHONY: run test venv dev peers lint typecheck pytest bench clean
 
@@ -20,7 +20,12 @@ $(VENV)/.dev: $(BIN)/courier
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-dev: $(VENV)/.dev
+# axe-core for the browser accessibility tests (pinned in tests/browser/package-lock.json).
+tests/browser/node_modules/axe-core/axe.min.js: tests/browser/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix tests/browser --no-audit --no-fund --silent; \
+	else echo "npm not found: the accessibility tests need it (apt-get install npm)"; fi
+
+dev: $(VENV)/.dev tests/browser/node_modules/axe-core/axe.min.js
 
 ## make run: set up .venv and start the node on node.yaml (embedded defaults).
 run: venv
