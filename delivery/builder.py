@@ -24,7 +24,7 @@ from delivery.manifest import Counts, SeriesEntry, manifest_bytes
 from delivery.package_errors import MissingInstanceError, UnreadableInstanceError
 from delivery.parts import Sized
 from delivery.readme import render_readmes
-from delivery.zipwriter import PartWriter, temporary_name
+from delivery.zipwriter import PartWriter
 
 if TYPE_CHECKING:
     from delivery.package import PackageInfo, PackageItem
@@ -117,10 +117,9 @@ def write_part(
     :class:`~delivery.package_errors.PackageError` subclasses for bad instance files and
     ``OSError`` when writing fails; the caller aborts the writer.
     """
-    scratch = writer.final.with_name(temporary_name(writer.final.name + ".dicomdir"))
     try:
-        dicomdir = build_dicomdir((_header(s.item) for s in part), scratch)
-    except ValueError as exc:  # pydicom cannot make a directory record for an instance
+        dicomdir = build_dicomdir(_header(s.item) for s in part)
+    except ValueError as exc:  # no directory record can describe an instance
         raise UnreadableInstanceError(f"DICOMDIR: {exc}; {_RERUN} once fixed") from exc
     notes = list(dicomdir.notes)
     for sized in part:

@@ -6,7 +6,7 @@ Public surface: :class:`PackageItem`, :class:`PackageInfo`, :func:`build_package
 
 Each part is self-contained and holds:
 
-- ``DICOMDIR`` (pydicom's FileSet, see :mod:`delivery.dicomdir`) and the instances,
+- ``DICOMDIR`` (FileSet's layout, see :mod:`delivery.dicomdir`) and the instances,
   byte-identical to the stored files, at the PS3.10 file IDs it names;
 - ``README.txt`` and ``README.html`` in the request's language (:mod:`delivery.readme`);
 - ``PREVIEW/`` with one JPEG per series (:mod:`delivery.preview`); a series whose pixels
@@ -298,9 +298,10 @@ def _remove_stale(dest: Path, reference: str, keep: set[str]) -> None:
 def sweep_partial(folder: Path) -> int:
     """Remove what interrupted builds left in ``folder``; return how many entries went.
 
-    Removes hidden ``.*.partial`` files and scratch folders only, never a final-named
-    package. Call it at start-up, before any build runs in ``folder`` (a build in progress
-    owns ``.partial`` entries too). A missing folder counts as clean.
+    Removes hidden ``.*.partial`` files and folders (earlier versions made DICOMDIR
+    scratch folders) only, never a final-named package. Call it at start-up, before any
+    build runs in ``folder`` (a build in progress owns ``.partial`` entries too). A missing
+    folder counts as clean.
     """
     if not folder.is_dir():
         return 0

@@ -3,8 +3,9 @@
 :class:`PartWriter` writes into ``dest/.<final name>.<random>.partial`` (opened with
 ``O_EXCL``). Files are copied in 1 MiB chunks (``ZIP_STORED``: DICOM is already
 incompressible), so memory does not depend on their size; small generated texts are
-deflated. :meth:`PartWriter.finish` closes the archive, flushes and fsyncs it, and hashes
-the finished file; :meth:`PartWriter.publish` renames it to its final name (the caller then
+deflated. The part's SHA-256 is computed while it is written (see :class:`_Follower`).
+:meth:`PartWriter.finish` closes the archive, flushes and fsyncs it, and takes that hash;
+:meth:`PartWriter.publish` renames it to its final name (the caller then
 fsyncs the directory with :func:`fsync_dir`); :meth:`PartWriter.abort` removes the
 temporary file. A process killed at any point leaves at most a ``.partial`` file, which
 :func:`delivery.package.sweep_partial` removes.
@@ -17,6 +18,7 @@ import hashlib
 import io
 import os
 import secrets
+import threading
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,14 +53,76 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    with path.open("rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            digest.update(view[:n])
-    return digest.hexdigest()
+class _Follower:
+    """SHA-256 of a file being written, computed in a thread a step behind the writer.
+
+    Why not hash what we write as we write it: zipfile writes an entry's local header,
+    then its data, then seeks back to rewrite the header with the CRC and size; the
+    header's final bytes exist only once the entry is closed. So the writer calls
+    :meth:`advance` after each entry with the length that can no longer change, and this
+    thread reads that span back (from the page cache) and hashes it, while the writer goes
+    on with the next entry (hashlib and reads release the GIL). Before, the finished file
+    was read and hashed again at the end: about 0.2 s of the 0.8 s for a 157 MB CT.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._digest = hashlib.sha256()
+        self._hashed = 0
+        self._final = 0
+        self._closing = False
+        self._abandoned = False  # the part is being dropped: stop hashing now
+        self._error: BaseException | None = None
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="zip-sha256", daemon=True)
+        self._thread.start()
+
+    def advance(self, final: int) -> None:
+        """The first ``final`` bytes of the file are written (flushed) and will not change."""
+        with self._wake:
+            self._final = final
+            self._wake.notify()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    while self._hashed >= self._final and not self._closing:
+                        self._wake.wait()
+                    if self._abandoned or self._hashed >= self._final:
+                        return  # closing, with all of it hashed, or abandoned
+                    final = self._final
+                while self._hashed < final and not self._abandoned:
+                    data = os.pread(self._fd, min(CHUNK, final - self._hashed), self._hashed)
+                    if not data:
+                        raise EOFError(f"the part ends at {self._hashed} bytes, not {final}")
+                    self._digest.update(data)
+                    self._hashed += len(data)
+        except BaseException as exc:  # handed to the writer by hexdigest()
+            self._error = exc
+
+    def stop(self, *, abandon: bool = False) -> None:
+        """Hash what is final (unless ``abandon``), end the thread, close the file.
+
+        Idempotent.
+        """
+        if self._closing:
+            return
+        self._abandoned = abandon
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+        os.close(self._fd)
+
+    def hexdigest(self, size: int) -> str:
+        """The SHA-256 of the whole ``size``-byte file, once :meth:`advance` got ``size``."""
+        self.stop()
+        if self._error is not None:
+            raise self._error
+        if self._hashed != size:
+            raise OSError(f"hashed {self._hashed} bytes of a {size}-byte part")
+        return self._digest.hexdigest()
 
 
 class PartWriter:
@@ -74,6 +138,7 @@ class PartWriter:
         self._file: BinaryIO | None = open(self.temporary, "xb")  # noqa: SIM115 - closed in finish/abort
         self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self._file, "w", allowZip64=True)
         self._buffer = bytearray(CHUNK)
+        self._hash = _Follower(self.temporary)
 
     def _info(self, path: str, compress: bool, size: int) -> zipfile.ZipInfo:
         info = zipfile.ZipInfo(path, self._date_time)
@@ -99,13 +164,20 @@ class PartWriter:
                 copied += n
         if copied != size:
             raise EOFError(f"{path}: expected {size} bytes, read {copied}")
-        self.entries.append(Entry(path, size, digest.hexdigest()))
+        self._entry_done(Entry(path, size, digest.hexdigest()))
 
     def add_bytes(self, path: str, data: bytes, *, compress: bool = True) -> None:
         """Write ``data`` as entry ``path``, deflated unless ``compress`` is False."""
         assert self._zip is not None, "the part is finished"
         self._zip.writestr(self._info(path, compress, len(data)), data)
-        self.entries.append(Entry(path, len(data), hashlib.sha256(data).hexdigest()))
+        self._entry_done(Entry(path, len(data), hashlib.sha256(data).hexdigest()))
+
+    def _entry_done(self, entry: Entry) -> None:
+        """Record ``entry``; everything written so far is final: let the hash follow."""
+        assert self._file is not None
+        self.entries.append(entry)
+        self._file.flush()  # the follower reads through its own descriptor
+        self._hash.advance(self._file.tell())
 
     def finish(self) -> None:
         """Close the archive, flush and fsync it, and record its size and SHA-256."""
@@ -113,11 +185,14 @@ class PartWriter:
         self._zip.close()
         self._zip = None
         self._file.flush()
+        self.size = self._file.tell()
+        self._hash.advance(self.size)  # the central directory, hashed during the fsync
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        self.size = self.temporary.stat().st_size
-        self.sha256 = _sha256_of(self.temporary)
+        if self.temporary.stat().st_size != self.size:
+            raise OSError(f"{self.temporary} is not {self.size} bytes long after writing")
+        self.sha256 = self._hash.hexdigest(self.size)
 
     def publish(self) -> None:
         """Rename the finished part to its final name (atomic on one filesystem)."""
@@ -132,4 +207,6 @@ class PartWriter:
                 with contextlib.suppress(Exception):
                     closeable.close()
         self._zip = self._file = None
+        with contextlib.suppress(Exception):
+            self._hash.stop(abandon=True)
         self.temporary.unlink(missing_ok=True)

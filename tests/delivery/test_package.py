@@ -18,10 +18,19 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom import fileset as pydicom_fileset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.fileset import FileSet
-from pydicom.uid import HTJ2KLossless, JPEG2000Lossless
+from pydicom.uid import (
+    BasicTextSRStorage,
+    CTImageStorage,
+    EncapsulatedPDFStorage,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    JPEG2000Lossless,
+)
 
-from delivery.dicomdir import discard
+from delivery import dicomdir
 from delivery.package import (
     MissingInstanceError,
     PackageInfo,
@@ -53,6 +62,18 @@ def items_for(paths: list[Path]) -> list[PackageItem]:
             )
         )  # fmt: skip
     return items
+
+
+def discard(fileset: FileSet) -> None:
+    """Remove the staging folder every FileSet keeps in ``TMPDIR``, now.
+
+    pydicom (3.0) creates it on construction and leaves it to the garbage collector, which
+    warns (ResourceWarning, an error here); FileSet has no public close, so this reaches
+    for its ``TemporaryDirectory``. Only the tests use FileSet.
+    """
+    stage = getattr(fileset, "_stage", {}).get("t")
+    if stage is not None:
+        stage.cleanup()
 
 
 @contextlib.contextmanager
@@ -161,12 +182,190 @@ def test_dcmtk_reads_the_dicomdir(tmp_path: Path) -> None:
 
 
 def test_dciodvfy_accepts_the_dicomdir(tmp_path: Path) -> None:
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dicom3tools' dciodvfy is not installed (optional)")
+    require_peer("dicom3tools (dciodvfy)", shutil.which("dciodvfy") is not None)
     result = build_package(items_for(_small(tmp_path / "src")), tmp_path / "out", info=INFO)
     root = unpack(result.parts[0], tmp_path / "x")
     run = subprocess.run(["dciodvfy", "DICOMDIR"], cwd=root, capture_output=True, text=True)
     assert "Error" not in run.stderr, run.stderr
+
+
+# -- the DICOMDIR against pydicom's FileSet ----------------------------------------------
+
+
+_STUDY_KEYWORDS = [
+    "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+    "ReferringPhysicianName", "StudyDescription",
+]  # fmt: skip
+
+
+def _document(path: Path, like: Path, sop_class: str, series_uid: str, number: int) -> Path:
+    """A small non-image instance (Basic Text SR or encapsulated PDF) in ``like``'s study."""
+    ref = pydicom.dcmread(like, stop_before_pixels=True)
+    ds = Dataset()
+    for keyword in _STUDY_KEYWORDS:
+        setattr(ds, keyword, ref.get(keyword))
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = synthetic.synthetic_uid("document", series_uid, number)
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = 90
+    ds.InstanceNumber = number
+    ds.ContentDate, ds.ContentTime = "20240102", "101600"
+    title = Dataset()
+    title.CodeValue, title.CodingSchemeDesignator = "18748-4", "LN"
+    title.CodeMeaning = "Diagnostic imaging report"
+    ds.ConceptNameCodeSequence = [title]
+    if sop_class == BasicTextSRStorage:
+        ds.Modality = "SR"
+        ds.ValueType = "CONTAINER"
+        ds.ContinuityOfContent = "SEPARATE"
+        ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
+        text = Dataset()
+        text.RelationshipType, text.ValueType = "CONTAINS", "TEXT"
+        text.ConceptNameCodeSequence = [title]
+        text.TextValue = "Synthetic findings."
+        ds.ContentSequence = [text]
+    else:
+        ds.Modality = "DOC"
+        ds.DocumentTitle = "SYNTHETIC REPORT"
+        ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+        ds.BurnedInAnnotation = "NO"
+        ds.EncapsulatedDocument = b"%PDF-1.4\n%%EOF\n"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _mixed(d: Path) -> list[Path]:
+    """3 patients, several studies and series, every transfer syntax, an SR and a PDF."""
+    ct = _ct(d / "ct")
+    small = _small(d / "small")
+    report = synthetic.synthetic_uid("report-series")
+    return [
+        *ct,
+        *small,
+        *_syntaxes(d / "ts"),
+        _document(d / "doc" / "sr.dcm", ct[0], BasicTextSRStorage, report, 1),
+        _document(d / "doc" / "pdf.dcm", ct[0], EncapsulatedPDFStorage, report, 2),
+        # An SR among images: siblings of any type share one index (IM..., then SR000008).
+        _document(d / "doc" / "sr2.dcm", small[0], BasicTextSRStorage,
+                  pydicom.dcmread(small[0]).SeriesInstanceUID, 99),
+    ]  # fmt: skip
+
+
+def _fileset_reference(headers: list[Dataset], uid: str, into: Path) -> dict[str, str]:
+    """What pydicom's FileSet writes for ``headers`` into ``into``; returns its file IDs."""
+    fileset = FileSet()
+    try:
+        fileset.UID = uid  # the one random part of a DICOMDIR, made equal
+        for header in headers:
+            fileset.add(header)
+        fileset.write(into)
+        return {i.SOPInstanceUID: Path(i.path).relative_to(into).as_posix() for i in fileset}
+    finally:
+        discard(fileset)
+
+
+def _records(data: bytes) -> list[tuple[str, object]]:
+    ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+    return [(r.DirectoryRecordType, r.get("ReferencedFileID")) for r in ds.DirectoryRecordSequence]
+
+
+def test_dicomdir_is_the_one_fileset_writes(tmp_path: Path) -> None:
+    paths = _mixed(tmp_path / "src")
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    del headers[3].StudyID  # a placeholder goes into the record (same for both writers)
+    ours = dicomdir.build_dicomdir(headers)
+    uid = pydicom.dcmread(pydicom.filebase.DicomBytesIO(ours.data)).file_meta
+    reference_ids = _fileset_reference(headers, uid.MediaStorageSOPInstanceUID, tmp_path / "ref")
+    reference = (tmp_path / "ref" / "DICOMDIR").read_bytes()
+
+    types = {t for t, _ in _records(ours.data)}
+    assert {"PATIENT", "STUDY", "SERIES", "IMAGE", "SR DOCUMENT", "ENCAP DOC"} <= types
+    assert _records(ours.data) == _records(reference)  # same records, types and file IDs
+    assert ours.file_ids == reference_ids
+    assert ours.file_ids[headers[-1].SOPInstanceUID] == "PT000001/ST000000/SE000000/SR000008"
+    assert any("StudyID" in n for n in ours.notes)
+    assert ours.data == reference  # byte for byte, offsets included
+
+    # FileSet reads ours back over the reference's files: every instance, at its file ID.
+    (tmp_path / "ref" / "DICOMDIR").write_bytes(ours.data)
+    with read_fileset(tmp_path / "ref" / "DICOMDIR") as fileset:
+        read = {i.SOPInstanceUID: Path(i.path).relative_to(tmp_path / "ref").as_posix()
+                for i in fileset}  # fmt: skip
+        syntaxes = {i.SOPInstanceUID: i.TransferSyntaxUID for i in fileset}
+    assert syntaxes == {h.SOPInstanceUID: h.file_meta.TransferSyntaxUID for h in headers}
+    assert read == ours.file_ids and len(read) == len(paths)
+
+
+def test_record_type_rules_match_pydicom() -> None:
+    # Copied from pydicom's private tables (fileset.py); a pydicom upgrade that changes
+    # them should change ours too, or file IDs would drift from FileSet's.
+    private = pydicom_fileset._PREFIXES
+    assert {k: v for k, v in private.items() if k != "PRIVATE"} == dicomdir._PREFIXES
+    assert dicomdir._SINGLE_LEVEL_SOP_CLASSES == pydicom_fileset._SINGLE_LEVEL_SOP_CLASSES
+    assert dicomdir._FOUR_LEVEL_SOP_CLASSES == pydicom_fileset._FOUR_LEVEL_SOP_CLASSES
+    cases = [{"Modality": "RTRAD"}, {"Modality": "PLAN"}, {"RTPlanLabel": "P"},
+             {"EncapsulatedDocument": b"%PDF"}, {"SOPClassUID": BasicTextSRStorage},
+             {"SOPClassUID": CTImageStorage}, {}]  # fmt: skip
+    for attributes in cases:
+        ds = Dataset()
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        assert dicomdir._leaf_record_type(ds) == pydicom_fileset._four_level_record_type(ds)
+
+
+def _header_only(patient: int, study: int, series: int, number: int) -> Dataset:
+    """A CT header as read without pixel data; no file behind it."""
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    # One dotted part: synthetic_uid joins its parts without a separator.
+    ds.SOPInstanceUID = synthetic.synthetic_uid(f"scale.{patient}.{study}.{series}.{number}")
+    ds.PatientID = f"SCALE{patient}"
+    ds.PatientName = synthetic.PATIENT_NAME
+    ds.StudyInstanceUID = synthetic.synthetic_uid(f"scale.{patient}.{study}")
+    ds.StudyDate, ds.StudyTime, ds.StudyID = "20240102", "101500", str(study + 1)
+    ds.SeriesInstanceUID = synthetic.synthetic_uid(f"scale.{patient}.{study}.{series}")
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", series + 1, number + 1
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def test_dicomdir_of_5000_instances(tmp_path: Path) -> None:
+    # Linear, not quadratic: FileSet needed minutes for this. No timing assertion: it
+    # completes (under pytest-timeout) and reads back.
+    shape = (2, 2, 5, 250)  # patients, studies each, series each, instances each
+    headers = [
+        _header_only(p, s, r, n)
+        for p in range(shape[0]) for s in range(shape[1])
+        for r in range(shape[2]) for n in range(shape[3])
+    ]  # fmt: skip
+    built = dicomdir.build_dicomdir(headers)
+    assert len(built.file_ids) == 5000 and built.notes == []
+    assert built.file_ids[headers[-1].SOPInstanceUID] == "PT000001/ST000001/SE000004/IM000249"
+    root = tmp_path / "fs"
+    for file_id in built.file_ids.values():  # FileSet checks that each referenced file exists
+        (root / file_id).parent.mkdir(parents=True, exist_ok=True)
+        (root / file_id).touch()
+    (root / "DICOMDIR").write_bytes(built.data)
+    with read_fileset(root / "DICOMDIR") as fileset:
+        read = {i.SOPInstanceUID: Path(i.path).relative_to(root).as_posix() for i in fileset}
+    assert read == built.file_ids
+    assert list(read) == [h.SOPInstanceUID for h in headers]  # in order, depth first
+
+
+def test_dicomdir_refuses_an_instance_it_cannot_describe() -> None:
+    header = _header_only(0, 0, 0, 0)
+    del header.SeriesInstanceUID
+    with pytest.raises(ValueError, match="SeriesInstanceUID"):
+        dicomdir.build_dicomdir([header])
+    with pytest.raises(ValueError, match="listed twice"):
+        dicomdir.build_dicomdir([_header_only(0, 0, 0, 0), _header_only(0, 0, 0, 0)])
 
 
 # -- README languages ---------------------------------------------------------------------
@@ -272,6 +471,7 @@ def test_split_into_self_contained_parts(
     series_parts: dict[str, int] = {}
     for k, part in enumerate(result.parts, start=1):
         assert limit is None or part.stat().st_size <= limit
+        assert hashlib.sha256(part.read_bytes()).hexdigest() == result.part_sha256[k - 1]
         manifest = check_part(part, tmp_path / f"x{k}", sources_of(items))
         assert (manifest["part"], manifest["parts"]) == (k, parts)
         assert manifest["package_counts"]["instances"] == len(items)
