@@ -60,9 +60,7 @@ def direction(tag: str) -> Literal["ltr", "rtl"]:
 
 
 @functools.cache
-def environment(
-    tag: str, domain: str, template_dir: Path = TEMPLATE_DIR
-) -> jinja2.Environment:
+def environment(tag: str, domain: str, template_dir: Path = TEMPLATE_DIR) -> jinja2.Environment:
     """A Jinja2 environment over ``template_dir`` (default ``delivery/templates``)
     speaking ``tag``.
 
