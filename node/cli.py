@@ -20,6 +20,7 @@ from node.app import open_store, serve, setup_logging
 from node.cli_delivery import add_delivery_parsers, run_deliver, run_outbox
 from node.cli_requests import add_request_parsers, run_request_command
 from node.cli_rules import add_rules_parsers, run_rules_command
+from node.cli_staff import add_staff_parsers, run_staff_command
 from node.config import Config, ConfigError, config_path, load_config
 from node.output import (
     EXIT_NOT_FOUND,
@@ -89,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--label", default="", help="a note kept beside the digest")
     add_rules_parsers(sub, common, as_json)
     add_delivery_parsers(sub, common, as_json)
+    add_staff_parsers(sub, common, as_json)
     add_request_parsers(sub, common, as_json)
     return p
 
@@ -117,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _studies(args, cfg)
         if args.command == "status":
             return _status(args, cfg)
+        if args.command == "staff":
+            return run_staff_command(args, cfg)
         if args.command == "deliver":
             return run_deliver(args, cfg)
         if args.command == "outbox":

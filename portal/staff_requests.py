@@ -1,0 +1,341 @@
+"""Staff pages for requests: the list (``?state=``), a new request, one request's story.
+
+A new request is validated by :class:`release.validation.RequestDraft`, exactly as the
+CLI and the REST API do; problems are shown next to their fields and nothing is
+written. Studies are picked from those received for the patient ("find studies" by
+Patient ID lists the :class:`~store.models.Study` rows; a ticked study is selected by
+its Study Instance UID), or typed as accession numbers / UIDs for studies still to
+come, or left to arrive tagged with the request's reference. Each form carries a fresh
+idempotency key, so a double click or a re-post stores one request.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from portal.context import PortalContext
+from portal.pages import render
+from portal.site import context_of
+from portal.staff_auth import CheckedForm, Form, SignedIn, Staff
+from portal.staff_data import (
+    LIST_LIMIT,
+    choices,
+    patient_of,
+    request_lines,
+    story,
+    studies_of_patient,
+)
+from release.errors import RequestConflict, RequestNotFound
+from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
+from store.catalog import guarded
+from store.models import ReleaseRequest, RequestState, Urgency
+
+router = APIRouter(prefix="/staff")
+
+# Draft fields → the id of the form control their errors sit beside.
+FIELD_IDS = {
+    "patient_id": "patient-id",
+    "patient_name": "patient-name",
+    "patient_birth_date": "birth-date",
+    "recipient_email": "email",
+    "second_channel": "second-value",
+    "backup_email": "backup-email",
+    "selection": "studies",
+    "by_reference": "studies",
+    "language": "language",
+    "urgency": "urgency",
+    "link_days": "link-days",
+    "note": "note",
+}
+# What the success redirect (?done=...) says; fixed texts, never echoed input.
+DONE = {
+    "created": "Request created.",
+    "resend": "The link email will be sent again.",
+    "revoke": "The link was revoked; it no longer works.",
+    "extend": "The link's expiry was extended.",
+    "reissue": "A new link was made and its email queued; the locked link no longer works.",
+    "cd": "Marked for CD.",
+    "cancel": "The request was cancelled; its links no longer work.",
+}
+STATES = [str(s) for s in RequestState]
+
+
+def page(
+    request: Request,
+    ctx: PortalContext,
+    staff: Staff,
+    template: str,
+    status: int = 200,
+    **values: Any,
+) -> HTMLResponse:
+    """Render a staff page (English, the staff layout)."""
+    return render(
+        request,
+        template,
+        status_code=status,
+        lang="en",
+        hospital=ctx.hospital,
+        staff=staff,
+        now=ctx.clock(),
+        **values,
+    )
+
+
+def not_found(request: Request, ctx: PortalContext, staff: Staff, message: str) -> HTMLResponse:
+    return page(
+        request, ctx, staff, "staff/message.html.j2", 404, title="Not found", message=message
+    )
+
+
+# -- list -------------------------------------------------------------------------------
+
+
+@router.get("/requests", response_class=HTMLResponse)
+def list_requests(request: Request, staff: SignedIn) -> Response:
+    """Requests, newest first; ``?state=`` shows one state only."""
+    ctx = context_of(request)
+    wanted = request.query_params.get("state", "")
+    error = ""
+    state = None
+    if wanted in STATES:
+        state = RequestState(wanted)
+    elif wanted:
+        error = f"Unknown state; choose one of {', '.join(STATES)}."
+    with guarded(ctx.sessions) as s:
+        rows = request_lines(s, state)
+    return page(
+        request,
+        ctx,
+        staff,
+        "staff/requests.html.j2",
+        422 if error else 200,
+        rows=rows,
+        states=STATES,
+        state=str(state or ""),
+        error=error,
+        limit=LIST_LIMIT,
+    )
+
+
+# -- new --------------------------------------------------------------------------------
+
+
+def _sane_patient_id(text: str) -> str:
+    """A Patient ID worth looking up (bounded, printable), else ''."""
+    text = text.strip()
+    return text if 0 < len(text) <= 64 and text.isprintable() else ""
+
+
+def _form_page(
+    request: Request,
+    ctx: PortalContext,
+    staff: Staff,
+    values: dict[str, Any],
+    errors: dict[str, list[str]],
+    general: list[str],
+    status: int = 200,
+) -> HTMLResponse:
+    found = _sane_patient_id(str(values.get("find") or values.get("patient_id") or ""))
+    studies = []
+    if found:
+        with guarded(ctx.sessions) as s:
+            studies = studies_of_patient(s, found)
+            if not values.get("patient_name") and not values.get("patient_birth_date"):
+                name, born = patient_of(s, found)
+                values = {**values, "patient_name": name, "patient_birth_date": born}
+    return page(
+        request,
+        ctx,
+        staff,
+        "staff/new.html.j2",
+        status,
+        values=values,
+        errors=errors,
+        general=general,
+        studies=studies,
+        searched=found,
+        languages_supported=SUPPORTED_LANGUAGES,
+        urgencies=[str(u) for u in Urgency],
+        field_ids=FIELD_IDS,
+    )
+
+
+@router.get("/requests/new", response_class=HTMLResponse)
+def new_request(request: Request, staff: SignedIn) -> Response:
+    """The new-request form; ``?patient_id=`` lists that patient's received studies."""
+    ctx = context_of(request)
+    find = request.query_params.get("patient_id", "")
+    values: dict[str, Any] = {
+        "find": find,
+        "patient_id": _sane_patient_id(find),
+        "second_kind": "sms",
+        "language": "en",
+        "urgency": str(Urgency.OVERNIGHT),
+        "link_days": str(ctx.delivery.link_days),
+        "form_key": _form_key(),
+        "study": [],
+    }
+    return _form_page(request, ctx, staff, values, {}, [])
+
+
+def _form_key() -> str:
+    return f"staff-form:{secrets.token_urlsafe(18)}"
+
+
+def _lines(text: str) -> list[str]:
+    return [x.strip() for x in text.splitlines() if x.strip()]
+
+
+def draft_data(form: Form, staff: Staff) -> tuple[dict[str, Any], list[str]]:
+    """The draft as the form gives it, and what each selection entry came from."""
+    selection: list[dict[str, str]] = []
+    sources: list[str] = []
+    for uid in form.getlist("study"):
+        selection.append({"kind": "study_uid", "value": uid})
+        sources.append("ticked study")
+    for acc in _lines(form.get("accessions")):
+        selection.append({"kind": "accession", "value": acc})
+        sources.append("accession number")
+    for uid in _lines(form.get("study_uids")):
+        selection.append({"kind": "study_uid", "value": uid})
+        sources.append("study UID")
+    data: dict[str, Any] = {
+        "patient_id": form.get("patient_id"),
+        "patient_name": form.get("patient_name"),
+        "patient_birth_date": form.get("patient_birth_date"),
+        "recipient_email": form.get("recipient_email"),
+        "second_channel": f"{form.get('second_kind')}:{form.get('second_value')}",
+        "backup_email": form.get("backup_email") or None,
+        "selection": selection,
+        "by_reference": form.get("by_reference") == "on",
+        "language": form.get("language") or "en",
+        "urgency": form.get("urgency") or str(Urgency.OVERNIGHT),
+        "link_days": form.get("link_days") or "30",
+        "note": form.get("note"),
+        "requested_by": staff.username,
+    }
+    key = form.get("form_key")
+    if key:
+        data["idempotency_key"] = key[:200]
+    return data, sources
+
+
+# Draft fields → the form field that holds what was typed for them.
+_TYPED = {"second_channel": "second_value"}
+
+
+def place_errors(
+    problems: list[dict[str, str]],
+    sources: list[str],
+    selection: list[dict[str, str]],
+    form: Form,
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Problems by form control id, and those that belong to no one field. A field left
+    empty says "required" (not "at least 5 characters", which is what ``sms:`` gets)."""
+    errors: dict[str, list[str]] = {}
+    general: list[str] = []
+    for p in problems:
+        parts = p["field"].split(".")
+        message = p["message"]
+        if len(parts) == 1 and not form.get(_TYPED.get(parts[0], parts[0]), "x").strip():
+            message = "required"
+        if parts[0] == "selection" and len(parts) > 1 and parts[1].isdigit():
+            i = int(parts[1])
+            if i < len(sources):
+                message = f"{sources[i]} {selection[i]['value'][:64]!r}: {message}"
+        target = FIELD_IDS.get(parts[0])
+        if target is None:
+            general.append(message)
+        else:
+            errors.setdefault(target, []).append(message)
+    return errors, general
+
+
+_KEPT = (
+    "patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "recipient_email",
+    "second_kind",
+    "second_value",
+    "backup_email",
+    "accessions",
+    "study_uids",
+    "by_reference",
+    "language",
+    "urgency",
+    "link_days",
+    "note",
+    "form_key",
+)
+
+
+@router.post("/requests/new", response_class=HTMLResponse)
+def create_request(form: CheckedForm, request: Request, staff: SignedIn) -> Response:
+    """Validate and store; 303 to the new request, or the form again with its errors
+    (422, nothing written)."""
+    ctx = context_of(request)
+    data, sources = draft_data(form, staff)
+    values: dict[str, Any] = {k: form.get(k) for k in _KEPT}
+    values["study"] = form.getlist("study")
+    values["form_key"] = values["form_key"] or _form_key()
+    try:
+        draft = RequestDraft.model_validate(data)
+    except ValidationError as exc:
+        errors, general = place_errors(validation_errors(exc), sources, data["selection"], form)
+        return _form_page(request, ctx, staff, values, errors, general, 422)
+    try:
+        req, _created = ctx.book.submit(draft, staff.actor)
+    except RequestConflict:
+        general = ["This form was already used for another request; start a new one."]
+        values["form_key"] = _form_key()
+        return _form_page(request, ctx, staff, values, {}, general, 409)
+    return RedirectResponse(f"/staff/requests/{req.reference}?done=created", 303)
+
+
+# -- one request ------------------------------------------------------------------------
+
+
+def detail_page(
+    request: Request,
+    ctx: PortalContext,
+    staff: Staff,
+    ref: str,
+    *,
+    error: str = "",
+    status: int = 200,
+) -> HTMLResponse:
+    """One request: details, milestones, timeline, messages, links, packages, actions."""
+    try:
+        req = ctx.book.get(ref)
+    except RequestNotFound:
+        return not_found(request, ctx, staff, "No request has this reference.")
+    with guarded(ctx.sessions) as s:
+        fresh = s.get(ReleaseRequest, req.id)
+        assert fresh is not None
+        told = story(s, fresh, ctx.clock())
+    done = DONE.get(request.query_params.get("done", ""), "")
+    return page(
+        request,
+        ctx,
+        staff,
+        "staff/request.html.j2",
+        status,
+        req=req,
+        story=told,
+        can=choices(req, told),
+        done=done,
+        error=error,
+        default_days=min(ctx.delivery.link_days, 30),
+    )
+
+
+@router.get("/requests/{ref}", response_class=HTMLResponse)
+def show_request(ref: str, request: Request, staff: SignedIn) -> Response:
+    """The request page."""
+    return detail_page(request, context_of(request), staff, ref[:64])
