@@ -4,6 +4,10 @@ Links and codes are derived here, at send time, from the grant and the node secr
 (:mod:`delivery.grants`): the row holds no secret. A code row carries the ``code_salt``
 it was issued with; if a newer code has been issued since, the row is not sent (the
 patient would get two different codes), and neither is a code past its validity.
+
+Shares (:mod:`portal.share`): ``forward_link_email`` carries the clinician grant's link;
+``share_used_email`` tells the patient (their grant) that a share was opened, at the
+time in its params.
 """
 
 from __future__ import annotations
@@ -78,6 +82,28 @@ class Composer:
                 to=row.recipient,
                 link_url=self.link_url(grant),
                 expires=grant.expires_at.date(),
+                hospital=self._b.hospital,
+                language=row.language,
+                message_id=row.message_id,
+                contact=self._b.contact,
+                composed_at=row.composed_at,
+            )
+        if row.kind == "forward_link_email":
+            return messages.forward_link_email(
+                to=row.recipient,
+                link_url=self.link_url(grant),
+                expires=grant.expires_at.date(),
+                hospital=self._b.hospital,
+                language=row.language,
+                message_id=row.message_id,
+                shown_code=grant.second_channel.startswith("shown:"),
+                contact=self._b.contact,
+                composed_at=row.composed_at,
+            )
+        if row.kind == "share_used_email":
+            return messages.share_used_email(
+                to=row.recipient,
+                opened_at=datetime.fromisoformat(str(params.get("opened_at"))),
                 hospital=self._b.hospital,
                 language=row.language,
                 message_id=row.message_id,

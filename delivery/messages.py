@@ -1,7 +1,7 @@
 """Composes every notification Courier sends, from the Jinja2 templates in
 ``delivery/templates`` and the gettext catalogs of domain ``messages`` (see
 :mod:`delivery.i18n`): the link email, the authorization-code SMS and email, and the
-staff alerts.
+staff alerts, the clinician's link email for a share, and "your shared link was used".
 
 PHI rules, enforced here rather than hoped for in templates: no function takes a
 patient's name, ID, birth date or study description, so none can leak into a message.
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Literal
 
-from babel.dates import format_date
+from babel.dates import format_date, format_datetime
 
 from delivery.channel import OutgoingMessage
 from delivery.i18n import locale_name, render
@@ -127,6 +127,73 @@ def code_email(
         subject=subject,
         text=render("code_email.txt.j2", language, DOMAIN, **ctx),
         html=render("code_email.html.j2", language, DOMAIN, subject=subject, **ctx),
+        message_id=message_id,
+        language=language,
+        date=composed_at,
+    )
+
+
+def forward_link_email(
+    *,
+    to: str,
+    link_url: str,
+    expires: date,
+    hospital: str,
+    language: str,
+    message_id: str,
+    shown_code: bool,
+    contact: str = "",
+    composed_at: datetime | None = None,
+) -> OutgoingMessage:
+    """The link a patient shared with a clinician. It names neither the patient nor the
+    studies; it says where the code comes from: the clinician's mobile, or the patient
+    (``shown_code``)."""
+    if not link_url.startswith("https://") and not link_url.startswith("http://"):
+        raise ValueError("link_url must be an absolute http(s) URL")
+    ctx = {
+        "hospital": hospital,
+        "link_url": link_url,
+        "contact": contact,
+        "shown_code": shown_code,
+        "expires": format_date(expires, format="long", locale=locale_name(language)),
+    }
+    subject = _line("forward_link_email.subject.j2", language, **ctx)
+    return OutgoingMessage(
+        kind="email",
+        to=to,
+        subject=subject,
+        text=render("forward_link_email.txt.j2", language, DOMAIN, **ctx),
+        html=render("forward_link_email.html.j2", language, DOMAIN, subject=subject, **ctx),
+        message_id=message_id,
+        language=language,
+        date=composed_at,
+    )
+
+
+def share_used_email(
+    *,
+    to: str,
+    opened_at: datetime,
+    hospital: str,
+    language: str,
+    message_id: str,
+    contact: str = "",
+    composed_at: datetime | None = None,
+) -> OutgoingMessage:
+    """Tells the patient a link they shared was opened with its code (when, in UTC);
+    it does not say by whom (the mailbox may be read by others)."""
+    when = (
+        format_datetime(opened_at, format="medium", tzinfo=UTC, locale=locale_name(language))
+        + " UTC"
+    )
+    ctx = {"hospital": hospital, "when": when, "contact": contact}
+    subject = _line("share_used_email.subject.j2", language, **ctx)
+    return OutgoingMessage(
+        kind="email",
+        to=to,
+        subject=subject,
+        text=render("share_used_email.txt.j2", language, DOMAIN, **ctx),
+        html=render("share_used_email.html.j2", language, DOMAIN, subject=subject, **ctx),
         message_id=message_id,
         language=language,
         date=composed_at,

@@ -268,10 +268,13 @@ class Relay:
         if row.kind.startswith("alert_") or row.request_id is None:
             log.error("staff alert %d could not be sent; see courier outbox list", row.id)
             return
-        if row.grant_id is not None and row.kind.startswith("code_"):
-            grant = s.get(Grant, row.grant_id)
-            if grant is not None:
-                grant.codes_failed += 1
+        grant = s.get(Grant, row.grant_id) if row.grant_id is not None else None
+        if grant is not None and row.kind.startswith("code_"):
+            grant.codes_failed += 1
+        if grant is not None and grant.purpose != "patient":
+            # A clinician's address or number failed: the patient's own delivery stands;
+            # the patient's page shows the share as not delivered.
+            return
         req = s.get(ReleaseRequest, row.request_id)
         if req is None:
             return

@@ -118,14 +118,15 @@ class DeliverySettings(BaseModel):
         default=5,
         ge=1,
         le=20,
-        description="Wrong codes accepted for one link before it locks until staff "
-        "re-issue it. Default 5.",
+        description="Wrong tries one code accepts before it is void (the patient asks for "
+        "a new one; 20 wrong tries in a day lock the link until staff re-issue it). "
+        "Default 5.",
     )
     code_sends_per_hour: int = Field(
-        default=3,
+        default=5,
         ge=1,
         le=20,
-        description="Codes one link may have sent per rolling hour. Default 3.",
+        description="Codes one link may have sent per rolling hour. Default 5.",
     )
     package_dir: Path | None = Field(
         default=None,

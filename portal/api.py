@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from portal.accesslog import AccessLog
 from portal.apikeys import actor_of, check_hashes, match_api_key
 from portal.context import PortalContext
 from portal.gate import ApiGate
@@ -184,6 +185,7 @@ def create_app(
         install_pages(app, portal)
     install_error_handlers(app)
     app.add_middleware(ApiGate, hashes=hashes)
+    app.add_middleware(AccessLog)  # method, path (link tokens hashed), status, duration
     app.add_middleware(SecurityHeaders)  # outermost: its headers go on the gate's refusals
     return app
 

@@ -48,7 +48,7 @@ def test_defaults() -> None:
     )
     assert (s.urgent_check_s, s.sweep_interval_s, s.misfire_grace_h) == (20, 60, 6)
     assert (s.retry_base_s, s.retry_cap_s, s.max_attempts) == (30, 3600, 12)
-    assert (s.code_ttl_min, s.code_max_tries, s.code_sends_per_hour) == (10, 5, 3)
+    assert (s.code_ttl_min, s.code_max_tries, s.code_sends_per_hour) == (10, 5, 5)
     assert s.staff_email is None and s.package_dir is None and s.overdue_after_h == 72
     assert s.delivery_window() == DeliveryWindow.parse("01:00-05:00", "Europe/London")
 

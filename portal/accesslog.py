@@ -1,0 +1,84 @@
+"""The portal's access log: method, path, status and duration, and never a secret.
+
+A link token in a path (``/d/<token>``) is logged as the first 8 hex digits of its
+SHA-256, enough to match a patient's complaint to a log line without the line being a
+usable link. Query strings, cookies, form bodies and client addresses are not logged
+(codes travel in form bodies; addresses are personal data). Logger
+``courier.portal.access``, level INFO.
+
+Two ways to install it: :class:`LoggedRoute` as the ``route_class`` of a router (the
+patient pages use it, so their lines exist whatever the app wiring), or
+:class:`AccessLog` as an ASGI middleware around the whole app.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("courier.portal.access")
+
+_LINK = re.compile(r"^/d/([^/]*)")
+
+
+def redact(path: str) -> str:
+    """``path`` with a link token replaced by a short hash of it."""
+    match = _LINK.match(path)
+    if match is None:
+        return path
+    digest = hashlib.sha256(match.group(1).encode("utf-8", "replace")).hexdigest()[:8]
+    return f"/d/{digest}{path[match.end() :]}"
+
+
+async def _logged(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    status = 0
+    started = time.perf_counter()
+
+    async def record(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+        await send(message)
+
+    try:
+        await app(scope, receive, record)
+    finally:
+        log.info(
+            "%s %s %d %.1fms",
+            scope.get("method", ""),
+            redact(str(scope.get("path", ""))),
+            status or 500,
+            (time.perf_counter() - started) * 1000,
+        )
+
+
+class AccessLog:
+    """ASGI middleware logging every HTTP request as described above."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await _logged(self.app, scope, receive, send)
+
+
+class LoggedRoute(APIRoute):
+    """An APIRoute whose requests are access-logged (the line is written once the
+    response is fully sent, so a download's duration is the whole transfer)."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parent: Callable[[Scope, Receive, Send], object] = super().handle
+
+        async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+            await parent(scope, receive, send)  # type: ignore[misc]
+
+        await _logged(inner, scope, receive, send)

@@ -1,0 +1,239 @@
+"""What every patient and clinician page shares: the link cookie, live grants, sessions,
+the audit trail, and the pages every route may answer with.
+
+- The link cookie ``__Host-link`` holds the emailed token for an hour (it left the
+  address bar at ``/d/``); the database is searched by its SHA-256 only.
+- A grant is *live* while it is not revoked, expired or locked, its package files
+  exist, its request is not cancelled or expired, and (for a forwarded grant) the
+  patient's grant it came from is not revoked. Anything else gets the one neutral page.
+- A session (``__Host-session``) is a random token whose SHA-256 is a
+  :class:`~store.models.PortalSession` row; it ends after ``portal.session_idle_min``
+  minutes without a request, at sign-out, or when its grant stops being live.
+- Every event is a :class:`~store.models.RequestEvent` on the grant's request with the
+  state unchanged and an actor naming the grant (``patient:grant-12``,
+  ``clinician:grant-13``): never an address, a token or a code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from portal.context import PortalContext
+from portal.pages import render
+from portal.site import context_of
+from store.models import (
+    Grant,
+    Package,
+    PortalSession,
+    ReleaseRequest,
+    RequestEvent,
+    RequestState,
+)
+
+LINK_COOKIE = "__Host-link"
+SESSION_COOKIE = "__Host-session"
+LINK_MAX_AGE_S = 3600
+DAILY_FAILURES_LOCK = 20  # wrong codes in a day that lock a link until staff re-issue it
+_DEAD_REQUEST = (RequestState.CANCELLED, RequestState.EXPIRED)
+# last_seen_at is written at most this often (a download page makes many requests).
+_TOUCH_EVERY = timedelta(seconds=30)
+
+
+def portal(request: Request) -> PortalContext:
+    return context_of(request)
+
+
+def client_address(request: Request) -> str:
+    """The client's address (uvicorn applies trusted proxies' X-Forwarded-For)."""
+    return request.client.host if request.client else "unknown"
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
+
+
+def actor(grant: Grant) -> str:
+    """Who acted, for the audit trail: the grant, never the person's address."""
+    who = "clinician" if grant.purpose == "forward" else "patient"
+    return f"{who}:grant-{grant.id}"
+
+
+def audit(s: Session, grant: Grant, reason: str, now: datetime, who: str | None = None) -> None:
+    """Record ``reason`` on the grant's request (state unchanged), in ``s``."""
+    state = s.scalar(select(ReleaseRequest.state).where(ReleaseRequest.id == grant.request_id))
+    s.add(
+        RequestEvent(
+            request_id=grant.request_id,
+            at=now,
+            actor=who or actor(grant),
+            from_state=state or "",
+            to_state=state or "",
+            reason=reason,
+        )
+    )
+
+
+def mask(second_channel: str) -> str:
+    """The second channel as the page shows it: ``+44 •••• ••56``, ``j•••@example.org``."""
+    kind, _, address = second_channel.partition(":")
+    if kind == "sms":
+        import phonenumbers
+
+        try:
+            cc = f"+{phonenumbers.parse(address).country_code}"
+        except phonenumbers.NumberParseException:
+            cc = "+"
+        return f"{cc} •••• ••{address[-2:]}"
+    if kind == "email":
+        local, _, domain = address.partition("@")
+        return f"{local[:1]}•••@{domain}"
+    return ""
+
+
+def grant_by_token(s: Session, token: str | None) -> Grant | None:
+    """The grant whose link token is ``token`` (hash look-up), live or not."""
+    if not token:
+        return None
+    return s.scalars(select(Grant).where(Grant.token_hash == digest(token))).first()
+
+
+def is_live(s: Session, grant: Grant | None, now: datetime) -> bool:
+    """See the module docstring."""
+    if grant is None or grant.revoked_at is not None or grant.locked_at is not None:
+        return False
+    if now >= grant.expires_at or grant.package_id is None:
+        return False
+    package = s.get(Package, grant.package_id)
+    if package is None or package.deleted_at is not None:
+        return False
+    state = s.scalar(select(ReleaseRequest.state).where(ReleaseRequest.id == grant.request_id))
+    if state in _DEAD_REQUEST:
+        return False
+    if grant.parent_grant_id is not None:
+        parent = s.get(Grant, grant.parent_grant_id)
+        if parent is None or parent.revoked_at is not None:
+            return False
+    return True
+
+
+def lock_grant(s: Session, grant_id: int) -> Grant:
+    """Take the grant's row lock in ``s`` and return it fresh.
+
+    A no-op UPDATE comes first: PostgreSQL locks the row, SQLite takes its write lock
+    (Python's sqlite3 begins the transaction at the first write, so the reads that
+    follow see the latest commit). Concurrent code checks are thus serialized per grant:
+    no lost try, no code used twice.
+    """
+    s.execute(
+        update(Grant)
+        .where(Grant.id == grant_id)
+        .values(failures=Grant.failures)
+        .execution_options(synchronize_session=False)
+    )
+    grant = s.get(Grant, grant_id, populate_existing=True)
+    assert grant is not None
+    return grant
+
+
+def start_session(s: Session, grant: Grant, now: datetime) -> str:
+    """A new session for ``grant`` in ``s``; returns the cookie's token."""
+    token = secrets.token_urlsafe(32)
+    s.add(
+        PortalSession(
+            token_hash=digest(token),
+            kind="grant",
+            grant_id=grant.id,
+            created_at=now,
+            last_seen_at=now,
+        )
+    )
+    return token
+
+
+def session_grant(s: Session, request: Request, ctx: PortalContext) -> Grant | None:
+    """The live grant of the request's session (its idle clock reset), or None."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    now = ctx.clock()
+    row = s.scalars(
+        select(PortalSession).where(
+            PortalSession.token_hash == digest(token), PortalSession.kind == "grant"
+        )
+    ).first()
+    if row is None or row.ended_at is not None or row.grant_id is None:
+        return None
+    if now - row.last_seen_at > timedelta(minutes=ctx.portal.session_idle_min):
+        return None
+    grant = s.get(Grant, row.grant_id)
+    if not is_live(s, grant, now):
+        return None
+    if now - row.last_seen_at >= _TOUCH_EVERY:
+        s.execute(update(PortalSession).where(PortalSession.id == row.id).values(last_seen_at=now))
+    s.commit()  # ends the read (or the touch): the caller may write in a fresh transaction
+    return grant
+
+
+def end_session(s: Session, request: Request, now: datetime) -> None:
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        s.execute(
+            update(PortalSession)
+            .where(PortalSession.token_hash == digest(token), PortalSession.ended_at.is_(None))
+            .values(ended_at=now)
+        )
+
+
+# -- pages ---------------------------------------------------------------------------
+
+
+def page(
+    request: Request,
+    template: str,
+    *,
+    status_code: int = 200,
+    lang: str | None = None,
+    **context: Any,
+) -> HTMLResponse:
+    """Render a patient page with the hospital's name and contact."""
+    ctx = portal(request)
+    return render(
+        request,
+        template,
+        status_code=status_code,
+        lang=lang,
+        hospital=ctx.hospital,
+        contact=ctx.contact,
+        **context,
+    )
+
+
+def neutral(request: Request) -> HTMLResponse:
+    """The one answer for every link that cannot be used (unknown, expired, revoked,
+    locked, or no link cookie at all): same status, same body."""
+    return page(request, "neutral.html.j2", status_code=404)
+
+
+def forbidden(request: Request) -> HTMLResponse:
+    """A form without a valid CSRF token: nothing was done."""
+    return page(request, "patient/forbidden.html.j2", status_code=403)
+
+
+def limited(request: Request, lang: str | None = None) -> HTMLResponse:
+    """Too many requests (per address, or codes per link): nothing was done."""
+    response = page(request, "patient/limited.html.j2", status_code=429, lang=lang)
+    response.headers["Retry-After"] = "60"
+    return response
+
+
+def signed_out(request: Request) -> HTMLResponse:
+    """No session (never signed in, idle too long, signed out, or the link stopped)."""
+    return page(request, "patient/signed_out.html.j2", status_code=401)
