@@ -147,6 +147,7 @@ class NodeProcess:
     port: int
     log: Path
     env: dict[str, str]
+    web_port: int = 0
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -169,6 +170,7 @@ def write_config(
     extra_scp: str = "",
     extra: str = "",
     web_port: int | None = None,
+    extra_portal: str = "",
 ) -> None:
     lines = [
         "node:",
@@ -183,6 +185,7 @@ def write_config(
         lines += ["store:", "  database_url_env: COURIER_TEST_DB_URL"]
     # Every test node serves its web app on a port of its own.
     lines += ["portal:", "  host: 127.0.0.1", f"  port: {web_port or free_port()}"]
+    lines += [f"  {x}" for x in extra_portal.splitlines() if x.strip()]
     path.write_text("\n".join(lines) + "\n" + extra)
 
 
@@ -194,12 +197,14 @@ def start_node(
     wait: bool = True,
     extra: str = "",
     web_port: int | None = None,
+    extra_portal: str = "",
 ) -> NodeProcess:
     """Start ``courier serve`` on a free port and wait until it answers C-ECHO."""
     port = free_port()
+    web_port = web_port or free_port()
     data_dir = tmp / "node-data"
     config = tmp / "node.yaml"
-    write_config(config, data_dir, port, db, extra_scp, extra, web_port)
+    write_config(config, data_dir, port, db, extra_scp, extra, web_port, extra_portal)
     full_env = dict(os.environ)
     if db is not None:
         url = db.url
@@ -215,7 +220,7 @@ def start_node(
             stderr=subprocess.STDOUT,
             env=full_env,
         )
-    node = NodeProcess(proc, config, data_dir, port, log, full_env)
+    node = NodeProcess(proc, config, data_dir, port, log, full_env, web_port)
     if wait:
         wait_for_echo(port, proc)
     return node

@@ -69,3 +69,34 @@ def test_apikey_create_then_the_served_api_accepts_it(tmp_path: Path) -> None:
         assert key not in log and "Synthetic" not in log
     finally:
         node.stop()
+
+
+def test_https_with_a_certificate_sends_hsts_and_plain_http_does_not(tmp_path: Path) -> None:
+    """`portal.tls_cert_file`/`tls_key_file`: uvicorn serves HTTPS itself; every
+    response then carries HSTS (never over plain HTTP, where it would be ignored)."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    data = tmp_path / "node-data"
+    data.mkdir()
+    cert.private_key_pem.write_to_path(str(data / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(data / "cert.pem"))
+    node = start_node(
+        tmp_path,
+        extra="",
+        extra_portal="tls_cert_file: cert.pem\ntls_key_file: key.pem\n",
+    )
+    try:
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        url = f"https://127.0.0.1:{node.web_port}/static/courier.css"
+        with urllib.request.urlopen(url, context=ctx, timeout=10) as rsp:
+            headers = {k.lower(): v for k, v in rsp.headers.items()}
+        assert headers["strict-transport-security"].startswith("max-age=")
+        assert headers["content-security-policy"].startswith("default-src 'none'")
+        assert headers["x-content-type-options"] == "nosniff"
+    finally:
+        node.stop()
