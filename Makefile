@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= node.yaml
 # Debian packages the tests talk to as real peers (dicom3tools: dciodvfy checks DICOMDIRs).
-PEER_PACKAGES := dcmtk orthanc dicom3tools chromium
+PEER_PACKAGES := dcmtk orthanc dicom3tools chromium fonts-noto-cjk
 
-.PHONY: run test venv dev peers lint typecheck pytest bench clean
+.PHONY: run test venv dev peers lint typecheck pytest bench clean screenshots
 
 $(BIN)/courier: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -52,8 +52,12 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
-pytest: dev
+pytest: dev tests/browser/node_modules/axe-core/axe.min.js
 	$(BIN)/pytest
+
+## The README's screenshots, taken by the browser journey test (synthetic data only).
+screenshots: dev peers
+	COURIER_SCREENSHOTS=1 $(BIN)/pytest tests/browser/test_patient_journey.py --basetemp=/tmp/pt-shots
 
 ## make test: set up, install the test peers, run lint, types and every test.
 test: dev peers lint typecheck pytest

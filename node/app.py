@@ -149,6 +149,7 @@ class Node:
                     sweep.run()
                     matcher.sweep_changed()
                     matcher.on_stable(matcher.undecided())
+                    matcher.sweep_new_requests()
                     matcher.sweep_overdue(self.cfg.delivery.overdue_after_h)
                     purger.sweep()
                 except StoreError as exc:

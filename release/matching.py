@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pydicom
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,6 +69,7 @@ class Matcher:
         """``on_overdue(session, request)`` runs in the transaction that moves a request
         to ``overdue`` (the node queues the staff alert there)."""
         self._on_overdue = on_overdue
+        self._requests_seen = 0  # the highest request id sweep_new_requests looked at
         self._sessions = sessions
         self._content = content
         self._rules = rules
@@ -103,7 +104,7 @@ class Matcher:
         now = self._clock()
         with guarded(self._sessions) as s, s.begin():
             study_id = s.scalar(select(Study.id).where(Study.study_uid == study_uid))
-            found = self._find(s, decision) if decision.action == "release" else {}
+            found = self._find(s, decision, study_uid) if decision.action == "release" else {}
             states = self._attach(s, study_id, found, decision, now)
             action, reason = decision.action, decision.reason or ""
             if action == "release" and not found:
@@ -174,9 +175,16 @@ class Matcher:
             )
         return decision
 
-    def _find(self, s: Session, decision: Decision) -> dict[int, ReleaseRequest]:
-        """Every joinable request the decision's join keys find (indexed look-ups)."""
-        found: dict[int, ReleaseRequest] = {}
+    def _find(self, s: Session, decision: Decision, study_uid: str) -> dict[int, ReleaseRequest]:
+        """Every joinable request the decision's join keys find (indexed look-ups), and
+        every one that names this very study by its Study Instance UID (staff picked it:
+        no join key is needed to know it is the one)."""
+        found: dict[int, ReleaseRequest] = {
+            r.id: r
+            for r in self._book.find_pending_by(
+                SelectionKind.STUDY_UID, study_uid, states=JOINABLE, session=s
+            )
+        }
         for join in decision.joins:
             keyed = [(k, v) for k, v in join.items() if k in _KINDS]
             if not keyed:
@@ -276,6 +284,56 @@ class Matcher:
             if req is None:
                 return False
             return self._complete(s, req, RequestState(req.state), self._clock())
+
+    def sweep_new_requests(self) -> list[str]:
+        """Studies already here and stable when a request for them is created (staff
+        often ask after the PACS pushed) are decided again, so the new request can
+        join them; returns references that became ready.
+
+        Looks only at requests created since the last call (by id), through their
+        accession and study UID selections (indexed), and only at studies whose latest
+        decision predates the request.
+        """
+        with guarded(self._sessions) as s:
+            rows = list(
+                s.execute(
+                    select(
+                        ReleaseRequest.id,
+                        ReleaseRequest.created_at,
+                        RequestSelection.kind,
+                        RequestSelection.value,
+                    )
+                    .join(RequestSelection, RequestSelection.request_id == ReleaseRequest.id)
+                    .where(
+                        ReleaseRequest.id > self._requests_seen,
+                        ReleaseRequest.state == RequestState.PENDING,
+                        RequestSelection.kind.in_(
+                            [SelectionKind.ACCESSION, SelectionKind.STUDY_UID]
+                        ),
+                    )
+                    .order_by(ReleaseRequest.id)
+                )
+            )
+            top = s.scalar(select(func.max(ReleaseRequest.id))) or 0
+            uids: list[str] = []
+            for _rid, created_at, kind, value in rows:
+                key = (
+                    Study.accession_number == value
+                    if kind == SelectionKind.ACCESSION
+                    else Study.study_uid == value
+                )
+                decided_after = (
+                    select(StudyDecision.id)
+                    .where(StudyDecision.study_id == Study.id, StudyDecision.at >= created_at)
+                    .exists()
+                )
+                uids += s.scalars(
+                    select(Study.study_uid).where(
+                        key, Study.state == StudyState.STABLE, ~decided_after
+                    )
+                )
+        self._requests_seen = max(self._requests_seen, top)
+        return self.on_stable(list(dict.fromkeys(uids))) if uids else []
 
     def sweep_changed(self) -> list[str]:
         """Ready requests with an attached study that received new instances go back to

@@ -201,3 +201,17 @@ def test_a_ready_request_goes_back_to_receiving_when_its_study_changes(world: Wo
     assert world.study(uid).instance_count == 4
     states = [e.to_state for e in world.book.timeline(req.reference)]
     assert states[-3:] == ["ready", "receiving", "ready"]
+
+
+def test_a_request_for_a_study_already_here_joins_it(world: World) -> None:
+    """Staff often ask after the PACS pushed: the held study is decided again and the
+    new request becomes ready, without the study being sent again."""
+    uid = world.receive("early", 3, accession="ACC55")
+    world.settle()
+    assert world.purger.due() == []  # held, not yet due
+    world.clock.now += timedelta(minutes=5)
+    req = world.book.create(draft(selection=[{"kind": "accession", "value": "ACC55"}]), "test")
+    assert world.matcher.sweep_new_requests() == [req.reference]
+    assert world.book.get(req.reference).state == RequestState.READY
+    assert world.matcher.sweep_new_requests() == []  # looked at once
+    assert world.study(uid).state == StudyState.STABLE

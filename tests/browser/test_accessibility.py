@@ -1,0 +1,171 @@
+"""axe-core on every patient page, in English and in Arabic (right to left).
+
+The journey runs in an ordinary context (the portal's CSP intact). Each page is audited
+in a context of its own made with ``bypass_csp=True`` (the CSP forbids the injected
+script otherwise) and the journey's cookies, so an audit changes nothing the journey
+sees. Pages that only a POST shows (a wrong code, a share's errors, a shown code) are
+reached by posting the form inside the audit context, from the keyboard (so a layout
+that hides a button from the pointer does not stop the audit; the Reflow check below
+reports such a layout).
+
+Per page and language: no axe violation of impact "serious" or "critical"; ``<html>``
+carries the language and direction; the page fits a 390 px phone without scrolling
+sideways (WCAG 1.4.10 Reflow, which axe does not test). Every problem of every page is
+collected first, then reported together.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect
+
+from tests.browser.conftest import (
+    AXE,
+    CLINICIAN_EMAIL,
+    PATIENT_MOBILE,
+    PHONE,
+    ContextFactory,
+    Site,
+    assert_cookie,
+    html_language,
+    new_page,
+    page_width,
+    patient_link,
+)
+from tests.conftest import need
+
+pytestmark = pytest.mark.peers  # Chromium and dcmtk
+
+LANGUAGES = {"en": "ltr", "ar": "rtl"}
+BLOCKING = ("serious", "critical")
+_RUN_AXE = """async () => {
+  const result = await axe.run(document, {resultTypes: ["violations"]});
+  return result.violations.map(v => ({
+    id: v.id,
+    impact: v.impact,
+    help: v.help,
+    targets: v.nodes.map(n => n.target.join(" ")),
+  }));
+}"""
+
+Action = Callable[[Page], None]
+
+
+class Audit:
+    """Audits pages and gathers their problems."""
+
+    def __init__(self, new_context: ContextFactory, base_url: str) -> None:
+        self.new_context = new_context
+        self.base_url = base_url
+        self.problems: list[str] = []
+        self.audited: list[str] = []
+
+    def page(
+        self,
+        name: str,
+        path: str,
+        cookies_from: BrowserContext | None = None,
+        action: Action | None = None,
+    ) -> None:
+        """Audit ``path`` in each language (``action`` then leads to the page to check)."""
+        for lang, direction in LANGUAGES.items():
+            state: Any = cookies_from.storage_state() if cookies_from is not None else None
+            ctx = self.new_context(bypass_csp=True, storage_state=state)
+            try:
+                page = new_page(ctx)
+                page.goto(f"{self.base_url}{path}?lang={lang}")
+                if action is not None:
+                    action(page)
+                self._check(page, f"{name} [{lang}]", lang, direction)
+            finally:
+                ctx.close()
+
+    def _check(self, page: Page, label: str, lang: str, direction: str) -> None:
+        self.audited.append(label)
+        if html_language(page) != (lang, direction):
+            self.problems.append(
+                f"{label}: <html> is {html_language(page)}, not {lang}/{direction}"
+            )
+        width = page_width(page)
+        if width > PHONE["width"]:
+            self.problems.append(
+                f"{label}: {width} CSS px wide on a {PHONE['width']} px phone: scrolls "
+                "sideways (WCAG 1.4.10 Reflow)"
+            )
+        page.add_script_tag(path=str(AXE))
+        for v in page.evaluate(_RUN_AXE):
+            if v["impact"] in BLOCKING:
+                targets = "; ".join(v["targets"][:5])
+                self.problems.append(f"{label}: {v['impact']} {v['id']} ({v['help']}): {targets}")
+
+
+def type_code(code: str) -> Action:
+    def act(page: Page) -> None:
+        page.locator("#code").fill(code)
+        page.locator("#verify").press("Enter")
+        expect(page.locator("#code-error")).to_be_visible()
+
+    return act
+
+
+def share(email: str, mobile: str = "", show_code: bool = False, expect_id: str = "") -> Action:
+    def act(page: Page) -> None:
+        page.locator("#share-email").fill(email)
+        if mobile:
+            page.locator("#share-mobile").fill(mobile)
+        if show_code:
+            page.locator("#share-show-code").press("Space")
+            expect(page.locator("#share-show-code")).to_be_checked()
+        page.locator("#share-submit").press("Enter")
+        expect(page.locator(f"#{expect_id}")).to_be_visible()
+
+    return act
+
+
+def test_patient_pages_are_accessible(site: Site, new_context: ContextFactory) -> None:
+    need("axe-core", os.path.isfile(AXE))
+    _ref, link = patient_link(site, "ACCA11Y")
+    audit = Audit(new_context, site.base_url)
+
+    # The neutral page (any unusable link) and the signed-out page: no cookies needed.
+    audit.page("neutral", "/access")
+    audit.page("signed out", "/files")
+
+    journey = new_context()
+    page = new_page(journey)
+    page.goto(link)
+    page.wait_for_url(site.base_url + "/access")
+    assert_cookie(journey, "__Host-link")
+    audit.page("access", "/access", journey)
+
+    seen = len(site.sms_to(PATIENT_MOBILE))
+    page.locator("#send-code").click()
+    page.wait_for_url(site.base_url + "/access/verify")
+    code = site.wait_code(PATIENT_MOBILE, seen)
+    audit.page("verify", "/access/verify", journey)
+    wrong = "000000" if code != "000000" else "111111"
+    audit.page("verify, wrong code", "/access/verify", journey, type_code(wrong))
+
+    page.locator("#code").fill(code)
+    page.locator("#verify").click()
+    page.wait_for_url(site.base_url + "/files")
+    audit.page("files", "/files", journey)
+    audit.page(
+        "files, share errors",
+        "/files",
+        journey,
+        share(CLINICIAN_EMAIL, mobile="12", expect_id="share-errors"),
+    )
+    audit.page(
+        "files, shown code",
+        "/files",
+        journey,
+        share(CLINICIAN_EMAIL, show_code=True, expect_id="share-code"),
+    )
+
+    assert len(audit.audited) == 2 * 8, audit.audited
+    assert not audit.problems, "accessibility problems:\n" + "\n".join(audit.problems)
