@@ -9,7 +9,8 @@
 
 Targets (issue 5): single download >= 70% of cat's rate; memory flat with 20 downloads;
 code check p99 < 100 ms. Run: ``.venv/bin/python bench/portal.py [--size-mb 1024]``.
-SQLite (WAL, synchronous=FULL) in a temporary folder; the per-address rate limit is
+SQLite (WAL, synchronous=FULL) in a temporary folder, or ``--db postgresql`` (a new
+schema in the local server, left behind for inspection); the per-address rate limit is
 raised to its maximum (every client is 127.0.0.1).
 """
 
@@ -60,7 +61,26 @@ def _draft() -> RequestDraft:
     )
 
 
-def setup(root: Path, size_mb: int, clients: int) -> tuple[str, list[int], list[str], str]:
+PG_URL = os.environ.get("COURIER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def database(root: Path, kind: str) -> str:
+    """A fresh database URL: SQLite in ``root``, or a new schema in the local PostgreSQL."""
+    if kind == "sqlite":
+        return f"sqlite:///{root / 'index.db'}"
+    from sqlalchemy import text
+
+    schema = f"bench_portal_{secrets.token_hex(4)}"
+    admin = make_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    return f"{PG_URL}?options=-csearch_path%3D{schema}"
+
+
+def setup(
+    root: Path, size_mb: int, clients: int, url: str
+) -> tuple[str, list[int], list[str], str]:
     """The database, the big part, one download session and ``clients`` code grants."""
     part = root / "packages" / "BENCH" / "BENCH.zip"
     part.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +88,6 @@ def setup(root: Path, size_mb: int, clients: int) -> tuple[str, list[int], list[
     with part.open("wb") as f:
         for _ in range(size_mb):
             f.write(block)
-    url = f"sqlite:///{root / 'index.db'}"
     engine = make_engine(url)
     migrate(engine)
     sessions = make_sessions(engine)
@@ -221,10 +240,11 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=1024)
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=20, help="code checks per client")
+    ap.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="courier-bench-portal-") as tmp:
         root = Path(tmp)
-        url, ids, tokens, session = setup(root, args.size_mb, args.clients)
+        url, ids, tokens, session = setup(root, args.size_mb, args.clients, database(root, args.db))
         part = root / "packages" / "BENCH" / "BENCH.zip"
         from tests.peers import free_port
 
@@ -254,7 +274,10 @@ def main() -> None:
         proc.terminate()
         proc.join(10)
     gbps = lambda s: size / s / 1e9  # noqa: E731
-    print(f"package part: {size / 1e9:.2f} GB (page cache), server = uvicorn, 1 process")
+    print(
+        f"package part: {size / 1e9:.2f} GB (page cache), server = uvicorn, 1 process, "
+        f"database {args.db}"
+    )
     print(f"cat > /dev/null:           {gbps(cat_s):6.2f} GB/s")
     print(
         f"single download (curl):    {gbps(single_s):6.2f} GB/s = "
