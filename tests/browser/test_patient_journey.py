@@ -122,7 +122,7 @@ def test_patient_journey(
     expect(patient.locator("#send-code")).to_be_visible()
     screenshot(patient, shots, "01-access.png")
 
-    sign_in_with_sms(patient, site, PATIENT_MOBILE)
+    patient_code = sign_in_with_sms(patient, site, PATIENT_MOBILE)
     screenshot(patient, shots, "02-code.png")
     patient.locator("#verify").click()
     patient.wait_for_url(site.base_url + "/files")
@@ -222,3 +222,23 @@ def test_patient_journey(
     patient.locator("header a[hreflang='en']").click()
     patient.wait_for_url(site.base_url + "/files?lang=en")
     assert html_language(patient) == ("en", "ltr")
+
+    # -- after the whole journey, no log line holds a secret or a patient detail ----------
+    log = site.node.log.read_text(encoding="utf-8", errors="replace")
+    token = link.rsplit("/d/", 1)[1]
+    for secret in (
+        token,
+        clinician_link.rsplit("/d/", 1)[1],
+        patient_code,
+        shown_code,
+        "SYN0001",
+        "Synthetic",
+        "19700131",
+        PATIENT_EMAIL,
+        CLINICIAN_EMAIL,
+        PATIENT_MOBILE,
+        PATIENT_MOBILE.lstrip("+"),
+        CLINICIAN_MOBILE.lstrip("+"),
+    ):
+        assert secret not in log, "a secret or a patient detail reached the node's log"
+    assert "/d/" in log  # the access log ran, with the token replaced by its short hash
