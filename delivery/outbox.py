@@ -23,7 +23,15 @@ from typing import Any
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from store.models import Notification, NotificationAttempt, NotificationState, utcnow
+from release.errors import InvalidTransition
+from store.models import (
+    Grant,
+    Notification,
+    NotificationAttempt,
+    NotificationState,
+    ReleaseRequest,
+    utcnow,
+)
 
 Q, SENDING = NotificationState.QUEUED, NotificationState.SENDING
 
@@ -164,3 +172,36 @@ class Outbox:
             .limit(1)
         ).first()
         return last is not None and last.outcome in ("", "unknown")
+
+
+def queue_link_again(s: Session, outbox: Outbox, req: ReleaseRequest, now: datetime) -> Grant:
+    """Queue the link email of the request's active patient link again (same link).
+
+    Raises :class:`release.errors.InvalidTransition` when the patient has no active link
+    (expired, revoked or locked: extend or re-issue it on the staff page instead).
+    """
+    grant = s.scalars(
+        select(Grant)
+        .where(Grant.request_id == req.id, Grant.purpose == "patient")
+        .order_by(Grant.id.desc())
+    ).first()
+    if (
+        grant is None
+        or grant.revoked_at is not None
+        or grant.locked_at is not None
+        or grant.expires_at <= now
+    ):
+        raise InvalidTransition(
+            f"request {req.reference} has no active link to send again; extend or re-issue "
+            "it on the staff page (/staff/requests/" + req.reference + ")"
+        )
+    outbox.enqueue(
+        s,
+        kind="link_email",
+        channel="email",
+        recipient=grant.recipient_email,
+        language=grant.language,
+        request_id=req.id,
+        grant_id=grant.id,
+    )
+    return grant

@@ -19,9 +19,12 @@ import sys
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
+from delivery.outbox import Outbox, queue_link_again
 from node.app import open_store
 from node.config import Config
+from node.delivery import message_domain
 from node.output import (
     EXIT_NOT_FOUND,
     EXIT_UNAVAILABLE,
@@ -33,7 +36,7 @@ from release.records import event_dict, request_dict
 from release.requests import RequestBook
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
 from store.errors import StoreError
-from store.models import RequestEvent, RequestState, Urgency
+from store.models import ReleaseRequest, RequestEvent, RequestState, Urgency, utcnow
 
 # Draft fields as the options that set them, so an error names what the user typed.
 _OPTIONS = {
@@ -157,9 +160,14 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
             event = book.cancel(args.reference, _actor(), args.reason)
             return _event_done(args, book, event, "cancelled")
         if args.request_action == "resend":
-            event = book.resend(args.reference, _actor(), args.reason)
+            outbox = Outbox(domain=message_domain(cfg), staff_email=cfg.delivery.staff_email)
+
+            def send(s: Session, req: ReleaseRequest) -> None:
+                queue_link_again(s, outbox, req, utcnow())
+
+            event = book.resend(args.reference, _actor(), args.reason, send=send)
             return _event_done(
-                args, book, event, "resend requested; the delivery will send the link again"
+                args, book, event, "link email queued again (the running node sends it)"
             )
         return EXIT_USAGE
     except InvalidRequest as exc:

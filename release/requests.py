@@ -271,13 +271,21 @@ class RequestBook:
         return self.transition(ref_or_id, RequestState.CANCELLED, actor, reason)
 
     def resend(
-        self, ref_or_id: str | int, actor: str, reason: str = "resend requested"
+        self,
+        ref_or_id: str | int,
+        actor: str,
+        reason: str = "resend requested",
+        *,
+        send: Callable[[Session, ReleaseRequest], None] | None = None,
     ) -> RequestEvent:
-        """Record that staff asked to send the link again; the delivery picks it up.
+        """Record that staff asked to send the link again, and (with ``send``) queue it.
 
-        The state does not change (the event goes from the state to itself). Allowed
-        once a link was sent or its sending failed; raises :class:`InvalidTransition`
-        before that (the link goes out by itself when the request is ready).
+        ``send(session, request)`` runs in the same transaction as the recorded event
+        (the node passes one that queues the link email of the patient's active link);
+        it raises :class:`InvalidTransition` when there is nothing to send. The state
+        does not change. Allowed once a link was sent or its sending failed; raises
+        :class:`InvalidTransition` before that (the link goes out by itself when the
+        request is ready).
         """
         actor = _bounded(actor, "actor", _MAX_ACTOR)
         reason = _bounded(reason, "reason", _MAX_REASON, empty_ok=True)
@@ -290,7 +298,10 @@ class RequestBook:
                     "nothing to resend"
                     + ("" if current in FINAL else "; it is sent when the studies are ready")
                 )
-            return self.move(s, req, current, current, actor, reason, self._clock())
+            event = self.move(s, req, current, current, actor, reason, self._clock())
+            if send is not None:
+                send(s, req)
+            return event
 
     def move(
         self,

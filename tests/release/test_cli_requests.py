@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from delivery.grants import GrantKeys, new_grant
 from node.cli_requests import add_request_parsers, run_request_command
 from node.config import load_config
-from store.models import ReleaseRequest, RequestState
+from store.models import Notification, ReleaseRequest, RequestState, utcnow
 from tests.conftest import Database, free_port
 from tests.release.helpers import MOBILE, counts
 
@@ -114,8 +115,19 @@ def test_resend_only_once_notified(
     assert "nothing to resend" in capsys.readouterr().err
     with db.sessions.begin() as s:
         s.execute(update(ReleaseRequest).values(state=RequestState.NOTIFIED))
+    # Notified but without an active link (none made, here): refused, nothing recorded.
+    assert courier(config, "request", "resend", ref) == 1
+    assert "no active link" in capsys.readouterr().err
+    with db.sessions.begin() as s:
+        req = s.scalars(select(ReleaseRequest)).one()
+        new_grant(s, GrantKeys(b"k" * 32), req, package_id=None, link_days=30, now=utcnow())
     assert courier(config, "request", "resend", ref) == 0
-    assert "delivery will send the link again" in capsys.readouterr().out
+    assert "link email queued again" in capsys.readouterr().out
+    with db.sessions() as s:
+        queued = list(s.scalars(select(Notification)))
+    assert [(n.kind, n.state, n.recipient) for n in queued] == [
+        ("link_email", "queued", "patient@example.org")
+    ]
     assert courier(config, "request", "show", ref, "--json") == 0
     last = out_json(capsys)["timeline"][-1]
     assert (last["from"], last["to"], last["reason"]) == (
