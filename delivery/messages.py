@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Literal
 
@@ -46,6 +47,31 @@ def _line(template: str, language: str, **ctx: object) -> str:
     return " ".join(render(template, language, DOMAIN, **ctx).split())
 
 
+def _email(
+    stem: str,
+    *,
+    to: str,
+    language: str,
+    message_id: str,
+    composed_at: datetime | None,
+    subject_ctx: Mapping[str, object],
+    ctx: Mapping[str, object],
+) -> OutgoingMessage:
+    """An email from ``<stem>.subject.j2``, ``.txt.j2`` and ``.html.j2``. The subject
+    sees only ``subject_ctx`` (a code must never reach a lock-screen subject)."""
+    subject = _line(f"{stem}.subject.j2", language, **subject_ctx)
+    return OutgoingMessage(
+        kind="email",
+        to=to,
+        subject=subject,
+        text=render(f"{stem}.txt.j2", language, DOMAIN, **ctx),
+        html=render(f"{stem}.html.j2", language, DOMAIN, subject=subject, **ctx),
+        message_id=message_id,
+        language=language,
+        date=composed_at,
+    )
+
+
 def link_email(
     *,
     to: str,
@@ -67,16 +93,14 @@ def link_email(
         "contact": contact,
         "expires": format_date(expires, format="long", locale=locale_name(language)),
     }
-    subject = _line("link_email.subject.j2", language, **ctx)
-    return OutgoingMessage(
-        kind="email",
+    return _email(
+        "link_email",
         to=to,
-        subject=subject,
-        text=render("link_email.txt.j2", language, DOMAIN, **ctx),
-        html=render("link_email.html.j2", language, DOMAIN, subject=subject, **ctx),
-        message_id=message_id,
         language=language,
-        date=composed_at,
+        message_id=message_id,
+        composed_at=composed_at,
+        subject_ctx=ctx,
+        ctx=ctx,
     )
 
 
@@ -120,16 +144,14 @@ def code_email(
     if not _CODE.match(code):
         raise ValueError("code must be 6 digits")
     ctx = {"hospital": hospital, "code": code, "minutes": CODE_VALID_MINUTES}
-    subject = _line("code_email.subject.j2", language)
-    return OutgoingMessage(
-        kind="email",
+    return _email(
+        "code_email",
         to=to,
-        subject=subject,
-        text=render("code_email.txt.j2", language, DOMAIN, **ctx),
-        html=render("code_email.html.j2", language, DOMAIN, subject=subject, **ctx),
-        message_id=message_id,
         language=language,
-        date=composed_at,
+        message_id=message_id,
+        composed_at=composed_at,
+        subject_ctx={},
+        ctx=ctx,
     )
 
 
@@ -157,16 +179,14 @@ def forward_link_email(
         "shown_code": shown_code,
         "expires": format_date(expires, format="long", locale=locale_name(language)),
     }
-    subject = _line("forward_link_email.subject.j2", language, **ctx)
-    return OutgoingMessage(
-        kind="email",
+    return _email(
+        "forward_link_email",
         to=to,
-        subject=subject,
-        text=render("forward_link_email.txt.j2", language, DOMAIN, **ctx),
-        html=render("forward_link_email.html.j2", language, DOMAIN, subject=subject, **ctx),
-        message_id=message_id,
         language=language,
-        date=composed_at,
+        message_id=message_id,
+        composed_at=composed_at,
+        subject_ctx=ctx,
+        ctx=ctx,
     )
 
 
@@ -187,16 +207,14 @@ def share_used_email(
         + " UTC"
     )
     ctx = {"hospital": hospital, "when": when, "contact": contact}
-    subject = _line("share_used_email.subject.j2", language, **ctx)
-    return OutgoingMessage(
-        kind="email",
+    return _email(
+        "share_used_email",
         to=to,
-        subject=subject,
-        text=render("share_used_email.txt.j2", language, DOMAIN, **ctx),
-        html=render("share_used_email.html.j2", language, DOMAIN, subject=subject, **ctx),
-        message_id=message_id,
         language=language,
-        date=composed_at,
+        message_id=message_id,
+        composed_at=composed_at,
+        subject_ctx=ctx,
+        ctx=ctx,
     )
 
 
