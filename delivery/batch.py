@@ -29,10 +29,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.grants import GrantKeys, new_grant
+from delivery.items import package_items
 from delivery.outbox import Outbox
 from delivery.package import (
     PackageInfo,
-    PackageItem,
     PackageResult,
     Progress,
     build_package,
@@ -45,14 +45,10 @@ from store.catalog import guarded
 from store.content import ContentStore
 from store.models import (
     Grant,
-    Instance,
     JobRun,
     Package,
     ReleaseRequest,
     RequestState,
-    RequestStudy,
-    Series,
-    Study,
     Urgency,
     utcnow,
 )
@@ -176,7 +172,7 @@ class DeliveryBatch:
         req = self._book.get(reference)
         now = self._clock()
         try:
-            items = self._items(req.id)
+            items = package_items(self._sessions, self._content, req.id)
             result = build_package(
                 items,
                 self._dir / req.reference,
@@ -194,42 +190,6 @@ class DeliveryBatch:
             return "failed"
         self._notify(req, result, now)
         return "notified"
-
-    def _items(self, request_id: int) -> list[PackageItem]:
-        with guarded(self._sessions) as s:
-            rows = s.execute(
-                select(
-                    Instance,
-                    Study.study_uid,
-                    Series.series_uid,
-                    Series.series_number,
-                    Series.modality,
-                )
-                .join(Series, Series.id == Instance.series_id)
-                .join(Study, Study.id == Instance.study_id)
-                .join(RequestStudy, RequestStudy.study_id == Study.id)
-                .where(RequestStudy.request_id == request_id)
-                .order_by(Instance.id)
-            ).all()
-        if not rows:
-            raise PackageError("no stored instance for this request")
-        missing = sum(1 for row in rows if row[0].file_missing)
-        if missing:
-            raise PackageError(f"{missing} instance file(s) are missing from the store")
-        return [
-            PackageItem(
-                path=self._content.path(inst.path),
-                study_uid=study_uid,
-                series_uid=series_uid,
-                sop_instance_uid=inst.sop_instance_uid,
-                sop_class_uid=inst.sop_class_uid,
-                transfer_syntax_uid=inst.transfer_syntax_uid,
-                modality=modality or None,
-                series_number=_int(series_number),
-                instance_number=_int(inst.instance_number),
-            )
-            for inst, study_uid, series_uid, series_number, modality in rows
-        ]
 
     def _notify(self, req: ReleaseRequest, result: PackageResult, now: datetime) -> None:
         with guarded(self._sessions) as s, s.begin():
@@ -351,10 +311,3 @@ class DeliveryBatch:
             shutil.rmtree(self._dir / reference, ignore_errors=True)
             expired.append(reference)
         return expired
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        return None
