@@ -1,4 +1,6 @@
-"""The web app (REST API) served by uvicorn inside ``courier serve``, on its own thread."""
+"""The web app (REST API, patient and staff pages) served by uvicorn inside ``courier
+serve``, on its own thread: h11 on the asyncio loop, wrapped in :class:`~node.sendfile.
+ZeroCopy` so package downloads go out with ``sendfile``."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Config
+from node.sendfile import ZeroCopy
 from portal.api import create_app
 from portal.context import PortalContext
 
@@ -37,7 +40,7 @@ class WebServer:
         sessions: sessionmaker[Session],
         portal: PortalContext | None = None,
     ) -> None:
-        app = create_app(sessions, api_key_hashes(cfg), portal=portal)
+        app = ZeroCopy(create_app(sessions, api_key_hashes(cfg), portal=portal))
         p = cfg.portal
         tls = {}
         if p.tls_cert_file and p.tls_key_file:
@@ -49,6 +52,8 @@ class WebServer:
         # Proxy headers are believed only from the configured proxies.
         config = uvicorn.Config(
             app,
+            http="h11",  # the protocol ZeroCopy knows
+            loop="asyncio",
             host=p.host,
             port=p.port,
             log_level="warning",
