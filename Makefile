@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= node.yaml
-# Debian packages the tests talk to as real peers (dicom3tools: dciodvfy checks DICOMDIRs).
-PEER_PACKAGES := dcmtk orthanc dicom3tools chromium fonts-noto-cjk
+# Debian packages the tests talk to as real peers (dicom3tools: dciodvfy checks DICOMDIRs;
+# genisoimage: isoinfo reads disc images back).
+PEER_PACKAGES := dcmtk orthanc dicom3tools chromium fonts-noto-cjk genisoimage
 
 .PHONY: run test venv dev peers lint typecheck pytest bench clean screenshots
 

@@ -1,5 +1,10 @@
 """Writing one self-contained part of a package (called by :func:`delivery.package.build_package`).
 
+The pieces a disc image shares with a ZIP part (:mod:`delivery.disc`) are public here:
+:func:`read_dicomdir` (headers read and checked, then the DICOMDIR), :func:`by_series`
+and :func:`series_entry` (the manifest's series), :func:`readme_files` and
+:func:`part_manifest`.
+
 Order inside a part: the instances (streamed), ``DICOMDIR``, ``PREVIEW/*.jpg``,
 ``README.txt``, ``README.html`` and last ``MANIFEST.json``, which lists the size and
 SHA-256 of every entry before it. Headers are read twice per instance (once, without pixel
@@ -10,7 +15,7 @@ page cache, and it keeps memory flat: nothing but directory records stays in mem
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -19,12 +24,12 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from delivery.dicomdir import build_dicomdir
+from delivery.dicomdir import Dicomdir, build_dicomdir
 from delivery.manifest import Counts, SeriesEntry, manifest_bytes
 from delivery.package_errors import MissingInstanceError, UnreadableInstanceError
 from delivery.parts import Sized
 from delivery.readme import render_readmes
-from delivery.zipwriter import PartWriter
+from delivery.zipwriter import Entry, PartWriter
 
 if TYPE_CHECKING:
     from delivery.package import PackageInfo, PackageItem
@@ -41,27 +46,48 @@ class PackageFacts:
     previews: dict[str, bytes | str]  # series UID -> JPEG, or why there is none
 
 
-def _header(item: PackageItem) -> Dataset:
+def _header(item: PackageItem, rerun: str = _RERUN) -> Dataset:
     """The instance's header without pixel data, checked against the item."""
     try:
         header = pydicom.dcmread(item.path, stop_before_pixels=True)
     except FileNotFoundError:
         raise MissingInstanceError(
             f"instance {item.sop_instance_uid} vanished from the store ({item.path}) while "
-            f"packaging: have the study sent again, {_RERUN}"
+            f"packaging: have the study sent again, {rerun}"
         ) from None
     except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
         raise UnreadableInstanceError(
             f"instance {item.sop_instance_uid}: {item.path} is not a readable DICOM file "
-            f"({type(exc).__name__}): have the study sent again, {_RERUN}"
+            f"({type(exc).__name__}): have the study sent again, {rerun}"
         ) from exc
     if header.get("SOPInstanceUID") != item.sop_instance_uid:
         raise UnreadableInstanceError(
             f"instance {item.sop_instance_uid}: {item.path} holds another instance "
             f"({header.get('SOPInstanceUID')}): the store and its index disagree; "
-            f"check the store, {_RERUN}"
+            f"check the store, {rerun}"
         )
     return header
+
+
+def read_dicomdir(
+    items: Iterable[PackageItem],
+    *,
+    root: str | None = None,
+    file_set_id: str | None = None,
+    rerun: str = _RERUN,
+) -> Dicomdir:
+    """The DICOMDIR of ``items`` (see :func:`delivery.dicomdir.build_dicomdir` for
+    ``root`` and ``file_set_id``), each header read without pixel data and checked.
+
+    ``rerun`` ends the error messages (what to run again once fixed). Raises
+    :class:`MissingInstanceError` / :class:`UnreadableInstanceError`.
+    """
+    try:
+        return build_dicomdir(
+            (_header(item, rerun) for item in items), root=root, file_set_id=file_set_id
+        )
+    except ValueError as exc:  # no directory record can describe an instance
+        raise UnreadableInstanceError(f"DICOMDIR: {exc}; {rerun} once fixed") from exc
 
 
 def _copy(writer: PartWriter, file_id: str, sized: Sized[PackageItem]) -> None:
@@ -86,19 +112,88 @@ def _preview_name(index: int, modality: str | None) -> str:
     return f"PREVIEW/{index:03d}-{label}.jpg"
 
 
-def _by_series(part: Sequence[Sized[PackageItem]]) -> Iterator[list[PackageItem]]:
+def by_series(items: Iterable[PackageItem]) -> Iterator[list[PackageItem]]:
+    """Runs of consecutive items of one series (package order keeps a series together)."""
     current: list[PackageItem] = []
-    for sized in part:
-        if current and current[0].series_uid != sized.item.series_uid:
+    for item in items:
+        if current and current[0].series_uid != item.series_uid:
             yield current
             current = []
-        current.append(sized.item)
+        current.append(item)
     if current:
         yield current
 
 
+def series_entry(
+    members: Sequence[PackageItem], preview: str | None = None, note: str | None = None
+) -> SeriesEntry:
+    """The manifest's entry for one series (``members``, its instances in the part)."""
+    first = members[0]
+    return SeriesEntry(
+        first.study_uid,
+        first.series_uid,
+        first.modality,
+        first.series_number,
+        len(members),
+        preview,
+        note,
+    )
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def readme_files(
+    info: PackageInfo, *, part: int, parts: int, counts: Counts
+) -> list[tuple[str, bytes]]:
+    """``README.txt`` and ``README.html`` (name, UTF-8 bytes) in the request's language;
+    ``counts`` are the whole package's."""
+    text, html = render_readmes(
+        language=info.language,
+        reference=info.reference,
+        contact=info.contact,
+        created=info.created,
+        expires=info.expires,
+        part=part,
+        parts=parts,
+        studies=counts.studies,
+        series=counts.series,
+        instances=counts.instances,
+    )
+    return [("README.txt", text.encode("utf-8")), ("README.html", html.encode("utf-8"))]
+
+
+def part_manifest(
+    info: PackageInfo,
+    *,
+    part: int,
+    parts: int,
+    package_counts: Counts,
+    series: Sequence[SeriesEntry],
+    entries: Sequence[Entry],
+    notes: Sequence[str],
+) -> bytes:
+    """``MANIFEST.json`` of one part holding ``series`` and the files ``entries``."""
+    header = {
+        "reference": info.reference,
+        "language": info.language,
+        "created": _iso(info.created),
+        "expires": _iso(info.expires),
+    }
+    counts = Counts(
+        len({s.study_uid for s in series}), len(series), sum(s.instances for s in series)
+    )
+    return manifest_bytes(
+        header=header,
+        part=part,
+        parts=parts,
+        counts=counts,
+        package_counts=package_counts,
+        series=series,
+        entries=entries,
+        notes=notes,
+    )
 
 
 def write_part(
@@ -117,10 +212,7 @@ def write_part(
     :class:`~delivery.package_errors.PackageError` subclasses for bad instance files and
     ``OSError`` when writing fails; the caller aborts the writer.
     """
-    try:
-        dicomdir = build_dicomdir(_header(s.item) for s in part)
-    except ValueError as exc:  # no directory record can describe an instance
-        raise UnreadableInstanceError(f"DICOMDIR: {exc}; {_RERUN} once fixed") from exc
+    dicomdir = read_dicomdir(s.item for s in part)
     notes = list(dicomdir.notes)
     for sized in part:
         _copy(writer, dicomdir.file_ids[sized.item.sop_instance_uid], sized)
@@ -128,58 +220,26 @@ def write_part(
     writer.add_bytes("DICOMDIR", dicomdir.data)
 
     series: list[SeriesEntry] = []
-    for members in _by_series(part):
+    for members in by_series(s.item for s in part):
         first = members[0]
         preview = facts.previews[first.series_uid]
-        name = note = None
         if isinstance(preview, bytes):
             name = _preview_name(facts.series_index[first.series_uid], first.modality)
             writer.add_bytes(name, preview, compress=False)
+            series.append(series_entry(members, preview=name))
         else:
-            note = preview
             notes.append(f"series {first.series_uid}: no preview: {preview}")
-        series.append(
-            SeriesEntry(
-                first.study_uid,
-                first.series_uid,
-                first.modality,
-                first.series_number,
-                len(members),
-                name,
-                note,
-            )
-        )
+            series.append(series_entry(members, note=preview))
 
-    total = facts.counts
-    text, html = render_readmes(
-        language=info.language,
-        reference=info.reference,
-        contact=info.contact,
-        created=info.created,
-        expires=info.expires,
-        part=number,
-        parts=parts,
-        studies=total.studies,
-        series=total.series,
-        instances=total.instances,
-    )
-    writer.add_bytes("README.txt", text.encode("utf-8"))
-    writer.add_bytes("README.html", html.encode("utf-8"))
-    header = {
-        "reference": info.reference,
-        "language": info.language,
-        "created": _iso(info.created),
-        "expires": _iso(info.expires),
-    }
-    counts = Counts(len({s.study_uid for s in series}), len(series), len(part))
+    for name, data in readme_files(info, part=number, parts=parts, counts=facts.counts):
+        writer.add_bytes(name, data)
     writer.add_bytes(
         "MANIFEST.json",
-        manifest_bytes(
-            header=header,
+        part_manifest(
+            info,
             part=number,
             parts=parts,
-            counts=counts,
-            package_counts=total,
+            package_counts=facts.counts,
             series=series,
             entries=writer.entries,
             notes=notes,

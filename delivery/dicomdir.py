@@ -17,6 +17,8 @@ instance in a temporary folder. Here:
 - file IDs follow PS3.10/PS3.12 as FileSet makes them: one component per level, a prefix
   for the record type and the record's index among its siblings (``PT000000/ST000000/
   SE000000/IM000000``; upper case, at most 8 characters a component and 8 levels);
+  a disc puts them under one more component (``root="DICOM"``: ``DICOM/PT000000/...``),
+  which is the IHE PDI layout; the ZIP keeps FileSet's (no root);
 - each record is encoded once with pydicom's writer; the offsets (byte positions, from the
   first byte of the preamble, of each record's item tag) are then patched into the encoded
   bytes: they are fixed-length UL values, so lengths do not change.
@@ -30,6 +32,7 @@ says so.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -145,6 +148,11 @@ _SEQUENCE = struct.pack("<HH", 0x0004, 0x1220) + b"SQ\x00\x00"  # Directory Reco
 _NEXT_TAG = 0x00041400  # Offset of the Next Directory Record
 _LOWER_TAG = 0x00041420  # Offset of Referenced Lower-Level Directory Entity
 _UL = struct.Struct("<I")
+# PS3.10 8.2: a File ID component is 1-8 of A-Z, 0-9 and _; a File-set ID (CS) is at most 16
+# of those and spaces. Both are also ISO 9660 d-characters (PS3.12 F.1.1), so a disc's
+# volume identifier can be its File-set ID.
+_COMPONENT = re.compile(r"[A-Z0-9_]{1,8}")
+_FILE_SET_ID = re.compile(r"[A-Z0-9_ ]{0,16}")
 
 
 @dataclass
@@ -307,14 +315,14 @@ def _encode(record: Dataset) -> tuple[bytearray, int, int]:
     return bytearray(fp.getvalue()), at_next, at_lower
 
 
-def _head(uid: uids.UID, first: int, last: int) -> bytes:
+def _head(uid: uids.UID, first: int, last: int, file_set_id: str | None = None) -> bytes:
     """Preamble, File Meta and the File-set Identification module up to the records."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = uids.MediaStorageDirectoryStorage
     meta.MediaStorageSOPInstanceUID = uid
     meta.TransferSyntaxUID = uids.ExplicitVRLittleEndian
     ds = Dataset()
-    ds.FileSetID = None
+    ds.FileSetID = file_set_id or None
     ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = first
     ds.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = last
     ds.FileSetConsistencyFlag = 0
@@ -327,21 +335,30 @@ def _head(uid: uids.UID, first: int, last: int) -> bytes:
     return fp.getvalue()
 
 
-def build_dicomdir(headers: Iterable[Dataset]) -> Dicomdir:
+def build_dicomdir(
+    headers: Iterable[Dataset], *, root: str | None = None, file_set_id: str | None = None
+) -> Dicomdir:
     """Build the DICOMDIR for ``headers`` (datasets read with ``stop_before_pixels``).
 
-    Headers may be modified (placeholders, see the module docstring). Time and memory are
-    linear in the number of headers. Raises ``ValueError`` when an instance cannot be
-    described by a directory record (no SOPInstanceUID, SOPClassUID, StudyInstanceUID,
-    SeriesInstanceUID or transfer syntax, a record attribute pydicom's recorder requires,
-    or the same instance twice).
+    ``root``, when given, is one more File ID component above the patients (a disc's
+    ``DICOM``: file IDs ``DICOM/PT000000/...``); ``file_set_id`` fills File-set ID (a
+    disc's volume label; empty by default, as FileSet writes it). Headers may be modified
+    (placeholders, see the module docstring). Time and memory are linear in the number of
+    headers. Raises ``ValueError`` when an instance cannot be described by a directory
+    record (no SOPInstanceUID, SOPClassUID, StudyInstanceUID, SeriesInstanceUID or
+    transfer syntax, a record attribute pydicom's recorder requires, or the same instance
+    twice), or when ``root`` or ``file_set_id`` is not made of the characters PS3.10 allows.
     """
+    if root is not None and not _COMPONENT.fullmatch(root):
+        raise ValueError(f"File ID component {root!r}: use 1-8 of A-Z, 0-9 and _")
+    if file_set_id is not None and not _FILE_SET_ID.fullmatch(file_set_id):
+        raise ValueError(f"File-set ID {file_set_id!r}: use at most 16 of A-Z, 0-9, _ and space")
     notes: list[str] = []
-    root = _Node("ROOT", None)
+    tree = _Node("ROOT", None)
     seen: set[str] = set()
     for header in headers:
         _fill_record_attributes(header, notes)
-        _add(root, header, seen)
+        _add(tree, header, seen)
     if not seen:
         raise ValueError("a DICOMDIR needs at least one instance")
     # FileSet's switch: 6 decimal digits a component run out past a million instances.
@@ -369,16 +386,16 @@ def build_dicomdir(headers: Iterable[Dataset]) -> Dicomdir:
             end += len(_ITEM) + 4 + len(body)
             visit(child, here)
 
-    visit(root, ())
+    visit(tree, () if root is None else (root,))
     uid = uids.generate_uid()
     # The head's length does not depend on the offsets it holds (fixed-length UL values).
-    base = len(_head(uid, 0, 0)) + len(_SEQUENCE) + 4
+    base = len(_head(uid, 0, 0, file_set_id)) + len(_SEQUENCE) + 4
 
     def offset(node: _Node | None) -> int:
         return 0 if node is None else base + node.position
 
     out = BytesIO()
-    out.write(_head(uid, offset(root.children[0]), offset(root.children[-1])))
+    out.write(_head(uid, offset(tree.children[0]), offset(tree.children[-1]), file_set_id))
     out.write(_SEQUENCE + _UL.pack(end))
     for node, following, body, at_next, at_lower in records:
         _UL.pack_into(body, at_next, offset(following))

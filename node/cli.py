@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from node import __version__
 from node.app import open_store, serve, setup_logging
 from node.cli_delivery import add_delivery_parsers, run_deliver, run_outbox
+from node.cli_disc import add_disc_parsers, run_export_iso
 from node.cli_requests import add_request_parsers, run_request_command
 from node.cli_rules import add_rules_parsers, run_rules_command
 from node.cli_staff import add_staff_parsers, run_staff_command
@@ -90,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     mk.add_argument("--label", default="", help="a note kept beside the digest")
     add_rules_parsers(sub, common, as_json)
     add_delivery_parsers(sub, common, as_json)
+    add_disc_parsers(sub, common, as_json)
     add_staff_parsers(sub, common, as_json)
     add_request_parsers(sub, common, as_json)
     return p
@@ -125,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_deliver(args, cfg)
         if args.command == "outbox":
             return run_outbox(args, cfg)
+        if args.command == "export-iso":
+            return run_export_iso(args, cfg)
         if args.command == "request":
             return run_request_command(args, cfg)
         if args.command == "apikey":
