@@ -60,6 +60,7 @@ class DeliveryService:
     ) -> None:
         self.cfg = cfg
         self._sessions = sessions
+        self._content = content
         self._clock = clock
         d = cfg.delivery
         self.book = RequestBook(sessions, clock)
@@ -181,6 +182,7 @@ class DeliveryService:
             package_dir=self.package_dir,
             hospital=self.cfg.email.from_name or self.cfg.node.name,
             clock=self._clock,
+            content=self._content,
         )
 
     # -- sweeps -------------------------------------------------------------------------

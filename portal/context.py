@@ -2,8 +2,10 @@
 
 The pages (patient, clinician, staff) read and change grants, sessions and requests in
 the database, queue messages in the outbox (codes, "your shared link was used"), and
-stream packages from ``package_dir``. The clock and the rate limiter are injected so
-tests control time and limits.
+stream packages from ``package_dir``. With the content store (``content``), a request's
+studies can also be downloaded one by one (see :mod:`portal.studyzip`); without it,
+only the package is offered. The clock and the rate limiter are injected so tests
+control time and limits.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from delivery.settings import DeliverySettings
 from portal.ratelimit import RateLimiter
 from portal.settings import PortalSettings
 from release.requests import RequestBook
+from store.content import ContentStore
 from store.models import utcnow
 
 
@@ -37,6 +40,7 @@ class PortalContext:
     hospital: str = "Courier"
     clock: Callable[[], datetime] = utcnow
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    content: ContentStore | None = None  # the stored instances (per-study downloads)
 
     @property
     def book(self) -> RequestBook:

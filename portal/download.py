@@ -1,5 +1,5 @@
 """The signed-in pages: ``/files`` (what there is), its thumbnails and manifests, the
-package download, and ``/signout``.
+package download, the per-study downloads, and ``/signout``.
 
 Downloads stream the ZIP part from disk in 1 MiB reads (memory stays flat whatever the
 size or the number of downloads) with ``Range`` support, so a broken download resumes.
@@ -9,17 +9,26 @@ counts on ``Grant.downloads``, and the patient's first one moves the request
 ``notified → downloaded`` (opening the link and typing the code is not "downloaded":
 that is recorded as ``first_opened_at`` and an event). A clinician's downloads are
 audited but leave the request's state alone.
+
+A request of several studies also offers each study alone, ``/files/study/{n}`` (``n``
+its 1-based position on the page, never a UID or path), built on first request (see
+:mod:`portal.studyzip`) and served like a part; its completion counts the same. When the
+study's instances are gone from the store, the page says so (503) and the log names the
+request id, the study UID and the reason only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import zipfile
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
+from delivery.package import PackageError
 from portal.context import PortalContext
 from portal.filespage import part_path, previews, render_files
 from portal.forms import csrf_ok, read_form
@@ -35,11 +44,15 @@ from portal.grantsession import (
     signed_out,
 )
 from portal.partfile import PartResponse
+from portal.studyzip import StudyZip, ensure, study_zip
 from release.errors import InvalidTransition
 from store.models import Grant, Package, ReleaseRequest, RequestState
 
+log = logging.getLogger("courier.portal.download")
 router = APIRouter()
 CHUNK = 1024 * 1024
+# A study's position as the page writes it: no sign, no leading zero, no space.
+_POSITION = re.compile(r"[1-9][0-9]{0,5}")
 
 
 def _grant_and_package(ctx: PortalContext, request: Request) -> tuple[Grant, Package] | None:
@@ -120,13 +133,14 @@ async def manifest_file(request: Request, part_name: str) -> Response:
     )
 
 
-def _completed(ctx: PortalContext, grant_id: int, part_name: str) -> None:
-    """Record a completed download (see the module docstring)."""
+def _completed(ctx: PortalContext, grant_id: int, what: str) -> None:
+    """Record a completed download of ``what`` (a part's name, or "study k (name)"; see
+    the module docstring)."""
     now = ctx.clock()
     with ctx.sessions() as s:
         grant = lock_grant(s, grant_id)
         grant.downloads += 1
-        audit(s, grant, f"downloaded {part_name} (download {grant.downloads})", now)
+        audit(s, grant, f"downloaded {what} (download {grant.downloads})", now)
         req = s.get(ReleaseRequest, grant.request_id)
         if grant.purpose != "forward" and req is not None and req.state == RequestState.NOTIFIED:
             with contextlib.suppress(InvalidTransition):  # another download won the move
@@ -160,6 +174,56 @@ async def package(request: Request, part_name: str) -> Response:
         headers={"Cache-Control": "no-store"},
         on_complete=lambda: _completed(ctx, grant.id, part_name),
     )
+
+
+@router.api_route("/files/study/{n}", methods=["GET", "HEAD"], include_in_schema=False)
+async def study(request: Request, n: str) -> Response:
+    """Stream study ``n`` alone as a ZIP, built on first request (``Range`` honoured;
+    ``Cache-Control: no-store``). A bad ``n`` gets the answer of any unknown file (404)."""
+    ctx = portal(request)
+    found = await run_in_threadpool(_grant_and_package, ctx, request)
+    if found is None:
+        return signed_out(request)
+    grant, pkg = found
+    if not _POSITION.fullmatch(n):
+        return Response(status_code=404)
+
+    def find() -> StudyZip | None:
+        with ctx.sessions() as s:
+            return study_zip(ctx, s, pkg, int(n))
+
+    target = await run_in_threadpool(find)
+    if target is None:
+        return Response(status_code=404)
+    try:
+        path = await run_in_threadpool(ensure, ctx, pkg.folder, target)
+    except PackageError as exc:
+        # Staff act on the store; the patient is told to use the whole package.
+        log.error(
+            "request %d: study %s could not be packaged alone: %s (%s)",
+            target.request_id,
+            target.study_uid,
+            type(exc).__name__,
+            exc,
+        )
+        return await run_in_threadpool(_unavailable, ctx, request)
+    what = f"study {target.number} ({target.name})"
+    return PartResponse(
+        path,
+        media_type="application/zip",
+        filename=target.name,
+        headers={"Cache-Control": "no-store"},
+        on_complete=lambda: _completed(ctx, grant.id, what),
+    )
+
+
+def _unavailable(ctx: PortalContext, request: Request) -> Response:
+    """The download page, saying the study cannot be downloaded alone (503)."""
+    with ctx.sessions() as s:
+        grant = session_grant(s, request, ctx)
+        if grant is None:
+            return signed_out(request)
+        return render_files(request, ctx, s, grant, status_code=503, notice="study_unavailable")
 
 
 @router.post("/signout", include_in_schema=False)

@@ -3,7 +3,8 @@
 Study facts come from the database (the studies attached to the grant's request); the
 thumbnails and checksums come from the package itself (each part's ``MANIFEST.json``
 and ``PREVIEW/`` entries), read once per part file and cached by its path, size and
-modification time. Nothing here writes.
+modification time. A request of several studies also offers each study on its own
+(:mod:`portal.studyzip`), with its ZIP's size once it was built. Nothing here writes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from delivery.i18n import locale_name
 from portal.context import PortalContext
 from portal.grantsession import mask, page
 from portal.pages import language
-from store.models import Grant, Notification, Package, RequestStudy, Study
+from portal.studyzip import built_size, request_studies, study_zips
+from store.models import Grant, Notification, Package
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class StudyView:
     images: int
     size: str
     previews: list[int] = field(default_factory=list)
+    download: str | None = None  # its own ZIP's URL, when offered
+    zip_size: str | None = None  # that ZIP's size, once built
 
 
 @dataclass(frozen=True)
@@ -123,15 +127,17 @@ def previews(ctx: PortalContext, package: Package) -> list[PreviewRef]:
     return refs
 
 
-def studies(s: Session, grant: Grant, refs: list[PreviewRef], lang: str) -> list[StudyView]:
-    rows = s.scalars(
-        select(Study)
-        .join(RequestStudy, RequestStudy.study_id == Study.id)
-        .where(RequestStudy.request_id == grant.request_id)
-        .order_by(Study.study_date, Study.id)
-    ).all()
+def studies(
+    ctx: PortalContext,
+    s: Session,
+    grant: Grant,
+    package: Package,
+    refs: list[PreviewRef],
+    lang: str,
+) -> list[StudyView]:
+    zips = {z.study_uid: z for z in study_zips(ctx, s, package)}
     out = []
-    for st in rows:
+    for st in request_studies(s, grant.request_id):
         try:
             shown = long_date(datetime.strptime(st.study_date, "%Y%m%d").date(), lang)
         except ValueError:
@@ -144,6 +150,11 @@ def studies(s: Session, grant: Grant, refs: list[PreviewRef], lang: str) -> list
             size=human_size(st.size_bytes, lang),
         )
         view.previews = [i for i, r in enumerate(refs) if r.study_uid == st.study_uid]
+        own = zips.get(st.study_uid)
+        if own is not None:
+            view.download = f"/files/study/{own.number}"
+            size = built_size(own)
+            view.zip_size = None if size is None else human_size(size, lang)
         out.append(view)
     return out
 
@@ -205,7 +216,7 @@ def render_files(
         for i, p in enumerate(parts_of(package))
     ]
     context: dict[str, Any] = {
-        "studies": studies(s, grant, refs, lang),
+        "studies": studies(ctx, s, grant, package, refs, lang),
         "parts": parts,
         "total": human_size(package.size_bytes, lang),
         "expires": long_date(grant.expires_at, lang),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from httpx2 import Response
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from delivery.compose import Branding, Composer
 from delivery.files import FileChannel
@@ -138,39 +139,35 @@ class Rig:
 
     # -- data -----------------------------------------------------------------------
 
-    def patient(self, **overrides: object) -> Patient:
-        """A notified request with its package, a study and the patient's grant."""
+    def patient(
+        self,
+        *,
+        study_ids: Sequence[int] | None = None,
+        package: BuiltPackage | None = None,
+        **overrides: object,
+    ) -> Patient:
+        """A notified request with its package, a study and the patient's grant.
+
+        ``study_ids``: attach these studies instead (already indexed); ``package``: the
+        package row names this one instead of the shared built package.
+        """
+        package = package or self.package
         book = RequestBook(self.db.sessions, self.clock)
         req = book.create(draft(**overrides), "test")
         with self.db.sessions() as s, s.begin():
             fresh = s.get(ReleaseRequest, req.id)
             assert fresh is not None
             fresh.state = RequestState.NOTIFIED
-            study = s.scalar(select(Study).where(Study.study_uid == self.package.study_uid))
-            if study is None:
-                study = Study(
-                    study_uid=self.package.study_uid,
-                    patient_id="SYN0002",
-                    patient_name=synthetic.PATIENT_NAME,
-                    study_date="20260301",
-                    study_description="CT CHEST",
-                    modalities="CT",
-                    state="stable",
-                    instance_count=self.package.instances,
-                    size_bytes=60_000,
-                    first_received_at=self.clock(),
-                    last_received_at=self.clock(),
-                )
-                s.add(study)
-                s.flush()
-            s.add(RequestStudy(request_id=req.id, study_id=study.id, matched_at=self.clock()))
+            ids = list(study_ids) if study_ids is not None else [self._built_study(s).id]
+            for study_id in ids:
+                s.add(RequestStudy(request_id=req.id, study_id=study_id, matched_at=self.clock()))
             pkg = Package(
                 request_id=req.id,
-                folder=self.package.folder,
-                parts=self.package.parts,
-                studies=1,
-                instances=self.package.instances,
-                size_bytes=self.package.size,
+                folder=package.folder,
+                parts=package.parts,
+                studies=len(ids),
+                instances=package.instances,
+                size_bytes=package.size,
                 built_at=self.clock(),
             )
             s.add(pkg)
@@ -179,6 +176,27 @@ class Rig:
                 s, self.keys, fresh, package_id=pkg.id, link_days=30, now=self.clock()
             )
             return Patient(req.id, grant.id, self.keys.token(grant))
+
+    def _built_study(self, s: Session) -> Study:
+        """The study row of the shared built package (added on first use)."""
+        study = s.scalar(select(Study).where(Study.study_uid == self.package.study_uid))
+        if study is None:
+            study = Study(
+                study_uid=self.package.study_uid,
+                patient_id="SYN0002",
+                patient_name=synthetic.PATIENT_NAME,
+                study_date="20260301",
+                study_description="CT CHEST",
+                modalities="CT",
+                state="stable",
+                instance_count=self.package.instances,
+                size_bytes=60_000,
+                first_received_at=self.clock(),
+                last_received_at=self.clock(),
+            )
+            s.add(study)
+            s.flush()
+        return study
 
     def grant(self, grant_id: int) -> Grant:
         with self.db.sessions() as s:
