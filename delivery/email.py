@@ -145,6 +145,16 @@ class SmtpChannel:
         re-sends with the same Message-ID)."""
         return None
 
+    async def verify(self) -> None:
+        """Connect, TLS and log in as sending would, then QUIT (no message). Raises
+        DeliveryError (``ChannelAuthError`` for a refused login)."""
+        smtp = await self._connect()
+        try:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                await smtp.quit(timeout=5)
+        finally:
+            self._drop(smtp)
+
     async def aclose(self) -> None:
         """QUIT every kept connection."""
         idle, self._idle = self._idle, []

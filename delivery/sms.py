@@ -22,6 +22,8 @@ characters: an English code SMS then costs two or three segments instead of one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import math
 import threading
@@ -31,7 +33,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
@@ -112,6 +114,17 @@ def segments(text: str) -> int:
         return 1 if n <= 160 else math.ceil(n / 153)
     n = len(text.encode("utf-16-le")) // 2
     return 1 if n <= 70 else math.ceil(n / 67)
+
+
+def _as_rest_error(exc: TwilioException) -> TwilioRestException:
+    """twilio's page fetch raises a bare ``TwilioException("Unable to fetch page",
+    response)``: the same facts as a ``TwilioRestException`` (status, Twilio's code)."""
+    response = exc.args[1] if len(exc.args) > 1 else None
+    status = int(getattr(response, "status_code", 0) or 0)
+    code = None
+    with contextlib.suppress(ValueError, AttributeError):
+        code = json.loads(getattr(response, "text", "") or "{}").get("code")
+    return TwilioRestException(status, "", msg=str(exc.args[0] if exc.args else exc), code=code)
 
 
 class _HttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio ships no types
@@ -201,6 +214,12 @@ class TwilioChannel:
                 )
         return None
 
+    async def verify(self) -> None:
+        """Ask Twilio something harmless with these credentials (the newest message's
+        header; nothing is sent). Raises DeliveryError (``ChannelAuthError`` for refused
+        credentials), as sending would."""
+        await self._call(lambda: self._client.messages.list(limit=1, page_size=1), posted=False)
+
     async def aclose(self) -> None:
         """Close the HTTP connection pool."""
         if self._http.session is not None:
@@ -216,6 +235,9 @@ class TwilioChannel:
             except TwilioRestException as exc:
                 headers = getattr(self._http.local, "headers", {})
                 raise self._rest_error(exc, headers) from None
+            except TwilioException as exc:  # a list's page fetch fails with this one
+                headers = getattr(self._http.local, "headers", {})
+                raise self._rest_error(_as_rest_error(exc), headers) from None
 
         # Backstop only: requests' own timeout (connect and each read) fires first.
         try:

@@ -23,6 +23,7 @@ from node.cli_requests import add_request_parsers, run_request_command
 from node.cli_rules import add_rules_parsers, run_rules_command
 from node.cli_staff import add_staff_parsers, run_staff_command
 from node.config import Config, ConfigError, config_path, load_config
+from node.doctor import add_doctor_parser, run_doctor
 from node.output import (
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -92,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     add_rules_parsers(sub, common, as_json)
     add_delivery_parsers(sub, common, as_json)
     add_disc_parsers(sub, common, as_json)
+    add_doctor_parser(sub, common, as_json)
     add_staff_parsers(sub, common, as_json)
     add_request_parsers(sub, common, as_json)
     return p
@@ -129,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_outbox(args, cfg)
         if args.command == "export-iso":
             return run_export_iso(args, cfg)
+        if args.command == "doctor":
+            return run_doctor(args, cfg)
         if args.command == "request":
             return run_request_command(args, cfg)
         if args.command == "apikey":

@@ -1,0 +1,376 @@
+"""``courier doctor``: checks what a node needs from the machine and its peers, and says
+what to fix. It changes nothing: no migration, no message, no file left behind.
+
+Each check returns one :class:`Finding` (``ok``, ``warn``, ``fail`` or ``skip``) with a
+detail and, unless ``ok``, what to do next. Checks that talk to a peer (database server,
+SMTP server, Twilio, PACS, the public URL) are bounded by ``timeout_s`` each. Findings hold
+no secret and no patient data: host names, ports, counts, status codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import ssl
+import stat
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from delivery.channel import build_channels
+from delivery.errors import ChannelSetupError, DeliveryError
+from node.config import Config, ConfigError, load_config
+from node.output import EXIT_NOT_FOUND, EXIT_OK, print_result
+from store.db import MIGRATIONS, database_url, make_engine
+
+Status = Literal["ok", "warn", "fail", "skip"]
+
+#: Free space under which the node cannot be trusted to take a study (fail), and under
+#: which staff should act soon (warn).
+FAIL_FREE_BYTES = 1 * 10**9
+WARN_FREE_BYTES = 10 * 10**9
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's result."""
+
+    check: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+Check = Callable[[Config, float], Finding]
+
+
+def check_rules(cfg: Config, timeout_s: float) -> Finding:
+    """The rules compile (the node refuses to start otherwise)."""
+    if cfg.source is None:
+        return Finding("rules", "skip", "no node.yaml")
+    try:
+        load_config(cfg.source, compile_rules=True)
+    except ConfigError as exc:
+        return Finding(
+            "rules",
+            "fail",
+            f"{len(exc.problems)} problem(s), first: {exc.problems[0]}",
+            "fix the rules file; `courier check-config` lists every problem",
+        )
+    return Finding("rules", "ok", "the rules compile")
+
+
+def check_database(cfg: Config, timeout_s: float) -> Finding:
+    """The index database answers, and its schema is at the code's migration head."""
+    base = cfg.source.parent if cfg.source else Path.cwd()
+    try:
+        url = database_url(cfg.store, cfg.data_dir, base)
+    except (ValueError, OSError) as exc:
+        return Finding("database", "fail", str(exc), "fix store.database_url* in node.yaml")
+    script = ScriptDirectory.from_config(_alembic_config())
+    head = script.get_current_head()
+    sqlite_file = make_url(url).database if url.startswith("sqlite") else None
+    if sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).exists():
+        # Connecting would make the file (and its folder): a doctor changes nothing.
+        return Finding(
+            "database", "warn", f"sqlite: {sqlite_file} not made yet", "`courier serve` makes it"
+        )
+    engine = make_engine(url, busy_timeout_s=min(timeout_s, cfg.store.busy_timeout_s))
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except (OperationalError, DBAPIError) as exc:
+        cause = type(getattr(exc, "orig", None) or exc).__name__
+        return Finding(
+            "database",
+            "fail",
+            f"cannot open the index database ({cause})",
+            "check store.database_url and that the database server is running",
+        )
+    finally:
+        engine.dispose()
+    kind = engine.url.get_backend_name()
+    if current is None:
+        return Finding(
+            "database", "warn", f"{kind}: empty (no schema yet)", "`courier serve` creates it"
+        )
+    if current != head:
+        return Finding(
+            "database",
+            "warn",
+            f"{kind}: schema at {current}, this version needs {head}",
+            "`courier serve` migrates it at start; back the database up first",
+        )
+    return Finding("database", "ok", f"{kind}: schema at {head}")
+
+
+def _alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def check_disk(cfg: Config, timeout_s: float) -> Finding:
+    """``data_dir`` exists, is writable, and has room."""
+    data = cfg.data_dir
+    if not data.exists():
+        return Finding("disk", "warn", f"{data} does not exist yet", "`courier serve` makes it")
+    try:
+        with tempfile.NamedTemporaryFile(dir=data, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        return Finding(
+            "disk",
+            "fail",
+            f"cannot write in {data}: {exc.strerror}",
+            "give the node's user write access to node.data_dir",
+        )
+    free = shutil.disk_usage(data).free
+    text = f"{free / 1e9:.1f} GB free in {data}"
+    if free < FAIL_FREE_BYTES:
+        return Finding("disk", "fail", text, "free space: C-STORE is refused (A700) when full")
+    if free < WARN_FREE_BYTES:
+        return Finding("disk", "warn", text, "free space or move node.data_dir to a larger disk")
+    return Finding("disk", "ok", text)
+
+
+def check_secret(cfg: Config, timeout_s: float) -> Finding:
+    """The node secret (links and codes derive from it) exists, is private and whole."""
+    path = cfg.data_dir / "secret.key"
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return Finding("secret", "warn", f"{path} not made yet", "`courier serve` makes it")
+    except OSError as exc:
+        return Finding("secret", "fail", f"{path}: {exc.strerror}", "fix its permissions")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return Finding(
+            "secret",
+            "fail",
+            f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):o})",
+            f"chmod 600 {path}",
+        )
+    if st.st_size < 32:
+        return Finding(
+            "secret",
+            "fail",
+            f"{path} is too short ({st.st_size} bytes)",
+            "restore it from backup (deleting it voids every link already sent)",
+        )
+    return Finding("secret", "ok", f"{path} (mode 600)")
+
+
+def _channels(cfg: Config, environ: Mapping[str, str]) -> tuple[Any, Any] | Finding:
+    try:
+        return build_channels(cfg.email, cfg.sms, cfg.data_dir, environ)
+    except (DeliveryError, ChannelSetupError) as exc:
+        return Finding("channels", "fail", str(exc), "fix the email:/sms: section of node.yaml")
+
+
+def check_email(cfg: Config, timeout_s: float, environ: Mapping[str, str] = os.environ) -> Finding:
+    """SMTP: connect, TLS and log in, then quit (no message). File backend: a warning."""
+    e = cfg.email
+    if e.backend == "file":
+        return Finding(
+            "email",
+            "warn",
+            f"file backend: emails are written to {cfg.data_dir / e.file_dir}, none is sent",
+            "set email.backend: smtp for patients to get their links",
+        )
+    built = _channels(cfg, environ)
+    if isinstance(built, Finding):
+        return Finding("email", built.status, built.detail, built.fix)
+    channel = built[0]
+    try:
+        asyncio.run(_verify(channel, timeout_s))
+    except (DeliveryError, TimeoutError) as exc:
+        detail = str(exc) or f"no answer within {timeout_s:g} s"
+        return Finding("email", "fail", f"{e.host}:{e.smtp_port}: {detail}", _smtp_fix(exc))
+    return Finding("email", "ok", f"{e.host}:{e.smtp_port}: connected, TLS and login accepted")
+
+
+def _smtp_fix(exc: BaseException) -> str:
+    from delivery.errors import ChannelAuthError
+
+    if isinstance(exc, ChannelAuthError):
+        return "check email.username and the password in email.password_env/_file"
+    return "check email.host, email.port, email.security and the firewall"
+
+
+def check_sms(cfg: Config, timeout_s: float, environ: Mapping[str, str] = os.environ) -> Finding:
+    """Twilio: a read-only call with the account's credentials. File backend: a warning."""
+    s = cfg.sms
+    if s.backend == "file":
+        return Finding(
+            "sms",
+            "warn",
+            f"file backend: SMS are written to {cfg.data_dir / s.file_dir}, none is sent",
+            "set sms.backend: twilio for codes to reach patients' phones",
+        )
+    built = _channels(cfg, environ)
+    if isinstance(built, Finding):
+        return Finding("sms", built.status, built.detail, built.fix)
+    channel = built[1]
+    host = urlsplit(s.api_base).netloc
+    try:
+        asyncio.run(_verify(channel, timeout_s))
+    except (DeliveryError, TimeoutError) as exc:
+        from delivery.errors import ChannelAuthError
+
+        fix = (
+            "check sms.account_sid and the token in sms.auth_token_env/_file"
+            if isinstance(exc, ChannelAuthError)
+            else "check sms.api_base and the network"
+        )
+        return Finding("sms", "fail", f"{host}: {exc or 'no answer'}", fix)
+    return Finding("sms", "ok", f"{host}: credentials accepted")
+
+
+async def _verify(channel: Any, timeout_s: float) -> None:
+    try:
+        await asyncio.wait_for(channel.verify(), timeout_s)
+    finally:
+        await channel.aclose()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def check_public_url(
+    cfg: Config, timeout_s: float, *, context: ssl.SSLContext | None = None
+) -> Finding:
+    """``portal.public_url`` reaches this portal: ``GET /d/-`` (an inert link that changes
+    nothing) must answer Courier's ``303`` to ``/access``."""
+    p = cfg.portal
+    if not p.enabled:
+        return Finding("public_url", "skip", "portal.enabled is false")
+    url = p.public_url.rstrip("/")
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    plain = parts.scheme == "http" and not _is_loopback(host)
+    opener = urllib.request.build_opener(
+        _NoRedirect(), urllib.request.HTTPSHandler(context=context)
+    )
+    try:
+        opener.open(url + "/d/-", timeout=timeout_s)
+        return Finding(
+            "public_url",
+            "fail",
+            f"{url}: answered, but not as the portal does (no redirect)",
+            "point portal.public_url (and the reverse proxy) at `courier serve`'s portal",
+        )
+    except urllib.error.HTTPError as exc:
+        location = exc.headers.get("Location", "")
+        if exc.code != 303 or not location.endswith("/access"):
+            return Finding(
+                "public_url",
+                "fail",
+                f"{url}: HTTP {exc.code}, not the portal's answer",
+                "point portal.public_url (and the reverse proxy) at `courier serve`'s portal",
+            )
+    except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return Finding(
+            "public_url",
+            "fail",
+            f"{url}: {reason}",
+            "is `courier serve` running, and does portal.public_url name it?",
+        )
+    if plain:
+        return Finding(
+            "public_url",
+            "warn",
+            f"{url}: reaches the portal over plain HTTP",
+            "serve the portal over HTTPS (portal.tls_* or a reverse proxy) for patients",
+        )
+    return Finding("public_url", "ok", f"{url}: reaches the portal")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    import ipaddress
+
+    return all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+CHECKS: tuple[Check, ...] = (
+    check_rules,
+    check_database,
+    check_disk,
+    check_secret,
+    check_email,
+    check_sms,
+    check_public_url,
+)
+
+
+def run_checks(cfg: Config, timeout_s: float = 5.0) -> list[Finding]:
+    """Every check, in order; a check that crashes is reported as failed, not raised."""
+    findings = []
+    for check in CHECKS:
+        try:
+            findings.append(check(cfg, timeout_s))
+        except Exception as exc:
+            name = check.__name__.removeprefix("check_")
+            findings.append(
+                Finding(name, "fail", f"check crashed: {type(exc).__name__}", "report a bug")
+            )
+    return findings
+
+
+def add_doctor_parser(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    common: argparse.ArgumentParser,
+    as_json: argparse.ArgumentParser,
+) -> None:
+    """``courier doctor [--timeout S] [--json]``."""
+    doctor = sub.add_parser(
+        "doctor",
+        parents=[common, as_json],
+        help="check the database, disk, secret, SMTP, Twilio and the public URL, and say "
+        "what to fix (exit 1 when a check fails; changes nothing)",
+    )
+    doctor.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds each network check may take"
+    )
+
+
+_MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
+
+
+def run_doctor(args: argparse.Namespace, cfg: Config) -> int:
+    """Print every finding; exit 1 when any failed."""
+    findings = run_checks(cfg, timeout_s=max(0.1, min(args.timeout, 60.0)))
+    lines = []
+    for f in findings:
+        lines.append(f"{_MARK[f.status]}  {f.check:<11} {f.detail}")
+        if f.fix:
+            lines.append(f"{'':<17} → {f.fix}")
+    failed = sum(f.status == "fail" for f in findings)
+    warned = sum(f.status == "warn" for f in findings)
+    lines.append(f"{failed} failed, {warned} warning(s)")
+    data = {"findings": [f.as_dict() for f in findings], "failed": failed, "warnings": warned}
+    print_result(args, data, "\n".join(lines))
+    return EXIT_NOT_FOUND if failed else EXIT_OK

@@ -1,0 +1,262 @@
+"""`courier doctor`: every check against real peers (aiosmtpd with TLS and AUTH, the
+Twilio-compatible endpoint, a served node, SQLite and PostgreSQL), with the faults each
+must name, and the promise that it changes nothing."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from node import doctor
+from node.cli import main
+from node.config import load_config
+from tests.conftest import free_port, start_node, write_config
+from tests.smtp_server import SmtpServer
+from tests.twilio_server import TwilioServer
+
+USER, PASSWORD = "courier", "s3cret-pass"
+
+
+def _config(tmp: Path, extra: str = "", public_url: str | None = None) -> Path:
+    path = tmp / "node.yaml"
+    portal = f"public_url: {public_url}" if public_url else ""
+    write_config(path, tmp / "data", free_port(), extra=extra, extra_portal=portal)
+    return path
+
+
+def _by_check(findings: list[doctor.Finding]) -> dict[str, doctor.Finding]:
+    return {f.check: f for f in findings}
+
+
+def _run(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
+    code = main(["doctor", "--json", "--timeout", "3", "--config", str(path)])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_a_fresh_node_gets_warnings_and_nothing_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config(tmp_path)
+    code, out = _run(path, capsys)
+    found = {f["check"]: f["status"] for f in out["findings"]}
+    assert found == {
+        "rules": "ok",
+        "database": "warn",  # not made yet
+        "disk": "warn",  # data_dir not made yet
+        "secret": "warn",
+        "email": "warn",  # file backend
+        "sms": "warn",
+        "public_url": "fail",  # nothing listens
+    }
+    assert code == 1 and out["failed"] == 1
+    assert not (tmp_path / "data").exists()
+    assert all(f["fix"] for f in out["findings"] if f["status"] != "ok")
+
+
+def test_a_running_node_passes_its_own_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    web_port = free_port()
+    node = start_node(
+        tmp_path, web_port=web_port, extra_portal=f"public_url: http://127.0.0.1:{web_port}"
+    )
+    try:
+        cfg = load_config(node.config)
+        found = _by_check(doctor.run_checks(cfg, timeout_s=3))
+    finally:
+        node.stop()
+    assert found["database"].status == "ok" and "schema at" in found["database"].detail
+    assert found["secret"].status == "ok"
+    assert found["disk"].status == "ok"
+    assert found["public_url"].status == "ok", found["public_url"]
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    with SmtpServer(security="starttls", users={USER: PASSWORD}) as server:
+        yield server
+
+
+@pytest.fixture
+def twilio() -> Iterator[TwilioServer]:
+    with TwilioServer() as server:
+        yield server
+
+
+def _channels_yaml(tmp: Path, smtp_port: int, twilio_base: str, sid: str, ca: bytes) -> str:
+    (tmp / "data").mkdir(exist_ok=True)
+    (tmp / "data" / "ca.pem").write_bytes(ca)
+    return (
+        "email:\n  backend: smtp\n  host: 127.0.0.1\n"
+        f"  port: {smtp_port}\n  security: starttls\n  username: {USER}\n"
+        "  password_env: COURIER_DOCTOR_SMTP\n  ca_file: ca.pem\n"
+        "  from_address: imaging@hospital.example\n  connect_timeout_s: 3\n"
+        "sms:\n  backend: twilio\n"
+        f"  account_sid: {sid}\n  auth_token_env: COURIER_DOCTOR_TWILIO\n"
+        f"  from_number: '+15005550006'\n  api_base: {twilio_base}\n  timeout_s: 3\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("smtp_password", "twilio_token", "email", "sms", "email_words", "sms_words"),
+    [
+        ("right", "right", "ok", "ok", "login accepted", "credentials accepted"),
+        ("wrong", "right", "fail", "ok", "refused our login", "credentials accepted"),
+        ("right", "wrong", "ok", "fail", "login accepted", "account_sid"),
+    ],
+)
+def test_smtp_and_twilio_logins(
+    tmp_path: Path,
+    smtp: SmtpServer,
+    twilio: TwilioServer,
+    monkeypatch: pytest.MonkeyPatch,
+    smtp_password: str,
+    twilio_token: str,
+    email: str,
+    sms: str,
+    email_words: str,
+    sms_words: str,
+) -> None:
+    extra = _channels_yaml(tmp_path, smtp.port, twilio.base_url, twilio.sid, smtp.ca_pem())
+    monkeypatch.setenv("COURIER_DOCTOR_SMTP", PASSWORD if smtp_password == "right" else "nope")
+    monkeypatch.setenv(
+        "COURIER_DOCTOR_TWILIO", twilio.token if twilio_token == "right" else "0" * 32
+    )
+    cfg = load_config(_config(tmp_path, extra))
+    found = _by_check(doctor.run_checks(cfg, timeout_s=3))
+    assert found["email"].status == email
+    assert email_words in found["email"].detail + found["email"].fix
+    assert found["sms"].status == sms
+    assert sms_words in found["sms"].detail + found["sms"].fix
+    assert smtp.received == [] and twilio.messages == []  # nothing was sent
+    assert twilio.posts == 0
+    for f in found.values():
+        assert PASSWORD not in f.detail + f.fix and twilio.token not in f.detail + f.fix
+
+
+def test_smtp_and_twilio_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smtp: SmtpServer
+) -> None:
+    dead = free_port()
+    extra = _channels_yaml(tmp_path, dead, f"http://127.0.0.1:{dead}", "AC" + "0" * 32, b"")
+    (tmp_path / "data" / "ca.pem").write_bytes(smtp.ca_pem())
+    monkeypatch.setenv("COURIER_DOCTOR_SMTP", PASSWORD)
+    monkeypatch.setenv("COURIER_DOCTOR_TWILIO", "0" * 32)
+    found = _by_check(doctor.run_checks(load_config(_config(tmp_path, extra)), timeout_s=3))
+    assert found["email"].status == "fail" and "email.host" in found["email"].fix
+    assert found["sms"].status == "fail" and "api_base" in found["sms"].fix
+
+
+def test_a_missing_secret_variable_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = trustme.CA().cert_pem.bytes()
+    extra = _channels_yaml(tmp_path, 1, "http://127.0.0.1:1", "AC" + "0" * 32, ca)
+    monkeypatch.delenv("COURIER_DOCTOR_SMTP", raising=False)
+    monkeypatch.delenv("COURIER_DOCTOR_TWILIO", raising=False)
+    found = _by_check(doctor.run_checks(load_config(_config(tmp_path, extra)), timeout_s=3))
+    assert found["email"].status == "fail"
+    assert "COURIER_DOCTOR_SMTP" in found["email"].detail
+
+
+class _Other(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"some other site")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_public_url_that_is_not_the_portal(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Other)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        cfg = load_config(_config(tmp_path, public_url=url))
+        finding = doctor.check_public_url(cfg, 3)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert finding.status == "fail" and "not as the portal does" in finding.detail
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "status", "words"),
+    [
+        (0o600, 32, "ok", "mode 600"),
+        (0o644, 32, "fail", "chmod 600"),
+        (0o640, 32, "fail", "chmod 600"),
+        (0o600, 5, "fail", "too short"),
+    ],
+)
+def test_the_secret_file(tmp_path: Path, mode: int, size: int, status: str, words: str) -> None:
+    cfg = load_config(_config(tmp_path))
+    cfg.data_dir.mkdir(parents=True)
+    secret = cfg.data_dir / "secret.key"
+    secret.write_bytes(os.urandom(size))
+    secret.chmod(mode)
+    finding = doctor.check_secret(cfg, 1)
+    assert finding.status == status
+    assert words in finding.detail + finding.fix
+
+
+@pytest.mark.parametrize(
+    ("free", "status"),
+    [(500 * 10**9, "ok"), (5 * 10**9, "warn"), (10**8, "fail")],
+)
+def test_free_disk_thresholds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, free: int, status: str
+) -> None:
+    cfg = load_config(_config(tmp_path))
+    cfg.data_dir.mkdir(parents=True)
+    real = shutil.disk_usage(cfg.data_dir)
+    monkeypatch.setattr(doctor.shutil, "disk_usage", lambda _p: real._replace(free=free))
+    finding = doctor.check_disk(cfg, 1)
+    assert finding.status == status
+    assert list(cfg.data_dir.iterdir()) == []  # the write probe left nothing
+
+
+def test_an_unreachable_database(tmp_path: Path) -> None:
+    extra = (
+        "store:\n"
+        f"  database_url: postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x\n"
+        "  busy_timeout_s: 1\n"
+    )
+    finding = doctor.check_database(load_config(_config(tmp_path, extra)), 2)
+    assert finding.status == "fail" and "database server is running" in finding.fix
+
+
+def test_broken_rules_fail_but_the_other_checks_still_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _config(tmp_path, "rules:\n  - name: r\n    when: {NoSuchKeyword: {equals: x}}\n"
+                   "    action: release\n")  # fmt: skip
+    code, out = _run(path, capsys)
+    found = {f["check"]: f for f in out["findings"]}
+    assert code == 1 and found["rules"]["status"] == "fail"
+    assert "check-config" in found["rules"]["fix"]
+    assert len(found) == 7
+
+
+def test_a_check_that_crashes_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(cfg: object, timeout_s: float) -> doctor.Finding:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(doctor, "CHECKS", (boom, doctor.check_disk))
+    found = doctor.run_checks(load_config(_config(tmp_path)), 1)
+    assert found[0] == doctor.Finding("boom", "fail", "check crashed: RuntimeError", "report a bug")
+    assert len(found) == 2
