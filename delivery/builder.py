@@ -28,7 +28,7 @@ from delivery.dicomdir import Dicomdir, build_dicomdir
 from delivery.manifest import Counts, SeriesEntry, manifest_bytes
 from delivery.package_errors import MissingInstanceError, UnreadableInstanceError
 from delivery.parts import Sized
-from delivery.readme import render_readmes
+from delivery.readme import Medium, render_readmes
 from delivery.zipwriter import Entry, PartWriter
 
 if TYPE_CHECKING:
@@ -145,10 +145,17 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def readme_files(
-    info: PackageInfo, *, part: int, parts: int, counts: Counts
+    info: PackageInfo,
+    *,
+    part: int,
+    parts: int,
+    counts: Counts,
+    medium: Medium = "zip",
+    label: str | None = None,
 ) -> list[tuple[str, bytes]]:
     """``README.txt`` and ``README.html`` (name, UTF-8 bytes) in the request's language;
-    ``counts`` are the whole package's."""
+    ``counts`` are the whole package's. A disc (``medium="disc"``) passes its volume
+    ``label``; see :func:`delivery.readme.render_readmes`."""
     text, html = render_readmes(
         language=info.language,
         reference=info.reference,
@@ -160,6 +167,8 @@ def readme_files(
         studies=counts.studies,
         series=counts.series,
         instances=counts.instances,
+        medium=medium,
+        label=label,
     )
     return [("README.txt", text.encode("utf-8")), ("README.html", html.encode("utf-8"))]
 

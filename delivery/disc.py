@@ -13,7 +13,8 @@ The layout is an IHE PDI medium (PS3.12 Annex F, ISO 9660 level 1):
   instances under ``DICOM/`` at the file IDs it names (``DICOM/PT000000/ST000000/
   SE000000/IM000000``: upper case, at most 8 characters, no extension, 5 levels), byte
   for byte the stored files;
-- ``README.TXT`` / ``README.HTM`` (the package's plain-language READMEs) and
+- ``README.TXT`` / ``README.HTM`` (the package's plain-language READMEs, in their disc
+  wording: open the disc named by the volume label, no unzipping, no expiry) and
   ``MANIFEST.JSN`` (format ``courier-package/1``, as in a ZIP: SHA-256 and size of every
   other file; no previews). Level 1 allows only 8.3 names, so a Joliet tree repeats
   everything with the long names ``README.txt``, ``README.html``, ``MANIFEST.json``, which
@@ -388,7 +389,8 @@ def write_disc_image(
             listed.append(_add_bytes(iso, "DICOMDIR", dicomdir.data))
             series = [series_entry(members) for members in by_series(ordered)]
             counts = Counts(len({s.study_uid for s in series}), len(series), len(ordered))
-            for name, data in readme_files(info, part=1, parts=1, counts=counts):
+            readmes = readme_files(info, part=1, parts=1, counts=counts, medium="disc", label=label)
+            for name, data in readmes:
                 listed.append(_add_bytes(iso, name, data))
             manifest = part_manifest(
                 info,

@@ -1,4 +1,4 @@
-"""The package's ``README.txt`` and ``README.html``, in the request's language.
+"""The package's ``README.txt`` and ``README.html``, in the request's language and medium.
 
 Both come from ``delivery/templates/readme.{txt,html}.j2`` through
 :func:`delivery.i18n.render` (domain ``readme``): English is the source text, Arabic and
@@ -7,21 +7,32 @@ without a catalog falls back to English. The HTML page is self-contained and car
 ``lang`` and ``dir`` (``rtl`` for Arabic). No patient data: the reference is enough for
 staff to find the request.
 
-The per-platform sections and the viewers are data here (:data:`PLACES`) rather than
-template text; their strings are msgids of the same catalog, listed in :data:`MESSAGES` so
-a catalog check can find them (Babel's extractor does not see ``_(variable)``).
+Two media (:data:`Medium`) share the templates and the catalog: ``"zip"`` (a downloaded
+ZIP part: unzip it first, the link expires) and ``"disc"`` (a CD or DVD written by
+:mod:`delivery.disc`: open the disc by its volume label, nothing to unpack, hand over the
+disc or copy all of it). The disc text says nothing about ZIP files, unzipping, links or
+expiry, nor about a ``PREVIEW`` folder (a disc has none).
+
+The per-platform sections and the viewers are data here (:data:`PLACES`,
+:data:`DISC_PLACES`) rather than template text; their strings are msgids of the same
+catalog, listed in :data:`MESSAGES` so a catalog check can find them (Babel's extractor
+does not see ``_(variable)``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from babel.dates import format_date
 
 from delivery.i18n import SOURCE_LANGUAGE, locale_name, render
 
 DOMAIN = "readme"
+
+#: Where the README travels: a ZIP part, or a disc image.
+Medium = Literal["zip", "disc"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +46,10 @@ class Viewer:
 
 @dataclass(frozen=True)
 class Place:
-    """How to open the package on one kind of device (all strings are msgids)."""
+    """How to open the package on one kind of device (all strings are msgids).
+
+    ``how`` may use ``%(label)s``, the disc's volume label (disc places only).
+    """
 
     title: str
     how: str
@@ -84,12 +98,42 @@ PLACES: tuple[Place, ...] = (
     ),
 )
 
+_OPEN_DISC = "In the viewer, open the DICOMDIR file on the disc."
+
+#: The same devices and viewers for a disc: opened where the computer shows it, by its
+#: volume label; a phone or tablet cannot read one.
+DISC_PLACES: tuple[Place, ...] = (
+    Place(
+        PLACES[0].title,
+        'Open File Explorer and click the disc drive named "%(label)s" (under "This PC"). '
+        'If Windows asks what to do with the disc, choose "Open folder to view files". '
+        "Then install a free viewer, for example:",
+        PLACES[0].viewers,
+        _OPEN_DISC,
+    ),
+    Place(
+        PLACES[1].title,
+        'A disc icon named "%(label)s" appears on the desktop and in the Finder sidebar: '
+        "double-click it to open the disc. Then install a free viewer, for example:",
+        PLACES[1].viewers,
+        _OPEN_DISC,
+    ),
+    Place(
+        PLACES[2].title,
+        "A phone or tablet cannot read a disc. Look at your images on a computer instead.",
+        (),
+        None,
+    ),
+)
+
+_PLACES: dict[Medium, tuple[Place, ...]] = {"zip": PLACES, "disc": DISC_PLACES}
+
 #: Every msgid that reaches the templates as data (see the module docstring).
 MESSAGES: frozenset[str] = frozenset(
-    {p.title for p in PLACES}
-    | {p.how for p in PLACES}
-    | {p.open for p in PLACES if p.open}
-    | {v.note for p in PLACES for v in p.viewers}
+    {p.title for places in _PLACES.values() for p in places}
+    | {p.how for places in _PLACES.values() for p in places}
+    | {p.open for places in _PLACES.values() for p in places if p.open}
+    | {v.note for places in _PLACES.values() for p in places for v in p.viewers}
 )
 
 
@@ -112,11 +156,21 @@ def render_readmes(
     studies: int,
     series: int,
     instances: int,
+    medium: Medium = "zip",
+    label: str | None = None,
 ) -> tuple[str, str]:
     """Return ``(README.txt, README.html)`` for one part, in ``language`` (BCP 47).
 
     Counts are those of the whole package. An unknown language renders in English.
+    ``medium="zip"`` (the default) is the downloaded part's text; ``medium="disc"`` is the
+    disc's, which names the disc by ``label`` (its volume label, required) and leaves out
+    ``expires`` (a disc does not expire). Raises ``ValueError`` for a disc without a label
+    or in more than one part (a disc image is always whole).
     """
+    if medium == "disc" and not label:
+        raise ValueError("a disc README needs the disc's volume label (label=)")
+    if medium == "disc" and (part, parts) != (1, 1):
+        raise ValueError(f"a disc is one part, not part {part} of {parts}")
     context: dict[str, object] = {
         "reference": reference,
         "contact": contact,
@@ -127,7 +181,9 @@ def render_readmes(
         "studies": studies,
         "series": series,
         "instances": instances,
-        "places": PLACES,
+        "places": _PLACES[medium],
+        "disc": medium == "disc",
+        "label": label,
     }
     tag = language or SOURCE_LANGUAGE
     text = render("readme.txt.j2", tag, DOMAIN, **context)

@@ -25,6 +25,7 @@ from delivery.disc import DiscExistsError, volume_label, write_disc_image
 from delivery.items import package_items
 from delivery.package import PackageInfo
 from delivery.package_errors import UnreadableInstanceError
+from delivery.readme import Medium, render_readmes
 from node.cli import main
 from release.reference import new_reference
 from release.requests import RequestBook
@@ -205,8 +206,12 @@ def test_export_iso_reads_back_whole(
     for entry in manifest["files"]:
         data = files[entry["path"]].read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (entry["size"], entry["sha256"])
-    assert stored.reference in files["README.txt"].read_text("utf-8")
+    readme = files["README.txt"].read_text("utf-8")
+    assert stored.reference in readme
     assert files["README.html"].read_text("utf-8").lstrip().lower().startswith("<!doctype html")
+    # The disc's wording: the disc named by its label, nothing to unzip.
+    assert "This disc holds" in readme and f'drive named "{label}"' in readme
+    assert "zip" not in readme.lower() and "PREVIEW" not in readme
 
 
 def _file_ids(dicomdir: Path) -> set[str]:
@@ -460,6 +465,34 @@ def test_states_other_than_cancelled_export(
     RequestBook(stored.db.sessions).transition(stored.reference, RequestState.OVERDUE, "t", "late")
     assert export(config, stored.reference, str(tmp_path / "disc.iso")) == 0
     assert stored.timeline()[-1][1].startswith("disc image written")
+
+
+@SQLITE
+@pytest.mark.parametrize("language", ["en", "ar"])
+def test_the_readmes_on_the_disc_are_the_disc_variant(
+    language: str, stored: Stored, tmp_path: Path
+) -> None:
+    """Byte for byte the disc README, not the ZIP one: no expiry even when the request has one."""
+    items = package_items(stored.db.sessions, stored.content, stored.request_id)
+    created, expires = datetime(2026, 3, 2, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
+    info = PackageInfo(stored.reference, language, "Imaging desk", created, expires)
+    result = write_disc_image(items, tmp_path / "disc.iso", info=info)
+    files = extract(result.path, tmp_path / "x")
+
+    def readmes(medium: Medium) -> tuple[str, str]:
+        return render_readmes(
+            language=language, reference=stored.reference, contact="Imaging desk",
+            created=created, expires=expires, part=1, parts=1, studies=result.studies,
+            series=result.series, instances=result.instances, medium=medium,
+            label=result.volume_id if medium == "disc" else None,
+        )  # fmt: skip
+
+    text, html = readmes("disc")
+    assert files["README.txt"].read_text("utf-8") == text
+    assert files["README.html"].read_text("utf-8") == html
+    assert (text, html) != readmes("zip")
+    assert f'lang="{language}" dir="{"rtl" if language == "ar" else "ltr"}"' in html
+    assert result.volume_id in text and "zip" not in text.lower() and "zip" not in html.lower()
 
 
 def test_volume_label() -> None:
