@@ -16,6 +16,7 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from delivery.outbox import Outbox, queue_link_again
 from node.app import open_store
+from node.cli_pacs import PullRefused, pull_selection
 from node.config import Config
 from node.delivery import message_domain
 from node.output import (
@@ -31,6 +33,7 @@ from node.output import (
     EXIT_USAGE,
     print_result,
 )
+from node.pulls import PullQueue, Wanted
 from release.errors import InvalidRequest, RequestConflict, RequestError
 from release.records import event_dict, request_dict
 from release.requests import RequestBook
@@ -105,6 +108,13 @@ def add_request_parsers(
         metavar="N",
         help="expected number of instances (only with a single --accession or --study-uid)",
     )
+    create.add_argument(
+        "--pull",
+        action="store_true",
+        help="ask the PACS (node.yaml pacs:) to send the chosen --study-uid/--accession "
+        "studies of this patient (C-MOVE, retried by the running node); the PACS's "
+        "instance counts become the expected counts (see `courier pacs find`)",
+    )
     create.add_argument("--language", default="en", help=f"one of {', '.join(SUPPORTED_LANGUAGES)}")
     create.add_argument("--urgency", default=Urgency.OVERNIGHT, help="overnight (default) or now")
     create.add_argument("--link-days", type=int, default=30, help="link lifetime, 1-365 days")
@@ -135,6 +145,7 @@ def add_request_parsers(
 def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
     """Run the ``request`` action in ``args``; returns the exit status."""
     draft: RequestDraft | None = None
+    pulls: list[Wanted] = []
     if args.request_action == "create":
         errors = _create_errors(args)
         if not errors:
@@ -144,6 +155,13 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
                 errors = [_with_option(e, args) for e in validation_errors(exc)]
         if errors:
             return _refuse_input(args, errors)
+        if args.pull and draft is not None:
+            try:
+                draft, pulls, warnings = pull_selection(cfg, draft, args.study_uid, args.accession)
+            except PullRefused as exc:
+                return _fail(args, exc.status, str(exc))
+            for warning in warnings:
+                print(f"courier: warning: {warning}", file=sys.stderr)
     try:
         engine, sessions, _content = open_store(cfg)
     except StoreError as exc:
@@ -151,6 +169,9 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
     book = RequestBook(sessions)
     try:
         if draft is not None:
+            if cfg.pacs is not None and pulls:
+                queue = PullQueue(sessions, cfg.pacs)
+                return _create(args, book, draft, lambda rid: queue.enqueue(rid, pulls))
             return _create(args, book, draft)
         if args.request_action == "list":
             return _list(args, book)
@@ -190,6 +211,24 @@ def _actor() -> str:
 
 def _create_errors(args: argparse.Namespace) -> list[dict[str, str]]:
     """Problems only the command line can have (before the draft is validated)."""
+    if args.pull and (args.expected is not None or args.by_reference):
+        return [
+            {
+                "field": "selection",
+                "option": "--pull",
+                "message": "the PACS gives the expected counts and the studies: leave out "
+                "--expected and --by-reference",
+            }
+        ]
+    if args.pull and not (args.accession or args.study_uid):
+        return [
+            {
+                "field": "selection",
+                "option": "--pull",
+                "message": "choose the studies to pull with --study-uid or --accession "
+                "(list them with `courier pacs find --patient-id ...`)",
+            }
+        ]
     if args.expected is not None and len(args.accession) + len(args.study_uid) != 1:
         return [
             {
@@ -258,11 +297,22 @@ def _fail(args: argparse.Namespace, status: int, message: str) -> int:
     return status
 
 
-def _create(args: argparse.Namespace, book: RequestBook, draft: RequestDraft) -> int:
+def _create(
+    args: argparse.Namespace,
+    book: RequestBook,
+    draft: RequestDraft,
+    pull: Callable[[int], int] | None = None,
+) -> int:
     req, created = book.submit(draft, _actor())
     data = {**request_dict(req), "created": created}
     verb = "created" if created else "already exists (same idempotency key)"
-    return print_result(args, data, f"{req.reference} {verb}: {req.state}")
+    text = f"{req.reference} {verb}: {req.state}"
+    if pull is not None:
+        # After the request's own transaction: the same command again (same idempotency
+        # key) queues whatever a crash in between left out.
+        data["pulls_queued"] = pull(req.id)
+        text += f"; {data['pulls_queued']} study(ies) queued to pull from the PACS"
+    return print_result(args, data, text)
 
 
 def _list(args: argparse.Namespace, book: RequestBook) -> int:
