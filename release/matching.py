@@ -4,7 +4,10 @@ When a study becomes stable, the rules decide (``release``/``hold``/``discard``)
 representative instance's header and the association it came on; the decision is
 recorded with the rule's name and why (:class:`~store.models.StudyDecision`). A
 ``release`` attaches the study to every pending request its join keys find (indexed
-look-ups, never a scan), moves the request to ``receiving`` and, once every selection
+look-ups, never a scan), and so does a ``hold`` (a rule's or the default when no rule
+matches) for a request that names the study by its Study Instance UID: staff picked that
+very study, or pulled it from the PACS. ``discard`` and ``reject`` always win. A joined
+request moves to ``receiving`` and, once every selection
 is satisfied by a stable study (with at least the expected instance count, when one
 was given), to ``ready``. A shortfall is never released silently: the request stays
 ``receiving`` and its timeline says what is missing. Requests still incomplete after
@@ -104,9 +107,19 @@ class Matcher:
         now = self._clock()
         with guarded(self._sessions) as s, s.begin():
             study_id = s.scalar(select(Study.id).where(Study.study_uid == study_uid))
-            found = self._find(s, decision, study_uid) if decision.action == "release" else {}
+            found: dict[int, ReleaseRequest] = {}
+            if decision.action == "release":
+                found = self._find(s, decision, study_uid)
+            elif decision.action == "hold":
+                found = self._named(s, study_uid)
             states = self._attach(s, study_id, found, decision, now)
             action, reason = decision.action, decision.reason or ""
+            if action == "hold" and found:
+                # Staff named this very study (picked it, or pulled it from the PACS):
+                # that is the request a hold waits for. Discard and reject still win.
+                action = "release"
+                held_by = f"rule {decision.rule}" if decision.rule else "no rule"
+                reason = f"held by {held_by}, but a request names this Study Instance UID"
             if action == "release" and not found:
                 # Never dropped: held for staff, listed, purged after retention.
                 action = "hold"
@@ -179,12 +192,7 @@ class Matcher:
         """Every joinable request the decision's join keys find (indexed look-ups), and
         every one that names this very study by its Study Instance UID (staff picked it:
         no join key is needed to know it is the one)."""
-        found: dict[int, ReleaseRequest] = {
-            r.id: r
-            for r in self._book.find_pending_by(
-                SelectionKind.STUDY_UID, study_uid, states=JOINABLE, session=s
-            )
-        }
+        found = self._named(s, study_uid)
         for join in decision.joins:
             keyed = [(k, v) for k, v in join.items() if k in _KINDS]
             if not keyed:
@@ -200,6 +208,13 @@ class Matcher:
                 if patient is None or candidates[rid].patient_id == patient:
                     found[rid] = candidates[rid]
         return found
+
+    def _named(self, s: Session, study_uid: str) -> dict[int, ReleaseRequest]:
+        """Every joinable request that names this study by its Study Instance UID."""
+        hits = self._book.find_pending_by(
+            SelectionKind.STUDY_UID, study_uid, states=JOINABLE, session=s
+        )
+        return {r.id: r for r in hits}
 
     def _attach(
         self,
