@@ -12,8 +12,8 @@
   nothing sent).
 - ``POST /access/verify``: the right code consumes the code and opens a session; a wrong
   one counts a try (``delivery.code_max_tries`` void the code) and a failure of the
-  day (:data:`~portal.grantsession.DAILY_FAILURES_LOCK` lock the link and alert staff,
-  in the same transaction).
+  day (``delivery.code_daily_failures_lock`` lock the link and alert staff, in the same
+  transaction). One read, then one short write transaction (see :func:`_check`).
 
 A code shown to the patient for a clinician (second channel ``shown:``) is a standing
 code: valid for the forwarded grant's life, not consumed by a right answer (the
@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from sqlalchemy import select
+from sqlalchemy import Integer, bindparam, case, func, insert, or_, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningUpdate
 from starlette.concurrency import run_in_threadpool
 
 from delivery.codes import send_code
@@ -38,28 +41,32 @@ from delivery.grants import GrantError
 from portal.context import PortalContext
 from portal.forms import csrf_ok, read_form
 from portal.grantsession import (
-    DAILY_FAILURES_LOCK,
     LINK_COOKIE,
     LINK_MAX_AGE_S,
     SESSION_COOKIE,
+    LiveGrant,
     audit,
     client_address,
+    event_row,
     forbidden,
     grant_by_token,
     is_live,
     limited,
+    live_grant,
     lock_grant,
     mask,
     neutral,
+    new_session,
     page,
     portal,
-    start_session,
+    record,
 )
-from store.models import Grant, ReleaseRequest
+from store.db import writing
+from store.models import Grant, PortalSession, UTCDateTime
 
 router = APIRouter()
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_DAY_S = 86_400
+_DAY = timedelta(days=1)  # the window of the daily failures
 
 
 def _see_other(url: str) -> RedirectResponse:
@@ -95,11 +102,12 @@ class _Link:
 
 def _live_link(ctx: PortalContext, token: str | None) -> _Link | None:
     with ctx.sessions() as s:
-        grant = grant_by_token(s, token)
-        if grant is None or not is_live(s, grant, ctx.clock()):
-            return None
-        shown = grant.second_channel.startswith("shown:")
-        return _Link(mask(grant.second_channel), shown, grant.language)
+        found = live_grant(s, token, ctx.clock())
+    if found is None:
+        return None
+    grant = found.grant
+    shown = grant.second_channel.startswith("shown:")
+    return _Link(mask(grant.second_channel), shown, grant.language)
 
 
 @router.get("/access", include_in_schema=False)
@@ -126,30 +134,28 @@ def _send(ctx: PortalContext, token: str | None) -> str:
         found = grant_by_token(s, token)
         if found is None:
             return "dead"
-        grant = lock_grant(s, found.id)
-        if not is_live(s, grant, now):
-            s.rollback()
-            return "dead"
-        if grant.second_channel.startswith("shown:"):
-            s.rollback()
-            return "shown"
-        try:
-            row = send_code(
-                s,
-                ctx.keys,
-                ctx.outbox,
-                grant,
-                now=now,
-                ttl_min=ctx.delivery.code_ttl_min,
-                sends_per_hour=ctx.delivery.code_sends_per_hour,
-            )
-        except GrantError:
-            s.rollback()
-            # Live but refused: the hourly cap (expired/locked were ruled out above).
-            return "limit"
-        audit(s, grant, f"code sent ({row.channel})", now)
-        s.commit()
-        return "sent"
+        with writing(s):  # every way out but the commit rolls back
+            grant = lock_grant(s, found.id)
+            if not is_live(s, grant, now):
+                return "dead"
+            if grant.second_channel.startswith("shown:"):
+                return "shown"
+            try:
+                row = send_code(
+                    s,
+                    ctx.keys,
+                    ctx.outbox,
+                    grant,
+                    now=now,
+                    ttl_min=ctx.delivery.code_ttl_min,
+                    sends_per_hour=ctx.delivery.code_sends_per_hour,
+                )
+            except GrantError:
+                # Live but refused: the hourly cap (expired/locked were ruled out above).
+                return "limit"
+            audit(s, grant, f"code sent ({row.channel})", now)
+            s.commit()
+            return "sent"
 
 
 @router.post("/access/code", include_in_schema=False)
@@ -188,78 +194,179 @@ class _Verdict:
 
 
 def _check(ctx: PortalContext, token: str | None, code: str) -> _Verdict:
+    """Judge ``code`` for link ``token``: one read, then one short write transaction.
+
+    The read takes no lock; the write re-checks what the read decided in the WHERE of
+    one conditional UPDATE (the code still unused, unexpired and untried too often; the
+    link still unlocked), so two checks of one link never use a code twice or lose a
+    try. Everything slow (hashing, the new session's token) happens before it.
+    """
     now = ctx.clock()
     with ctx.sessions() as s:
-        found = grant_by_token(s, token)
+        found = live_grant(s, token, now)
         if found is None:
             return _Verdict("dead")
-        grant = lock_grant(s, found.id)
-        if not is_live(s, grant, now):
-            s.rollback()
-            return _Verdict("dead")
+        grant = found.grant
         shown = grant.second_channel.startswith("shown:")
-        tries_left = grant.code_tries < ctx.delivery.code_max_tries
-        if tries_left and ctx.keys.check_code(grant, code, now):
-            session_token = _open(ctx, s, grant, shown)
-            s.commit()
-            return _Verdict("ok", session_token, grant.language)
-        locked = _wrong(ctx, s, grant)
-        s.commit()
-        if locked:
-            return _Verdict("dead")
-        link = _Link(mask(grant.second_channel), shown, grant.language)
-        return _Verdict("wrong", "", grant.language, link)
-
-
-def _open(ctx: PortalContext, s: Session, grant: Grant, shown: bool) -> str:
-    """The right code: consume it, record the opening, tell the patient if forwarded."""
-    now = ctx.clock()
-    grant.code_tries = 0
-    if not shown:  # a sent code works once; a shown code stands (see the module)
-        grant.code_hash = None
-        grant.code_expires_at = None
-    first = grant.first_opened_at is None
-    if first:
-        grant.first_opened_at = now
-    audit(s, grant, "signed in with the right code" + (" (first opening)" if first else ""), now)
-    if grant.parent_grant_id is not None:
-        parent = s.get(Grant, grant.parent_grant_id)
-        if parent is not None:
-            audit(s, grant, f"forwarded link used (shared by grant {parent.id})", now)
-            # request_id stays empty: a bounce to the patient must not fail their request.
-            ctx.outbox.enqueue(
-                s,
-                kind="share_used_email",
-                channel="email",
-                recipient=parent.recipient_email,
-                language=parent.language,
-                params={"opened_at": now.isoformat()},
-                grant_id=parent.id,
-            )
-    return start_session(s, grant, now)
-
-
-def _wrong(ctx: PortalContext, s: Session, grant: Grant) -> bool:
-    """Count a wrong code; True when this failure locked the link."""
-    now = ctx.clock()
-    grant.code_tries += 1
-    if grant.code_tries >= ctx.delivery.code_max_tries:
-        grant.code_hash = None  # void: a new code must be asked for
-        grant.code_expires_at = None
-    if grant.failures_since is None or (now - grant.failures_since).total_seconds() >= _DAY_S:
-        grant.failures_since = now
-        grant.failures = 0
-    grant.failures += 1
-    audit(s, grant, f"wrong code (try {grant.code_tries}, {grant.failures} today)", now)
-    if grant.failures >= DAILY_FAILURES_LOCK:
-        grant.locked_at = now
-        audit(s, grant, f"link locked after {grant.failures} wrong codes in a day", now)
-        reference = s.scalar(
-            select(ReleaseRequest.reference).where(ReleaseRequest.id == grant.request_id)
+        right = grant.code_tries < ctx.delivery.code_max_tries and ctx.keys.check_code(
+            grant, code, now
         )
-        ctx.outbox.alert(s, "locked", reference=reference, request_id=grant.request_id)
-        return True
-    return False
+        session_token, session = new_session(grant, now)
+        with writing(s):
+            if right and _open(ctx, s, found, shown, session, now):
+                s.commit()
+                return _Verdict("ok", session_token, grant.language)
+            # Wrong, or used up by another check since the read: a wrong try either way.
+            failures = _wrong(ctx, s, found, now)
+            if failures is None:  # locked or withdrawn since the read: rolled back
+                return _Verdict("dead")
+            s.commit()
+    if failures >= ctx.delivery.code_daily_failures_lock:
+        return _Verdict("dead")
+    link = _Link(mask(grant.second_channel), shown, grant.language)
+    return _Verdict("wrong", "", grant.language, link)
+
+
+def _open(
+    ctx: PortalContext,
+    s: Session,
+    found: LiveGrant,
+    shown: bool,
+    session: dict[str, Any],
+    now: datetime,
+) -> bool:
+    """The right code: consume it, open the session, record it, tell the patient if
+    forwarded. False (nothing written) when the code was used or voided since the read."""
+    grant = found.grant
+    conn = s.connection()
+    opened = conn.execute(
+        _OPEN_SHOWN if shown else _OPEN_SENT,
+        {
+            "grant": grant.id,
+            "seen_hash": grant.code_hash,
+            "now": now,
+            "max_tries": ctx.delivery.code_max_tries,
+        },
+    ).first()
+    if opened is None:
+        return False
+    conn.execute(_SESSION, session)
+    first = grant.first_opened_at is None and opened[0] == now
+    reason = "signed in with the right code" + (" (first opening)" if first else "")
+    events = [event_row(grant, found.state, reason, now)]
+    parent = found.parent
+    if parent is not None:
+        reason = f"forwarded link used (shared by grant {parent.id})"
+        events.append(event_row(grant, found.state, reason, now))
+        # request_id stays empty: a bounce to the patient must not fail their request.
+        ctx.outbox.enqueue(
+            s,
+            kind="share_used_email",
+            channel="email",
+            recipient=parent.recipient_email,
+            language=parent.language,
+            params={"opened_at": now.isoformat()},
+            grant_id=parent.id,
+        )
+    record(s, events)
+    return True
+
+
+def _wrong(ctx: PortalContext, s: Session, found: LiveGrant, now: datetime) -> int | None:
+    """Count a wrong code; the link's failures today, or None when it was locked or
+    withdrawn since the read (nothing written). The failure that reaches
+    ``delivery.code_daily_failures_lock`` locks the link and alerts staff."""
+    grant = found.grant
+    row = (
+        s.connection()
+        .execute(
+            _WRONG,
+            {
+                "grant": grant.id,
+                "now": now,
+                "day_ago": now - _DAY,
+                "max_tries": ctx.delivery.code_max_tries,
+                "lock_at": ctx.delivery.code_daily_failures_lock,
+            },
+        )
+        .first()
+    )
+    if row is None:
+        return None
+    tried, failed, locked = row
+    events = [event_row(grant, found.state, f"wrong code (try {tried}, {failed} today)", now)]
+    if locked is not None:
+        reason = f"link locked after {failed} wrong codes in a day"
+        events.append(event_row(grant, found.state, reason, now))
+        ctx.outbox.alert(s, "locked", reference=found.reference, request_id=grant.request_id)
+    record(s, events)
+    return int(failed)
+
+
+# The statements of a code check, built once (bound per check; all times aware UTC).
+_GRANTS = Grant.metadata.tables["grants"]
+_G = _GRANTS.c
+_NOW = bindparam("now", type_=UTCDateTime())
+_MAX_TRIES = bindparam("max_tries", type_=Integer())
+
+
+def _open_statement(shown: bool) -> ReturningUpdate[datetime | None]:
+    """Consume the code seen by the read if it is still the grant's, unexpired, not
+    tried too often and the link is unlocked; returns ``first_opened_at``."""
+    # A sent code works once; a shown code stands (see the module).
+    code = {"code_hash": _G.code_hash, "code_expires_at": _G.code_expires_at}
+    return (
+        update(_GRANTS)
+        .where(
+            _G.id == bindparam("grant"),
+            _G.code_hash == bindparam("seen_hash"),
+            _G.code_expires_at > _NOW,
+            _G.code_tries < _MAX_TRIES,
+            _G.locked_at.is_(None),
+            _G.revoked_at.is_(None),
+        )
+        .values(
+            code_tries=0,
+            first_opened_at=func.coalesce(_G.first_opened_at, _NOW),
+            **(code if shown else {"code_hash": None, "code_expires_at": None}),
+        )
+        .returning(_G.first_opened_at)
+    )
+
+
+def _wrong_statement() -> ReturningUpdate[int, int, datetime | None]:
+    """Count a wrong try and a failure of the day (the day restarts a day after its
+    first failure); void the code at ``max_tries``, lock the link at ``lock_at``. Every
+    SET reads the row as it was. Returns the new tries, failures and ``locked_at``."""
+    tries = _G.code_tries + 1
+    void = tries >= _MAX_TRIES
+    new_day = or_(
+        _G.failures_since.is_(None),
+        _G.failures_since <= bindparam("day_ago", type_=UTCDateTime()),
+    )
+    failures = case((new_day, 1), else_=_G.failures + 1)
+    return (
+        update(_GRANTS)
+        .where(_G.id == bindparam("grant"), _G.locked_at.is_(None), _G.revoked_at.is_(None))
+        .values(
+            code_tries=tries,
+            code_hash=case((void, None), else_=_G.code_hash),
+            code_expires_at=case((void, None), else_=_G.code_expires_at),
+            failures_since=case((new_day, _NOW), else_=_G.failures_since),
+            failures=failures,
+            locked_at=case(
+                (failures >= bindparam("lock_at", type_=Integer()), _NOW),
+                else_=_G.locked_at,
+            ),
+        )
+        .returning(_G.code_tries, _G.failures, _G.locked_at)
+    )
+
+
+_OPEN_SENT = _open_statement(shown=False)
+_OPEN_SHOWN = _open_statement(shown=True)
+_WRONG = _wrong_statement()
+_SESSION = insert(PortalSession.metadata.tables["portal_sessions"])
 
 
 @router.post("/access/verify", include_in_schema=False)

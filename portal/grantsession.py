@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session, aliased
 
 from portal.context import PortalContext
 from portal.pages import render
@@ -41,7 +42,6 @@ from store.models import (
 LINK_COOKIE = "__Host-link"
 SESSION_COOKIE = "__Host-session"
 LINK_MAX_AGE_S = 3600
-DAILY_FAILURES_LOCK = 20  # wrong codes in a day that lock a link until staff re-issue it
 _DEAD_REQUEST = (RequestState.CANCELLED, RequestState.EXPIRED)
 # last_seen_at is written at most this often (a download page makes many requests).
 _TOUCH_EVERY = timedelta(seconds=30)
@@ -69,16 +69,30 @@ def actor(grant: Grant) -> str:
 def audit(s: Session, grant: Grant, reason: str, now: datetime, who: str | None = None) -> None:
     """Record ``reason`` on the grant's request (state unchanged), in ``s``."""
     state = s.scalar(select(ReleaseRequest.state).where(ReleaseRequest.id == grant.request_id))
-    s.add(
-        RequestEvent(
-            request_id=grant.request_id,
-            at=now,
-            actor=who or actor(grant),
-            from_state=state or "",
-            to_state=state or "",
-            reason=reason,
-        )
-    )
+    s.add(RequestEvent(**event_row(grant, state, reason, now, who)))
+
+
+def event_row(
+    grant: Grant, state: str | None, reason: str, now: datetime, who: str | None = None
+) -> dict[str, Any]:
+    """The values of an audit event on the grant's request, whose ``state`` the caller
+    read (it stays unchanged); :func:`record` inserts a batch of them."""
+    return {
+        "request_id": grant.request_id,
+        "at": now,
+        "actor": who or actor(grant),
+        "from_state": state or "",
+        "to_state": state or "",
+        "reason": reason,
+    }
+
+
+def record(s: Session, events: list[dict[str, Any]]) -> None:
+    """Insert the :func:`event_row` values ``events`` in ``s`` (one statement)."""
+    s.connection().execute(_EVENT, events)
+
+
+_EVENT = insert(RequestEvent.metadata.tables["request_events"])
 
 
 def mask(second_channel: str) -> str:
@@ -124,6 +138,47 @@ def is_live(s: Session, grant: Grant | None, now: datetime) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class LiveGrant:
+    """A live grant as one query reads it, with what the code pages need besides."""
+
+    grant: Grant
+    state: str  # the request's (for the audit trail)
+    reference: str  # the request's (for a staff alert)
+    parent: Grant | None  # the patient's grant a forwarded grant was made from
+
+
+_PARENT = aliased(Grant)
+# Built once (a code check is hot): the grant of a token hash, its request's state and
+# reference, and the grant it was forwarded from; a grant without a package, or whose
+# package is deleted, is not live and has no row.
+_LIVE = (
+    select(Grant, ReleaseRequest.state, ReleaseRequest.reference, _PARENT)
+    .join(ReleaseRequest, ReleaseRequest.id == Grant.request_id)
+    .join(Package, Package.id == Grant.package_id)
+    .outerjoin(_PARENT, _PARENT.id == Grant.parent_grant_id)
+    .where(Grant.token_hash == bindparam("token_hash"), Package.deleted_at.is_(None))
+)
+
+
+def live_grant(s: Session, token: str | None, now: datetime) -> LiveGrant | None:
+    """The live grant of link ``token`` (one query, no lock), or None: the same
+    judgement as :func:`is_live`, whose reads it joins."""
+    if not token:
+        return None
+    row = s.execute(_LIVE, {"token_hash": digest(token)}).first()
+    if row is None:
+        return None
+    grant, state, reference, up = row
+    if grant.revoked_at is not None or grant.locked_at is not None or now >= grant.expires_at:
+        return None
+    if state in _DEAD_REQUEST:
+        return None
+    if grant.parent_grant_id is not None and (up is None or up.revoked_at is not None):
+        return None
+    return LiveGrant(grant, state, reference, up)
+
+
 def lock_grant(s: Session, grant_id: int) -> Grant:
     """Take the grant's row lock in ``s`` and return it fresh.
 
@@ -145,17 +200,23 @@ def lock_grant(s: Session, grant_id: int) -> Grant:
 
 def start_session(s: Session, grant: Grant, now: datetime) -> str:
     """A new session for ``grant`` in ``s``; returns the cookie's token."""
-    token = secrets.token_urlsafe(32)
-    s.add(
-        PortalSession(
-            token_hash=digest(token),
-            kind="grant",
-            grant_id=grant.id,
-            created_at=now,
-            last_seen_at=now,
-        )
-    )
+    token, values = new_session(grant, now)
+    s.add(PortalSession(**values))
     return token
+
+
+def new_session(grant: Grant, now: datetime) -> tuple[str, dict[str, Any]]:
+    """A new session for ``grant``: the cookie's token, and the values of its
+    :class:`~store.models.PortalSession` row for the caller to insert."""
+    token = secrets.token_urlsafe(32)
+    values = {
+        "token_hash": digest(token),
+        "kind": "grant",
+        "grant_id": grant.id,
+        "created_at": now,
+        "last_seen_at": now,
+    }
+    return token, values
 
 
 def session_grant(s: Session, request: Request, ctx: PortalContext) -> Grant | None:

@@ -7,7 +7,10 @@ its row is committed, and ``NORMAL`` may lose the last commits on power loss.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import threading
+import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +96,53 @@ def make_engine(
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
+        _GATES[engine] = threading.Lock()
+        _GATE_WAIT_S[engine] = busy_timeout_s
+
     return engine
+
+
+@contextmanager
+def writing(s: Session) -> Iterator[None]:
+    """Run the body as ``s``'s one short write transaction, which it ends with
+    ``s.commit()`` (anything else is rolled back on the way out).
+
+    Enter before the transaction's first write. On SQLite the database's one write lock
+    is taken here (``BEGIN IMMEDIATE``), so reads in the body see the latest commit, and
+    the engine's writers in this process queue on a lock for it in turn: a waiter wakes
+    as soon as the writer before it commits, where SQLite's own busy wait polls with a
+    back-off (up to 100 ms a poll) that lets newcomers overtake, which made the tail of
+    the portal's code check take seconds under load. Keep the body short: every other
+    writer waits for it. On PostgreSQL nothing is done here (each UPDATE locks its rows).
+    """
+    conn = s.connection()
+    if conn.dialect.name != "sqlite":
+        try:
+            yield
+        finally:
+            if s.in_transaction():
+                s.rollback()
+        return
+    if conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        raise RuntimeError("writing() must come before the transaction's first write")
+    gate = _GATES.get(conn.engine) or threading.Lock()  # an engine made elsewhere: none
+    # Bounded: a writer that cannot get the gate in time still meets SQLite's own wait.
+    held = gate.acquire(timeout=_GATE_WAIT_S.get(conn.engine, 5.0))
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield
+    finally:
+        try:
+            if s.in_transaction():
+                s.rollback()
+        finally:
+            if held:
+                gate.release()
+
+
+# The write gate of each SQLite engine made by make_engine (see writing), and its wait.
+_GATES: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_GATE_WAIT_S: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from httpx2 import Response
 from sqlalchemy import select, update
 
+from delivery.settings import DeliverySettings
 from portal.http import SECURITY_HEADERS
 from store.models import Grant, Notification, ReleaseRequest
 from tests.conftest import Database
@@ -68,6 +70,14 @@ def test_guessed_expired_revoked_and_locked_links_look_the_same(rig: Rig) -> Non
         assert _fetch(rig, token) == expected
     assert _fetch(rig, live.token)[0] == expected[0]  # the link itself cannot tell
     assert _fetch(rig, live.token)[1][0] == 200
+    # A code typed for any of them gets the one neutral page too, and counts nothing.
+    typed = []
+    for token in (secrets.token_urlsafe(32), *dead):
+        c = rig.client()
+        c.get(f"/d/{token}")
+        csrf_token(c)
+        typed.append(_shape(post(c, "/access/verify", code="123456")))
+    assert typed[0][0] == 404 and all(shape == typed[0] for shape in typed)
     assert rig.counts() == before
 
 
@@ -120,6 +130,24 @@ def test_reused_expired_and_another_links_codes_are_refused(rig: Rig) -> None:
     assert post(cb, "/access/verify", code=code_b).status_code == 400
 
 
+def test_checks_of_one_code_at_once_use_it_once_and_lose_no_try(rig: Rig) -> None:
+    p = rig.patient()
+    clients = [rig.client() for _ in range(8)]
+    for c in clients:
+        c.get(f"/d/{p.token}")
+        csrf_token(c)
+    post(clients[0], "/access/code")
+    code = rig.last_code()
+    with ThreadPoolExecutor(len(clients)) as pool:
+        answers = list(pool.map(lambda c: post(c, "/access/verify", code=code), clients))
+    assert sorted(r.status_code for r in answers) == [303] + [400] * 7
+    g = rig.grant(p.grant_id)
+    assert g.code_hash is None and g.failures == 7 and g.code_tries == 7
+    reasons = [e.reason for e in rig.events(p.request_id)]
+    assert reasons.count("signed in with the right code (first opening)") == 1
+    assert {f"wrong code (try {n}, {n} today)" for n in range(1, 8)} <= set(reasons)
+
+
 def test_code_requests_over_the_hourly_limit_get_429_and_send_nothing(rig: Rig) -> None:
     p = rig.patient()
     c = rig.client()
@@ -149,11 +177,25 @@ def test_posts_over_the_per_address_limit_get_429(
     assert limited.counts() == before
 
 
-def test_twenty_failures_in_a_day_lock_the_link_and_alert_staff(rig: Rig) -> None:
+LOCKS = [
+    # (delivery.code_daily_failures_lock, None for the default; the wrong code that locks)
+    (None, 20),
+    (5, 5),
+    (8, 8),
+]
+
+
+@pytest.mark.parametrize(("setting", "locking"), LOCKS)
+def test_failures_in_a_day_lock_the_link_and_alert_staff(
+    rig: Rig, setting: int | None, locking: int
+) -> None:
+    if setting is not None:
+        values = {**rig.ctx.delivery.model_dump(), "code_daily_failures_lock": setting}
+        rig.ctx.delivery = DeliverySettings.model_validate(values)
     p = rig.patient()
     c = rig.client()
     c.get(f"/d/{p.token}")
-    for i in range(19):
+    for i in range(locking - 1):
         if i % 5 == 0:
             post(c, "/access/code")
             rig.clock.advance(minutes=21)  # stay under the hourly cap of codes
@@ -162,7 +204,12 @@ def test_twenty_failures_in_a_day_lock_the_link_and_alert_staff(rig: Rig) -> Non
     r = post(c, "/access/verify", code="999999")
     assert r.status_code == 404
     g = rig.grant(p.grant_id)
-    assert g.locked_at is not None and g.failures == 20
+    assert g.locked_at is not None and g.failures == locking
+    reasons = [e.reason for e in rig.events(p.request_id)]
+    assert reasons[-2:] == [
+        f"wrong code (try {(locking - 1) % 5 + 1}, {locking} today)",
+        f"link locked after {locking} wrong codes in a day",
+    ]
     with rig.db.sessions() as s:
         alerts = s.scalars(select(Notification).where(Notification.kind == "alert_locked")).all()
     assert len(alerts) == 1 and alerts[0].recipient == "pacs-team@hospital.example"
