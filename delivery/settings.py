@@ -119,14 +119,31 @@ class DeliverySettings(BaseModel):
         ge=1,
         le=20,
         description="Wrong tries one code accepts before it is void (the patient asks for "
-        "a new one; 20 wrong tries in a day lock the link until staff re-issue it). "
+        "a new one; code_daily_failures_lock wrong tries in a day lock the link). "
         "Default 5.",
+    )
+    code_daily_failures_lock: int = Field(
+        default=20,
+        ge=5,
+        le=1000,
+        description="Wrong codes for one link within a day (counted from the first of "
+        "them, across codes) that lock the link until staff re-issue it; staff are "
+        "alerted. Default 20.",
     )
     code_sends_per_hour: int = Field(
         default=5,
         ge=1,
         le=20,
         description="Codes one link may have sent per rolling hour. Default 5.",
+    )
+    purge_grace_days: int = Field(
+        default=7,
+        ge=0,
+        le=365,
+        description="Days a package's files are kept after its link expired (or its "
+        "request was cancelled), for staff to look into a complaint; nobody can download "
+        "them meanwhile. Then they are deleted and the purge audited. 0: at the first "
+        "sweep after expiry. Default 7.",
     )
     package_dir: Path | None = Field(
         default=None,
