@@ -102,6 +102,10 @@ BAD: list[tuple[str, Any, str]] = [
     ("code_ttl_min", -10, "greater than or equal to 1"),
     ("code_max_tries", 0, "greater than or equal to 1"),
     ("code_sends_per_hour", -3, "greater than or equal to 1"),
+    ("code_daily_failures_lock", 4, "greater than or equal to 5"),
+    ("code_daily_failures_lock", 1001, "less than or equal to 1000"),
+    ("purge_grace_days", -1, "greater than or equal to 0"),
+    ("purge_grace_days", 366, "less than or equal to 365"),
     ("package_dir", ".", "give a folder for packages"),
     ("windw", "01:00-05:00", "Extra inputs are not permitted"),
 ]
