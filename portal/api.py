@@ -6,6 +6,12 @@ route needs a staff API key (``Authorization: Bearer <key>`` or ``X-API-Key``): 
 gives 401, an unknown one 403. Input is validated by :class:`release.validation.RequestDraft`,
 the same as the CLI; errors are ``{"errors": [{"field", "message"}]}`` with 422. The
 OpenAPI document is at ``/api/openapi.json``. Bodies are never logged.
+
+``POST /requests/{ref}/cancel`` and ``/resend`` do what ``courier request cancel|resend``
+do, through the same :class:`~release.requests.RequestBook` calls (and, for a resend,
+:func:`delivery.outbox.queue_link_again` in the same transaction as the event): 404 for
+an unknown reference, 409 when the request's state does not allow it or there is no
+active link to send again.
 """
 
 from collections.abc import Callable, Sequence
@@ -29,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from delivery.outbox import Outbox, queue_link_again
 from portal.accesslog import AccessLog
 from portal.apikeys import actor_of, check_hashes, match_api_key
 from portal.context import PortalContext
@@ -39,7 +46,7 @@ from release.records import event_dict, request_dict
 from release.requests import RequestBook
 from release.validation import RequestDraft
 from store.catalog import guarded
-from store.models import RequestState, Study, StudyState, utcnow
+from store.models import ReleaseRequest, RequestState, Study, StudyState, utcnow
 
 MAX_LIMIT = 500
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <staff API key>")
@@ -64,11 +71,21 @@ class CancelBody(BaseModel):
     reason: Annotated[str, Field(max_length=2000)] = "cancelled through the API"
 
 
+class ResendBody(BaseModel):
+    """Why the link is sent again (recorded on the request's timeline)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, Field(max_length=2000)] = "resend requested through the API"
+
+
 @dataclass(frozen=True)
 class _Deps:
     sessions: sessionmaker[Session]
     hashes: tuple[str, ...]
     book: RequestBook
+    outbox: Outbox
+    clock: Callable[[], datetime]
 
 
 def _deps(request: Request) -> _Deps:
@@ -147,6 +164,24 @@ def cancel_request(ref: Ref, body: CancelBody, who: Actor, deps: Deps) -> dict[s
     return {**request_dict(deps.book.get(event.request_id)), "event": event_dict(event)}
 
 
+@api.post(
+    "/requests/{ref}/resend",
+    responses={
+        404: {"model": Detail},
+        409: {"model": Detail, "description": "no link sent yet, or none active to resend"},
+    },
+)
+def resend_request(ref: Ref, body: ResendBody, who: Actor, deps: Deps) -> dict[str, Any]:
+    """Queue the link email of the patient's active link again (a notified, downloaded
+    or failed request); the state does not change."""
+
+    def send(s: Session, req: ReleaseRequest) -> None:
+        queue_link_again(s, deps.outbox, req, deps.clock())
+
+    event = deps.book.resend(ref, who, body.reason, send=send)
+    return {**request_dict(deps.book.get(event.request_id)), "event": event_dict(event)}
+
+
 @api.get("/studies")
 def list_studies(
     who: Actor, deps: Deps, state: StudyState | None = None, limit: Limit = 100
@@ -169,6 +204,8 @@ def create_app(
 
     ``api_key_hashes`` are :func:`portal.apikeys.hash_api_key` digests; a malformed one
     raises ValueError here, at start-up. With none, every API call is refused (403).
+    Resends are queued in ``portal.outbox`` (the node's, with its Message-ID domain);
+    without ``portal``, in an :class:`~delivery.outbox.Outbox` with its defaults.
     """
     app = FastAPI(
         title="Courier",
@@ -179,7 +216,8 @@ def create_app(
         redoc_url=None,
     )
     hashes = check_hashes(api_key_hashes)
-    app.state.courier = _Deps(sessions, hashes, RequestBook(sessions, clock))
+    outbox = portal.outbox if portal is not None else Outbox(clock=clock)
+    app.state.courier = _Deps(sessions, hashes, RequestBook(sessions, clock), outbox, clock)
     app.include_router(api)
     if portal is not None:
         install_pages(app, portal)

@@ -7,6 +7,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from store.netaddr import ListenAddress
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -16,7 +18,7 @@ class PortalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(default=True, description="Serve the web app in `courier serve`.")
-    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    host: ListenAddress = Field(default="127.0.0.1", description="Address to listen on.")
     port: int = Field(default=8080, ge=1, le=65535, description="HTTP port.")
     public_url: str = Field(
         default="http://127.0.0.1:8080",
@@ -91,11 +93,3 @@ class PortalSettings(BaseModel):
         if not re.match(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$", v):
             raise ValueError("expected an absolute http(s) URL such as https://courier.example.org")
         return v
-
-    @field_validator("host")
-    @classmethod
-    def _listen(cls, v: str) -> str:
-        try:
-            return str(ipaddress.ip_address(v))
-        except ValueError:
-            raise ValueError(f"{v!r} is not an IP address to listen on") from None

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from portal import staff_actions, staff_auth, staff_requests
 from portal.site import context_of
 from portal.staff_auth import SignedIn
-from portal.staff_data import dashboard
+from portal.staff_dashboard import dashboard
 from portal.staff_requests import page
 from store.catalog import guarded
 

@@ -7,8 +7,9 @@ moved the request meanwhile). Refusals re-render the page with the reason (409);
 success redirects back (303) with a fixed "done" note.
 
 - ``resend``: the link email again, for the newest active patient link (the same
-  checks as :meth:`RequestBook.resend`; the email is queued here, in the same
-  transaction, so the resend is not only recorded but sent).
+  checks as :meth:`RequestBook.resend`, and the same
+  :func:`delivery.outbox.queue_link_again` as the CLI and the API; the email is queued
+  in the same transaction as the event, so the resend is not only recorded but sent).
 - ``revoke``: the chosen link and the links forwarded from it stop working at once
   (their portal sessions end too).
 - ``extend``: the chosen link lives ``days`` more (from its expiry, or from now if it
@@ -34,11 +35,14 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from delivery.grants import new_grant
+from delivery.outbox import queue_link_again
 from portal.context import PortalContext
+from portal.forms import Form
 from portal.site import context_of
-from portal.staff_auth import CheckedForm, Form, SignedIn, Staff
-from portal.staff_data import CD_MARK, LIVE, grant_state
+from portal.staff_auth import CheckedForm, SignedIn, Staff
+from portal.staff_choices import LIVE
 from portal.staff_requests import detail_page
+from portal.staff_story import CD_MARK, grant_state
 from release.errors import InvalidTransition, RequestNotFound
 from release.states import RESENDABLE, allowed
 from store.catalog import guarded
@@ -87,14 +91,10 @@ def _revoke_tree(s: Session, root: Grant, now: datetime) -> int:
 def resend(s: Session, ctx: PortalContext, req: ReleaseRequest, form: Form, now: datetime) -> str:
     if RequestState(req.state) not in RESENDABLE:
         raise Refused("No link has been sent yet; it goes out when the studies are ready.")
-    grant = s.scalars(
-        select(Grant)
-        .where(Grant.request_id == req.id, Grant.purpose == "patient")
-        .order_by(Grant.id.desc())
-    ).first()
-    if grant is None or grant_state(grant, now) != "active":
-        raise Refused("The patient's link is not active; extend or re-issue it instead.")
-    _link_email(s, ctx, req, grant)
+    try:
+        grant = queue_link_again(s, ctx.outbox, req, now)
+    except InvalidTransition as exc:
+        raise Refused("The patient's link is not active; extend or re-issue it instead.") from exc
     return f"link email resent (link #{grant.id})"
 
 

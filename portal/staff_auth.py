@@ -31,14 +31,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated
-from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select, update
 
-from portal import csrf, passwords
+from portal import passwords
 from portal.context import PortalContext
+from portal.forms import Form, FormTooLarge, csrf_ok, parse_form
 from portal.pages import render
 from portal.site import context_of
 from store.catalog import guarded
@@ -51,52 +51,21 @@ KIND = "staff"
 LOGIN = "/staff/login"
 MAX_SESSION = timedelta(hours=12)  # a shift; idle sessions end far sooner
 MAX_FORM = 64 * 1024  # a staff form is a few kB
-_MAX_FIELDS = 400
 router = APIRouter(prefix="/staff")
 
 
 # -- forms ------------------------------------------------------------------------------
 
 
-class Form:
-    """A posted ``application/x-www-form-urlencoded`` body (parsed here: the pages need
-    no multipart, so no extra dependency)."""
-
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
-        self._pairs = pairs
-
-    def get(self, name: str, default: str = "") -> str:
-        """The first value of ``name``, or ``default``."""
-        return next((v for k, v in self._pairs if k == name), default)
-
-    def getlist(self, name: str) -> list[str]:
-        """Every value of ``name``, in order."""
-        return [v for k, v in self._pairs if k == name]
-
-
-async def read_form(request: Request) -> Form:
-    """The request's form; empty when it is not a URL-encoded form or not UTF-8 (the
-    CSRF check then refuses it). Raises 413 past :data:`MAX_FORM` bytes."""
-    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if kind != "application/x-www-form-urlencoded":
-        return Form([])
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM:
-            raise HTTPException(413, f"form too large; at most {MAX_FORM} bytes")
-    try:
-        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=_MAX_FIELDS)
-    except (UnicodeDecodeError, ValueError):
-        return Form([])
-    return Form(pairs)
-
-
 async def checked_form(request: Request) -> Form:
-    """The posted form, after its CSRF token matched the browser's cookie (403 if not).
-    Declared first on every POST route, so it runs before anything else."""
-    form = await read_form(request)
-    if not csrf.valid(request, form.get(csrf.FIELD) or None):
+    """The posted form (:func:`portal.forms.parse_form`: every value kept), after its
+    CSRF token matched the browser's cookie (403 if not; 413 past :data:`MAX_FORM`
+    bytes). Declared first on every POST route, so it runs before anything else."""
+    try:
+        form = await parse_form(request, MAX_FORM)
+    except FormTooLarge as exc:
+        raise HTTPException(413, str(exc)) from exc
+    if not csrf_ok(request, form):
         raise HTTPException(
             403, "this form has expired or did not come from this site; reload the page"
         )

@@ -19,17 +19,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
 from portal.context import PortalContext
+from portal.forms import Form
 from portal.pages import render
 from portal.site import context_of
-from portal.staff_auth import CheckedForm, Form, SignedIn, Staff
-from portal.staff_data import (
-    LIST_LIMIT,
-    choices,
-    patient_of,
-    request_lines,
-    story,
-    studies_of_patient,
-)
+from portal.staff_auth import CheckedForm, SignedIn, Staff
+from portal.staff_choices import choices
+from portal.staff_dashboard import LIST_LIMIT, request_lines
+from portal.staff_story import story
+from portal.staff_studies import patient_of, studies_of_patient
 from release.errors import RequestConflict, RequestNotFound
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
 from store.catalog import guarded

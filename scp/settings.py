@@ -8,6 +8,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from store.netaddr import ListenAddress
+
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII except backslash
 
 
@@ -56,7 +58,9 @@ class ScpSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ae_title: AeTitle = Field(default="COURIER", description="Our AE title (called AE).")
-    host: str = Field(default="127.0.0.1", description="Address to listen on; 0.0.0.0 = all.")
+    host: ListenAddress = Field(
+        default="127.0.0.1", description="Address to listen on; 0.0.0.0 = all."
+    )
     port: int = Field(default=11112, ge=1, le=65535, description="DICOM port.")
     allowed_calling_aes: list[AllowedPeer] = Field(
         default_factory=list,
@@ -111,11 +115,3 @@ class ScpSettings(BaseModel):
         if isinstance(v, list):
             return [{"ae_title": x} if isinstance(x, str) else x for x in v]
         return v
-
-    @field_validator("host")
-    @classmethod
-    def _listen(cls, v: str) -> str:
-        try:
-            return str(ipaddress.ip_address(v))
-        except ValueError:
-            raise ValueError(f"{v!r} is not an IP address to listen on") from None

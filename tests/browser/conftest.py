@@ -15,7 +15,6 @@ step of each journey, so a Chromium that refuses them fails loudly, not mysterio
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -35,6 +34,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 from tests import synthetic
 from tests.conftest import COURIER, REPO, NodeProcess, have_dcmtk, need, wait_for_echo
 from tests.peers import free_port
+from tests.release.helpers import EMAIL, MOBILE, courier, create_by_cli
 from tests.scu import storescu
 from tests.smtp_server import SmtpServer
 from tests.twilio_server import TwilioServer
@@ -62,8 +62,8 @@ MESSAGE_S = 60.0  # the outbox relay polls about every second; packaging takes a
 STATE_S = 90.0
 
 # Synthetic people only: example.org addresses, mobile numbers no one is given.
-PATIENT_EMAIL = "patient@example.org"
-PATIENT_MOBILE = "+447911123456"
+PATIENT_EMAIL = EMAIL
+PATIENT_MOBILE = MOBILE
 CLINICIAN_EMAIL = "clinician@example.org"
 CLINICIAN_MOBILE = "+447911123499"
 CLINICIAN2_EMAIL = "gp@example.org"
@@ -200,38 +200,11 @@ class Site:
 
     def cli(self, *argv: str, check: bool = True) -> Any:
         """Run ``courier ARGV --config ... --json``; the decoded JSON (None if no output)."""
-        out = subprocess.run(
-            [str(COURIER), *argv, "--config", str(self.node.config), "--json"],
-            capture_output=True,
-            text=True,
-            env=self.node.env,
-            timeout=120,
-            check=False,
-        )
-        if check:
-            assert out.returncode == 0, f"courier {argv[0]} failed: {out.stderr[-2000:]}"
-        return json.loads(out.stdout) if out.stdout.strip() else None
+        return courier(self.node, *argv, check=check, timeout=120)
 
     def create_request(self, accession: str, *extra: str) -> str:
         """A request for the synthetic patient, by accession; returns its reference."""
-        req = self.cli(
-            "request",
-            "create",
-            "--patient-id",
-            "SYN0001",
-            "--patient-name",
-            "Synthetic^Patient",
-            "--birth-date",
-            "19700131",
-            "--email",
-            PATIENT_EMAIL,
-            "--second-channel",
-            f"sms:{PATIENT_MOBILE}",
-            "--accession",
-            accession,
-            *extra,
-        )
-        return str(req["reference"])
+        return create_by_cli(self.node, "--accession", accession, *extra)
 
     def push(self, accession: str, n_slices: int = 4) -> None:
         """Send a small synthetic CT study with dcmtk's storescu."""

@@ -23,6 +23,7 @@ from delivery.grants import GrantKeys
 from store.models import Grant, Package
 from tests import synthetic
 from tests.conftest import COURIER, Database, have_dcmtk, need
+from tests.release.helpers import courier, create_by_cli
 from tests.scu import storescu
 from tests.smtp_server import SmtpServer
 
@@ -37,45 +38,10 @@ rules:
 """
 
 
-def _cli(node: Any, *argv: str, check: bool = True) -> Any:
-    out = subprocess.run(
-        [str(COURIER), *argv, "--config", str(node.config), "--json"],
-        capture_output=True,
-        text=True,
-        env=node.env,
-        timeout=300,
-    )
-    if check:
-        assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout) if out.stdout.strip() else None
-
-
-def _create(node: Any, accession: str, *extra: str) -> str:
-    req = _cli(
-        node,
-        "request",
-        "create",
-        "--patient-id",
-        "SYN0001",
-        "--patient-name",
-        "Synthetic^Patient",
-        "--birth-date",
-        "19700131",
-        "--email",
-        "patient@example.org",
-        "--second-channel",
-        "sms:+447911123456",
-        "--accession",
-        accession,
-        *extra,
-    )
-    return str(req["reference"])
-
-
 def _wait(node: Any, ref: str, want: str, rounds: int = 120) -> str:
     state = ""
     for _ in range(rounds):  # bounded: rounds x 0.5 s
-        state = _cli(node, "request", "show", ref)["state"]
+        state = courier(node, "request", "show", ref)["state"]
         if state == want:
             break
         time.sleep(0.5)
@@ -104,7 +70,7 @@ def test_push_to_email_with_the_link(node_factory: Any, db: Database, tmp_path: 
                 "  from_address: imaging@hospital.example\n  from_name: St Elsewhere\n"
             ),
         )
-        ref = _create(node, "ACC0001", "--urgency", "now")
+        ref = create_by_cli(node, "--accession", "ACC0001", "--urgency", "now")
         ct = synthetic.make_ct_series(tmp_path / "ct", n_slices=5, rows=32, cols=32)
         assert storescu(node.port, ct).returncode == 0
         assert _wait(node, ref, "notified") == "notified"
@@ -129,7 +95,7 @@ def test_push_to_email_with_the_link(node_factory: Any, db: Database, tmp_path: 
     with zipfile.ZipFile(zip_path) as z:
         names = z.namelist()
     assert "DICOMDIR" in names and "README.html" in names and "MANIFEST.json" in names
-    timeline = [e["reason"] for e in _cli(node, "request", "show", ref)["timeline"]]
+    timeline = [e["reason"] for e in courier(node, "request", "show", ref)["timeline"]]
     assert any("link email sent" in r for r in timeline)
 
 
@@ -148,7 +114,7 @@ def test_deliver_now_on_the_embedded_defaults_and_a_crash_mid_packaging(
             "delivery:\n  window: '01:00-01:01'\n  timezone: Pacific/Kiritimati\n"
         ),
     )
-    ref = _create(node, "ACC0002")
+    ref = create_by_cli(node, "--accession", "ACC0002")
     ct = synthetic.make_ct_series(tmp_path / "ct", n_slices=120, accession="ACC0002")
     assert storescu(node.port, ct).returncode == 0
     assert _wait(node, ref, "ready") == "ready"
@@ -170,7 +136,7 @@ def test_deliver_now_on_the_embedded_defaults_and_a_crash_mid_packaging(
     finally:
         proc.wait(30)
     assert not [p for p in packages.iterdir() if p.name.endswith(".zip")]
-    assert _cli(node, "request", "show", ref)["state"] == "packaging"
+    assert courier(node, "request", "show", ref)["state"] == "packaging"
 
     # The node restarts: the half-built files are swept, the request is ready again...
     node2 = node_factory(
@@ -184,7 +150,7 @@ def test_deliver_now_on_the_embedded_defaults_and_a_crash_mid_packaging(
     assert not [p for p in packages.iterdir() if p.name.endswith(".partial")]
     node2.stop()
     # ...and the next batch rebuilds it and queues the link in the file outbox.
-    done = _cli(node2, "deliver", "--now")
+    done = courier(node2, "deliver", "--now")
     assert done["notified"] == [ref] and done["messages_sent"] == 1
     [eml] = list((node2.data_dir / "outbox").glob("*.eml"))
     msg = message_from_bytes(eml.read_bytes(), policy=policy.default)

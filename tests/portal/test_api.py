@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import sessionmaker
 
+from delivery.grants import GrantKeys, new_grant
 from portal.api import create_app
 from portal.apikeys import hash_api_key, new_api_key
 from portal.http import SECURITY_HEADERS
-from store.models import RequestEvent, Study, StudyState
+from release.requests import RequestBook
+from store.models import (
+    Notification,
+    ReleaseRequest,
+    RequestEvent,
+    RequestState,
+    Study,
+    StudyState,
+)
 from tests.portal.conftest import NOW, Api
 from tests.release.helpers import counts, draft_data
 
@@ -141,6 +151,7 @@ def test_an_oversized_body_is_refused_with_or_without_a_length(api: Api) -> None
         ("GET", URL),
         ("GET", f"{URL}/CR-7KQ4-M2XD-9"),
         ("POST", f"{URL}/CR-7KQ4-M2XD-9/cancel"),
+        ("POST", f"{URL}/CR-7KQ4-M2XD-9/resend"),
         ("GET", "/api/v1/studies"),
     ],
 )
@@ -209,8 +220,90 @@ def test_a_bad_cancel_reason_is_a_field_error_and_changes_nothing(api: Api, reas
 @pytest.mark.parametrize("ref", ["CR-7KQ4-M2XD-9", "CR-0000", "999999", "<b>", "x" * 64])
 def test_an_unknown_reference_is_404(api: Api, ref: str) -> None:
     assert api.client.get(f"{URL}/{ref}", headers=api.auth).status_code == 404
-    cancel = api.client.post(f"{URL}/{ref}/cancel", json={}, headers=api.auth)
-    assert cancel.status_code == 404
+    for action in ("cancel", "resend"):
+        r = api.client.post(f"{URL}/{ref}/{action}", json={}, headers=api.auth)
+        assert r.status_code == 404, action
+
+
+S = RequestState
+TO = {  # how a new (pending) request reaches each state
+    S.PENDING: [],
+    S.NOTIFIED: [S.READY, S.PACKAGING, S.NOTIFIED],
+    S.DOWNLOADED: [S.READY, S.PACKAGING, S.NOTIFIED, S.DOWNLOADED],
+    S.FAILED: [S.READY, S.PACKAGING, S.FAILED],
+    S.CANCELLED: [S.CANCELLED],
+}
+
+
+def with_link(api: Api, state: RequestState, link: str | None) -> tuple[str, int | None]:
+    """A request in ``state`` whose patient link (if any) is ``link``: (reference, grant id)."""
+    ref = create(api)["reference"]
+    book = RequestBook(api.db.sessions, lambda: NOW)
+    for target in TO[state]:
+        book.transition(ref, target, "delivery", "test")
+    if link is None:
+        return ref, None
+    with api.db.sessions() as s, s.begin():
+        req = s.scalars(select(ReleaseRequest).where(ReleaseRequest.reference == ref)).one()
+        grant = new_grant(s, GrantKeys(b"k" * 32), req, package_id=None, link_days=30, now=NOW)
+        if link == "locked":
+            grant.locked_at = NOW
+        elif link == "revoked":
+            grant.revoked_at = NOW
+        elif link == "expired":
+            grant.expires_at = NOW - timedelta(seconds=1)
+        return ref, grant.id
+
+
+@pytest.mark.parametrize(
+    ("state", "link", "status", "says"),
+    [
+        (S.NOTIFIED, "active", 200, ""),
+        (S.DOWNLOADED, "active", 200, ""),
+        (S.FAILED, "active", 200, ""),
+        (S.NOTIFIED, "locked", 409, "no active link"),
+        (S.NOTIFIED, "revoked", 409, "no active link"),
+        (S.NOTIFIED, "expired", 409, "no active link"),
+        (S.NOTIFIED, None, 409, "no active link"),
+        (S.PENDING, None, 409, "no link has been sent yet"),
+        (S.CANCELLED, None, 409, "nothing to resend"),
+    ],
+)
+def test_resend_queues_the_link_email_again_or_says_why_not(
+    api: Api, state: RequestState, link: str | None, status: int, says: str
+) -> None:
+    ref, grant_id = with_link(api, state, link)
+    before = len(RequestBook(api.db.sessions).timeline(ref))
+    r = api.client.post(
+        f"{URL}/{ref.lower()}/resend", json={"reason": "lost the email"}, headers=api.auth
+    )
+    assert r.status_code == status, r.text
+    timeline = RequestBook(api.db.sessions).timeline(ref)
+    with api.db.sessions() as s:
+        queued = [(n.kind, n.grant_id, n.recipient) for n in s.scalars(select(Notification))]
+    if status != 200:
+        assert says in r.json()["detail"]
+        assert queued == [] and len(timeline) == before
+        return
+    body = r.json()
+    assert body["state"] == str(state) and body["event"]["reason"] == "lost the email"
+    assert queued == [("link_email", grant_id, "patient@example.org")]
+    event = timeline[-1]
+    assert len(timeline) == before + 1
+    assert (event.actor, event.from_state, event.to_state) == (
+        f"api:{hash_api_key(api.key)[:8]}",
+        str(state),
+        str(state),
+    )
+
+
+def test_a_bad_resend_body_is_a_field_error(api: Api) -> None:
+    ref, _ = with_link(api, S.NOTIFIED, "active")
+    for body, field in (({"reason": "x" * 10_240}, "reason"), ({"y": 1}, "y")):
+        r = api.client.post(f"{URL}/{ref}/resend", json=body, headers=api.auth)
+        assert r.status_code == 422 and list(errors_of(r.json())) == [field]
+    with api.db.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Notification)) == 0
 
 
 def test_studies_newest_first_and_by_state(api: Api) -> None:
@@ -238,6 +331,7 @@ def test_security_headers_on_every_response(api: Api) -> None:
         api.client.get(URL, headers=api.auth),
         api.client.get(f"{URL}/{ref}", headers=api.auth),
         api.client.get(f"{URL}/nope", headers=api.auth),
+        api.client.post(f"{URL}/{ref}/resend", json={}, headers=api.auth),
         api.client.post(f"{URL}/{ref}/cancel", json={}, headers=api.auth),
         api.client.post(URL, json={}, headers=api.auth),
         api.client.get("/api/v1/studies", headers=api.auth),

@@ -382,6 +382,13 @@ def test_posts_without_the_csrf_token_are_refused_and_change_nothing(
     assert site.scalar(select(PortalSession.ended_at)) is None  # logout did not happen
 
 
+def test_an_oversized_form_is_413_and_changes_nothing(signed_in: Site) -> None:
+    site = signed_in
+    r = site.post("/staff/requests/new", draft(note="x" * (64 * 1024)))
+    assert r.status_code == 413 and "at most 65536 bytes" in r.text
+    assert count(site, ReleaseRequest) == 0
+
+
 def test_csrf_is_checked_before_the_session(site: Site) -> None:
     r = site.client.post("/staff/requests/new", data=draft(), follow_redirects=False)
     assert r.status_code == 403
@@ -633,6 +640,19 @@ def test_resend_queues_the_link_email_and_is_audited(signed_in: Site) -> None:
     r = site.post(f"/staff/requests/{pending}/resend")
     assert r.status_code == 409 and "No link has been sent yet" in r.text
     assert last_event(site, pending).actor == "test"
+
+
+def test_resend_refuses_a_link_that_is_not_active(signed_in: Site) -> None:
+    site = signed_in
+    ref, grant_id = notified(site)
+    with site.db.sessions() as s, s.begin():
+        g = s.get(Grant, grant_id)
+        assert g is not None
+        g.locked_at = START
+    events = len(site.events(ref))
+    r = site.post(f"/staff/requests/{ref}/resend")
+    assert r.status_code == 409 and "link is not active" in r.text
+    assert count(site, Notification) == 0 and len(site.events(ref)) == events
 
 
 def test_revoke_stops_the_link_and_those_forwarded_from_it(signed_in: Site) -> None:

@@ -5,8 +5,6 @@ and its decision recorded; a shortfall is never released; an overdue request is 
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +19,8 @@ from rules import RuleSet
 from store.content import ContentStore
 from store.models import RequestState, StudyDecision
 from tests import synthetic
-from tests.conftest import COURIER, Database, have_dcmtk, need
+from tests.conftest import Database, NodeProcess, have_dcmtk, need
+from tests.release.helpers import courier, create_by_cli
 from tests.scu import rewrite, storescu
 
 RULES = """\
@@ -44,46 +43,10 @@ rules:
 """
 
 
-# The node's environment (it names the test database for the CLI too).
-_ENV: dict[str, str] = {}
-
-
-def _cli(config: Path, *argv: str) -> Any:
-    out = subprocess.run(
-        [str(COURIER), *argv, "--config", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        env=_ENV or None,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def _create(config: Path, *selection: str) -> str:
-    req = _cli(
-        config,
-        "request",
-        "create",
-        "--patient-id",
-        "SYN0001",
-        "--patient-name",
-        "Synthetic^Patient",
-        "--birth-date",
-        "19700131",
-        "--email",
-        "patient@example.org",
-        "--second-channel",
-        "sms:+447911123456",
-        *selection,
-    )
-    return str(req["reference"])
-
-
-def _wait_state(config: Path, ref: str, want: str, rounds: int = 60) -> str:
+def _wait_state(node: NodeProcess, ref: str, want: str, rounds: int = 60) -> str:
     state = ""
     for _ in range(rounds):  # bounded: rounds x 0.5 s
-        state = _cli(config, "request", "show", ref)["state"]
+        state = courier(node, "request", "show", ref)["state"]
         if state == want:
             break
         time.sleep(0.5)
@@ -100,18 +63,16 @@ def test_requests_become_ready_when_their_studies_are_stable(
         extra_scp="stable_after_s: 1\nstability_check_s: 0.3",
         extra=f"rules_file: {tmp_path / 'rules.yaml'}\n",
     )
-    _ENV.clear()
-    _ENV.update(node.env)
-    by_acc = _create(node.config, "--accession", "ACC0001", "--expected", "6")
-    by_ref = _create(node.config, "--by-reference")
+    by_acc = create_by_cli(node, "--accession", "ACC0001", "--expected", "6")
+    by_ref = create_by_cli(node, "--by-reference")
     ct = synthetic.make_ct_series(tmp_path / "ct", n_slices=6, rows=32, cols=32)
     # First 4 of 6: stable, matched, but short of the expected count: not released.
     assert storescu(node.port, ct[:4]).returncode == 0
-    assert _wait_state(node.config, by_acc, "receiving") == "receiving"
+    assert _wait_state(node, by_acc, "receiving") == "receiving"
     time.sleep(2)
-    assert _cli(node.config, "request", "show", by_acc)["state"] == "receiving"
+    assert courier(node, "request", "show", by_acc)["state"] == "receiving"
     assert storescu(node.port, ct[4:]).returncode == 0
-    assert _wait_state(node.config, by_acc, "ready") == "ready"
+    assert _wait_state(node, by_acc, "ready") == "ready"
     # The RIS put the reference in Requested Procedure Description.
     tagged_dir = tmp_path / "tagged"
     tagged_dir.mkdir()
@@ -120,7 +81,7 @@ def test_requests_become_ready_when_their_studies_are_stable(
         rewrite(f, tagged_dir / f.name, RequestedProcedureDescription=f"CT {by_ref}") for f in small
     ]
     assert storescu(node.port, tagged).returncode == 0
-    assert _wait_state(node.config, by_ref, "ready") == "ready"
+    assert _wait_state(node, by_ref, "ready") == "ready"
     # A study nobody asked for is held, and the decision says which rule and why.
     stray = synthetic.make_small_instances(
         tmp_path / "stray", n=2, seed=7, accession="NOBODY", patient_id="SYN0099"
@@ -138,7 +99,7 @@ def test_requests_become_ready_when_their_studies_are_stable(
     held = [d for d in decisions if d.action == "hold"]
     assert len(held) == 1 and held[0].rule == "by-accession"
     assert "no pending request" in held[0].reason
-    timeline = _cli(node.config, "request", "show", by_acc)
+    timeline = courier(node, "request", "show", by_acc)
     assert [e["to"] for e in timeline["timeline"]][-2:] == ["receiving", "ready"]
 
 

@@ -1,0 +1,152 @@
+"""The staff dashboard and the request list, read from the database.
+
+Read-only; plain dataclasses out, so templates never touch a session. The dashboard
+lists what needs attention now (overdue, failed, stuck in packaging, locked links,
+staff alerts held or failed) and how many requests are in each state.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from portal.staff_choices import LIVE
+from store.models import Grant, Notification, NotificationState, ReleaseRequest, RequestState
+
+STUCK_PACKAGING = timedelta(hours=1)
+"""A request still ``packaging`` after this long needs a look (a build normally takes
+seconds to minutes; a crash leaves it there until the next start-up)."""
+LIST_LIMIT = 200
+
+
+@dataclass(frozen=True)
+class RequestLine:
+    reference: str
+    state: str
+    patient_id: str
+    patient_name: str
+    urgency: str
+    created_at: datetime
+    updated_at: datetime
+    due_by: datetime | None
+    selected: int = 0
+
+
+@dataclass(frozen=True)
+class LockedLine:
+    reference: str
+    grant_id: int
+    purpose: str
+    locked_at: datetime
+
+
+@dataclass(frozen=True)
+class AlertLine:
+    kind: str
+    state: str
+    reference: str | None
+    created_at: datetime
+    last_error: str
+
+
+@dataclass
+class Dashboard:
+    counts: dict[str, int]
+    overdue: list[RequestLine] = field(default_factory=list)
+    failed: list[RequestLine] = field(default_factory=list)
+    stuck: list[RequestLine] = field(default_factory=list)
+    locked: list[LockedLine] = field(default_factory=list)
+    alerts: list[AlertLine] = field(default_factory=list)
+
+    @property
+    def quiet(self) -> bool:
+        return not (self.overdue or self.failed or self.stuck or self.locked or self.alerts)
+
+
+def line(req: ReleaseRequest, selected: int = 0) -> RequestLine:
+    return RequestLine(
+        req.reference,
+        str(req.state),
+        req.patient_id,
+        req.patient_name,
+        str(req.urgency),
+        req.created_at,
+        req.updated_at,
+        req.due_by,
+        selected,
+    )
+
+
+def _in_state(s: Session, state: RequestState, *extra: Any) -> list[RequestLine]:
+    q = (
+        select(ReleaseRequest)
+        .where(ReleaseRequest.state == state, *extra)
+        .order_by(ReleaseRequest.updated_at, ReleaseRequest.id)
+        .limit(LIST_LIMIT)
+    )
+    return [line(r) for r in s.scalars(q)]
+
+
+def dashboard(s: Session, now: datetime) -> Dashboard:
+    """What needs attention now, and how many requests are in each state."""
+    counts = {str(st): 0 for st in RequestState}
+    for state, n in s.execute(
+        select(ReleaseRequest.state, func.count()).group_by(ReleaseRequest.state)
+    ):
+        counts[str(state)] = int(n)
+    board = Dashboard(counts)
+    board.overdue = _in_state(s, RequestState.OVERDUE)
+    board.failed = _in_state(s, RequestState.FAILED)
+    board.stuck = _in_state(
+        s, RequestState.PACKAGING, ReleaseRequest.updated_at < now - STUCK_PACKAGING
+    )
+    for grant, reference in s.execute(
+        select(Grant, ReleaseRequest.reference)
+        .join(ReleaseRequest, ReleaseRequest.id == Grant.request_id)
+        .where(
+            Grant.locked_at.is_not(None),
+            Grant.revoked_at.is_(None),
+            Grant.expires_at > now,
+            ReleaseRequest.state.in_(LIVE),
+        )
+        .order_by(Grant.locked_at)
+        .limit(LIST_LIMIT)
+    ):
+        assert grant.locked_at is not None
+        board.locked.append(LockedLine(reference, grant.id, grant.purpose, grant.locked_at))
+    held = (NotificationState.HELD, NotificationState.FAILED)
+    for row in s.scalars(
+        select(Notification)
+        .where(Notification.kind.startswith("alert_"), Notification.state.in_(held))
+        .order_by(Notification.created_at.desc(), Notification.id.desc())
+        .limit(LIST_LIMIT)
+    ):
+        params = json.loads(row.params or "{}")
+        board.alerts.append(
+            AlertLine(
+                str(params.get("alert") or row.kind.removeprefix("alert_")),
+                str(row.state),
+                params.get("reference"),
+                row.created_at,
+                row.last_error,
+            )
+        )
+    return board
+
+
+def request_lines(s: Session, state: RequestState | None) -> list[RequestLine]:
+    """Requests, newest first (at most :data:`LIST_LIMIT`), optionally in ``state``."""
+    q = (
+        select(ReleaseRequest)
+        .order_by(ReleaseRequest.created_at.desc(), ReleaseRequest.id.desc())
+        .options(selectinload(ReleaseRequest.selections))
+    )
+    if state is not None:
+        q = q.where(ReleaseRequest.state == state)
+    rows = list(s.scalars(q.limit(LIST_LIMIT)))
+    return [line(r, len(r.selections)) for r in rows]
