@@ -13,6 +13,12 @@ request to ``failed`` and alerts staff in one transaction: never a partial relea
 crash mid-build leaves the request in ``packaging``; :meth:`DeliveryBatch.recover`
 (run at start-up) sweeps the half-written files and puts such requests back to
 ``ready``, so the next run rebuilds them.
+
+A built package is audited as an ``export`` (PS3.15 "Export") in the transaction that
+records it. When every link of a request has run out it becomes ``expired``
+(:meth:`DeliveryBatch.expire`); its package files are deleted ``purge_grace_days``
+later (:meth:`DeliveryBatch.purge_packages`; those of a cancelled request that long
+after the cancellation), and each deletion is audited as ``package-deleted``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select, update
@@ -41,6 +47,7 @@ from delivery.package import (
 from delivery.package_errors import PackageError
 from release.errors import InvalidTransition
 from release.requests import RequestBook
+from store.audit import record
 from store.catalog import guarded
 from store.content import ContentStore
 from store.models import (
@@ -48,7 +55,10 @@ from store.models import (
     JobRun,
     Package,
     ReleaseRequest,
+    RequestEvent,
     RequestState,
+    RequestStudy,
+    Study,
     Urgency,
     utcnow,
 )
@@ -80,9 +90,11 @@ class DeliveryBatch:
         *,
         contact: str = "",
         max_part_bytes: int | None = None,
+        purge_grace_days: int = 0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._sessions = sessions
+        self._grace = timedelta(days=purge_grace_days)
         self._content = content
         self._book = book
         self._outbox = outbox
@@ -188,10 +200,12 @@ class DeliveryBatch:
         except (PackageError, OSError) as exc:
             self._fail(req, f"package could not be built: {exc}")
             return "failed"
-        self._notify(req, result, now)
+        self._notify(req, result, now, sorted({i.study_uid for i in items}))
         return "notified"
 
-    def _notify(self, req: ReleaseRequest, result: PackageResult, now: datetime) -> None:
+    def _notify(
+        self, req: ReleaseRequest, result: PackageResult, now: datetime, studies: list[str]
+    ) -> None:
         with guarded(self._sessions) as s, s.begin():
             fresh = s.get(ReleaseRequest, req.id)
             assert fresh is not None
@@ -236,6 +250,16 @@ class DeliveryBatch:
                 request_id=fresh.id,
                 grant_id=grant.id,
             )
+            record(
+                s,
+                "export",
+                actor=ACTOR,
+                studies=studies,
+                request=fresh.reference,
+                detail=f"package built for the patient's link: {result.instances} instances, "
+                f"{len(result.parts)} part(s), {result.total_bytes} bytes",
+                at=now,
+            )
 
     def _fail(self, req: ReleaseRequest, why: str) -> None:
         log.error("request %s: packaging failed", req.reference)
@@ -272,8 +296,9 @@ class DeliveryBatch:
             return None if row is None else row.started_at
 
     def expire(self) -> list[str]:
-        """Requests whose every link has run out become ``expired``; their package files
-        are deleted (the package row keeps what was sent, with ``deleted_at``)."""
+        """Requests whose every link has run out become ``expired`` (nobody can download
+        from then on); then packages past their grace are purged (see
+        :meth:`purge_packages`). Returns the references that expired."""
         now = self._clock()
         live = (RequestState.NOTIFIED, RequestState.DOWNLOADED)
         with guarded(self._sessions) as s:
@@ -287,6 +312,7 @@ class DeliveryBatch:
                 )
             )
         expired = []
+        days = self._grace.days
         for rid, reference, state in due:
             with guarded(self._sessions) as s, s.begin():
                 req = s.get(ReleaseRequest, rid)
@@ -298,16 +324,81 @@ class DeliveryBatch:
                         RequestState(state),
                         RequestState.EXPIRED,
                         ACTOR,
-                        "the link's life ended; package files deleted",
+                        f"the link's life ended; package files are deleted after {days} days",
                         now,
                     )
                 except InvalidTransition:
                     continue
-                s.execute(
-                    update(Package)
-                    .where(Package.request_id == rid, Package.deleted_at.is_(None))
-                    .values(deleted_at=now)
-                )
-            shutil.rmtree(self._dir / reference, ignore_errors=True)
             expired.append(reference)
+        self.purge_packages()
         return expired
+
+    def purge_packages(self) -> list[str]:
+        """Delete the files of packages whose grace has passed: ``purge_grace_days``
+        after the request's last link expired (an expired request) or after it was
+        cancelled. The package row stays with ``deleted_at`` set, and a
+        ``package-deleted`` audit event names the request and its studies; the files go
+        after that commit (a crash in between leaves files the next sweep cannot see,
+        never a row claiming files that are gone). Returns the references purged."""
+        now = self._clock()
+        with guarded(self._sessions) as s:
+            expiry = dict(
+                s.execute(
+                    select(Grant.request_id, func.max(Grant.expires_at))
+                    .join(ReleaseRequest, ReleaseRequest.id == Grant.request_id)
+                    .where(ReleaseRequest.state == RequestState.EXPIRED)
+                    .group_by(Grant.request_id)
+                ).all()
+            )
+            cancelled = dict(
+                s.execute(
+                    select(RequestEvent.request_id, func.min(RequestEvent.at))
+                    .join(ReleaseRequest, ReleaseRequest.id == RequestEvent.request_id)
+                    .where(
+                        ReleaseRequest.state == RequestState.CANCELLED,
+                        RequestEvent.to_state == RequestState.CANCELLED,
+                    )
+                    .group_by(RequestEvent.request_id)
+                ).all()
+            )
+            packages = list(
+                s.execute(
+                    select(Package.id, Package.request_id, Package.folder, ReleaseRequest.reference)
+                    .join(ReleaseRequest, ReleaseRequest.id == Package.request_id)
+                    .where(
+                        Package.deleted_at.is_(None),
+                        ReleaseRequest.state.in_([RequestState.EXPIRED, RequestState.CANCELLED]),
+                    )
+                    .order_by(Package.id)
+                )
+            )
+        purged = []
+        for package_id, rid, folder, reference in packages:
+            ended = expiry.get(rid) or cancelled.get(rid)
+            if ended is None or ended + self._grace > now:
+                continue
+            with guarded(self._sessions) as s, s.begin():
+                studies = s.scalars(
+                    select(Study.study_uid)
+                    .join(RequestStudy, RequestStudy.study_id == Study.id)
+                    .where(RequestStudy.request_id == rid)
+                ).all()
+                done = s.execute(  # type: ignore[attr-defined]
+                    update(Package)
+                    .where(Package.id == package_id, Package.deleted_at.is_(None))
+                    .values(deleted_at=now)
+                ).rowcount
+                if not done:
+                    continue  # another sweep took it
+                record(
+                    s,
+                    "package-deleted",
+                    actor="node",
+                    studies=sorted(set(studies)),
+                    request=reference,
+                    detail=f"package files deleted {self._grace.days} days after the link ended",
+                    at=now,
+                )
+            shutil.rmtree(self._dir / folder, ignore_errors=True)
+            purged.append(reference)
+        return purged

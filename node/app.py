@@ -21,8 +21,10 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from node.auditlog import AuditRun
 from node.config import Config, ConfigError, load_config
 from node.delivery import DeliveryService
+from node.pulls import PullQueue, PullWorker
 from node.rulebook import Rulebook
 from node.status import StatusFile
 from node.web import WebServer
@@ -124,8 +126,21 @@ class Node:
             RequestBook(sessions),
             on_overdue=delivery.overdue_alert,
         )
+        # C-MOVEs from the PACS (request create --pull) on a thread of their own: a long
+        # move must not hold up stability and matching of what it sends.
+        pulls = None
+        if self.cfg.pacs is not None:
+            pulls = PullWorker(PullQueue(sessions, self.cfg.pacs), self.cfg.scp.stability_check_s)
+            pulls.start()
         alerted_error: str | None = None
-        purger = Purger(sessions, content, self.cfg.store.unmatched_retention_days)
+        purger = Purger(
+            sessions,
+            content,
+            self.cfg.store.unmatched_retention_days,
+            retention_days=self.cfg.store.retention_days,
+        )
+        audit = AuditRun(self.cfg, sessions)
+        audit.start()
         status = StatusFile(self.cfg.data_dir)
         web_port = self.cfg.portal.port if web is not None else None
         try:
@@ -161,6 +176,8 @@ class Node:
                         log.error("receiver process %d exited (%s); stopping", p.pid, p.exitcode)
                         self.stop_event.set()
         finally:
+            if pulls is not None:
+                pulls.stop()
             delivery.stop()
             status.clear()
             if web is not None:
@@ -172,6 +189,7 @@ class Node:
                 p.terminate()
             for p in procs:
                 p.join(10)
+            audit.stop()
             engine.dispose()
             log.info("node stopped")
 

@@ -17,8 +17,10 @@ from sqlalchemy import func, select
 
 from node import __version__
 from node.app import open_store, serve, setup_logging
+from node.cli_audit import add_audit_parser, run_audit
 from node.cli_delivery import add_delivery_parsers, run_deliver, run_outbox
 from node.cli_disc import add_disc_parsers, run_export_iso
+from node.cli_pacs import add_pacs_parsers, run_pacs_command
 from node.cli_requests import add_request_parsers, run_request_command
 from node.cli_rules import add_rules_parsers, run_rules_command
 from node.cli_staff import add_staff_parsers, run_staff_command
@@ -96,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     add_doctor_parser(sub, common, as_json)
     add_staff_parsers(sub, common, as_json)
     add_request_parsers(sub, common, as_json)
+    add_pacs_parsers(sub, common, as_json)
+    add_audit_parser(sub, common, as_json)
     return p
 
 
@@ -135,8 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_doctor(args, cfg)
         if args.command == "request":
             return run_request_command(args, cfg)
+        if args.command == "pacs":
+            return run_pacs_command(args, cfg)
         if args.command == "apikey":
             return _apikey_create(args, cfg)
+        if args.command == "audit":
+            return run_audit(args, cfg)
     except StoreError as exc:
         print(f"courier: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

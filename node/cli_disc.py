@@ -39,6 +39,7 @@ from node.output import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, print_resu
 from release.errors import InvalidTransition, RequestError
 from release.records import event_dict
 from release.requests import RequestBook
+from store.audit import actor_of, record
 from store.catalog import guarded
 from store.errors import StoreError
 from store.models import ReleaseRequest, RequestEvent, RequestState, utcnow
@@ -88,7 +89,7 @@ def run_export_iso(args: argparse.Namespace, cfg: Config) -> int:
             )
         reason = f"disc image written ({result.instances} instances)"
         try:
-            event = _record(book, sessions, req.id, reason)
+            event = _record(book, sessions, req.id, reason, {i.study_uid for i in items})
         except (StoreError, RequestError) as exc:
             status = EXIT_UNAVAILABLE if isinstance(exc, StoreError) else EXIT_NOT_FOUND
             return _fail(
@@ -111,16 +112,32 @@ def run_export_iso(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _record(
-    book: RequestBook, sessions: sessionmaker[Session], request_id: int, reason: str
+    book: RequestBook,
+    sessions: sessionmaker[Session],
+    request_id: int,
+    reason: str,
+    studies: set[str],
 ) -> RequestEvent:
-    """Note ``reason`` in the request's timeline (its state stays as it is)."""
+    """Note ``reason`` in the request's timeline (its state stays as it is), and audit
+    the export in the same transaction (the image's path is not recorded: staff name
+    files, sometimes after the patient)."""
     for _ in range(3):  # the state may move under us (a batch, a sweep): note it again
         try:
             with guarded(sessions) as s, s.begin():
                 req = s.get(ReleaseRequest, request_id)
                 assert req is not None  # requests are never deleted
                 state = RequestState(req.state)
-                return book.move(s, req, state, state, _actor(), reason, utcnow())
+                event = book.move(s, req, state, state, _actor(), reason, utcnow())
+                record(
+                    s,
+                    "export",
+                    actor=actor_of("cli", _actor().removeprefix("cli:")),
+                    studies=sorted(studies),
+                    request=req.reference,
+                    detail=f"{reason} for a CD/DVD",
+                    at=event.at,
+                )
+                return event
         except InvalidTransition:
             continue
     raise InvalidTransition("the request kept changing while its timeline was written")

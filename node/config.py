@@ -25,9 +25,11 @@ from pydantic import (
 
 from delivery.channel_settings import EmailSettings, SmsSettings
 from delivery.settings import DeliverySettings
+from node.audit_settings import AuditSettings
 from portal.settings import PortalSettings
 from rules import RuleSet, RuleSyntaxError, load_rules, load_rules_from_data
 from rules.source import YamlDocument, YamlSourceError, read_yaml_file
+from scp.pacs_settings import PacsSettings, with_scp_defaults
 from scp.settings import ScpSettings
 from store.settings import StoreSettings
 
@@ -73,6 +75,10 @@ class Config(BaseModel):
     email: EmailSettings = Field(default_factory=EmailSettings)
     sms: SmsSettings = Field(default_factory=SmsSettings)
     portal: PortalSettings = Field(default_factory=PortalSettings)
+    pacs: PacsSettings | None = Field(
+        default=None, description="The PACS to query and pull from; absent: no pulls."
+    )
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     rules: list[Any] | None = Field(
         default=None, description="The rules, inline (see rules/README.md)."
     )
@@ -83,6 +89,16 @@ class Config(BaseModel):
     # Set by load_config, not by the YAML.
     source: Path | None = Field(default=None, exclude=True)
     _ruleset: RuleSet = PrivateAttr(default_factory=lambda: RuleSet([]))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pacs_defaults(cls, data: Any) -> Any:
+        # pacs.calling_ae_title and pacs.move_destination default to scp.ae_title.
+        if isinstance(data, dict) and isinstance(data.get("pacs"), dict):
+            scp = data.get("scp")
+            ae = scp.get("ae_title", "COURIER") if isinstance(scp, dict) else "COURIER"
+            data = {**data, "pacs": with_scp_defaults(data["pacs"], ae)}
+        return data
 
     @model_validator(mode="after")
     def _one_rules_source(self) -> Config:

@@ -7,7 +7,8 @@
   up a missed night;
 - the relay runs in its own thread with its own asyncio loop (the channels are async),
   polling the outbox every ``RELAY_POLL_S``;
-- the sweep job expires requests whose links ran out and deletes their packages.
+- the sweep job expires requests whose links ran out and deletes their packages
+  ``delivery.purge_grace_days`` later.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class DeliveryService:
             self.package_dir,
             contact=d.contact,
             max_part_bytes=d.max_package_mb * 1_000_000 if d.max_package_mb else None,
+            purge_grace_days=d.purge_grace_days,
             clock=clock,
         )
         self.composer = Composer(

@@ -1,9 +1,19 @@
-"""Purge: studies nobody asked for are deleted after their retention, and that is recorded.
+"""Purge: received studies are deleted after their retention, and that is recorded.
 
-A stable study whose latest decision is ``hold`` (it matched no pending request, or a
-hold rule kept it for staff) or ``discard`` and that no request has attached is purged
-once its retention has passed: ``retention_days`` of the discard rule that decided, or
-``store.unmatched_retention_days`` otherwise, counted from the decision.
+Two kinds of study are purged:
+
+- *unmatched*: a stable study whose latest decision is ``hold`` (it matched no pending
+  request, or a hold rule kept it for staff) or ``discard`` and that no request has
+  attached, once ``retention_days`` of the discard rule that decided, or
+  ``store.unmatched_retention_days`` otherwise, have passed since the decision;
+- *delivered*: a stable study attached to requests that have all ended (``expired`` or
+  ``cancelled``, the final states of :mod:`release.states`), ``store.retention_days``
+  after the last of them ended. A study any other request still uses (any state but a
+  final one: a downloaded request's link still works, a failed one may be retried) is
+  kept, however old.
+
+Every purge writes a ``study-deleted`` audit event (PS3.15 "DICOM Study Deleted") with
+the study's UID in the transaction that records it.
 
 Two steps, so a crash never loses track of a half-purged study nor resurrects it:
 
@@ -28,10 +38,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from release.states import FINAL
+from store.audit import Outcome, record
 from store.catalog import guarded
 from store.content import ContentStore
 from store.models import (
     Instance,
+    ReleaseRequest,
+    RequestEvent,
     RequestStudy,
     Series,
     Study,
@@ -48,7 +62,11 @@ _PURGEABLE = ("hold", "discard")
 
 @dataclass(frozen=True)
 class Candidate:
-    """A study past its retention, as the sweep found it."""
+    """A study past its retention, as the sweep found it.
+
+    ``action`` is the decision (``hold``/``discard``) of an unmatched study, or
+    ``ended`` for one whose requests ended; ``request`` is then the last to end.
+    """
 
     study_id: int
     study_uid: str
@@ -56,10 +74,22 @@ class Candidate:
     action: str
     rule: str
     days: int
+    request: str = ""
+
+    @property
+    def why(self) -> str:
+        """Why the study is purged, for its history and the audit trail."""
+        if self.action == "ended":
+            return f"its requests ended (last {self.request}); purged after {self.days} days"
+        kept = "discarded" if self.action == "discard" else "held, matched no request"
+        return f"{kept}; purged after {self.days} days (rule {self.rule or '-'})"
 
 
 class Purger:
-    """Finds held/discarded studies past retention and purges them."""
+    """Finds studies past their retention and purges them (see the module docstring).
+
+    ``retention_days`` None leaves the studies of ended requests alone.
+    """
 
     def __init__(
         self,
@@ -67,14 +97,20 @@ class Purger:
         content: ContentStore,
         unmatched_retention_days: int,
         clock: Callable[[], datetime] = utcnow,
+        *,
+        retention_days: int | None = None,
     ) -> None:
         self._sessions = sessions
         self._content = content
         self._default_days = unmatched_retention_days
         self._clock = clock
+        self._ended_days = retention_days
 
     def due(self, limit: int = 200) -> list[Candidate]:
         """Studies whose retention has passed (and those a crash left ``purging``)."""
+        return self._unmatched_due(limit) + self._ended_due(limit)
+
+    def _unmatched_due(self, limit: int) -> list[Candidate]:
         now = self._clock()
         latest = (
             select(StudyDecision.study_id, func.max(StudyDecision.id).label("decision_id"))
@@ -105,6 +141,53 @@ class Purger:
                     )
         return found
 
+    def _ended_due(self, limit: int) -> list[Candidate]:
+        """Studies attached only to ended requests, ``retention_days`` after the last end."""
+        if self._ended_days is None:
+            return []
+        now = self._clock()
+        final = [str(x) for x in FINAL]
+        # When each ended request ended: its first move into a final state.
+        ended = (
+            select(
+                RequestEvent.request_id.label("request_id"),
+                func.min(RequestEvent.at).label("ended_at"),
+            )
+            .where(RequestEvent.to_state.in_(final))
+            .group_by(RequestEvent.request_id)
+            .subquery()
+        )
+        still_used = (
+            select(RequestStudy.id)
+            .join(ReleaseRequest, ReleaseRequest.id == RequestStudy.request_id)
+            .where(RequestStudy.study_id == Study.id, ReleaseRequest.state.not_in(final))
+            .exists()
+        )
+        query = (
+            select(
+                Study.id,
+                Study.study_uid,
+                Study.state,
+                ReleaseRequest.reference,
+                ended.c.ended_at,
+            )
+            .join(RequestStudy, RequestStudy.study_id == Study.id)
+            .join(ReleaseRequest, ReleaseRequest.id == RequestStudy.request_id)
+            .join(ended, ended.c.request_id == ReleaseRequest.id)
+            .where(Study.state.in_([StudyState.STABLE, StudyState.PURGING]), ~still_used)
+            .order_by(Study.id, ended.c.ended_at)
+        )
+        last: dict[int, tuple[str, str, str, datetime]] = {}
+        with guarded(self._sessions) as s:
+            for study_id, uid, state, reference, ended_at in s.execute(query):
+                last[study_id] = (uid, state, reference, ended_at)  # the latest end wins
+        found = [
+            Candidate(study_id, uid, state, "ended", "", self._ended_days, reference)
+            for study_id, (uid, state, reference, ended_at) in last.items()
+            if state == StudyState.PURGING or ended_at + timedelta(days=self._ended_days) <= now
+        ]
+        return found[:limit]
+
     def _days(self, decision: StudyDecision) -> int:
         if decision.action == "discard" and decision.retention_days is not None:
             return decision.retention_days
@@ -112,7 +195,13 @@ class Purger:
 
     def sweep(self) -> list[str]:
         """Purge every due study; returns the UIDs purged."""
-        return [c.study_uid for c in self.due() if self.purge(c)]
+        purged: list[str] = []
+        seen: set[int] = set()
+        for c in self.due():
+            if c.study_id not in seen and self.purge(c):
+                purged.append(c.study_uid)
+            seen.add(c.study_id)
+        return purged
 
     def purge(self, c: Candidate) -> bool:
         """Purge one study (see the module docstring); False when it changed meanwhile."""
@@ -125,10 +214,7 @@ class Purger:
         for _, path in files:
             self._content.remove(path)
         ids = [i for i, _ in files]
-        reason = (
-            f"{'discarded' if c.action == 'discard' else 'held, matched no request'}; "
-            f"purged after {c.days} days (rule {c.rule or '-'}): {len(ids)} file(s) deleted"
-        )
+        reason = f"{c.why}: {len(ids)} file(s) deleted"
         with guarded(self._sessions) as s, s.begin():
             done = s.execute(  # type: ignore[attr-defined]
                 update(Study)
@@ -139,6 +225,7 @@ class Purger:
                 # New instances arrived during the purge: keep them; the rows of the
                 # files already deleted stay, flagged, so nothing pretends to be there.
                 s.execute(update(Instance).where(Instance.id.in_(ids)).values(file_missing=True))
+                self._audit(s, c, f"{reason}; changed meanwhile, new instances kept", ok=False)
                 log.warning("study %s: changed during purge; new instances kept", c.study_uid)
                 return False
             s.execute(delete(Instance).where(Instance.id.in_(ids)))
@@ -156,8 +243,21 @@ class Purger:
                     reason=reason,
                 )
             )
+            self._audit(s, c, reason, ok=True)
         log.info("study %s purged (%d files, rule %s)", c.study_uid, len(ids), c.rule or "-")
         return True
+
+    def _audit(self, s: Session, c: Candidate, detail: str, *, ok: bool) -> None:
+        record(
+            s,
+            "study-deleted",
+            actor="node",
+            outcome=Outcome.SUCCESS if ok else Outcome.SERIOUS_FAILURE,
+            studies=[c.study_uid],
+            request=c.request,
+            detail=detail,
+            at=self._clock(),
+        )
 
     def _claim(self, study_id: int) -> bool:
         with guarded(self._sessions) as s, s.begin():

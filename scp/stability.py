@@ -4,6 +4,13 @@ Like Orthanc's StableAge. The sweep claims each study with a conditional UPDATE 
 row count says who won, so several sweepers (or nodes) never record a transition
 twice; the transition and its :class:`~store.models.StudyEvent` commit together. A
 new instance for a stable study sets it back to ``receiving`` (``store.catalog``).
+
+Becoming stable is also when a study's arrival is audited (``instances-stored``, PS3.15
+"DICOM Instances Transferred"), in the same transaction: one event per study rather
+than per association, because A.5.3 allows one patient per message and an association
+may carry several; because the sweep's claim makes it exactly once even with several
+receiving processes; and because the C-STORE path then writes nothing more per
+instance. The event names the sending AE and host as the study recorded them.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from store.audit import actor_of, record, safe_name
 from store.catalog import guarded
 from store.models import Study, StudyEvent, StudyState, utcnow
 
@@ -41,13 +49,18 @@ class StabilitySweep:
         became: list[str] = []
         with guarded(self._sessions) as s:
             candidates = s.execute(
-                select(Study.id, Study.study_uid)
+                select(
+                    Study.id,
+                    Study.study_uid,
+                    Study.calling_ae,
+                    Study.peer_host,
+                )
                 .where(Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff)
                 .order_by(Study.last_received_at)
                 .limit(limit)
             ).all()
             s.rollback()  # end the read; each claim below is its own transaction
-            for study_id, study_uid in candidates:
+            for study_id, study_uid, calling_ae, peer_host in candidates:
                 with s.begin():
                     won = s.execute(  # type: ignore[attr-defined]
                         update(Study)
@@ -67,6 +80,16 @@ class StabilitySweep:
                                 to_state=StudyState.STABLE,
                                 reason=f"quiet for {self._after.total_seconds():g} s",
                             )
+                        )
+                        count = s.scalar(select(Study.instance_count).where(Study.id == study_id))
+                        record(
+                            s,
+                            "instances-stored",
+                            actor=actor_of("scp", calling_ae),
+                            host=safe_name(peer_host),
+                            studies=[study_uid],
+                            detail=f"study received and stable: {count} instance(s)",
+                            at=now,
                         )
                 if won == 1:
                     became.append(study_uid)

@@ -450,3 +450,79 @@ class StaffUser(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PullState(enum.StrEnum):
+    """Where a pull (a C-MOVE of one study from the PACS to Courier) stands."""
+
+    QUEUED = "queued"  # waiting for its next attempt (next_attempt_at)
+    MOVING = "moving"  # claimed by the node's pull sweep until claimed_until
+    DONE = "done"  # the PACS reported every instance sent
+    FAILED = "failed"  # attempts used up, or retrying cannot help: staff were told
+
+
+class Pull(Base):
+    """One study a request asked the PACS to send (``courier request create --pull``).
+
+    Claimed with a conditional UPDATE (state and lease), so two sweeps never move the
+    same study at once; ``attempts`` counts the claims, each attempt's outcome goes to
+    the request's timeline. The instances themselves arrive over C-STORE like any other.
+    """
+
+    __tablename__ = "pulls"
+    __table_args__ = (
+        UniqueConstraint("request_id", "study_uid"),
+        Index("ix_pulls_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("release_requests.id"), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    expected_instances: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default=PullState.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_status: Mapped[str] = mapped_column(String(16), default="")
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class AuditEvent(Base):
+    """One audited event (DICOM PS3.15 A.5 names and codes); see :mod:`store.audit`.
+
+    Append-only: a database trigger refuses UPDATE and DELETE. Participant objects are
+    Study Instance UIDs (``study_uids``, space-separated with a space at each end so a
+    LIKE on `` uid `` finds whole UIDs) and a request reference; never a patient's name,
+    ID, e-mail address or phone number.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    event_id: Mapped[str] = mapped_column(String(16))
+    event_type: Mapped[str] = mapped_column(String(16), default="")
+    action: Mapped[str] = mapped_column(String(1))
+    outcome: Mapped[int] = mapped_column(Integer, default=0)
+    actor: Mapped[str] = mapped_column(String(200))
+    host: Mapped[str] = mapped_column(String(64), default="")
+    request_ref: Mapped[str] = mapped_column(String(16), default="", index=True)
+    study_uids: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class AuditCursor(Base):
+    """How far one exporter of the audit trail (syslog, JSON lines) has shipped: the id
+    of the last event it handed over, and its last failure (kept apart from the
+    append-only events)."""
+
+    __tablename__ = "audit_cursors"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    last_id: Mapped[int] = mapped_column(Integer, default=0)
+    shipped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")

@@ -40,6 +40,17 @@ class StoreSettings(BaseModel):
             "retention_days wins for the studies it discards."
         ),
     )
+    retention_days: int = Field(
+        default=30,
+        ge=0,
+        le=3650,
+        description=(
+            "Days. The received instances of a study are purged (files deleted, rows "
+            "removed, the purge recorded and audited) this long after the last request "
+            "using it ended (expired or cancelled); a study an open request still uses is "
+            "kept. 0: at the first sweep after the end. Default 30."
+        ),
+    )
 
     @field_validator("database_url")
     @classmethod

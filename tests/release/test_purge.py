@@ -1,5 +1,7 @@
-"""Held and discarded studies are purged after their retention, and the purge is recorded;
-a ready request whose study changes goes back to receiving (injected clock throughout)."""
+"""Held and discarded studies are purged after their retention, and the purge is recorded
+and audited; the studies of ended requests are purged ``store.retention_days`` after the
+last of them ended, never while another request uses them; a ready request whose study
+changes goes back to receiving (injected clock throughout)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,16 @@ from scp.recovery import recover
 from scp.stability import StabilitySweep
 from store.catalog import Catalog
 from store.content import ContentStore
-from store.models import Instance, RequestState, Study, StudyEvent, StudyState
+from store.models import (
+    AuditEvent,
+    Instance,
+    ReleaseRequest,
+    RequestState,
+    RequestStudy,
+    Study,
+    StudyEvent,
+    StudyState,
+)
 from tests import synthetic
 from tests.conftest import Database
 from tests.release.helpers import draft
@@ -63,7 +74,7 @@ class World:
             db.sessions, self.content, lambda: rules, self.book, clock=self.clock
         )
         self.sweep = StabilitySweep(db.sessions, 60, clock=self.clock)
-        self.purger = Purger(db.sessions, self.content, 30, clock=self.clock)
+        self.purger = Purger(db.sessions, self.content, 30, clock=self.clock, retention_days=10)
         self.src = root / "src"
 
     def receive(self, name: str, n: int, accession: str, description: str = "") -> str:
@@ -97,6 +108,12 @@ class World:
             st = s.scalars(select(Study).where(Study.study_uid == uid)).one()
             s.expunge(st)
             return st
+
+    def audited(self, kind: str) -> list[AuditEvent]:
+        with self.sessions() as s:
+            return list(
+                s.scalars(select(AuditEvent).where(AuditEvent.kind == kind).order_by(AuditEvent.id))
+            )
 
     def files(self, uid: str) -> int:
         with self.sessions() as s:
@@ -149,6 +166,12 @@ def test_held_and_discarded_studies_are_purged_after_retention(world: World) -> 
     assert len(reasons) == 2
     assert any("purged after 2 days (rule junk): 2 file(s) deleted" in r for r in reasons)
     assert any("purged after 30 days (rule by-accession): 3 file(s)" in r for r in reasons)
+    audited = world.audited("study-deleted")
+    assert [(e.study_uids.split(), e.action, e.outcome, e.actor) for e in audited] == [
+        ([junk], "D", 0, "node"),
+        ([held], "D", 0, "node"),
+    ]
+    assert "purged after 2 days (rule junk): 2 file(s) deleted" in audited[0].detail
 
 
 def test_a_purge_interrupted_after_its_claim_is_finished_by_the_next_sweep(world: World) -> None:
@@ -215,3 +238,43 @@ def test_a_request_for_a_study_already_here_joins_it(world: World) -> None:
     assert world.book.get(req.reference).state == RequestState.READY
     assert world.matcher.sweep_new_requests() == []  # looked at once
     assert world.study(uid).state == StudyState.STABLE
+
+
+def test_studies_of_ended_requests_are_purged_after_retention_and_never_while_in_use(
+    world: World,
+) -> None:
+    first = world.book.create(draft(selection=[{"kind": "accession", "value": "ACC31"}]), "t")
+    uid = world.receive("shared", 3, accession="ACC31")
+    world.settle()
+    assert world.book.get(first.reference).state == RequestState.READY
+    # A second request uses the same study (staff asked again, for a clinician).
+    second = world.book.create(draft(selection=[{"kind": "study_uid", "value": uid}]), "t")
+    with world.sessions() as s, s.begin():
+        s.add(
+            RequestStudy(
+                request_id=second.id, study_id=world.study(uid).id, matched_at=world.clock.now
+            )
+        )
+    world.book.cancel(first.reference, "staff:alice", "sent on CD instead")
+    world.clock.now += timedelta(days=30)
+    assert world.purger.sweep() == []  # the second request is still open
+    assert world.files(uid) == 3
+    world.book.cancel(second.reference, "staff:alice", "no longer needed")
+    ended = world.clock.now
+    world.clock.now = ended + timedelta(days=10) - timedelta(minutes=1)
+    assert world.purger.due() == []
+    world.clock.now = ended + timedelta(days=10)
+    assert world.purger.sweep() == [uid]
+    assert world.purger.sweep() == []
+    st = world.study(uid)
+    assert (st.state, world.files(uid)) == (StudyState.PURGED, 0)
+    assert list(world.content.iter_instances()) == []
+    [event] = world.audited("study-deleted")
+    assert (event.study_uids.split(), event.request_ref, event.outcome) == (
+        [uid],
+        second.reference,
+        0,
+    )
+    assert "its requests ended" in event.detail and "3 file(s) deleted" in event.detail
+    with world.sessions() as s:
+        assert s.get(ReleaseRequest, first.id) is not None  # requests and rows stay
