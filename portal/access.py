@@ -61,6 +61,8 @@ from portal.grantsession import (
     portal,
     record,
 )
+from store.audit import Outcome
+from store.audit import record as audit_event
 from store.db import writing
 from store.models import Grant, PortalSession, UTCDateTime
 
@@ -269,7 +271,13 @@ def _open(
             grant_id=parent.id,
         )
     record(s, events)
+    audit_event(s, "login", actor=_who(grant), request=found.reference, detail="right code", at=now)
     return True
+
+
+def _who(grant: Grant) -> str:
+    """The audit actor of a link's holder (``patient:grant-7``, ``clinician:grant-9``)."""
+    return f"{'clinician' if grant.purpose == 'forward' else 'patient'}:grant-{grant.id}"
 
 
 def _wrong(ctx: PortalContext, s: Session, found: LiveGrant, now: datetime) -> int | None:
@@ -299,7 +307,25 @@ def _wrong(ctx: PortalContext, s: Session, found: LiveGrant, now: datetime) -> i
         reason = f"link locked after {failed} wrong codes in a day"
         events.append(event_row(grant, found.state, reason, now))
         ctx.outbox.alert(s, "locked", reference=found.reference, request_id=grant.request_id)
+        audit_event(
+            s,
+            "security-alert",
+            actor=_who(grant),
+            outcome=Outcome.SERIOUS_FAILURE,
+            request=found.reference,
+            detail=reason,
+            at=now,
+        )
     record(s, events)
+    audit_event(
+        s,
+        "login",
+        actor=_who(grant),
+        outcome=Outcome.MINOR_FAILURE,
+        request=found.reference,
+        detail=f"wrong code ({failed} today)",
+        at=now,
+    )
     return int(failed)
 
 

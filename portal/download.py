@@ -46,6 +46,7 @@ from portal.grantsession import (
 from portal.partfile import PartResponse
 from portal.studyzip import StudyZip, ensure, study_zip
 from release.errors import InvalidTransition
+from store.audit import record as audit_event
 from store.models import Grant, Package, ReleaseRequest, RequestState
 
 log = logging.getLogger("courier.portal.download")
@@ -142,6 +143,15 @@ def _completed(ctx: PortalContext, grant_id: int, what: str) -> None:
         grant.downloads += 1
         audit(s, grant, f"downloaded {what} (download {grant.downloads})", now)
         req = s.get(ReleaseRequest, grant.request_id)
+        holder = "clinician" if grant.purpose == "forward" else "patient"
+        audit_event(
+            s,
+            "export",
+            actor=f"{holder}:grant-{grant.id}",
+            request=req.reference if req is not None else "",
+            detail=f"downloaded {what}",
+            at=now,
+        )
         if grant.purpose != "forward" and req is not None and req.state == RequestState.NOTIFIED:
             with contextlib.suppress(InvalidTransition):  # another download won the move
                 ctx.book.move(

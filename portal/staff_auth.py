@@ -41,6 +41,8 @@ from portal.context import PortalContext
 from portal.forms import Form, FormTooLarge, csrf_ok, parse_form
 from portal.pages import render
 from portal.site import context_of
+from store.audit import Outcome, actor_of
+from store.audit import record as audit_event
 from store.catalog import guarded
 from store.models import PortalSession, StaffUser
 
@@ -227,6 +229,16 @@ def login(form: CheckedForm, request: Request) -> Response:
                 .where(StaffUser.username == username)
                 .values(failed_logins=StaffUser.failed_logins + 1)
             )
+            who = user.username if user is not None else "unknown"
+            audit_event(
+                s,
+                "login",
+                actor=actor_of("staff", who),
+                outcome=Outcome.MINOR_FAILURE,
+                host=address,
+                detail="staff sign-in refused",
+                at=ctx.clock(),
+            )
         log.info("staff sign-in refused")
         return _login_page(request, ctx, error=BAD_SIGN_IN, username=username)
     now = ctx.clock()
@@ -235,6 +247,14 @@ def login(form: CheckedForm, request: Request) -> Response:
         if passwords.needs_rehash(user.password_hash):
             values["password_hash"] = passwords.hash_password(password)
         s.execute(update(StaffUser).where(StaffUser.id == user.id).values(**values))
+        audit_event(
+            s,
+            "login",
+            actor=actor_of("staff", user.username),
+            host=address,
+            detail="staff signed in",
+            at=now,
+        )
     old = request.cookies.get(COOKIE, "")
     if old:
         end_sessions(ctx, token=old)  # a fresh token every sign-in: no session fixation
@@ -252,6 +272,14 @@ def logout(form: CheckedForm, request: Request) -> Response:
     staff = current_staff(request, ctx)
     end_sessions(ctx, token=request.cookies.get(COOKIE, ""))
     if staff is not None:
+        with guarded(ctx.sessions) as s, s.begin():
+            audit_event(
+                s,
+                "logout",
+                actor=actor_of("staff", staff.username),
+                detail="staff signed out",
+                at=ctx.clock(),
+            )
         log.info("staff %s signed out", staff.username)
     response = RedirectResponse(LOGIN, 303)
     response.delete_cookie(COOKIE, secure=True, httponly=True, samesite="strict", path="/")

@@ -3,6 +3,7 @@ fetching links, wrong and reused codes, floods, missing CSRF tokens, and logs.""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -324,3 +325,30 @@ def test_no_secret_or_patient_data_in_any_log(rig: Rig, caplog: pytest.LogCaptur
         MOBILE, MOBILE[1:], "gp@clinic.example", "+447911123457", "19700131",
     ):  # fmt: skip
         assert secret not in text, secret
+
+
+def test_code_checks_lockouts_and_downloads_are_audited(rig: Rig) -> None:
+    from store.audit import events
+
+    values = {**rig.ctx.delivery.model_dump(), "code_daily_failures_lock": 5}
+    rig.ctx.delivery = DeliverySettings.model_validate(values)
+    locked = rig.patient()
+    c = rig.client()
+    c.get(f"/d/{locked.token}")
+    post(c, "/access/code")
+    for _ in range(5):
+        post(c, "/access/verify", code="999999")
+    good = rig.patient()
+    c2 = rig.client()
+    sign_in(rig, c2, good.token)
+    assert c2.get(f"/files/package/{json.loads(rig.package.parts)[0]['name']}").status_code == 200
+    with rig.db.sessions() as s:
+        got = [(e.kind, e.outcome, e.actor) for e in events(s)]
+    who, ok = f"patient:grant-{locked.grant_id}", f"patient:grant-{good.grant_id}"
+    assert got == [
+        *[("login", 4, who)] * 4,
+        ("security-alert", 8, who),
+        ("login", 4, who),
+        ("login", 0, ok),
+        ("export", 0, ok),
+    ]

@@ -888,3 +888,20 @@ def test_an_empty_field_says_required(signed_in: Site) -> None:
     assert r.status_code == 422
     for field_id in ("second-value", "email"):
         assert f'<p class="error" id="{field_id}-error-1">required</p>' in r.text
+
+
+def test_sign_in_and_out_are_audited(site: Site) -> None:
+    from store.audit import events
+
+    site.login("alice", "wrong wrong wrong")
+    site.login("nobody-here", "wrong wrong wrong")
+    assert site.login().status_code == 303
+    site.post("/staff/logout")
+    with site.db.sessions() as s:
+        got = [(e.kind, e.outcome, e.actor, e.detail) for e in events(s)]
+    assert got == [
+        ("login", 4, "staff:alice", "staff sign-in refused"),
+        ("login", 4, "staff:unknown", "staff sign-in refused"),
+        ("login", 0, "staff:alice", "staff signed in"),
+        ("logout", 0, "staff:alice", "staff signed out"),
+    ]
