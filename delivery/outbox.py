@@ -88,7 +88,8 @@ class Outbox:
     def alert(
         self, s: Session, kind: str, *, reference: str | None, request_id: int | None
     ) -> None:
-        """Queue a staff alert (``overdue``, ``failed``, ``locked``, ``rules_reload_failed``).
+        """Queue a staff alert (``overdue``, ``failed``, ``locked``, ``rules_reload_failed``,
+        ``disc``: a request put in the CD burn queue by :mod:`delivery.discs`).
 
         Without ``delivery.staff_email`` the alert is kept as ``held``: listed for staff
         (``courier outbox list``), never lost, never sent anywhere else.

@@ -27,6 +27,15 @@ class DeliverySettings(BaseModel):
         description="Hours. A request still missing studies this long after creation is "
         "overdue: staff are alerted and it becomes a CD candidate. Default 72.",
     )
+    cd_after_h: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 365,
+        description="Hours. A request overdue for this long (counted from when it became "
+        "overdue) is put in the CD burn queue and staff are alerted. Requests whose "
+        "delivery failed permanently, or whose link expired unopened, are queued at once. "
+        "Default 24.",
+    )
     window: str = Field(
         default="01:00-05:00",
         description="Nightly delivery window, local HH:MM-HH:MM in `timezone`; may wrap "

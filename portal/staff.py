@@ -2,7 +2,9 @@
 
 ``router`` gathers :mod:`portal.staff_auth` (sign-in, sessions, CSRF-checked forms),
 :mod:`portal.staff_requests` (list, new, one request) and :mod:`portal.staff_actions`
-(resend, revoke, extend, re-issue, mark for CD, cancel), plus the dashboard here.
+(resend, revoke, extend, re-issue, mark for CD, cancel), :mod:`portal.staff_discs`
+(the CD burn queue: write the disc image, download it, mark it burned, cancel it),
+plus the dashboard here.
 Pages are English only, server-rendered, and need no JavaScript.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from portal import staff_actions, staff_auth, staff_requests
+from portal import staff_actions, staff_auth, staff_discs, staff_requests
 from portal.site import context_of
 from portal.staff_auth import SignedIn
 from portal.staff_dashboard import dashboard
@@ -25,7 +27,8 @@ home = APIRouter(prefix="/staff")
 @home.get("", response_class=HTMLResponse)
 def show_dashboard(request: Request, staff: SignedIn) -> Response:
     """What needs attention (overdue, failed, locked links, staff alerts that were held
-    or failed, packaging that takes too long) and how many requests are in each state."""
+    or failed, packaging that takes too long, the CD burn queue) and how many requests
+    are in each state."""
     ctx = context_of(request)
     with guarded(ctx.sessions) as s:
         board = dashboard(s, ctx.clock())
@@ -36,3 +39,4 @@ router.include_router(staff_auth.router)
 router.include_router(home)
 router.include_router(staff_requests.router)
 router.include_router(staff_actions.router)
+router.include_router(staff_discs.router)

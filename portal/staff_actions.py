@@ -19,8 +19,11 @@ success redirects back (303) with a fixed "done" note.
   does. Clearing the lock instead would re-open a link that someone may be guessing
   codes on; a new token makes the old one worthless. Patient links only (a clinician's
   link is the patient's to share again).
-- ``cd``: a ``marked for CD`` note (issue 6 builds the burn queue from it).
-- ``cancel``: ``→ cancelled`` with the reason given; live links are revoked with it.
+- ``cd``: puts the request in the CD burn queue (a ``staff`` job of
+  :mod:`delivery.discs`) with a ``marked for CD`` note; refused while it has an open job.
+  Writing the image, marking it burned and cancelling it are :mod:`portal.staff_discs`.
+- ``cancel``: ``→ cancelled`` with the reason given; live links are revoked with it, and
+  an open CD job is cancelled (its image deleted).
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from datetime import datetime, timedelta
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from delivery.discs import DiscRefused, open_job
 from delivery.grants import new_grant
 from delivery.outbox import queue_link_again
 from portal.context import PortalContext
@@ -41,12 +46,13 @@ from portal.forms import Form
 from portal.site import context_of
 from portal.staff_auth import CheckedForm, SignedIn, Staff
 from portal.staff_choices import LIVE
+from portal.staff_discs import disc_queue
 from portal.staff_requests import detail_page
 from portal.staff_story import CD_MARK, grant_state
 from release.errors import InvalidTransition, RequestNotFound
 from release.states import RESENDABLE, allowed
 from store.catalog import guarded
-from store.models import Grant, Package, PortalSession, ReleaseRequest, RequestEvent, RequestState
+from store.models import DiscWhy, Grant, Package, PortalSession, ReleaseRequest, RequestState
 
 log = logging.getLogger("courier.portal.staff")
 router = APIRouter(prefix="/staff")
@@ -143,16 +149,14 @@ def reissue(s: Session, ctx: PortalContext, req: ReleaseRequest, form: Form, now
     )
 
 
-def mark_cd(s: Session, ctx: PortalContext, req: ReleaseRequest, form: Form, now: datetime) -> str:
-    if RequestState(req.state) == RequestState.CANCELLED:
-        raise Refused("A cancelled request is not burnt to CD.")
-    marked = s.scalar(
-        select(RequestEvent.id).where(
-            RequestEvent.request_id == req.id, RequestEvent.reason.startswith(CD_MARK)
-        )
-    )
-    if marked is not None:
-        raise Refused("This request is already marked for CD.")
+def mark_cd(
+    s: Session, ctx: PortalContext, req: ReleaseRequest, staff: Staff, now: datetime
+) -> str:
+    """A ``staff`` job in the burn queue; the caller records :data:`CD_MARK` as its note."""
+    try:
+        disc_queue(ctx).queue(s, req, DiscWhy.STAFF, staff.actor, now, note=False)
+    except DiscRefused as exc:
+        raise Refused(str(exc)) from exc
     return CD_MARK
 
 
@@ -173,7 +177,6 @@ ACTIONS: dict[str, Action] = {
     "revoke": revoke,
     "extend": extend,
     "reissue": reissue,
-    "cd": mark_cd,
 }
 
 
@@ -182,13 +185,25 @@ def _run(ctx: PortalContext, ref: str, name: str, form: Form, staff: Staff) -> s
     RequestNotFound."""
     found = ctx.book.get(ref)
     now = ctx.clock()
+    try:
+        return _run_in(ctx, found.id, name, form, staff, now)
+    except IntegrityError as exc:  # the burn queue's one-open-job index: a race lost
+        raise Refused("Someone changed this request meanwhile; look at it again.") from exc
+
+
+def _run_in(
+    ctx: PortalContext, request_id: int, name: str, form: Form, staff: Staff, now: datetime
+) -> str:
+    image = None
     with guarded(ctx.sessions) as s, s.begin():
-        req = s.get(ReleaseRequest, found.id)
+        req = s.get(ReleaseRequest, request_id)
         assert req is not None
         state = RequestState(req.state)
         if name == "cancel":
             if not allowed(state, RequestState.CANCELLED):
                 raise Refused(f"A request that is {state} cannot be cancelled.")
+            if open_job(s, req.id) is not None:  # its studies are not to be released
+                image = disc_queue(ctx).cancel(s, req, staff.actor, now)
             reason = " ".join(form.get("reason").split())[:MAX_REASON] or "cancelled by staff"
             for g in s.scalars(
                 select(Grant).where(Grant.request_id == req.id, Grant.parent_grant_id.is_(None))
@@ -196,12 +211,15 @@ def _run(ctx: PortalContext, ref: str, name: str, form: Form, staff: Staff) -> s
                 if g.revoked_at is None:
                     _revoke_tree(s, g, now)
             target, why = RequestState.CANCELLED, reason
+        elif name == "cd":
+            target, why = state, mark_cd(s, ctx, req, staff, now)
         else:
             target, why = state, ACTIONS[name](s, ctx, req, form, now)
         try:
             ctx.book.move(s, req, state, target, staff.actor, why, now)
         except InvalidTransition as exc:
             raise Refused("Someone changed this request meanwhile; look at it again.") from exc
+    disc_queue(ctx).delete_image(image)
     log.info("staff %s: %s on request %s", staff.username, name, req.reference)
     return req.reference
 
@@ -222,5 +240,5 @@ def _action(name: str) -> Callable[..., Response]:
     return handler
 
 
-for _name in (*ACTIONS, "cancel"):
+for _name in (*ACTIONS, "cd", "cancel"):
     router.add_api_route(f"/requests/{{ref}}/{_name}", _action(_name), methods=["POST"])

@@ -2,7 +2,7 @@
 
 Read-only; plain dataclasses out, so templates never touch a session. The dashboard
 lists what needs attention now (overdue, failed, stuck in packaging, locked links,
-staff alerts held or failed) and how many requests are in each state.
+staff alerts held or failed, the CD burn queue) and how many requests are in each state.
 """
 
 from __future__ import annotations
@@ -15,8 +15,16 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from delivery.discs import WHY_TEXT
 from portal.staff_choices import LIVE
-from store.models import Grant, Notification, NotificationState, ReleaseRequest, RequestState
+from store.models import (
+    DiscJob,
+    Grant,
+    Notification,
+    NotificationState,
+    ReleaseRequest,
+    RequestState,
+)
 
 STUCK_PACKAGING = timedelta(hours=1)
 """A request still ``packaging`` after this long needs a look (a build normally takes
@@ -54,6 +62,18 @@ class AlertLine:
     last_error: str
 
 
+@dataclass(frozen=True)
+class BurnLine:
+    """A request in the CD burn queue: why, since when, whether its image is written."""
+
+    reference: str
+    state: str
+    why: str
+    why_text: str
+    queued_at: datetime
+    written_at: datetime | None
+
+
 @dataclass
 class Dashboard:
     counts: dict[str, int]
@@ -62,10 +82,13 @@ class Dashboard:
     stuck: list[RequestLine] = field(default_factory=list)
     locked: list[LockedLine] = field(default_factory=list)
     alerts: list[AlertLine] = field(default_factory=list)
+    burn: list[BurnLine] = field(default_factory=list)
 
     @property
     def quiet(self) -> bool:
-        return not (self.overdue or self.failed or self.stuck or self.locked or self.alerts)
+        return not (
+            self.overdue or self.failed or self.stuck or self.locked or self.alerts or self.burn
+        )
 
 
 def line(req: ReleaseRequest, selected: int = 0) -> RequestLine:
@@ -119,6 +142,23 @@ def dashboard(s: Session, now: datetime) -> Dashboard:
     ):
         assert grant.locked_at is not None
         board.locked.append(LockedLine(reference, grant.id, grant.purpose, grant.locked_at))
+    for job, reference, state in s.execute(
+        select(DiscJob, ReleaseRequest.reference, ReleaseRequest.state)
+        .join(ReleaseRequest, ReleaseRequest.id == DiscJob.request_id)
+        .where(DiscJob.burned_at.is_(None), DiscJob.cancelled_at.is_(None))
+        .order_by(DiscJob.queued_at, DiscJob.id)
+        .limit(LIST_LIMIT)
+    ):
+        board.burn.append(
+            BurnLine(
+                reference,
+                str(state),
+                job.why,
+                WHY_TEXT.get(job.why, job.why),
+                job.queued_at,
+                job.written_at,
+            )
+        )
     held = (NotificationState.HELD, NotificationState.FAILED)
     for row in s.scalars(
         select(Notification)

@@ -56,7 +56,10 @@ DONE = {
     "revoke": "The link was revoked; it no longer works.",
     "extend": "The link's expiry was extended.",
     "reissue": "A new link was made and its email queued; the locked link no longer works.",
-    "cd": "Marked for CD.",
+    "cd": "Marked for CD: the request is in the burn queue.",
+    "disc-image": "The disc image was written; download it and burn it.",
+    "disc-burned": "The disc was marked burned; the request left the burn queue.",
+    "disc-cancel": "The CD was cancelled; its disc image was deleted.",
     "cancel": "The request was cancelled; its links no longer work.",
 }
 STATES = [str(s) for s in RequestState]

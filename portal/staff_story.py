@@ -8,15 +8,17 @@ link went without spelling out the address.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import phonenumbers
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from delivery.discs import WHY_TEXT
 from portal.staff_studies import StudyLine, study_line
 from store.models import (
+    DiscJob,
     Grant,
     Notification,
     NotificationAttempt,
@@ -92,6 +94,45 @@ class MessageLine:
     outcomes: list[str]
 
 
+@dataclass(frozen=True)
+class DiscLine:
+    """One job of the CD burn queue (:mod:`delivery.discs`)."""
+
+    id: int
+    why: str
+    why_text: str
+    queued_at: datetime
+    queued_by: str
+    written_at: datetime | None
+    image_sha256: str | None
+    image_size: int | None
+    burned_at: datetime | None
+    burned_by: str | None
+    cancelled_at: datetime | None
+    cancelled_by: str | None
+
+    @property
+    def open(self) -> bool:
+        return self.burned_at is None and self.cancelled_at is None
+
+
+def disc_line(job: DiscJob) -> DiscLine:
+    return DiscLine(
+        job.id,
+        job.why,
+        WHY_TEXT.get(job.why, job.why),
+        job.queued_at,
+        job.queued_by,
+        job.written_at,
+        job.image_sha256,
+        job.image_size,
+        job.burned_at,
+        job.burned_by,
+        job.cancelled_at,
+        job.cancelled_by,
+    )
+
+
 @dataclass
 class Story:
     """Everything the request page shows besides the request row itself."""
@@ -102,7 +143,9 @@ class Story:
     grants: list[GrantLine]
     messages: list[MessageLine]
     packages: list[Package]
-    marked_for_cd: bool
+    marked_for_cd: bool  # the request has an open job in the CD burn queue
+    disc: DiscLine | None = None  # that open job
+    discs: list[DiscLine] = field(default_factory=list)  # every job, oldest first
 
 
 MILESTONES = (
@@ -182,6 +225,10 @@ def story(s: Session, req: ReleaseRequest, now: datetime) -> Story:
         )
         for r in rows
     ]
+    discs = [
+        disc_line(j)
+        for j in s.scalars(select(DiscJob).where(DiscJob.request_id == req.id).order_by(DiscJob.id))
+    ]
     sent = [m for m in messages if m.state == NotificationState.SENT]
     milestones: list[tuple[str, datetime | None]] = [
         ("received", first_received),
@@ -226,5 +273,7 @@ def story(s: Session, req: ReleaseRequest, now: datetime) -> Story:
         ],
         messages=messages,
         packages=packages,
-        marked_for_cd=any(e.reason.startswith(CD_MARK) for e in events),
+        marked_for_cd=any(d.open for d in discs),
+        disc=next((d for d in discs if d.open), None),
+        discs=discs,
     )

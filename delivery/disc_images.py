@@ -1,0 +1,181 @@
+"""The disc image of a job in the CD burn queue (:mod:`delivery.discs`).
+
+Public surface: :func:`write_job_image` → :class:`~delivery.disc.DiscResult`,
+:func:`image_of` (the open job's image file, to hand to staff), :data:`FOLDER`.
+
+The image is ``<data_dir>/discs/<REF>.iso``, written by :func:`delivery.disc.write_disc_image`
+(atomic: a final-named image is always whole). One writer at a time per job: the writer
+first claims the job with a conditional UPDATE of ``writing_since`` (a lease of
+:data:`LEASE`, so a writer that died frees the job), and records the path, SHA-256, size
+and ``written_at`` only if its claim still stands and the job is still open; a job
+cancelled meanwhile gets its new image deleted. The record is one transaction with a
+``disc image written`` note on the request's timeline and an ``export`` audit event, as
+``courier export-iso`` writes them.
+
+This runs for as long as the image takes (seconds to minutes): call it from a worker
+thread, never on an event loop.
+
+Errors: :class:`~delivery.discs.DiscRefused` with a message for staff (no open job,
+someone else is writing, no stored instance, a missing file, a full disk); nothing is
+left at the image's path then. Database failures surface as
+:class:`~store.errors.DatabaseUnavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, or_, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from delivery.disc import DiscResult, write_disc_image
+from delivery.discs import DiscRefused, open_job, study_uids
+from delivery.items import package_items
+from delivery.package import PackageInfo
+from delivery.package_errors import PackageError
+from release.requests import RequestBook
+from store.audit import record
+from store.catalog import guarded
+from store.content import ContentStore
+from store.models import DiscJob, ReleaseRequest, RequestState, utcnow
+
+FOLDER = "discs"
+"""Where images go, under ``node.data_dir``."""
+LEASE = timedelta(hours=2)
+"""How long a claim to write an image holds (a DVD's worth of instances takes minutes)."""
+
+
+def _set(s: Session, job_id: int, *where: Any, **values: Any) -> bool:
+    """A conditional UPDATE of an open job; True when it took."""
+    result = cast(
+        CursorResult[Any],
+        s.execute(
+            update(DiscJob)
+            .where(
+                DiscJob.id == job_id,
+                DiscJob.burned_at.is_(None),
+                DiscJob.cancelled_at.is_(None),
+                *where,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        ),
+    )
+    return result.rowcount == 1
+
+
+def image_of(s: Session, content: ContentStore, request_id: int) -> Path | None:
+    """The open job's written image file, or None (no open job, none written, or the
+    file is gone)."""
+    job = open_job(s, request_id)
+    if job is None or not job.image_path or job.written_at is None:
+        return None
+    path = content.root / job.image_path
+    return path if path.is_file() else None
+
+
+def write_job_image(
+    sessions: sessionmaker[Session],
+    content: ContentStore,
+    request_id: int,
+    *,
+    actor: str,
+    audit_actor: str,
+    contact: str = "",
+    clock: Callable[[], datetime] = utcnow,
+) -> DiscResult:
+    """Write the disc image of request ``request_id``'s open job and record it (see the
+    module docstring); returns what was written. An image already recorded whose file
+    still exists is not written again. Raises :class:`DiscRefused`."""
+    claimed = clock()
+    with guarded(sessions) as s, s.begin():
+        req = s.get(ReleaseRequest, request_id)
+        assert req is not None  # requests are never deleted
+        reference, language = req.reference, req.language
+        job = open_job(s, request_id)
+        if job is None:
+            raise DiscRefused("Queue the request for CD first (Mark for CD).")
+        if job.written_at is not None and image_of(s, content, request_id) is not None:
+            raise DiscRefused("The disc image is already written; download it below.")
+        job_id = job.id
+        if not _set(
+            s,
+            job_id,
+            or_(DiscJob.writing_since.is_(None), DiscJob.writing_since < claimed - LEASE),
+            writing_since=claimed,
+        ):
+            raise DiscRefused(
+                "Someone is writing this disc image now; wait a few minutes and reload."
+            )
+    folder = content.root / FOLDER
+    out = folder / f"{reference}.iso"
+    try:
+        items = package_items(sessions, content, request_id)
+        folder.mkdir(exist_ok=True)
+        info = PackageInfo(reference=reference, language=language, contact=contact, created=claimed)
+        # force: the path is ours alone (claimed above); a file there is a stale image
+        # of an earlier job of this request, or one a crash left unrecorded.
+        result = write_disc_image(items, out, info=info, force=True)
+    except (PackageError, OSError) as exc:
+        _release(sessions, job_id, claimed)
+        raise DiscRefused(f"No disc image was written: {exc}") from exc
+    except BaseException:
+        _release(sessions, job_id, claimed)
+        raise
+    try:
+        _record(sessions, job_id, claimed, result, actor, audit_actor, clock())
+    except BaseException:
+        out.unlink(missing_ok=True)  # an image nobody recorded would never be cleaned up
+        _release(sessions, job_id, claimed)
+        raise
+    return result
+
+
+def _release(sessions: sessionmaker[Session], job_id: int, claimed: datetime) -> None:
+    with guarded(sessions) as s, s.begin():
+        _set(s, job_id, DiscJob.writing_since == claimed, writing_since=None)
+
+
+def _record(
+    sessions: sessionmaker[Session],
+    job_id: int,
+    claimed: datetime,
+    result: DiscResult,
+    actor: str,
+    audit_actor: str,
+    now: datetime,
+) -> None:
+    with guarded(sessions) as s, s.begin():
+        if not _set(
+            s,
+            job_id,
+            DiscJob.writing_since == claimed,
+            writing_since=None,
+            image_path=f"{FOLDER}/{result.path.name}",
+            image_sha256=result.sha256,
+            image_size=result.size,
+            written_at=now,
+        ):
+            raise DiscRefused(
+                "The CD was cancelled (or burned) while its image was written; the image "
+                "was deleted."
+            )
+        job = s.get(DiscJob, job_id)
+        assert job is not None
+        req = s.get(ReleaseRequest, job.request_id)
+        assert req is not None
+        state = RequestState(req.state)
+        reason = f"disc image written ({result.instances} instances)"
+        RequestBook(sessions).move(s, req, state, state, actor, reason, now)
+        record(
+            s,
+            "export",
+            actor=audit_actor,
+            studies=study_uids(s, req.id),
+            request=req.reference,
+            detail=f"{reason} for a CD/DVD",
+            at=now,
+        )
