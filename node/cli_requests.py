@@ -56,6 +56,7 @@ _OPTIONS = {
     "requested_by": "--requested-by",
     "idempotency_key": "--idempotency-key",
     "by_reference": "--by-reference",
+    "destination": "--to-dicom",
 }
 
 
@@ -78,12 +79,23 @@ def add_request_parsers(
     create.add_argument("--patient-id", required=True, help="patient ID / MRN")
     create.add_argument("--patient-name", required=True)
     create.add_argument("--birth-date", required=True, metavar="YYYYMMDD")
-    create.add_argument("--email", required=True, help="where the link is sent")
+    create.add_argument("--email", help="where the link is sent (required unless --to-dicom)")
     create.add_argument(
         "--second-channel",
-        required=True,
         metavar="sms:+E164|email:ADDR",
-        help="where the code is sent; never the --email address",
+        help="where the code is sent; never the --email address (required unless --to-dicom)",
+    )
+    create.add_argument(
+        "--to-dicom",
+        metavar="AE@HOST:PORT",
+        help="send the studies to another hospital's DICOM node by C-STORE instead of "
+        "a link to a person (no --email, --second-channel or --backup-email then)",
+    )
+    create.add_argument(
+        "--commitment",
+        choices=["auto", "required", "off"],
+        help="with --to-dicom: ask the receiving node to commit to storing the studies "
+        "(auto: when it supports storage commitment; the default)",
     )
     create.add_argument(
         "--backup-email",
@@ -211,6 +223,23 @@ def _actor() -> str:
 
 def _create_errors(args: argparse.Namespace) -> list[dict[str, str]]:
     """Problems only the command line can have (before the draft is validated)."""
+    if args.commitment is not None and args.to_dicom is None:
+        return [
+            {
+                "field": "destination.commitment",
+                "option": "--commitment",
+                "message": "applies to a DICOM destination only; add --to-dicom AE@HOST:PORT",
+            }
+        ]
+    if args.to_dicom is not None and _destination(args.to_dicom, None) is None:
+        return [
+            {
+                "field": "destination",
+                "option": "--to-dicom",
+                "message": "expected AE@HOST:PORT, e.g. PACS2@pacs.example.org:104 "
+                "(an IPv6 address in brackets: PACS2@[2001:db8::1]:104)",
+            }
+        ]
     if args.pull and (args.expected is not None or args.by_reference):
         return [
             {
@@ -262,6 +291,27 @@ def _draft_data(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.idempotency_key is not None:
         data["idempotency_key"] = args.idempotency_key
+    if args.to_dicom is not None:
+        data["destination"] = _destination(args.to_dicom, args.commitment)
+    return data
+
+
+def _destination(value: str, commitment: str | None) -> dict[str, Any] | None:
+    """``AE@HOST:PORT`` as the draft's destination (validated there); None when it does
+    not have that shape. The AE title may itself hold an ``@``: the last one splits."""
+    ae_title, at, rest = value.rpartition("@")
+    if rest.startswith("["):
+        host, bracket, port = rest[1:].partition("]")
+        ok = bool(bracket) and port.startswith(":")
+        port = port[1:]
+    else:
+        host, colon, port = rest.rpartition(":")
+        ok = bool(colon)
+    if not at or not ok or not host or not port:
+        return None
+    data: dict[str, Any] = {"ae_title": ae_title, "host": host, "port": port}
+    if commitment is not None:
+        data["commitment"] = commitment
     return data
 
 
@@ -269,6 +319,10 @@ def _with_option(error: dict[str, str], args: argparse.Namespace) -> dict[str, s
     field = error["field"]
     option = _OPTIONS.get(field, "")
     parts = field.split(".")
+    if field == "destination.commitment":
+        option = "--commitment"
+    elif parts[0] == "destination":
+        option = "--to-dicom"
     if parts[0] == "selection":
         option = "--accession/--study-uid"
         if len(parts) > 1 and parts[1].isdigit():

@@ -32,6 +32,24 @@ def request_dict(req: ReleaseRequest) -> dict[str, Any]:
             {"kind": s.kind, "value": s.value, "expected_instances": s.expected_instances}
             for s in req.selections
         ],
+        "destination": destination_dict(req),
+    }
+
+
+def destination_dict(req: ReleaseRequest) -> dict[str, Any] | None:
+    """Where a hospital-to-hospital request goes, and how its sending stands (None: the
+    recipient is a person)."""
+    dest = req.destination
+    if dest is None:
+        return None
+    return {
+        "ae_title": dest.ae_title,
+        "host": dest.host,
+        "port": dest.port,
+        "commitment": str(dest.commitment),
+        "attempts": dest.attempts,
+        "next_attempt_at": dest.next_attempt_at,
+        "last_error": dest.last_error,
     }
 
 

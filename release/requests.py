@@ -29,6 +29,7 @@ from release.states import FINAL, JOINABLE, RESENDABLE, TRANSITIONS, allowed
 from release.validation import RequestDraft
 from store.catalog import guarded
 from store.models import (
+    DicomDestination,
     ReleaseRequest,
     RequestEvent,
     RequestSelection,
@@ -102,8 +103,9 @@ class RequestBook:
                 patient_id=draft.patient_id,
                 patient_name=draft.patient_name,
                 patient_birth_date=draft.patient_birth_date,
-                recipient_email=draft.recipient_email,
-                second_channel=draft.second_channel,
+                # A DICOM destination has no person to e-mail: the columns stay empty.
+                recipient_email=draft.recipient_email or "",
+                second_channel=draft.second_channel or "",
                 backup_email=draft.backup_email,
                 language=draft.language,
                 urgency=draft.urgency,
@@ -125,6 +127,19 @@ class RequestBook:
                 req.selections.append(
                     RequestSelection(kind=SelectionKind.REFERENCE, value=reference)
                 )
+            # Set even when None: the returned (detached) row must not lazy-load it.
+            req.destination = (
+                None
+                if draft.destination is None
+                else DicomDestination(
+                    ae_title=draft.destination.ae_title,
+                    host=draft.destination.host,
+                    port=draft.destination.port,
+                    commitment=draft.destination.commitment,
+                    attempts=0,
+                    last_error="",
+                )
+            )
             s.add(req)
             s.flush()
             s.add(
@@ -403,8 +418,19 @@ def _content(draft: RequestDraft) -> dict[str, Any]:
 
 
 def _content_of(req: ReleaseRequest) -> dict[str, Any]:
-    fields = RequestDraft.model_fields.keys() - {"selection", "by_reference", "idempotency_key"}
+    special = {"selection", "by_reference", "idempotency_key", "destination"}
+    fields = RequestDraft.model_fields.keys() - special
     data: dict[str, Any] = {name: getattr(req, name) for name in fields}
+    dest = req.destination
+    data["destination"] = None
+    if dest is not None:
+        data["destination"] = {
+            "ae_title": dest.ae_title,
+            "host": dest.host,
+            "port": dest.port,
+            "commitment": dest.commitment,
+        }
+        data["recipient_email"] = data["second_channel"] = None
     data["by_reference"] = any(s.kind == SelectionKind.REFERENCE for s in req.selections)
     data["selection"] = sorted(
         (s.kind, s.value, s.expected_instances)

@@ -8,10 +8,15 @@ lower case, the number in E.164, the language in its canonical case), so equal r
 compare equal. :func:`validation_errors` turns pydantic's ``ValidationError`` into
 ``{"field", "message"}`` pairs; messages say what is expected and never leave this
 process through a log line (they may quote the input).
+
+The recipient is a person (``recipient_email`` and ``second_channel``, both required
+then) or a DICOM destination (``destination``: an AE title, host and port, and the
+storage commitment wanted; the e-mail fields must then be left out: nobody gets a link).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import unicodedata
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
@@ -24,16 +29,18 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails
 
 from store.content import check_uid
 from store.errors import InvalidUID
-from store.models import Urgency
+from store.models import CommitmentMode, Urgency
 
 SUPPORTED_LANGUAGES: tuple[str, ...] = ("en", "ar", "zh-Hans")
 """Languages the patient's messages and pages exist in (BCP 47 tags)."""
@@ -163,14 +170,94 @@ class Selector(BaseModel):
         return v
 
 
+def _ae_title(value: str) -> str:
+    """An AE title as PS3.5 defines the AE value representation: at most 16 characters
+    of the default repertoire without backslash or control characters; leading and
+    trailing spaces are not significant (removed), and all spaces is no title."""
+    stripped = value.strip(" ")
+    if not stripped:
+        raise ValueError("an AE title cannot be empty or only spaces")
+    for ch in stripped:
+        if ch == "\\":
+            raise ValueError("an AE title cannot hold a backslash (it separates DICOM values)")
+        if not (" " <= ch <= "~"):
+            raise ValueError(
+                f"character {ch!r} is not allowed in an AE title; expected printable ASCII "
+                "letters, digits, spaces and punctuation"
+            )
+    if len(stripped) > 16:
+        raise ValueError(f"an AE title has at most 16 characters (this one has {len(stripped)})")
+    return stripped
+
+
+def _host(value: str) -> str:
+    """A host name (RFC 1123 labels) or an IP address, normalized (lower case, the
+    address's canonical form). Refuses addresses nothing can be sent to."""
+    expected = "expected a host name like pacs.example.org or an IP address like 10.1.2.3"
+    candidate = value.removeprefix("[").removesuffix("]") if value.startswith("[") else value
+    try:
+        address = ipaddress.ip_address(candidate)
+    except ValueError:
+        address = None
+    if address is not None:
+        if address.is_unspecified or address.is_multicast:
+            raise ValueError(f"{address} cannot receive DICOM; {expected}")
+        return str(address)
+    name = value.rstrip(".").lower()
+    labels = name.split(".")
+    if len(name) > 253 or not all(
+        0 < len(label) <= 63
+        and label.isascii()
+        and all(c.isalnum() or c == "-" for c in label)
+        and not label.startswith("-")
+        and not label.endswith("-")
+        for label in labels
+    ):
+        raise ValueError(f"not a host name or IP address; {expected}")
+    if labels[-1].isdigit():
+        raise ValueError(f"not a valid IP address; {expected}")
+    return name
+
+
+class DestinationDraft(BaseModel):
+    """A DICOM destination: the receiving hospital's AE, where it listens, and whether
+    it is asked to commit to storing what it received (``auto``: when it supports it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ae_title: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    host: Annotated[str, _bounded(1, 255)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    commitment: CommitmentMode = CommitmentMode.AUTO
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str) -> str:
+        return _ae_title(v)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return _host(v)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
+
+
+_PERSON_ONLY = ("recipient_email", "second_channel", "backup_email")
+
+
 class RequestDraft(BaseModel):
     """A release request as submitted, validated and normalized; nothing is stored yet.
 
     ``selection`` lists the studies to wait for; it may be empty only with
     ``by_reference=True`` (whatever arrives tagged with the request's reference).
     ``second_channel`` is ``sms:+E164`` or ``email:ADDRESS`` and never the recipient's
-    own address. ``due_by`` is an aware time after which a request still missing
-    studies becomes overdue (None: the node's default applies).
+    own address. With a ``destination`` (a DICOM AE) there is no e-mail, second
+    channel or backup e-mail; without one, the first two are required. ``due_by`` is
+    an aware time after which a request still missing studies becomes overdue (None:
+    the node's default applies).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -178,9 +265,10 @@ class RequestDraft(BaseModel):
     patient_id: Text64
     patient_name: Text200
     patient_birth_date: Text16
-    recipient_email: Address
-    second_channel: Channel
+    recipient_email: Address | None = None
+    second_channel: Channel | None = None
     backup_email: Address | None = None
+    destination: DestinationDraft | None = None
     selection: Annotated[list[Selector], Field(max_length=MAX_SELECTIONS)] = []
     by_reference: bool = False
     language: Text16 = "en"
@@ -216,10 +304,36 @@ class RequestDraft(BaseModel):
             raise ValueError("expected a date between 19000101 and today")
         return v
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _person_or_destination(
+        cls, data: Any, handler: ModelWrapValidatorHandler[RequestDraft]
+    ) -> RequestDraft:
+        # Without a destination the e-mail and second channel are required; said per
+        # field and alongside every other problem (an "after" check would only run once
+        # everything else is valid, and say one thing).
+        missing: list[InitErrorDetails] = []
+        if isinstance(data, Mapping) and data.get("destination") is None:
+            missing = [
+                {"type": "missing", "loc": (name,), "input": data}
+                for name in ("recipient_email", "second_channel")
+                if data.get(name) is None
+            ]
+        try:
+            draft = handler(data)
+        except ValidationError as exc:
+            if not missing:
+                raise
+            errors = [*exc.errors(), *missing]
+            raise ValidationError.from_exception_data(exc.title, errors) from None  # type: ignore[arg-type]
+        if missing:
+            raise ValidationError.from_exception_data(cls.__name__, missing)
+        return draft
+
     @field_validator("recipient_email")
     @classmethod
-    def _recipient(cls, v: str) -> str:
-        return _email(v)
+    def _recipient(cls, v: str | None) -> str | None:
+        return None if v is None else _email(v)
 
     @field_validator("backup_email")
     @classmethod
@@ -228,7 +342,9 @@ class RequestDraft(BaseModel):
 
     @field_validator("second_channel")
     @classmethod
-    def _second_channel(cls, v: str) -> str:
+    def _second_channel(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
         scheme, sep, rest = v.partition(":")
         scheme = scheme.strip().lower()
         rest = rest.strip()
@@ -276,6 +392,15 @@ class RequestDraft(BaseModel):
             if (sel.kind, sel.value) in seen:
                 raise ValueError(f"selection: {sel.kind} {sel.value} is listed twice")
             seen.add((sel.kind, sel.value))
+        if self.destination is not None:
+            for name in _PERSON_ONLY:
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name}: leave it out for a DICOM destination (the studies go "
+                        "to the hospital by C-STORE: no link, no code)"
+                    )
+            return self
+        assert self.recipient_email is not None and self.second_channel is not None
         scheme, _, address = self.second_channel.partition(":")
         if scheme == "email" and address.casefold() == self.recipient_email.casefold():
             raise ValueError(

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -174,6 +176,7 @@ class RequestState(enum.StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    DELIVERED = "delivered"  # a DICOM destination acknowledged (and committed) every instance
 
 
 class Urgency(enum.StrEnum):
@@ -227,6 +230,8 @@ class ReleaseRequest(Base):
     events: Mapped[list[RequestEvent]] = relationship(
         back_populates="request", order_by="RequestEvent.id"
     )
+    # Loaded with the request, always: whoever reads a request must see where it goes.
+    destination: Mapped[DicomDestination | None] = relationship(lazy="selectin")
 
 
 class RequestSelection(Base):
@@ -526,3 +531,106 @@ class AuditCursor(Base):
     shipped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class CommitmentMode(enum.StrEnum):
+    """Whether a DICOM destination is asked for storage commitment (N-ACTION, Push Model)."""
+
+    AUTO = "auto"  # ask when the peer accepts the SOP class; go ahead without it otherwise
+    REQUIRED = "required"  # no commitment, no delivery: the attempt fails and is retried
+    OFF = "off"  # never ask
+
+
+class DicomDestination(Base):
+    """Where a hospital-to-hospital request goes (a DICOM AE, by C-STORE), and how its
+    sending stands: ``attempts`` made so far, when the next one is due (None: as soon as
+    the request is ready), the last attempt's error. A request has at most one.
+
+    For such a request ``recipient_email`` and ``second_channel`` are empty: no link,
+    no code.
+    """
+
+    __tablename__ = "dicom_destinations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("release_requests.id"), unique=True)
+    ae_title: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(253))
+    port: Mapped[int] = mapped_column(Integer)
+    commitment: Mapped[str] = mapped_column(String(8), default=CommitmentMode.AUTO)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class DicomSend(Base):
+    """One instance offered to a DICOM destination in one attempt, and what came back.
+
+    ``status`` is the peer's C-STORE status (None: no answer, e.g. the association broke
+    or no presentation context was accepted for it). ``commitment`` is ``""`` (not
+    asked), ``committed``, ``failed`` (the peer's report listed it as failed) or
+    ``no-report`` (asked, no N-EVENT-REPORT in time). An instance acknowledged (status
+    0x0000 or a warning) is never sent again for the same request.
+    """
+
+    __tablename__ = "dicom_sends"
+    __table_args__ = (UniqueConstraint("request_id", "attempt", "sop_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("release_requests.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    commitment: Mapped[str] = mapped_column(String(16), default="")
+
+
+class DiscWhy(enum.StrEnum):
+    """Why a request is in the CD burn queue (see :mod:`delivery.discs`)."""
+
+    STAFF = "staff"  # staff pressed "Mark for CD"
+    FAILED = "failed"  # its delivery failed permanently
+    OVERDUE = "overdue"  # overdue for longer than delivery.cd_after_h
+    UNOPENED = "unopened"  # the patient's link expired without ever being opened
+
+
+class DiscJob(Base):
+    """One request in the CD burn queue: why and since when, the disc image once written
+    (``image_path`` relative to ``node.data_dir``, its SHA-256, when), and how the job
+    ended: burned (by whom) or cancelled (by whom). Open = neither.
+
+    A request has at most one open job, enforced by the database with a partial unique
+    index (``WHERE burned_at IS NULL AND cancelled_at IS NULL``: SQLite 3.8+ and
+    PostgreSQL both have them), so a sweep racing a staff click cannot queue it twice.
+    ``writing_since`` is the lease of whoever is writing the image (one writer at a time).
+    """
+
+    __tablename__ = "disc_jobs"
+    __table_args__ = (
+        Index(
+            "ux_disc_jobs_open",
+            "request_id",
+            unique=True,
+            sqlite_where=text("burned_at IS NULL AND cancelled_at IS NULL"),
+            postgresql_where=text("burned_at IS NULL AND cancelled_at IS NULL"),
+        ),
+        CheckConstraint(
+            "why IN ('staff', 'failed', 'overdue', 'unopened')", name="ck_disc_jobs_why"
+        ),
+        CheckConstraint("burned_at IS NULL OR cancelled_at IS NULL", name="ck_disc_jobs_closed"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("release_requests.id"), index=True)
+    why: Mapped[str] = mapped_column(String(16))
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    queued_by: Mapped[str] = mapped_column(String(200))
+    image_path: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    image_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    image_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    written_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    writing_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    burned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    burned_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancelled_by: Mapped[str | None] = mapped_column(String(200), nullable=True)

@@ -39,7 +39,7 @@ def _state(db: Database, reference: str) -> str:
 
 def test_the_table_covers_every_state_and_final_states_are_final() -> None:
     assert set(TRANSITIONS) == set(S)
-    assert {S.EXPIRED, S.CANCELLED} == FINAL
+    assert {S.EXPIRED, S.CANCELLED, S.DELIVERED} == FINAL
     for source, targets in TRANSITIONS.items():
         assert source not in targets
         assert (S.CANCELLED in targets) == (source not in FINAL)

@@ -1,0 +1,413 @@
+"""Hospital-to-hospital delivery: a ready request's studies sent to a DICOM destination.
+
+A request whose recipient is a DICOM AE (:class:`~store.models.DicomDestination`) is
+not packaged: :meth:`DicomDelivery.deliver` sends its instances by C-STORE, one
+association per attempt, through an injected :class:`Sender` (the node passes
+:func:`scp.storescu.attempt`; ``delivery`` may not import ``scp``). Per attempt:
+
+1. claim the request, ``ready → packaging`` (here: "sending"; a conditional UPDATE)
+   and count the attempt on the destination row, in one transaction, *before* any
+   byte leaves;
+2. send every instance not yet acknowledged (an instance the peer acknowledged in an
+   earlier attempt, and did not later report as failed to commit, is never sent
+   again), and ask for storage commitment as the destination says;
+3. record one :class:`~store.models.DicomSend` row per instance tried (status, attempt,
+   time; committed or failed where the peer reported) and the outcome, in one
+   transaction with the request's move:
+
+   - every instance acknowledged (and committed, when commitment is ``required``, or
+     ``auto`` with a peer that offers it) → ``delivered`` (audited as an export);
+   - a permanent failure (the peer refused the association for good; it accepts none
+     of the instances' SOP class/transfer syntax pairs; nothing to send) → ``failed``
+     and a staff alert in the outbox, like every other failed delivery;
+   - anything else (peer down, busy, a failure status for some instances, no
+     commitment when it is required) → back to ``ready`` with the next attempt due
+     after :class:`~delivery.relay.RetryPolicy`'s backoff; after ``max_attempts``,
+     ``failed`` and a staff alert.
+
+Each attempt's timeline entry says: sent N, acknowledged M, failed K, committed C. A
+crash mid-attempt leaves the request ``packaging``; the batch's start-up recovery puts
+it back to ``ready`` and the next attempt sends what was not recorded as acknowledged
+(receiving an identical instance twice is harmless to a PACS).
+
+Storage commitment ``auto`` with a peer that offers the SOP class but whose report
+does not come in time, or that refuses the N-ACTION: delivered, and the timeline says
+the commitment was not confirmed (``required`` retries instead).
+
+Log lines and timeline entries hold references, AE titles, counts and status codes:
+no patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from delivery.items import package_items
+from delivery.outbox import Outbox
+from delivery.package import PackageItem
+from delivery.package_errors import PackageError
+from delivery.relay import RetryPolicy
+from release.errors import InvalidTransition
+from release.requests import RequestBook
+from release.states import allowed
+from store.audit import record
+from store.catalog import guarded
+from store.content import ContentStore
+from store.models import (
+    CommitmentMode,
+    DicomDestination,
+    DicomSend,
+    ReleaseRequest,
+    RequestState,
+    utcnow,
+)
+
+log = logging.getLogger("courier.delivery.dicomsend")
+ACTOR = "delivery"
+
+# C-STORE statuses that mean "stored" (PS3.4 B.2.3): success and the warnings.
+_STORED = frozenset({0x0000, 0x0001, 0xB000, 0xB006, 0xB007})
+
+DEFAULT_POLICY = RetryPolicy(base_s=60.0, cap_s=3600.0, max_attempts=8)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one attempt goes (a snapshot of the destination row)."""
+
+    ae_title: str
+    host: str
+    port: int
+    commitment: str
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.ae_title}@{host}:{self.port}"
+
+
+class AttemptReport(Protocol):
+    """What the sender reports for one association (see :class:`scp.storescu.StoreReport`).
+
+    ``statuses``: SOP Instance UID → the peer's C-STORE status (None: not answered).
+    ``unsendable``: UIDs whose SOP class/transfer syntax the peer accepted no context
+    for. ``commitment``: ``off``, ``not-offered``, ``none-to-ask``, ``refused``,
+    ``no-report`` or ``reported`` (then ``committed`` and ``commit_failed``).
+    ``error``/``permanent``: the association failed (after what ``statuses`` holds).
+    """
+
+    @property
+    def statuses(self) -> Mapping[str, int | None]: ...
+    @property
+    def unsendable(self) -> AbstractSet[str]: ...
+    @property
+    def commitment(self) -> str: ...
+    @property
+    def committed(self) -> AbstractSet[str]: ...
+    @property
+    def commit_failed(self) -> Mapping[str, int]: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def permanent(self) -> bool: ...
+
+
+class Sender(Protocol):
+    """Sends ``items`` to ``target`` over one association and asks for commitment of
+    those acknowledged plus ``commit_also``; never raises for network failures (they
+    come back in the report)."""
+
+    def __call__(
+        self, target: Target, items: Sequence[PackageItem], commit_also: Sequence[PackageItem]
+    ) -> AttemptReport: ...
+
+
+def stored(status: int | None) -> bool:
+    """True when a C-STORE status means the peer stored the instance."""
+    return status is not None and status in _STORED
+
+
+@dataclass(frozen=True)
+class _Progress:
+    """What earlier attempts achieved, per SOP Instance UID."""
+
+    acked: dict[str, int]  # uid → id of the DicomSend row that recorded the ack
+    committed: set[str]
+
+
+class DicomDelivery:
+    """Sends ready DICOM-destination requests; see the module docstring."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        content: ContentStore,
+        book: RequestBook,
+        outbox: Outbox,
+        sender: Sender,
+        *,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._content = content
+        self._book = book
+        self._outbox = outbox
+        self._sender = sender
+        self._policy = policy
+        self._clock = clock
+        self._rng = rng or random.SystemRandom()
+
+    def deliver(self, reference: str) -> str:
+        """One attempt for a ready request with a DICOM destination; returns
+        ``delivered``, ``retrying``, ``failed`` or ``skipped`` (not due yet, or another
+        run took it)."""
+        claimed = self._claim(reference)
+        if claimed is None:
+            return "skipped"
+        req_id, ref, target, attempt = claimed
+        try:
+            items = package_items(self._sessions, self._content, req_id)
+        except PackageError as exc:
+            self._fail(req_id, f"nothing can be sent to {target}: {exc}", attempt)
+            return "failed"
+        progress = self._progress(req_id)
+        to_send = [i for i in items if i.sop_instance_uid not in progress.acked]
+        commit_also: list[PackageItem] = []
+        if target.commitment != CommitmentMode.OFF:
+            commit_also = [
+                i
+                for i in items
+                if i.sop_instance_uid in progress.acked
+                and i.sop_instance_uid not in progress.committed
+            ]
+        log.info(
+            "request %s: attempt %d to %s: %d to send, %d to commit",
+            ref,
+            attempt,
+            target.ae_title,
+            len(to_send),
+            len(commit_also),
+        )
+        report = self._sender(target, to_send, commit_also)
+        return self._record(req_id, ref, target, attempt, items, progress, report)
+
+    # -- claiming ---------------------------------------------------------------------
+
+    def _claim(self, reference: str) -> tuple[int, str, Target, int] | None:
+        now = self._clock()
+        with guarded(self._sessions) as s, s.begin():
+            req = s.scalars(
+                select(ReleaseRequest).where(ReleaseRequest.reference == reference)
+            ).first()
+            if req is None or req.destination is None or req.state != RequestState.READY:
+                return None
+            dest = req.destination
+            if dest.next_attempt_at is not None and dest.next_attempt_at > now:
+                return None
+            target = Target(dest.ae_title, dest.host, dest.port, str(dest.commitment))
+            attempt = dest.attempts + 1
+            try:
+                self._book.move(
+                    s,
+                    req,
+                    RequestState.READY,
+                    RequestState.PACKAGING,
+                    ACTOR,
+                    f"sending to {target} by C-STORE (attempt {attempt})",
+                    now,
+                )
+            except InvalidTransition:
+                return None  # another run took it
+            dest.attempts = attempt
+            dest.next_attempt_at = None
+            return req.id, req.reference, target, attempt
+
+    def _progress(self, req_id: int) -> _Progress:
+        acked: dict[str, int] = {}
+        committed: set[str] = set()
+        with guarded(self._sessions) as s:
+            rows = s.execute(
+                select(
+                    DicomSend.id, DicomSend.sop_instance_uid, DicomSend.status, DicomSend.commitment
+                )
+                .where(DicomSend.request_id == req_id)
+                .order_by(DicomSend.id)
+            ).all()
+        for row_id, uid, status, commitment in rows:
+            if stored(status):
+                acked[uid] = row_id
+            if commitment == "committed":
+                committed.add(uid)
+            elif commitment == "failed":
+                # The peer says it does not hold it after all: send it again.
+                acked.pop(uid, None)
+                committed.discard(uid)
+        return _Progress(acked, committed)
+
+    # -- recording --------------------------------------------------------------------
+
+    def _record(
+        self,
+        req_id: int,
+        ref: str,
+        target: Target,
+        attempt: int,
+        items: Sequence[PackageItem],
+        progress: _Progress,
+        report: AttemptReport,
+    ) -> str:
+        now = self._clock()
+        statuses = dict(report.statuses)
+        sent = len(statuses)
+        acked_now = {uid for uid, st in statuses.items() if stored(st)}
+        failed_now = sent - len(acked_now)
+        reported = report.commitment == "reported"
+        committed = set(report.committed) if reported else set()
+        commit_failed = dict(report.commit_failed) if reported else {}
+        all_uids = {i.sop_instance_uid for i in items}
+        acked_all = (set(progress.acked) | acked_now) - set(commit_failed)
+        committed_all = (progress.committed | committed) - set(commit_failed)
+        with guarded(self._sessions) as s, s.begin():
+            new_rows: dict[str, DicomSend] = {}
+            for uid, status in statuses.items():
+                row = DicomSend(
+                    request_id=req_id,
+                    attempt=attempt,
+                    sop_instance_uid=uid,
+                    status=status,
+                    at=now,
+                    commitment="",
+                )
+                s.add(row)
+                new_rows[uid] = row
+            s.flush()
+            for uid in committed | set(commit_failed):
+                row_id = new_rows[uid].id if uid in new_rows else progress.acked.get(uid)
+                found = s.get(DicomSend, row_id) if row_id is not None else None
+                if found is not None:
+                    found.commitment = "committed" if uid in committed else "failed"
+            if report.commitment == "no-report":
+                for uid in acked_now:
+                    new_rows[uid].commitment = "no-report"
+            counts = (
+                f"sent {sent}, acknowledged {len(acked_now)}, failed {failed_now}, "
+                f"committed {len(committed)}"
+                + (f", commitment failed {len(commit_failed)}" if commit_failed else "")
+            )
+            summary = f"attempt {attempt} to {target}: {counts}"
+            outcome, why = self._judge(target, report, all_uids, acked_all, committed_all)
+            req = s.get(ReleaseRequest, req_id)
+            assert req is not None and req.destination is not None
+            dest: DicomDestination = req.destination
+            dest.last_error = "" if outcome == "delivered" else why[:2000]
+            if outcome == "delivered":
+                self._book.move(
+                    s,
+                    req,
+                    RequestState.PACKAGING,
+                    RequestState.DELIVERED,
+                    ACTOR,
+                    f"{summary}; delivered: {len(all_uids)} instance(s) acknowledged"
+                    + (f" ({why})" if why else ""),
+                    now,
+                )
+                record(
+                    s,
+                    "export",
+                    actor=ACTOR,
+                    studies=sorted({i.study_uid for i in items}),
+                    request=ref,
+                    detail=f"sent by C-STORE to {target}: {len(all_uids)} instance(s), "
+                    f"{len(committed_all)} committed",
+                    at=now,
+                )
+                log.info("request %s delivered to %s", ref, target.ae_title)
+                return "delivered"
+            if outcome == "retry" and attempt < self._policy.max_attempts:
+                wait = self._policy.delay(attempt, self._rng, None)
+                dest.next_attempt_at = now + timedelta(seconds=wait)
+                self._book.move(
+                    s,
+                    req,
+                    RequestState.PACKAGING,
+                    RequestState.READY,
+                    ACTOR,
+                    f"{summary}; {why}; next attempt in {wait:.0f} s",
+                    now,
+                )
+                log.warning("request %s: attempt %d to %s failed", ref, attempt, target.ae_title)
+                return "retrying"
+            if outcome == "retry":
+                why = f"gave up after {attempt} attempts; last: {why}"
+            self._fail_in(s, req, f"{summary}; {why}", now)
+            return "failed"
+
+    def _judge(
+        self,
+        target: Target,
+        report: AttemptReport,
+        all_uids: set[str],
+        acked_all: set[str],
+        committed_all: set[str],
+    ) -> tuple[str, str]:
+        """(``delivered``, note) or (``retry``/``failed``, why)."""
+        if report.permanent:
+            return "failed", report.error
+        missing = all_uids - acked_all
+        if missing:
+            if report.error:
+                return "retry", report.error
+            unsendable = set(report.unsendable)
+            if unsendable and unsendable >= missing:
+                return "failed", (
+                    f"{target.ae_title} accepts none of the SOP class/transfer syntax pairs "
+                    f"of {len(unsendable)} instance(s); ask its admin to accept them"
+                )
+            return "retry", f"{len(missing)} instance(s) not acknowledged"
+        mode = CommitmentMode(target.commitment)
+        if mode is CommitmentMode.OFF:
+            return "delivered", ""
+        uncommitted = all_uids - committed_all
+        if not uncommitted:
+            return "delivered", f"{len(all_uids)} committed"
+        if report.error:
+            return "retry", report.error
+        state = report.commitment
+        if state == "not-offered":
+            if mode is CommitmentMode.REQUIRED:
+                return "retry", (
+                    f"storage commitment is required and {target.ae_title} does not offer it"
+                )
+            return "delivered", "the peer does not offer storage commitment"
+        if state == "reported":
+            return "retry", f"{len(uncommitted)} instance(s) not committed"
+        if mode is CommitmentMode.REQUIRED:
+            return "retry", f"storage commitment not confirmed ({state})"
+        return "delivered", f"storage commitment not confirmed ({state})"
+
+    def _fail(self, req_id: int, why: str, attempt: int) -> None:
+        with guarded(self._sessions) as s, s.begin():
+            req = s.get(ReleaseRequest, req_id)
+            assert req is not None
+            self._fail_in(s, req, why, self._clock())
+
+    def _fail_in(self, s: Session, req: ReleaseRequest, why: str, now: datetime) -> None:
+        """``packaging → failed`` and a staff alert, in the caller's transaction."""
+        log.error("request %s: delivery to a DICOM destination failed", req.reference)
+        if req.destination is not None:
+            req.destination.last_error = why[:2000]
+        state = RequestState(req.state)
+        if not allowed(state, RequestState.FAILED):
+            return
+        self._book.move(s, req, state, RequestState.FAILED, ACTOR, why[:2000], now)
+        self._outbox.alert(s, "failed", reference=req.reference, request_id=req.id)
