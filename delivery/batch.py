@@ -14,6 +14,12 @@ crash mid-build leaves the request in ``packaging``; :meth:`DeliveryBatch.recove
 (run at start-up) sweeps the half-written files and puts such requests back to
 ``ready``, so the next run rebuilds them.
 
+A request whose recipient is a DICOM destination (hospital-to-hospital) is not
+packaged: :meth:`DeliveryBatch.deliver` hands it to :class:`delivery.dicomsend.DicomDelivery`
+(C-STORE with retries, storage commitment, per-instance records). Once its first
+attempt was made, it is retried on the urgent path as soon as its next attempt is due,
+whatever its urgency (a hospital that was down for an hour should not wait a night).
+
 A built package is audited as an ``export`` (PS3.15 "Export") in the transaction that
 records it. When every link of a request has run out it becomes ``expired``
 (:meth:`DeliveryBatch.expire`); its package files are deleted ``purge_grace_days``
@@ -26,14 +32,16 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from delivery.dicomsend import DicomDelivery
 from delivery.grants import GrantKeys, new_grant
 from delivery.items import package_items
 from delivery.outbox import Outbox
@@ -51,6 +59,7 @@ from store.audit import record
 from store.catalog import guarded
 from store.content import ContentStore
 from store.models import (
+    DicomDestination,
     Grant,
     JobRun,
     Package,
@@ -62,6 +71,7 @@ from store.models import (
     Urgency,
     utcnow,
 )
+from telemetry import metrics
 
 log = logging.getLogger("courier.delivery.batch")
 ACTOR = "delivery"
@@ -74,6 +84,8 @@ class BatchReport:
     notified: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    delivered: list[str] = field(default_factory=list)  # sent to a DICOM destination
+    retrying: list[str] = field(default_factory=list)  # a DICOM send to try again later
 
 
 class DeliveryBatch:
@@ -92,8 +104,10 @@ class DeliveryBatch:
         max_part_bytes: int | None = None,
         purge_grace_days: int = 0,
         clock: Callable[[], datetime] = utcnow,
+        dicom: DicomDelivery | None = None,
     ) -> None:
         self._sessions = sessions
+        self._dicom = dicom
         self._grace = timedelta(days=purge_grace_days)
         self._content = content
         self._book = book
@@ -134,10 +148,21 @@ class DeliveryBatch:
         return moved
 
     def ready(self, *, urgent_only: bool = False) -> list[str]:
-        """References of the requests a run would take, oldest first."""
-        q = select(ReleaseRequest.reference).where(ReleaseRequest.state == RequestState.READY)
+        """References of the requests a run would take, oldest first (a DICOM send only
+        once its next attempt is due)."""
+        q = (
+            select(ReleaseRequest.reference)
+            .outerjoin(DicomDestination, DicomDestination.request_id == ReleaseRequest.id)
+            .where(
+                ReleaseRequest.state == RequestState.READY,
+                or_(
+                    DicomDestination.next_attempt_at.is_(None),
+                    DicomDestination.next_attempt_at <= self._clock(),
+                ),
+            )
+        )
         if urgent_only:
-            q = q.where(ReleaseRequest.urgency == Urgency.NOW)
+            q = q.where(or_(ReleaseRequest.urgency == Urgency.NOW, DicomDestination.attempts > 0))
         with guarded(self._sessions) as s:
             return list(s.scalars(q.order_by(ReleaseRequest.updated_at, ReleaseRequest.id)))
 
@@ -170,7 +195,10 @@ class DeliveryBatch:
         return report
 
     def deliver(self, reference: str, progress: Progress | None = None) -> str:
-        """Package one ready request; returns ``notified``, ``failed`` or ``skipped``."""
+        """Package one ready request; returns ``notified``, ``failed`` or ``skipped``
+        (a DICOM destination's: ``delivered``, ``retrying``, ``failed`` or ``skipped``)."""
+        if self._book.get(reference).destination is not None:
+            return self._send_dicom(reference)
         try:
             self._book.transition(
                 reference,
@@ -183,6 +211,7 @@ class DeliveryBatch:
             return "skipped"  # another run took it, or it changed
         req = self._book.get(reference)
         now = self._clock()
+        started = time.monotonic()
         try:
             items = package_items(self._sessions, self._content, req.id)
             result = build_package(
@@ -200,8 +229,16 @@ class DeliveryBatch:
         except (PackageError, OSError) as exc:
             self._fail(req, f"package could not be built: {exc}")
             return "failed"
+        metrics.package_built(time.monotonic() - started)
         self._notify(req, result, now, sorted({i.study_uid for i in items}))
         return "notified"
+
+    def _send_dicom(self, reference: str) -> str:
+        if self._dicom is None:
+            # A node built without a DICOM sender: leave the request ready, say why.
+            log.warning("request %s: no DICOM sender configured; not sent", reference)
+            return "skipped"
+        return self._dicom.deliver(reference)
 
     def _notify(
         self, req: ReleaseRequest, result: PackageResult, now: datetime, studies: list[str]

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from delivery.discs import DiscQueue
 from node.auditlog import AuditRun
 from node.config import Config, ConfigError, load_config
 from node.delivery import DeliveryService
@@ -32,25 +33,43 @@ from release.matching import Matcher
 from release.purge import Purger
 from release.requests import RequestBook
 from scp import spool
+from scp.commitment_scp import StorageCommitmentScp
 from scp.ingest import Ingest
 from scp.recovery import recover
 from scp.screen import RuleScreen
 from scp.server import start_server
 from scp.stability import StabilitySweep
+from scp.tls import TlsSetupError, server_context
 from store.catalog import Catalog
 from store.content import ContentStore
 from store.db import database_url, make_engine, make_sessions, migrate
 from store.errors import StoreError
+from telemetry import metrics
+from telemetry.jsonlog import JsonFormatter
 
 log = logging.getLogger("courier.node")
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """One line per event; pynetdicom only above WARNING (it is chatty, never PHI-free)."""
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+#: Prometheus counters of every process of the node, under node.data_dir (cleared at start).
+METRICS_DIR = "metrics"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
+
+
+def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
+    """One line per event on stderr, as text or as one JSON object (``node.log_format``);
+    pynetdicom only above WARNING (it is chatty, never PHI-free). Calling it again
+    replaces the handler it installed before (``courier serve`` learns the format from
+    node.yaml after the command line set up logging)."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "courier", False)]:
+        root.removeHandler(old)
+    handler = logging.StreamHandler()
+    handler.courier = True  # type: ignore[attr-defined]
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
+    root.addHandler(handler)
+    root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
@@ -91,7 +110,13 @@ class Node:
 
     def run(self) -> None:
         """Start the SCP (in-process or as workers) and sweep until stopped."""
+        try:  # unreadable TLS files stop the node here, before anything listens
+            server_context(self.cfg.scp, self.cfg.data_dir)
+        except TlsSetupError as exc:
+            raise ConfigError([f"{self.cfg.source}: {exc}"]) from None
         engine, sessions, content = open_store(self.cfg)
+        # Before any receiver starts: they count into this folder too (telemetry.metrics).
+        metrics.configure(self.cfg.data_dir / METRICS_DIR, clear=True)
         catalog = Catalog(sessions)
         recover(content, sessions, catalog)
         workers = self.cfg.scp.workers
@@ -166,6 +191,12 @@ class Node:
                     matcher.on_stable(matcher.undecided())
                     matcher.sweep_new_requests()
                     matcher.sweep_overdue(self.cfg.delivery.overdue_after_h)
+                    DiscQueue(
+                        sessions,
+                        delivery.outbox,
+                        cd_after_h=self.cfg.delivery.cd_after_h,
+                        data_dir=self.cfg.data_dir,
+                    ).sweep()  # CD candidates: failed, long overdue, link expired unopened
                     purger.sweep()
                 except StoreError as exc:
                     log.warning("stability sweep skipped: %s", exc)
@@ -204,14 +235,19 @@ def _start_receiver(
     spool.install(content.spool)
     rulebook = Rulebook(cfg)
     ingest = Ingest(content, Catalog(sessions), RuleScreen(rulebook.current))
-    return start_server(cfg.scp, ingest, workers=workers), rulebook
+    commitment = StorageCommitmentScp(cfg.scp, sessions, content)
+    server = start_server(
+        cfg.scp, ingest, workers=workers, data_dir=cfg.data_dir, commitment=commitment
+    )
+    return server, rulebook
 
 
 def _worker_main(config_path: str) -> None:
     """Entry point of one receiving process (spawned: builds its own engine)."""
     _die_with_parent()
-    setup_logging(os.environ.get("COURIER_LOG_LEVEL", "INFO"))
     cfg = load_config(Path(config_path))
+    setup_logging(os.environ.get("COURIER_LOG_LEVEL", "INFO"), cfg.node.log_format)
+    metrics.configure(cfg.data_dir / METRICS_DIR)  # the parent cleared it
     base = cfg.source.parent if cfg.source else Path.cwd()
     engine = make_engine(
         database_url(cfg.store, cfg.data_dir, base),
@@ -244,6 +280,7 @@ def _die_with_parent() -> None:
 
 def serve(cfg: Config) -> int:
     """``courier serve``: run until SIGTERM/SIGINT; returns the exit status."""
+    setup_logging(os.environ.get("COURIER_LOG_LEVEL", "INFO"), cfg.node.log_format)
     node = Node(cfg)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())

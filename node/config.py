@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -53,6 +53,11 @@ class NodeSettings(BaseModel):
     data_dir: Path = Field(
         default=Path("data"),
         description="Received instances, spool, packages, outboxes; relative to this file.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines as text, or one JSON object per line (time, level, logger, "
+        "message) for a log shipper.",
     )
 
     @field_validator("data_dir")

@@ -8,7 +8,12 @@
 - the relay runs in its own thread with its own asyncio loop (the channels are async),
   polling the outbox every ``RELAY_POLL_S``;
 - the sweep job expires requests whose links ran out and deletes their packages
-  ``delivery.purge_grace_days`` later.
+  ``delivery.purge_grace_days`` later;
+- requests to a DICOM destination go out through :func:`scp.storescu.attempt` as
+  Courier's AE title. A storage-commitment report is taken on the sending association;
+  a peer that reports on a new association (Orthanc does) reaches the main SCP, which does
+  not hand reports to the sender yet, so ``auto`` goes ahead without one and ``required``
+  fails after its retries (see the README).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import cast
 
@@ -28,13 +33,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from delivery.batch import DeliveryBatch
 from delivery.channel import Channel, build_channels
 from delivery.compose import Branding, Composer
+from delivery.dicomsend import AttemptReport, DicomDelivery, Target
 from delivery.grants import GrantKeys, load_secret
 from delivery.outbox import Outbox
+from delivery.package import PackageItem
 from delivery.relay import Relay, RetryPolicy
 from delivery.schedule import DeliveryScheduler
 from node.config import Config
 from portal.context import PortalContext
 from release.requests import RequestBook
+from scp.commitment import CommitmentReports
+from scp.storescu import ScuSettings, attempt
 from store.catalog import guarded
 from store.content import ContentStore
 from store.models import ReleaseRequest, utcnow
@@ -68,6 +77,21 @@ class DeliveryService:
         self.keys = GrantKeys(load_secret(cfg.data_dir / "secret.key"))
         self.outbox = Outbox(domain=message_domain(cfg), staff_email=d.staff_email, clock=clock)
         self.package_dir = d.packages_path(cfg.data_dir)
+        self.commitment_reports = CommitmentReports()
+        scu = ScuSettings(calling_ae_title=cfg.scp.ae_title)
+
+        def send(
+            target: Target, items: Sequence[PackageItem], commit_also: Sequence[PackageItem]
+        ) -> AttemptReport:
+            return attempt(
+                target,
+                items,
+                settings=scu,
+                commit_also=commit_also,
+                reports=self.commitment_reports,
+            )
+
+        self.dicom = DicomDelivery(sessions, content, self.book, self.outbox, send, clock=clock)
         self.batch = DeliveryBatch(
             sessions,
             content,
@@ -79,6 +103,7 @@ class DeliveryService:
             max_part_bytes=d.max_package_mb * 1_000_000 if d.max_package_mb else None,
             purge_grace_days=d.purge_grace_days,
             clock=clock,
+            dicom=self.dicom,
         )
         self.composer = Composer(
             self.keys,

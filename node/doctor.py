@@ -35,6 +35,7 @@ from delivery.channel import build_channels
 from delivery.errors import ChannelSetupError, DeliveryError
 from node.config import Config, ConfigError, load_config
 from node.output import EXIT_NOT_FOUND, EXIT_OK, print_result
+from scp import pacs
 from store.db import MIGRATIONS, database_url, make_engine
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -250,6 +251,52 @@ async def _verify(channel: Any, timeout_s: float) -> None:
         await channel.aclose()
 
 
+def check_pacs(cfg: Config, timeout_s: float) -> Finding:
+    """C-ECHO to the ``pacs:`` section's PACS as Courier's calling AE, within
+    ``timeout_s`` (connect, association and the answer each). Skipped without one."""
+    p = cfg.pacs
+    if p is None:
+        return Finding("pacs", "skip", "no pacs: section (no query or pull from a PACS)")
+    settings = p.model_copy(
+        update={
+            "connect_timeout_s": min(p.connect_timeout_s, timeout_s),
+            "find_timeout_s": min(p.find_timeout_s, timeout_s),
+        }
+    )
+    where = f"{p.ae_title}@{p.host}:{p.port}"
+    try:
+        pacs.echo(settings)
+    except pacs.PacsUnreachable:
+        return Finding(
+            "pacs",
+            "fail",
+            f"{where}: unreachable (no connection or no answer within {timeout_s:g} s)",
+            "check pacs.host and pacs.port, that the PACS is running, and the firewall",
+        )
+    except pacs.AssociationRejected:
+        return Finding(
+            "pacs",
+            "fail",
+            f"{where}: refused the association from {p.calling}",
+            f"ask the PACS admin to add Courier's AE title {p.calling} with this host, or "
+            "fix pacs.ae_title / pacs.calling_ae_title in node.yaml",
+        )
+    except pacs.PacsError as exc:  # aborted, or C-ECHO answered a failure status
+        status = getattr(exc, "status", -1)
+        what = (
+            f"answered C-ECHO with status 0x{status:04X}"
+            if status >= 0
+            else "aborted the association or did not answer the C-ECHO"
+        )
+        return Finding(
+            "pacs",
+            "fail",
+            f"{where}: {what}",
+            f"ask the PACS admin to allow verification (C-ECHO) from {p.calling}; see its log",
+        )
+    return Finding("pacs", "ok", f"{where}: C-ECHO answered success (as {p.calling})")
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -322,6 +369,7 @@ CHECKS: tuple[Check, ...] = (
     check_secret,
     check_email,
     check_sms,
+    check_pacs,
     check_public_url,
 )
 
@@ -349,7 +397,8 @@ def add_doctor_parser(
     doctor = sub.add_parser(
         "doctor",
         parents=[common, as_json],
-        help="check the database, disk, secret, SMTP, Twilio and the public URL, and say "
+        help="check the database, disk, secret, SMTP, Twilio, the PACS (C-ECHO) and the "
+        "public URL, and say "
         "what to fix (exit 1 when a check fails; changes nothing)",
     )
     doctor.add_argument(

@@ -40,8 +40,11 @@ class WebServer:
         sessions: sessionmaker[Session],
         portal: PortalContext | None = None,
     ) -> None:
-        app = ZeroCopy(create_app(sessions, api_key_hashes(cfg), portal=portal))
         p = cfg.portal
+        allow = p.metrics_allow if p.metrics_enabled else None
+        app = ZeroCopy(
+            create_app(sessions, api_key_hashes(cfg), portal=portal, metrics_allow=allow)
+        )
         tls = {}
         if p.tls_cert_file and p.tls_key_file:
             tls = {
@@ -49,6 +52,8 @@ class WebServer:
                 "ssl_keyfile": str(cfg.data_dir / p.tls_key_file),
             }
         # uvicorn's access log would print request paths (link tokens, references): off.
+        # log_config=None: uvicorn's own warnings go through the node's handler, in the
+        # node's format (node.log_format), instead of a handler of its own.
         # Proxy headers are believed only from the configured proxies.
         config = uvicorn.Config(
             app,
@@ -57,6 +62,7 @@ class WebServer:
             host=p.host,
             port=p.port,
             log_level="warning",
+            log_config=None,
             access_log=False,
             server_header=False,
             proxy_headers=bool(p.trusted_proxies),

@@ -65,6 +65,7 @@ from store.audit import Outcome
 from store.audit import record as audit_event
 from store.db import writing
 from store.models import Grant, PortalSession, UTCDateTime
+from telemetry import metrics
 
 router = APIRouter()
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -217,12 +218,14 @@ def _check(ctx: PortalContext, token: str | None, code: str) -> _Verdict:
         with writing(s):
             if right and _open(ctx, s, found, shown, session, now):
                 s.commit()
+                metrics.code_checked(right=True)
                 return _Verdict("ok", session_token, grant.language)
             # Wrong, or used up by another check since the read: a wrong try either way.
             failures = _wrong(ctx, s, found, now)
             if failures is None:  # locked or withdrawn since the read: rolled back
                 return _Verdict("dead")
             s.commit()
+            metrics.code_checked(right=False)
     if failures >= ctx.delivery.code_daily_failures_lock:
         return _Verdict("dead")
     link = _Link(mask(grant.second_channel), shown, grant.language)
@@ -307,6 +310,7 @@ def _wrong(ctx: PortalContext, s: Session, found: LiveGrant, now: datetime) -> i
         reason = f"link locked after {failed} wrong codes in a day"
         events.append(event_row(grant, found.state, reason, now))
         ctx.outbox.alert(s, "locked", reference=found.reference, request_id=grant.request_id)
+        metrics.link_locked()
         audit_event(
             s,
             "security-alert",

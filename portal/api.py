@@ -41,6 +41,7 @@ from portal.apikeys import actor_of, check_hashes, match_api_key
 from portal.context import PortalContext
 from portal.gate import ApiGate
 from portal.http import Detail, ErrorList, SecurityHeaders, install_error_handlers
+from portal.metrics import install_metrics
 from portal.site import install_pages
 from release.records import event_dict, request_dict
 from release.requests import RequestBook
@@ -131,7 +132,10 @@ def create_request(
     draft: RequestDraft, response: Response, who: Actor, deps: Deps
 ) -> dict[str, Any]:
     """Create a release request (201), or return the one made earlier with the same
-    idempotency key and content (200)."""
+    idempotency key and content (200). The recipient is a person (``recipient_email``
+    and ``second_channel``) or, with an optional ``destination`` object (``ae_title``,
+    ``host``, ``port``, ``commitment``: auto, required or off), another hospital's DICOM
+    node that receives the studies by C-STORE."""
     req, created = deps.book.submit(draft, who)
     if not created:
         response.status_code = 200
@@ -199,6 +203,7 @@ def create_app(
     api_key_hashes: Sequence[str],
     clock: Callable[[], datetime] = utcnow,
     portal: PortalContext | None = None,
+    metrics_allow: Sequence[str] | None = None,
 ) -> FastAPI:
     """The web app: the REST API, and with ``portal`` the patient and staff pages.
 
@@ -206,6 +211,8 @@ def create_app(
     raises ValueError here, at start-up. With none, every API call is refused (403).
     Resends are queued in ``portal.outbox`` (the node's, with its Message-ID domain);
     without ``portal``, in an :class:`~delivery.outbox.Outbox` with its defaults.
+    With ``metrics_allow`` (addresses or networks), ``GET /metrics`` serves Prometheus
+    metrics to them (:mod:`portal.metrics`); without, there is no such route.
     """
     app = FastAPI(
         title="Courier",
@@ -221,6 +228,8 @@ def create_app(
     app.include_router(api)
     if portal is not None:
         install_pages(app, portal)
+    if metrics_allow is not None:
+        install_metrics(app, sessions, metrics_allow)
     install_error_handlers(app)
     app.add_middleware(ApiGate, hashes=hashes)
     app.add_middleware(AccessLog)  # method, path (link tokens hashed), status, duration

@@ -35,6 +35,15 @@ class PortalSettings(BaseModel):
         "Relative to node.data_dir. Read at start: restart after adding a key.",
     )
 
+    metrics_enabled: bool = Field(
+        default=False, description="Serve Prometheus metrics at /metrics."
+    )
+    metrics_allow: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Addresses or networks (CIDR) that may read /metrics; others get 403, "
+        "and so does any request that came through a proxy (Forwarded/X-Forwarded-For).",
+    )
+
     session_idle_min: int = Field(
         default=30,
         ge=1,
@@ -73,6 +82,17 @@ class PortalSettings(BaseModel):
                 out.append(str(ipaddress.ip_address(item.strip())))
             except ValueError:
                 raise ValueError(f"entry {i} is not an IP address") from None
+        return out
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _metrics_allow(cls, v: list[str]) -> list[str]:
+        out = []
+        for i, item in enumerate(v):
+            try:
+                out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"entry {i} is not an IP address or network") from None
         return out
 
     @field_validator("api_key_hashes")

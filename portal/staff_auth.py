@@ -45,6 +45,7 @@ from store.audit import Outcome, actor_of
 from store.audit import record as audit_event
 from store.catalog import guarded
 from store.models import PortalSession, StaffUser
+from telemetry import metrics
 
 log = logging.getLogger("courier.portal.staff")
 
@@ -213,6 +214,7 @@ def login(form: CheckedForm, request: Request) -> Response:
     address = request.client.host if request.client else "unknown"
     if not ctx.limiter.allow(f"staff-login:{address}", ctx.portal.rate_limit_per_min, 60.0):
         log.warning("staff sign-in: rate limit reached for an address")
+        metrics.staff_login("rate_limited")
         return _login_page(
             request, ctx, error="Too many sign-in attempts; wait a minute.", status=429
         )
@@ -240,6 +242,7 @@ def login(form: CheckedForm, request: Request) -> Response:
                 at=ctx.clock(),
             )
         log.info("staff sign-in refused")
+        metrics.staff_login("refused")
         return _login_page(request, ctx, error=BAD_SIGN_IN, username=username)
     now = ctx.clock()
     with guarded(ctx.sessions) as s, s.begin():
@@ -260,6 +263,7 @@ def login(form: CheckedForm, request: Request) -> Response:
         end_sessions(ctx, token=old)  # a fresh token every sign-in: no session fixation
     token = _start_session(ctx, user.id, now)
     log.info("staff %s signed in", user.username)
+    metrics.staff_login("ok")
     response = RedirectResponse("/staff", 303)
     response.set_cookie(COOKIE, token, secure=True, httponly=True, samesite="strict", path="/")
     return response

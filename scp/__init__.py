@@ -7,6 +7,6 @@ ingest that answers 0x0000 only once an instance is on disk and indexed
 (``scp.ingest``), header checks (``scp.header``), study stability (``scp.stability``)
 and start-up recovery (``scp.recovery``).
 
-May import: ``store`` (and ``rules`` where it evaluates them). Never ``delivery``,
+May import: ``store`` (and ``rules`` where it evaluates them), ``telemetry``. Never ``delivery``,
 ``portal`` or ``node``. Errors surface as DICOM status codes (``scp.ingest.Status``).
 """

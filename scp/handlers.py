@@ -15,6 +15,7 @@ from pynetdicom import evt
 
 from scp import spool
 from scp.ingest import Ingest, Peer, Status
+from telemetry import metrics
 
 log = logging.getLogger("courier.scp")
 
@@ -39,7 +40,7 @@ def handle_store(event: evt.Event, ingest: Ingest) -> int:
     try:
         path = Path(event.dataset_path)
         spooled = request._dataset_file
-        return int(
+        status = int(
             ingest.store(
                 spooled if isinstance(spooled, spool.SpoolFile) else None,
                 path,
@@ -48,6 +49,10 @@ def handle_store(event: evt.Event, ingest: Ingest) -> int:
                 _peer(event),
             )
         )
+        metrics.instance_answered(
+            status, event.context.transfer_syntax, getattr(spooled, "size", 0)
+        )
+        return status
     except Exception as exc:  # never let pynetdicom answer 0xC211 on its own
         log.error("C-STORE failed unexpectedly (%s); answering 0x0110", type(exc).__name__)
         return int(Status.PROCESSING_FAILURE)

@@ -11,6 +11,12 @@ What pynetdicom leaves to us, and this module adds:
 - **No Nagle stalls**: TCP_NODELAY on every accepted socket (a DIMSE response would
   otherwise wait ~40 ms for the peer's delayed ACK).
 - **No patient data in logs**: pynetdicom's identifier logging is turned off.
+- **A TLS port** (``scp.tls_port``, :mod:`scp.tls`) beside the plain one: same AE,
+  policy, association cap and ingest; each handshake runs in the connection's thread
+  with the ACSE timeout as its deadline, so a failed or stalled one disturbs no one.
+- **Storage commitment** (:mod:`scp.commitment_scp`): the association runs follow-ups
+  registered by a handler once its response is queued, so a report sent on the same
+  association never overtakes the N-ACTION response.
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
@@ -38,8 +47,12 @@ from pynetdicom.transport import (
 from pynetdicom.utils import make_target
 
 from scp import handlers
+from scp.commitment_reports import STORAGE_COMMITMENT
+from scp.commitment_scp import StorageCommitmentScp
 from scp.ingest import Ingest
 from scp.settings import AllowedPeer, ScpSettings
+from scp.tls import handshake, server_context
+from telemetry import metrics
 
 log = logging.getLogger("courier.scp")
 
@@ -100,6 +113,7 @@ class PolicyACSE(ACSE):
         policy: Policy = ae.policy  # type: ignore[attr-defined]
         reject = policy.check(calling, called, str(self.requestor.address), active)
         if reject:
+            metrics.association_refused(*reject)
             self.requestor.ae_title = calling
             self.send_reject(*reject)
             evt.trigger(assoc, evt.EVT_REJECTED, {})
@@ -124,6 +138,7 @@ class BoundedSocket(AssociationSocket):
                 nr_bytes,
                 self.max_read,
             )
+            metrics.association_dropped("pdu_too_large")
             return bytearray()  # short read: the DUL closes the connection (Evt17)
         buf = bytearray(nr_bytes)
         view = memoryview(buf)
@@ -137,6 +152,7 @@ class BoundedSocket(AssociationSocket):
                         "a PDU did not arrive within %.0f s; dropping the connection",
                         self.pdu_timeout,
                     )
+                    metrics.association_dropped("pdu_timeout")
                     return buf[:got]
                 sock.settimeout(remaining)
                 n = sock.recv_into(view[got:], nr_bytes - got)
@@ -151,6 +167,32 @@ class BoundedSocket(AssociationSocket):
         return buf
 
 
+class CourierAssociation(Association):
+    """An acceptor that runs ``after_response`` callables once a request is answered.
+
+    pynetdicom marks the reactor paused while a handler runs, so a ``send_*`` from
+    another thread during the handler could go out before the handler's response. A
+    follow-up runs on this thread after the response was queued, with the reactor
+    still paused (no incoming message is taken from under it).
+    """
+
+    def __init__(self, ae: Any, mode: str) -> None:
+        super().__init__(ae, mode)
+        self.after_response: list[Callable[[], None]] = []
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        super()._serve_request(msg, context_id)
+        follow_ups, self.after_response = self.after_response, []
+        for follow_up in follow_ups:
+            self._is_paused = True  # our own send_* must not wait for this thread
+            try:
+                follow_up()
+            except Exception as exc:  # a follow-up must not end the association
+                log.error("follow-up after a response failed (%s)", type(exc).__name__)
+            finally:
+                self._is_paused = False
+
+
 class CourierRequestHandler(RequestHandler):
     """pynetdicom's handler, with our socket, our ACSE and TCP_NODELAY."""
 
@@ -163,7 +205,7 @@ class CourierRequestHandler(RequestHandler):
         request: socket.socket = self.request
         with contextlib.suppress(OSError):
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assoc = Association(ae, _globals.MODE_ACCEPTOR)
+        assoc = CourierAssociation(ae, _globals.MODE_ACCEPTOR)
         assoc.acse = PolicyACSE(assoc)
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
@@ -189,16 +231,41 @@ class CourierRequestHandler(RequestHandler):
         return assoc
 
 
+class TlsRequestHandler(CourierRequestHandler):
+    """The TLS port: handshake first (in this connection's thread), then as plain."""
+
+    server: ReusePortServer
+
+    def handle(self) -> None:
+        ctx = self.server.tls_context
+        assert ctx is not None
+        timeout = float(self.server.ae.acse_timeout or 30.0)
+        tls = handshake(ctx, self.request, tuple(self.client_address[:2]), timeout)
+        if tls is None:
+            return
+        self.request = tls
+        super().handle()
+
+
 # How long an idle association's reactor sleeps between polls. pynetdicom's 1 ms
 # adds up to 2 ms per C-STORE round trip; 0.2 ms costs a little idle CPU instead.
 _REACTOR_DELAY = 0.0002
 
 
 class ReusePortServer(ThreadedAssociationServer):
-    """Several receiving processes may listen on one port (the kernel spreads them)."""
+    """Several receiving processes may listen on one port (the kernel spreads them).
+
+    The plain server returned by :func:`start_server` also owns the TLS server
+    (``tls_server``) and the commitment SCP: shutting it down stops them too.
+    """
 
     reuse_port = False
     daemon_threads = True
+    # The TLS port's context; pynetdicom's own ``ssl_context`` stays None because it
+    # would handshake in the accept loop (see TlsRequestHandler).
+    tls_context: ssl.SSLContext | None = None
+    tls_server: ReusePortServer | None = None
+    commitment: StorageCommitmentScp | None = None
 
     def server_bind(self) -> None:
         if self.reuse_port:
@@ -206,11 +273,31 @@ class ReusePortServer(ThreadedAssociationServer):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
+    def shutdown(self) -> None:
+        if self.tls_server is not None:
+            self.tls_server.shutdown()
+        if self.commitment is not None:
+            self.commitment.close()
+        super().shutdown()
 
-def storage_contexts() -> list[PresentationContext]:
-    """Every storage SOP class with every transfer syntax pydicom knows, plus Verification."""
+    def server_close(self) -> None:
+        if self.tls_server is not None:
+            self.tls_server.server_close()
+        super().server_close()
+
+
+def storage_contexts(*, commitment: bool = False) -> list[PresentationContext]:
+    """Every storage SOP class with every transfer syntax pydicom knows, plus Verification
+    (and Storage Commitment Push Model when ``commitment``)."""
     syntaxes: list[str] = [str(uid) for uid in AllTransferSyntaxes]
     contexts = [build_context(Verification)]
+    if commitment:
+        cx = build_context(STORAGE_COMMITMENT)
+        # Accept a requester that also takes the SCP role (PS3.7 D.3.3.4): it then
+        # takes the N-EVENT-REPORT on the same association.
+        cx.scu_role = True
+        cx.scp_role = True
+        contexts.append(cx)
     contexts += [build_context(uid, syntaxes) for uid in sorted(_STORAGE_CLASSES.values())]
     return contexts
 
@@ -244,35 +331,72 @@ def start_server(
     workers: int = 1,
     port: int | None = None,
     on_stored: Callable[[], None] | None = None,
-) -> ThreadedAssociationServer:
-    """Start listening (non-blocking); returns the server (``shutdown()`` to stop)."""
+    tls_port: int | None = None,
+    data_dir: Path | None = None,
+    commitment: StorageCommitmentScp | None = None,
+) -> ReusePortServer:
+    """Start listening (non-blocking); returns the plain server (``shutdown()`` stops all).
+
+    With ``settings.tls_port`` a TLS server starts first on that port (or ``tls_port``;
+    0 picks a free one), reachable as ``server.tls_server``; relative certificate paths
+    are resolved against ``data_dir`` (default: the working directory). Raises
+    :class:`scp.tls.TlsSetupError` when its files cannot be used. ``commitment``, when
+    given and ``settings.storage_commitment`` is on, answers storage commitment.
+    """
     ae = build_ae(settings, workers)
     evt_handlers: list[Any] = [
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_C_STORE, handlers.handle_store, [ingest]),
         (evt.EVT_CONN_CLOSE, handlers.handle_closed),
         (evt.EVT_ABORTED, handlers.handle_closed),
+        (evt.EVT_ABORTED, lambda _event: metrics.association_dropped("aborted")),
         (evt.EVT_REJECTED, handlers.handle_rejected),
         (evt.EVT_ACCEPTED, handlers.handle_accepted),
     ]
+    if commitment is not None and not settings.storage_commitment:
+        commitment = None
+    if commitment is not None:
+        evt_handlers.append((evt.EVT_N_ACTION, commitment.handle_n_action))
+    contexts = storage_contexts(commitment=commitment is not None)
+    tls_context = server_context(settings, data_dir or Path.cwd())
     ReusePortServer.reuse_port = workers > 1
+    tls_server = None
+    if tls_context is not None:
+        # First, so that once the plain port answers, the TLS port does too.
+        tls_server = ReusePortServer(
+            ae,
+            (settings.host, int(settings.tls_port or 0) if tls_port is None else tls_port),
+            settings.ae_title,
+            contexts,
+            None,
+            evt_handlers=evt_handlers,
+            request_handler=TlsRequestHandler,
+        )
+        tls_server.tls_context = tls_context
+        _serve(tls_server, "courier-scp-tls")
     server = ReusePortServer(
         ae,
         (settings.host, settings.port if port is None else port),
         settings.ae_title,
-        storage_contexts(),
+        contexts,
         None,
         evt_handlers=evt_handlers,
         request_handler=CourierRequestHandler,
     )
-    ae._servers.append(server)
-    import threading
-
-    thread = threading.Thread(
-        target=make_target(server.serve_forever), name="courier-scp", daemon=True
-    )
-    thread.start()
+    server.tls_server = tls_server
+    server.commitment = commitment
+    _serve(server, "courier-scp")
     log.info(
-        "DICOM storage SCP listening ae=%s port=%d", settings.ae_title, server.server_address[1]
+        "DICOM storage SCP listening ae=%s port=%d tls_port=%s commitment=%s",
+        settings.ae_title,
+        server.server_address[1],
+        tls_server.server_address[1] if tls_server is not None else "-",
+        "on" if commitment is not None else "off",
     )
     return server
+
+
+def _serve(server: ReusePortServer, name: str) -> None:
+    server.ae._servers.append(server)
+    thread = threading.Thread(target=make_target(server.serve_forever), name=name, daemon=True)
+    thread.start()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from store.netaddr import ListenAddress
 
@@ -27,13 +27,25 @@ AeTitle = Annotated[str, Field(min_length=1, max_length=16)]
 
 
 class AllowedPeer(BaseModel):
-    """A calling AE title that may associate, optionally pinned to a host address."""
+    """A calling AE title that may associate, optionally pinned to a host address.
+
+    ``port`` is the peer's own DICOM port: Courier needs it (and the host, pinned here or
+    the address the association came from) to send a storage commitment report on a new
+    association.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     ae_title: AeTitle
     host: str | None = Field(
         default=None, description="IP address the association must come from; empty: any."
+    )
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="The peer's own DICOM port, for storage commitment reports sent on a "
+        "new association. Empty: reports go only on the requesting association.",
     )
 
     @field_validator("ae_title")
@@ -64,7 +76,7 @@ class ScpSettings(BaseModel):
     port: int = Field(default=11112, ge=1, le=65535, description="DICOM port.")
     allowed_calling_aes: list[AllowedPeer] = Field(
         default_factory=list,
-        description="Who may send. Empty: anyone. Entries: an AE title, or {ae_title, host}.",
+        description="Who may send. Empty: anyone. Entries: an AE title, or {ae_title, host, port}.",
     )
     check_called_ae: bool = Field(
         default=True, description="Refuse associations whose called AE is not ae_title."
@@ -102,11 +114,79 @@ class ScpSettings(BaseModel):
     dimse_timeout_s: float = Field(
         default=60.0, gt=0, le=3600, description="Waiting for the next DIMSE message."
     )
+    tls_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Second port that speaks DICOM over TLS (BCP 195), same AE and policy. "
+        "Empty: no TLS listener.",
+    )
+    tls_cert_file: str | None = Field(
+        default=None,
+        description="Our certificate chain (PEM), relative to node.data_dir or absolute.",
+    )
+    tls_key_file: str | None = Field(
+        default=None,
+        description="The certificate's private key (PEM, unencrypted, readable only by the "
+        "node), relative to node.data_dir or absolute. The key itself never stands here.",
+    )
+    tls_ca_file: str | None = Field(
+        default=None,
+        description="CA certificates (PEM) that client certificates must chain to. Empty: "
+        "client certificates are not asked for.",
+    )
+    tls_require_client_cert: bool = Field(
+        default=False,
+        description="Refuse TLS clients without a certificate from tls_ca_file.",
+    )
+    tls_min_version: Literal["1.2", "1.3"] = Field(
+        default="1.2", description="Oldest TLS version accepted (BCP 195: never below 1.2)."
+    )
+    storage_commitment: bool = Field(
+        default=True,
+        description="Answer Storage Commitment Push Model requests (N-ACTION/N-EVENT-REPORT).",
+    )
+    commitment_verify_digest: bool = Field(
+        default=True,
+        description="Re-read each file and compare its SHA-256 before committing it "
+        "(false: presence and size only).",
+    )
+    commitment_report_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description="Tries to deliver one commitment report on a new association.",
+    )
+    commitment_retry_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="Wait before the second try; doubles after each, up to 10 minutes.",
+    )
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
         return check_ae_title(v)
+
+    @field_validator("tls_min_version", mode="before")
+    @classmethod
+    def _tls_version(cls, v: object) -> object:
+        # YAML reads an unquoted 1.2 as a float.
+        return f"{v:.1f}" if isinstance(v, float) else v
+
+    @model_validator(mode="after")
+    def _tls(self) -> ScpSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("give tls_cert_file and tls_key_file together, or neither")
+        if self.tls_port is not None:
+            if self.tls_cert_file is None:
+                raise ValueError("tls_port needs tls_cert_file and tls_key_file")
+            if self.tls_port == self.port:
+                raise ValueError("tls_port must differ from port")
+        if self.tls_require_client_cert and self.tls_ca_file is None:
+            raise ValueError("tls_require_client_cert needs tls_ca_file (the clients' CA)")
+        return self
 
     @field_validator("allowed_calling_aes", mode="before")
     @classmethod

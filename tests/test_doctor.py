@@ -15,11 +15,14 @@ from typing import Any
 
 import pytest
 import trustme
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node import doctor
 from node.cli import main
 from node.config import load_config
-from tests.conftest import free_port, start_node, write_config
+from tests.conftest import free_port, have_orthanc, need, start_node, write_config
+from tests.peers import Orthanc
 from tests.smtp_server import SmtpServer
 from tests.twilio_server import TwilioServer
 
@@ -55,11 +58,12 @@ def test_a_fresh_node_gets_warnings_and_nothing_is_made(
         "secret": "warn",
         "email": "warn",  # file backend
         "sms": "warn",
+        "pacs": "skip",  # no pacs: section
         "public_url": "fail",  # nothing listens
     }
     assert code == 1 and out["failed"] == 1
     assert not (tmp_path / "data").exists()
-    assert all(f["fix"] for f in out["findings"] if f["status"] != "ok")
+    assert all(f["fix"] for f in out["findings"] if f["status"] not in ("ok", "skip"))
 
 
 def test_a_running_node_passes_its_own_checks(
@@ -247,7 +251,7 @@ def test_broken_rules_fail_but_the_other_checks_still_run(
     found = {f["check"]: f for f in out["findings"]}
     assert code == 1 and found["rules"]["status"] == "fail"
     assert "check-config" in found["rules"]["fix"]
-    assert len(found) == 7
+    assert len(found) == 8
 
 
 def test_a_check_that_crashes_is_reported_not_raised(
@@ -260,3 +264,65 @@ def test_a_check_that_crashes_is_reported_not_raised(
     found = doctor.run_checks(load_config(_config(tmp_path)), 1)
     assert found[0] == doctor.Finding("boom", "fail", "check crashed: RuntimeError", "report a bug")
     assert len(found) == 2
+
+
+# --- the PACS: C-ECHO to Orthanc (as the PACS), to a PACS that knows another calling AE
+# (pynetdicom's require_calling_aet), and to nothing at all.
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    need("orthanc", have_orthanc())
+    with Orthanc(
+        workdir=tmp_path_factory.mktemp("orthanc"), config={"DicomCheckCalledAet": True}
+    ) as o:
+        yield o
+
+
+@pytest.fixture(scope="module")
+def picky_pacs() -> Iterator[int]:
+    """A Verification SCP that only accepts the calling AE SOMEONE."""
+    ae = AE(ae_title="PICKY")
+    ae.add_supported_context(Verification)
+    ae.require_calling_aet = ["SOMEONE"]
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    yield port
+    server.shutdown()
+
+
+def _pacs(ae_title: str, port: int) -> str:
+    return f"pacs:\n  ae_title: {ae_title}\n  host: 127.0.0.1\n  port: {port}\n"
+
+
+@pytest.mark.parametrize(
+    ("peer", "ae_title", "status", "detail", "fix"),
+    [
+        ("none", "", "skip", "no pacs: section", ""),
+        ("orthanc", "ORTHANC", "ok", "C-ECHO answered success (as COURIER)", ""),
+        ("orthanc", "WRONGAE", "fail", "refused the association", "pacs.ae_title"),
+        ("picky", "PICKY", "fail", "refused the association from COURIER", "add Courier's AE"),
+        ("closed", "ANY", "fail", "unreachable", "pacs.host and pacs.port"),
+    ],
+)
+def test_the_pacs_echo(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    peer: str,
+    ae_title: str,
+    status: str,
+    detail: str,
+    fix: str,
+) -> None:
+    extra = ""
+    if peer == "orthanc":
+        extra = _pacs(ae_title, request.getfixturevalue("orthanc").dicom_port)
+    elif peer == "picky":
+        extra = _pacs(ae_title, request.getfixturevalue("picky_pacs"))
+    elif peer == "closed":
+        extra = _pacs(ae_title, free_port())
+    finding = doctor.check_pacs(load_config(_config(tmp_path, extra)), 3)
+    assert finding.status == status, finding
+    assert detail in finding.detail
+    assert fix in finding.fix
+    assert bool(finding.fix) == (status == "fail")

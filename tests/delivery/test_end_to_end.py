@@ -23,6 +23,7 @@ from delivery.grants import GrantKeys
 from store.models import Grant, Package
 from tests import synthetic
 from tests.conftest import COURIER, Database, have_dcmtk, need
+from tests.peers import DcmtkStorescp
 from tests.release.helpers import courier, create_by_cli
 from tests.scu import storescu
 from tests.smtp_server import SmtpServer
@@ -159,3 +160,41 @@ def test_deliver_now_on_the_embedded_defaults_and_a_crash_mid_packaging(
     [zip_path] = [p for p in packages.iterdir() if p.name.endswith(".zip")]
     with zipfile.ZipFile(zip_path) as z:
         assert sum(1 for n in z.namelist() if n.startswith("DICOM/") or "/" in n) >= 120
+
+
+def test_push_then_send_on_to_another_hospital(
+    node_factory: Any, db: Database, tmp_path: Path
+) -> None:
+    """A request to a DICOM destination in a running node: the study pushed in goes out by
+    C-STORE to dcmtk's storescp (the receiving hospital), every instance acknowledged and
+    recorded, and the request ends `delivered`."""
+    need("dcmtk", have_dcmtk())
+    (tmp_path / "rules.yaml").write_text(RULES)
+    node = node_factory(
+        db,
+        extra_scp="stable_after_s: 1\nstability_check_s: 0.3",
+        extra=(
+            f"rules_file: {tmp_path / 'rules.yaml'}\n"
+            "delivery:\n  urgent_check_s: 0.5\n  window: '01:00-01:01'\n"
+            "  timezone: Pacific/Kiritimati\n"
+        ),
+    )
+    with DcmtkStorescp("OTHERHOSP") as other:
+        req = courier(
+            node, "request", "create",
+            "--patient-id", "SYN0001", "--patient-name", "Synthetic^Patient",
+            "--birth-date", "19700131", "--accession", "ACC0003", "--urgency", "now",
+            "--to-dicom", f"OTHERHOSP@127.0.0.1:{other.port}",
+        )  # fmt: skip
+        ref = str(req["reference"])
+        ct = synthetic.make_ct_series(
+            tmp_path / "ct3", n_slices=4, rows=32, cols=32, accession="ACC0003"
+        )
+        assert storescu(node.port, ct).returncode == 0
+        assert _wait(node, ref, "delivered") == "delivered"
+        received = sorted(p for p in other.out_dir.rglob("*") if p.is_file())
+        assert len(received) == 4
+    timeline = [e["reason"] for e in courier(node, "request", "show", ref)["timeline"]]
+    assert any("acknowledged 4" in r for r in timeline), timeline
+    log = node.log.read_text()
+    assert "Synthetic" not in log and "SYN0001" not in log

@@ -1,0 +1,323 @@
+"""Storage commitment on the SCP: a pynetdicom SCU stores instances, asks commitment for
+them plus one never sent, and gets the N-EVENT-REPORT on the same association (it took
+the SCP role) or on a new association to its own SCP (listed with its port)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from pynetdicom import AE, build_role, evt
+from sqlalchemy import select, update
+
+from scp import spool
+from scp.commitment_reports import STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
+from scp.commitment_scp import (
+    REASON_CLASS_CONFLICT,
+    REASON_NO_SUCH_INSTANCE,
+    REASON_PROCESSING,
+    StorageCommitmentScp,
+)
+from scp.ingest import Ingest
+from scp.server import start_server
+from scp.settings import ScpSettings
+from store.catalog import Catalog
+from store.content import ContentStore
+from store.models import Instance, StudyEvent
+from tests import synthetic
+from tests.conftest import Database, free_port
+from tests.scu import close_socket, send
+
+SCU_AE = "CMTSCU"
+WAIT_S = 30.0
+
+
+@dataclass
+class CommitScp:
+    port: int
+    content: ContentStore
+    db: Database
+    server: Any
+
+
+def start_commit_scp(db: Database, root: Path, **overrides: Any) -> CommitScp:
+    settings = ScpSettings(
+        **{"commitment_retry_s": 0.1, "commitment_report_attempts": 3, **overrides}
+    )
+    content = ContentStore(root)
+    content.prepare()
+    spool.install(content.spool)
+    ingest = Ingest(content, Catalog(db.sessions))
+    commitment = StorageCommitmentScp(settings, db.sessions, content)
+    server = start_server(settings, ingest, port=0, commitment=commitment)
+    return CommitScp(int(server.server_address[1]), content, db, server)
+
+
+@pytest.fixture
+def commit_scp(db: Database, tmp_path: Path) -> Iterator[CommitScp]:
+    scp = start_commit_scp(db, tmp_path / "data")
+    yield scp
+    scp.server.shutdown()
+    scp.server.server_close()
+
+
+@dataclass
+class Reports:
+    """N-EVENT-REPORTs received by the test SCU (or its listener)."""
+
+    got: list[tuple[int, Dataset]] = field(default_factory=list)
+    arrived: threading.Event = field(default_factory=threading.Event)
+
+    def handle(self, event: evt.Event) -> tuple[int, None]:
+        self.got.append((int(event.request.EventTypeID), event.event_information))
+        self.arrived.set()
+        return 0x0000, None
+
+    def one(self) -> tuple[int, dict[str, int | None]]:
+        """The single report: event type, and each instance's Failure Reason (None: ok)."""
+        assert self.arrived.wait(WAIT_S), "no N-EVENT-REPORT arrived"
+        assert len(self.got) == 1
+        event_type, info = self.got[0]
+        outcome: dict[str, int | None] = {
+            str(i.ReferencedSOPInstanceUID): None for i in info.get("ReferencedSOPSequence", [])
+        }
+        for item in info.get("FailedSOPSequence", []):
+            outcome[str(item.ReferencedSOPInstanceUID)] = int(item.FailureReason)
+        return event_type, outcome
+
+
+def _refs(files: list[Path]) -> list[tuple[str, str]]:
+    out = []
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        out.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
+    return out
+
+
+def ask_commitment(
+    port: int,
+    refs: list[tuple[str, str]],
+    reports: Reports,
+    *,
+    take_scp_role: bool,
+    action_type: int = 1,
+    transaction_uid: str | None = None,
+) -> int:
+    """N-ACTION from a pynetdicom SCU; with ``take_scp_role`` it also proposes the SCP role
+    and waits (bounded) for the report on this association. Returns the N-ACTION status."""
+    ae = AE(ae_title=SCU_AE)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = WAIT_S
+    ae.add_requested_context(STORAGE_COMMITMENT)
+    ext_neg = (
+        [build_role(STORAGE_COMMITMENT, scu_role=True, scp_role=True)] if take_scp_role else []
+    )
+    assoc = ae.associate(
+        "127.0.0.1",
+        port,
+        ae_title="COURIER",
+        ext_neg=ext_neg,  # type: ignore[arg-type]
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)],
+    )
+    try:
+        assert assoc.is_established
+        info = Dataset()
+        info.TransactionUID = transaction_uid or generate_uid()
+        items = []
+        for sop_class, sop_instance in refs:
+            item = Dataset()
+            item.ReferencedSOPClassUID = sop_class
+            item.ReferencedSOPInstanceUID = sop_instance
+            items.append(item)
+        info.ReferencedSOPSequence = items
+        status, _reply = assoc.send_n_action(
+            info, action_type, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
+        )
+        if take_scp_role and int(status.Status) == 0:
+            reports.arrived.wait(WAIT_S)
+        assoc.release()
+        return int(status.Status)
+    finally:
+        close_socket(assoc)
+
+
+def _events(db: Database) -> list[str]:
+    with db.sessions() as s:
+        return [
+            e.reason
+            for e in s.scalars(select(StudyEvent).order_by(StudyEvent.id))
+            if "storage commitment" in e.reason
+        ]
+
+
+def test_same_association_reports_committed_and_unknown(
+    commit_scp: CommitScp, tmp_path: Path
+) -> None:
+    files = synthetic.make_small_instances(tmp_path / "s", n=4)
+    assert send(commit_scp.port, files, calling=SCU_AE) == [0x0000] * 4
+    never_sent = (_refs(files)[0][0], generate_uid())
+    reports = Reports()
+    refs = [*_refs(files), never_sent]
+    assert ask_commitment(commit_scp.port, refs, reports, take_scp_role=True) == 0x0000
+    event_type, outcome = reports.one()
+    assert event_type == 2  # failures exist
+    assert outcome == {
+        **{uid: None for _c, uid in _refs(files)},
+        never_sent[1]: REASON_NO_SUCH_INSTANCE,
+    }
+    events = _events(commit_scp.db)
+    assert len(events) == 1 and "4 committed, 1 not" in events[0] and SCU_AE in events[0]
+
+
+def test_all_committed_is_event_type_1(commit_scp: CommitScp, tmp_path: Path) -> None:
+    files = synthetic.make_small_instances(tmp_path / "a", n=3)
+    assert send(commit_scp.port, files, calling=SCU_AE) == [0x0000] * 3
+    reports = Reports()
+    assert ask_commitment(commit_scp.port, _refs(files), reports, take_scp_role=True) == 0
+    event_type, outcome = reports.one()
+    assert event_type == 1 and set(outcome.values()) == {None} and len(outcome) == 3
+
+
+def test_missing_changed_and_misclassed_files_are_not_committed(
+    commit_scp: CommitScp, tmp_path: Path
+) -> None:
+    files = synthetic.make_small_instances(tmp_path / "m", n=4)
+    assert send(commit_scp.port, files, calling=SCU_AE) == [0x0000] * 4
+    refs = _refs(files)
+    with commit_scp.db.sessions() as s:
+        rows = {i.sop_instance_uid: i.path for i in s.scalars(select(Instance))}
+    # 0: deleted and flagged missing (what start-up recovery does); 1: bytes changed on
+    # disk (same size, other digest); 2: asked under another SOP class.
+    commit_scp.content.path(rows[refs[0][1]]).unlink()
+    with commit_scp.db.sessions() as s, s.begin():
+        s.execute(
+            update(Instance)
+            .where(Instance.sop_instance_uid == refs[0][1])
+            .values(file_missing=True)
+        )
+    changed = commit_scp.content.path(rows[refs[1][1]])
+    data = bytearray(changed.read_bytes())
+    data[-1] ^= 0xFF
+    changed.write_bytes(bytes(data))
+    asked = [refs[0], refs[1], ("1.2.840.10008.5.1.4.1.1.4", refs[2][1]), refs[3]]
+    reports = Reports()
+    assert ask_commitment(commit_scp.port, asked, reports, take_scp_role=True) == 0
+    event_type, outcome = reports.one()
+    assert event_type == 2
+    assert outcome == {
+        refs[0][1]: REASON_PROCESSING,
+        refs[1][1]: REASON_PROCESSING,
+        refs[2][1]: REASON_CLASS_CONFLICT,
+        refs[3][1]: None,
+    }
+
+
+def test_new_association_to_the_listed_port(db: Database, tmp_path: Path) -> None:
+    files = synthetic.make_small_instances(tmp_path / "n", n=3)
+    listener_port = free_port()
+    scp = start_commit_scp(
+        db,
+        tmp_path / "data",
+        allowed_calling_aes=[{"ae_title": SCU_AE, "host": "127.0.0.1", "port": listener_port}],
+    )
+    reports = Reports()
+    listener = AE(ae_title=SCU_AE)
+    listener.add_supported_context(STORAGE_COMMITMENT, scu_role=True, scp_role=True)
+    server = listener.start_server(
+        ("127.0.0.1", listener_port),
+        block=False,
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)],
+    )
+    try:
+        assert send(scp.port, files, calling=SCU_AE) == [0x0000] * 3
+        never_sent = (_refs(files)[0][0], generate_uid())
+        refs = [*_refs(files), never_sent]
+        # No SCP role on the requesting association: the report must come separately.
+        assert ask_commitment(scp.port, refs, reports, take_scp_role=False) == 0x0000
+        event_type, outcome = reports.one()
+        assert event_type == 2
+        assert sum(v is None for v in outcome.values()) == 3
+        assert outcome[never_sent[1]] == REASON_NO_SUCH_INSTANCE
+    finally:
+        server.shutdown()
+        scp.server.shutdown()
+        scp.server.server_close()
+
+
+def test_no_port_listed_records_an_undelivered_report(
+    commit_scp: CommitScp, tmp_path: Path
+) -> None:
+    files = synthetic.make_small_instances(tmp_path / "u", n=2)
+    assert send(commit_scp.port, files, calling=SCU_AE) == [0x0000] * 2
+    reports = Reports()
+    assert ask_commitment(commit_scp.port, _refs(files), reports, take_scp_role=False) == 0
+    for _ in range(100):  # recorded on the SCP's association thread, after the response
+        if len(_events(commit_scp.db)) == 2:
+            break
+        threading.Event().wait(0.05)
+    events = _events(commit_scp.db)
+    assert "2 committed, 0 not" in events[0]
+    assert "not delivered" in events[1] and "allowed_calling_aes" in events[1]
+    assert reports.got == []
+
+
+def test_unreachable_peer_is_retried_then_recorded(db: Database, tmp_path: Path) -> None:
+    closed_port = free_port()  # nobody listens there
+    scp = start_commit_scp(
+        db,
+        tmp_path / "data",
+        allowed_calling_aes=[{"ae_title": SCU_AE, "port": closed_port}],
+        acse_timeout_s=2,
+    )
+    try:
+        files = synthetic.make_small_instances(tmp_path / "r", n=1)
+        assert send(scp.port, files, calling=SCU_AE) == [0x0000]
+        reports = Reports()
+        assert ask_commitment(scp.port, _refs(files), reports, take_scp_role=False) == 0
+        for _ in range(300):  # 3 attempts, 0.1 s then 0.2 s apart
+            if any("not delivered" in e for e in _events(db)):
+                break
+            threading.Event().wait(0.1)
+        assert any("not delivered" in e and SCU_AE in e for e in _events(db))
+    finally:
+        scp.server.shutdown()
+        scp.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("action_type", "transaction_uid", "status"),
+    [(2, None, 0x0123), (1, "not a uid!", 0x0115)],
+)
+def test_bad_requests_are_refused(
+    commit_scp: CommitScp, action_type: int, transaction_uid: str | None, status: int
+) -> None:
+    reports = Reports()
+    refs = [("1.2.840.10008.5.1.4.1.1.7", generate_uid())]
+    got = ask_commitment(
+        commit_scp.port,
+        refs,
+        reports,
+        take_scp_role=True,
+        action_type=action_type,
+        transaction_uid=transaction_uid,
+    )
+    assert got == status and reports.got == []
+
+
+def test_courier_serve_answers_commitment(node_factory: Any, tmp_path: Path) -> None:
+    node = node_factory()
+    files = synthetic.make_small_instances(tmp_path / "node", n=3)
+    assert send(node.port, files, calling=SCU_AE) == [0x0000] * 3
+    never_sent = (_refs(files)[0][0], generate_uid())
+    reports = Reports()
+    refs = [*_refs(files), never_sent]
+    assert ask_commitment(node.port, refs, reports, take_scp_role=True) == 0x0000
+    event_type, outcome = reports.one()
+    assert event_type == 2 and outcome[never_sent[1]] == REASON_NO_SUCH_INSTANCE
+    assert sum(v is None for v in outcome.values()) == 3
