@@ -1,4 +1,12 @@
-"""Delivery: packaging, channels (email, SMS, file), the outbox relay and templates.
+"""Delivery: getting a ready request to its recipient.
 
-Not built yet (see the delivery issue). May import ``store`` and ``telemetry``.
+Owns packaging (ZIP parts with DICOMDIR, READMEs, manifest and previews:
+``delivery.package``, ``delivery.builder``, ``delivery.dicomdir``), disc images and the CD
+burn queue (``delivery.disc``, ``delivery.discs``, ``delivery.disc_images``), grants and
+codes (``delivery.grants``, ``delivery.codes``), the channels (email, SMS, file), the
+outbox and its relay, the nightly batch and its scheduler, hospital-to-hospital sends
+(``delivery.dicomsend``: the C-STORE itself is handed in by ``node``, since ``delivery``
+may not import ``scp``), and the message templates and catalogs.
+
+May import ``store``, ``release`` and ``telemetry``; never ``scp``, ``portal`` or ``node``.
 """
