@@ -32,7 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from delivery.channel import build_channels
-from delivery.errors import ChannelSetupError, DeliveryError
+from delivery.errors import ChannelAuthError, ChannelSetupError, DeliveryError
 from node.config import Config, ConfigError, load_config
 from node.output import EXIT_NOT_FOUND, EXIT_OK, print_result
 from scp import pacs
@@ -185,63 +185,95 @@ def _channels(cfg: Config, environ: Mapping[str, str]) -> tuple[Any, Any] | Find
         return Finding("channels", "fail", str(exc), "fix the email:/sms: section of node.yaml")
 
 
-def check_email(cfg: Config, timeout_s: float, environ: Mapping[str, str] = os.environ) -> Finding:
-    """SMTP: connect, TLS and log in, then quit (no message). File backend: a warning."""
-    e = cfg.email
-    if e.backend == "file":
+@dataclass(frozen=True)
+class _Channel:
+    """What the doctor says about one channel (email or SMS)."""
+
+    check: str
+    index: int  # in build_channels' (email, sms)
+    file_note: str
+    file_fix: str
+    auth_fix: str
+    other_fix: str
+
+
+_EMAIL = _Channel(
+    "email",
+    0,
+    "emails",
+    "set email.backend: smtp for patients to get their links",
+    "check email.username and the password in email.password_env/_file",
+    "check email.host, email.port, email.security and the firewall",
+)
+_SMS = _Channel(
+    "sms",
+    1,
+    "SMS",
+    "set sms.backend: twilio for codes to reach patients' phones",
+    "check sms.account_sid and the token in sms.auth_token_env/_file",
+    "check sms.api_base and the network",
+)
+
+
+def _check_channel(
+    cfg: Config,
+    timeout_s: float,
+    environ: Mapping[str, str],
+    what: _Channel,
+    *,
+    file_backend: bool,
+    file_dir: str,
+    where: str,
+    ok: str,
+) -> Finding:
+    if file_backend:
+        written = cfg.data_dir / file_dir
         return Finding(
-            "email",
+            what.check,
             "warn",
-            f"file backend: emails are written to {cfg.data_dir / e.file_dir}, none is sent",
-            "set email.backend: smtp for patients to get their links",
+            f"file backend: {what.file_note} are written to {written}, none is sent",
+            what.file_fix,
         )
     built = _channels(cfg, environ)
     if isinstance(built, Finding):
-        return Finding("email", built.status, built.detail, built.fix)
-    channel = built[0]
+        return Finding(what.check, built.status, built.detail, built.fix)
     try:
-        asyncio.run(_verify(channel, timeout_s))
+        asyncio.run(_verify(built[what.index], timeout_s))
     except (DeliveryError, TimeoutError) as exc:
         detail = str(exc) or f"no answer within {timeout_s:g} s"
-        return Finding("email", "fail", f"{e.host}:{e.smtp_port}: {detail}", _smtp_fix(exc))
-    return Finding("email", "ok", f"{e.host}:{e.smtp_port}: connected, TLS and login accepted")
+        fix = what.auth_fix if isinstance(exc, ChannelAuthError) else what.other_fix
+        return Finding(what.check, "fail", f"{where}: {detail}", fix)
+    return Finding(what.check, "ok", f"{where}: {ok}")
 
 
-def _smtp_fix(exc: BaseException) -> str:
-    from delivery.errors import ChannelAuthError
-
-    if isinstance(exc, ChannelAuthError):
-        return "check email.username and the password in email.password_env/_file"
-    return "check email.host, email.port, email.security and the firewall"
+def check_email(cfg: Config, timeout_s: float, environ: Mapping[str, str] = os.environ) -> Finding:
+    """SMTP: connect, TLS and log in, then quit (no message). File backend: a warning."""
+    e = cfg.email
+    return _check_channel(
+        cfg,
+        timeout_s,
+        environ,
+        _EMAIL,
+        file_backend=e.backend == "file",
+        file_dir=e.file_dir,
+        where=f"{e.host}:{e.smtp_port}",
+        ok="connected, TLS and login accepted",
+    )
 
 
 def check_sms(cfg: Config, timeout_s: float, environ: Mapping[str, str] = os.environ) -> Finding:
     """Twilio: a read-only call with the account's credentials. File backend: a warning."""
     s = cfg.sms
-    if s.backend == "file":
-        return Finding(
-            "sms",
-            "warn",
-            f"file backend: SMS are written to {cfg.data_dir / s.file_dir}, none is sent",
-            "set sms.backend: twilio for codes to reach patients' phones",
-        )
-    built = _channels(cfg, environ)
-    if isinstance(built, Finding):
-        return Finding("sms", built.status, built.detail, built.fix)
-    channel = built[1]
-    host = urlsplit(s.api_base).netloc
-    try:
-        asyncio.run(_verify(channel, timeout_s))
-    except (DeliveryError, TimeoutError) as exc:
-        from delivery.errors import ChannelAuthError
-
-        fix = (
-            "check sms.account_sid and the token in sms.auth_token_env/_file"
-            if isinstance(exc, ChannelAuthError)
-            else "check sms.api_base and the network"
-        )
-        return Finding("sms", "fail", f"{host}: {exc or 'no answer'}", fix)
-    return Finding("sms", "ok", f"{host}: credentials accepted")
+    return _check_channel(
+        cfg,
+        timeout_s,
+        environ,
+        _SMS,
+        file_backend=s.backend == "file",
+        file_dir=s.file_dir,
+        where=urlsplit(s.api_base).netloc,
+        ok="credentials accepted",
+    )
 
 
 async def _verify(channel: Any, timeout_s: float) -> None:
