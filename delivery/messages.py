@@ -28,7 +28,7 @@ from delivery.sms import gsm_safe
 
 DOMAIN = "messages"
 CODE_VALID_MINUTES = 10
-AlertKind = Literal["overdue", "failed", "locked", "rules_reload_failed"]
+AlertKind = Literal["overdue", "failed", "locked", "rules_reload_failed", "disc"]
 
 _CODE = re.compile(r"^[0-9]{6}$")
 _REFERENCE = re.compile(r"^[A-Z0-9][A-Z0-9-]{0,31}$")

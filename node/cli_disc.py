@@ -33,7 +33,7 @@ from delivery.items import package_items
 from delivery.package import PackageInfo
 from delivery.package_errors import PackageError
 from node.app import open_store
-from node.cli_requests import _actor  # the one way CLI commands name their operator
+from node.cli_requests import cli_actor  # the one way CLI commands name their operator
 from node.config import Config
 from node.output import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, print_result
 from release.errors import InvalidTransition, RequestError
@@ -127,11 +127,11 @@ def _record(
                 req = s.get(ReleaseRequest, request_id)
                 assert req is not None  # requests are never deleted
                 state = RequestState(req.state)
-                event = book.move(s, req, state, state, _actor(), reason, utcnow())
+                event = book.move(s, req, state, state, cli_actor(), reason, utcnow())
                 record(
                     s,
                     "export",
-                    actor=actor_of("cli", _actor().removeprefix("cli:")),
+                    actor=actor_of("cli", cli_actor().removeprefix("cli:")),
                     studies=sorted(studies),
                     request=req.reference,
                     detail=f"{reason} for a CD/DVD",

@@ -190,7 +190,7 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
         if args.request_action == "show":
             return _show(args, book)
         if args.request_action == "cancel":
-            event = book.cancel(args.reference, _actor(), args.reason)
+            event = book.cancel(args.reference, cli_actor(), args.reason)
             return _event_done(args, book, event, "cancelled")
         if args.request_action == "resend":
             outbox = Outbox(domain=message_domain(cfg), staff_email=cfg.delivery.staff_email)
@@ -198,7 +198,7 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
             def send(s: Session, req: ReleaseRequest) -> None:
                 queue_link_again(s, outbox, req, utcnow())
 
-            event = book.resend(args.reference, _actor(), args.reason, send=send)
+            event = book.resend(args.reference, cli_actor(), args.reason, send=send)
             return _event_done(
                 args, book, event, "link email queued again (the running node sends it)"
             )
@@ -216,7 +216,7 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
         engine.dispose()
 
 
-def _actor() -> str:
+def cli_actor() -> str:
     """Who runs the command, as recorded in the timeline."""
     return f"cli:{_login()}"
 
@@ -357,7 +357,7 @@ def _create(
     draft: RequestDraft,
     pull: Callable[[int], int] | None = None,
 ) -> int:
-    req, created = book.submit(draft, _actor())
+    req, created = book.submit(draft, cli_actor())
     data = {**request_dict(req), "created": created}
     verb = "created" if created else "already exists (same idempotency key)"
     text = f"{req.reference} {verb}: {req.state}"
