@@ -2,7 +2,9 @@
 
 For each ready request (urgent ones only, on the urgent path):
 
-1. claim it, ``ready → packaging`` (a conditional UPDATE: two batches never take one);
+1. claim it, ``ready → packaging`` (:meth:`DeliveryBatch.claim_next`: ``FOR UPDATE SKIP
+   LOCKED`` on PostgreSQL, so workers on several nodes take different requests, and a
+   conditional UPDATE: two batches never take one);
 2. build its package from the stored instances of its attached studies into
    ``<package_dir>/<reference>/`` (written under a temporary name, renamed when whole);
 3. in one transaction: the package row, a grant for the recipient, ``packaging →
@@ -11,8 +13,10 @@ For each ready request (urgent ones only, on the urgent path):
 A package that cannot be built (an instance file missing or unreadable) moves the
 request to ``failed`` and alerts staff in one transaction: never a partial release. A
 crash mid-build leaves the request in ``packaging``; :meth:`DeliveryBatch.recover`
-(run at start-up) sweeps the half-written files and puts such requests back to
-``ready``, so the next run rebuilds them.
+sweeps the half-written files and puts such requests back to ``ready``, so the next
+run rebuilds them. A builder holds an advisory lock on the request while it works,
+which PostgreSQL drops when its node dies: recovery touches only requests whose lock
+is free, so it is safe while other nodes are packaging.
 
 A request whose recipient is a DICOM destination (hospital-to-hospital) is not
 packaged: :meth:`DeliveryBatch.deliver` hands it to :class:`delivery.dicomsend.DicomDelivery`
@@ -38,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Connection, Engine, Select, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.dicomsend import DicomDelivery
@@ -57,6 +61,7 @@ from release.errors import InvalidTransition
 from release.requests import RequestBook
 from store.audit import record
 from store.catalog import guarded
+from store.claims import holding, is_postgres, lock_connection, skip_locked, try_lock, unlock
 from store.content import ContentStore
 from store.models import (
     DicomDestination,
@@ -75,6 +80,8 @@ from telemetry import metrics
 
 log = logging.getLogger("courier.delivery.batch")
 ACTOR = "delivery"
+#: The advisory lock a builder holds on a request while it packages it (store.claims).
+PACKAGING_LOCK = "packaging"
 
 
 @dataclass
@@ -119,39 +126,58 @@ class DeliveryBatch:
         self._clock = clock
 
     def recover(self) -> list[str]:
-        """At start-up: sweep half-built files; requests left ``packaging`` go back to
-        ``ready`` (they are rebuilt). Returns their references."""
+        """Requests whose packaging was interrupted go back to ``ready`` (their
+        half-built files swept first), so a run rebuilds them. Returns their references.
+
+        "Interrupted" means nobody holds the request's packaging lock: a builder holds
+        it (:func:`store.claims.holding`) from before its claim commits until the
+        request has moved on, and PostgreSQL drops it when the builder's connection
+        dies. So on PostgreSQL this is safe at any time, while other nodes package
+        (the node runs it at start-up and in its worker sweeps), and touches only the
+        work of dead nodes; the lock is held while the folder is swept and the request
+        moved. On SQLite (one node) every lock is free: call it at start-up only.
+        """
         self._dir.mkdir(parents=True, exist_ok=True)
-        for folder in [self._dir, *(p for p in self._dir.iterdir() if p.is_dir())]:
-            sweep_partial(folder)
         with guarded(self._sessions) as s:
             stuck = list(
-                s.scalars(
-                    select(ReleaseRequest.reference).where(
+                s.execute(
+                    select(ReleaseRequest.id, ReleaseRequest.reference).where(
                         ReleaseRequest.state == RequestState.PACKAGING
                     )
                 )
             )
+            single = not is_postgres(s.connection())
+        if single:  # the only node: leftovers anywhere are its own
+            for folder in [self._dir, *(p for p in self._dir.iterdir() if p.is_dir())]:
+                sweep_partial(folder)
         moved = []
-        for ref in stuck:
-            try:
-                self._book.transition(
-                    ref,
-                    RequestState.READY,
-                    ACTOR,
-                    "packaging was interrupted (node restarted); it will be rebuilt",
-                    from_state=RequestState.PACKAGING,
-                )
-                moved.append(ref)
-            except InvalidTransition:
-                pass
+        with lock_connection(self._engine()) as conn:
+            for rid, ref in stuck:
+                with holding(conn, PACKAGING_LOCK, rid) as free:
+                    if not free:
+                        continue  # a live node is building it
+                    sweep_partial(self._dir / ref)
+                    try:
+                        self._book.transition(
+                            ref,
+                            RequestState.READY,
+                            ACTOR,
+                            "packaging was interrupted (its node stopped); it will be rebuilt",
+                            from_state=RequestState.PACKAGING,
+                        )
+                        moved.append(ref)
+                    except InvalidTransition:
+                        pass  # it finished in between
         return moved
 
-    def ready(self, *, urgent_only: bool = False) -> list[str]:
-        """References of the requests a run would take, oldest first (a DICOM send only
-        once its next attempt is due)."""
+    def _engine(self) -> Engine:
+        with self._sessions() as s:
+            bind = s.get_bind()
+        return bind if isinstance(bind, Engine) else bind.engine
+
+    def _ready_query(self, *, urgent_only: bool) -> Select[ReleaseRequest]:
         q = (
-            select(ReleaseRequest.reference)
+            select(ReleaseRequest)
             .outerjoin(DicomDestination, DicomDestination.request_id == ReleaseRequest.id)
             .where(
                 ReleaseRequest.state == RequestState.READY,
@@ -163,8 +189,59 @@ class DeliveryBatch:
         )
         if urgent_only:
             q = q.where(or_(ReleaseRequest.urgency == Urgency.NOW, DicomDestination.attempts > 0))
+        return q.order_by(ReleaseRequest.updated_at, ReleaseRequest.id)
+
+    def ready(self, *, urgent_only: bool = False) -> list[str]:
+        """References of the requests a run would take, oldest first (a DICOM send only
+        once its next attempt is due)."""
+        q = self._ready_query(urgent_only=urgent_only)
         with guarded(self._sessions) as s:
-            return list(s.scalars(q.order_by(ReleaseRequest.updated_at, ReleaseRequest.id)))
+            return [r.reference for r in s.scalars(q)]
+
+    def claim_next(
+        self, conn: Connection, *, urgent_only: bool = False, passed: set[int] | None = None
+    ) -> tuple[int, str, bool] | None:
+        """Claim the oldest ready request nobody else is claiming: ``(id, reference,
+        packaging)``; None when there is none.
+
+        The SELECT takes ``FOR UPDATE SKIP LOCKED`` (concurrent workers get different
+        requests); in the same transaction the packaging lock is taken on ``conn`` and
+        the request moved ``ready → packaging`` by the conditional move (the
+        exactly-once guard, and what decides on SQLite). The caller builds the package
+        and then must :func:`store.claims.unlock` ``conn``. A request to a DICOM
+        destination is returned unmoved (``packaging`` False: :class:`DicomDelivery`
+        claims it itself); put its id in ``passed`` so the next call skips it.
+        """
+        skip = passed if passed is not None else set()
+        while True:
+            q = self._ready_query(urgent_only=urgent_only).limit(1)
+            if skip:
+                q = q.where(ReleaseRequest.id.not_in(skip))
+            locked = False
+            try:
+                with guarded(self._sessions) as s, s.begin():
+                    req = s.scalars(skip_locked(q, ReleaseRequest)).first()
+                    if req is None:
+                        return None
+                    rid, ref = req.id, req.reference
+                    if req.destination is not None:
+                        return rid, ref, False
+                    locked = try_lock(conn, PACKAGING_LOCK, rid)
+                    if not locked:
+                        skip.add(rid)  # a recovery pass holds it this instant
+                        continue
+                    now = self._clock()
+                    self._book.move(
+                        s, req, RequestState.READY, RequestState.PACKAGING, ACTOR, "packaging", now
+                    )
+            except InvalidTransition:
+                unlock(conn, PACKAGING_LOCK, rid)
+                continue  # another worker took it first (SQLite): it left ready
+            except BaseException:
+                if locked:
+                    unlock(conn, PACKAGING_LOCK, rid)
+                raise
+            return rid, ref, True
 
     def run(
         self,
@@ -180,9 +257,19 @@ class DeliveryBatch:
         """
         started = self._clock()
         report = BatchReport()
-        for ref in self.ready(urgent_only=urgent_only):
-            outcome = self.deliver(ref, progress(ref) if progress else None)
-            getattr(report, outcome).append(ref)
+        passed: set[int] = set()  # DICOM sends handed over this run (they may stay ready)
+        with lock_connection(self._engine()) as conn:
+            while got := self.claim_next(conn, urgent_only=urgent_only, passed=passed):
+                rid, ref, packaging = got
+                if packaging:
+                    try:
+                        outcome = self._build(ref, progress(ref) if progress else None)
+                    finally:
+                        unlock(conn, PACKAGING_LOCK, rid)
+                else:
+                    passed.add(rid)
+                    outcome = self._send_dicom(ref)
+                getattr(report, outcome).append(ref)
         if job:
             self._mark(job, started)
         if report.notified or report.failed:
@@ -197,18 +284,29 @@ class DeliveryBatch:
     def deliver(self, reference: str, progress: Progress | None = None) -> str:
         """Package one ready request; returns ``notified``, ``failed`` or ``skipped``
         (a DICOM destination's: ``delivered``, ``retrying``, ``failed`` or ``skipped``)."""
-        if self._book.get(reference).destination is not None:
+        req = self._book.get(reference)
+        if req.destination is not None:
             return self._send_dicom(reference)
-        try:
-            self._book.transition(
-                reference,
-                RequestState.PACKAGING,
-                ACTOR,
-                "packaging",
-                from_state=RequestState.READY,
-            )
-        except InvalidTransition:
-            return "skipped"  # another run took it, or it changed
+        with (
+            lock_connection(self._engine()) as conn,
+            holding(conn, PACKAGING_LOCK, req.id) as free,
+        ):
+            if not free:
+                return "skipped"  # another worker is claiming or recovering it
+            try:
+                self._book.transition(
+                    reference,
+                    RequestState.PACKAGING,
+                    ACTOR,
+                    "packaging",
+                    from_state=RequestState.READY,
+                )
+            except InvalidTransition:
+                return "skipped"  # another run took it, or it changed
+            return self._build(reference, progress)
+
+    def _build(self, reference: str, progress: Progress | None) -> str:
+        """Build the package of a request this worker claimed (``packaging``)."""
         req = self._book.get(reference)
         now = self._clock()
         started = time.monotonic()
@@ -238,7 +336,16 @@ class DeliveryBatch:
             # A node built without a DICOM sender: leave the request ready, say why.
             log.warning("request %s: no DICOM sender configured; not sent", reference)
             return "skipped"
-        return self._dicom.deliver(reference)
+        # Held like a package build, so no recovery sweep takes a send in progress (its
+        # ``packaging`` can last the whole commitment wait) back to ready.
+        rid = self._book.get(reference).id
+        with (
+            lock_connection(self._engine()) as conn,
+            holding(conn, PACKAGING_LOCK, rid) as free,
+        ):
+            if not free:
+                return "skipped"  # another worker is sending or recovering it
+            return self._dicom.deliver(reference)
 
     def _notify(
         self, req: ReleaseRequest, result: PackageResult, now: datetime, studies: list[str]

@@ -34,12 +34,24 @@ Storage commitment ``auto`` with a peer that offers the SOP class but whose repo
 does not come in time, or that refuses the N-ACTION: delivered, and the timeline says
 the commitment was not confirmed (``required`` retries instead).
 
+Storage commitment reports reach the sender however the peer sends them: on the
+sending association, or on a new association to Courier's main SCP, which records
+them in ``commitment_reports`` (the sender polls it while it waits). Each instance
+named in an N-ACTION carries that N-ACTION's Transaction UID on its
+:class:`~store.models.DicomSend` row (the latest one, for an instance asked again), so
+a report that comes in **after the sender stopped waiting** still counts: it is
+applied to those rows when the request's next attempt starts (committed instances are
+not asked again; failed ones are sent again), noted on the timeline, and marked
+applied. A request that was already ``delivered`` (``auto`` without a report) has no
+next attempt: its late report stays recorded, unapplied.
+
 Log lines and timeline entries hold references, AE titles, counts and status codes:
 no patient data.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -48,7 +60,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.items import package_items
@@ -64,9 +76,11 @@ from store.catalog import guarded
 from store.content import ContentStore
 from store.models import (
     CommitmentMode,
+    CommitmentReport,
     DicomDestination,
     DicomSend,
     ReleaseRequest,
+    RequestEvent,
     RequestState,
     utcnow,
 )
@@ -101,6 +115,7 @@ class AttemptReport(Protocol):
     ``unsendable``: UIDs whose SOP class/transfer syntax the peer accepted no context
     for. ``commitment``: ``off``, ``not-offered``, ``none-to-ask``, ``refused``,
     ``no-report`` or ``reported`` (then ``committed`` and ``commit_failed``).
+    ``transaction_uid``: the N-ACTION's Transaction UID ("" when none was sent).
     ``error``/``permanent``: the association failed (after what ``statuses`` holds).
     """
 
@@ -114,6 +129,8 @@ class AttemptReport(Protocol):
     def committed(self) -> AbstractSet[str]: ...
     @property
     def commit_failed(self) -> Mapping[str, int]: ...
+    @property
+    def transaction_uid(self) -> str: ...
     @property
     def error(self) -> str: ...
     @property
@@ -180,6 +197,7 @@ class DicomDelivery:
         except PackageError as exc:
             self._fail(req_id, f"nothing can be sent to {target}: {exc}", attempt)
             return "failed"
+        self._apply_late_reports(req_id, ref)
         progress = self._progress(req_id)
         to_send = [i for i in items if i.sop_instance_uid not in progress.acked]
         commit_also: list[PackageItem] = []
@@ -199,7 +217,8 @@ class DicomDelivery:
             len(commit_also),
         )
         report = self._sender(target, to_send, commit_also)
-        return self._record(req_id, ref, target, attempt, items, progress, report)
+        asked = {i.sop_instance_uid for i in commit_also}
+        return self._record(req_id, ref, target, attempt, items, progress, asked, report)
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -231,6 +250,67 @@ class DicomDelivery:
             dest.attempts = attempt
             dest.next_attempt_at = None
             return req.id, req.reference, target, attempt
+
+    def _apply_late_reports(self, req_id: int, ref: str) -> None:
+        """Apply the reports recorded for this request's Transaction UIDs that no
+        attempt has applied yet (they came after the sender stopped waiting)."""
+        now = self._clock()
+        with guarded(self._sessions) as s, s.begin():
+            asked = (
+                select(DicomSend.transaction_uid)
+                .where(DicomSend.request_id == req_id, DicomSend.transaction_uid != "")
+                .distinct()
+                .scalar_subquery()
+            )
+            reports = s.scalars(
+                select(CommitmentReport)
+                .where(
+                    CommitmentReport.transaction_uid.in_(asked),
+                    CommitmentReport.applied_at.is_(None),
+                )
+                .order_by(CommitmentReport.id)
+            ).all()
+            if not reports:
+                return
+            req = s.get(ReleaseRequest, req_id)
+            assert req is not None
+            for rep in reports:
+                committed = set(json.loads(rep.committed or "[]"))
+                failed = set(json.loads(rep.failed or "{}"))
+                rows = s.scalars(
+                    select(DicomSend).where(
+                        DicomSend.request_id == req_id,
+                        DicomSend.transaction_uid == rep.transaction_uid,
+                    )
+                ).all()
+                n_committed = n_failed = 0
+                for row in rows:
+                    if row.sop_instance_uid in failed:
+                        row.commitment = "failed"
+                        n_failed += 1
+                    elif row.sop_instance_uid in committed:
+                        row.commitment = "committed"
+                        n_committed += 1
+                rep.applied_at = now
+                s.add(
+                    RequestEvent(
+                        request_id=req_id,
+                        at=now,
+                        actor=ACTOR,
+                        from_state=req.state,
+                        to_state=req.state,
+                        reason=f"storage commitment report {rep.transaction_uid} came after "
+                        f"the wait: committed {n_committed}, commitment failed {n_failed}",
+                    )
+                )
+                log.info(
+                    "request %s: late storage commitment report %s applied "
+                    "(%d committed, %d failed)",
+                    ref,
+                    rep.transaction_uid,
+                    n_committed,
+                    n_failed,
+                )
 
     def _progress(self, req_id: int) -> _Progress:
         acked: dict[str, int] = {}
@@ -264,6 +344,7 @@ class DicomDelivery:
         attempt: int,
         items: Sequence[PackageItem],
         progress: _Progress,
+        commit_also: AbstractSet[str],
         report: AttemptReport,
     ) -> str:
         now = self._clock()
@@ -299,6 +380,22 @@ class DicomDelivery:
             if report.commitment == "no-report":
                 for uid in acked_now:
                     new_rows[uid].commitment = "no-report"
+            txn = report.transaction_uid
+            if txn and report.commitment != "refused":
+                # The N-ACTION named these: a report for it, however late, finds them.
+                for uid in acked_now | set(commit_also):
+                    named = new_rows.get(uid) or s.get(DicomSend, progress.acked.get(uid, -1))
+                    if named is not None:
+                        named.transaction_uid = txn
+                if reported:
+                    s.execute(
+                        update(CommitmentReport)
+                        .where(
+                            CommitmentReport.transaction_uid == txn,
+                            CommitmentReport.applied_at.is_(None),
+                        )
+                        .values(applied_at=now)
+                    )
             counts = (
                 f"sent {sent}, acknowledged {len(acked_now)}, failed {failed_now}, "
                 f"committed {len(committed)}"

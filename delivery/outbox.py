@@ -3,8 +3,9 @@
 Whoever changes state (the batch moving a request to ``notified``, the matcher moving
 one to ``overdue``, the portal issuing a code) calls :meth:`Outbox.enqueue` *in the same
 transaction*: the message exists if and only if the change committed. The relay
-(:mod:`delivery.relay`) then claims due rows with a conditional UPDATE whose row count
-says who won (two relays never send one row twice), records an attempt row *before*
+(:mod:`delivery.relay`) then claims due rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+so relays on several nodes take different rows) with a conditional UPDATE that says who
+won (two relays never send one row twice), records an attempt row *before*
 calling the provider and completes it after, so a crash in between is visible as an
 attempt without outcome.
 
@@ -24,6 +25,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from release.errors import InvalidTransition
+from store.claims import skip_locked
 from store.models import (
     Grant,
     Notification,
@@ -124,6 +126,45 @@ class Outbox:
                 .limit(limit)
             )
         )
+
+    def claim_due(self, s: Session, limit: int, lease_s: float) -> list[int]:
+        """Claim up to ``limit`` due rows for one attempt each (commits); returns their
+        ids, which no other relay holds.
+
+        The rows are picked with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL: relays on other
+        nodes get other rows instead of waiting for these) and taken by the same
+        conditional UPDATE as :meth:`claim`; only the ids it changed are returned.
+        """
+        now = self._clock()
+        due = or_(
+            (Notification.state == Q) & (Notification.next_attempt_at <= now),
+            (Notification.state == SENDING) & (Notification.claimed_until < now),
+        )
+        with s.begin():
+            ids = list(
+                s.scalars(
+                    skip_locked(
+                        select(Notification.id)
+                        .where(due)
+                        .order_by(Notification.next_attempt_at, Notification.id)
+                        .limit(limit)
+                    )
+                )
+            )
+            if not ids:
+                return []
+            won = s.scalars(
+                update(Notification)
+                .where(Notification.id.in_(ids), due)
+                .values(
+                    state=SENDING,
+                    claimed_until=now + timedelta(seconds=lease_s),
+                    attempts=Notification.attempts + 1,
+                )
+                .returning(Notification.id)
+                .execution_options(synchronize_session=False)
+            )
+            return sorted(won)
 
     def claim(self, s: Session, notification_id: int, lease_s: float) -> bool:
         """Take the row for one attempt (commits); False when another relay has it."""

@@ -1,6 +1,8 @@
 """The outbox relay: claims due notifications, sends them, records every attempt.
 
-Per row: claim (conditional UPDATE) → compose → if the last attempt's outcome is unknown
+Per pass: claim the due rows (:meth:`~delivery.outbox.Outbox.claim_due`: ``FOR UPDATE
+SKIP LOCKED`` and a conditional UPDATE, so relays on several nodes never share a row).
+Per row: compose → if the last attempt's outcome is unknown
 (a crash mid-send, an SMTP link that dropped after the final dot, a Twilio 5xx or
 timeout) ask the channel whether it already has the message (SMS, file; SMTP cannot
 tell, so the same email is re-sent with the same Message-ID) → record the attempt →
@@ -100,8 +102,8 @@ class Relay:
     async def run_once(self, limit: int = 200) -> int:
         """One pass over the due rows; returns how many attempts ended in ``sent``."""
         with self._sessions() as s:
-            due = self._outbox.due(s, limit)
-        results = await asyncio.gather(*(self._guarded(nid) for nid in due))
+            claimed = self._outbox.claim_due(s, limit, self._lease)
+        results = await asyncio.gather(*(self._guarded(nid) for nid in claimed))
         return sum(results)
 
     async def _guarded(self, nid: int) -> bool:
@@ -113,9 +115,7 @@ class Relay:
                 return False
 
     async def _one(self, nid: int) -> bool:
-        with self._sessions() as s:
-            if not self._outbox.claim(s, nid, self._lease):
-                return False
+        """One attempt at a row this relay claimed (:meth:`Outbox.claim_due`)."""
         with self._sessions() as s:
             row = s.get(Notification, nid)
             assert row is not None

@@ -5,20 +5,34 @@ periodic stability sweep. With ``scp.workers > 1`` the SCP runs in that many chi
 processes listening on one port (SO_REUSEPORT): one Python process cannot use more
 than one core for DIMSE decoding. Recovery and migrations run once, in the parent,
 before any receiver starts.
+
+Several nodes may share one PostgreSQL database and one data directory, each with a
+role (``courier serve --role``, see :data:`ROLES`): ``scp`` receives (and recovers the
+spool at start), ``web`` serves the portal and API, ``worker`` runs the sweeps, the
+delivery scheduler and batch and the outbox relay; ``all`` (the default, and the only
+role SQLite allows) is all three. Work is claimed row by row (:mod:`store.claims`); the
+periodic sweeps run on one worker at a time (an advisory lock per round: whichever node
+gets there first). Migrations wait for an advisory lock; packaging interrupted by a dead
+node is recovered by any live worker (see :meth:`delivery.batch.DeliveryBatch.recover`);
+the spool sweep at start deletes only files older than :data:`SPOOL_STALE_S` when other
+nodes may be receiving into the same spool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.discs import DiscQueue
@@ -41,6 +55,7 @@ from scp.server import start_server
 from scp.stability import StabilitySweep
 from scp.tls import TlsSetupError, server_context
 from store.catalog import Catalog
+from store.claims import turn
 from store.content import ContentStore
 from store.db import database_url, make_engine, make_sessions, migrate
 from store.errors import StoreError
@@ -74,31 +89,77 @@ def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def open_store(cfg: Config) -> tuple[Engine, sessionmaker[Session], ContentStore]:
-    """Engine (migrated), session factory and content store for ``cfg``."""
+Role = Literal["all", "scp", "web", "worker"]
+#: What each role runs (``courier serve --role``).
+ROLES: tuple[Role, ...] = get_args(Role)
+#: With other nodes receiving into the same spool, the start-up sweep deletes only files
+#: untouched this long: a receive in progress writes its file at every PDU, and an
+#: association idle for longer has timed out (scp.network_timeout_s) and freed its file.
+SPOOL_STALE_S = 3600.0
+
+
+class SharedSpoolContent(ContentStore):
+    """A content store shared with live nodes: the spool sweep spares recent files."""
+
+    def sweep_spool(self) -> int:
+        """Delete spool files older than :data:`SPOOL_STALE_S` (another node's receive
+        in progress is newer); returns how many."""
+        cutoff = time.time() - SPOOL_STALE_S
+        count = 0
+        if not self.spool.is_dir():
+            return 0
+        for entry in self.spool.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    entry.unlink(missing_ok=True)
+                    count += 1
+        return count
+
+
+def store_url(cfg: Config) -> str:
+    """The index database's URL for ``cfg``; raises ConfigError when it cannot be read."""
     base = cfg.source.parent if cfg.source else Path.cwd()
     try:
-        url = database_url(cfg.store, cfg.data_dir, base)
+        return database_url(cfg.store, cfg.data_dir, base)
     except (ValueError, OSError) as exc:
         raise ConfigError([f"{cfg.source}: {exc}"]) from None
+
+
+def shared_database(url: str) -> bool:
+    """True when other nodes may use the database too (PostgreSQL; SQLite is one node)."""
+    return make_url(url).get_backend_name() == "postgresql"
+
+
+def metrics_dir(cfg: Config, url: str) -> Path:
+    """This node's Prometheus folder: ``<data_dir>/metrics``, or ``metrics/<node.name>``
+    when nodes share the data directory (each clears its own at start)."""
+    base = cfg.data_dir / METRICS_DIR
+    return base / cfg.node.name if shared_database(url) else base
+
+
+def open_store(cfg: Config) -> tuple[Engine, sessionmaker[Session], ContentStore]:
+    """Engine (migrated), session factory and content store for ``cfg``."""
+    url = store_url(cfg)
     engine = make_engine(
         url, busy_timeout_s=cfg.store.busy_timeout_s, pool_size=cfg.store.pool_size
     )
     migrate(engine)
-    content = ContentStore(cfg.data_dir)
+    shared = shared_database(url)
+    content = SharedSpoolContent(cfg.data_dir) if shared else ContentStore(cfg.data_dir)
     content.prepare()
     return engine, make_sessions(engine), content
 
 
 @dataclass
 class Node:
-    """A running node; ``stop()`` ends it."""
+    """A running node; ``stop()`` ends it. ``role`` says what it runs (:data:`ROLES`)."""
 
     cfg: Config
     stop_event: threading.Event = field(default_factory=threading.Event)
     port: int | None = None
     rulebook: Rulebook | None = None
     procs: list[Any] = field(default_factory=list)
+    role: Role = "all"
 
     def reload_rules(self) -> None:
         """SIGHUP: reload the rules here and in every receiving process."""
@@ -109,63 +170,68 @@ class Node:
                 os.kill(p.pid, signal.SIGHUP)
 
     def run(self) -> None:
-        """Start the SCP (in-process or as workers) and sweep until stopped."""
-        try:  # unreadable TLS files stop the node here, before anything listens
-            server_context(self.cfg.scp, self.cfg.data_dir)
-        except TlsSetupError as exc:
-            raise ConfigError([f"{self.cfg.source}: {exc}"]) from None
+        """Start what the role runs (SCP, web, worker) and sweep until stopped."""
+        receives = self.role in ("all", "scp")
+        works = self.role in ("all", "worker")
+        if self.role != "all" and not shared_database(store_url(self.cfg)):
+            raise ConfigError(
+                [
+                    f"{self.cfg.source}: --role {self.role} needs a PostgreSQL database "
+                    "shared by the nodes (store.database_url); SQLite is one node: "
+                    "run `courier serve` (role all)"
+                ]
+            )
+        if receives:
+            try:  # unreadable TLS files stop the node here, before anything listens
+                server_context(self.cfg.scp, self.cfg.data_dir)
+            except TlsSetupError as exc:
+                raise ConfigError([f"{self.cfg.source}: {exc}"]) from None
         engine, sessions, content = open_store(self.cfg)
         # Before any receiver starts: they count into this folder too (telemetry.metrics).
-        metrics.configure(self.cfg.data_dir / METRICS_DIR, clear=True)
-        catalog = Catalog(sessions)
-        recover(content, sessions, catalog)
-        workers = self.cfg.scp.workers
-        procs = self.procs
+        metrics.configure(metrics_dir(self.cfg, store_url(self.cfg)), clear=True)
         server = None
-        if workers == 1:
-            server, self.rulebook = _start_receiver(self.cfg, sessions, content, workers=1)
-            self.port = int(server.server_address[1])
-        else:
-            # The parent keeps its own rulebook to report reload errors (courier status).
-            self.rulebook = Rulebook(self.cfg)
-            ctx = multiprocessing.get_context("spawn")
-            for _ in range(workers):
-                p = ctx.Process(target=_worker_main, args=(str(self.cfg.source),), daemon=True)
-                p.start()
-                procs.append(p)
-            self.port = self.cfg.scp.port
-        log.info("node %s ready scp_port=%s workers=%d", self.cfg.node.name, self.port, workers)
+        procs = self.procs
+        self.rulebook = Rulebook(self.cfg)
+        if receives:
+            with turn(engine, "spool-recovery") as mine:
+                if mine:  # a node starting at the same moment does it otherwise
+                    recover(content, sessions, Catalog(sessions))
+            workers = self.cfg.scp.workers
+            if workers == 1:
+                server, self.rulebook = _start_receiver(self.cfg, sessions, content, workers=1)
+                self.port = int(server.server_address[1])
+            else:
+                # The parent keeps its own rulebook to report reload errors (status).
+                ctx = multiprocessing.get_context("spawn")
+                for _ in range(workers):
+                    p = ctx.Process(target=_worker_main, args=(str(self.cfg.source),), daemon=True)
+                    p.start()
+                    procs.append(p)
+                self.port = self.cfg.scp.port
+        log.info("node %s ready role=%s scp_port=%s", self.cfg.node.name, self.role, self.port)
         delivery = DeliveryService(self.cfg, sessions, content)
         web = None
-        if self.cfg.portal.enabled:
+        if self.cfg.portal.enabled and self.role in ("all", "web"):
             web = WebServer(self.cfg, sessions, delivery.portal_context())
             web.start()
             log.info("web app listening port=%d", self.cfg.portal.port)
-        sweep = StabilitySweep(sessions, self.cfg.scp.stable_after_s)
         rulebook = self.rulebook
-        delivery.start()
-        matcher = Matcher(
-            sessions,
-            content,
-            rulebook.current,
-            RequestBook(sessions),
-            on_overdue=delivery.overdue_alert,
-        )
-        # C-MOVEs from the PACS (request create --pull) on a thread of their own: a long
-        # move must not hold up stability and matching of what it sends.
+        sweeps: Sweeps | None = None
         pulls = None
-        if self.cfg.pacs is not None:
-            pulls = PullWorker(PullQueue(sessions, self.cfg.pacs), self.cfg.scp.stability_check_s)
-            pulls.start()
-        alerted_error: str | None = None
-        purger = Purger(
-            sessions,
-            content,
-            self.cfg.store.unmatched_retention_days,
-            retention_days=self.cfg.store.retention_days,
-        )
+        audit = None
+        if works:
+            delivery.start()
+            sweeps = Sweeps(self.cfg, engine, sessions, content, rulebook, delivery)
+            # C-MOVEs from the PACS (request create --pull) on a thread of their own: a
+            # long move must not hold up stability and matching of what it sends.
+            if self.cfg.pacs is not None:
+                pulls = PullWorker(
+                    PullQueue(sessions, self.cfg.pacs), self.cfg.scp.stability_check_s
+                )
+                pulls.start()
         audit = AuditRun(self.cfg, sessions)
         audit.start()
+        alerted_error: str | None = None
         status = StatusFile(self.cfg.data_dir)
         web_port = self.cfg.portal.port if web is not None else None
         try:
@@ -185,23 +251,8 @@ class Node:
                 )
                 if self.stop_event.wait(self.cfg.scp.stability_check_s):
                     break
-                try:
-                    sweep.run()
-                    matcher.sweep_changed()
-                    matcher.on_stable(matcher.undecided())
-                    matcher.sweep_new_requests()
-                    matcher.sweep_overdue(self.cfg.delivery.overdue_after_h)
-                    DiscQueue(
-                        sessions,
-                        delivery.outbox,
-                        cd_after_h=self.cfg.delivery.cd_after_h,
-                        data_dir=self.cfg.data_dir,
-                    ).sweep()  # CD candidates: failed, long overdue, link expired unopened
-                    purger.sweep()
-                except StoreError as exc:
-                    log.warning("stability sweep skipped: %s", exc)
-                except Exception as exc:  # a sweep must never stop the node
-                    log.error("stability/matching sweep failed (%s)", type(exc).__name__)
+                if sweeps is not None:
+                    sweeps.run()
                 for p in procs:
                     if not p.is_alive():
                         log.error("receiver process %d exited (%s); stopping", p.pid, p.exitcode)
@@ -229,6 +280,69 @@ class Node:
         self.stop_event.set()
 
 
+class Sweeps:
+    """A worker's periodic round: stability, matching, overdue, CD queue, purge, and
+    (shared database) recovery of packaging whose node died. One worker at a time runs
+    a round (advisory lock); the others skip it. Each step claims its rows anyway."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        engine: Engine,
+        sessions: sessionmaker[Session],
+        content: ContentStore,
+        rulebook: Rulebook,
+        delivery: DeliveryService,
+    ) -> None:
+        self._cfg = cfg
+        self._engine = engine
+        self._sessions = sessions
+        self._delivery = delivery
+        self._shared = engine.dialect.name == "postgresql"
+        self._stability = StabilitySweep(sessions, cfg.scp.stable_after_s)
+        self._matcher = Matcher(
+            sessions,
+            content,
+            rulebook.current,
+            RequestBook(sessions),
+            on_overdue=delivery.overdue_alert,
+        )
+        self._purger = Purger(
+            sessions,
+            content,
+            cfg.store.unmatched_retention_days,
+            retention_days=cfg.store.retention_days,
+        )
+
+    def run(self) -> None:
+        """One round, if this node gets the turn; never raises."""
+        cfg, matcher = self._cfg, self._matcher
+        try:
+            with turn(self._engine, "sweeps") as mine:
+                if not mine:
+                    return
+                self._stability.run()
+                matcher.sweep_changed()
+                matcher.on_stable(matcher.undecided())
+                matcher.sweep_new_requests()
+                matcher.sweep_overdue(cfg.delivery.overdue_after_h)
+                DiscQueue(
+                    self._sessions,
+                    self._delivery.outbox,
+                    cd_after_h=cfg.delivery.cd_after_h,
+                    data_dir=cfg.data_dir,
+                ).sweep()  # CD candidates: failed, long overdue, link expired unopened
+                self._purger.sweep()
+                if self._shared:  # a dead node's packaging, while this one runs
+                    moved = self._delivery.batch.recover()
+                    if moved:
+                        log.warning("%d request(s) of a stopped node back to ready", len(moved))
+        except StoreError as exc:
+            log.warning("stability sweep skipped: %s", exc)
+        except Exception as exc:  # a sweep must never stop the node
+            log.error("stability/matching sweep failed (%s)", type(exc).__name__)
+
+
 def _start_receiver(
     cfg: Config, sessions: sessionmaker[Session], content: ContentStore, workers: int
 ) -> tuple[Any, Rulebook]:
@@ -247,12 +361,10 @@ def _worker_main(config_path: str) -> None:
     _die_with_parent()
     cfg = load_config(Path(config_path))
     setup_logging(os.environ.get("COURIER_LOG_LEVEL", "INFO"), cfg.node.log_format)
-    metrics.configure(cfg.data_dir / METRICS_DIR)  # the parent cleared it
-    base = cfg.source.parent if cfg.source else Path.cwd()
+    url = store_url(cfg)
+    metrics.configure(metrics_dir(cfg, url))  # the parent cleared it
     engine = make_engine(
-        database_url(cfg.store, cfg.data_dir, base),
-        busy_timeout_s=cfg.store.busy_timeout_s,
-        pool_size=cfg.store.pool_size,
+        url, busy_timeout_s=cfg.store.busy_timeout_s, pool_size=cfg.store.pool_size
     )
     content = ContentStore(cfg.data_dir)
     server, rulebook = _start_receiver(cfg, make_sessions(engine), content, workers=cfg.scp.workers)
@@ -278,10 +390,10 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def serve(cfg: Config) -> int:
+def serve(cfg: Config, role: Role = "all") -> int:
     """``courier serve``: run until SIGTERM/SIGINT; returns the exit status."""
     setup_logging(os.environ.get("COURIER_LOG_LEVEL", "INFO"), cfg.node.log_format)
-    node = Node(cfg)
+    node = Node(cfg, role=role)
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
     signal.signal(signal.SIGHUP, lambda *_: node.reload_rules())

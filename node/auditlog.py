@@ -43,6 +43,7 @@ from node.audit_settings import AuditSettings, SyslogSettings
 from node.config import Config
 from store.audit import after, record_now
 from store.catalog import guarded
+from store.claims import turn
 from store.errors import StoreError
 from store.models import AuditCursor, AuditEvent, utcnow
 
@@ -227,11 +228,15 @@ class Shipper:
         unavailable (nothing is sent then).
         """
         total = 0
-        for _ in range(rounds):
-            sent, more = self._pass()
-            total += sent
-            if not more:
-                break
+        # Nodes sharing a database ship each sink by turns: one watermark, one sender.
+        with turn(self._sessions.kw["bind"], f"audit:{self.sink.name}") as mine:
+            if not mine:
+                return 0
+            for _ in range(rounds):
+                sent, more = self._pass()
+                total += sent
+                if not more:
+                    break
         return total
 
     def _pass(self) -> tuple[int, bool]:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from node import __version__
-from node.app import open_store, serve, setup_logging
+from node.app import ROLES, open_store, serve, setup_logging
 from node.cli_audit import add_audit_parser, run_audit
 from node.cli_delivery import add_delivery_parsers, run_deliver, run_outbox
 from node.cli_disc import add_disc_parsers, run_export_iso
@@ -56,7 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     as_json.add_argument("--json", action="store_true", help="print JSON")
     p = argparse.ArgumentParser(prog="courier", description="Courier DICOM delivery node")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("serve", parents=[common], help="run the node (DICOM SCP, sweeps)")
+    serve_p = sub.add_parser("serve", parents=[common], help="run the node (DICOM SCP, sweeps)")
+    serve_p.add_argument(
+        "--role",
+        choices=ROLES,
+        default="all",
+        help="what this node runs when several share a PostgreSQL database and a data "
+        "directory: scp (receive), web (portal and API), worker (sweeps, delivery batch, "
+        "outbox relay), all (default; the only role on SQLite)",
+    )
     sub.add_parser(
         "check-config",
         parents=[common, as_json],
@@ -122,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             setup_logging()
-            return serve(cfg)
+            return serve(cfg, role=args.role)
         if args.command == "studies":
             return _studies(args, cfg)
         if args.command == "status":

@@ -10,10 +10,12 @@
 - the sweep job expires requests whose links ran out and deletes their packages
   ``delivery.purge_grace_days`` later;
 - requests to a DICOM destination go out through :func:`scp.storescu.attempt` as
-  Courier's AE title. A storage-commitment report is taken on the sending association;
-  a peer that reports on a new association (Orthanc does) reaches the main SCP, which does
-  not hand reports to the sender yet, so ``auto`` goes ahead without one and ``required``
-  fails after its retries (see the README).
+  Courier's AE title. A storage-commitment report reaches the sender either way the
+  peer sends it: on the sending association, or on a new association to the main SCP
+  (Orthanc does this), whose receiving processes record it in the database
+  (:class:`scp.commitment.ReportBook`) while the sender polls for its Transaction UID,
+  up to its commitment timeout. A report that comes later is applied when the
+  request's next attempt starts (see :mod:`delivery.dicomsend`).
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ from delivery.schedule import DeliveryScheduler
 from node.config import Config
 from portal.context import PortalContext
 from release.requests import RequestBook
-from scp.commitment import CommitmentReports
+from scp.commitment import CommitmentReports, ReportBook
 from scp.storescu import ScuSettings, attempt
 from store.catalog import guarded
+from store.claims import turn
 from store.content import ContentStore
 from store.models import ReleaseRequest, utcnow
 
@@ -77,7 +80,9 @@ class DeliveryService:
         self.keys = GrantKeys(load_secret(cfg.data_dir / "secret.key"))
         self.outbox = Outbox(domain=message_domain(cfg), staff_email=d.staff_email, clock=clock)
         self.package_dir = d.packages_path(cfg.data_dir)
-        self.commitment_reports = CommitmentReports()
+        # Same-association reports in process; new-association ones through the
+        # database, written by the receiving processes (scp.server).
+        self.commitment_reports = CommitmentReports(ReportBook(sessions))
         scu = ScuSettings(calling_ae_title=cfg.scp.ae_title)
 
         def send(
@@ -218,7 +223,8 @@ class DeliveryService:
         """The sweep job: requests whose link ran out become ``expired`` (packages
         deleted), and a missed night is caught up (a machine that slept through the
         window longer than the misfire grace delivers as soon as it wakes)."""
-        expired = self.batch.expire()
+        with turn(self._sessions.kw["bind"], "expire") as mine:  # one node at a time
+            expired = self.batch.expire() if mine else []
         if self.scheduler is not None:
             self.scheduler.catch_up()
         return expired

@@ -230,6 +230,7 @@ class StorageCommitmentScp:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._settings = settings
+        self.sessions = sessions  # the main SCP's ReportBook shares them (scp.server)
         self.ledger = Ledger(
             sessions, content, verify_digest=settings.commitment_verify_digest, clock=clock
         )

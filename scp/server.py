@@ -17,6 +17,13 @@ What pynetdicom leaves to us, and this module adds:
 - **Storage commitment** (:mod:`scp.commitment_scp`): the association runs follow-ups
   registered by a handler once its response is queued, so a report sent on the same
   association never overtakes the N-ACTION response.
+- **Storage commitment reports for Courier's own sends**: a peer Courier asked to
+  commit (``scp.storescu``) may report on a new association to this port, taking the
+  SCP role of the Push Model SOP class by role selection. Its N-EVENT-REPORT is
+  written to the database (:class:`scp.commitment.ReportBook`) before it is answered,
+  since the sender waiting for it runs in another process. The usual association
+  policy (``scp.allowed_calling_aes``) applies; this works with
+  ``scp.storage_commitment`` off too (an N-ACTION is then refused 0x0122).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from pynetdicom.transport import (
 from pynetdicom.utils import make_target
 
 from scp import handlers
+from scp.commitment import ReportBook
 from scp.commitment_reports import STORAGE_COMMITMENT
 from scp.commitment_scp import StorageCommitmentScp
 from scp.ingest import Ingest
@@ -65,6 +73,7 @@ _config.LOG_HANDLER_LEVEL = "none"
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service-user: calling AE not recognized
 REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service-user: called AE not recognized
 REJECT_LIMIT = (0x02, 0x03, 0x02)  # transient, service-provider: local limit exceeded
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # N-ACTION: Failure, SOP class not supported (PS3.7 Annex C)
 
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 
@@ -293,8 +302,9 @@ def storage_contexts(*, commitment: bool = False) -> list[PresentationContext]:
     contexts = [build_context(Verification)]
     if commitment:
         cx = build_context(STORAGE_COMMITMENT)
-        # Accept a requester that also takes the SCP role (PS3.7 D.3.3.4): it then
-        # takes the N-EVENT-REPORT on the same association.
+        # Accept the roles a requester proposes (PS3.7 D.3.3.4): SCU and SCP, to take
+        # our report on its own association; SCP only, to bring us the report of a
+        # commitment we asked for (PS3.4 J.3.3.1.3).
         cx.scu_role = True
         cx.scp_role = True
         contexts.append(cx)
@@ -334,6 +344,7 @@ def start_server(
     tls_port: int | None = None,
     data_dir: Path | None = None,
     commitment: StorageCommitmentScp | None = None,
+    reports: ReportBook | None = None,
 ) -> ReusePortServer:
     """Start listening (non-blocking); returns the plain server (``shutdown()`` stops all).
 
@@ -342,7 +353,12 @@ def start_server(
     are resolved against ``data_dir`` (default: the working directory). Raises
     :class:`scp.tls.TlsSetupError` when its files cannot be used. ``commitment``, when
     given and ``settings.storage_commitment`` is on, answers storage commitment.
+    ``reports`` records the storage commitment reports peers send for Courier's own
+    sends (default: a :class:`~scp.commitment.ReportBook` on ``commitment``'s
+    sessions; without either, N-EVENT-REPORTs are not accepted).
     """
+    if reports is None and commitment is not None:
+        reports = ReportBook(commitment.sessions)
     ae = build_ae(settings, workers)
     evt_handlers: list[Any] = [
         (evt.EVT_C_ECHO, handlers.handle_echo),
@@ -357,7 +373,11 @@ def start_server(
         commitment = None
     if commitment is not None:
         evt_handlers.append((evt.EVT_N_ACTION, commitment.handle_n_action))
-    contexts = storage_contexts(commitment=commitment is not None)
+    elif reports is not None:
+        evt_handlers.append((evt.EVT_N_ACTION, _refuse_n_action))
+    if reports is not None:
+        evt_handlers.append((evt.EVT_N_EVENT_REPORT, reports.handle))
+    contexts = storage_contexts(commitment=commitment is not None or reports is not None)
     tls_context = server_context(settings, data_dir or Path.cwd())
     ReusePortServer.reuse_port = workers > 1
     tls_server = None
@@ -387,13 +407,20 @@ def start_server(
     server.commitment = commitment
     _serve(server, "courier-scp")
     log.info(
-        "DICOM storage SCP listening ae=%s port=%d tls_port=%s commitment=%s",
+        "DICOM storage SCP listening ae=%s port=%d tls_port=%s commitment=%s reports=%s",
         settings.ae_title,
         server.server_address[1],
         tls_server.server_address[1] if tls_server is not None else "-",
         "on" if commitment is not None else "off",
+        "on" if reports is not None else "off",
     )
     return server
+
+
+def _refuse_n_action(_event: evt.Event) -> tuple[int, None]:
+    """N-ACTION while ``scp.storage_commitment`` is off (the SOP class is accepted for
+    the reports of Courier's own sends only)."""
+    return SOP_CLASS_NOT_SUPPORTED, None  # Failure: SOP class not supported
 
 
 def _serve(server: ReusePortServer, name: str) -> None:

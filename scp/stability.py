@@ -1,9 +1,11 @@
 """Study stability: a study is ``stable`` once nothing has arrived for ``stable_after_s``.
 
-Like Orthanc's StableAge. The sweep claims each study with a conditional UPDATE whose
-row count says who won, so several sweepers (or nodes) never record a transition
-twice; the transition and its :class:`~store.models.StudyEvent` commit together. A
-new instance for a stable study sets it back to ``receiving`` (``store.catalog``).
+Like Orthanc's StableAge. The sweep claims each study with ``FOR UPDATE SKIP LOCKED``
+(PostgreSQL: a study another node's sweep is recording is skipped, not waited for) and
+a conditional UPDATE whose row count says who won, so several sweepers (or nodes) never
+record a transition twice; the transition and its :class:`~store.models.StudyEvent`
+commit together. A new instance for a stable study sets it back to ``receiving``
+(``store.catalog``).
 
 Becoming stable is also when a study's arrival is audited (``instances-stored``, PS3.15
 "DICOM Instances Transferred"), in the same transaction: one event per study rather
@@ -24,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.audit import actor_of, record, safe_name
 from store.catalog import guarded
+from store.claims import skip_locked
 from store.models import Study, StudyEvent, StudyState, utcnow
 
 log = logging.getLogger("courier.scp.stability")
@@ -62,14 +65,16 @@ class StabilitySweep:
             s.rollback()  # end the read; each claim below is its own transaction
             for study_id, study_uid, calling_ae, peer_host in candidates:
                 with s.begin():
+                    quiet = (
+                        Study.id == study_id,
+                        Study.state == StudyState.RECEIVING,
+                        Study.last_received_at <= cutoff,
+                    )
+                    # Another node's sweep holds it: theirs to record, skip it.
+                    if s.scalar(skip_locked(select(Study.id).where(*quiet))) is None:
+                        continue
                     won = s.execute(  # type: ignore[attr-defined]
-                        update(Study)
-                        .where(
-                            Study.id == study_id,
-                            Study.state == StudyState.RECEIVING,
-                            Study.last_received_at <= cutoff,
-                        )
-                        .values(state=StudyState.STABLE, stable_at=now)
+                        update(Study).where(*quiet).values(state=StudyState.STABLE, stable_at=now)
                     ).rowcount
                     if won == 1:
                         s.add(

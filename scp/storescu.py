@@ -12,8 +12,11 @@ Storage commitment (``auto``: when the peer accepts the SOP class; ``required``:
 caller fails the attempt without it): the acknowledged instances (and ``commit_also``,
 acknowledged in earlier attempts but not yet committed) are named in one N-ACTION,
 and the N-EVENT-REPORT is awaited up to ``commitment_timeout_s`` through
-:class:`scp.commitment.CommitmentReports`, on this association or on one the peer
-opens to Courier (where the caller's ``reports`` must also be bound).
+:class:`scp.commitment.CommitmentReports`: on this association, or on one the peer
+opens to Courier's main SCP, which records it in the database
+(:class:`scp.commitment.ReportBook`; the caller's ``reports`` polls that book). The
+N-ACTION's Transaction UID is in the report (``transaction_uid``), so the caller can
+match a report that comes in after the wait ended.
 
 Nothing here retries or records: the caller (``delivery.dicomsend``) owns that. The
 AE is built by an injectable factory, as in :mod:`scp.pacs`; the real thing is tested
@@ -123,8 +126,9 @@ class StoreReport:
     ``not-offered`` (the peer refused the SOP class), ``none-to-ask`` (nothing
     acknowledged), ``refused`` (the N-ACTION failed: ``commitment_status``),
     ``no-report`` (no N-EVENT-REPORT in time) or ``reported`` (``committed`` and
-    ``commit_failed`` hold the answer). ``error``/``permanent`` are set by
-    :func:`attempt` when the association failed.
+    ``commit_failed`` hold the answer). ``transaction_uid`` is the N-ACTION's ("" when
+    none was sent). ``error``/``permanent`` are set by :func:`attempt` when the
+    association failed.
     """
 
     statuses: dict[str, int | None] = field(default_factory=dict)
@@ -133,6 +137,7 @@ class StoreReport:
     commitment_status: int | None = None
     committed: frozenset[str] = frozenset()
     commit_failed: dict[str, int] = field(default_factory=dict)
+    transaction_uid: str = ""
     error: str = ""
     permanent: bool = False
 
@@ -224,7 +229,8 @@ def send_instances(
 
     ``commit_also`` are instances acknowledged earlier whose commitment is still
     missing (they are named in the N-ACTION, not sent). ``reports`` is where a report
-    on another association arrives (the node's); without it, only a report on this
+    on another association arrives (the node's, reading its
+    :class:`~scp.commitment.ReportBook`); without it, only a report on this
     association is seen. Raises :class:`PeerUnreachable`, :class:`AssociationRejected`,
     :class:`PeerAborted` (each with the partial report), or :class:`StoreScuError`
     (permanent) when the instances need more presentation contexts than one
@@ -352,6 +358,7 @@ def _commit(
         ref.ReferencedSOPInstanceUID = item.sop_instance_uid
         request.ReferencedSOPSequence.append(ref)
     wait = reports.expect(transaction)
+    report.transaction_uid = transaction
     status, _reply = assoc.send_n_action(
         request, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
     )

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from store.claims import serialized
 from store.errors import DatabaseUnavailable
 from store.settings import StoreSettings
 
@@ -151,11 +152,15 @@ def make_sessions(engine: Engine) -> sessionmaker[Session]:
 
 
 def migrate(engine: Engine) -> None:
-    """Apply every Alembic migration up to head (idempotent, run at start-up)."""
+    """Apply every Alembic migration up to head (idempotent, run at start-up).
+
+    On PostgreSQL the upgrade waits for an advisory lock held until its transaction
+    commits, so nodes starting together migrate one after the other (the second finds
+    the schema at head and does nothing)."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     try:
-        with engine.begin() as conn:
+        with engine.begin() as conn, serialized(conn, "migrations"):
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except (OperationalError, DBAPIError) as exc:

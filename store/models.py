@@ -583,6 +583,9 @@ class DicomSend(Base):
     status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     commitment: Mapped[str] = mapped_column(String(16), default="")
+    # The Transaction UID of the last N-ACTION that named this instance ("" if none):
+    # how a storage commitment report that came in late finds its rows.
+    transaction_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
 
 
 class DiscWhy(enum.StrEnum):
@@ -634,3 +637,30 @@ class DiscJob(Base):
     burned_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     cancelled_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class CommitmentReport(Base):
+    """A storage commitment report (N-EVENT-REPORT, PS3.4 J.3.3) that a peer sent to
+    Courier's main SCP on an association of its own, as it arrived: the Transaction UID,
+    the Event Type ID, the SOP Instance UIDs committed (``committed``: a JSON list) and
+    those not, with their Failure Reason (``failed``: a JSON object UID → reason).
+
+    Written by whichever receiving process took the association, before it answers;
+    read by the sender that waits for that Transaction UID (``delivery.dicomsend``).
+    ``applied_at`` is set once the sender recorded it on its
+    :class:`DicomSend` rows; a report for a Transaction UID Courier never sent (or one
+    whose request moved on) stays unapplied, as a record. No patient data: UIDs, AE
+    title, address and counts only.
+    """
+
+    __tablename__ = "commitment_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    transaction_uid: Mapped[str] = mapped_column(String(64), index=True)
+    event_type: Mapped[int] = mapped_column(Integer)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    peer_host: Mapped[str] = mapped_column(String(64), default="")
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    committed: Mapped[str] = mapped_column(Text, default="[]")
+    failed: Mapped[str] = mapped_column(Text, default="{}")
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -277,3 +277,42 @@ def node_factory(tmp_path: Path) -> Iterator[Any]:
 
 
 __all__ = ["free_port", "have_dcmtk", "have_orthanc", "need"]
+
+
+def start_shared_node(
+    tmp: Path,
+    db: Database,
+    data_dir: Path,
+    name: str,
+    *,
+    role: str = "all",
+    extra_scp: str = "",
+    extra: str = "",
+) -> NodeProcess:
+    """Start ``courier serve --role ROLE`` as node ``name``, sharing ``db`` (its schema)
+    and ``data_dir`` with the other nodes started so; its config and log are under
+    ``tmp/name``. Waits for C-ECHO when the role receives."""
+    home = tmp / name
+    home.mkdir(parents=True, exist_ok=True)
+    port, web_port = free_port(), free_port()
+    config = home / "node.yaml"
+    write_config(config, data_dir, port, db, extra_scp, extra, web_port)
+    text_ = config.read_text().replace("node:\n", f"node:\n  name: {name}\n", 1)
+    config.write_text(text_)
+    full_env = dict(os.environ)
+    url = db.url
+    if db.schema:
+        url = f"{db.url}?options=-csearch_path%3D{db.schema}"
+    full_env["COURIER_TEST_DB_URL"] = url
+    log = home / "node.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [str(COURIER), "serve", "--role", role, "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+    node = NodeProcess(proc, config, data_dir, port, log, full_env, web_port)
+    if role in ("all", "scp"):
+        wait_for_echo(port, proc)
+    return node
