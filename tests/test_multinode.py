@@ -82,8 +82,7 @@ def _deliver(node: NodeProcess) -> subprocess.Popen[str]:
 
 @pytest.fixture
 def two_nodes(db: Database, tmp_path: Path) -> Any:
-    if db.kind != "postgresql":
-        pytest.skip("several nodes need a shared PostgreSQL database; SQLite is one node")
+    assert db.kind == "postgresql"  # several nodes share PostgreSQL; SQLite is one node
     (tmp_path / "rules.yaml").write_text(RULES)
     shared = tmp_path / "shared-data"
     nodes: list[NodeProcess] = []
@@ -105,6 +104,7 @@ def two_nodes(db: Database, tmp_path: Path) -> Any:
             n.stop()
 
 
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # PostgreSQL only
 def test_two_nodes_receive_and_deliver_each_request_once(
     two_nodes: list[NodeProcess], db: Database, tmp_path: Path
 ) -> None:
