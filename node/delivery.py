@@ -42,9 +42,13 @@ from delivery.package import PackageItem
 from delivery.relay import Relay, RetryPolicy
 from delivery.schedule import DeliveryScheduler
 from node.config import Config
+from node.pulls import PullQueue, Wanted
 from portal.context import PortalContext
+from portal.staff_studies import PacsLookupFailed, PacsStudy
 from release.requests import RequestBook
 from scp.commitment import CommitmentReports, ReportBook
+from scp.pacs import PacsError, find_studies
+from scp.pacs_settings import PacsSettings
 from scp.storescu import ScuSettings, attempt
 from store.catalog import guarded
 from store.claims import turn
@@ -204,7 +208,9 @@ class DeliveryService:
         return sent
 
     def portal_context(self) -> PortalContext:
-        """What the portal's pages need, sharing this service's keys and outbox."""
+        """What the portal's pages need, sharing this service's keys and outbox; with a
+        ``pacs:`` section, the New request page's C-FIND and pull queue too."""
+        pacs = self.cfg.pacs
         return PortalContext(
             sessions=self._sessions,
             keys=self.keys,
@@ -215,6 +221,9 @@ class DeliveryService:
             hospital=self.cfg.email.from_name or self.cfg.node.name,
             clock=self._clock,
             content=self._content,
+            pacs_find=None if pacs is None else _pacs_find(pacs),
+            queue_pulls=None if pacs is None else _queue_pulls(self._sessions, pacs, self._clock),
+            pacs_timeout_s=60.0 if pacs is None else _pacs_wait_s(pacs),
         )
 
     # -- sweeps -------------------------------------------------------------------------
@@ -237,6 +246,44 @@ class DeliveryService:
     def overdue_alert(self, s: Session, req: ReleaseRequest) -> None:
         """Matcher hook: queue the overdue alert in the transaction of the move."""
         self.outbox.alert(s, "overdue", reference=req.reference, request_id=req.id)
+
+
+def _pacs_find(settings: PacsSettings) -> Callable[[str], list[PacsStudy]]:
+    """The portal's view of :func:`scp.pacs.find_studies` (its errors as the portal's)."""
+
+    def find(patient_id: str) -> list[PacsStudy]:
+        try:
+            hits = find_studies(settings, patient_id)
+        except PacsError as exc:
+            raise PacsLookupFailed(str(exc)) from None
+        except ValueError as exc:  # wildcards or backslashes in the Patient ID
+            raise PacsLookupFailed(f"Patient ID: {exc}") from None
+        return [
+            PacsStudy(
+                h.study_uid, h.study_date, h.description, h.modalities, h.accession, h.instances
+            )
+            for h in hits
+        ]
+
+    return find
+
+
+def _pacs_wait_s(settings: PacsSettings) -> float:
+    """The longest a page waits for a C-FIND: the TCP connect, the association, then the
+    answers (pynetdicom bounds each of these on its own; this bounds the whole)."""
+    return 2 * settings.connect_timeout_s + settings.find_timeout_s
+
+
+def _queue_pulls(
+    sessions: sessionmaker[Session], settings: PacsSettings, clock: Callable[[], datetime]
+) -> Callable[[int, list[tuple[str, int | None]]], int]:
+    """Queue a request's pulls as ``request create --pull`` does (:meth:`PullQueue.enqueue`)."""
+    queue = PullQueue(sessions, settings, clock=clock)
+
+    def queue_pulls(request_id: int, studies: list[tuple[str, int | None]]) -> int:
+        return queue.enqueue(request_id, [Wanted(uid, n) for uid, n in studies])
+
+    return queue_pulls
 
 
 def pending_references(sessions: sessionmaker[Session], state: str) -> list[str]:

@@ -6,6 +6,12 @@ stream packages from ``package_dir``. With the content store (``content``), a re
 studies can also be downloaded one by one (see :mod:`portal.studyzip`); without it,
 only the package is offered. The clock and the rate limiter are injected so tests
 control time and limits.
+
+With a PACS, the New request page also lists the patient's studies on it
+(``pacs_find``, a C-FIND waited for at most ``pacs_timeout_s``) and a request made
+with some of them queues their pulls (``queue_pulls(request_id, [(study_uid,
+expected_instances), ...])``, idempotent, returns how many were new). Both are None
+without a ``pacs:`` section, and the page then offers no PACS.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from delivery.outbox import Outbox
 from delivery.settings import DeliverySettings
 from portal.ratelimit import RateLimiter
 from portal.settings import PortalSettings
+from portal.staff_studies import PacsFind
 from release.requests import RequestBook
 from store.content import ContentStore
 from store.models import utcnow
@@ -41,6 +48,9 @@ class PortalContext:
     clock: Callable[[], datetime] = utcnow
     limiter: RateLimiter = field(default_factory=RateLimiter)
     content: ContentStore | None = None  # the stored instances (per-study downloads)
+    pacs_find: PacsFind | None = None  # the patient's studies on the PACS (C-FIND)
+    queue_pulls: Callable[[int, list[tuple[str, int | None]]], int] | None = None
+    pacs_timeout_s: float = 60.0  # the longest a page waits for pacs_find
 
     @property
     def book(self) -> RequestBook:

@@ -7,11 +7,22 @@ Patient ID lists the :class:`~store.models.Study` rows; a ticked study is select
 its Study Instance UID), or typed as accession numbers / UIDs for studies still to
 come, or left to arrive tagged with the request's reference. Each form carries a fresh
 idempotency key, so a double click or a re-post stores one request.
+
+With a PACS (``PortalContext.pacs_find``), "find here and on the PACS" also lists the
+patient's studies on the PACS; a ticked one is pulled, as ``courier request create
+--pull`` does: at submit the PACS is asked again (C-FIND for the form's Patient ID), a
+ticked UID it does not hold for that patient is refused, and the others are selected
+by Study UID with the PACS's instance counts as ``expected_instances``; once the
+request is stored, their pulls are queued (``PortalContext.queue_pulls``). Asking
+again rather than trusting the posted list keeps the check and the counts fresh and
+needs no signed state in the form. A PACS that cannot be asked is shown on the page
+with what to fix (503, nothing written), never a 500.
 """
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -26,7 +37,13 @@ from portal.staff_auth import CheckedForm, SignedIn, Staff
 from portal.staff_choices import choices
 from portal.staff_dashboard import LIST_LIMIT, request_lines
 from portal.staff_story import story
-from portal.staff_studies import patient_of, studies_of_patient
+from portal.staff_studies import (
+    PacsLookupFailed,
+    PacsStudy,
+    patient_of,
+    studies_of_patient,
+    studies_on_pacs,
+)
 from release.errors import RequestConflict, RequestNotFound
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
 from store.catalog import guarded
@@ -131,6 +148,22 @@ def _sane_patient_id(text: str) -> str:
     return text if 0 < len(text) <= 64 and text.isprintable() else ""
 
 
+@dataclass(frozen=True)
+class PacsListing:
+    """What the PACS answered for one Patient ID: its studies, or why it could not."""
+
+    studies: list[PacsStudy]
+    error: str = ""
+
+
+def _pacs_listing(ctx: PortalContext, patient_id: str) -> PacsListing:
+    assert ctx.pacs_find is not None
+    try:
+        return PacsListing(studies_on_pacs(ctx.pacs_find, patient_id, ctx.pacs_timeout_s))
+    except PacsLookupFailed as exc:
+        return PacsListing([], str(exc))
+
+
 def _form_page(
     request: Request,
     ctx: PortalContext,
@@ -139,9 +172,12 @@ def _form_page(
     errors: dict[str, list[str]],
     general: list[str],
     status: int = 200,
+    pacs: PacsListing | None = None,
 ) -> HTMLResponse:
     found = _sane_patient_id(str(values.get("find") or values.get("patient_id") or ""))
     studies = []
+    if pacs is None and found and ctx.pacs_find is not None and values.get("pacs_listed"):
+        pacs = _pacs_listing(ctx, found)
     if found:
         with guarded(ctx.sessions) as s:
             studies = studies_of_patient(s, found)
@@ -159,6 +195,8 @@ def _form_page(
         general=general,
         studies=studies,
         searched=found,
+        pacs_offered=ctx.pacs_find is not None,
+        pacs=pacs if found else None,
         languages_supported=SUPPORTED_LANGUAGES,
         urgencies=[str(u) for u in Urgency],
         field_ids=FIELD_IDS,
@@ -167,7 +205,8 @@ def _form_page(
 
 @router.get("/requests/new", response_class=HTMLResponse)
 def new_request(request: Request, staff: SignedIn) -> Response:
-    """The new-request form; ``?patient_id=`` lists that patient's received studies."""
+    """The new-request form; ``?patient_id=`` lists that patient's received studies,
+    and with ``&pacs=1`` also those on the PACS."""
     ctx = context_of(request)
     find = request.query_params.get("patient_id", "")
     values: dict[str, Any] = {
@@ -179,6 +218,8 @@ def new_request(request: Request, staff: SignedIn) -> Response:
         "link_days": str(ctx.delivery.link_days),
         "form_key": _form_key(),
         "study": [],
+        "pacs_study": [],
+        "pacs_listed": "1" if request.query_params.get("pacs") == "1" else "",
     }
     return _form_page(request, ctx, staff, values, {}, [])
 
@@ -191,13 +232,25 @@ def _lines(text: str) -> list[str]:
     return [x.strip() for x in text.splitlines() if x.strip()]
 
 
-def draft_data(form: Form, staff: Staff) -> tuple[dict[str, Any], list[str]]:
-    """The draft as the form gives it, and what each selection entry came from."""
-    selection: list[dict[str, str]] = []
+def draft_data(
+    form: Form, staff: Staff, counts: dict[str, int | None] | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """The draft as the form gives it, and what each selection entry came from.
+
+    ``counts``: the instance counts the PACS gave for the ticked studies to pull (their
+    ``expected_instances``); None before the PACS was asked.
+    """
+    selection: list[dict[str, Any]] = []
     sources: list[str] = []
     for uid in form.getlist("study"):
         selection.append({"kind": "study_uid", "value": uid})
         sources.append("ticked study")
+    for uid in _pulled(form):
+        entry: dict[str, Any] = {"kind": "study_uid", "value": uid}
+        if counts is not None:
+            entry["expected_instances"] = counts.get(uid)
+        selection.append(entry)
+        sources.append("study on the PACS")
     for acc in _lines(form.get("accessions")):
         selection.append({"kind": "accession", "value": acc})
         sources.append("accession number")
@@ -225,6 +278,11 @@ def draft_data(form: Form, staff: Staff) -> tuple[dict[str, Any], list[str]]:
     return data, sources
 
 
+def _pulled(form: Form) -> list[str]:
+    """The ticked studies on the PACS, each once, in order."""
+    return list(dict.fromkeys(form.getlist("pacs_study")))
+
+
 # Draft fields → the form field that holds what was typed for them.
 _TYPED = {"second_channel": "second_value"}
 
@@ -232,7 +290,7 @@ _TYPED = {"second_channel": "second_value"}
 def place_errors(
     problems: list[dict[str, str]],
     sources: list[str],
-    selection: list[dict[str, str]],
+    selection: list[dict[str, Any]],
     form: Form,
 ) -> tuple[dict[str, list[str]], list[str]]:
     """Problems by form control id, and those that belong to no one field. A field left
@@ -272,29 +330,63 @@ _KEPT = (
     "link_days",
     "note",
     "form_key",
+    "pacs_listed",
 )
 
 
 @router.post("/requests/new", response_class=HTMLResponse)
 def create_request(form: CheckedForm, request: Request, staff: SignedIn) -> Response:
     """Validate and store; 303 to the new request, or the form again with its errors
-    (422, nothing written)."""
+    (422, nothing written; 503 when the PACS could not be asked about the studies to
+    pull). Studies to pull have their pulls queued once the request is stored."""
     ctx = context_of(request)
     data, sources = draft_data(form, staff)
     values: dict[str, Any] = {k: form.get(k) for k in _KEPT}
     values["study"] = form.getlist("study")
+    values["pacs_study"] = pulled = _pulled(form)
     values["form_key"] = values["form_key"] or _form_key()
+    if pulled:
+        values["pacs_listed"] = "1"
     try:
         draft = RequestDraft.model_validate(data)
     except ValidationError as exc:
         errors, general = place_errors(validation_errors(exc), sources, data["selection"], form)
         return _form_page(request, ctx, staff, values, errors, general, 422)
+    wanted: list[tuple[str, int | None]] = []
+    if pulled:
+        if ctx.pacs_find is None or ctx.queue_pulls is None:
+            problem = "This node has no PACS to pull from; name the studies to wait for instead."
+            return _form_page(request, ctx, staff, values, {"studies": [problem]}, [], 422)
+        pacs = _pacs_listing(ctx, draft.patient_id)
+        if pacs.error:
+            problem = "The PACS could not be asked about the studies to pull (see below)."
+            return _form_page(request, ctx, staff, values, {"studies": [problem]}, [], 503, pacs)
+        counts = {h.study_uid: h.instances or None for h in pacs.studies}
+        missing = [uid for uid in pulled if uid not in counts]
+        if missing:
+            problems = [
+                f"study on the PACS {uid[:64]!r}: the PACS holds no such study for Patient "
+                f"ID {draft.patient_id}; find the patient's studies again"
+                for uid in missing
+            ]
+            return _form_page(request, ctx, staff, values, {"studies": problems}, [], 422, pacs)
+        data, sources = draft_data(form, staff, counts)
+        try:
+            draft = RequestDraft.model_validate(data)
+        except ValidationError as exc:
+            errors, general = place_errors(validation_errors(exc), sources, data["selection"], form)
+            return _form_page(request, ctx, staff, values, errors, general, 422, pacs)
+        wanted = [(uid, counts[uid]) for uid in pulled]
     try:
         req, _created = ctx.book.submit(draft, staff.actor)
     except RequestConflict:
         general = ["This form was already used for another request; start a new one."]
         values["form_key"] = _form_key()
         return _form_page(request, ctx, staff, values, {}, general, 409)
+    if wanted and ctx.queue_pulls is not None:
+        # After the request's own transaction, as the CLI does: the same form posted
+        # again (same idempotency key) queues whatever a crash in between left out.
+        ctx.queue_pulls(req.id, wanted)
     return RedirectResponse(f"/staff/requests/{req.reference}?done=created", 303)
 
 
