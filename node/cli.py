@@ -35,6 +35,7 @@ from node.output import (
 )
 from node.status import read_status, status_text
 from portal.apikeys import hash_api_key, new_api_key
+from scp.tls import TlsSetupError, server_context
 from store.catalog import guarded
 from store.errors import StoreError
 from store.models import (
@@ -126,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"courier: invalid configuration:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "check-config":
+        try:  # the TLS files, read as `courier serve` will (it refuses to start otherwise)
+            server_context(cfg.scp, cfg.data_dir)
+        except TlsSetupError as exc:
+            print(f"courier: invalid configuration:\n{cfg.source}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         return print_result(args, {"ok": True, "config": str(cfg.source)}, f"{cfg.source}: OK")
     try:
         if args.command == "serve":

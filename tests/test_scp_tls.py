@@ -28,7 +28,7 @@ from scp.tls import TlsSetupError, server_context
 from store.catalog import Catalog
 from store.content import ContentStore
 from tests import synthetic
-from tests.conftest import COURIER, Database, echo_ok, free_port, have_dcmtk, need
+from tests.conftest import COURIER, Database, echo_ok, free_port, have_dcmtk, need, write_config
 from tests.scu import close_socket, dataset_bytes, send, storescu
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -354,7 +354,6 @@ def test_node_with_two_workers_serves_tls(node_factory: Any, tmp_path: Path, pki
 
 
 def test_node_refuses_to_start_with_an_unreadable_key(tmp_path: Path, pki: Pki) -> None:
-    from tests.conftest import write_config
 
     config = tmp_path / "node.yaml"
     yaml = f"tls_port: {free_port()}\ntls_cert_file: {pki.cert}\ntls_key_file: tls/absent.key\n"
@@ -367,3 +366,18 @@ def test_node_refuses_to_start_with_an_unreadable_key(tmp_path: Path, pki: Pki) 
     )
     assert out.returncode != 0
     assert "scp.tls_key_file: cannot read" in out.stderr and "absent.key" in out.stderr
+
+
+def test_check_config_reads_the_tls_files(
+    tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.cli import main
+
+    good = tmp_path / "good.yaml"
+    write_config(good, tmp_path / "d", free_port(), extra_scp=_tls_yaml(pki, free_port()))
+    assert main(["check-config", "--config", str(good)]) == 0
+    bad = tmp_path / "bad.yaml"
+    missing = f"tls_port: {free_port()}\ntls_cert_file: {pki.cert}\ntls_key_file: gone.pem\n"
+    write_config(bad, tmp_path / "d", free_port(), extra_scp=missing)
+    assert main(["check-config", "--config", str(bad)]) == 2
+    assert "scp.tls_key_file: cannot read" in capsys.readouterr().err
