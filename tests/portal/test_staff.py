@@ -118,8 +118,9 @@ def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(passwords, "PARAMS", ScryptParams(n=16, r=1, p=1))
 
 
-@pytest.fixture
-def site(db: Database, tmp_path: Path) -> Iterator[Site]:
+def open_site(db: Database, tmp_path: Path, **context: Any) -> Iterator[Site]:
+    """The staff pages over a fresh context (extra ``context`` fields, e.g. the PACS
+    callables) with the user alice; not signed in."""
     clock = Clock()
     ctx = PortalContext(
         sessions=db.sessions,
@@ -131,12 +132,18 @@ def site(db: Database, tmp_path: Path) -> Iterator[Site]:
         hospital="St Example",
         clock=clock,
         limiter=RateLimiter(clock=clock.monotonic),
+        **context,
     )
     app = create_app(db.sessions, [], clock=clock, portal=ctx)
     with TestClient(app, base_url="https://testserver") as client:
         s = Site(client, db, clock, ctx)
         s.add_user("alice")
         yield s
+
+
+@pytest.fixture
+def site(db: Database, tmp_path: Path) -> Iterator[Site]:
+    yield from open_site(db, tmp_path)
 
 
 @pytest.fixture

@@ -19,24 +19,19 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from delivery.grants import GrantKeys
-from delivery.outbox import Outbox
-from delivery.settings import DeliverySettings
 from node.config import load_config
 from node.delivery import DeliveryService
 from portal import passwords
 from portal.api import create_app
-from portal.context import PortalContext
 from portal.passwords import ScryptParams
-from portal.ratelimit import RateLimiter
-from portal.settings import PortalSettings
 from portal.staff_studies import PacsLookupFailed, PacsStudy
 from release.requests import RequestBook
 from store.content import ContentStore
 from store.models import Pull, ReleaseRequest, RequestEvent
 from tests.conftest import Database, have_orthanc, need
 from tests.peers import Orthanc, free_port
-from tests.portal.test_staff import RATE, Clock, Site, count, draft
+from tests.portal.test_staff import Clock, Site, count, draft
+from tests.portal.test_staff import open_site as staff_site
 from tests.scp.pacs_peers import N_INSTANCES, PATIENT, pacs_study
 
 UID_CT = "1.2.826.0.1.3680043.10.201"
@@ -76,23 +71,7 @@ def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def open_site(db: Database, tmp_path: Path, **pacs: Any) -> Iterator[Site]:
-    clock = Clock()
-    ctx = PortalContext(
-        sessions=db.sessions,
-        keys=GrantKeys(b"k" * 32),
-        outbox=Outbox(clock=clock),
-        delivery=DeliverySettings(),
-        portal=PortalSettings(rate_limit_per_min=RATE, session_idle_min=30),
-        package_dir=tmp_path / "packages",
-        hospital="St Example",
-        clock=clock,
-        limiter=RateLimiter(clock=clock.monotonic),
-        **pacs,
-    )
-    app = create_app(db.sessions, [], clock=clock, portal=ctx)
-    with TestClient(app, base_url="https://testserver") as client:
-        site = Site(client, db, clock, ctx)
-        site.add_user("alice")
+    for site in staff_site(db, tmp_path, **pacs):
         assert site.login().status_code == 303
         yield site
 
