@@ -14,19 +14,17 @@ role SQLite allows) is all three. Work is claimed row by row (:mod:`store.claims
 periodic sweeps run on one worker at a time (an advisory lock per round: whichever node
 gets there first). Migrations wait for an advisory lock; packaging interrupted by a dead
 node is recovered by any live worker (see :meth:`delivery.batch.DeliveryBatch.recover`);
-the spool sweep at start deletes only files older than :data:`SPOOL_STALE_S` when other
-nodes may be receiving into the same spool.
+with a shared database each node receives into its own ``spool/<node.name>`` and sweeps
+only that at start.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -68,6 +66,9 @@ log = logging.getLogger("courier.node")
 #: Prometheus counters of every process of the node, under node.data_dir (cleared at start).
 METRICS_DIR = "metrics"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
+Role = Literal["all", "scp", "web", "worker"]
+#: What each role runs (``courier serve --role``).
+ROLES: tuple[Role, ...] = get_args(Role)
 
 
 def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
@@ -87,33 +88,6 @@ def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-Role = Literal["all", "scp", "web", "worker"]
-#: What each role runs (``courier serve --role``).
-ROLES: tuple[Role, ...] = get_args(Role)
-#: With other nodes receiving into the same spool, the start-up sweep deletes only files
-#: untouched this long: a receive in progress writes its file at every PDU, and an
-#: association idle for longer has timed out (scp.network_timeout_s) and freed its file.
-SPOOL_STALE_S = 3600.0
-
-
-class SharedSpoolContent(ContentStore):
-    """A content store shared with live nodes: the spool sweep spares recent files."""
-
-    def sweep_spool(self) -> int:
-        """Delete spool files older than :data:`SPOOL_STALE_S` (another node's receive
-        in progress is newer); returns how many."""
-        cutoff = time.time() - SPOOL_STALE_S
-        count = 0
-        if not self.spool.is_dir():
-            return 0
-        for entry in self.spool.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                if entry.is_file() and entry.stat().st_mtime < cutoff:
-                    entry.unlink(missing_ok=True)
-                    count += 1
-        return count
 
 
 def store_url(cfg: Config) -> str:
@@ -137,6 +111,13 @@ def metrics_dir(cfg: Config, url: str) -> Path:
     return base / cfg.node.name if shared_database(url) else base
 
 
+def node_content(cfg: Config, url: str) -> ContentStore:
+    """This node's content store: with a shared database (several nodes may share the
+    data directory) its spool is ``spool/<node.name>``, so the start-up sweep removes
+    this node's leftovers and never another node's receive in progress."""
+    return ContentStore(cfg.data_dir, cfg.node.name if shared_database(url) else None)
+
+
 def open_store(cfg: Config) -> tuple[Engine, sessionmaker[Session], ContentStore]:
     """Engine (migrated), session factory and content store for ``cfg``."""
     url = store_url(cfg)
@@ -144,8 +125,7 @@ def open_store(cfg: Config) -> tuple[Engine, sessionmaker[Session], ContentStore
         url, busy_timeout_s=cfg.store.busy_timeout_s, pool_size=cfg.store.pool_size
     )
     migrate(engine)
-    shared = shared_database(url)
-    content = SharedSpoolContent(cfg.data_dir) if shared else ContentStore(cfg.data_dir)
+    content = node_content(cfg, url)
     content.prepare()
     return engine, make_sessions(engine), content
 
@@ -366,7 +346,7 @@ def _worker_main(config_path: str) -> None:
     engine = make_engine(
         url, busy_timeout_s=cfg.store.busy_timeout_s, pool_size=cfg.store.pool_size
     )
-    content = ContentStore(cfg.data_dir)
+    content = node_content(cfg, url)
     server, rulebook = _start_receiver(cfg, make_sessions(engine), content, workers=cfg.scp.workers)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

@@ -281,6 +281,10 @@ async def _verify(channel: Any, timeout_s: float) -> None:
         await asyncio.wait_for(channel.verify(), timeout_s)
     finally:
         await channel.aclose()
+        # A refused TLS login leaves aiosmtplib's socket closing until the server's
+        # close_notify comes back: give it a moment on this loop, or asyncio.run ends
+        # first and the transport is collected still "closing" (a ResourceWarning).
+        await asyncio.sleep(0.25)
 
 
 def check_pacs(cfg: Config, timeout_s: float) -> Finding:

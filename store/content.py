@@ -72,11 +72,17 @@ def _disk_full(exc: OSError) -> bool:
 class ContentStore:
     """Files under one root; every method names paths relative to it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, spool_name: str | None = None) -> None:
+        """``spool_name``: this node's own spool folder under ``spool/`` (nodes sharing
+        the data directory each sweep only their own at start); None: ``spool/`` itself."""
         self.root = root
         self.instances = root / "instances"
         self.conflicts = root / "conflicts"
         self.spool = root / "spool"
+        if spool_name is not None:
+            if spool_name in ("", ".", "..") or "/" in spool_name or "\\" in spool_name:
+                raise ValueError(f"not a folder name for a spool: {spool_name!r}")
+            self.spool = self.spool / spool_name
 
     def prepare(self) -> None:
         """Create the folders (idempotent)."""

@@ -223,7 +223,23 @@ def start_node(
     node = NodeProcess(proc, config, data_dir, port, log, full_env, web_port)
     if wait:
         wait_for_echo(port, proc)
+        wait_for_port(web_port, proc)
     return node
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], rounds: int = 200) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:``port`` (the node's web
+    app starts on a thread of its own, after the DICOM side may already answer)."""
+    import socket
+
+    for _ in range(rounds):  # bounded: rounds x 50 ms
+        if proc.poll() is not None:
+            return  # it died: the test's own checks will say why
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
 
 
 def echo_ok(port: int, calling: str = "ECHOSCU", called: str = "COURIER") -> bool:

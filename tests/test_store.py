@@ -141,3 +141,14 @@ def test_two_sweepers_record_each_transition_once(db: Database) -> None:
     a = StabilitySweep(db.sessions, 60, clock)
     b = StabilitySweep(db.sessions, 60, clock)
     assert a.run() + b.run() == ["1.2.3"]
+
+
+def test_a_node_may_have_a_spool_of_its_own(tmp_path: Path) -> None:
+    """Nodes sharing a data directory each receive into spool/<node.name>."""
+    content = ContentStore(tmp_path, "node-a")
+    content.prepare()
+    assert content.spool == tmp_path / "spool" / "node-a" and content.spool.is_dir()
+    assert ContentStore(tmp_path).spool == tmp_path / "spool"
+    for bad in ("", ".", "..", "a/b"):
+        with pytest.raises(ValueError, match="spool"):
+            ContentStore(tmp_path, bad)
