@@ -11,50 +11,24 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from delivery.grants import GrantKeys
-from delivery.outbox import Outbox
-from delivery.settings import DeliverySettings
-from portal.api import create_app
-from portal.context import PortalContext
-from portal.ratelimit import RateLimiter
-from portal.settings import PortalSettings
 from release.requests import RequestBook
 from store.content import ContentStore
 from store.models import AuditEvent, DiscJob, ReleaseRequest, RequestState, RequestStudy, Study
 from tests import synthetic
 from tests.conftest import Database
 from tests.delivery.test_disc import store
-from tests.portal.test_staff import Clock, Site, make_request
+from tests.portal.test_staff import Site, make_request, open_site
 from tests.portal.test_staff import cheap_hashes as cheap_hashes  # autouse fixture
-
-RATE = 8
 
 
 @pytest.fixture
 def site(db: Database, tmp_path: Path) -> Iterator[Site]:
     """The staff site with a content store under ``tmp_path/data``; alice signed in."""
-    clock = Clock()
     content = ContentStore(tmp_path / "data")
     content.prepare()
-    ctx = PortalContext(
-        sessions=db.sessions,
-        keys=GrantKeys(b"k" * 32),
-        outbox=Outbox(clock=clock),
-        delivery=DeliverySettings(),
-        portal=PortalSettings(rate_limit_per_min=RATE, session_idle_min=30),
-        package_dir=tmp_path / "packages",
-        hospital="St Example",
-        clock=clock,
-        limiter=RateLimiter(clock=clock.monotonic),
-        content=content,
-    )
-    app = create_app(db.sessions, [], clock=clock, portal=ctx)
-    with TestClient(app, base_url="https://testserver") as client:
-        s = Site(client, db, clock, ctx)
-        s.add_user("alice")
+    for s in open_site(db, tmp_path, content=content):
         assert s.login().status_code == 303
         yield s
 
