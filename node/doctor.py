@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
@@ -36,7 +35,7 @@ from delivery.errors import ChannelAuthError, ChannelSetupError, DeliveryError
 from node.config import Config, ConfigError, load_config
 from node.output import EXIT_NOT_FOUND, EXIT_OK, print_result
 from scp import pacs
-from store.db import MIGRATIONS, database_url, make_engine
+from store.db import alembic_config, database_url, make_engine
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -85,7 +84,7 @@ def check_database(cfg: Config, timeout_s: float) -> Finding:
         url = database_url(cfg.store, cfg.data_dir, base)
     except (ValueError, OSError) as exc:
         return Finding("database", "fail", str(exc), "fix store.database_url* in node.yaml")
-    script = ScriptDirectory.from_config(_alembic_config())
+    script = ScriptDirectory.from_config(alembic_config())
     head = script.get_current_head()
     sqlite_file = make_url(url).database if url.startswith("sqlite") else None
     if sqlite_file and sqlite_file != ":memory:" and not Path(sqlite_file).exists():
@@ -120,12 +119,6 @@ def check_database(cfg: Config, timeout_s: float) -> Finding:
             "`courier serve` migrates it at start; back the database up first",
         )
     return Finding("database", "ok", f"{kind}: schema at {head}")
-
-
-def _alembic_config() -> AlembicConfig:
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    return cfg
 
 
 def check_disk(cfg: Config, timeout_s: float) -> Finding:

@@ -151,14 +151,20 @@ def make_sessions(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def alembic_config() -> AlembicConfig:
+    """Alembic's configuration for our migrations (``store/migrations``)."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
 def migrate(engine: Engine) -> None:
     """Apply every Alembic migration up to head (idempotent, run at start-up).
 
     On PostgreSQL the upgrade waits for an advisory lock held until its transaction
     commits, so nodes starting together migrate one after the other (the second finds
     the schema at head and does nothing)."""
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg = alembic_config()
     try:
         with engine.begin() as conn, serialized(conn, "migrations"):
             cfg.attributes["connection"] = conn
