@@ -45,6 +45,7 @@ from portal.grantsession import (
     LINK_MAX_AGE_S,
     SESSION_COOKIE,
     LiveGrant,
+    actor,
     audit,
     client_address,
     event_row,
@@ -274,13 +275,10 @@ def _open(
             grant_id=parent.id,
         )
     record(s, events)
-    audit_event(s, "login", actor=_who(grant), request=found.reference, detail="right code", at=now)
+    audit_event(
+        s, "login", actor=actor(grant), request=found.reference, detail="right code", at=now
+    )
     return True
-
-
-def _who(grant: Grant) -> str:
-    """The audit actor of a link's holder (``patient:grant-7``, ``clinician:grant-9``)."""
-    return f"{'clinician' if grant.purpose == 'forward' else 'patient'}:grant-{grant.id}"
 
 
 def _wrong(ctx: PortalContext, s: Session, found: LiveGrant, now: datetime) -> int | None:
@@ -314,7 +312,7 @@ def _wrong(ctx: PortalContext, s: Session, found: LiveGrant, now: datetime) -> i
         audit_event(
             s,
             "security-alert",
-            actor=_who(grant),
+            actor=actor(grant),
             outcome=Outcome.SERIOUS_FAILURE,
             request=found.reference,
             detail=reason,
@@ -324,7 +322,7 @@ def _wrong(ctx: PortalContext, s: Session, found: LiveGrant, now: datetime) -> i
     audit_event(
         s,
         "login",
-        actor=_who(grant),
+        actor=actor(grant),
         outcome=Outcome.MINOR_FAILURE,
         request=found.reference,
         detail=f"wrong code ({failed} today)",

@@ -34,6 +34,7 @@ from portal.filespage import part_path, previews, render_files
 from portal.forms import csrf_ok, read_form
 from portal.grantsession import (
     SESSION_COOKIE,
+    actor,
     audit,
     end_session,
     forbidden,
@@ -143,11 +144,10 @@ def _completed(ctx: PortalContext, grant_id: int, what: str) -> None:
         grant.downloads += 1
         audit(s, grant, f"downloaded {what} (download {grant.downloads})", now)
         req = s.get(ReleaseRequest, grant.request_id)
-        holder = "clinician" if grant.purpose == "forward" else "patient"
         audit_event(
             s,
             "export",
-            actor=f"{holder}:grant-{grant.id}",
+            actor=actor(grant),
             request=req.reference if req is not None else "",
             detail=f"downloaded {what}",
             at=now,
