@@ -6,6 +6,13 @@ usable link. Query strings, cookies, form bodies and client addresses are not lo
 (codes travel in form bodies; addresses are personal data). Logger
 ``courier.portal.access``, level INFO.
 
+Every logged value goes through :func:`visible` first: the path arrives percent-decoded,
+so ``GET /x%0aFORGED`` would otherwise write a second, forged line (and ``%1b`` a terminal
+escape). Control characters (C0, DEL, C1) and the Unicode line and paragraph separators
+are written as ``\\n``, ``\\r``, ``\\t`` or ``\\xNN``/``\\uNNNN``, and a backslash as
+``\\\\``, so a line is always one line and reads back unambiguously. The JSON format
+(``node.log_format: json``) writes the same escaped text inside a JSON string.
+
 Two ways to install it: :class:`LoggedRoute` as the ``route_class`` of a router (the
 patient pages use it, so their lines exist whatever the app wiring), or
 :class:`AccessLog` as an ASGI middleware around the whole app.
@@ -25,6 +32,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = logging.getLogger("courier.portal.access")
 
 _LINK = re.compile(r"^/d/([^/]*)")
+# C0 controls, DEL, C1 controls, and the line/paragraph separators some viewers break on.
+_CONTROL = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\\\]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group(0)
+    named = _NAMED.get(ch)
+    if named is not None:
+        return named
+    code = ord(ch)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def visible(value: str) -> str:
+    """``value`` with every control character (and the backslash) written as an escape:
+    safe to put on one log line."""
+    return _CONTROL.sub(_escape, value)
 
 
 def redact(path: str) -> str:
@@ -51,8 +76,8 @@ async def _logged(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> N
     finally:
         log.info(
             "%s %s %d %.1fms",
-            scope.get("method", ""),
-            redact(str(scope.get("path", ""))),
+            visible(str(scope.get("method", ""))),
+            visible(redact(str(scope.get("path", "")))),
             status or 500,
             (time.perf_counter() - started) * 1000,
         )

@@ -219,7 +219,9 @@ def create_app(
         summary="Release requests and received studies, for staff and the RIS",
         version="1",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        # No HTML docs: FastAPI's pages load an unpinned script from a public CDN on the
+        # origin where staff cookies live. Read /api/openapi.json with a local tool.
+        docs_url=None,
         redoc_url=None,
     )
     hashes = check_hashes(api_key_hashes)

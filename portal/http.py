@@ -81,9 +81,6 @@ class SecurityHeaders:
                     if scope.get("scheme") == "https"
                     else (SECURITY_HEADERS)
                 )
-                if scope.get("path") == "/api/docs":
-                    # Swagger UI loads its script and style from a CDN: no page data there.
-                    wanted = tuple(h for h in wanted if h[0] != b"content-security-policy")
                 extra = [(k, v) for k, v in wanted if k not in names]
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
