@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from delivery.errors import ChannelSetupError
+from release.phonepolicy import normalize_countries
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -210,12 +211,31 @@ class SmsSettings(BaseModel):
     timeout_s: float = Field(
         default=15.0, gt=0, le=120, description="Per HTTP request to Twilio (seconds)."
     )
+    allowed_countries: list[str] = Field(
+        default_factory=list,
+        description="ISO 3166 alpha-2 codes of the countries SMS may go to (e.g. [GB, "
+        "GG, JE, IM]); other numbers are refused when a patient shares with a clinician "
+        "and again before each SMS. Empty: any country.",
+    )
+    max_per_hour: int = Field(
+        default=500,
+        ge=0,
+        le=1_000_000,
+        description="Circuit breaker: at most this many SMS attempts in any hour, counted "
+        "in the database across nodes; beyond it SMS stay queued, staff are alerted once, "
+        "and sending resumes as the hour allows. 0: no limit.",
+    )
 
     @field_validator("auth_token")
     @classmethod
     def _no_token(cls, v: str | None) -> str | None:
         _refuse_literal("auth_token", v)
         return v
+
+    @field_validator("allowed_countries")
+    @classmethod
+    def _countries(cls, v: list[str]) -> list[str]:
+        return sorted(normalize_countries(v))
 
     @field_validator("api_base")
     @classmethod

@@ -28,7 +28,9 @@ from delivery.sms import gsm_safe
 
 DOMAIN = "messages"
 CODE_VALID_MINUTES = 10
-AlertKind = Literal["overdue", "failed", "locked", "rules_reload_failed", "disc"]
+AlertKind = Literal["overdue", "failed", "locked", "rules_reload_failed", "disc", "sms_breaker"]
+# Node-wide alerts: they name no request.
+_NODE_ALERTS = frozenset({"rules_reload_failed", "sms_breaker"})
 
 _CODE = re.compile(r"^[0-9]{6}$")
 _REFERENCE = re.compile(r"^[A-Z0-9][A-Z0-9-]{0,31}$")
@@ -228,10 +230,10 @@ def staff_alert(
     composed_at: datetime | None = None,
 ) -> OutgoingMessage:
     """A plain-text alert to ``delivery.staff_email``. Requests are named by their
-    reference only (``CR-…``); ``rules_reload_failed`` takes none."""
-    if kind != "rules_reload_failed" and (reference is None or not _REFERENCE.match(reference)):
+    reference only (``CR-…``); ``rules_reload_failed`` and ``sms_breaker`` take none."""
+    if kind not in _NODE_ALERTS and (reference is None or not _REFERENCE.match(reference)):
         raise ValueError("a request alert needs the request's reference (e.g. CR-7KQ4-M2XD-9)")
-    if kind == "rules_reload_failed":
+    if kind in _NODE_ALERTS:
         reference = None
     ctx = {"kind": kind, "reference": reference}
     return OutgoingMessage(

@@ -36,7 +36,9 @@ from delivery.channel import Channel, OutgoingMessage, Receipt
 from delivery.compose import ComposeError, Composer
 from delivery.errors import DeliveryError
 from delivery.outbox import Outbox
+from delivery.smsbreaker import SmsBreaker
 from release.errors import InvalidTransition
+from release.phonepolicy import PhonePolicy, PhoneRefused
 from release.requests import RequestBook
 from release.states import allowed
 from store.models import (
@@ -87,6 +89,8 @@ class Relay:
         rng: random.Random | None = None,
         concurrency: int = 8,
         lease_s: float = LEASE_S,
+        phones: PhonePolicy | None = None,
+        breaker: SmsBreaker | None = None,
     ) -> None:
         self._sessions = sessions
         self._outbox = outbox
@@ -98,6 +102,8 @@ class Relay:
         self._rng = rng or random.SystemRandom()
         self._limit = asyncio.Semaphore(concurrency)
         self._lease = lease_s
+        self._phones = phones or PhonePolicy()
+        self._breaker = breaker
 
     async def run_once(self, limit: int = 200) -> int:
         """One pass over the due rows; returns how many attempts ended in ``sent``."""
@@ -144,6 +150,8 @@ class Relay:
                 except ComposeError as exc:
                     self._finish(nid, None, exc.outcome, str(exc), permanent=exc.alert)
                     return False
+        if row.channel == "sms" and not self._sms_allowed(nid, message):
+            return False  # refused for good, or held by the breaker (no await before here)
         with self._sessions() as s:
             attempt = self._outbox.start_attempt(s, row, channel.name)
         try:
@@ -153,6 +161,30 @@ class Relay:
             return False
         self._sent(nid, attempt.id, receipt, "sent")
         return True
+
+    def _sms_allowed(self, nid: int, message: OutgoingMessage) -> bool:
+        """The SMS hook (:mod:`release.phonepolicy`, :mod:`delivery.smsbreaker`): a number
+        the policy refuses fails for good, as a refused number does (the backup email
+        takes the code); while the breaker holds, the row is queued again untouched."""
+        try:
+            self._phones.check(message.to)
+        except PhoneRefused as exc:
+            self._failed(nid, None, DeliveryError(f"number refused: {exc}", permanent=True))
+            return False
+        if self._breaker is None:
+            return True
+        with self._sessions() as s, s.begin():
+            resume = self._breaker.hold(s)
+            if resume is None:
+                return True
+            row = s.get(Notification, nid)
+            assert row is not None
+            row.state = NotificationState.QUEUED
+            row.attempts = max(0, row.attempts - 1)  # the claim counted one; none happened
+            row.next_attempt_at = resume
+            row.claimed_until = None
+        log.warning("notification %d held by the SMS circuit breaker", nid)
+        return False
 
     async def _lookup(self, channel: Channel, message: OutgoingMessage) -> Receipt | None:
         try:

@@ -41,10 +41,12 @@ from delivery.outbox import Outbox
 from delivery.package import PackageItem
 from delivery.relay import Relay, RetryPolicy
 from delivery.schedule import DeliveryScheduler
+from delivery.smsbreaker import SmsBreaker
 from node.config import Config
 from node.pulls import PullQueue, Wanted
 from portal.context import PortalContext
 from portal.staff_studies import PacsLookupFailed, PacsStudy
+from release.phonepolicy import PhonePolicy
 from release.requests import RequestBook
 from scp.commitment import CommitmentReports, ReportBook
 from scp.pacs import PacsError, find_studies
@@ -125,6 +127,7 @@ class DeliveryService:
             clock,
         )
         self.policy = RetryPolicy(d.retry_base_s, d.retry_cap_s, d.max_attempts)
+        self.phones = PhonePolicy(frozenset(cfg.sms.allowed_countries))
         self.scheduler: DeliveryScheduler | None = None
         self._stop = threading.Event()
         self._relay_thread: threading.Thread | None = None
@@ -169,6 +172,8 @@ class DeliveryService:
             self.book,
             policy=self.policy,
             clock=self._clock,
+            phones=self.phones,
+            breaker=SmsBreaker(self.cfg.sms.max_per_hour, self.outbox, clock=self._clock),
         )
 
         async def close() -> None:
@@ -224,6 +229,7 @@ class DeliveryService:
             pacs_find=None if pacs is None else _pacs_find(pacs),
             queue_pulls=None if pacs is None else _queue_pulls(self._sessions, pacs, self._clock),
             pacs_timeout_s=60.0 if pacs is None else _pacs_wait_s(pacs),
+            phones=self.phones,
         )
 
     # -- sweeps -------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from delivery.settings import DeliverySettings
 from portal.ratelimit import RateLimiter
 from portal.settings import PortalSettings
 from portal.staff_studies import PacsFind
+from release.phonepolicy import PhonePolicy
 from release.requests import RequestBook
 from store.content import ContentStore
 from store.models import utcnow
@@ -51,6 +52,7 @@ class PortalContext:
     pacs_find: PacsFind | None = None  # the patient's studies on the PACS (C-FIND)
     queue_pulls: Callable[[int, list[tuple[str, int | None]]], int] | None = None
     pacs_timeout_s: float = 60.0  # the longest a page waits for pacs_find
+    phones: PhonePolicy = field(default_factory=PhonePolicy)  # who may get SMS (shares)
 
     @property
     def book(self) -> RequestBook:

@@ -64,6 +64,20 @@ class PortalSettings(BaseModel):
         description="Form posts (code requests, code checks, sign-ins) accepted per "
         "client address per minute; more get 429.",
     )
+    max_shares_per_link: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Active clinician shares (not stopped, locked or expired) one patient "
+        "link may hold at once; the page refuses more (stop one first).",
+    )
+    max_shares_per_day: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Shares one request's links may create in any 24 hours, stopped ones "
+        "included (each sends an email, and maybe SMS codes).",
+    )
     tls_cert_file: str | None = Field(
         default=None,
         description="Serve HTTPS with this certificate (PEM; relative to node.data_dir). "

@@ -38,6 +38,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
+from release.phonepolicy import type_problem
 from store.content import check_uid
 from store.errors import InvalidUID
 from store.models import CommitmentMode, Urgency
@@ -54,15 +55,6 @@ _NAME_PUNCTUATION = frozenset(" '-.,^")
 _ID_PUNCTUATION = frozenset(" ._/:#+-")
 _ACTOR_PUNCTUATION = frozenset(" ._@:-")
 _KEY_PUNCTUATION = frozenset("._:-")
-# Phone number types no SMS can reach: refuse them now rather than fail at delivery.
-_NO_SMS = frozenset(
-    {
-        phonenumbers.PhoneNumberType.FIXED_LINE,
-        phonenumbers.PhoneNumberType.TOLL_FREE,
-        phonenumbers.PhoneNumberType.PREMIUM_RATE,
-        phonenumbers.PhoneNumberType.SHARED_COST,
-    }
-)
 
 
 def _no_controls(value: str, *, allow_newlines: bool = False) -> str:
@@ -123,8 +115,10 @@ def _sms_number(value: str) -> str:
         raise ValueError(f"the number cannot be read; {expected}") from None
     if not phonenumbers.is_valid_number(number):
         raise ValueError(f"not a valid phone number for its country code; {expected}")
-    if phonenumbers.number_type(number) in _NO_SMS:
-        raise ValueError("this number cannot receive SMS (landline or service number)")
+    # One policy for every way a number comes in (premium-rate, VoIP... refused).
+    problem = type_problem(number)
+    if problem is not None:
+        raise ValueError(problem)
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
