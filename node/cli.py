@@ -31,6 +31,8 @@ from node.output import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    cell,
+    fields,
     print_result,
 )
 from node.status import read_status, status_text
@@ -233,8 +235,8 @@ def _studies(args: argparse.Namespace, cfg: Config) -> int:
                     f"{'FROM':<16} LAST RECEIVED"
                 ]
                 lines += [
-                    f"{r['study_uid']:<64} {r['state']:<9} {r['instances']:>6} "
-                    f"{r['size_bytes'] / 1e6:>8.1f} {r['calling_ae']:<16} "
+                    f"{cell(r['study_uid'], 64)} {r['state']:<9} {r['instances']:>6} "
+                    f"{r['size_bytes'] / 1e6:>8.1f} {cell(r['calling_ae'], 16)} "
                     f"{r['last_received_at']:%Y-%m-%d %H:%M:%S}"
                     for r in rows
                 ]
@@ -279,16 +281,18 @@ def _studies(args: argparse.Namespace, cfg: Config) -> int:
                 for e in st.events
             ]
             text = "\n".join(
-                [f"{k}: {v}" for k, v in data.items() if k not in ("series", "events")]
+                fields(data, skip=("series", "events"))
                 + ["series:"]
                 + [
-                    f"  {x['series_uid']} {x['modality']} #{x['series_number']} "
-                    f"{x['instances']} instances"
+                    f"  {cell(x['series_uid'])} {cell(x['modality'])} "
+                    f"#{cell(x['series_number'])} {x['instances']} instances"
+                    + (f" {cell(x['description'])}" if x["description"] else "")
                     for x in data["series"]
                 ]
                 + ["events:"]
                 + [
-                    f"  {e['at']:%Y-%m-%d %H:%M:%S} {e['from'] or '-'} -> {e['to']}: {e['reason']}"
+                    f"  {e['at']:%Y-%m-%d %H:%M:%S} {e['from'] or '-'} -> {e['to']}: "
+                    f"{cell(e['reason'])}"
                     for e in data["events"]
                 ]
             )

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from node.app import open_store
 from node.audit_format import event_dict
 from node.config import Config
-from node.output import EXIT_USAGE, print_result
+from node.output import EXIT_USAGE, cell, print_result
 from store.audit import GROUPS, KINDS, AuditError, events, kinds_for
 from store.catalog import guarded
 
@@ -90,8 +90,8 @@ def run_audit(args: argparse.Namespace, cfg: Config) -> int:
     for r in rows:
         studies = r["studies"]
         lines.append(
-            f"{r['at']:<24} {r['type']:<18} {r['outcome']:>3} {r['actor'][:20]:<20} "
-            f"{r['request'] or '-':<15} {r['detail']}"
+            f"{r['at']:<24} {r['type']:<18} {r['outcome']:>3} {cell(r['actor'][:20], 20)} "
+            f"{cell(r['request'] or '-', 15)} {cell(r['detail'])}"
         )
         lines += [f"{'':<24} study {uid}" for uid in studies]
     if not rows:

@@ -24,7 +24,7 @@ from delivery.package import Progress as PackageProgress
 from node.app import open_store
 from node.config import Config
 from node.delivery import DeliveryService
-from node.output import print_result
+from node.output import cell, print_result
 from store.catalog import guarded
 from store.models import Notification, NotificationState, ReleaseRequest
 
@@ -120,7 +120,7 @@ def run_outbox(args: argparse.Namespace, cfg: Config) -> int:
     lines = [f"{'ID':>6} {'KIND':<28} {'STATE':<8} {'TRIES':>5} {'REQUEST':<16} LAST ERROR"]
     lines += [
         f"{r['id']:>6} {r['kind']:<28} {r['state']:<8} {r['attempts']:>5} "
-        f"{r['reference'] or '-':<16} {r['last_error'][:60]}"
+        f"{r['reference'] or '-':<16} {cell(r['last_error'][:60])}"
         for r in rows
     ]
     return print_result(args, rows, "\n".join(lines))

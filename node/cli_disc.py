@@ -35,7 +35,7 @@ from delivery.package_errors import PackageError
 from node.app import open_store
 from node.cli_requests import cli_actor  # the one way CLI commands name their operator
 from node.config import Config
-from node.output import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, print_result
+from node.output import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, cell, print_result
 from release.errors import InvalidTransition, RequestError
 from release.records import event_dict
 from release.requests import RequestBook
@@ -174,7 +174,7 @@ def _text(reference: str, result: DiscResult) -> str:
         f"  {result.studies} studies, {result.series} series, {result.instances} instances",
         f"  SHA-256 {result.sha256}",
     ]
-    lines += [f"  note: {n}" for n in result.notes]
+    lines += [f"  note: {cell(n)}" for n in result.notes]
     return "\n".join(lines)
 
 

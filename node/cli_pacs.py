@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from node.config import Config
-from node.output import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, print_result
+from node.output import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, cell, print_result
 from node.pulls import Wanted
 from release.validation import RequestDraft
 from scp.pacs import PacsError, StudyHit, echo, find_studies
@@ -92,8 +92,9 @@ def _find(args: argparse.Namespace, settings: PacsSettings) -> int:
         f"{'STUDY UID':<64} {'DATE':<8} {'MODALITY':<9} {'ACCESSION':<16} {'INST':>6} DESCRIPTION"
     )
     lines += [
-        f"{h.study_uid:<64} {h.study_date:<8} {h.modalities:<9} {h.accession:<16} "
-        f"{'?' if h.instances is None else h.instances:>6} {h.description}"
+        f"{cell(h.study_uid, 64)} {cell(h.study_date, 8)} {cell(h.modalities, 9)} "
+        f"{cell(h.accession, 16)} {'?' if h.instances is None else h.instances:>6} "
+        f"{cell(h.description)}"
         for h in hits
     ]
     lines.append("pull with: courier request create ... --pull --study-uid UID (or --accession)")

@@ -31,6 +31,8 @@ from node.output import (
     EXIT_NOT_FOUND,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    cell,
+    fields,
     print_result,
 )
 from node.pulls import PullQueue, Wanted
@@ -374,7 +376,8 @@ def _list(args: argparse.Namespace, book: RequestBook) -> int:
     rows = [request_dict(r) for r in book.list(state=state, limit=args.limit)]
     lines = [f"{'REFERENCE':<15} {'STATE':<10} {'URGENCY':<9} {'SELECTED':>8} CREATED"]
     lines += [
-        f"{r['reference']:<15} {r['state']:<10} {r['urgency']:<9} {len(r['selection']):>8} "
+        f"{cell(r['reference'], 15)} {r['state']:<10} {r['urgency']:<9} "
+        f"{len(r['selection']):>8} "
         f"{r['created_at']:%Y-%m-%d %H:%M}"
         for r in rows
     ]
@@ -385,17 +388,17 @@ def _show(args: argparse.Namespace, book: RequestBook) -> int:
     req = book.get(args.reference)
     data = request_dict(req)
     data["timeline"] = [event_dict(e) for e in book.timeline(req.id)]
-    lines = [f"{k}: {v}" for k, v in data.items() if k not in ("selection", "timeline")]
+    lines = fields(data, skip=("selection", "timeline"))
     lines.append("selection:")
     lines += [
-        f"  {s['kind']} {s['value']}"
+        f"  {s['kind']} {cell(s['value'])}"
         + (f" ({s['expected_instances']} instances)" if s["expected_instances"] else "")
         for s in data["selection"]
     ]
     lines.append("timeline:")
     lines += [
-        f"  {e['at']:%Y-%m-%d %H:%M:%S} {e['from'] or '-'} -> {e['to']} by {e['actor']}"
-        + (f": {e['reason']}" if e["reason"] else "")
+        f"  {e['at']:%Y-%m-%d %H:%M:%S} {e['from'] or '-'} -> {e['to']} by {cell(e['actor'])}"
+        + (f": {cell(e['reason'])}" if e["reason"] else "")
         for e in data["timeline"]
     ]
     return print_result(args, data, "\n".join(lines))
