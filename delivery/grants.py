@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import unicodedata
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -95,8 +96,29 @@ class GrantKeys:
             return False
         if now >= grant.code_expires_at:
             return False
-        digits = "".join(ch for ch in presented if ch.isdigit())[:6]
+        digits = code_digits(presented)
+        if digits is None:
+            return False  # not a code at all: a wrong try, nothing learnt about the code
         return hmac.compare_digest(self.code_hash(grant.id, digits), grant.code_hash)
+
+
+def code_digits(presented: str) -> str | None:
+    """A typed code as the 6 ASCII digits it is compared as, or None when it is not one.
+
+    Every Unicode decimal digit counts as its value (a patient typing on an Arabic or a
+    Persian keyboard types ``٠``-``٩`` or ``۰``-``۹``, a Japanese IME full-width ``０``-``９``);
+    spaces and dashes between them are dropped. Anything else (a letter, a superscript,
+    another symbol), or a count other than 6, is not a code.
+    """
+    digits = []
+    for ch in presented:
+        if ch.isspace() or unicodedata.category(ch) == "Pd":
+            continue
+        value = unicodedata.decimal(ch, None)
+        if value is None:
+            return None
+        digits.append(str(value))
+    return "".join(digits) if len(digits) == 6 else None
 
 
 def new_grant(
