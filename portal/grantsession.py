@@ -8,7 +8,9 @@ the audit trail, and the pages every route may answer with.
   patient's grant it came from is not revoked. Anything else gets the one neutral page.
 - A session (``__Host-session``) is a random token whose SHA-256 is a
   :class:`~store.models.PortalSession` row; it ends after ``portal.session_idle_min``
-  minutes without a request, at sign-out, or when its grant stops being live.
+  minutes without a request, ``portal.patient_session_max_h`` hours after it was opened
+  however active (a stolen cookie does not live for ever), at sign-out, or when its
+  grant stops being live.
 - Every event is a :class:`~store.models.RequestEvent` on the grant's request with the
   state unchanged and an actor naming the grant (``patient:grant-12``,
   ``clinician:grant-13``): never an address, a token or a code.
@@ -233,6 +235,8 @@ def session_grant(s: Session, request: Request, ctx: PortalContext) -> Grant | N
     if row is None or row.ended_at is not None or row.grant_id is None:
         return None
     if now - row.last_seen_at > timedelta(minutes=ctx.portal.session_idle_min):
+        return None
+    if now - row.created_at >= timedelta(hours=ctx.portal.patient_session_max_h):
         return None
     grant = s.get(Grant, row.grant_id)
     if not is_live(s, grant, now):

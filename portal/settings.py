@@ -51,6 +51,54 @@ class PortalSettings(BaseModel):
         description="A signed-in patient, clinician or staff member is signed out after "
         "this many minutes without a request.",
     )
+    patient_session_max_h: int = Field(
+        default=12,
+        ge=1,
+        le=7 * 24,
+        description="A patient's or clinician's session ends this many hours after the "
+        "code opened it, however active (staff sessions: 12 hours).",
+    )
+    staff_login_free_failures: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Wrong passwords in a row one staff account may have before its "
+        "sign-in is refused for a while (whatever the address they come from).",
+    )
+    staff_login_delay_s: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="Seconds the account's sign-in is refused after that many failures; "
+        "doubled at each further failure, up to staff_login_delay_max_s.",
+    )
+    staff_login_delay_max_s: int = Field(
+        default=900,
+        ge=1,
+        le=24 * 3600,
+        description="The longest such refusal, in seconds.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds a connection has to send a request's complete header "
+        "(the first one, and each after keep-alive); then it is closed (slow clients).",
+    )
+    keep_alive_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Seconds an idle keep-alive connection is kept open between requests.",
+    )
+    max_connections_per_host: int = Field(
+        default=64,
+        ge=0,
+        le=100_000,
+        description="Open connections one client address may hold at once; more are "
+        "closed at once. 0: no cap. Addresses in trusted_proxies are not capped (the "
+        "proxy carries every client: it applies its own limits).",
+    )
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="Addresses of reverse proxies whose X-Forwarded-For / -Proto headers "
