@@ -1,0 +1,32 @@
+"""Imaging: decode and render frames of untrusted DICOM instances with bounded memory.
+
+Owns reading a header's declared pixel size (:func:`declared_size` →
+:class:`PixelBudget`), turning one frame into an 8-bit picture the way a viewer first
+shows it (Modality LUT, VOI window, MONOCHROME1, colour; :mod:`imaging.render`), and doing
+that decoding in a child process with memory and time limits (:class:`Renderer`,
+:func:`render_frame`), so that a hostile or absurd instance can cost the caller a preview,
+never its memory.
+
+Used by package previews (``delivery``), the header walk at ingest (``scp``: the declared
+size only) and the viewers to come. Pure like ``rules``: imports pydicom, numpy, Pillow and
+the standard library, never another Courier package, never the store or the web.
+
+Errors: :class:`ImagingError` and its subclasses (:mod:`imaging.errors`); their messages
+are short reasons without patient data, fit for a package manifest.
+"""
+
+from imaging.budget import PixelBudget, declared_size
+from imaging.errors import ImagingError, OverBudget, RenderFailed, RenderTimeout
+from imaging.renderer import Renderer, RenderLimits, render_frame
+
+__all__ = [
+    "ImagingError",
+    "OverBudget",
+    "PixelBudget",
+    "RenderFailed",
+    "RenderLimits",
+    "RenderTimeout",
+    "Renderer",
+    "declared_size",
+    "render_frame",
+]
