@@ -9,6 +9,17 @@ won (two relays never send one row twice), records an attempt row *before*
 calling the provider and completes it after, so a crash in between is visible as an
 attempt without outcome.
 
+A relay claims one row at a time, just before it sends it (:meth:`Outbox.claim_next`),
+and marks it with its process (``claimed_by``, :func:`process_identity`); on
+PostgreSQL it also holds the advisory lock ``(OUTBOX_LOCK, row id)`` from before the
+claim commits until the row is recorded, and the database drops that lock when the
+relay's connection dies. :meth:`Outbox.stranded` names the ``sending`` rows whose
+claimer is gone (PostgreSQL: nobody holds the row's lock; SQLite, one machine: the
+claiming process no longer runs), so a crash strands a message for seconds, not for the
+lease (``claimed_until``, kept only as the last resort for rows claimed without a
+``claimed_by``). The relay releases them through the "outcome unknown" path
+(:mod:`delivery.relay`).
+
 Rows never hold a secret: links and codes are derived again from the grant when the
 message is composed (:mod:`delivery.grants`).
 """
@@ -16,16 +27,19 @@ message is composed (:mod:`delivery.grants`).
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Connection, or_, select, update
 from sqlalchemy.orm import Session
 
 from release.errors import InvalidTransition
-from store.claims import skip_locked
+from store.claims import is_postgres, orphaned, skip_locked, try_lock, unlock
 from store.models import (
     Grant,
     Notification,
@@ -36,6 +50,47 @@ from store.models import (
 )
 
 Q, SENDING = NotificationState.QUEUED, NotificationState.SENDING
+#: The advisory lock a relay holds on a row while it sends it (store.claims).
+OUTBOX_LOCK = "outbox"
+
+
+def _start_ticks(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, Linux ``/proc``), or None
+    when it does not run (or is a zombie: killed, not yet reaped)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def process_identity(pid: int | None = None) -> str:
+    """``host:pid:start`` of this process: unique even when a restarted node gets the
+    pid of its dead predecessor (containers start every node as the same low pid)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()[:100]}:{pid}:{_start_ticks(pid) or ''}"
+
+
+def process_alive(identity: str) -> bool:
+    """Whether the process named by :func:`process_identity` still runs. A process of
+    another host cannot be checked from here: True (its lease, or on PostgreSQL its
+    advisory lock, decides)."""
+    try:
+        host, pid_s, start = identity.rsplit(":", 2)
+        pid = int(pid_s)
+    except ValueError:
+        return True
+    if host != socket.gethostname()[:100]:
+        return True
+    if not Path("/proc/self/stat").exists():  # no /proc: only "does the pid exist"
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return pid != os.getpid() or identity == process_identity()
+    return _start_ticks(pid) == start
 
 
 class Outbox:
@@ -127,13 +182,15 @@ class Outbox:
             )
         )
 
-    def claim_due(self, s: Session, limit: int, lease_s: float) -> list[int]:
-        """Claim up to ``limit`` due rows for one attempt each (commits); returns their
-        ids, which no other relay holds.
+    def claim_next(self, s: Session, lock: Connection, lease_s: float, claimer: str) -> int | None:
+        """Claim the most overdue row for one attempt (commits) and return its id, or
+        None when nothing is due. The relay calls it only when it is about to send, so
+        a crash strands at most the rows it had in flight.
 
-        The rows are picked with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL: relays on other
-        nodes get other rows instead of waiting for these) and taken by the same
-        conditional UPDATE as :meth:`claim`; only the ids it changed are returned.
+        On PostgreSQL the advisory lock ``(OUTBOX_LOCK, id)`` is taken on ``lock`` (an
+        autocommit connection the relay keeps while it sends) *before* the claim
+        commits: whoever sees the row ``sending`` finds the lock held while its relay
+        lives. The caller must :meth:`unclaim` ``lock`` once the row is recorded.
         """
         now = self._clock()
         due = or_(
@@ -141,30 +198,64 @@ class Outbox:
             (Notification.state == SENDING) & (Notification.claimed_until < now),
         )
         with s.begin():
-            ids = list(
+            candidates = list(
                 s.scalars(
                     skip_locked(
                         select(Notification.id)
                         .where(due)
                         .order_by(Notification.next_attempt_at, Notification.id)
-                        .limit(limit)
+                        .limit(4)  # a few: one may be locked by a stranded-row check
                     )
                 )
             )
-            if not ids:
-                return []
-            won = s.scalars(
-                update(Notification)
-                .where(Notification.id.in_(ids), due)
-                .values(
-                    state=SENDING,
-                    claimed_until=now + timedelta(seconds=lease_s),
-                    attempts=Notification.attempts + 1,
+            for nid in candidates:
+                if not try_lock(lock, OUTBOX_LOCK, nid):
+                    continue
+                won = s.execute(  # type: ignore[attr-defined]
+                    update(Notification)
+                    .where(Notification.id == nid, due)
+                    .values(
+                        state=SENDING,
+                        claimed_until=now + timedelta(seconds=lease_s),
+                        claimed_by=claimer[:160],
+                        attempts=Notification.attempts + 1,
+                    )
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+                if won:
+                    return nid
+                unlock(lock, OUTBOX_LOCK, nid)
+        return None
+
+    @staticmethod
+    def unclaim(lock: Connection, notification_id: int) -> None:
+        """Drop the advisory lock :meth:`claim_next` took (after the row is recorded)."""
+        unlock(lock, OUTBOX_LOCK, notification_id)
+
+    @staticmethod
+    def stranded(s: Session, lock: Connection) -> list[tuple[int, str]]:
+        """``(id, claimed_by)`` of the ``sending`` rows whose relay no longer runs.
+
+        PostgreSQL: nobody holds the row's advisory lock (``lock`` must not be a
+        connection this process sends on: locks are re-entrant per connection).
+        SQLite (one machine): the claiming process is gone (:func:`process_alive`).
+        Rows without ``claimed_by`` are left to their lease. The caller releases each
+        with a conditional UPDATE on ``(state, claimed_by)``, so a row recorded in
+        between is never touched."""
+        rows = list(
+            s.execute(
+                select(Notification.id, Notification.claimed_by).where(
+                    Notification.state == SENDING, Notification.claimed_by.is_not(None)
                 )
-                .returning(Notification.id)
-                .execution_options(synchronize_session=False)
             )
-            return sorted(won)
+        )
+        s.rollback()  # no transaction stays open across the checks
+        if not rows:
+            return []
+        if is_postgres(lock):
+            free = set(orphaned(lock, OUTBOX_LOCK, [r[0] for r in rows]))
+            return [(r[0], str(r[1])) for r in rows if r[0] in free]
+        return [(r[0], str(r[1])) for r in rows if not process_alive(str(r[1]))]
 
     def claim(self, s: Session, notification_id: int, lease_s: float) -> bool:
         """Take the row for one attempt (commits); False when another relay has it."""

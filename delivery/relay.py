@@ -1,8 +1,11 @@
 """The outbox relay: claims due notifications, sends them, records every attempt.
 
-Per pass: claim the due rows (:meth:`~delivery.outbox.Outbox.claim_due`: ``FOR UPDATE
-SKIP LOCKED`` and a conditional UPDATE, so relays on several nodes never share a row).
-Per row: compose → if the last attempt's outcome is unknown
+Per pass: first release the rows a dead relay left ``sending``
+(:meth:`Relay.release_stranded`), then up to ``concurrency`` workers each claim one due
+row at a time, just before sending it (:meth:`~delivery.outbox.Outbox.claim_next`: ``FOR
+UPDATE SKIP LOCKED``, a conditional UPDATE and, on PostgreSQL, an advisory lock held
+until the row is recorded), so relays on several nodes never share a row and a crash
+strands only the rows in flight. Per row: compose → if the last attempt's outcome is unknown
 (a crash mid-send, an SMTP link that dropped after the final dot, a Twilio 5xx or
 timeout) ask the channel whether it already has the message (SMS, file; SMTP cannot
 tell, so the same email is re-sent with the same Message-ID) → record the attempt →
@@ -16,6 +19,15 @@ send → record the outcome. Outcomes:
   link email or code marks the request ``failed`` and alerts staff, in one transaction.
 
 The timeline of a request (``courier request show``) gets one event per attempt.
+
+When the node dies mid-send (``kill -9``, power loss), the row stays ``sending`` with an
+attempt without outcome. The next pass of any relay (the restarted node's first, within
+a second of its start; on PostgreSQL a live node's too) sees that the claimer is gone
+(:meth:`~delivery.outbox.Outbox.stranded`: its process, or its advisory lock) and puts
+the row back to ``queued``, due at once, with a timeline note; its attempt then takes
+the "outcome unknown" path above: an SMS is looked up before any retry, an email is
+sent again with the same Message-ID (at most one duplicate, which mail clients fold).
+``LEASE_S`` only brings back rows claimed without a claimer (before migration 0014).
 """
 
 from __future__ import annotations
@@ -29,18 +41,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.channel import Channel, OutgoingMessage, Receipt
 from delivery.compose import ComposeError, Composer
 from delivery.errors import DeliveryError
-from delivery.outbox import Outbox
+from delivery.outbox import Outbox, process_identity
 from delivery.smsbreaker import SmsBreaker
 from release.errors import InvalidTransition
 from release.phonepolicy import PhonePolicy, PhoneRefused
 from release.requests import RequestBook
 from release.states import allowed
+from store.claims import lock_connection
 from store.models import (
     Grant,
     Notification,
@@ -54,7 +67,8 @@ from store.models import (
 
 log = logging.getLogger("courier.delivery.relay")
 ACTOR = "outbox"
-# Long enough for an SMTP server to answer after the final dot (RFC 5321: 10 min).
+# Long enough for an SMTP server to answer after the final dot (RFC 5321: 10 min). Only
+# the last resort: a row whose claimer is known to be gone is released at once.
 LEASE_S = 900.0
 
 
@@ -100,28 +114,95 @@ class Relay:
         self._policy = policy or RetryPolicy()
         self._clock = clock
         self._rng = rng or random.SystemRandom()
-        self._limit = asyncio.Semaphore(concurrency)
+        self._concurrency = max(1, concurrency)
         self._lease = lease_s
+        self.claimer = process_identity()
         self._phones = phones or PhonePolicy()
         self._breaker = breaker
 
+    def _engine(self) -> Engine:
+        bind = self._sessions.kw["bind"]
+        assert isinstance(bind, Engine)
+        return bind
+
     async def run_once(self, limit: int = 200) -> int:
-        """One pass over the due rows; returns how many attempts ended in ``sent``."""
-        with self._sessions() as s:
-            claimed = self._outbox.claim_due(s, limit, self._lease)
-        results = await asyncio.gather(*(self._guarded(nid) for nid in claimed))
+        """One pass: release stranded rows, then send what is due, each row claimed just
+        before it is sent (at most ``concurrency`` in flight, ``limit`` claims in all).
+        Returns how many attempts ended in ``sent``."""
+        self.release_stranded()
+        budget = [limit]
+        with lock_connection(self._engine()) as lock:
+            results = await asyncio.gather(
+                *(self._worker(lock, budget) for _ in range(self._concurrency))
+            )
         return sum(results)
 
-    async def _guarded(self, nid: int) -> bool:
-        async with self._limit:
+    async def _worker(self, lock: Connection, budget: list[int]) -> int:
+        """Claim, send, record, until nothing is due or the pass's budget is spent."""
+        sent = 0
+        while budget[0] > 0:
+            with self._sessions() as s:
+                nid = self._outbox.claim_next(s, lock, self._lease, self.claimer)
+            if nid is None:
+                budget[0] = 0  # nothing due: the other workers stop too
+                break
+            budget[0] -= 1
             try:
-                return await self._one(nid)
-            except Exception as exc:  # one row must never stop the relay
-                log.error("notification %d: relay error (%s)", nid, type(exc).__name__)
-                return False
+                sent += await self._guarded(nid)
+            finally:
+                self._outbox.unclaim(lock, nid)
+        return sent
+
+    async def _guarded(self, nid: int) -> bool:
+        try:
+            return await self._one(nid)
+        except Exception as exc:  # one row must never stop the relay
+            log.error("notification %d: relay error (%s)", nid, type(exc).__name__)
+            return False
+
+    def release_stranded(self) -> list[int]:
+        """Put the rows a dead relay left ``sending`` back to ``queued``, due now; their
+        next attempt takes the "outcome unknown" path (look up, or same Message-ID).
+        Returns their ids. Safe at any time, on several nodes at once."""
+        with lock_connection(self._engine()) as lock, self._sessions() as s:
+            found = self._outbox.stranded(s, lock)
+        released = []
+        for nid, claimer in found:
+            with self._sessions() as s, s.begin():
+                won = s.execute(  # type: ignore[attr-defined]
+                    update(Notification)
+                    .where(
+                        Notification.id == nid,
+                        Notification.state == NotificationState.SENDING,
+                        Notification.claimed_by == claimer,
+                    )
+                    .values(
+                        state=NotificationState.QUEUED,
+                        next_attempt_at=self._clock(),
+                        claimed_until=None,
+                        claimed_by=None,
+                    )
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+                row = s.get(Notification, nid) if won else None
+                if row is not None:
+                    released.append(nid)
+                    self._note(
+                        s,
+                        row,
+                        f"{_what(row)}: the relay sending it stopped (node restarted or "
+                        "died); outcome unknown, checked before any retry",
+                    )
+        if released:
+            log.warning(
+                "%d notification(s) left sending by a stopped relay released: %s",
+                len(released),
+                ",".join(map(str, released)),
+            )
+        return released
 
     async def _one(self, nid: int) -> bool:
-        """One attempt at a row this relay claimed (:meth:`Outbox.claim_due`)."""
+        """One attempt at a row this relay claimed (:meth:`Outbox.claim_next`)."""
         with self._sessions() as s:
             row = s.get(Notification, nid)
             assert row is not None
@@ -207,7 +288,7 @@ class Relay:
             row.state = NotificationState.SENT
             row.sent_at = now
             row.provider_id = receipt.provider_id[:210]
-            row.claimed_until = None
+            row.claimed_until = row.claimed_by = None
             self._close_attempt(s, attempt_id, "sent", "", how, receipt.provider_id)
             self._note(s, row, f"{_what(row)} {how} (attempt {row.attempts}, {receipt.channel})")
         log.info("notification %d (%s) sent via %s", nid, row.kind, receipt.channel)
@@ -224,7 +305,7 @@ class Relay:
             )
             self._close_attempt(s, attempt_id, outcome, code, exc.message, "")
             row.last_error = exc.message[:500]
-            row.claimed_until = None
+            row.claimed_until = row.claimed_by = None
             if permanent and exc.permanent and self._to_backup(s, row, code):
                 row.state = NotificationState.FAILED
             elif permanent:
@@ -284,7 +365,7 @@ class Relay:
         with self._sessions() as s, s.begin():
             row = s.get(Notification, nid)
             assert row is not None
-            row.claimed_until = None
+            row.claimed_until = row.claimed_by = None
             row.last_error = detail[:500]
             if permanent:
                 self._fail_for_good(s, row, detail)
