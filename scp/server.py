@@ -3,8 +3,13 @@
 What pynetdicom leaves to us, and this module adds:
 
 - **Who may associate**: ``scp.allowed_calling_aes`` (optionally pinned to a host) and
-  the called AE, rejected with the standard reasons (PS3.8 Table 9-21); a cap on
-  concurrent associations per receiving process.
+  the called AE, rejected with the standard reasons (PS3.8 Table 9-21).
+- **Admission** (:mod:`scp.admission`): a per-host connection cap checked in the accept
+  loop; the A-ASSOCIATE-RQ read by the connection's thread within ``acse_timeout_s``
+  before pynetdicom sees the connection; only established associations count against
+  ``max_associations``, with a reserve for host-pinned allowed callers; idle
+  associations aborted after ``idle_timeout_s``. Idle or trickling connections therefore
+  hold no association slot, and a PACS is never locked out by them.
 - **Bounded memory**: pynetdicom reads whatever length a PDU header announces. Our
   socket refuses a PDU longer than we negotiated and gives one PDU ``network_timeout_s``
   to arrive in full, so a peer that claims 4 GB and trickles is dropped, not buffered.
@@ -54,6 +59,7 @@ from pynetdicom.transport import (
 from pynetdicom.utils import make_target
 
 from scp import handlers
+from scp.admission import Admission, Limits, RequestRefused, read_associate_rq
 from scp.commitment import ReportBook
 from scp.commitment_reports import STORAGE_COMMITMENT
 from scp.commitment_scp import StorageCommitmentScp
@@ -88,9 +94,8 @@ class Policy:
     ae_title: str
     allowed: tuple[AllowedPeer, ...]
     check_called_ae: bool
-    max_associations: int
 
-    def check(self, calling: str, called: str, host: str, active: int) -> tuple[int, ...]:
+    def check(self, calling: str, called: str, host: str) -> tuple[int, ...]:
         """Return the rejection (result, source, reason), or () to accept."""
         if self.allowed and not any(
             p.ae_title == calling and (p.host is None or p.host == host) for p in self.allowed
@@ -98,29 +103,46 @@ class Policy:
             return REJECT_CALLING_AE
         if self.check_called_ae and called != self.ae_title:
             return REJECT_CALLED_AE
-        if active > self.max_associations:
-            return REJECT_LIMIT
         return ()
+
+    def trusted(self, calling: str, host: str) -> bool:
+        """True when an entry pins this calling AE to this host: such callers may use the
+        reserved slots (an AE title alone can be claimed from anywhere)."""
+        return any(p.ae_title == calling and p.host == host for p in self.allowed)
+
+    @property
+    def pins_hosts(self) -> bool:
+        """Whether any entry pins a host (otherwise no caller could use a reserve)."""
+        return any(p.host is not None for p in self.allowed)
 
 
 class CourierAE(AE):
-    """An AE that carries its acceptance policy."""
+    """An AE that carries its acceptance policy, admission counters and read limits."""
 
     policy: Policy
+    admission: Admission
+    pdu_timeout: float  # scp.network_timeout_s
+    max_associate_rq: int  # scp.max_associate_rq_bytes
 
 
 class PolicyACSE(ACSE):
-    """ACSE that applies :class:`Policy` before pynetdicom's own negotiation."""
+    """ACSE that applies :class:`Policy` and takes an association slot before
+    pynetdicom's own negotiation."""
 
     def _negotiate_as_acceptor(self) -> None:
         assoc = self.assoc
-        ae = assoc.ae
+        ae: CourierAE = assoc.ae  # type: ignore[assignment]
         rq: Any = self.requestor.primitive
         calling = str(rq.calling_ae_title).strip()
         called = str(rq.called_ae_title).strip()
-        active = sum(1 for a in ae.active_associations if a.is_acceptor)
-        policy: Policy = ae.policy  # type: ignore[attr-defined]
-        reject = policy.check(calling, called, str(self.requestor.address), active)
+        host = str(self.requestor.address)
+        reject = ae.policy.check(calling, called, host)
+        if not reject:
+            if ae.admission.take_slot(trusted=ae.policy.trusted(calling, host)):
+                # Held until this association's thread ends (CourierAssociation.run).
+                assoc.on_exit.append(ae.admission.release_slot)  # type: ignore[attr-defined]
+            else:
+                reject = REJECT_LIMIT
         if reject:
             metrics.association_refused(*reject)
             self.requestor.ae_title = calling
@@ -132,12 +154,29 @@ class PolicyACSE(ACSE):
 
 
 class BoundedSocket(AssociationSocket):
-    """Refuses oversized PDUs and gives each PDU a deadline to arrive in full."""
+    """Refuses oversized PDUs and gives each PDU a deadline to arrive in full.
+
+    ``unread`` holds bytes already read from the socket (the A-ASSOCIATE-RQ, read by
+    admission); the DUL gets them first.
+    """
 
     max_read: int = 16 * 1024 * 1024
     pdu_timeout: float = 60.0
+    unread: bytes = b""
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.unread) or bool(super().ready)
 
     def recv(self, nr_bytes: int) -> bytearray:
+        if self.unread:
+            head, self.unread = self.unread[:nr_bytes], self.unread[nr_bytes:]
+            if len(head) == nr_bytes:
+                return bytearray(head)
+            return bytearray(head) + self._recv(nr_bytes - len(head))
+        return self._recv(nr_bytes)
+
+    def _recv(self, nr_bytes: int) -> bytearray:
         sock = self.socket
         if sock is None:
             return bytearray()
@@ -188,6 +227,15 @@ class CourierAssociation(Association):
     def __init__(self, ae: Any, mode: str) -> None:
         super().__init__(ae, mode)
         self.after_response: list[Callable[[], None]] = []
+        # Run when this association's thread ends: admission's connection and slot.
+        self.on_exit: list[Callable[[], None]] = []
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            for release in self.on_exit:
+                release()
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         super()._serve_request(msg, context_id)
@@ -203,11 +251,51 @@ class CourierAssociation(Association):
 
 
 class CourierRequestHandler(RequestHandler):
-    """pynetdicom's handler, with our socket, our ACSE and TCP_NODELAY."""
+    """pynetdicom's handler, with our socket, our ACSE and TCP_NODELAY.
 
-    server: ThreadedAssociationServer
+    Runs in the connection's own thread, counted by admission since the accept loop
+    (``ReusePortServer.verify_request``). It reads the whole A-ASSOCIATE-RQ itself, by
+    ``acse_timeout_s`` after the connection came, and only then starts the association;
+    that association's thread then owns the count and gives it back when it ends.
+    """
 
-    def _create_association(self) -> Association:
+    server: ReusePortServer
+
+    def handle(self) -> None:
+        ae: CourierAE = self.server.ae  # type: ignore[assignment]
+        host = str(self.client_address[0])
+        handed_over = False
+        try:
+            deadline = time.monotonic() + float(ae.acse_timeout or 10.0)
+            sock = self._secure(deadline)
+            if sock is None:
+                return
+            self.request = sock
+            try:
+                rq = read_associate_rq(sock, deadline, ae.max_associate_rq)
+            except RequestRefused as exc:
+                if not exc.quiet:
+                    log.warning("connection from host=%s closed: %s", host, exc)
+                    metrics.association_dropped(exc.reason)
+                return
+            assoc = self._create_association()
+            socket_: Any = assoc.dul.socket
+            socket_.unread = rq
+            assoc.on_exit.append(lambda: ae.admission.close_connection(host))
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+            assoc.start()
+            handed_over = True
+        finally:
+            if not handed_over:
+                ae.admission.close_connection(host)
+                self.server.shutdown_request(self.request)
+
+    def _secure(self, deadline: float) -> socket.socket | None:
+        """The socket to speak DICOM on (TLS wraps it here), or None when closed."""
+        request: socket.socket = self.request
+        return request
+
+    def _create_association(self) -> CourierAssociation:
         from pynetdicom import _globals
 
         ae: Any = self.server.ae
@@ -220,7 +308,7 @@ class CourierRequestHandler(RequestHandler):
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         sock = BoundedSocket(assoc, client_socket=request)
         sock.max_read = ae.maximum_pdu_size + _CONTROL_PDU_ROOM
-        sock.pdu_timeout = float(ae.network_timeout or 60.0)
+        sock.pdu_timeout = ae.pdu_timeout
         assoc.set_socket(sock)
         assoc.dul._run_loop_delay = _REACTOR_DELAY
         assoc.acceptor.maximum_length = ae.maximum_pdu_size
@@ -243,17 +331,11 @@ class CourierRequestHandler(RequestHandler):
 class TlsRequestHandler(CourierRequestHandler):
     """The TLS port: handshake first (in this connection's thread), then as plain."""
 
-    server: ReusePortServer
-
-    def handle(self) -> None:
+    def _secure(self, deadline: float) -> socket.socket | None:
         ctx = self.server.tls_context
         assert ctx is not None
-        timeout = float(self.server.ae.acse_timeout or 30.0)
-        tls = handshake(ctx, self.request, tuple(self.client_address[:2]), timeout)
-        if tls is None:
-            return
-        self.request = tls
-        super().handle()
+        timeout = max(0.001, deadline - time.monotonic())
+        return handshake(ctx, self.request, tuple(self.client_address[:2]), timeout)
 
 
 # How long an idle association's reactor sleeps between polls. pynetdicom's 1 ms
@@ -270,11 +352,32 @@ class ReusePortServer(ThreadedAssociationServer):
 
     reuse_port = False
     daemon_threads = True
+    # The kernel's queue of connections not yet accepted (socketserver's default is 5):
+    # a burst of hostile connects must not make a PACS's SYN wait for a retransmit.
+    request_queue_size = 128
     # The TLS port's context; pynetdicom's own ``ssl_context`` stays None because it
     # would handshake in the accept loop (see TlsRequestHandler).
     tls_context: ssl.SSLContext | None = None
     tls_server: ReusePortServer | None = None
     commitment: StorageCommitmentScp | None = None
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Admission step 1, in the accept loop: refuse (close) a connection over
+        ``max_connections_per_host`` before any thread is started for it."""
+        ae: CourierAE = self.ae  # type: ignore[assignment]
+        if ae.admission.open_connection(str(client_address[0])):
+            return True
+        metrics.association_dropped("per_host_limit")
+        return False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            # No thread took the connection over: give its count back.
+            ae: CourierAE = self.ae  # type: ignore[assignment]
+            ae.admission.close_connection(str(client_address[0]))
+            raise
 
     def server_bind(self) -> None:
         if self.reuse_port:
@@ -313,22 +416,31 @@ def storage_contexts(*, commitment: bool = False) -> list[PresentationContext]:
 
 
 def build_ae(settings: ScpSettings, workers: int = 1) -> CourierAE:
-    """The AE with our timeouts, PDU size and policy (the per-process association cap)."""
+    """The AE with our timeouts, PDU size, policy and admission (this process's share
+    of the limits when ``workers`` processes share the port)."""
     ae = CourierAE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu_size
-    ae.network_timeout = settings.network_timeout_s
+    # pynetdicom's network timeout is its idle timer: no PDU for this long, A-ABORT.
+    ae.network_timeout = settings.idle_timeout_s
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
-    per_process = max(1, -(-settings.max_associations // workers))
-    # Our ACSE enforces the cap with the standard reason; pynetdicom's own check
-    # must never trigger first.
-    ae.maximum_associations = per_process + 1
+    ae.pdu_timeout = settings.network_timeout_s
+    ae.max_associate_rq = settings.max_associate_rq_bytes
     ae.policy = Policy(
         ae_title=settings.ae_title,
         allowed=tuple(settings.allowed_calling_aes),
         check_called_ae=settings.check_called_ae,
-        max_associations=per_process,
     )
+    limits = Limits(
+        max_associations=settings.max_associations,
+        reserved_for_allowed=settings.reserved_for_allowed,
+        max_connections_per_host=settings.max_connections_per_host,
+    ).per_process(workers)
+    ae.admission = Admission(limits, reserve_held=ae.policy.pins_hosts)
+    # Admission enforces the cap with the standard reason, counting established
+    # associations only; pynetdicom's own count (every association thread, rejected
+    # ones included) must never trigger first.
+    ae.maximum_associations = 1_000_000
     ae.require_called_aet = False
     ae.require_calling_aet = []
     return ae

@@ -82,7 +82,32 @@ class ScpSettings(BaseModel):
         default=True, description="Refuse associations whose called AE is not ae_title."
     )
     max_associations: int = Field(
-        default=16, ge=1, le=1000, description="Concurrent associations (over all workers)."
+        default=16,
+        ge=1,
+        le=1000,
+        description="Concurrent established associations (over all workers); connections "
+        "still negotiating do not count.",
+    )
+    reserved_for_allowed: int = Field(
+        default=4,
+        ge=0,
+        le=999,
+        description="Of max_associations, slots only callers matching an allowed_calling_aes "
+        "entry that pins a host may take (at most max_associations - 1). Held only while some "
+        "entry pins a host.",
+    )
+    max_connections_per_host: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        description="Open TCP connections from one IP address (negotiating or associated, "
+        "over all workers); the next is closed at once.",
+    )
+    max_associate_rq_bytes: int = Field(
+        default=262_144,
+        ge=4096,
+        le=16_777_216,
+        description="Largest A-ASSOCIATE-RQ accepted; a longer announcement is closed at once.",
     )
     workers: int = Field(
         default=1,
@@ -106,10 +131,20 @@ class ScpSettings(BaseModel):
         description="Largest PDU we accept; bounds memory per association. DICOM's 0 is refused.",
     )
     network_timeout_s: float = Field(
-        default=60.0, gt=0, le=3600, description="Idle connection, and the time to read one PDU."
+        default=60.0, gt=0, le=3600, description="Time one PDU has to arrive in full."
+    )
+    idle_timeout_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="An association that sends no PDU for this long is aborted (slot freed).",
     )
     acse_timeout_s: float = Field(
-        default=30.0, gt=0, le=3600, description="Association negotiation and release."
+        default=10.0,
+        gt=0,
+        le=600,
+        description="A new connection's time to deliver its whole A-ASSOCIATE-RQ (TLS "
+        "handshake included); also association release.",
     )
     dimse_timeout_s: float = Field(
         default=60.0, gt=0, le=3600, description="Waiting for the next DIMSE message."

@@ -40,7 +40,9 @@ def scp(db: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Itera
             {"ae_title": "PINNED", "host": "127.0.0.2"},
         ],
         max_associations=3,
+        reserved_for_allowed=0,  # PINNED would otherwise hold 2 of the 3
         network_timeout_s=2,
+        idle_timeout_s=2,
         acse_timeout_s=2,
         dimse_timeout_s=2,
     )
