@@ -286,6 +286,11 @@ class Sweeps:
             rulebook.current,
             RequestBook(sessions),
             on_overdue=delivery.overdue_alert,
+            identity=cfg.identity,
+            # Queued in the transaction that holds the study (release/ knows no outbox).
+            on_mismatch=lambda s, req: delivery.outbox.alert(
+                s, "identity_mismatch", reference=req.reference, request_id=req.id
+            ),
         )
         self._purger = Purger(
             sessions,

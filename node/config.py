@@ -27,6 +27,7 @@ from delivery.channel_settings import EmailSettings, SmsSettings
 from delivery.settings import DeliverySettings
 from node.audit_settings import AuditSettings
 from portal.settings import PortalSettings
+from release.identity import IdentitySettings
 from rules import RuleSet, RuleSyntaxError, load_rules, load_rules_from_data
 from rules.source import YamlDocument, YamlSourceError, read_yaml_file
 from scp.pacs_settings import PacsSettings, with_scp_defaults
@@ -84,6 +85,7 @@ class Config(BaseModel):
         default=None, description="The PACS to query and pull from; absent: no pulls."
     )
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
     rules: list[Any] | None = Field(
         default=None, description="The rules, inline (see rules/README.md)."
     )

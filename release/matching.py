@@ -13,6 +13,16 @@ was given), to ``ready``. A shortfall is never released silently: the request st
 ``receiving`` and its timeline says what is missing. Requests still incomplete after
 ``overdue_after_h`` become ``overdue`` (staff are alerted through the outbox when the
 delivery issue lands; until then the event records it).
+
+Right patient, always: every request found (by join keys or by a named Study Instance
+UID) is checked against the representative header's patient identity
+(:mod:`release.identity`) before the study is attached. On a disagreement the study is
+not attached to that request and is held: an :class:`~store.models.IdentityMismatch`
+row names the fields, the request's timeline (its state unchanged) and the study's
+events say which fields disagreed, a ``security-alert`` audit event is written and
+``on_mismatch`` queues the staff alert, all in the decision's transaction and once per
+(request, study). Staff resolve it on the request page (:func:`attach_anyway`,
+:func:`dismiss`). A name spelled differently is only flagged on the timeline.
 """
 
 from __future__ import annotations
@@ -26,21 +36,27 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from release.errors import InvalidTransition
+from release.errors import InvalidRequest, InvalidTransition
+from release.identity import Identity, IdentitySettings, Verdict, compare, of_header
 from release.requests import RequestBook
 from release.states import allowed
 from rules import AssociationFacts, Decision, RuleSet, explain_text, facts_from_dataset
+from store.audit import Outcome, actor_of, record
 from store.catalog import guarded
 from store.content import ContentStore
 from store.models import (
+    IdentityMismatch,
     Instance,
+    MismatchState,
     ReleaseRequest,
+    RequestEvent,
     RequestSelection,
     RequestState,
     RequestStudy,
     SelectionKind,
     Study,
     StudyDecision,
+    StudyEvent,
     StudyState,
     utcnow,
 )
@@ -68,10 +84,16 @@ class Matcher:
         book: RequestBook,
         clock: Callable[[], datetime] = utcnow,
         on_overdue: Callable[[Session, ReleaseRequest], None] | None = None,
+        identity: IdentitySettings | None = None,
+        on_mismatch: Callable[[Session, ReleaseRequest], None] | None = None,
     ) -> None:
         """``on_overdue(session, request)`` runs in the transaction that moves a request
-        to ``overdue`` (the node queues the staff alert there)."""
+        to ``overdue`` (the node queues the staff alert there); ``on_mismatch(session,
+        request)`` in the one that holds a study whose patient identity disagrees with
+        the request's (``identity``: how the identity is read and compared)."""
         self._on_overdue = on_overdue
+        self._on_mismatch = on_mismatch
+        self._identity = identity or IdentitySettings()
         self._requests_seen = 0  # the highest request id sweep_new_requests looked at
         self._sessions = sessions
         self._content = content
@@ -90,20 +112,20 @@ class Matcher:
         ready: list[str] = []
         for uid in study_uids:
             try:
-                decision = self._decide(uid)
+                decided = self._decide(uid)
             except (OSError, ValueError) as exc:
                 # An unreadable representative file: staff see the study undecided.
                 log.error("study %s: cannot decide (%s)", uid, type(exc).__name__)
                 continue
-            if decision is None:
+            if decided is None:
                 continue
             try:
-                ready += self._apply(uid, decision)
+                ready += self._apply(uid, *decided)
             except IntegrityError:
                 log.warning("study %s: attached concurrently; retried next sweep", uid)
         return ready
 
-    def _apply(self, study_uid: str, decision: Decision) -> list[str]:
+    def _apply(self, study_uid: str, decision: Decision, who: Identity) -> list[str]:
         now = self._clock()
         with guarded(self._sessions) as s, s.begin():
             study_id = s.scalar(select(Study.id).where(Study.study_uid == study_uid))
@@ -112,8 +134,15 @@ class Matcher:
                 found = self._find(s, decision, study_uid)
             elif decision.action == "hold":
                 found = self._named(s, study_uid)
+            found, refused = self._check_identity(s, study_id, study_uid, found, who, decision, now)
             states = self._attach(s, study_id, found, decision, now)
             action, reason = decision.action, decision.reason or ""
+            if refused and not found:
+                # Another patient's study (or one staff must confirm): never attached.
+                action = "hold"
+                reason = f"patient identity disagrees with request(s) {refused}"
+            elif refused:
+                reason = f"{reason}; patient identity disagrees with request(s) {refused}"
             if action == "hold" and found:
                 # Staff named this very study (picked it, or pulled it from the PACS):
                 # that is the request a hold waits for. Discard and reject still win.
@@ -168,7 +197,116 @@ class Matcher:
                 )
             )
 
-    def _decide(self, study_uid: str) -> Decision | None:
+    def _check_identity(
+        self,
+        s: Session,
+        study_id: int | None,
+        study_uid: str,
+        found: dict[int, ReleaseRequest],
+        who: Identity,
+        decision: Decision,
+        now: datetime,
+    ) -> tuple[dict[int, ReleaseRequest], str]:
+        """The requests of ``found`` the study may join, and the references (space
+        separated) it may not: their identity disagrees (see the module docstring)."""
+        if not found or study_id is None:
+            return found, ""
+        earlier = {
+            m.request_id: m
+            for m in s.scalars(
+                select(IdentityMismatch).where(
+                    IdentityMismatch.study_id == study_id,
+                    IdentityMismatch.request_id.in_(found),
+                )
+            )
+        }
+        kept: dict[int, ReleaseRequest] = {}
+        refused: list[str] = []
+        for rid, req in found.items():
+            verdict = compare(identity_of(req), who, self._identity)
+            known = earlier.get(rid)
+            if verdict.agrees or (known is not None and known.state == MismatchState.ATTACHED):
+                kept[rid] = req  # agrees, or staff attached it anyway (audited then)
+                if verdict.flagged:
+                    self._flag(s, req, study_id, study_uid, verdict, now)
+                continue
+            refused.append(req.reference)
+            if known is None:  # first time: record, tell the timeline, staff, the audit
+                self._hold(s, req, study_id, study_uid, verdict, decision, now)
+        return kept, " ".join(refused)
+
+    def _hold(
+        self,
+        s: Session,
+        req: ReleaseRequest,
+        study_id: int,
+        study_uid: str,
+        verdict: Verdict,
+        decision: Decision,
+        now: datetime,
+    ) -> None:
+        fields = " ".join(verdict.blocking)
+        s.add(
+            IdentityMismatch(
+                request_id=req.id,
+                study_id=study_id,
+                fields=fields,
+                rule=decision.rule or "",
+                state=MismatchState.OPEN,
+                found_at=now,
+            )
+        )
+        why = f"patient identity disagrees ({fields})"
+        _note(s, req, ACTOR, f"study {study_uid} held, not attached: {why}; staff alerted", now)
+        study_state = s.scalar(select(Study.state).where(Study.id == study_id)) or ""
+        s.add(
+            StudyEvent(
+                study_id=study_id,
+                at=now,
+                from_state=study_state,
+                to_state=study_state,
+                reason=f"held from request {req.reference}: {why}",
+            )
+        )
+        record(
+            s,
+            "identity-mismatch",
+            actor=actor_of(ACTOR, decision.rule or ""),
+            outcome=Outcome.SERIOUS_FAILURE,
+            studies=[study_uid],
+            request=req.reference,
+            detail=f"study held from the request: {why}",
+            at=now,
+        )
+        if self._on_mismatch is not None:
+            self._on_mismatch(s, req)  # the alert commits with the hold
+        log.warning(
+            "study %s held from request %s: patient identity disagrees (%s)",
+            study_uid,
+            req.reference,
+            fields,
+        )
+
+    def _flag(
+        self,
+        s: Session,
+        req: ReleaseRequest,
+        study_id: int,
+        study_uid: str,
+        verdict: Verdict,
+        now: datetime,
+    ) -> None:
+        """A non-blocking disagreement (the name) on the timeline, once per link."""
+        linked = s.scalar(
+            select(RequestStudy.id).where(
+                RequestStudy.request_id == req.id, RequestStudy.study_id == study_id
+            )
+        )
+        if linked is None:
+            fields = " ".join(verdict.flagged)
+            _note(s, req, ACTOR, f"study {study_uid}: {fields} spelled differently (flagged)", now)
+
+    def _decide(self, study_uid: str) -> tuple[Decision, Identity] | None:
         with guarded(self._sessions) as s:
             row = s.execute(
                 select(Study, Instance.path)
@@ -186,7 +324,7 @@ class Matcher:
             decision = ruleset.decide(
                 facts_from_dataset(ds, association, wanted=ruleset.wanted), "stable"
             )
-        return decision
+        return decision, of_header(ds, self._identity)
 
     def _find(self, s: Session, decision: Decision, study_uid: str) -> dict[int, ReleaseRequest]:
         """Every joinable request the decision's join keys find (indexed look-ups), and
@@ -253,24 +391,7 @@ class Matcher:
         self, s: Session, req: ReleaseRequest, state: RequestState, now: datetime
     ) -> bool:
         """In ``s``: move ``req`` to ready if every selection is satisfied; True if it did."""
-        if state not in (RequestState.RECEIVING, RequestState.OVERDUE):
-            return False
-        selections = list(
-            s.scalars(select(RequestSelection).where(RequestSelection.request_id == req.id))
-        )
-        studies = list(
-            s.scalars(
-                select(Study)
-                .join(RequestStudy, RequestStudy.study_id == Study.id)
-                .where(RequestStudy.request_id == req.id)
-            )
-        )
-        missing = [m for sel in selections if (m := _unsatisfied(sel, studies))]
-        if missing:
-            log.info("request %s not ready: %d selection(s) open", req.id, len(missing))
-            return False
-        reason = f"all {len(selections)} selection(s) received and stable"
-        return self._move_in(s, req, state, RequestState.READY, reason, now)
+        return _complete(s, self._book, req, state, now)
 
     def _move_in(
         self,
@@ -282,15 +403,7 @@ class Matcher:
         now: datetime,
     ) -> bool:
         """Move inside ``s``; False (nothing written) if someone moved it first."""
-        if not allowed(source, target):
-            return False
-        try:
-            # A lost race changes nothing (the UPDATE matched no row, no event was
-            # added), so the rest of the caller's transaction stays valid.
-            self._book.move(s, req, source, target, ACTOR, reason, now)
-        except InvalidTransition:
-            return False  # their move stands
-        return True
+        return _move_in(s, self._book, req, source, target, reason, now)
 
     def refresh(self, request_id: int) -> bool:
         """Move the request to ``ready`` if every selection is satisfied; True if it did."""
@@ -430,3 +543,187 @@ def _unsatisfied(sel: RequestSelection, studies: list[Study]) -> str | None:
         if got < sel.expected_instances:
             return f"{sel.kind}: {got} of {sel.expected_instances} instances (partial)"
     return None
+
+
+def _complete(
+    s: Session, book: RequestBook, req: ReleaseRequest, state: RequestState, now: datetime
+) -> bool:
+    """In ``s``: move ``req`` to ready if every selection is satisfied; True if it did."""
+    if state not in (RequestState.RECEIVING, RequestState.OVERDUE):
+        return False
+    selections = list(
+        s.scalars(select(RequestSelection).where(RequestSelection.request_id == req.id))
+    )
+    studies = list(
+        s.scalars(
+            select(Study)
+            .join(RequestStudy, RequestStudy.study_id == Study.id)
+            .where(RequestStudy.request_id == req.id)
+        )
+    )
+    missing = [m for sel in selections if (m := _unsatisfied(sel, studies))]
+    if missing:
+        log.info("request %s not ready: %d selection(s) open", req.id, len(missing))
+        return False
+    reason = f"all {len(selections)} selection(s) received and stable"
+    return _move_in(s, book, req, state, RequestState.READY, reason, now)
+
+
+def _move_in(
+    s: Session,
+    book: RequestBook,
+    req: ReleaseRequest,
+    source: RequestState,
+    target: RequestState,
+    reason: str,
+    now: datetime,
+    actor: str = ACTOR,
+) -> bool:
+    """Move inside ``s``; False (nothing written) if someone moved it first."""
+    if not allowed(source, target):
+        return False
+    try:
+        # A lost race changes nothing (the UPDATE matched no row, no event was
+        # added), so the rest of the caller's transaction stays valid.
+        book.move(s, req, source, target, actor, reason, now)
+    except InvalidTransition:
+        return False  # their move stands
+    return True
+
+
+def _note(s: Session, req: ReleaseRequest, actor: str, reason: str, now: datetime) -> None:
+    """A line on the request's timeline that does not move it (same state both sides)."""
+    state = str(req.state)
+    s.add(
+        RequestEvent(
+            request_id=req.id, at=now, actor=actor, from_state=state, to_state=state, reason=reason
+        )
+    )
+
+
+def identity_of(req: ReleaseRequest) -> Identity:
+    """The patient identity a request was made for."""
+    return Identity(
+        patient_id=req.patient_id,
+        birth_date=req.patient_birth_date,
+        name=req.patient_name,
+        issuer=req.patient_issuer or "",
+    )
+
+
+def mismatches(s: Session, request_id: int) -> list[tuple[IdentityMismatch, Study]]:
+    """The identity mismatches of a request, oldest first, with their studies."""
+    return list(
+        s.execute(
+            select(IdentityMismatch, Study)
+            .join(Study, Study.id == IdentityMismatch.study_id)
+            .where(IdentityMismatch.request_id == request_id)
+            .order_by(IdentityMismatch.id)
+        ).tuples()
+    )
+
+
+REASON_MAX = 500
+
+
+def _open_mismatch(s: Session, mismatch_id: int, request_id: int) -> IdentityMismatch:
+    found = s.get(IdentityMismatch, mismatch_id, with_for_update=True)
+    if found is None or found.request_id != request_id:
+        raise InvalidTransition("no such identity mismatch on this request; look at it again")
+    if found.state != MismatchState.OPEN:
+        raise InvalidTransition(
+            f"this identity mismatch was already resolved ({found.state}); look at it again"
+        )
+    return found
+
+
+def _checked_reason(reason: str) -> str:
+    text = " ".join(reason.split())
+    if not text:
+        raise InvalidRequest("give the reason (it goes to the timeline and the audit trail)")
+    if len(text) > REASON_MAX:
+        raise InvalidRequest(f"the reason is too long (at most {REASON_MAX} characters)")
+    return text
+
+
+def attach_anyway(
+    s: Session,
+    book: RequestBook,
+    request_id: int,
+    mismatch_id: int,
+    *,
+    actor: str,
+    audit_actor: str,
+    reason: str,
+    now: datetime,
+) -> RequestState:
+    """Staff override, in the caller's transaction ``s``: attach the held study to the
+    request although its identity disagrees, with a reason; the request moves on as
+    matching would (``receiving``, then ``ready`` when complete). Timeline event and an
+    audit event (an override of a safety check) name the staff member. Returns the
+    request's state afterwards. Raises :class:`InvalidRequest` (no reason) or
+    :class:`InvalidTransition` (already resolved, or the request cannot take studies
+    any more)."""
+    text = _checked_reason(reason)
+    m = _open_mismatch(s, mismatch_id, request_id)
+    req = s.get(ReleaseRequest, request_id)
+    study = s.get(Study, m.study_id)
+    assert req is not None and study is not None
+    state = RequestState(req.state)
+    if state not in JOINABLE:
+        raise InvalidTransition(
+            f"request {req.reference} is {state}: it takes no more studies; look at it again"
+        )
+    m.state, m.resolved_at, m.resolved_by, m.reason = MismatchState.ATTACHED, now, actor, text
+    s.add(RequestStudy(request_id=req.id, study_id=study.id, rule=m.rule, matched_at=now))
+    why = f"study {study.study_uid} attached despite identity mismatch ({m.fields}): {text}"
+    if state in (RequestState.PENDING, RequestState.OVERDUE) and _move_in(
+        s, book, req, state, RequestState.RECEIVING, why, now, actor=actor
+    ):
+        state = RequestState.RECEIVING
+    else:
+        _note(s, req, actor, why, now)
+    s.flush()
+    if study.state == StudyState.STABLE and _complete(s, book, req, state, now):
+        state = RequestState.READY
+    record(
+        s,
+        "identity-override",
+        actor=audit_actor,
+        studies=[study.study_uid],
+        request=req.reference,
+        detail=f"study attached despite identity mismatch ({m.fields}): {text}",
+        at=now,
+    )
+    return state
+
+
+def dismiss(
+    s: Session,
+    request_id: int,
+    mismatch_id: int,
+    *,
+    actor: str,
+    audit_actor: str,
+    reason: str,
+    now: datetime,
+) -> None:
+    """Staff confirm the held study is not this request's: it stays held (never
+    attached to it, never alerted again), with a reason on the timeline and an audit
+    event. Raises as :func:`attach_anyway`."""
+    text = _checked_reason(reason)
+    m = _open_mismatch(s, mismatch_id, request_id)
+    req = s.get(ReleaseRequest, request_id)
+    study = s.get(Study, m.study_id)
+    assert req is not None and study is not None
+    m.state, m.resolved_at, m.resolved_by, m.reason = MismatchState.DISMISSED, now, actor, text
+    _note(s, req, actor, f"study {study.study_uid} kept held (not this patient's): {text}", now)
+    record(
+        s,
+        "identity-mismatch",
+        actor=audit_actor,
+        studies=[study.study_uid],
+        request=req.reference,
+        detail=f"staff kept the study held from the request ({m.fields}): {text}",
+        at=now,
+    )

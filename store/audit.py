@@ -78,12 +78,22 @@ KINDS: dict[str, Kind] = {
     "security-alert": Kind(
         "110113", "Security Alert", "E", "110137", "User Security Attributes Changed"
     ),
+    # A study held from a request because its patient identity disagrees (release.identity),
+    # or staff keeping it held: who may receive the study changed.
+    "identity-mismatch": Kind(
+        "110113", "Security Alert", "E", "110135", "Object Security Attributes Changed"
+    ),
+    # Staff attached such a study anyway, with a reason: a safety check overridden.
+    "identity-override": Kind(
+        "110113", "Security Alert", "E", "110127", "Emergency Override Started"
+    ),
 }
 
 #: Names ``courier audit --type`` accepts beside the kinds.
 GROUPS: dict[str, tuple[str, ...]] = {
     "purge": ("study-deleted", "package-deleted"),
     "authentication": ("login", "logout"),
+    "identity": ("identity-mismatch", "identity-override"),
 }
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")

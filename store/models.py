@@ -211,6 +211,8 @@ class ReleaseRequest(Base):
     patient_id: Mapped[str] = mapped_column(String(64), index=True)
     patient_name: Mapped[str] = mapped_column(String(200))
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
+    # Issuer of Patient ID (the ID's domain), compared with the study's when both have one.
+    patient_issuer: Mapped[str] = mapped_column(String(64), default="")
     recipient_email: Mapped[str] = mapped_column(String(254))
     second_channel: Mapped[str] = mapped_column(String(260))
     backup_email: Mapped[str | None] = mapped_column(String(254), nullable=True)
@@ -294,6 +296,38 @@ class RequestStudy(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     rule: Mapped[str] = mapped_column(String(64), default="")
     matched_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class MismatchState(enum.StrEnum):
+    """Where an identity mismatch stands (see :class:`IdentityMismatch`)."""
+
+    OPEN = "open"  # the study is held from the request; staff have not decided
+    ATTACHED = "attached"  # staff attached it anyway, with a reason
+    DISMISSED = "dismissed"  # staff confirmed it is not this patient's: it stays held
+
+
+class IdentityMismatch(Base):
+    """A study a rule joined to a request whose patient identity disagrees with the
+    request's (:mod:`release.identity`): held, not attached, until staff decide.
+
+    ``fields`` names what disagreed (``patient_id``, ``issuer``, ``birth_date``; space
+    separated), never the values. One row per (request, study): the same mismatch is
+    alerted once, however often the study is decided again.
+    """
+
+    __tablename__ = "identity_mismatches"
+    __table_args__ = (UniqueConstraint("request_id", "study_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("release_requests.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    fields: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(16), default=MismatchState.OPEN, index=True)
+    found_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    resolved_by: Mapped[str] = mapped_column(String(200), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
 
 
 class Package(Base):

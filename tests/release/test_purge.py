@@ -6,6 +6,7 @@ changes goes back to receiving (injected clock throughout)."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -77,15 +78,34 @@ class World:
         self.purger = Purger(db.sessions, self.content, 30, clock=self.clock, retention_days=10)
         self.src = root / "src"
 
-    def receive(self, name: str, n: int, accession: str, description: str = "") -> str:
-        """Put ``n`` synthetic instances in the store (indexed as recovery does)."""
+    def receive(
+        self,
+        name: str,
+        n: int,
+        accession: str,
+        description: str = "",
+        patient_id: str = "MRN-000123",
+        edit: Callable[[pydicom.Dataset], None] | None = None,
+    ) -> str:
+        """Put ``n`` synthetic instances in the store (indexed as recovery does). The
+        patient is the one :func:`tests.release.helpers.draft` asks for (the identity
+        check holds another's study); ``edit`` changes each header before it is stored."""
         paths = synthetic.make_small_instances(
-            self.src / name, n=n, n_series=1, accession=accession, patient_id=f"P{name}"
+            self.src / name,
+            n=n,
+            n_series=1,
+            accession=accession,
+            patient_id=patient_id,
+            # One study per name, whoever the patient (the UID it always had).
+            study_uid=synthetic.synthetic_uid("small", 0, f"P{name}", accession, "study"),
         )
         for p in paths:
             ds = pydicom.dcmread(p)
             if description:
                 ds.StudyDescription = description
+            if edit is not None:
+                edit(ds)
+            if description or edit is not None:
                 ds.save_as(p)
             rel = self.content.instance_relpath(
                 ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
