@@ -171,6 +171,33 @@ def check_secret(cfg: Config, timeout_s: float) -> Finding:
     return Finding("secret", "ok", f"{path} (mode 600)")
 
 
+def check_callers(cfg: Config, timeout_s: float) -> Finding:
+    """Who may send DICOM: a warning while ``scp.allowed_calling_aes`` is empty (any calling
+    AE is accepted, as shipped, so that a first ``storescu`` works) or pins no host (an AE
+    title alone can be claimed from anywhere, and no association slot is reserved)."""
+    allowed = cfg.scp.allowed_calling_aes
+    if not allowed:
+        return Finding(
+            "dicom_callers",
+            "warn",
+            "scp.allowed_calling_aes is empty: any calling AE may send",
+            "list the PACS and modalities with their hosts in scp.allowed_calling_aes "
+            "(node.yaml shows an example)",
+        )
+    pinned = sum(p.host is not None for p in allowed)
+    if not pinned:
+        return Finding(
+            "dicom_callers",
+            "warn",
+            f"{len(allowed)} calling AE(s) allowed, none pinned to a host: any host may "
+            "claim them, and no association slot is reserved for them",
+            "add each sender's IP address (host:) to its scp.allowed_calling_aes entry",
+        )
+    return Finding(
+        "dicom_callers", "ok", f"{len(allowed)} calling AE(s) allowed, {pinned} pinned to a host"
+    )
+
+
 def _channels(cfg: Config, environ: Mapping[str, str]) -> tuple[Any, Any] | Finding:
     try:
         return build_channels(cfg.email, cfg.sms, cfg.data_dir, environ)
@@ -398,6 +425,7 @@ CHECKS: tuple[Check, ...] = (
     check_secret,
     check_email,
     check_sms,
+    check_callers,
     check_pacs,
     check_public_url,
 )

@@ -58,6 +58,7 @@ def test_a_fresh_node_gets_warnings_and_nothing_is_made(
         "secret": "warn",
         "email": "warn",  # file backend
         "sms": "warn",
+        "dicom_callers": "warn",  # scp.allowed_calling_aes empty: anyone may send
         "pacs": "skip",  # no pacs: section
         "public_url": "fail",  # nothing listens
     }
@@ -251,7 +252,26 @@ def test_broken_rules_fail_but_the_other_checks_still_run(
     found = {f["check"]: f for f in out["findings"]}
     assert code == 1 and found["rules"]["status"] == "fail"
     assert "check-config" in found["rules"]["fix"]
-    assert len(found) == 8
+    assert len(found) == len(doctor.CHECKS)
+
+
+@pytest.mark.parametrize(
+    ("allowed", "status"),
+    [
+        ("[]", "warn"),  # as shipped: any calling AE
+        ("[PACS1, CT2]", "warn"),  # no host pinned: anyone may claim them
+        ("[{ae_title: PACS1, host: 10.1.2.3}, CT2]", "ok"),
+    ],
+)
+def test_dicom_callers_warns_while_anyone_may_send(
+    tmp_path: Path, allowed: str, status: str
+) -> None:
+    path = tmp_path / "node.yaml"
+    write_config(path, tmp_path / "data", free_port(), extra_scp=f"allowed_calling_aes: {allowed}")
+    found = doctor.check_callers(load_config(path), 1.0)
+    assert found.status == status, found
+    if status == "warn":
+        assert "allowed_calling_aes" in found.fix
 
 
 def test_a_check_that_crashes_is_reported_not_raised(
