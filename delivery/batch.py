@@ -57,12 +57,13 @@ from delivery.package import (
     sweep_partial,
 )
 from delivery.package_errors import PackageError
+from delivery.preview import RenderLimits
 from release.errors import InvalidTransition
 from release.requests import RequestBook
 from store.audit import record
 from store.catalog import guarded
 from store.claims import holding, is_postgres, lock_connection, skip_locked, try_lock, unlock
-from store.content import ContentStore
+from store.content import DIR_MODE, ContentStore
 from store.models import (
     DicomDestination,
     Grant,
@@ -109,6 +110,7 @@ class DeliveryBatch:
         *,
         contact: str = "",
         max_part_bytes: int | None = None,
+        preview_limits: RenderLimits | None = None,
         purge_grace_days: int = 0,
         clock: Callable[[], datetime] = utcnow,
         dicom: DicomDelivery | None = None,
@@ -123,6 +125,7 @@ class DeliveryBatch:
         self._dir = package_dir
         self._contact = contact
         self._max_part = max_part_bytes
+        self._preview_limits = preview_limits
         self._clock = clock
 
     def recover(self) -> list[str]:
@@ -137,7 +140,7 @@ class DeliveryBatch:
         work of dead nodes; the lock is held while the folder is swept and the request
         moved. On SQLite (one node) every lock is free: call it at start-up only.
         """
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         with guarded(self._sessions) as s:
             stuck = list(
                 s.execute(
@@ -323,6 +326,7 @@ class DeliveryBatch:
                 ),
                 max_part_bytes=self._max_part,
                 progress=progress,
+                preview_limits=self._preview_limits,
             )
         except (PackageError, OSError) as exc:
             self._fail(req, f"package could not be built: {exc}")

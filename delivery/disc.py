@@ -61,6 +61,7 @@ from delivery.package_errors import (
     UnreadableInstanceError,
 )
 from delivery.zipwriter import CHUNK, Entry, fsync_dir, temporary_name
+from store.content import FILE_MODE
 
 __all__ = ["DiscExistsError", "DiscResult", "DiscTargetError", "volume_label", "write_disc_image"]
 
@@ -353,7 +354,8 @@ def write_disc_image(
     folder = _check_target(out_path, force)
     temporary = folder / temporary_name(out_path.name)
     try:
-        out = temporary.open("xb")
+        # Owner-only whatever the umask: the image holds patient data.
+        out = os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb")
     except OSError as exc:
         raise DiscTargetError(
             f"cannot write into {folder} ({exc.strerror}): choose a folder you can write to"

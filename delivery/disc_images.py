@@ -39,7 +39,7 @@ from delivery.package_errors import PackageError
 from release.requests import RequestBook
 from store.audit import record
 from store.catalog import guarded
-from store.content import ContentStore
+from store.content import DIR_MODE, ContentStore
 from store.models import DiscJob, ReleaseRequest, RequestState, utcnow
 
 FOLDER = "discs"
@@ -114,7 +114,7 @@ def write_job_image(
     out = folder / f"{reference}.iso"
     try:
         items = package_items(sessions, content, request_id)
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(exist_ok=True, mode=DIR_MODE)
         info = PackageInfo(reference=reference, language=language, contact=contact, created=claimed)
         # force: the path is ours alone (claimed above); a file there is a stale image
         # of an earlier job of this request, or one a crash left unrecorded.

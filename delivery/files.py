@@ -18,6 +18,7 @@ from pathlib import Path
 
 from delivery.channel import ChannelKind, OutgoingMessage, Receipt, to_email
 from delivery.errors import DeliveryError
+from store.content import DIR_MODE
 
 
 class FileChannel:
@@ -87,7 +88,7 @@ class FileChannel:
         return f"To: {message.to}\nMessage-ID: {message.message_id}\n\n{message.text}".encode()
 
     def _write(self, message: OutgoingMessage) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
         final = self.path_for(message)
         # The temporary name starts with a dot so a reader globbing *.eml skips it.
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=final.suffix)

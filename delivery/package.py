@@ -9,8 +9,9 @@ Each part is self-contained and holds:
 - ``DICOMDIR`` (FileSet's layout, see :mod:`delivery.dicomdir`) and the instances,
   byte-identical to the stored files, at the PS3.10 file IDs it names;
 - ``README.txt`` and ``README.html`` in the request's language (:mod:`delivery.readme`);
-- ``PREVIEW/`` with one JPEG per series (:mod:`delivery.preview`); a series whose pixels
-  cannot be decoded gets none, and a note in the manifest;
+- ``PREVIEW/`` with one JPEG per series (:mod:`delivery.preview`, decoded in a limited
+  child process); a series whose pixels cannot be decoded within the limits gets none,
+  and a note in the manifest;
 - ``MANIFEST.json`` (:mod:`delivery.manifest`): counts, part k of N, size and SHA-256 of
   every other file.
 
@@ -41,8 +42,9 @@ from delivery.package_errors import (
     UnreadableInstanceError,
 )
 from delivery.parts import SeriesGroup, Sized, plan_parts
-from delivery.preview import PreviewError, render_preview
+from delivery.preview import RenderLimits, series_previews
 from delivery.zipwriter import PARTIAL_SUFFIX, PartWriter, fsync_dir
+from store.content import DIR_MODE
 
 __all__ = [
     "MissingInstanceError",
@@ -174,16 +176,12 @@ def _series_groups(sized: list[Sized[PackageItem]]) -> list[list[Sized[PackageIt
     return groups
 
 
-def _previews(groups: list[list[Sized[PackageItem]]]) -> dict[str, bytes | str]:
+def _previews(
+    groups: list[list[Sized[PackageItem]]], limits: RenderLimits | None
+) -> dict[str, bytes | str]:
     """One thumbnail per series (its middle instance), or the reason there is none."""
-    previews: dict[str, bytes | str] = {}
-    for group in groups:
-        middle = group[len(group) // 2].item
-        try:
-            previews[middle.series_uid] = render_preview(middle.path)
-        except PreviewError as exc:
-            previews[middle.series_uid] = str(exc)
-    return previews
+    middles = (group[len(group) // 2].item for group in groups)
+    return series_previews(((m.series_uid, m.path) for m in middles), limits)
 
 
 def _planned(
@@ -201,6 +199,7 @@ def build_package(
     info: PackageInfo,
     max_part_bytes: int | None = None,
     progress: Progress | None = None,
+    preview_limits: RenderLimits | None = None,
 ) -> PackageResult:
     """Build the package for ``items`` into the folder ``dest`` (created if missing).
 
@@ -208,7 +207,9 @@ def build_package(
     parts ``<reference>-part<k>-of-<N>.zip`` cut between series where possible (see
     :mod:`delivery.parts`). Earlier final-named parts of the same reference that this
     build did not produce are removed once it succeeds. ``progress`` is called with
-    (instance bytes copied, total instance bytes) after each instance.
+    (instance bytes copied, total instance bytes) after each instance. ``preview_limits``
+    bound the decoding of the series previews (:mod:`delivery.preview`; None: the
+    defaults).
 
     Raises :class:`MissingInstanceError` / :class:`UnreadableInstanceError` for an instance
     file that is missing, unreadable or not the instance the item names, and
@@ -222,9 +223,11 @@ def build_package(
     if not _REFERENCE.fullmatch(info.reference):
         raise ValueError(f"reference {info.reference!r}: use letters, digits and dashes")
     groups = _series_groups(_checked(items))
-    previews = _previews(groups)
+    previews = _previews(groups, preview_limits)
     plan = plan_parts([_planned(g, previews) for g in groups], max_part_bytes)
-    dest.mkdir(parents=True, exist_ok=True)
+    # The parent too: mkdir(parents=True) gives the folders it adds the umask's mode.
+    dest.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    dest.mkdir(exist_ok=True, mode=DIR_MODE)
     names = part_names(info.reference, len(plan))
     facts = PackageFacts(
         counts=Counts(

@@ -25,6 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from store.content import FILE_MODE
+
 CHUNK = 1 << 20
 PARTIAL_SUFFIX = ".partial"
 _FILE_MODE = 0o644 << 16  # rw-r--r-- for the unzip tools that honour Unix modes
@@ -135,7 +137,9 @@ class PartWriter:
         self.sha256 = ""
         self.size = 0
         self._date_time = (max(created.year, 1980), *created.timetuple()[1:6])
-        self._file: BinaryIO | None = open(self.temporary, "xb")  # noqa: SIM115 - closed in finish/abort
+        # Owner-only whatever the umask: the part holds patient data (closed in finish/abort).
+        fd = os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
         self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self._file, "w", allowZip64=True)
         self._buffer = bytearray(CHUNK)
         self._hash = _Follower(self.temporary)

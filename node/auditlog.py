@@ -44,6 +44,7 @@ from node.config import Config
 from store.audit import after, record_now
 from store.catalog import guarded
 from store.claims import turn
+from store.content import DIR_MODE
 from store.errors import StoreError
 from store.models import AuditCursor, AuditEvent, utcnow
 
@@ -181,7 +182,7 @@ class JsonlSink:
         line = json_line(event, source=self._source)
         try:
             if self._fd is None:
-                self._path.parent.mkdir(parents=True, exist_ok=True)
+                self._path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
                 self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.write(self._fd, line)
         except OSError as exc:

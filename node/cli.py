@@ -115,7 +115,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    The command runs with umask 077: whatever it creates under node.data_dir (database,
+    instances, packages, outbox files, logs) is the node account's alone. The code gives
+    explicit modes too (store.content.DIR_MODE/FILE_MODE); the umask also covers files
+    that libraries make (prometheus_client's). The caller's umask is back on return, so
+    tests may call ``main`` in their own process.
+    """
+    umask = os.umask(0o077)
+    try:
+        return _run(argv)
+    finally:
+        os.umask(umask)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
         return print_result(args, {"version": __version__}, f"courier {__version__}")

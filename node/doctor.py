@@ -43,6 +43,11 @@ Status = Literal["ok", "warn", "fail", "skip"]
 #: which staff should act soon (warn).
 FAIL_FREE_BYTES = 1 * 10**9
 WARN_FREE_BYTES = 10 * 10**9
+#: How many entries under node.data_dir the mode check looks at before it stops (and
+#: says so): a data directory holds a file per instance, millions on a busy node.
+MODE_SCAN_LIMIT = 200_000
+#: How many of the too-open paths a finding names (the count says how many there are).
+MODE_EXAMPLES = 5
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,56 @@ def check_secret(cfg: Config, timeout_s: float) -> Finding:
             "restore it from backup (deleting it voids every link already sent)",
         )
     return Finding("secret", "ok", f"{path} (mode 600)")
+
+
+def check_modes(cfg: Config, timeout_s: float, limit: int = MODE_SCAN_LIMIT) -> Finding:
+    """Nothing under ``data_dir`` is open to group or others (everything there is made
+    0700/0600, see store.content.DIR_MODE). Walks at most ``limit`` entries, without
+    following symbolic links; names a few paths relative to ``data_dir`` (instance paths
+    hold UIDs only, package paths request references)."""
+    data = cfg.data_dir
+    if not data.is_dir():
+        return Finding("modes", "skip", f"{data} does not exist yet")
+    wide: list[tuple[str, int]] = []
+    mode = stat.S_IMODE(data.stat().st_mode)
+    if mode & _OPEN:
+        wide.append((".", mode))
+    seen, complete, stack = 0, True, [data]
+    while stack and complete:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # unreadable to us: the node could not use it either
+        for entry in entries:
+            seen += 1
+            if seen > limit:
+                complete = False
+                break
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # removed meanwhile
+            if stat.S_ISLNK(st.st_mode):
+                continue  # a link's own mode means nothing
+            if stat.S_IMODE(st.st_mode) & _OPEN:
+                wide.append((str(Path(entry.path).relative_to(data)), stat.S_IMODE(st.st_mode)))
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(Path(entry.path))
+    scope = f"{seen} entries" if complete else f"the first {limit} entries (stopped there)"
+    if not wide:
+        return Finding("modes", "ok", f"{data}: owner-only ({scope} checked)")
+    named = ", ".join(f"{p} ({m:o})" for p, m in sorted(wide)[:MODE_EXAMPLES])
+    return Finding(
+        "modes",
+        "warn",
+        f"{len(wide)} path(s) under {data} open to group or others in {scope}: {named}",
+        f"chmod -R go-rwx {data} (patient data must be the node account's alone); "
+        "start the node with `courier`, which makes everything owner-only",
+    )
+
+
+_OPEN = stat.S_IRWXG | stat.S_IRWXO
 
 
 def check_callers(cfg: Config, timeout_s: float) -> Finding:
@@ -423,6 +478,7 @@ CHECKS: tuple[Check, ...] = (
     check_database,
     check_disk,
     check_secret,
+    check_modes,
     check_email,
     check_sms,
     check_callers,
@@ -454,8 +510,8 @@ def add_doctor_parser(
     doctor = sub.add_parser(
         "doctor",
         parents=[common, as_json],
-        help="check the database, disk, secret, SMTP, Twilio, the PACS (C-ECHO) and the "
-        "public URL, and say "
+        help="check the database, disk, secret, file modes under node.data_dir, SMTP, "
+        "Twilio, the PACS (C-ECHO) and the public URL, and say "
         "what to fix (exit 1 when a check fails; changes nothing)",
     )
     doctor.add_argument(

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.catalog import guarded
+from store.content import FILE_MODE
 from store.models import ReleaseRequest, Study, utcnow
 
 STATUS_FILE = "status.json"
@@ -41,9 +42,7 @@ class StatusFile:
             "heartbeat_at": self._clock().isoformat(),
             **fields,
         }
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
-        os.replace(tmp, self.path)
+        _replace(self.path, record)
 
     def clear(self) -> None:
         """Say the node stopped cleanly (keeps the last rules state for the record)."""
@@ -52,9 +51,18 @@ class StatusFile:
         except (OSError, ValueError):
             return
         record["stopped_at"] = self._clock().isoformat()
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
-        os.replace(tmp, self.path)
+        _replace(self.path, record)
+
+
+def _replace(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` to ``path`` through a temporary file, owner-only (as all of
+    node.data_dir: see store.content.FILE_MODE)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)  # os.open's mode applies only to a new file
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, indent=2))
+    os.replace(tmp, path)
 
 
 def read_status(

@@ -34,6 +34,8 @@ from pynetdicom import (
     dimse_messages,
 )
 
+from store.content import DIR_MODE
+
 _counter = itertools.count()
 _open: dict[str, SpoolFile] = {}
 _open_lock = threading.Lock()
@@ -144,7 +146,7 @@ def _write_file_meta_info(fp: SpoolFile, meta: bytes) -> None:
 
 def install(folder: Path, fault: WriteFault | None = None) -> None:
     """Make pynetdicom spool every C-STORE dataset into ``folder`` (process-wide)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     _config.STORE_RECV_CHUNKED_DATASET = True
 
     def factory(*_args: Any, **_kwargs: Any) -> SpoolFile:

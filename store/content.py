@@ -23,6 +23,12 @@ from pathlib import Path
 from store.errors import DiskFull, InvalidUID
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+#: Modes of everything created under ``node.data_dir``: patient data is the node
+#: account's alone, never readable by another local user. Given explicitly wherever a
+#: folder or file is made, whatever the process's umask (``courier`` also sets 077).
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 _HASH_CHUNK = 1 << 20
 
 
@@ -86,8 +92,9 @@ class ContentStore:
 
     def prepare(self) -> None:
         """Create the folders (idempotent)."""
-        for d in (self.root, self.instances, self.conflicts, self.spool):
-            d.mkdir(parents=True, exist_ok=True)
+        # Parents first: mkdir(parents=True) gives the folders it adds the umask's mode.
+        for d in (self.root, self.instances, self.conflicts, self.spool.parent, self.spool):
+            d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
 
     def instance_relpath(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         """The stored path of an instance, from validated UIDs only."""
@@ -148,7 +155,7 @@ class ContentStore:
             p = p.parent
         for d in reversed(missing):
             with contextlib.suppress(FileExistsError):
-                d.mkdir()
+                d.mkdir(mode=DIR_MODE)
             fsync_dir(d.parent)
 
     def sweep_spool(self) -> int:

@@ -63,7 +63,11 @@ def make_engine(
     kwargs: dict[str, Any] = {"future": True}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(parsed.database)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Made owner-only before SQLite opens it: SQLite gives the -wal and -shm
+            # files the database file's mode, and all three hold patient data.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         kwargs["connect_args"] = {"timeout": busy_timeout_s, "check_same_thread": False}
     else:
         connect_args: dict[str, Any] = {"connect_timeout": max(1, int(busy_timeout_s))}

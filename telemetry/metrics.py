@@ -61,7 +61,7 @@ REFUSAL_REASONS = (
     "called_ae_not_recognized",
     "local_limit_exceeded",
 )
-DROP_REASONS = ("pdu_too_large", "pdu_timeout", "aborted")
+DROP_REASONS = ("pdu_too_large", "pdu_timeout", "aborted", "per_host_limit")
 # The failure statuses Courier's C-STORE answers (scp.ingest.Status, the rules' 0x0124).
 STORE_FAILURES = (0xA700, 0xA701, 0xA900, 0xC000, 0xC001, 0xC002, 0x0110, 0x0124)
 CODE_RESULTS = ("right", "wrong")
@@ -103,7 +103,8 @@ class _Metrics:
         )
         self.dropped = Counter(
             "courier_associations_dropped",
-            "Associations cut short: a PDU over the limit, a PDU too slow, or an abort.",
+            "Associations cut short: a PDU over the limit, a PDU too slow, an abort, or a "
+            "connection over scp.max_connections_per_host.",
             ["reason"],
             registry=r,
         )
@@ -160,7 +161,9 @@ def configure(directory: Path | None, *, clear: bool = False) -> None:
     global _metrics, _directory, _local
     with _lock:
         if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+            # Owner-only, as all of data_dir (the parent too: metrics/<node.name>).
+            directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            directory.mkdir(exist_ok=True, mode=0o700)
             if clear:
                 for old in directory.glob("*.db"):
                     old.unlink(missing_ok=True)

@@ -56,6 +56,7 @@ def test_a_fresh_node_gets_warnings_and_nothing_is_made(
         "database": "warn",  # not made yet
         "disk": "warn",  # data_dir not made yet
         "secret": "warn",
+        "modes": "skip",  # data_dir not made yet
         "email": "warn",  # file backend
         "sms": "warn",
         "dicom_callers": "warn",  # scp.allowed_calling_aes empty: anyone may send
@@ -82,6 +83,7 @@ def test_a_running_node_passes_its_own_checks(
     assert found["database"].status == "ok" and "schema at" in found["database"].detail
     assert found["secret"].status == "ok"
     assert found["disk"].status == "ok"
+    assert found["modes"].status == "ok", found["modes"]  # nothing open to group/others
     assert found["public_url"].status == "ok", found["public_url"]
 
 
