@@ -4,6 +4,7 @@
 :mod:`portal.staff_requests` (list, new, one request) and :mod:`portal.staff_actions`
 (resend, revoke, extend, re-issue, mark for CD, cancel), :mod:`portal.staff_discs`
 (the CD burn queue: write the disc image, download it, mark it burned, cancel it),
+:mod:`portal.staff_identity` (studies held because their patient identity differs),
 plus the dashboard here.
 Pages are English only, server-rendered, and need no JavaScript.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from portal import staff_actions, staff_auth, staff_discs, staff_requests
+from portal import staff_actions, staff_auth, staff_discs, staff_identity, staff_requests
 from portal.site import context_of
 from portal.staff_auth import SignedIn
 from portal.staff_dashboard import dashboard
@@ -40,3 +41,4 @@ router.include_router(home)
 router.include_router(staff_requests.router)
 router.include_router(staff_actions.router)
 router.include_router(staff_discs.router)
+router.include_router(staff_identity.router)

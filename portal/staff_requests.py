@@ -45,6 +45,7 @@ from portal.staff_studies import (
     studies_on_pacs,
 )
 from release.errors import RequestConflict, RequestNotFound
+from release.matching import mismatches
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
 from store.catalog import guarded
 from store.models import ReleaseRequest, RequestState, Urgency
@@ -78,6 +79,8 @@ DONE = {
     "disc-burned": "The disc was marked burned; the request left the burn queue.",
     "disc-cancel": "The CD was cancelled; its disc image was deleted.",
     "cancel": "The request was cancelled; its links no longer work.",
+    "identity-attach": "The study was attached despite the identity mismatch (audited).",
+    "identity-dismiss": "The study stays held; it will not be attached to this request.",
 }
 STATES = [str(s) for s in RequestState]
 
@@ -411,6 +414,7 @@ def detail_page(
         fresh = s.get(ReleaseRequest, req.id)
         assert fresh is not None
         told = story(s, fresh, ctx.clock())
+        held = mismatches(s, fresh.id)  # studies held: patient identity differs
     done = DONE.get(request.query_params.get("done", ""), "")
     return page(
         request,
@@ -424,6 +428,7 @@ def detail_page(
         done=done,
         error=error,
         default_days=min(ctx.delivery.link_days, 30),
+        mismatches=held,
     )
 
 

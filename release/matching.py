@@ -613,14 +613,13 @@ def identity_of(req: ReleaseRequest) -> Identity:
 
 def mismatches(s: Session, request_id: int) -> list[tuple[IdentityMismatch, Study]]:
     """The identity mismatches of a request, oldest first, with their studies."""
-    return list(
-        s.execute(
-            select(IdentityMismatch, Study)
-            .join(Study, Study.id == IdentityMismatch.study_id)
-            .where(IdentityMismatch.request_id == request_id)
-            .order_by(IdentityMismatch.id)
-        ).tuples()
+    rows = s.execute(
+        select(IdentityMismatch, Study)
+        .join(Study, Study.id == IdentityMismatch.study_id)
+        .where(IdentityMismatch.request_id == request_id)
+        .order_by(IdentityMismatch.id)
     )
+    return [(m, st) for m, st in rows]
 
 
 REASON_MAX = 500
