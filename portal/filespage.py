@@ -71,6 +71,7 @@ class ShareView:
     state: str  # "active", "revoked", "expired", "locked"
     opened: bool
     email_failed: bool
+    shown: bool = False  # a code shown to the patient: they may make a new one
 
 
 def human_size(n: int, lang: str) -> str:
@@ -192,6 +193,7 @@ def shares(s: Session, grant: Grant, now: datetime, lang: str) -> list[ShareView
                 state=state,
                 opened=g.first_opened_at is not None,
                 email_failed=failed is not None,
+                shown=g.second_channel == "shown:",
             )
         )
     return out
