@@ -114,7 +114,9 @@ class Composer:
             raise ComposeError("superseded by a newer code", outcome="superseded", alert=False)
         expired = grant.code_expires_at is None or self._clock() >= grant.code_expires_at
         if check_expiry and expired:
-            raise ComposeError("the code expired before it could be sent", alert=False)
+            raise ComposeError(
+                "the code expired before it could be sent", outcome="expired", alert=False
+            )
         code = self._keys.code(grant)
         if row.kind == "code_sms":
             return messages.code_sms(

@@ -29,7 +29,14 @@ from delivery.sms import gsm_safe
 DOMAIN = "messages"
 CODE_VALID_MINUTES = 10
 AlertKind = Literal[
-    "overdue", "failed", "locked", "rules_reload_failed", "disc", "sms_breaker", "identity_mismatch"
+    "overdue",
+    "failed",
+    "locked",
+    "rules_reload_failed",
+    "disc",
+    "sms_breaker",
+    "identity_mismatch",
+    "code_undelivered",
 ]
 # Node-wide alerts: they name no request.
 _NODE_ALERTS = frozenset({"rules_reload_failed", "sms_breaker"})

@@ -70,6 +70,10 @@ ACTOR = "outbox"
 # Long enough for an SMTP server to answer after the final dot (RFC 5321: 10 min). Only
 # the last resort: a row whose claimer is known to be gone is released at once.
 LEASE_S = 900.0
+#: The number of a link's codes that failed to reach the patient (expired unsent, refused)
+#: at which staff are alerted (``code_undelivered``, once per link): one lost code may be
+#: a provider's bad minute, two mean the patient is stuck at the code page.
+CODE_ALERT_AFTER = 2
 
 
 @dataclass(frozen=True)
@@ -306,13 +310,19 @@ class Relay:
             self._close_attempt(s, attempt_id, outcome, code, exc.message, "")
             row.last_error = exc.message[:500]
             row.claimed_until = row.claimed_by = None
+            wait = self._policy.delay(row.attempts, self._rng, exc.retry_after)
             if permanent and exc.permanent and self._to_backup(s, row, code):
                 row.state = NotificationState.FAILED
             elif permanent:
                 why = exc.message if exc.permanent else f"gave up after {row.attempts} attempts"
                 self._fail_for_good(s, row, why)
+            elif not exc.outcome_unknown and self._expires_before(
+                s, row, now + timedelta(seconds=wait)
+            ):
+                # The next try would come after the code's validity: say so now (the
+                # patient's page offers a new code) rather than keep the patient waiting.
+                self._code_expired(s, row, f"{exc.message}; the code expires before the next try")
             else:
-                wait = self._policy.delay(row.attempts, self._rng, exc.retry_after)
                 row.state = NotificationState.QUEUED
                 row.next_attempt_at = now + timedelta(seconds=wait)
                 self._note(
@@ -367,11 +377,42 @@ class Relay:
             assert row is not None
             row.claimed_until = row.claimed_by = None
             row.last_error = detail[:500]
-            if permanent:
+            if outcome == "expired":
+                self._code_expired(s, row, detail)
+            elif permanent:
                 self._fail_for_good(s, row, detail)
             else:
                 row.state = NotificationState.FAILED
                 self._note(s, row, f"{_what(row)} not sent: {detail}")
+
+    @staticmethod
+    def _expires_before(s: Session, row: Notification, when: datetime) -> bool:
+        """True when ``row`` is a code whose validity ends before ``when``."""
+        if not row.kind.startswith("code_") or row.grant_id is None:
+            return False
+        grant = s.get(Grant, row.grant_id)
+        ends = grant.code_expires_at if grant is not None else None
+        return ends is not None and ends <= when
+
+    def _code_expired(self, s: Session, row: Notification, why: str) -> None:
+        """A code that could not be sent while it was valid: never dropped in silence.
+        The row fails (the patient's code page then says the code could not be sent and
+        offers a new one, :mod:`portal.access`); the grant counts it, and the
+        ``CODE_ALERT_AFTER``-th such code of a link alerts staff (once)."""
+        row.state = NotificationState.FAILED
+        row.last_error = why[:500]
+        self._note(s, row, f"{_what(row)} not sent before the code expired: {why}")
+        grant = s.get(Grant, row.grant_id) if row.grant_id is not None else None
+        if grant is None:
+            return
+        grant.codes_failed += 1
+        if grant.codes_failed == CODE_ALERT_AFTER and row.request_id is not None:
+            req = s.get(ReleaseRequest, row.request_id)
+            if req is not None:
+                self._outbox.alert(
+                    s, "code_undelivered", reference=req.reference, request_id=req.id
+                )
+        log.warning("notification %d (%s) not sent before its code expired", row.id, row.kind)
 
     def _fail_for_good(self, s: Session, row: Notification, why: str) -> None:
         """A permanent failure: the row fails; a patient message fails its request and

@@ -31,7 +31,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from sqlalchemy import Integer, bindparam, case, func, insert, or_, update
+from sqlalchemy import Integer, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningUpdate
 from starlette.concurrency import run_in_threadpool
@@ -65,7 +65,7 @@ from portal.grantsession import (
 from store.audit import Outcome
 from store.audit import record as audit_event
 from store.db import writing
-from store.models import Grant, PortalSession, UTCDateTime
+from store.models import Grant, Notification, NotificationState, PortalSession, UTCDateTime
 from telemetry import metrics
 
 router = APIRouter()
@@ -102,16 +102,31 @@ class _Link:
     masked: str
     shown_code: bool
     language: str
+    # The latest code could not be sent while it was valid (delivery.relay): the code
+    # page says so and offers a new one instead of leaving the patient waiting.
+    code_lost: bool = False
+
+
+def _code_lost(s: Session, grant_id: int) -> bool:
+    """True when the grant's latest code message failed (expired unsent, refused)."""
+    last = s.scalars(
+        select(Notification.state)
+        .where(Notification.grant_id == grant_id, Notification.kind.in_(("code_sms", "code_email")))
+        .order_by(Notification.id.desc())
+        .limit(1)
+    ).first()
+    return last == NotificationState.FAILED
 
 
 def _live_link(ctx: PortalContext, token: str | None) -> _Link | None:
     with ctx.sessions() as s:
         found = live_grant(s, token, ctx.clock())
+        lost = found is not None and _code_lost(s, found.grant.id)
     if found is None:
         return None
     grant = found.grant
     shown = grant.second_channel.startswith("shown:")
-    return _Link(mask(grant.second_channel), shown, grant.language)
+    return _Link(mask(grant.second_channel), shown, grant.language, lost)
 
 
 @router.get("/access", include_in_schema=False)
