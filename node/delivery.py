@@ -230,6 +230,7 @@ class DeliveryService:
             queue_pulls=None if pacs is None else _queue_pulls(self._sessions, pacs, self._clock),
             pacs_timeout_s=60.0 if pacs is None else _pacs_wait_s(pacs),
             phones=self.phones,
+            identity_check=self.cfg.identity.check,
         )
 
     # -- sweeps -------------------------------------------------------------------------

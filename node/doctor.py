@@ -253,6 +253,25 @@ def check_callers(cfg: Config, timeout_s: float) -> Finding:
     )
 
 
+def check_identity(cfg: Config, timeout_s: float) -> Finding:
+    """Right patient: fails while ``identity.check`` is off (a study of another patient
+    could then be released on a rule's join alone)."""
+    ident = cfg.identity
+    if not ident.check:
+        return Finding(
+            "identity",
+            "fail",
+            "identity.check is false: studies join requests without comparing the "
+            "patient's identity",
+            "set identity.check: true; for a PACS in another ID domain, map it with "
+            "identity.patient_id_from (node.yaml shows how)",
+        )
+    source = ident.patient_id_from
+    if ident.issuer:
+        source += f" (issuer {ident.issuer})"
+    return Finding("identity", "ok", f"patient identity checked; ID read from {source}")
+
+
 def _channels(cfg: Config, environ: Mapping[str, str]) -> tuple[Any, Any] | Finding:
     try:
         return build_channels(cfg.email, cfg.sms, cfg.data_dir, environ)
@@ -482,6 +501,7 @@ CHECKS: tuple[Check, ...] = (
     check_email,
     check_sms,
     check_callers,
+    check_identity,
     check_pacs,
     check_public_url,
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import select
 
 from portal import staff_actions, staff_auth, staff_discs, staff_identity, staff_requests
 from portal.site import context_of
@@ -20,6 +21,7 @@ from portal.staff_auth import SignedIn
 from portal.staff_dashboard import dashboard
 from portal.staff_requests import page
 from store.catalog import guarded
+from store.models import IdentityMismatch, MismatchState, ReleaseRequest
 
 router = APIRouter()
 home = APIRouter(prefix="/staff")
@@ -33,7 +35,24 @@ def show_dashboard(request: Request, staff: SignedIn) -> Response:
     ctx = context_of(request)
     with guarded(ctx.sessions) as s:
         board = dashboard(s, ctx.clock())
-    return page(request, ctx, staff, "staff/dashboard.html.j2", board=board)
+        held = list(  # studies held because their patient identity differs
+            s.scalars(
+                select(ReleaseRequest.reference)
+                .join(IdentityMismatch, IdentityMismatch.request_id == ReleaseRequest.id)
+                .where(IdentityMismatch.state == MismatchState.OPEN)
+                .distinct()
+                .order_by(ReleaseRequest.reference)
+            )
+        )
+    return page(
+        request,
+        ctx,
+        staff,
+        "staff/dashboard.html.j2",
+        board=board,
+        identity_off=not ctx.identity_check,
+        identity_held=held,
+    )
 
 
 router.include_router(staff_auth.router)

@@ -348,3 +348,21 @@ def test_the_pacs_echo(
     assert detail in finding.detail
     assert fix in finding.fix
     assert bool(finding.fix) == (status == "fail")
+
+
+@pytest.mark.parametrize(
+    ("section", "status"),
+    [
+        ("", "ok"),
+        ("identity:\n  check: false\n", "fail"),
+        ("identity:\n  patient_id_from: OtherPatientIDsSequence\n  issuer: HOSP-A\n", "ok"),
+    ],
+)
+def test_identity_check_off_fails(tmp_path: Path, section: str, status: str) -> None:
+    path = tmp_path / "node.yaml"
+    write_config(path, tmp_path / "data", free_port())
+    path.write_text(path.read_text() + section)
+    found = doctor.check_identity(load_config(path), 1.0)
+    assert found.status == status, found
+    if status == "fail":
+        assert "identity.check" in found.detail and "patient_id_from" in found.fix

@@ -127,3 +127,18 @@ def test_keep_held(site: Site) -> None:
     assert site.scalar(select(RequestStudy.id)) is None
     page = site.client.get(f"/staff/requests/{ref}").text
     assert "dismissed by staff:alice" in page
+
+
+def test_the_dashboard_lists_held_studies(site: Site) -> None:
+    ref = make_request(site)
+    held(site, ref, "1.2.3.906")
+    page = site.client.get("/staff").text
+    assert f'href="/staff/requests/{ref}#identity"' in page
+    assert 'id="identity-off"' not in page
+
+
+def test_the_dashboard_flags_the_check_turned_off(db: Database, tmp_path: Path) -> None:
+    for site in open_site(db, tmp_path, identity_check=False):
+        assert site.login().status_code == 303
+        page = site.client.get("/staff").text
+        assert 'id="identity-off"' in page and "identity.check: false" in page
