@@ -159,6 +159,28 @@ class DeliverySettings(BaseModel):
         description="Folder for built packages; relative paths are under node.data_dir. "
         "Empty: <data_dir>/packages. Default empty.",
     )
+    preview_max_pixels: int = Field(
+        default=50_000_000,
+        ge=100_000,
+        le=1_000_000_000,
+        description="Values (Rows x Columns x SamplesPerPixel) of the one frame a series "
+        "preview decodes, read from the header first; a larger frame gets no preview "
+        "(a line in the manifest says so). Default 50000000.",
+    )
+    preview_memory_mb: int = Field(
+        default=512,
+        ge=128,
+        le=16_384,
+        description="Megabytes: the address space of the child process that decodes "
+        "previews (interpreter included, about 150). Default 512.",
+    )
+    preview_timeout_s: float = Field(
+        default=20.0,
+        ge=0.5,
+        le=600,
+        description="Seconds of CPU and of wall clock one preview may take before its "
+        "child process is killed (no preview for that series). Default 20.",
+    )
 
     @field_validator("window")
     @classmethod

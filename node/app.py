@@ -333,7 +333,9 @@ def _start_receiver(
 ) -> tuple[Any, Rulebook]:
     spool.install(content.spool)
     rulebook = Rulebook(cfg)
-    ingest = Ingest(content, Catalog(sessions), RuleScreen(rulebook.current))
+    ingest = Ingest(
+        content, Catalog(sessions), RuleScreen(rulebook.current), max_pixels=cfg.scp.max_pixels
+    )
     commitment = StorageCommitmentScp(cfg.scp, sessions, content)
     server = start_server(
         cfg.scp, ingest, workers=workers, data_dir=cfg.data_dir, commitment=commitment

@@ -42,6 +42,7 @@ from delivery.package import PackageItem
 from delivery.relay import Relay, RetryPolicy
 from delivery.schedule import DeliveryScheduler
 from delivery.smsbreaker import SmsBreaker
+from imaging import RenderLimits
 from node.config import Config
 from node.pulls import PullQueue, Wanted
 from portal.context import PortalContext
@@ -112,6 +113,9 @@ class DeliveryService:
             self.package_dir,
             contact=d.contact,
             max_part_bytes=d.max_package_mb * 1_000_000 if d.max_package_mb else None,
+            preview_limits=RenderLimits(
+                d.preview_max_pixels, d.preview_memory_mb, d.preview_timeout_s
+            ),
             purge_grace_days=d.purge_grace_days,
             clock=clock,
             dicom=self.dicom,

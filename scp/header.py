@@ -5,7 +5,14 @@ without complaint, and a sequence nested thousands deep exhausts its recursion. 
 an instance is acknowledged, :func:`check_structure` walks every element header of the
 dataset iteratively (no recursion, bounded depth), checking that each value fits in the
 file and that every undefined-length sequence and item is closed; then
-:func:`read_header` extracts the attributes the index needs.
+:func:`read_header` extracts the attributes the index needs, and the pixel size the header
+declares (:class:`imaging.PixelBudget`: Rows, Columns, NumberOfFrames, SamplesPerPixel,
+BitsAllocated), which ingest bounds before anything decodes those pixels.
+
+Indexed text loses control characters (PostgreSQL refuses NUL) and the Unicode bidi
+controls (U+202A-U+202E embeddings and overrides, U+2066-U+2069 isolates, the marks
+U+200E, U+200F, U+061C): a name holding a right-to-left override would otherwise show
+reversed, and differently from what it holds, on every page, list and terminal.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from imaging import PixelBudget, declared_size
 
 MAX_DEPTH = 32
 
@@ -74,6 +83,7 @@ class Header:
     series_description: str
     instance_number: str
     dataset_offset: int
+    pixels: PixelBudget  # the size the header declares (its pixel data is not checked)
 
 
 def _meta(fh: BinaryIO, size: int) -> tuple[str, int]:
@@ -232,8 +242,12 @@ def _walk(
         offset = start + length
 
 
-_CONTROL = dict.fromkeys(range(0x20), None)
+_CONTROL: dict[int, None] = dict.fromkeys(range(0x20), None)
 _CONTROL.pop(0x1B)  # ESC starts ISO 2022 character set switches in names
+# Bidi controls: embeddings/overrides, isolates, and the direction marks.
+_CONTROL.update(dict.fromkeys([*range(0x202A, 0x202F), *range(0x2066, 0x206A)], None))
+_CONTROL.update(dict.fromkeys((0x200E, 0x200F, 0x061C), None))
+_US = {None, "US"}  # Rows, Columns, SamplesPerPixel, BitsAllocated: implicit VR or US
 
 
 class _Fields:
@@ -268,6 +282,19 @@ class _Fields:
         value = self.get(keyword)
         return "" if value is None else value.translate(_CONTROL).strip()[:limit]
 
+    def count(self, keyword: str) -> object:
+        """A numeric pixel-description value (US read from its two bytes, IS from its
+        text), or pydicom's reading of anything else; None when absent."""
+        raw = self._raws.get(_TAGS[keyword])
+        if raw is not None and isinstance(raw.value, bytes):
+            if raw.VR in _US and len(raw.value) == 2:
+                return int.from_bytes(raw.value, "little" if raw.is_little_endian else "big")
+            if keyword == "NumberOfFrames" and raw.value.isascii():
+                return raw.value.decode("ascii").strip("\x00 ")
+        if raw is None and self._ds is None:
+            return None
+        return self._dataset().get(keyword)
+
     def uid(self, keyword: str) -> str | None:
         value = self.get(keyword)
         return None if value is None else value.strip("\x00 ")
@@ -291,8 +318,14 @@ _TAGS = {
         "SeriesNumber",
         "SeriesDescription",
         "InstanceNumber",
+        "Rows",
+        "Columns",
+        "NumberOfFrames",
+        "SamplesPerPixel",
+        "BitsAllocated",
     )
 }
+_PIXEL_KEYWORDS = ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated")
 _WANTED = {tag: k for k, tag in _TAGS.items()}
 
 
@@ -326,6 +359,7 @@ def read_header(path: Path) -> Header:
             series_description=f.text("SeriesDescription", 64),
             instance_number=f.text("InstanceNumber", 12),
             dataset_offset=offset,
+            pixels=declared_size({k: f.count(k) for k in _PIXEL_KEYWORDS}),
         )
     except BadDataset:
         raise

@@ -40,6 +40,7 @@ class Status(IntEnum):
     CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand - not a whole, parseable dataset
     MISSING_UID = 0xC001  # Error: Cannot understand - Study/Series/SOP Instance UID missing
     INVALID_UID = 0xC002  # Error: Cannot understand - a UID is malformed
+    TOO_MANY_PIXELS = 0xC003  # Error: Cannot understand - declares more than scp.max_pixels
     PROCESSING_FAILURE = 0x0110  # Failure: Processing failure - unexpected error, see log
     REFUSED_BY_RULE = 0x0124  # Refused: Not authorized (PS3.7 C.4) - a reject rule matched
 
@@ -60,10 +61,20 @@ Screen = Callable[[Path, Header, Peer], int | None]
 class Ingest:
     """Stores one instance at a time per SOP Instance UID; safe across associations."""
 
-    def __init__(self, content: ContentStore, catalog: Catalog, screen: Screen | None = None):
+    def __init__(
+        self,
+        content: ContentStore,
+        catalog: Catalog,
+        screen: Screen | None = None,
+        *,
+        max_pixels: int = 1_000_000_000,
+    ):
         self._content = content
         self._catalog = catalog
         self._screen = screen
+        # Rows x Columns x frames x samples a header may declare (scp.max_pixels): an RLE
+        # frame of zeros is tiny on the wire and gigabytes once anything decodes it.
+        self._max_pixels = max_pixels
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -112,6 +123,16 @@ class Ingest:
         except InvalidUID as exc:
             log.warning("refused instance: %s", exc)
             return Status.INVALID_UID
+        if header.pixels.total_values > self._max_pixels:
+            log.warning(
+                "refused instance uid=%s: declares %d pixel values, over scp.max_pixels %d; "
+                "answering 0x%04X",
+                sop_instance,
+                header.pixels.total_values,
+                self._max_pixels,
+                Status.TOO_MANY_PIXELS,
+            )
+            return Status.TOO_MANY_PIXELS
         if self._screen is not None:
             refused = self._screen(path, header, peer)
             if refused is not None:
@@ -219,6 +240,7 @@ def _record(header: Header, peer: Peer, sha: str, size: int, rel: str) -> Instan
         patient_id=header.patient_id,
         patient_name=header.patient_name,
         patient_birth_date=header.patient_birth_date,
+        declared_pixels=header.pixels.total_values or None,
         accession_number=header.accession_number,
         study_date=header.study_date,
         study_description=header.study_description,

@@ -198,6 +198,13 @@ class ScpSettings(BaseModel):
         le=3600,
         description="Wait before the second try; doubles after each, up to 10 minutes.",
     )
+    max_pixels: int = Field(
+        default=1_000_000_000,
+        ge=1_000_000,
+        le=1_000_000_000_000,
+        description="Pixel values one instance may declare (Rows x Columns x NumberOfFrames x "
+        "SamplesPerPixel); more is refused with 0xC003 before it is stored.",
+    )
 
     @field_validator("ae_title")
     @classmethod

@@ -59,6 +59,7 @@ class InstanceRecord:
     series_number: str = ""
     series_description: str = ""
     instance_number: str = ""
+    declared_pixels: int | None = None  # Rows x Columns x frames x samples; None: no image
     calling_ae: str = ""
     called_ae: str = ""
     peer_host: str = ""
@@ -180,6 +181,7 @@ _NEW_INSTANCE = insert(_INSTANCES).values(
         "sha256",
         "path",
         "calling_ae",
+        "declared_pixels",
     ),
     received_at=_NOW,
     file_missing=False,

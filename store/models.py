@@ -126,6 +126,9 @@ class Instance(Base):
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
     file_missing: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    # Rows x Columns x NumberOfFrames x SamplesPerPixel as the header declares it (checked
+    # against scp.max_pixels at ingest); NULL: no image, or received before migration 0012.
+    declared_pixels: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class InstanceConflict(Base):
