@@ -19,6 +19,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from node.config import Config, ConfigError, load_config
+from node.output import print_text
 from rules import (
     AssociationFacts,
     RuleSet,
@@ -101,19 +102,21 @@ def run_rules_command(args: argparse.Namespace, cfg_path: Path) -> int:
             for e in studies.values()
         ]
         print(json.dumps({"studies": out, "skipped": skipped}, indent=2))
-    else:
+    else:  # header values are shown: printed with print_text (terminal-safe)
+        lines = []
         for e in studies.values():
-            print(f"study {e['study_uid']} ({e['instances']} instances)")
+            lines.append(f"study {e['study_uid']} ({e['instances']} instances)")
             if e["rejected"]:
-                print(f"  at C-STORE: {e['rejected']} instance(s) refused")
-                print(_indent(explain_text(e["store"], show_values=True)))
+                lines.append(f"  at C-STORE: {e['rejected']} instance(s) refused")
+                lines.append(_indent(explain_text(e["store"], show_values=True)))
             if "stable" in e:
-                print("  when stable:")
-                print(_indent(explain_text(e["stable"], show_values=True)))
+                lines.append("  when stable:")
+                lines.append(_indent(explain_text(e["stable"], show_values=True)))
             else:
-                print("  nothing would be stored")
-        for s in skipped:
-            print(f"skipped (not DICOM): {s}")
+                lines.append("  nothing would be stored")
+        lines += [f"skipped (not DICOM): {s}" for s in skipped]
+        if lines:
+            print_text("\n".join(lines))
     return 0 if studies else 2
 
 

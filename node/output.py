@@ -78,5 +78,12 @@ def print_result(args: argparse.Namespace, data: Any, text: str) -> int:
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, default=json_default, ensure_ascii=True))
     else:
-        print(_UNSAFE_BUT_NEWLINE.sub(_escape, text))
+        print_text(text)
     return EXIT_OK
+
+
+def print_text(text: str) -> None:
+    """Print ``text`` with every control and bidi character but its line breaks made
+    visible: for commands that print text of their own rather than through
+    :func:`print_result`."""
+    print(_UNSAFE_BUT_NEWLINE.sub(_escape, text))
