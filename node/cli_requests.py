@@ -48,6 +48,7 @@ _OPTIONS = {
     "patient_id": "--patient-id",
     "patient_name": "--patient-name",
     "patient_birth_date": "--birth-date",
+    "patient_issuer": "--issuer",
     "recipient_email": "--email",
     "second_channel": "--second-channel",
     "backup_email": "--backup-email",
@@ -81,6 +82,12 @@ def add_request_parsers(
     create.add_argument("--patient-id", required=True, help="patient ID / MRN")
     create.add_argument("--patient-name", required=True)
     create.add_argument("--birth-date", required=True, metavar="YYYYMMDD")
+    create.add_argument(
+        "--issuer",
+        default="",
+        help="Issuer of Patient ID (the ID's domain); compared with the studies' when they "
+        "carry one",
+    )
     create.add_argument("--email", help="where the link is sent (required unless --to-dicom)")
     create.add_argument(
         "--second-channel",
@@ -280,6 +287,7 @@ def _draft_data(args: argparse.Namespace) -> dict[str, Any]:
         "patient_id": args.patient_id,
         "patient_name": args.patient_name,
         "patient_birth_date": args.birth_date,
+        "patient_issuer": args.issuer,
         "recipient_email": args.email,
         "second_channel": args.second_channel,
         "backup_email": args.backup_email,

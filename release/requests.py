@@ -103,6 +103,7 @@ class RequestBook:
                 patient_id=draft.patient_id,
                 patient_name=draft.patient_name,
                 patient_birth_date=draft.patient_birth_date,
+                patient_issuer=draft.patient_issuer,
                 # A DICOM destination has no person to e-mail: the columns stay empty.
                 recipient_email=draft.recipient_email or "",
                 second_channel=draft.second_channel or "",

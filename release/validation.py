@@ -259,6 +259,9 @@ class RequestDraft(BaseModel):
     patient_id: Text64
     patient_name: Text200
     patient_birth_date: Text16
+    # Issuer of Patient ID (the ID's domain); "" = not given. Compared with the study's
+    # when both have one (release.identity).
+    patient_issuer: Annotated[str, _bounded(0, 64), AfterValidator(_plain)] = ""
     recipient_email: Address | None = None
     second_channel: Channel | None = None
     backup_email: Address | None = None
@@ -276,6 +279,13 @@ class RequestDraft(BaseModel):
     @field_validator("patient_id")
     @classmethod
     def _patient_id(cls, v: str) -> str:
+        if "\\" in v:
+            raise ValueError("a backslash separates DICOM values; remove it")
+        return _only(v, _ID_PUNCTUATION, "letters, digits")
+
+    @field_validator("patient_issuer")
+    @classmethod
+    def _patient_issuer(cls, v: str) -> str:
         if "\\" in v:
             raise ValueError("a backslash separates DICOM values; remove it")
         return _only(v, _ID_PUNCTUATION, "letters, digits")

@@ -321,3 +321,21 @@ def test_staff_attach_anyway_or_keep_held(db: Database, tmp_path: Path) -> None:
     assert [e.actor for e in kept][-1] == "staff:bob"
     story = [e.reason for e in world.book.timeline(refs[0])]
     assert any("attached despite identity mismatch (birth_date)" in r for r in story)
+
+
+@pytest.mark.parametrize(
+    ("issuer", "ok"), [("", True), ("HOSP-A", True), ("A\\B", False), ("<x>", False)]
+)
+def test_a_request_names_its_issuer(db: Database, tmp_path: Path, issuer: str, ok: bool) -> None:
+    world = World(db, tmp_path)
+    if not ok:
+        with pytest.raises(ValidationError) as caught:
+            draft(patient_issuer=issuer)
+        assert caught.value.errors()[0]["loc"] == ("patient_issuer",)
+        return
+    ref = world.book.create(draft(patient_issuer=issuer), "test").reference
+    with db.sessions() as s:
+        stored = s.scalar(
+            select(ReleaseRequest.patient_issuer).where(ReleaseRequest.reference == ref)
+        )
+    assert stored == issuer
