@@ -6,6 +6,7 @@ or isolate that it never closes cannot reorder the text around it, on the staff 
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def test_staff_pages_isolate_header_text(site: Site, description: str) -> None:
     assert picker.status_code == 200
     assert _shown(picker.text, description), "description not isolated in the study picker"
     assert "<b>CT</b>" not in picker.text
+    # The form's fields, filled in from the studies' headers, take their own direction.
+    assert re.search(r'<input id="patient-name" [^>]*dir="auto"', picker.text)
     # Every occurrence of the override sits inside an element of its own (<bdi>).
     for text in (page.text, picker.text):
         for at in [i for i, ch in enumerate(text) if ch == "\u202e"]:
