@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from scp.admission import Limits
 from tests import synthetic
 from tests.conftest import Database, LocalScp, start_local_scp
 from tests.peers import echoscu, have_dcmtk, require_peer, storescu
@@ -326,3 +327,20 @@ def test_without_a_pinned_entry_no_slot_is_held_back(scp: LocalScp) -> None:
     finally:
         for s, _r in opened:
             s.close()
+
+
+@pytest.mark.parametrize(
+    ("limits", "workers", "share"),
+    [
+        ((16, 4, 16), 1, (16, 4, 16)),
+        ((16, 4, 16), 2, (8, 2, 8)),
+        ((3, 2, 5), 2, (2, 1, 3)),  # rounded up; the reserve leaves one general slot
+        ((1, 0, 1), 4, (1, 0, 1)),  # never zero
+        ((2, 4, 16), 1, (2, 1, 16)),  # a reserve over the cap is clamped
+    ],
+)
+def test_each_receiving_process_gets_its_share_of_the_limits(
+    limits: tuple[int, int, int], workers: int, share: tuple[int, int, int]
+) -> None:
+    got = Limits(*limits).per_process(workers)
+    assert (got.max_associations, got.reserved_for_allowed, got.max_connections_per_host) == share
