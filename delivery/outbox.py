@@ -30,13 +30,13 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Select, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from release.errors import InvalidTransition
 from store.claims import is_postgres, orphaned, skip_locked, try_lock, unlock
@@ -52,6 +52,62 @@ from store.models import (
 Q, SENDING = NotificationState.QUEUED, NotificationState.SENDING
 #: The advisory lock a relay holds on a row while it sends it (store.claims).
 OUTBOX_LOCK = "outbox"
+#: A link email still not accepted by the mail server this long after it was queued is
+#: listed on the staff dashboard (urgent links are promised within a minute; retries
+#: after a 4xx start at ``delivery.retry_base_s``).
+LINK_QUEUED_WARN = timedelta(minutes=5)
+#: What a link email's status means, as staff read it (request page, ``request show``).
+LINK_STATUS_TEXT = {
+    "queued": "link queued: not yet accepted by the mail server",
+    "accepted": "link email accepted by the mail server",
+    "failed": "link email failed: not delivered",
+}
+
+
+def link_status(
+    sessions: sessionmaker[Session], request_ids: Iterable[int]
+) -> dict[int, dict[str, Any]]:
+    """The delivery status of each request's latest link email, by request id:
+    ``{"status": "queued" | "accepted" | "failed", "since": datetime, "text": str}``
+    ("accepted" means the mail server took it, not that the patient read it; "since" is
+    when it was queued, accepted or last tried). Requests without a link email are left
+    out: ``notified`` alone never claims the patient was told."""
+    ids = list(request_ids)
+    if not ids:
+        return {}
+    out: dict[int, dict[str, Any]] = {}
+    with sessions() as s:
+        for rid, state, created, sent, nxt in s.execute(
+            select(
+                Notification.request_id,
+                Notification.state,
+                Notification.created_at,
+                Notification.sent_at,
+                Notification.next_attempt_at,
+            )
+            .where(Notification.kind == "link_email", Notification.request_id.in_(ids))
+            .order_by(Notification.id)
+        ):
+            status, since = (
+                ("accepted", sent)
+                if state == NotificationState.SENT
+                else ("failed", nxt)
+                if state == NotificationState.FAILED
+                else ("queued", created)
+            )
+            if rid is not None:  # the latest row wins (ordered by id)
+                out[rid] = {"status": status, "since": since, "text": LINK_STATUS_TEXT[status]}
+    return out
+
+
+def stale_links(now: datetime) -> Select[Any]:
+    """Ids of the requests with a link email queued (or being sent) for longer than
+    :data:`LINK_QUEUED_WARN`: a SELECT for the dashboard to filter requests by."""
+    return select(Notification.request_id).where(
+        Notification.kind == "link_email",
+        Notification.state.in_((Q, SENDING)),
+        Notification.created_at < now - LINK_QUEUED_WARN,
+    )
 
 
 def _start_ticks(pid: int) -> str | None:

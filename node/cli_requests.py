@@ -20,9 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from delivery.outbox import Outbox, queue_link_again
+from delivery.outbox import Outbox, link_status, queue_link_again
 from node.app import open_store
 from node.cli_pacs import PullRefused, pull_selection
 from node.config import Config
@@ -195,9 +195,9 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
                 return _create(args, book, draft, lambda rid: queue.enqueue(rid, pulls))
             return _create(args, book, draft)
         if args.request_action == "list":
-            return _list(args, book)
+            return _list(args, book, sessions)
         if args.request_action == "show":
-            return _show(args, book)
+            return _show(args, book, sessions)
         if args.request_action == "cancel":
             event = book.cancel(args.reference, cli_actor(), args.reason)
             return _event_done(args, book, event, "cancelled")
@@ -379,24 +379,33 @@ def _create(
     return print_result(args, data, text)
 
 
-def _list(args: argparse.Namespace, book: RequestBook) -> int:
+def _list(args: argparse.Namespace, book: RequestBook, sessions: sessionmaker[Session]) -> int:
     state = RequestState(args.state) if args.state else None
     rows = [request_dict(r) for r in book.list(state=state, limit=args.limit)]
-    lines = [f"{'REFERENCE':<15} {'STATE':<10} {'URGENCY':<9} {'SELECTED':>8} CREATED"]
+    links = link_status(sessions, [r["id"] for r in rows])
+    for r in rows:  # "notified" is not "told": the link email's own status beside it
+        r["link_email"] = links.get(r["id"])
+    lines = [f"{'REFERENCE':<15} {'STATE':<10} {'URGENCY':<9} {'SELECTED':>8} {'LINK':<8} CREATED"]
     lines += [
         f"{cell(r['reference'], 15)} {r['state']:<10} {r['urgency']:<9} "
-        f"{len(r['selection']):>8} "
+        f"{len(r['selection']):>8} {(r['link_email'] or {}).get('status', '-'):<8} "
         f"{r['created_at']:%Y-%m-%d %H:%M}"
         for r in rows
     ]
     return print_result(args, rows, "\n".join(lines))
 
 
-def _show(args: argparse.Namespace, book: RequestBook) -> int:
+def _show(args: argparse.Namespace, book: RequestBook, sessions: sessionmaker[Session]) -> int:
     req = book.get(args.reference)
     data = request_dict(req)
     data["timeline"] = [event_dict(e) for e in book.timeline(req.id)]
-    lines = fields(data, skip=("selection", "timeline"))
+    data["link_email"] = link = link_status(sessions, [req.id]).get(req.id)
+    lines = fields(data, skip=("selection", "timeline", "link_email"))
+    lines.append(
+        f"link_email: {link['text']} ({link['since']:%Y-%m-%d %H:%M:%S})"
+        if link
+        else "link_email: -"
+    )
     lines.append("selection:")
     lines += [
         f"  {s['kind']} {cell(s['value'])}"

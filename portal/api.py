@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from delivery.outbox import Outbox, queue_link_again
+from delivery.outbox import Outbox, link_status, queue_link_again
 from portal.accesslog import AccessLog
 from portal.apikeys import actor_of, check_hashes, match_api_key
 from portal.context import PortalContext
@@ -146,8 +146,12 @@ def create_request(
 def list_requests(
     who: Actor, deps: Deps, state: RequestState | None = None, limit: Limit = 100
 ) -> list[dict[str, Any]]:
-    """Release requests, newest first, optionally only those in ``state``."""
-    return [request_dict(r) for r in deps.book.list(state=state, limit=limit)]
+    """Release requests, newest first, optionally only those in ``state``.
+    ``link_email``: the latest link email's status (``queued``, ``accepted`` by the mail
+    server, ``failed``) and since when; null when none was queued."""
+    rows = [request_dict(r) for r in deps.book.list(state=state, limit=limit)]
+    links = link_status(deps.sessions, [r["id"] for r in rows])
+    return [{**r, "link_email": links.get(r["id"])} for r in rows]
 
 
 @api.get("/requests/{ref}", responses={404: {"model": Detail}})
@@ -155,7 +159,8 @@ def get_request(ref: Ref, who: Actor, deps: Deps) -> dict[str, Any]:
     """One request with its selection and its timeline (oldest event first)."""
     req = deps.book.get(ref)
     timeline = [event_dict(e) for e in deps.book.timeline(req.id)]
-    return {**request_dict(req), "timeline": timeline}
+    link = link_status(deps.sessions, [req.id]).get(req.id)
+    return {**request_dict(req), "link_email": link, "timeline": timeline}
 
 
 @api.post(
@@ -226,7 +231,10 @@ def create_app(
     )
     hashes = check_hashes(api_key_hashes)
     outbox = portal.outbox if portal is not None else Outbox(clock=clock)
-    app.state.courier = _Deps(sessions, hashes, RequestBook(sessions, clock), outbox, clock)
+    # The node's SMS number policy (sms.allowed_countries) comes with the portal's context.
+    phones = portal.phones if portal is not None else None
+    book = RequestBook(sessions, clock, phones=phones)
+    app.state.courier = _Deps(sessions, hashes, book, outbox, clock)
     app.include_router(api)
     if portal is not None:
         install_pages(app, portal)

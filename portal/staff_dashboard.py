@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from delivery.discs import WHY_TEXT
+from delivery.outbox import stale_links
 from portal.staff_choices import LIVE
 from store.models import (
     DiscJob,
@@ -83,11 +84,19 @@ class Dashboard:
     locked: list[LockedLine] = field(default_factory=list)
     alerts: list[AlertLine] = field(default_factory=list)
     burn: list[BurnLine] = field(default_factory=list)
+    # Link emails queued longer than delivery.outbox.LINK_QUEUED_WARN, not yet accepted.
+    queued_links: list[RequestLine] = field(default_factory=list)
 
     @property
     def quiet(self) -> bool:
         return not (
-            self.overdue or self.failed or self.stuck or self.locked or self.alerts or self.burn
+            self.overdue
+            or self.failed
+            or self.stuck
+            or self.locked
+            or self.alerts
+            or self.burn
+            or self.queued_links
         )
 
 
@@ -127,6 +136,9 @@ def dashboard(s: Session, now: datetime) -> Dashboard:
     board.failed = _in_state(s, RequestState.FAILED)
     board.stuck = _in_state(
         s, RequestState.PACKAGING, ReleaseRequest.updated_at < now - STUCK_PACKAGING
+    )
+    board.queued_links = _in_state(
+        s, RequestState.NOTIFIED, ReleaseRequest.id.in_(stale_links(now))
     )
     for grant, reference in s.execute(
         select(Grant, ReleaseRequest.reference)

@@ -29,6 +29,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
+from delivery.outbox import link_status
 from portal.context import PortalContext
 from portal.forms import Form
 from portal.pages import render
@@ -438,4 +439,5 @@ def detail_page(
 @router.get("/requests/{ref}", response_class=HTMLResponse)
 def show_request(ref: str, request: Request, staff: SignedIn) -> Response:
     """The request page."""
+        link=link_status(ctx.sessions, [req.id]).get(req.id),  # queued is not accepted
     return detail_page(request, context_of(request), staff, ref[:64])
