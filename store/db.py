@@ -6,6 +6,7 @@ its row is committed, and ``NORMAL`` may lose the last commits on power loss.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -67,7 +68,8 @@ def make_engine(
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Made owner-only before SQLite opens it: SQLite gives the -wal and -shm
             # files the database file's mode, and all three hold patient data.
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         kwargs["connect_args"] = {"timeout": busy_timeout_s, "check_same_thread": False}
     else:
         connect_args: dict[str, Any] = {"connect_timeout": max(1, int(busy_timeout_s))}
