@@ -37,6 +37,7 @@ from node.output import (
 )
 from node.pulls import PullQueue, Wanted
 from release.errors import InvalidRequest, RequestConflict, RequestError
+from release.phonepolicy import PhonePolicy
 from release.records import event_dict, request_dict
 from release.requests import RequestBook
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
@@ -187,7 +188,7 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
         engine, sessions, _content = open_store(cfg)
     except StoreError as exc:
         return _fail(args, EXIT_UNAVAILABLE, str(exc))
-    book = RequestBook(sessions)
+    book = RequestBook(sessions, phones=PhonePolicy(frozenset(cfg.sms.allowed_countries)))
     try:
         if draft is not None:
             if cfg.pacs is not None and pulls:

@@ -52,14 +52,14 @@ class PortalContext:
     pacs_find: PacsFind | None = None  # the patient's studies on the PACS (C-FIND)
     queue_pulls: Callable[[int, list[tuple[str, int | None]]], int] | None = None
     pacs_timeout_s: float = 60.0  # the longest a page waits for pacs_find
-    phones: PhonePolicy = field(default_factory=PhonePolicy)  # who may get SMS (shares)
+    phones: PhonePolicy = field(default_factory=PhonePolicy)  # who may get SMS
     # identity.check: False puts a permanent banner on the staff dashboard.
     identity_check: bool = True
 
     @property
     def book(self) -> RequestBook:
         """The request book on the same sessions and clock."""
-        return RequestBook(self.sessions, self.clock)
+        return RequestBook(self.sessions, self.clock, phones=self.phones)
 
     @property
     def contact(self) -> str:

@@ -45,7 +45,7 @@ from portal.staff_studies import (
     studies_of_patient,
     studies_on_pacs,
 )
-from release.errors import RequestConflict, RequestNotFound
+from release.errors import InvalidRequest, RequestConflict, RequestNotFound
 from release.matching import mismatches
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
 from store.catalog import guarded
@@ -390,6 +390,12 @@ def create_request(form: CheckedForm, request: Request, staff: SignedIn) -> Resp
         general = ["This form was already used for another request; start a new one."]
         values["form_key"] = _form_key()
         return _form_page(request, ctx, staff, values, {}, general, 409)
+    except InvalidRequest as exc:
+        # The node's SMS number policy (sms.allowed_countries), named at its field.
+        field, _sep, message = str(exc).partition(": ")
+        refused = [{"field": field, "message": message}]
+        errors, general = place_errors(refused, sources, data["selection"], form)
+        return _form_page(request, ctx, staff, values, errors, general, 422)
     if wanted and ctx.queue_pulls is not None:
         # After the request's own transaction, as the CLI does: the same form posted
         # again (same idempotency key) queues whatever a crash in between left out.

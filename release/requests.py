@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from release.errors import InvalidRequest, InvalidTransition, RequestConflict, RequestNotFound
+from release.phonepolicy import PhonePolicy, PhoneRefused
 from release.reference import new_reference, normalize_reference
 from release.states import FINAL, JOINABLE, RESENDABLE, TRANSITIONS, allowed
 from release.validation import RequestDraft
@@ -48,7 +49,9 @@ _MAX_REASON = 2000
 class RequestBook:
     """Release requests in the index database.
 
-    ``clock`` gives aware UTC times; ``rng`` draws references (the OS's CSPRNG when None).
+    ``clock`` gives aware UTC times; ``rng`` draws references (the OS's CSPRNG when None);
+    ``phones`` is the node's SMS number policy (``sms.allowed_countries``; the number's
+    type is already checked by :class:`RequestDraft`).
     Returned rows are detached, with ``selections`` loaded; use :meth:`timeline` for events.
     """
 
@@ -57,10 +60,13 @@ class RequestBook:
         sessions: sessionmaker[Session],
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
+        *,
+        phones: PhonePolicy | None = None,
     ) -> None:
         self._sessions = sessions
         self._clock = clock
         self._rng = rng
+        self._phones = phones
 
     # -- creating ---------------------------------------------------------------------
 
@@ -73,9 +79,16 @@ class RequestBook:
 
         With an idempotency key already used for the same content, returns the existing
         request and ``created=False`` (nothing written). Raises :class:`RequestConflict`
-        if the key was used for different content.
+        if the key was used for different content, :class:`InvalidRequest` (``second_channel:
+        …``) for an SMS number outside the node's policy.
         """
         actor = _bounded(actor, "actor", _MAX_ACTOR)
+        scheme, _, number = (draft.second_channel or "").partition(":")
+        if scheme == "sms" and self._phones is not None:
+            try:
+                self._phones.check(number)
+            except PhoneRefused as exc:
+                raise InvalidRequest(f"second_channel: {exc}") from None
         for _ in range(_REFERENCE_ATTEMPTS):
             if draft.idempotency_key is not None:
                 existing = self._by_key(draft.idempotency_key)

@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from delivery.codes import send_code
 from delivery.files import FileChannel
 from delivery.relay import Relay
 from delivery.smsbreaker import SmsBreaker
+from portal.api import create_app
+from portal.apikeys import hash_api_key, new_api_key
 from release.phonepolicy import PhonePolicy
 from store.models import Grant, Notification, NotificationState
 from tests.conftest import Database
@@ -308,3 +311,31 @@ def test_sms_settings_validate_countries_and_the_breaker() -> None:
         SmsSettings(allowed_countries=["UK"])
     with pytest.raises(ValidationError):
         SmsSettings(max_per_hour=-1)
+
+
+def test_a_request_to_a_country_outside_the_list_is_refused_by_the_api(rig: Rig) -> None:
+    rig.ctx.phones = PhonePolicy(frozenset({"FR"}))
+    key = new_api_key()
+    app = create_app(rig.db.sessions, [hash_api_key(key)], clock=rig.clock, portal=rig.ctx)
+    client = TestClient(app, base_url=patient_rig.BASE)
+    auth = {"Authorization": f"Bearer {key}"}
+    r = client.post("/api/v1/requests", json=draft_data(), headers=auth)  # a +44 mobile
+    assert r.status_code == 422, r.text
+    errors = {e["field"]: e["message"] for e in r.json()["errors"]}
+    assert "sms.allowed_countries" in errors["second_channel"]
+    assert counts(rig.db.sessions) == (0, 0, 0)
+    r = client.post(
+        "/api/v1/requests", json=draft_data(second_channel="sms:+33612345678"), headers=auth
+    )
+    assert r.status_code == 201, r.text
+
+
+def test_a_request_to_a_country_outside_the_list_is_refused_by_the_cli(
+    db: Database, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with config.open("a") as f:
+        f.write("sms:\n  allowed_countries: [FR]\n")
+    assert courier(config, *CREATE) != 0
+    err = capsys.readouterr().err
+    assert "second_channel: SMS go only to numbers of FR" in err
+    assert counts(db.sessions) == (0, 0, 0)
