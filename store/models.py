@@ -447,7 +447,8 @@ class NotificationAttempt(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"), index=True)
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Indexed (migration 0013): the SMS breaker counts the last hour's attempts per send.
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     channel: Mapped[str] = mapped_column(String(16))
     outcome: Mapped[str] = mapped_column(String(16), default="")
@@ -495,6 +496,26 @@ class StaffUser(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    # Sign-in refused for this account until then, whatever the password (migration
+    # 0013; portal.staff_auth: exponential delay after repeated failures).
+    login_blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class DownloadCoverage(Base):
+    """The bytes of one file (a package part, or a study's ZIP) already sent to one
+    portal session, as merged ``[start, end)`` spans in JSON (migration 0013). A
+    download counts once their union is the whole file (:mod:`portal.coverage`); the row
+    is then deleted, so a later full download counts again."""
+
+    __tablename__ = "download_coverage"
+    __table_args__ = (UniqueConstraint("session_id", "part"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("portal_sessions.id"), index=True)
+    part: Mapped[str] = mapped_column(String(300))
+    size: Mapped[int] = mapped_column(BigInteger)
+    spans: Mapped[str] = mapped_column(Text, default="[]")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class PullState(enum.StrEnum):

@@ -7,6 +7,8 @@ Reserved in sequence so that work landing side by side keeps one linear history;
 revision that turned out to need no schema change stays a no-op.
 """
 
+from alembic import op
+
 revision = "0013"
 down_revision = "0012"
 branch_labels = None
@@ -14,8 +16,15 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    # -- share work (14.4): the SMS breaker counts the last hour's attempts -------------
+    op.create_index(
+        op.f("ix_notification_attempts_started_at"),
+        "notification_attempts",
+        ["started_at"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:
-    pass
+    # -- share work (14.4) -------------------------------------------------------------
+    op.drop_index(op.f("ix_notification_attempts_started_at"), table_name="notification_attempts")
