@@ -136,10 +136,15 @@ class Relay:
         self.release_stranded()
         budget = [limit]
         with lock_connection(self._engine()) as lock:
+            # Every worker ends before the lock connection goes back to the pool.
             results = await asyncio.gather(
-                *(self._worker(lock, budget) for _ in range(self._concurrency))
+                *(self._worker(lock, budget) for _ in range(self._concurrency)),
+                return_exceptions=True,
             )
-        return sum(results)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        return sum(r for r in results if isinstance(r, int))
 
     async def _worker(self, lock: Connection, budget: list[int]) -> int:
         """Claim, send, record, until nothing is due or the pass's budget is spent."""
@@ -195,7 +200,7 @@ class Relay:
                         s,
                         row,
                         f"{_what(row)}: the relay sending it stopped (node restarted or "
-                        "died); outcome unknown, checked before any retry",
+                        "died); queued again, an interrupted attempt checked before any retry",
                     )
         if released:
             log.warning(
@@ -267,7 +272,7 @@ class Relay:
             row.state = NotificationState.QUEUED
             row.attempts = max(0, row.attempts - 1)  # the claim counted one; none happened
             row.next_attempt_at = resume
-            row.claimed_until = None
+            row.claimed_until = row.claimed_by = None
         log.warning("notification %d held by the SMS circuit breaker", nid)
         return False
 
