@@ -3,8 +3,9 @@ package download, the per-study downloads, and ``/signout``.
 
 Downloads stream the ZIP part from disk in 1 MiB reads (memory stays flat whatever the
 size or the number of downloads) with ``Range`` support, so a broken download resumes.
-A download *completes* when the part's last byte has been handed to the connection
-(a whole-file answer, or a range reaching the end); each completion is audited and
+A download *completes* when every byte of the file has been handed to the connections
+of one session, in one answer or across ranges (:mod:`portal.coverage`; a range that
+only touches the end is not a download); each completion is audited and
 counts on ``Grant.downloads``, and the patient's first one moves the request
 ``notified → downloaded`` (opening the link and typing the code is not "downloaded":
 that is recorded as ``first_opened_at`` and an event). A clinician's downloads are
@@ -30,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from delivery.package import PackageError
 from portal.context import PortalContext
+from portal.coverage import add_sent
 from portal.filespage import part_path, previews, render_files
 from portal.forms import csrf_ok, read_form
 from portal.grantsession import (
@@ -41,10 +43,11 @@ from portal.grantsession import (
     lock_grant,
     page,
     portal,
+    session_and_grant,
     session_grant,
     signed_out,
 )
-from portal.partfile import PartResponse
+from portal.partfile import PartResponse, Spans
 from portal.studyzip import StudyZip, ensure, study_zip
 from release.errors import InvalidTransition
 from store.audit import record as audit_event
@@ -58,15 +61,24 @@ _POSITION = re.compile(r"[1-9][0-9]{0,5}")
 
 
 def _grant_and_package(ctx: PortalContext, request: Request) -> tuple[Grant, Package] | None:
+    found = _session_grant_package(ctx, request)
+    return (found[1], found[2]) if found is not None else None
+
+
+def _session_grant_package(
+    ctx: PortalContext, request: Request
+) -> tuple[int, Grant, Package] | None:
+    """The session id, its live grant and the grant's package, or None."""
     with ctx.sessions() as s:
-        grant = session_grant(s, request, ctx)
-        if grant is None:
+        found = session_and_grant(s, request, ctx)
+        if found is None:
             return None
+        session_id, grant = found
         package = s.get(Package, grant.package_id)
         if package is None:
             return None
         s.expunge_all()
-        return grant, package
+        return session_id, grant, package
 
 
 @router.get("/files", include_in_schema=False)
@@ -135,12 +147,18 @@ async def manifest_file(request: Request, part_name: str) -> Response:
     )
 
 
-def _completed(ctx: PortalContext, grant_id: int, what: str) -> None:
-    """Record a completed download of ``what`` (a part's name, or "study k (name)"; see
-    the module docstring)."""
+def _sent(
+    ctx: PortalContext, session_id: int, grant_id: int, what: str, spans: Spans, size: int
+) -> None:
+    """Add ``spans`` of ``what`` (a part's name, or "study k (name)") to what session
+    ``session_id`` has received; a completed download when that is now the whole file
+    (see the module docstring)."""
     now = ctx.clock()
     with ctx.sessions() as s:
-        grant = lock_grant(s, grant_id)
+        grant = lock_grant(s, grant_id)  # serializes the coverage rows of the grant too
+        if not add_sent(s, session_id, what[:300], spans, size, now):
+            s.commit()
+            return
         grant.downloads += 1
         audit(s, grant, f"downloaded {what} (download {grant.downloads})", now)
         req = s.get(ReleaseRequest, grant.request_id)
@@ -170,10 +188,10 @@ def _completed(ctx: PortalContext, grant_id: int, what: str) -> None:
 async def package(request: Request, part_name: str) -> Response:
     """Stream a ZIP part (``Range`` honoured; ``Cache-Control: no-store``)."""
     ctx = portal(request)
-    found = await run_in_threadpool(_grant_and_package, ctx, request)
+    found = await run_in_threadpool(_session_grant_package, ctx, request)
     if found is None:
         return signed_out(request)
-    grant, pkg = found
+    session_id, grant, pkg = found
     path = part_path(ctx, pkg, part_name)
     if path is None or not path.is_file():
         return Response(status_code=404)
@@ -182,7 +200,7 @@ async def package(request: Request, part_name: str) -> Response:
         media_type="application/zip",
         filename=part_name,
         headers={"Cache-Control": "no-store"},
-        on_complete=lambda: _completed(ctx, grant.id, part_name),
+        on_sent=lambda spans, size: _sent(ctx, session_id, grant.id, part_name, spans, size),
     )
 
 
@@ -191,10 +209,10 @@ async def study(request: Request, n: str) -> Response:
     """Stream study ``n`` alone as a ZIP, built on first request (``Range`` honoured;
     ``Cache-Control: no-store``). A bad ``n`` gets the answer of any unknown file (404)."""
     ctx = portal(request)
-    found = await run_in_threadpool(_grant_and_package, ctx, request)
+    found = await run_in_threadpool(_session_grant_package, ctx, request)
     if found is None:
         return signed_out(request)
-    grant, pkg = found
+    session_id, grant, pkg = found
     if not _POSITION.fullmatch(n):
         return Response(status_code=404)
 
@@ -223,7 +241,7 @@ async def study(request: Request, n: str) -> Response:
         media_type="application/zip",
         filename=target.name,
         headers={"Cache-Control": "no-store"},
-        on_complete=lambda: _completed(ctx, grant.id, what),
+        on_sent=lambda spans, size: _sent(ctx, session_id, grant.id, what, spans, size),
     )
 
 

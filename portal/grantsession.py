@@ -223,6 +223,13 @@ def new_session(grant: Grant, now: datetime) -> tuple[str, dict[str, Any]]:
 
 def session_grant(s: Session, request: Request, ctx: PortalContext) -> Grant | None:
     """The live grant of the request's session (its idle clock reset), or None."""
+    found = session_and_grant(s, request, ctx)
+    return found[1] if found is not None else None
+
+
+def session_and_grant(s: Session, request: Request, ctx: PortalContext) -> tuple[int, Grant] | None:
+    """The request's session id and its live grant (idle clock reset), or None: see
+    :func:`session_grant`."""
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
@@ -239,12 +246,15 @@ def session_grant(s: Session, request: Request, ctx: PortalContext) -> Grant | N
     if now - row.created_at >= timedelta(hours=ctx.portal.patient_session_max_h):
         return None
     grant = s.get(Grant, row.grant_id)
-    if not is_live(s, grant, now):
+    if grant is None or not is_live(s, grant, now):
         return None
+    session_id = row.id
     if now - row.last_seen_at >= _TOUCH_EVERY:
-        s.execute(update(PortalSession).where(PortalSession.id == row.id).values(last_seen_at=now))
+        s.execute(
+            update(PortalSession).where(PortalSession.id == session_id).values(last_seen_at=now)
+        )
     s.commit()  # ends the read (or the touch): the caller may write in a fresh transaction
-    return grant
+    return session_id, grant
 
 
 def end_session(s: Session, request: Request, now: datetime) -> None:

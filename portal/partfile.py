@@ -1,10 +1,15 @@
-"""Serving a package part file: ``Range`` support, and a hook once the last byte is sent.
+"""Serving a package part file: ``Range`` support, and a hook once a body is all sent.
 
 The body goes out through the server's zero-copy extensions when it offers them
 (``http.response.pathsend`` for a whole part, ``http.response.zerocopysend`` for a single
-range; ``courier serve`` does, see :mod:`node.sendfile`), else in 1 MiB reads. A transfer
-counts as complete only when the part's last byte was handed to the connection: for a
-zero-copy message the server confirms that by setting ``message[SENT]``.
+range; ``courier serve`` does, see :mod:`node.sendfile`), else in 1 MiB reads. Once the
+whole body of an answer was handed to the connection, ``on_sent(spans, size)`` runs with
+the byte spans ``[start, end)`` of the file that answer carried (the whole file, one
+range, or several) and the file's size. For a zero-copy message the server confirms the
+hand-over by setting ``message[SENT]``; an interrupted answer (a reset, a client gone)
+calls nothing, so not even its first bytes count. Whether a *download* is complete is
+the caller's judgement, across answers (:mod:`portal.coverage`): a ``Range: bytes=-1``
+touches the last byte and is not a download.
 """
 
 from __future__ import annotations
@@ -22,58 +27,56 @@ ZEROCOPYSEND = "http.response.zerocopysend"
 SENT = "courier.sent"
 _LAST = {"http.response.body", "http.response.pathsend", ZEROCOPYSEND}
 
-
-def _covers_end(message: Message) -> bool:
-    """Whether a response start announces a body that reaches the file's last byte."""
-    status = message["status"]
-    if status == 200:
-        return True
-    if status != 206:
-        return False
-    headers = {k.lower(): v for k, v in message.get("headers", [])}
-    rng = headers.get(b"content-range", b"").decode("latin-1")
-    # "bytes a-b/size", one range only: it completes when b is the last byte
-    try:
-        span, total = rng.split(" ", 1)[1].split("/")
-        return int(span.split("-")[1]) == int(total) - 1
-    except (IndexError, ValueError):
-        return False
+#: Byte spans ``[start, end)`` of a file.
+Spans = list[tuple[int, int]]
 
 
 class PartResponse(FileResponse):
-    """A ZIP part with Range support that calls ``on_complete`` (in a worker thread)
-    once the part's last byte was sent."""
+    """A ZIP part with Range support that calls ``on_sent(spans, size)`` (in a worker
+    thread) once an answer's body was all sent; never for HEAD or an error answer."""
 
     chunk_size = CHUNK
 
-    def __init__(self, *args: object, on_complete: Callable[[], None], **kw: object) -> None:
+    def __init__(self, *args: object, on_sent: Callable[[Spans, int], None], **kw: object) -> None:
         super().__init__(*args, **kw)  # type: ignore[arg-type]
-        self._on_complete = on_complete
+        self._on_sent = on_sent
         self._zero_copy = False
+        self._spans: Spans = []
+        self._size = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        covers_end = False
         finished = False
         self._zero_copy = ZEROCOPYSEND in (scope.get("extensions") or {})
 
         async def watch(message: Message) -> None:
-            nonlocal covers_end, finished
+            nonlocal finished
             kind = message["type"]
-            if kind == "http.response.start":
-                covers_end = _covers_end(message)
             await send(message)
             if kind in _LAST and not message.get("more_body", False):
                 finished = kind == "http.response.body" or message.get(SENT) is True
 
         head = scope.get("method", "GET").upper() == "HEAD"
         await super().__call__(scope, receive, watch)
-        if finished and covers_end and not head:
-            await anyio.to_thread.run_sync(self._on_complete)
+        # _spans stays empty for answers that carry none of the file (400, 416).
+        if finished and self._spans and not head:
+            await anyio.to_thread.run_sync(self._on_sent, list(self._spans), self._size)
+
+    async def _handle_simple(self, send: Send, send_header_only: bool, send_pathsend: bool) -> None:
+        self._size = int(self.headers["content-length"])
+        self._spans = [(0, self._size)]
+        await super()._handle_simple(send, send_header_only, send_pathsend)
+
+    async def _handle_multiple_ranges(
+        self, send: Send, ranges: list[tuple[int, int]], file_size: int, send_header_only: bool
+    ) -> None:
+        self._size, self._spans = file_size, list(ranges)
+        await super()._handle_multiple_ranges(send, ranges, file_size, send_header_only)
 
     async def _handle_single_range(
         self, send: Send, start: int, end: int, file_size: int, send_header_only: bool
     ) -> None:
         """One range: Starlette's own answer, or a zero-copy one when the server can."""
+        self._size, self._spans = file_size, [(start, end)]
         if not self._zero_copy or send_header_only:
             await super()._handle_single_range(send, start, end, file_size, send_header_only)
             return

@@ -1,4 +1,4 @@
-"""Downloads: Range resumes a broken download, completion is recorded once the last byte
+"""Downloads: Range resumes a broken download, completion is recorded once every byte
 went out, and 20 parallel Range downloads through a real uvicorn keep memory flat."""
 
 from __future__ import annotations
@@ -136,4 +136,6 @@ def test_twenty_parallel_range_downloads_keep_memory_flat(rig: Rig, tmp_path: Pa
     # 20 x 32 MB went out; a server holding whole files would peak far above 640 MB.
     # Read in 1 MiB chunks, the peak stays within a few chunks per download.
     assert peak < 64 * MB, f"peak {peak / MB:.0f} MB"
-    assert rig.grant(p.grant_id).downloads == 20
+    # One session, 20 ranges from 0, 1000, ... to the end: the whole file once (the
+    # first to finish after bytes=0- starts a new tally that never reaches byte 0).
+    assert rig.grant(p.grant_id).downloads == 1
