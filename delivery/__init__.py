@@ -8,5 +8,6 @@ outbox and its relay, the nightly batch and its scheduler, hospital-to-hospital 
 (``delivery.dicomsend``: the C-STORE itself is handed in by ``node``, since ``delivery``
 may not import ``scp``), and the message templates and catalogs.
 
-May import ``store``, ``release`` and ``telemetry``; never ``scp``, ``portal`` or ``node``.
+May import ``store``, ``release``, ``telemetry`` and ``imaging`` (previews are rendered
+through it, in a limited child process); never ``scp``, ``portal`` or ``node``.
 """

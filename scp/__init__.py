@@ -11,7 +11,8 @@ an SCU: C-FIND/C-MOVE against the PACS (``scp.pacs``, settings in
 ``scp.pacs_settings``), C-STORE to another hospital (``scp.storescu``) with its storage
 commitment requests (``scp.commitment``).
 
-May import: ``store`` (and ``rules`` where it evaluates them), ``telemetry``. Never
+May import: ``store`` (and ``rules`` where it evaluates them), ``telemetry``, ``imaging``
+(the declared pixel size only: nothing here decodes pixels). Never
 ``delivery``, ``portal`` or ``node``. Errors surface as DICOM status codes
 (``scp.ingest.Status``); the SCU side has its own families (``scp.pacs.PacsError``,
 ``scp.storescu.StoreScuError``) whose messages say what to fix.
