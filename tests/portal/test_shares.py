@@ -339,3 +339,33 @@ def test_a_request_to_a_country_outside_the_list_is_refused_by_the_cli(
     err = capsys.readouterr().err
     assert "second_channel: SMS go only to numbers of FR" in err
     assert counts(db.sessions) == (0, 0, 0)
+
+
+def test_the_clinicians_send_my_code_is_capped_per_hour(rig: Rig) -> None:
+    """The issue's five SMS to one number: still at most code_sends_per_hour a link."""
+    p = rig.patient()
+    patient = rig.client()
+    sign_in(rig, patient, p.token)
+    assert (
+        post(
+            patient, "/files/share", email="gp@clinic.example", mobile=CLINICIAN_MOBILE
+        ).status_code
+        == 303
+    )
+    rig.relay()
+    [mail] = [m for m in rig.emails() if m["To"] == "gp@clinic.example"]
+    link = re.search(r"/d/([A-Za-z0-9_-]+)", mail.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+    assert link is not None
+    gp = rig.client()
+    gp.get(f"/d/{link.group(1)}")
+    cap = rig.ctx.delivery.code_sends_per_hour
+    statuses = [post(gp, "/access/code").status_code for _ in range(cap + 3)]
+    assert statuses == [303] * cap + [429] * 3
+    [child] = _shares(rig, p.grant_id)
+    with rig.db.sessions() as s:
+        sms = s.scalar(
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.grant_id == child.id, Notification.kind == "code_sms")
+        )
+    assert sms == cap
