@@ -9,10 +9,23 @@ later put the node behind an authenticating proxy and trust its header *only* fr
 ``portal.trusted_proxies``; that is an addition, not a replacement.
 
 ``POST /staff/login`` in order: the CSRF token (403), the per-address rate limit
-(``portal.rate_limit_per_min``, 429), then the password. An unknown user, a disabled one
-and a wrong password get the same page, status and work (a dummy hash for unknown
-users); the failed attempt is counted on the user's row with one conditional UPDATE
-that runs for unknown names too. Success makes a :class:`~store.models.PortalSession`
+(``portal.rate_limit_per_min``, 429), the per-account delay (429, below), then the
+password. An unknown user, a disabled one and a wrong password get the same page, status
+and work (a dummy hash for unknown users); the failed attempt is counted on the user's
+row with one conditional UPDATE that runs for unknown names too.
+
+Per account, whatever the address (a guesser with many addresses gets no more tries):
+after ``portal.staff_login_free_failures`` wrong passwords in a row, the account's
+sign-in is refused until ``login_blocked_until``, ``portal.staff_login_delay_s`` seconds
+after the failure that reached it, doubled at each further failure, at most
+``portal.staff_login_delay_max_s``. During the delay every attempt is refused with the
+same page (429, Retry-After) *before* the password is looked at, so the right password
+is refused too and the answer says nothing about it; such a refusal costs no hashing and
+neither counts a failure nor lengthens the delay (guessing on during the delay gains the
+guesser nothing and costs the colleague nothing more). Each is audited like a refused
+sign-in. A success resets both.
+
+Success makes a :class:`~store.models.PortalSession`
 (kind ``staff``; only the SHA-256 of its random token is stored) and sets the cookie
 ``__Host-staff`` (Secure, HttpOnly, SameSite=Strict, Path=/, no Domain). A session ends
 after ``portal.session_idle_min`` without a request, after :data:`MAX_SESSION`, at
@@ -27,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +49,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from portal import passwords
 from portal.context import PortalContext
@@ -222,6 +237,9 @@ def login(form: CheckedForm, request: Request) -> Response:
     password = form.get("password")
     with guarded(ctx.sessions) as s:
         user = s.scalars(select(StaffUser).where(StaffUser.username == username)).first()
+    blocked = user.login_blocked_until if user is not None else None
+    if user is not None and blocked is not None and ctx.clock() < blocked:
+        return _delayed(request, ctx, user.username, address, blocked)
     stored = user.password_hash if user is not None else None
     good = passwords.verify_or_dummy(password, stored)
     if not good or user is None or user.disabled_at is not None:
@@ -231,6 +249,8 @@ def login(form: CheckedForm, request: Request) -> Response:
                 .where(StaffUser.username == username)
                 .values(failed_logins=StaffUser.failed_logins + 1)
             )
+            if user is not None:
+                _delay_after_failure(s, ctx, user.id, user.username)
             who = user.username if user is not None else "unknown"
             audit_event(
                 s,
@@ -246,7 +266,7 @@ def login(form: CheckedForm, request: Request) -> Response:
         return _login_page(request, ctx, error=BAD_SIGN_IN, username=username)
     now = ctx.clock()
     with guarded(ctx.sessions) as s, s.begin():
-        values: dict[str, object] = {"failed_logins": 0}
+        values: dict[str, object] = {"failed_logins": 0, "login_blocked_until": None}
         if passwords.needs_rehash(user.password_hash):
             values["password_hash"] = passwords.hash_password(password)
         s.execute(update(StaffUser).where(StaffUser.id == user.id).values(**values))
@@ -266,6 +286,53 @@ def login(form: CheckedForm, request: Request) -> Response:
     metrics.staff_login("ok")
     response = RedirectResponse("/staff", 303)
     response.set_cookie(COOKIE, token, secure=True, httponly=True, samesite="strict", path="/")
+    return response
+
+
+def _delay_after_failure(s: Session, ctx: PortalContext, user_id: int, username: str) -> None:
+    """After the failure just counted (the row is locked by that UPDATE), block the
+    account's sign-in for the delay its failure count has reached, if any."""
+    failed = s.scalar(select(StaffUser.failed_logins).where(StaffUser.id == user_id)) or 0
+    p = ctx.portal
+    over = failed - p.staff_login_free_failures
+    if over < 0:
+        return
+    delay = min(p.staff_login_delay_s * 2 ** min(over, 30), p.staff_login_delay_max_s)
+    s.execute(
+        update(StaffUser)
+        .where(StaffUser.id == user_id)
+        .values(login_blocked_until=ctx.clock() + timedelta(seconds=delay))
+    )
+    log.warning(
+        "staff sign-in: account %s paused for %d s after %d failures", username, delay, failed
+    )
+
+
+DELAYED = (
+    "Too many wrong passwords for this account: sign-in is paused for it. Try again "
+    "later, or ask an administrator if it was not you."
+)
+
+
+def _delayed(
+    request: Request, ctx: PortalContext, username: str, address: str, until: datetime
+) -> HTMLResponse:
+    """The account's sign-in is paused: refused whatever the password, audited."""
+    now = ctx.clock()
+    with guarded(ctx.sessions) as s, s.begin():
+        audit_event(
+            s,
+            "login",
+            actor=actor_of("staff", username),
+            outcome=Outcome.MINOR_FAILURE,
+            host=address,
+            detail="staff sign-in refused: account paused after repeated failures",
+            at=now,
+        )
+    log.info("staff sign-in refused: account %s paused", username)
+    metrics.staff_login("rate_limited")
+    response = _login_page(request, ctx, error=DELAYED, status=429, username=username)
+    response.headers["Retry-After"] = str(max(1, math.ceil((until - now).total_seconds())))
     return response
 
 
