@@ -116,8 +116,8 @@ class PortalSettings(BaseModel):
         default=5,
         ge=1,
         le=100,
-        description="Active clinician shares (not stopped, locked or expired) one patient "
-        "link may hold at once; the page refuses more (stop one first).",
+        description="Clinician shares (not stopped or expired) one patient link may hold "
+        "at once; the page refuses more (stop one first).",
     )
     max_shares_per_day: int = Field(
         default=10,

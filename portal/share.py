@@ -19,7 +19,8 @@ Limits, so a signed-in link cannot be used to mail or text the world through the
 hospital (every refusal is a message on the page, 429 for a limit and 400 for a number,
 and nothing is queued):
 
-- ``portal.max_shares_per_link`` active shares per patient grant (stop one to add one);
+- ``portal.max_shares_per_link`` shares per patient grant not stopped or expired (a
+  locked one counts: the patient can renew its code; stop one to add one);
 - ``portal.max_shares_per_day`` shares per request in any 24 hours, stopped ones too;
 - the clinician's mobile passes :class:`release.phonepolicy.PhonePolicy` (a mobile
   type, never premium-rate and the like; ``sms.allowed_countries``).
@@ -133,8 +134,7 @@ def _over_limit(ctx: PortalContext, s: Session, patient: Grant, now: datetime) -
         .where(
             Grant.parent_grant_id == patient.id,
             Grant.revoked_at.is_(None),
-            Grant.locked_at.is_(None),
-            Grant.expires_at > now,
+            Grant.expires_at > now,  # locked ones count: a new code reopens them
         )
     )
     if (active or 0) >= ctx.portal.max_shares_per_link:

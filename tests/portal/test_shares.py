@@ -88,6 +88,12 @@ def test_32_parallel_shares_stop_at_the_limit(rig: Rig) -> None:
     assert r.status_code == 200 and 'id="share-code"' in r.text
     r = post(patient, "/files/share", email="gp2@clinic.example", show_code="1")
     assert r.status_code == 429 and 'id="share-code"' not in r.text
+    # A share locked by wrong codes still counts (a new code reopens it) and can be stopped.
+    locked = _shares(rig, p.grant_id)[1]
+    with rig.db.sessions() as s, s.begin():
+        s.execute(update(Grant).where(Grant.id == locked.id).values(locked_at=rig.clock()))
+    r = post(patient, "/files/share", email="gp2@clinic.example", show_code="1")
+    assert r.status_code == 429 and f'id="revoke-{locked.id}"' in r.text
 
 
 def test_the_daily_cap_counts_stopped_shares(
