@@ -399,8 +399,8 @@ def _list(args: argparse.Namespace, book: RequestBook, sessions: sessionmaker[Se
 def _show(args: argparse.Namespace, book: RequestBook, sessions: sessionmaker[Session]) -> int:
     req = book.get(args.reference)
     data = request_dict(req)
-    data["timeline"] = [event_dict(e) for e in book.timeline(req.id)]
     data["link_email"] = link = link_status(sessions, [req.id]).get(req.id)
+    data["timeline"] = [event_dict(e) for e in book.timeline(req.id)]
     lines = fields(data, skip=("selection", "timeline", "link_email"))
     lines.append(
         f"link_email: {link['text']} ({link['since']:%Y-%m-%d %H:%M:%S})"

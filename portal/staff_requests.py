@@ -439,11 +439,11 @@ def detail_page(
         error=error,
         default_days=min(ctx.delivery.link_days, 30),
         mismatches=held,
+        link=link_status(ctx.sessions, [req.id]).get(req.id),  # queued is not accepted
     )
 
 
 @router.get("/requests/{ref}", response_class=HTMLResponse)
 def show_request(ref: str, request: Request, staff: SignedIn) -> Response:
     """The request page."""
-        link=link_status(ctx.sessions, [req.id]).get(req.id),  # queued is not accepted
     return detail_page(request, context_of(request), staff, ref[:64])
