@@ -76,7 +76,10 @@ def test_requests_become_ready_when_their_studies_are_stable(
     # The RIS put the reference in Requested Procedure Description.
     tagged_dir = tmp_path / "tagged"
     tagged_dir.mkdir()
-    small = synthetic.make_small_instances(tmp_path / "s", n=3, accession="OTHER")
+    # The request's patient (create_by_cli): the identity check holds anyone else's.
+    small = synthetic.make_small_instances(
+        tmp_path / "s", n=3, accession="OTHER", patient_id="SYN0001"
+    )
     tagged = [
         rewrite(f, tagged_dir / f.name, RequestedProcedureDescription=f"CT {by_ref}") for f in small
     ]
