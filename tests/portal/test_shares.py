@@ -26,9 +26,9 @@ from delivery.smsbreaker import SmsBreaker
 from portal.api import create_app
 from portal.apikeys import hash_api_key, new_api_key
 from release.phonepolicy import PhonePolicy, PhoneRefused
-from store.models import Grant, Notification, NotificationState
+from store.models import Grant, Notification, NotificationState, ReleaseRequest
 from tests.conftest import Database
-from tests.portal import patient_rig
+from tests.portal import patient_rig, test_staff
 from tests.portal.conftest import Api
 from tests.portal.patient_rig import BuiltPackage, Rig, make_rig, post, sign_in
 from tests.release import test_cli_requests
@@ -387,3 +387,20 @@ def test_the_clinicians_send_my_code_is_capped_per_hour(rig: Rig) -> None:
             .where(Notification.grant_id == child.id, Notification.kind == "code_sms")
         )
     assert sms == cap
+
+
+def test_a_request_to_a_country_outside_the_list_is_refused_by_the_staff_form(
+    db: Database, tmp_path: Path
+) -> None:
+    site_gen = test_staff.open_site(db, tmp_path, phones=PhonePolicy(frozenset({"FR"})))
+    site = next(site_gen)
+    try:
+        assert site.login().status_code == 303
+        r = site.post("/staff/requests/new", test_staff.draft())  # a +44 mobile
+        assert r.status_code == 422
+        assert 'id="second-value-error-1"' in r.text and "sms.allowed_countries" in r.text
+        assert test_staff.count(site, ReleaseRequest) == 0
+        r = site.post("/staff/requests/new", test_staff.draft(second_value="+33612345678"))
+        assert r.status_code == 303
+    finally:
+        site_gen.close()
