@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -392,9 +393,8 @@ def test_the_clinicians_send_my_code_is_capped_per_hour(rig: Rig) -> None:
 def test_a_request_to_a_country_outside_the_list_is_refused_by_the_staff_form(
     db: Database, tmp_path: Path
 ) -> None:
-    site_gen = test_staff.open_site(db, tmp_path, phones=PhonePolicy(frozenset({"FR"})))
-    site = next(site_gen)
-    try:
+    policy = PhonePolicy(frozenset({"FR"}))
+    with contextmanager(test_staff.open_site)(db, tmp_path, phones=policy) as site:
         assert site.login().status_code == 303
         r = site.post("/staff/requests/new", test_staff.draft())  # a +44 mobile
         assert r.status_code == 422
@@ -402,5 +402,3 @@ def test_a_request_to_a_country_outside_the_list_is_refused_by_the_staff_form(
         assert test_staff.count(site, ReleaseRequest) == 0
         r = site.post("/staff/requests/new", test_staff.draft(second_value="+33612345678"))
         assert r.status_code == 303
-    finally:
-        site_gen.close()
