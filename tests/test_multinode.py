@@ -112,7 +112,9 @@ def test_two_nodes_receive_and_deliver_each_request_once(
     book = RequestBook(db.sessions)
     refs = [
         book.create(
-            draft(selection=[{"kind": "accession", "value": f"ACCM{i:04d}"}]), "test"
+            # The synthetic studies' patient: the identity check holds anyone else's.
+            draft(patient_id="SYN0001", selection=[{"kind": "accession", "value": f"ACCM{i:04d}"}]),
+            "test",
         ).reference
         for i in range(N)
     ]
