@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import ssl
 import stat
 import tempfile
@@ -34,6 +33,7 @@ from delivery.channel import build_channels
 from delivery.errors import ChannelAuthError, ChannelSetupError, DeliveryError
 from node.config import Config, ConfigError, load_config
 from node.output import EXIT_NOT_FOUND, EXIT_OK, print_result
+from portal import publicurl
 from scp import pacs
 from store.db import alembic_config, database_url, make_engine
 
@@ -441,9 +441,7 @@ def check_public_url(
     if not p.enabled:
         return Finding("public_url", "skip", "portal.enabled is false")
     url = p.public_url.rstrip("/")
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    plain = parts.scheme == "http" and not _is_loopback(host)
+    plain = publicurl.plain_http_problem(url) is not None
     opener = urllib.request.build_opener(
         _NoRedirect(), urllib.request.HTTPSHandler(context=context)
     )
@@ -472,24 +470,14 @@ def check_public_url(
             f"{url}: {reason}",
             "is `courier serve` running, and does portal.public_url name it?",
         )
-    if plain:
+    if plain:  # node.yaml refuses this (portal.publicurl); kept for a config built in code
         return Finding(
             "public_url",
-            "warn",
+            "fail",
             f"{url}: reaches the portal over plain HTTP",
-            "serve the portal over HTTPS (portal.tls_* or a reverse proxy) for patients",
+            publicurl.FIX,
         )
     return Finding("public_url", "ok", f"{url}: reaches the portal")
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    import ipaddress
-
-    return all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
 CHECKS: tuple[Check, ...] = (

@@ -7,6 +7,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from portal.publicurl import plain_http_problem
 from store.netaddr import ListenAddress
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -23,7 +24,8 @@ class PortalSettings(BaseModel):
     public_url: str = Field(
         default="http://127.0.0.1:8080",
         description="The address patients reach the portal at, as emailed links show it "
-        "(https://… behind the hospital's reverse proxy in production).",
+        "(https://… behind the hospital's reverse proxy in production; plain http:// "
+        "only on loopback: 127.0.0.0/8, ::1, localhost).",
     )
     api_key_hashes: list[str] = Field(
         default_factory=list,
@@ -174,4 +176,7 @@ class PortalSettings(BaseModel):
         v = v.strip().rstrip("/")
         if not re.match(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?$", v):
             raise ValueError("expected an absolute http(s) URL such as https://courier.example.org")
+        problem = plain_http_problem(v)  # the __Host- cookies need HTTPS off loopback
+        if problem:
+            raise ValueError(problem)
         return v
