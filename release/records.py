@@ -16,6 +16,7 @@ def request_dict(req: ReleaseRequest) -> dict[str, Any]:
         "patient_id": req.patient_id,
         "patient_name": req.patient_name,
         "patient_birth_date": req.patient_birth_date,
+        "patient_issuer": req.patient_issuer,
         "recipient_email": req.recipient_email,
         "second_channel": req.second_channel,
         "backup_email": req.backup_email,

@@ -65,6 +65,7 @@ def test_another_patients_study_is_held_and_the_right_one_released(
     alert = mails["staff@hospital.example"]
     assert wrong in str(alert["Subject"]) and "patient identity differs" in str(alert["Subject"])
     assert courier(node, "request", "show", wrong)["state"] == "pending"
+    assert courier(node, "request", "show", right)["patient_issuer"] == "HOSP-A"
     with db.sessions() as s:
         wrong_id = s.scalar(select(ReleaseRequest.id).where(ReleaseRequest.reference == wrong))
         kinds = sorted(
