@@ -50,6 +50,14 @@ class NodeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    hospital_name: str = Field(
+        default="",
+        max_length=100,
+        description="The hospital's name as patients see it: in every email (\"Your "
+        "imaging from <hospital_name> is ready\") and the portal's page titles. Empty: "
+        "email.from_name, else node.name (`courier doctor` warns while it is the "
+        "shipped default).",
+    )
     name: str = Field(default="courier", min_length=1, max_length=64, pattern=r"^[\w.-]+$")
     data_dir: Path = Field(
         default=Path("data"),
@@ -117,6 +125,16 @@ class Config(BaseModel):
     def ruleset(self) -> RuleSet:
         """The compiled rules (empty: every stable study is held for staff)."""
         return self._ruleset
+
+    @property
+    def hospital_name(self) -> str:
+        """The hospital's display name: ``node.hospital_name``, else ``email.from_name``
+        (what named it before there was a setting of its own), else ``node.name``."""
+        return (
+            " ".join(self.node.hospital_name.split())
+            or " ".join(self.email.from_name.split())
+            or self.node.name
+        )
 
     @property
     def api_keys_path(self) -> Path:

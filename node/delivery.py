@@ -124,7 +124,7 @@ class DeliveryService:
             self.keys,
             Branding(
                 public_url=cfg.portal.public_url,
-                hospital=cfg.email.from_name or cfg.node.name,
+                hospital=cfg.hospital_name,
                 sms_sender=cfg.sms.sender_name,
                 contact=d.contact,
             ),
@@ -227,7 +227,7 @@ class DeliveryService:
             delivery=self.cfg.delivery,
             portal=self.cfg.portal,
             package_dir=self.package_dir,
-            hospital=self.cfg.email.from_name or self.cfg.node.name,
+            hospital=self.cfg.hospital_name,
             clock=self._clock,
             content=self._content,
             pacs_find=None if pacs is None else _pacs_find(pacs),

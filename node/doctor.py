@@ -480,6 +480,34 @@ def check_public_url(
     return Finding("public_url", "ok", f"{url}: reaches the portal")
 
 
+#: The names node.yaml ships with; patients should never see them.
+SHIPPED_NAMES = frozenset({"", "courier"})
+
+
+def check_names(cfg: Config, timeout_s: float) -> Finding:
+    """The hospital's display name (``node.hospital_name``) and the emails' sender name
+    (``email.from_name``) are set: warns while either is the shipped default (the
+    emails would say "Your imaging from courier is ready", from a bare address)."""
+    unset = [
+        key
+        for key, value in (
+            ("node.hospital_name", cfg.hospital_name),
+            ("email.from_name", cfg.email.from_name),
+        )
+        if " ".join(value.split()).lower() in SHIPPED_NAMES
+    ]
+    if unset:
+        return Finding(
+            "names",
+            "warn",
+            f"{' and '.join(unset)} still the shipped default: patients would read "
+            f'"Your imaging from {cfg.hospital_name} is ready"',
+            "set node.hospital_name and email.from_name (the first keys of node.yaml's "
+            "node: and email: sections) to the hospital's name",
+        )
+    return Finding("names", "ok", f"emails name {cfg.hospital_name}")
+
+
 CHECKS: tuple[Check, ...] = (
     check_rules,
     check_database,
@@ -490,6 +518,7 @@ CHECKS: tuple[Check, ...] = (
     check_sms,
     check_callers,
     check_identity,
+    check_names,
     check_pacs,
     check_public_url,
 )

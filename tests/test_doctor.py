@@ -60,6 +60,8 @@ def test_a_fresh_node_gets_warnings_and_nothing_is_made(
         "email": "warn",  # file backend
         "sms": "warn",
         "dicom_callers": "warn",  # scp.allowed_calling_aes empty: anyone may send
+        "identity": "ok",
+        "names": "warn",  # node.hospital_name, email.from_name: the shipped "courier"
         "pacs": "skip",  # no pacs: section
         "public_url": "fail",  # nothing listens
     }
@@ -197,6 +199,29 @@ def test_a_public_url_that_is_not_the_portal(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
     assert finding.status == "fail" and "not as the portal does" in finding.detail
+
+
+@pytest.mark.parametrize(
+    ("names", "status", "words"),
+    [
+        ("", "warn", "node.hospital_name and email.from_name"),
+        ("node:\n  hospital_name: courier\nemail:\n  from_name: courier\n", "warn", "and"),
+        ("node:\n  hospital_name: St Example\n", "warn", "email.from_name still"),
+        ("email:\n  from_name: St Example\n", "ok", "emails name St Example"),
+        (
+            "node:\n  hospital_name: St Example\nemail:\n  from_name: St Example imaging\n",
+            "ok",
+            "emails name St Example",
+        ),
+        ("node:\n  hospital_name: COURIER\nemail:\n  from_name: St Example\n", "warn", "node."),
+    ],
+)
+def test_the_display_names(tmp_path: Path, names: str, status: str, words: str) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text(names)
+    finding = doctor.check_names(load_config(path), 1)
+    assert finding.status == status and words in finding.detail, finding
+    assert status == "ok" or "node.hospital_name and email.from_name" in finding.fix
 
 
 @pytest.mark.parametrize(
