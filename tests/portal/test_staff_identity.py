@@ -134,7 +134,7 @@ def test_the_dashboard_lists_held_studies(site: Site) -> None:
     held(site, ref, "1.2.3.906")
     page = site.client.get("/staff").text
     assert f'href="/staff/requests/{ref}#identity"' in page
-    assert 'id="identity-off"' not in page
+    assert 'id="identity-off"' not in page and 'id="all-clear"' not in page
 
 
 def test_the_dashboard_flags_the_check_turned_off(db: Database, tmp_path: Path) -> None:
