@@ -4,8 +4,10 @@ Two kinds of study are purged:
 
 - *unmatched*: a stable study whose latest decision is ``hold`` (it matched no pending
   request, or a hold rule kept it for staff) or ``discard`` and that no request has
-  attached, once ``retention_days`` of the discard rule that decided, or
-  ``store.unmatched_retention_days`` otherwise, have passed since the decision;
+  attached, and no open identity mismatch still waits on staff (``identity_mismatches``:
+  held because its patient differs from a request's), once ``retention_days`` of the
+  discard rule that decided, or ``store.unmatched_retention_days`` otherwise, have passed
+  since the decision;
 - *delivered*: a stable study attached to requests that have all ended (``expired`` or
   ``cancelled``, the final states of :mod:`release.states`), ``store.retention_days``
   after the last of them ended. A study any other request still uses (any state but a
@@ -43,7 +45,9 @@ from store.audit import Outcome, record
 from store.catalog import guarded
 from store.content import ContentStore
 from store.models import (
+    IdentityMismatch,
     Instance,
+    MismatchState,
     ReleaseRequest,
     RequestEvent,
     RequestStudy,
@@ -118,6 +122,15 @@ class Purger:
             .subquery()
         )
         attached = select(RequestStudy.id).where(RequestStudy.study_id == Study.id).exists()
+        # Staff have not decided yet whether it is the request's after all: kept.
+        awaiting = (
+            select(IdentityMismatch.id)
+            .where(
+                IdentityMismatch.study_id == Study.id,
+                IdentityMismatch.state == MismatchState.OPEN,
+            )
+            .exists()
+        )
         query = (
             select(Study.id, Study.study_uid, Study.state, StudyDecision)
             .join(latest, latest.c.study_id == Study.id)
@@ -127,6 +140,7 @@ class Purger:
                 StudyDecision.action.in_(_PURGEABLE),
                 StudyDecision.at >= Study.stable_at,
                 ~attached,
+                ~awaiting,
             )
             .order_by(StudyDecision.at)
             .limit(limit)

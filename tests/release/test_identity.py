@@ -339,3 +339,20 @@ def test_a_request_names_its_issuer(db: Database, tmp_path: Path, issuer: str, o
             select(ReleaseRequest.patient_issuer).where(ReleaseRequest.reference == ref)
         )
     assert stored == issuer
+
+
+def test_a_study_awaiting_staff_is_not_purged(db: Database, tmp_path: Path) -> None:
+    world, _ = _world(db, tmp_path, IdentitySettings())
+    ref = world.book.create(draft(selection=[{"kind": "accession", "value": "ACCP1"}]), "t")
+    uid = world.receive("p1", 2, accession="ACCP1", patient_id="MRN-B")
+    world.settle()
+    world.clock.now += timedelta(days=31)  # past store.unmatched_retention_days (30)
+    assert world.purger.sweep() == []
+    with db.sessions() as s:
+        mid = s.scalars(select(IdentityMismatch.id)).one()
+    with db.sessions() as s, s.begin():
+        dismiss(
+            s, ref.id, mid, actor="staff:bob", audit_actor="staff:bob",
+            reason="another patient", now=world.clock(),
+        )  # fmt: skip
+    assert world.purger.sweep() == [uid]
