@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     add_request_parsers(sub, common, as_json)
     add_pacs_parsers(sub, common, as_json)
     add_audit_parser(sub, common, as_json)
+    from node.cli_report import add_report_parser  # argparse only: cheap at start
+
+    add_report_parser(sub, common, as_json)
     return p
 
 
@@ -176,6 +179,10 @@ def _run(argv: Sequence[str] | None) -> int:
             return _apikey_create(args, cfg)
         if args.command == "audit":
             return run_audit(args, cfg)
+        if args.command == "report":
+            from node.cli_report import run_report  # imports the store when it runs
+
+            return run_report(args, cfg)
     except StoreError as exc:
         print(f"courier: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

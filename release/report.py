@@ -26,7 +26,8 @@ percentiles need each time). Request events are looked up by state and time, req
 id, grants by request.
 Works on SQLite and PostgreSQL alike. No patient data is read: states, times, counts.
 
-Raises :class:`ReportError` (a ``ValueError``) for a period out of range.
+Raises :class:`ReportError` (a ``ValueError``) for a period out of range, and
+:class:`store.errors.DatabaseUnavailable` when the database cannot be read.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from store.catalog import guarded
 from store.models import (
     DicomDestination,
     DiscJob,
@@ -159,7 +161,7 @@ class Reports:
         until = self._clock().astimezone(UTC)
         first = until.date() - timedelta(days=days - 1)
         since = datetime.combine(first, time(0), tzinfo=UTC)
-        with self._sessions() as s:
+        with guarded(self._sessions) as s:
             firsts = {key: self._firsts(s, key, since, until) for key in OUTCOMES}
             weeks = self._weeks(s, first, until)
             failures = self._failures(s, since, until)
