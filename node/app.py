@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.discs import DiscQueue
+from node import banner
 from node.auditlog import AuditRun
 from node.config import Config, ConfigError, load_config
 from node.delivery import DeliveryService
@@ -88,6 +89,10 @@ def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # APScheduler logs "Running job"/"executed successfully" at INFO for every run of
+    # every job (three lines every few seconds); our jobs log when they did something.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
 
 
 def store_url(cfg: Config) -> str:
@@ -195,6 +200,7 @@ class Node:
             web = WebServer(self.cfg, sessions, delivery.portal_context())
             web.start()
             log.info("web app listening port=%d", self.cfg.portal.port)
+        banner.announce(self.cfg, self.role, self.port if receives else None, sessions)
         rulebook = self.rulebook
         sweeps: Sweeps | None = None
         pulls = None
