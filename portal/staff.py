@@ -5,6 +5,7 @@
 (resend, revoke, extend, re-issue, mark for CD, cancel), :mod:`portal.staff_discs`
 (the CD burn queue: write the disc image, download it, mark it burned, cancel it),
 :mod:`portal.staff_identity` (studies held because their patient identity differs),
+:mod:`portal.staff_reports` (the figures as charts with their numbers),
 plus the dashboard here.
 Pages are English only, server-rendered, and need no JavaScript.
 """
@@ -15,7 +16,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
-from portal import staff_actions, staff_auth, staff_discs, staff_identity, staff_requests
+from portal import (
+    staff_actions,
+    staff_auth,
+    staff_discs,
+    staff_identity,
+    staff_reports,
+    staff_requests,
+)
 from portal.site import context_of
 from portal.staff_auth import SignedIn
 from portal.staff_dashboard import dashboard
@@ -61,3 +69,4 @@ router.include_router(staff_requests.router)
 router.include_router(staff_actions.router)
 router.include_router(staff_discs.router)
 router.include_router(staff_identity.router)
+router.include_router(staff_reports.router)
