@@ -128,6 +128,13 @@ class PortalSettings(BaseModel):
         description="Shares one request's links may create in any 24 hours, stopped ones "
         "included (each sends an email, and maybe SMS codes).",
     )
+    held_alert_h: float = Field(
+        default=4,
+        gt=0,
+        le=24 * 30,
+        description="A study held (no request took it) for longer than this many hours "
+        "is listed under What needs attention on the staff dashboard.",
+    )
     tls_cert_file: str | None = Field(
         default=None,
         description="Serve HTTPS with this certificate (PEM; relative to node.data_dir). "
