@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     from node.cli_report import add_report_parser  # argparse only: cheap at start
 
     add_report_parser(sub, common, as_json)
+    from node.cli_conformance import add_conformance_parser  # argparse only
+
+    add_conformance_parser(sub, common, as_json)
     return p
 
 
@@ -139,6 +142,10 @@ def _run(argv: Sequence[str] | None) -> int:
         return print_result(args, {"version": __version__}, f"courier {__version__}")
     if args.command == "rules":
         return run_rules_command(args, config_path(args.config))
+    if args.command == "conformance":  # no node.yaml: the statement describes the code
+        from node.cli_conformance import run_conformance
+
+        return run_conformance(args)
     try:
         # Only the commands that apply the rules need them valid (see load_config).
         rules_needed = args.command in ("serve", "check-config")
