@@ -57,7 +57,16 @@ def compose(kind: str, language: str) -> OutgoingMessage:
     )
 
 
-KINDS = ["link", "code_email", "code_sms", "overdue", "failed", "locked", "rules_reload_failed"]
+KINDS = [
+    "link",
+    "code_email",
+    "code_sms",
+    "overdue",
+    "failed",
+    "locked",
+    "rules_reload_failed",
+    "identity_mismatch",
+]
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
@@ -90,7 +99,7 @@ def test_catalogs_translate_every_template_string(language: str) -> None:
 
 
 @pytest.mark.parametrize("language", ["ar", "zh-Hans"])
-@pytest.mark.parametrize("kind", ["link", "code_email", "overdue"])
+@pytest.mark.parametrize("kind", ["link", "code_email", "overdue", "identity_mismatch"])
 def test_no_english_left_in_translations(kind: str, language: str) -> None:
     english = compose(kind, "en")
     translated = compose(kind, language)
@@ -99,6 +108,7 @@ def test_no_english_left_in_translations(kind: str, language: str) -> None:
         "Open this secure link",
         "Do not share it",
         "is still missing studies",
+        "patient identity differs",
         "automatic message",
         "Your download code",
     ):
