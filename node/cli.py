@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     from node.cli_conformance import add_conformance_parser  # argparse only
 
     add_conformance_parser(sub, common, as_json)
+    from node.demo import add_demo_parser  # argparse only: pydicom when it runs
+
+    add_demo_parser(sub, common, as_json)
     return p
 
 
@@ -190,6 +193,10 @@ def _run(argv: Sequence[str] | None) -> int:
             from node.cli_report import run_report  # imports the store when it runs
 
             return run_report(args, cfg)
+        if args.command == "demo":
+            from node.demo import run_demo
+
+            return run_demo(args, cfg)
     except StoreError as exc:
         print(f"courier: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
