@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.discs import DiscQueue
@@ -41,6 +40,9 @@ from node.delivery import DeliveryService
 from node.pulls import PullQueue, PullWorker
 from node.rulebook import Rulebook
 from node.status import StatusFile
+from node.stores import METRICS_DIR as METRICS_DIR  # re-exported: its home was here
+from node.stores import metrics_dir, node_content, shared_database, store_url
+from node.stores import open_store as open_store  # re-exported: its home was here
 from node.web import WebServer
 from release.matching import Matcher
 from release.purge import Purger
@@ -56,7 +58,7 @@ from scp.tls import TlsSetupError, server_context
 from store.catalog import Catalog
 from store.claims import turn
 from store.content import ContentStore
-from store.db import database_url, make_engine, make_sessions, migrate
+from store.db import make_engine, make_sessions
 from store.errors import StoreError
 from telemetry import metrics
 from telemetry.jsonlog import JsonFormatter
@@ -64,8 +66,6 @@ from telemetry.jsonlog import JsonFormatter
 log = logging.getLogger("courier.node")
 
 
-#: Prometheus counters of every process of the node, under node.data_dir (cleared at start).
-METRICS_DIR = "metrics"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 Role = Literal["all", "scp", "web", "worker"]
 #: What each role runs (``courier serve --role``).
@@ -93,46 +93,6 @@ def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
     # every job (three lines every few seconds); our jobs log when they did something.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     logging.getLogger("uvicorn").setLevel(logging.WARNING)
-
-
-def store_url(cfg: Config) -> str:
-    """The index database's URL for ``cfg``; raises ConfigError when it cannot be read."""
-    base = cfg.source.parent if cfg.source else Path.cwd()
-    try:
-        return database_url(cfg.store, cfg.data_dir, base)
-    except (ValueError, OSError) as exc:
-        raise ConfigError([f"{cfg.source}: {exc}"]) from None
-
-
-def shared_database(url: str) -> bool:
-    """True when other nodes may use the database too (PostgreSQL; SQLite is one node)."""
-    return make_url(url).get_backend_name() == "postgresql"
-
-
-def metrics_dir(cfg: Config, url: str) -> Path:
-    """This node's Prometheus folder: ``<data_dir>/metrics``, or ``metrics/<node.name>``
-    when nodes share the data directory (each clears its own at start)."""
-    base = cfg.data_dir / METRICS_DIR
-    return base / cfg.node.name if shared_database(url) else base
-
-
-def node_content(cfg: Config, url: str) -> ContentStore:
-    """This node's content store: with a shared database (several nodes may share the
-    data directory) its spool is ``spool/<node.name>``, so the start-up sweep removes
-    this node's leftovers and never another node's receive in progress."""
-    return ContentStore(cfg.data_dir, cfg.node.name if shared_database(url) else None)
-
-
-def open_store(cfg: Config) -> tuple[Engine, sessionmaker[Session], ContentStore]:
-    """Engine (migrated), session factory and content store for ``cfg``."""
-    url = store_url(cfg)
-    engine = make_engine(
-        url, busy_timeout_s=cfg.store.busy_timeout_s, pool_size=cfg.store.pool_size
-    )
-    migrate(engine)
-    content = node_content(cfg, url)
-    content.prepare()
-    return engine, make_sessions(engine), content
 
 
 @dataclass

@@ -17,10 +17,10 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from node.app import open_store
 from node.audit_format import event_dict
 from node.config import Config
 from node.output import EXIT_USAGE, cell, print_result
+from node.stores import open_store
 from store.audit import GROUPS, KINDS, AuditError, events, kinds_for
 from store.catalog import guarded
 

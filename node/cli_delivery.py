@@ -21,10 +21,10 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from sqlalchemy import select
 
 from delivery.package import Progress as PackageProgress
-from node.app import open_store
 from node.config import Config
 from node.delivery import DeliveryService
 from node.output import cell, print_result
+from node.stores import open_store
 from store.catalog import guarded
 from store.models import Notification, NotificationState, ReleaseRequest
 

@@ -32,10 +32,10 @@ from delivery.disc import Progress as DiscProgress
 from delivery.items import package_items
 from delivery.package import PackageInfo
 from delivery.package_errors import PackageError
-from node.app import open_store
 from node.cli_requests import cli_actor  # the one way CLI commands name their operator
 from node.config import Config
 from node.output import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, cell, print_result
+from node.stores import open_store
 from release.errors import InvalidTransition, RequestError
 from release.records import event_dict
 from release.requests import RequestBook

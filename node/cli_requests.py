@@ -17,16 +17,13 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.outbox import Outbox, link_status, queue_link_again
-from node.app import open_store
-from node.cli_pacs import PullRefused, pull_selection
 from node.config import Config
-from node.delivery import message_domain
 from node.output import (
     EXIT_NOT_FOUND,
     EXIT_UNAVAILABLE,
@@ -35,7 +32,7 @@ from node.output import (
     fields,
     print_result,
 )
-from node.pulls import PullQueue, Wanted
+from node.stores import open_store
 from release.errors import InvalidRequest, RequestConflict, RequestError
 from release.phonepolicy import PhonePolicy
 from release.records import event_dict, request_dict
@@ -43,6 +40,9 @@ from release.requests import RequestBook
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
 from store.errors import StoreError
 from store.models import ReleaseRequest, RequestEvent, RequestState, Urgency, utcnow
+
+if TYPE_CHECKING:
+    from node.pulls import Wanted
 
 # Draft fields as the options that set them, so an error names what the user typed.
 _OPTIONS = {
@@ -178,6 +178,9 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
         if errors:
             return _refuse_input(args, errors)
         if args.pull and draft is not None:
+            # The PACS side (pynetdicom) only when a pull is asked for (node.cli: fast CLI).
+            from node.cli_pacs import PullRefused, pull_selection
+
             try:
                 draft, pulls, warnings = pull_selection(cfg, draft, args.study_uid, args.accession)
             except PullRefused as exc:
@@ -192,6 +195,8 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
     try:
         if draft is not None:
             if cfg.pacs is not None and pulls:
+                from node.pulls import PullQueue
+
                 queue = PullQueue(sessions, cfg.pacs)
                 return _create(args, book, draft, lambda rid: queue.enqueue(rid, pulls))
             return _create(args, book, draft)
@@ -203,6 +208,8 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
             event = book.cancel(args.reference, cli_actor(), args.reason)
             return _event_done(args, book, event, "cancelled")
         if args.request_action == "resend":
+            from node.delivery import message_domain
+
             outbox = Outbox(domain=message_domain(cfg), staff_email=cfg.delivery.staff_email)
 
             def send(s: Session, req: ReleaseRequest) -> None:

@@ -27,9 +27,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from node.app import open_store
 from node.config import Config
 from node.output import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, print_result
+from node.stores import open_store
 from portal import passwords
 from portal.staff_auth import check_username
 from store.catalog import guarded

@@ -22,7 +22,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Iterable
-from pathlib import Path
 
 import h11
 import uvicorn
@@ -32,21 +31,16 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from node.config import Config
 from node.sendfile import ZeroCopy
 from portal.api import create_app
+from portal.apikeys import read_keys_file
 from portal.context import PortalContext
 
 log = logging.getLogger("courier.node.web")
 
 
 def api_key_hashes(cfg: Config) -> list[str]:
-    """Digests from node.yaml plus the keys file (missing file: none)."""
-    hashes = list(cfg.portal.api_key_hashes)
-    path: Path = cfg.api_keys_path
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                hashes.append(line.lower())
-    return hashes
+    """Digests from node.yaml plus the legacy keys file (missing file: none), read at
+    start; keys in the database are looked up on each call (:mod:`portal.apikeys`)."""
+    return list(cfg.portal.api_key_hashes) + read_keys_file(cfg.api_keys_path)
 
 
 def guarded_h11(

@@ -37,9 +37,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.outbox import Outbox, link_status, queue_link_again
 from portal.accesslog import AccessLog
-from portal.apikeys import actor_of, check_hashes, match_api_key
+from portal.apikeys import KeyRing, actor_of, check_hashes
 from portal.context import PortalContext
-from portal.gate import ApiGate
+from portal.gate import DIGEST_STATE, ApiGate
 from portal.http import Detail, ErrorList, SecurityHeaders, install_error_handlers
 from portal.metrics import install_metrics
 from portal.site import install_pages
@@ -83,7 +83,7 @@ class ResendBody(BaseModel):
 @dataclass(frozen=True)
 class _Deps:
     sessions: sessionmaker[Session]
-    hashes: tuple[str, ...]
+    keys: KeyRing
     book: RequestBook
     outbox: Outbox
     clock: Callable[[], datetime]
@@ -98,6 +98,7 @@ Deps = Annotated[_Deps, Depends(_deps)]
 
 
 def _actor(
+    request: Request,
     deps: Deps,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     header_key: Annotated[str | None, Security(_header_key)],
@@ -109,7 +110,8 @@ def _actor(
             "an API key is required: send Authorization: Bearer <key> or X-API-Key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    digest = match_api_key(key, deps.hashes)
+    # The gate (portal.gate) has checked this very key already; else check it here.
+    digest = getattr(request.state, DIGEST_STATE, None) or deps.keys.match(key)
     if digest is None:
         raise HTTPException(403, "unknown API key; ask an administrator for a valid one")
     return actor_of(digest)
@@ -213,7 +215,8 @@ def create_app(
     """The web app: the REST API, and with ``portal`` the patient and staff pages.
 
     ``api_key_hashes`` are :func:`portal.apikeys.hash_api_key` digests; a malformed one
-    raises ValueError here, at start-up. With none, every API call is refused (403).
+    raises ValueError here, at start-up. Keys in the ``api_keys`` table are accepted
+    too, looked up on each call; with neither, every API call is refused (403).
     Resends are queued in ``portal.outbox`` (the node's, with its Message-ID domain);
     without ``portal``, in an :class:`~delivery.outbox.Outbox` with its defaults.
     With ``metrics_allow`` (addresses or networks), ``GET /metrics`` serves Prometheus
@@ -229,19 +232,20 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
-    hashes = check_hashes(api_key_hashes)
+    # The digests given here, and every key in the api_keys table (portal.apikeys).
+    keys = KeyRing(check_hashes(api_key_hashes), sessions, clock)
     outbox = portal.outbox if portal is not None else Outbox(clock=clock)
     # The node's SMS number policy (sms.allowed_countries) comes with the portal's context.
     phones = portal.phones if portal is not None else None
     book = RequestBook(sessions, clock, phones=phones)
-    app.state.courier = _Deps(sessions, hashes, book, outbox, clock)
+    app.state.courier = _Deps(sessions, keys, book, outbox, clock)
     app.include_router(api)
     if portal is not None:
         install_pages(app, portal)
     if metrics_allow is not None:
         install_metrics(app, sessions, metrics_allow)
     install_error_handlers(app)
-    app.add_middleware(ApiGate, hashes=hashes)
+    app.add_middleware(ApiGate, keys=keys)
     app.add_middleware(AccessLog)  # method, path (link tokens hashed), status, duration
     app.add_middleware(SecurityHeaders)  # outermost: its headers go on the gate's refusals
     return app

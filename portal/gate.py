@@ -4,8 +4,11 @@ FastAPI decodes a JSON body before it runs the dependencies that check the API k
 without this gate an anonymous caller would learn from a 422 how the body is validated,
 and a body of any size would be read first. For every ``/api/v1`` call, in order:
 
-1. an API key (401 without one, 403 for an unknown one — the same answers as the
-   route dependency, which still checks too);
+1. an API key (401 without one, 403 for an unknown or revoked one — the same answers
+   as the route dependency). The key is checked by :class:`portal.apikeys.KeyRing` on a
+   worker thread (it may read the database); the digest it accepted is left in the
+   request's state (``api_digest``), so the route dependency does not look it up again;
+   503 when the database cannot be read;
 2. a body-carrying method must send ``application/json`` (415 otherwise);
 3. the body is read up to :data:`portal.http.MAX_BODY` bytes, with or without a
    Content-Length (413 beyond), then handed on.
@@ -13,13 +16,16 @@ and a body of any size would be read first. For every ``/api/v1`` call, in order
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from portal.apikeys import match_api_key
+from portal.apikeys import KeyRing
 from portal.http import MAX_BODY
+from store.errors import DatabaseUnavailable
+
+#: Where the gate leaves the accepted key's digest (``request.state.api_digest``).
+DIGEST_STATE = "api_digest"
 
 _PREFIX = "/api/v1"
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
@@ -28,16 +34,16 @@ _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 class ApiGate:
     """ASGI middleware applying the checks above to ``/api/v1``."""
 
-    def __init__(self, app: ASGIApp, hashes: Sequence[str]) -> None:
+    def __init__(self, app: ASGIApp, keys: KeyRing) -> None:
         self.app = app
-        self.hashes = tuple(hashes)
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not str(scope.get("path", "")).startswith(_PREFIX):
             await self.app(scope, receive, send)
             return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
-        refusal = self._refusal(headers, str(scope.get("method", "")))
+        refusal = await self._refusal(scope, headers, str(scope.get("method", "")))
         if refusal is None and scope.get("method") in _WITH_BODY:
             body, too_big = await _read_body(receive)
             if too_big:
@@ -51,7 +57,9 @@ class ApiGate:
             return
         await self.app(scope, receive, send)
 
-    def _refusal(self, headers: dict[bytes, bytes], method: str) -> JSONResponse | None:
+    async def _refusal(
+        self, scope: Scope, headers: dict[bytes, bytes], method: str
+    ) -> JSONResponse | None:
         key = _presented_key(headers)
         if not key:
             return JSONResponse(
@@ -59,10 +67,17 @@ class ApiGate:
                 401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if match_api_key(key, self.hashes) is None:
+        try:
+            digest = await run_in_threadpool(self.keys.match, key)
+        except DatabaseUnavailable as exc:
+            return JSONResponse(
+                {"detail": f"{exc}; try again shortly"}, 503, headers={"Retry-After": "30"}
+            )
+        if digest is None:
             return JSONResponse(
                 {"detail": "unknown API key; ask an administrator for a valid one"}, 403
             )
+        scope.setdefault("state", {})[DIGEST_STATE] = digest
         if method in _WITH_BODY:
             kind = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
             if kind != b"application/json":

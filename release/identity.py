@@ -32,12 +32,15 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag, Tag
+
+# pydicom is imported where used: `import pydicom` loads numpy and its pixel handlers,
+# which a command that only reads node.yaml (courier request list) must not pay for.
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
 
 #: The fields :func:`compare` may name, in the order it names them.
 FIELDS = ("patient_id", "issuer", "birth_date", "name")
@@ -79,8 +82,10 @@ class IdentitySettings(BaseModel):
     @classmethod
     def _known_source(cls, v: str) -> str:
         v = v.strip()
-        if v == OTHER_IDS or _TAG.match(v):
+        if v in (PATIENT_ID, OTHER_IDS) or _TAG.match(v):
             return v
+        from pydicom.datadict import tag_for_keyword
+
         if tag_for_keyword(v) is None:
             raise ValueError(
                 "expected PatientID, OtherPatientIDsSequence, a DICOM keyword or (gggg,eeee)"
@@ -130,6 +135,9 @@ def _text(value: Any) -> str:
 
 
 def _tag(source: str) -> BaseTag:
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.tag import Tag
+
     m = _TAG.match(source)
     if m:
         return Tag(int(m.group(1), 16), int(m.group(2), 16))

@@ -29,7 +29,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pydicom.datadict import get_entry, keyword_dict, tag_for_keyword
+# pydicom is imported where used: `import pydicom` loads numpy and its pixel handlers,
+# which a command that only reads node.yaml (courier request list) must not pay for.
 
 ASSOCIATION_KEYS = ("calling_ae", "called_ae", "peer_host")
 
@@ -78,6 +79,8 @@ def parse_attribute(text: str) -> Attribute:
     if found is not None:
         return _tag(text, int(found[1], 16), found[2].lower(), found[3])
     if _KEYWORD.fullmatch(text):
+        from pydicom.datadict import tag_for_keyword
+
         tag = tag_for_keyword(text)
         if tag is not None:
             return _public(text, tag)
@@ -121,6 +124,8 @@ def _tag(text: str, group: int, element: str, creator: str | None) -> Attribute:
 
 
 def _public(text: str, tag: int) -> Attribute:
+    from pydicom.datadict import get_entry
+
     try:
         vr, _vm, _name, _retired, keyword = get_entry(tag)
     except KeyError:
@@ -138,6 +143,8 @@ def _public(text: str, tag: int) -> Attribute:
 
 
 def _unknown(text: str) -> str:
+    from pydicom.datadict import keyword_dict
+
     choices = [*keyword_dict, *ASSOCIATION_KEYS]
     folded = {k.lower(): k for k in choices}
     guess = folded.get(text.lower())

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
+# pydicom is imported where used: `import pydicom` loads numpy and its pixel handlers,
+# which a command that only reads node.yaml (courier request list) must not pay for.
+if TYPE_CHECKING:
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
 
 Key = tuple[int, str | None]
 
@@ -164,12 +166,18 @@ def _texts(elem: DataElement) -> tuple[str, ...]:
         if not text.strip(" \x00").isprintable():
             return ()
         items: Iterable[object] = text.split("\\")
-    elif isinstance(value, MultiValue | list | tuple):
-        items = value
+    elif isinstance(value, list | tuple | _multivalue()):
+        items = cast(Iterable[object], value)
     else:
         items = (value,)  # str, numbers, PersonName (iterable, but one value)
     out = (_clean(str(item)) for item in items)
     return tuple(v for v in out if v)
+
+
+def _multivalue() -> type:
+    from pydicom.multival import MultiValue  # cached by the import system after once
+
+    return MultiValue
 
 
 def _clean(value: str | None) -> str | None:

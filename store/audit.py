@@ -87,6 +87,9 @@ KINDS: dict[str, Kind] = {
     "identity-override": Kind(
         "110113", "Security Alert", "E", "110127", "Emergency Override Started"
     ),
+    # A staff/RIS API key made or revoked (CLI or the staff Keys page): who may call
+    # the API changed.
+    "api-key": Kind("110113", "Security Alert", "E", "110137", "User Security Attributes Changed"),
 }
 
 #: Names ``courier audit --type`` accepts beside the kinds.

@@ -485,6 +485,23 @@ class PortalSession(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
+class ApiKey(Base):
+    """A staff/RIS API key (migration 0015): only its SHA-256 ``digest`` is kept. Looked
+    up on every API call (:class:`portal.apikeys.KeyRing`); a revoked key stays listed."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    label: Mapped[str] = mapped_column(String(80), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(80), default="")
+    # Written at most once a minute per key, so a busy RIS does not write on every call.
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(80), nullable=True)
+
+
 class StaffUser(Base):
     """A staff member who signs in to the staff pages (password kept as a scrypt hash)."""
 

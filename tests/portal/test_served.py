@@ -1,4 +1,4 @@
-"""The REST API served by `courier serve`, with a key made by `courier apikey create`."""
+"""The REST API served by `courier serve`, with keys made and revoked by `courier apikey`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import COURIER, free_port, start_node, write_config
+from tests.conftest import COURIER, free_port, start_node
 
 
 def _call(port: int, path: str, key: str | None, body: Any = None) -> tuple[int, Any]:
@@ -30,26 +30,32 @@ def _call(port: int, path: str, key: str | None, body: Any = None) -> tuple[int,
         return err.code, json.loads(err.read() or b"null")
 
 
-def test_apikey_create_then_the_served_api_accepts_it(tmp_path: Path) -> None:
-    web_port = free_port()
-    config = tmp_path / "node.yaml"
-    write_config(config, tmp_path / "node-data", free_port(), web_port=web_port)
-    made = subprocess.run(
-        [str(COURIER), "apikey", "create", "--label", "RIS", "--json", "--config", str(config)],
+def _courier(config: Path, *args: str) -> Any:
+    done = subprocess.run(
+        [str(COURIER), *args, "--json", "--config", str(config)],
         capture_output=True,
         text=True,
         check=True,
+        timeout=60,
     )
-    key = json.loads(made.stdout)["key"]
-    digests = (tmp_path / "node-data" / "api_keys.txt").read_text()
-    assert key not in digests and json.loads(made.stdout)["digest"] in digests
-    # start_node rewrites the config with a fresh port pair; keep ours.
+    return json.loads(done.stdout)
+
+
+def test_a_key_made_or_revoked_by_the_cli_takes_effect_at_once_in_a_running_node(
+    tmp_path: Path,
+) -> None:
+    """Keys live in the database (portal.apikeys): no restart between create, use and
+    revoke; the key itself is never stored, listed or logged."""
+    web_port = free_port()
     node = start_node(tmp_path, web_port=web_port)
+    config = tmp_path / "node.yaml"
     try:
         status, _ = _call(web_port, "/api/v1/studies", None)
         assert status == 401
         status, _ = _call(web_port, "/api/v1/studies", "ck_wrong")
         assert status == 403
+        made = _courier(config, "apikey", "create", "--label", "RIS")
+        key = made["key"]
         status, studies = _call(web_port, "/api/v1/studies", key)
         assert (status, studies) == (200, [])
         draft = {
@@ -63,12 +69,22 @@ def test_apikey_create_then_the_served_api_accepts_it(tmp_path: Path) -> None:
         }
         status, created = _call(web_port, "/api/v1/requests", key, draft)
         assert status == 201 and created["state"] == "pending"
-        status, listed = _call(web_port, "/api/v1/requests", key)
-        assert [r["reference"] for r in listed] == [created["reference"]]
+        listed = _courier(config, "apikey", "list")
+        assert [(k["id"], k["label"]) for k in listed] == [(made["id"], "RIS")]
+        assert listed[0]["last_used_at"] is not None and listed[0]["revoked_at"] is None
+        assert key not in json.dumps(listed)
+        revoked = _courier(config, "apikey", "revoke", made["digest_prefix"][:8])
+        assert revoked["revoked_at"] is not None
+        for path in ("/api/v1/studies", "/api/v1/requests"):
+            status, body = _call(web_port, path, key)
+            assert status == 403 and "unknown API key" in body["detail"]
         log = node.log.read_text()
         assert key not in log and "Synthetic" not in log
     finally:
         node.stop()
+    audit = _courier(config, "audit", "--type", "api-key")
+    assert sorted(e["detail"].split(" ", 1)[0] for e in audit) == ["created", "revoked"]
+    assert all(e["actor"].startswith("cli:") for e in audit)
 
 
 def test_https_with_a_certificate_sends_hsts_and_plain_http_does_not(tmp_path: Path) -> None:

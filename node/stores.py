@@ -1,0 +1,61 @@
+"""Opening the node's store from the command line and from ``courier serve``.
+
+Kept apart from :mod:`node.app` (the composition root, which imports the SCP, the web
+app, the scheduler and the rest) so that a CLI command that only reads or writes the
+index database imports SQLAlchemy and the store, and nothing else (:mod:`node.cli`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from node.config import Config, ConfigError
+from store.content import ContentStore
+from store.db import database_url, make_engine, make_sessions, migrate
+
+#: Prometheus counters of every process of the node, under node.data_dir (cleared at start).
+METRICS_DIR = "metrics"
+
+
+def store_url(cfg: Config) -> str:
+    """The index database's URL for ``cfg``; raises ConfigError when it cannot be read."""
+    base = cfg.source.parent if cfg.source else Path.cwd()
+    try:
+        return database_url(cfg.store, cfg.data_dir, base)
+    except (ValueError, OSError) as exc:
+        raise ConfigError([f"{cfg.source}: {exc}"]) from None
+
+
+def shared_database(url: str) -> bool:
+    """True when other nodes may use the database too (PostgreSQL; SQLite is one node)."""
+    return make_url(url).get_backend_name() == "postgresql"
+
+
+def metrics_dir(cfg: Config, url: str) -> Path:
+    """This node's Prometheus folder: ``<data_dir>/metrics``, or ``metrics/<node.name>``
+    when nodes share the data directory (each clears its own at start)."""
+    base = cfg.data_dir / METRICS_DIR
+    return base / cfg.node.name if shared_database(url) else base
+
+
+def node_content(cfg: Config, url: str) -> ContentStore:
+    """This node's content store: with a shared database (several nodes may share the
+    data directory) its spool is ``spool/<node.name>``, so the start-up sweep removes
+    this node's leftovers and never another node's receive in progress."""
+    return ContentStore(cfg.data_dir, cfg.node.name if shared_database(url) else None)
+
+
+def open_store(cfg: Config) -> tuple[Engine, sessionmaker[Session], ContentStore]:
+    """Engine (migrated), session factory and content store for ``cfg``."""
+    url = store_url(cfg)
+    engine = make_engine(
+        url, busy_timeout_s=cfg.store.busy_timeout_s, pool_size=cfg.store.pool_size
+    )
+    migrate(engine)
+    content = node_content(cfg, url)
+    content.prepare()
+    return engine, make_sessions(engine), content
