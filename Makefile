@@ -58,7 +58,7 @@ pytest: dev tests/browser/node_modules/axe-core/axe.min.js
 
 ## The README's screenshots, taken by the browser journey test (synthetic data only).
 screenshots: dev peers
-	COURIER_SCREENSHOTS=1 $(BIN)/pytest tests/browser/test_patient_journey.py --basetemp=/tmp/pt-shots
+	COURIER_SCREENSHOTS=1 $(BIN)/pytest tests/browser/test_patient_journey.py tests/browser/test_staff_reports.py --basetemp=/tmp/pt-shots
 
 ## make test: set up, install the test peers, run lint, types and every test.
 test: dev peers lint typecheck pytest

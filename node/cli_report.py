@@ -49,8 +49,8 @@ def add_report_parser(
 
 def run_report(args: argparse.Namespace, cfg: Config) -> int:
     """``courier report``; returns the exit status."""
-    from node.app import open_store
     from node.output import print_result
+    from node.stores import open_store
     from release.report import Reports
 
     engine, sessions, _content = open_store(cfg)
