@@ -5,7 +5,9 @@ Owns the release requests themselves: validation of what staff submit
 (``release.reference``), the request states and the one table of allowed transitions
 (``release.states``), and the service that creates, finds, moves and audits requests
 (``release.requests``), and matching stable studies to pending requests through the
-rules, with completeness and overdue sweeps (``release.matching``). Packaging and
+rules, with completeness and overdue sweeps (``release.matching``), and the figures
+read back from the requests' history for staff and the hospital's reporting (outcomes
+per day, time to first download, failures by cause: ``release.report``). Packaging and
 sending (``delivery``) and the web (``portal``) build on it.
 
 Imports nothing of ours but ``store`` and ``rules``.
