@@ -11,6 +11,8 @@ from portal.publicurl import plain_http_problem
 from store.netaddr import ListenAddress
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# The same names as portal.staff_auth.check_username accepts (settings import no web code).
+_ADMIN = re.compile(r"^[a-z0-9._@-]{1,64}$")
 
 
 class PortalSettings(BaseModel):
@@ -33,8 +35,15 @@ class PortalSettings(BaseModel):
     )
     api_keys_file: str = Field(
         default="api_keys.txt",
-        description="More digests, one per line; `courier apikey create` appends here. "
-        "Relative to node.data_dir. Read at start: restart after adding a key.",
+        description="Legacy: more digests, one per line, relative to node.data_dir, read "
+        "at start. Keys made by `courier apikey create` or the staff Keys page live in "
+        "the database and work at once.",
+    )
+    staff_admins: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Staff usernames who may make and revoke API keys on the staff Keys "
+        "page (/staff/keys); empty: nobody there, `courier apikey` only.",
     )
 
     metrics_enabled: bool = Field(
@@ -164,6 +173,17 @@ class PortalSettings(BaseModel):
                 out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
             except ValueError:
                 raise ValueError(f"entry {i} is not an IP address or network") from None
+        return out
+
+    @field_validator("staff_admins")
+    @classmethod
+    def _admins(cls, v: list[str]) -> list[str]:
+        out = []
+        for i, name in enumerate(v):
+            norm = name.strip().lower()
+            if not _ADMIN.match(norm):
+                raise ValueError(f"entry {i} is not a staff username (1-64 of a-z 0-9 . _ - @)")
+            out.append(norm)
         return out
 
     @field_validator("api_key_hashes")

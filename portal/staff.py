@@ -21,6 +21,7 @@ from portal import (
     staff_auth,
     staff_discs,
     staff_identity,
+    staff_keys,
     staff_reports,
     staff_requests,
 )
@@ -68,5 +69,6 @@ router.include_router(home)
 router.include_router(staff_requests.router)
 router.include_router(staff_actions.router)
 router.include_router(staff_discs.router)
+router.include_router(staff_keys.router)
 router.include_router(staff_identity.router)
 router.include_router(staff_reports.router)
