@@ -88,7 +88,13 @@ def run_demo(args: argparse.Namespace, cfg: Config) -> int:
     from pydicom import dcmread
 
     from node.synthetic import make_ct_series
-    from scp.storescu import ScuSettings, StoreScuError, acknowledged, send_instances
+    from scp.storescu import (
+        AssociationRejected,
+        ScuSettings,
+        StoreScuError,
+        acknowledged,
+        send_instances,
+    )
 
     host = args.host or cfg.scp.host
     target = _Target(
@@ -121,7 +127,17 @@ def run_demo(args: argparse.Namespace, cfg: Config) -> int:
                 target, files, settings=ScuSettings(calling_ae_title=args.calling_aet)
             )
         except StoreScuError as exc:
-            print(f"courier: demo push to {where}: {exc}", file=sys.stderr)
+            if isinstance(exc, AssociationRejected) and exc.permanent:
+                # Not another hospital: the node being tried out. Say what to change there.
+                print(
+                    f"courier: demo push: {where} refused the association: the node must "
+                    f"allow our AE title {args.calling_aet} (list it in "
+                    "scp.allowed_calling_aes, or pass --calling-aet with one listed there) "
+                    "and answer to the called AE title (--aet, default scp.ae_title)",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"courier: demo push to {where}: {exc}", file=sys.stderr)
             return EXIT_PEER
     stored = sum(1 for s in report.statuses.values() if acknowledged(s))
     result = {
