@@ -6,6 +6,8 @@
 (the CD burn queue: write the disc image, download it, mark it burned, cancel it),
 :mod:`portal.staff_identity` (studies held because their patient identity differs),
 :mod:`portal.staff_reports` (the figures as charts with their numbers),
+:mod:`portal.staff_studies_pages` (every study received; attach, rules again or discard
+a held one),
 plus the dashboard here.
 Pages are English only, server-rendered, and need no JavaScript.
 """
@@ -24,11 +26,13 @@ from portal import (
     staff_keys,
     staff_reports,
     staff_requests,
+    staff_studies_pages,
 )
 from portal.site import context_of
 from portal.staff_auth import SignedIn
 from portal.staff_dashboard import dashboard
 from portal.staff_requests import page
+from portal.staff_studies_waiting import attention
 from store.catalog import guarded
 from store.models import IdentityMismatch, MismatchState, ReleaseRequest
 
@@ -44,6 +48,7 @@ def show_dashboard(request: Request, staff: SignedIn) -> Response:
     ctx = context_of(request)
     with guarded(ctx.sessions) as s:
         board = dashboard(s, ctx.clock())
+        studies = attention(s, ctx.clock(), ctx.portal.held_alert_h)  # held, pulls
         held = list(  # studies held because their patient identity differs
             s.scalars(
                 select(ReleaseRequest.reference)
@@ -61,6 +66,8 @@ def show_dashboard(request: Request, staff: SignedIn) -> Response:
         board=board,
         identity_off=not ctx.identity_check,
         identity_held=held,
+        studies=studies,
+        held_alert_h=ctx.portal.held_alert_h,
     )
 
 
@@ -71,4 +78,5 @@ router.include_router(staff_actions.router)
 router.include_router(staff_discs.router)
 router.include_router(staff_keys.router)
 router.include_router(staff_identity.router)
+router.include_router(staff_studies_pages.router)
 router.include_router(staff_reports.router)

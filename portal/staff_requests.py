@@ -45,6 +45,7 @@ from portal.staff_studies import (
     studies_of_patient,
     studies_on_pacs,
 )
+from portal.staff_studies_waiting import why_waiting
 from release.errors import InvalidRequest, RequestConflict, RequestNotFound
 from release.matching import mismatches
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
@@ -83,6 +84,7 @@ DONE = {
     "cancel": "The request was cancelled; its links no longer work.",
     "identity-attach": "The study was attached despite the identity mismatch (audited).",
     "identity-dismiss": "The study stays held; it will not be attached to this request.",
+    "study-attach": "The held study was attached to this request (audited).",
 }
 STATES = [str(s) for s in RequestState]
 
@@ -425,6 +427,7 @@ def detail_page(
         assert fresh is not None
         told = story(s, fresh, ctx.clock())
         held = mismatches(s, fresh.id)  # studies held: patient identity differs
+        waiting = why_waiting(s, fresh)  # no study yet, held, incomplete, mismatch
     done = DONE.get(request.query_params.get("done", ""), "")
     return page(
         request,
@@ -439,6 +442,7 @@ def detail_page(
         error=error,
         default_days=min(ctx.delivery.link_days, 30),
         mismatches=held,
+        waiting=waiting,
         link=link_status(ctx.sessions, [req.id]).get(req.id),  # queued is not accepted
     )
 

@@ -87,6 +87,11 @@ KINDS: dict[str, Kind] = {
     "identity-override": Kind(
         "110113", "Security Alert", "E", "110127", "Emergency Override Started"
     ),
+    # Staff acted on a held study from the Studies page (attached it to a request, sent
+    # it to the rules again, discarded it): who may receive the study changed.
+    "held-study": Kind(
+        "110113", "Security Alert", "E", "110135", "Object Security Attributes Changed"
+    ),
     # A staff/RIS API key made or revoked (CLI or the staff Keys page): who may call
     # the API changed.
     "api-key": Kind("110113", "Security Alert", "E", "110137", "User Security Attributes Changed"),
