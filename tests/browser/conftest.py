@@ -311,6 +311,7 @@ portal:
   host: 127.0.0.1
   port: {web_port}
   public_url: http://127.0.0.1:{web_port}
+  staff_admins: [radiographer.one]  # test_staff_journey's user may manage API keys
 rules_file: {tmp / "rules.yaml"}
 delivery:
   urgent_check_s: 0.5
