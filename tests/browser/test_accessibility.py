@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +36,9 @@ from tests.browser.conftest import (
     new_page,
     page_width,
     patient_link,
+    screenshot,
 )
+from tests.browser.test_staff_journey import add_staff_user, sign_in, wait_for_study
 from tests.conftest import need
 
 pytestmark = pytest.mark.peers  # Chromium and dcmtk
@@ -83,6 +86,16 @@ class Audit:
                 self._check(page, f"{name} [{lang}]", lang, direction)
             finally:
                 ctx.close()
+
+    def staff_page(self, name: str, path: str, cookies_from: BrowserContext) -> None:
+        """Audit a staff page (English only: the staff pages are not translated)."""
+        ctx = self.new_context(bypass_csp=True, storage_state=cookies_from.storage_state())
+        try:
+            page = new_page(ctx)
+            page.goto(f"{self.base_url}{path}")
+            self._check(page, name, "en", "ltr")
+        finally:
+            ctx.close()
 
     def _check(self, page: Page, label: str, lang: str, direction: str) -> None:
         self.audited.append(label)
@@ -169,3 +182,53 @@ def test_patient_pages_are_accessible(site: Site, new_context: ContextFactory) -
 
     assert len(audit.audited) == 2 * 8, audit.audited
     assert not audit.problems, "accessibility problems:\n" + "\n".join(audit.problems)
+
+
+def test_staff_studies_pages_are_accessible(
+    site: Site, new_context: ContextFactory, screenshot_dir: Path
+) -> None:
+    """The staff Studies page, a held study's page, a request waiting with its reason,
+    the dashboard and the HTML error pages (staff in English; the patient's 404 in both
+    languages): axe 0 serious/critical, each fits the phone. With
+    ``COURIER_SCREENSHOTS=1`` the Studies page and the waiting request go to
+    docs/screenshots. The held study is then attached from the request page (a plain
+    form, no JavaScript)."""
+    need("axe-core", os.path.isfile(AXE))
+    add_staff_user(site)
+    site.push("ACCHELD1")  # by-accession matches, but no request has the key: held
+    uid = wait_for_study(site, "ACCHELD1")
+    ref = site.create_request("ACCWAIT1")  # nothing with this accession has arrived
+
+    ctx = new_context()  # the portal's CSP intact
+    page = new_page(ctx)
+    sign_in(page, site)
+    page.locator("a[href='/staff/studies']").first.click()
+    page.wait_for_url(site.base_url + "/staff/studies")
+    expect(page.locator("#studies")).to_contain_text("ACCHELD1")
+    expect(page.locator("#studies .state-held").first).to_be_visible()
+    page.locator("#search").evaluate("e => e.scrollIntoView({block: 'start'})")  # results
+    screenshot(page, screenshot_dir, "staff-studies.png")
+    page.goto(f"{site.base_url}/staff/requests/{ref}")
+    expect(page.locator("#waiting .wait-none-arrived")).to_contain_text("ACCWAIT1")
+    expect(page.locator("#candidate-studies")).to_contain_text("ACCHELD1")
+    screenshot(page, screenshot_dir, "staff-request-waiting.png")
+
+    audit = Audit(new_context, site.base_url)
+    staff_pages = {
+        "studies": "/staff/studies",
+        "studies, held only": "/staff/studies?status=held",
+        "studies, bad search": "/staff/studies?date=soon",
+        "held study": f"/staff/studies/{uid}",
+        "request waiting": f"/staff/requests/{ref}",
+        "dashboard": "/staff",
+        "staff 404": "/staff/nowhere",
+    }
+    for name, path in staff_pages.items():
+        audit.staff_page(name, path, ctx)
+    audit.page("patient 404", "/nowhere")
+    assert len(audit.audited) == len(staff_pages) + 2, audit.audited
+    assert not audit.problems, "accessibility problems:\n" + "\n".join(audit.problems)
+
+    page.locator("#attach-c1").click()  # from the request page, as staff would
+    page.wait_for_url(f"{site.base_url}/staff/requests/{ref}?done=study-attach")
+    expect(page.locator("#matched-studies")).to_contain_text("ACCHELD1")
