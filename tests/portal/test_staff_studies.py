@@ -23,11 +23,11 @@ from sqlalchemy import select
 from portal import staff_studies_list, staff_studies_pages
 from portal.api import create_app
 from portal.apikeys import hash_api_key, new_api_key
-from portal.staff_studies_actions import StudyRefused, Who, attach, discard
+from portal.staff_studies_actions import StudyRefused, Who, attach, discard, rules_again
 from release.identity import IdentitySettings
 from release.matching import Matcher
 from release.requests import RequestBook
-from rules import RuleSet
+from rules import RuleSet, load_rules_text
 from store.content import ContentStore
 from store.db import writing
 from store.models import (
@@ -47,6 +47,9 @@ from store.models import (
 from tests.conftest import Database
 from tests.portal.test_staff import Site, add_study, make_request, open_site
 from tests.portal.test_staff import cheap_hashes as cheap_hashes  # autouse fixture
+from tests.release.helpers import draft
+from tests.release.test_identity import BY_ACCESSION
+from tests.release.test_purge import World
 
 
 @pytest.fixture
@@ -537,3 +540,40 @@ def test_a_server_error_is_an_html_page_that_says_nothing_of_it(
         r = c.get("/staff/studies")
     assert r.status_code == 500 and r.headers["content-type"].startswith("text/html")
     assert "Something went wrong" in r.text and "SYN-1" not in r.text
+
+
+HOLD_ALL = """\
+rules:
+  - name: hold-all
+    action: hold
+    reason: staff decide
+"""
+
+
+def test_after_a_rules_change_the_rules_again_release_it(db: Database, tmp_path: Path) -> None:
+    """The whole path with the real matcher: a study held by the rules of the day, the
+    admin's fix to the rules, staff's "rules again", the next sweep releases it to its
+    request (received and decided from real DICOM files in the content store)."""
+    world = World(db, tmp_path)
+    running = [load_rules_text(HOLD_ALL)]
+    world.matcher = Matcher(
+        db.sessions, world.content, lambda: running[0], world.book, clock=world.clock
+    )
+    ref = world.book.create(
+        draft(selection=[{"kind": "accession", "value": "LATE1"}]), "test"
+    ).reference
+    uid = world.receive("pushed", 2, accession="LATE1", patient_id="MRN-000123")
+    world.settle()
+    with db.sessions() as s:
+        seen = s.scalar(select(StudyDecision.id).order_by(StudyDecision.id.desc()).limit(1))
+        assert s.get(StudyDecision, seen).action == "hold"  # type: ignore[union-attr]
+    running[0] = load_rules_text(BY_ACCESSION)  # the admin's fix
+    with db.sessions() as s, writing(s):
+        rules_again(s, uid, seen, who=Who("staff:alice", "staff:alice"), now=world.clock())
+        s.commit()
+    world.settle()
+    with db.sessions() as s:
+        req = s.scalars(select(ReleaseRequest).where(ReleaseRequest.reference == ref)).one()
+        actions = list(s.scalars(select(StudyDecision.rule).order_by(StudyDecision.id)))
+    assert req.state == RequestState.READY
+    assert actions == ["hold-all", "by-accession"]
