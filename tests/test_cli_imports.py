@@ -154,3 +154,20 @@ def test_zsh_completion_has_every_command_path() -> None:
     assert script.count("(") == script.count(")")
     if shutil.which("zsh"):  # the syntax, where zsh is installed
         subprocess.run(["zsh", "-n"], input=script, text=True, timeout=30, check=True)
+
+
+def test_the_migration_shortcut_agrees_with_alembic(tmp_path: Path) -> None:
+    """store.db skips Alembic only when the database is at the head that Alembic itself
+    finds in the migration files."""
+    from alembic.script import ScriptDirectory
+
+    from store.db import _at_head, _head, alembic_config, make_engine, migrate
+
+    assert _head() == ScriptDirectory.from_config(alembic_config()).get_current_head()
+    engine = make_engine(f"sqlite:///{tmp_path / 'index.db'}")
+    try:
+        assert not _at_head(engine)  # no alembic_version yet: Alembic decides
+        migrate(engine)
+        assert _at_head(engine)
+    finally:
+        engine.dispose()
