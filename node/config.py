@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,11 +28,13 @@ from delivery.settings import DeliverySettings
 from node.audit_settings import AuditSettings
 from portal.settings import PortalSettings
 from release.identity import IdentitySettings
-from rules import RuleSet, RuleSyntaxError, load_rules, load_rules_from_data
 from rules.source import YamlDocument, YamlSourceError, read_yaml_file
 from scp.pacs_settings import PacsSettings, with_scp_defaults
 from scp.settings import ScpSettings
 from store.settings import StoreSettings
+
+if TYPE_CHECKING:  # imported when rules are compiled: most commands never need them
+    from rules import RuleSet
 
 DEFAULT_CONFIG = "node.yaml"
 
@@ -103,7 +105,7 @@ class Config(BaseModel):
 
     # Set by load_config, not by the YAML.
     source: Path | None = Field(default=None, exclude=True)
-    _ruleset: RuleSet = PrivateAttr(default_factory=lambda: RuleSet([]))
+    _ruleset: RuleSet | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -124,6 +126,10 @@ class Config(BaseModel):
     @property
     def ruleset(self) -> RuleSet:
         """The compiled rules (empty: every stable study is held for staff)."""
+        if self._ruleset is None:
+            from rules import RuleSet
+
+            self._ruleset = RuleSet([])
         return self._ruleset
 
     @property
@@ -192,6 +198,8 @@ def load_config(path: Path, *, compile_rules: bool = True) -> Config:
 
 
 def _compile_rules(cfg: Config, doc: YamlDocument) -> RuleSet:
+    from rules import RuleSet, RuleSyntaxError, load_rules, load_rules_from_data
+
     try:
         if cfg.rules is not None:
             return load_rules_from_data(doc.data["rules"], doc, at=("rules",))

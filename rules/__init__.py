@@ -18,12 +18,49 @@ every problem with file, line, column and rule name. ``decide`` never raises on 
 content. The language is described in :mod:`rules.schema` and ``rules/README.md``.
 """
 
-from rules.decision import Decision, Match, TraceStep
-from rules.errors import Problem, RulesError, RuleSyntaxError
-from rules.explain import explain_dict, explain_text
-from rules.facts import AssociationFacts, Facts, StudyFacts, facts_from_dataset
-from rules.loader import load_rules, load_rules_document, load_rules_from_data, load_rules_text
-from rules.matcher import CompiledRule, RuleSet
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rules.decision import Decision, Match, TraceStep
+    from rules.errors import Problem, RulesError, RuleSyntaxError
+    from rules.explain import explain_dict, explain_text
+    from rules.facts import AssociationFacts, Facts, StudyFacts, facts_from_dataset
+    from rules.loader import load_rules, load_rules_document, load_rules_from_data, load_rules_text
+    from rules.matcher import CompiledRule, RuleSet
+
+# Each name is imported from its module on first use (PEP 562), so reading YAML with
+# rules.source (node.yaml, for every `courier` command) does not build the rules schema.
+_HOME = {
+    "Decision": "rules.decision",
+    "Match": "rules.decision",
+    "TraceStep": "rules.decision",
+    "Problem": "rules.errors",
+    "RulesError": "rules.errors",
+    "RuleSyntaxError": "rules.errors",
+    "explain_dict": "rules.explain",
+    "explain_text": "rules.explain",
+    "AssociationFacts": "rules.facts",
+    "Facts": "rules.facts",
+    "StudyFacts": "rules.facts",
+    "facts_from_dataset": "rules.facts",
+    "load_rules": "rules.loader",
+    "load_rules_document": "rules.loader",
+    "load_rules_from_data": "rules.loader",
+    "load_rules_text": "rules.loader",
+    "CompiledRule": "rules.matcher",
+    "RuleSet": "rules.matcher",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'rules' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AssociationFacts",
