@@ -140,6 +140,12 @@ COMMANDS: dict[str, Command] = {
         "add_report_parser",
         "run_report",
     ),
+    "demo": Command(
+        "send the node a tiny synthetic study (DEMO^PATIENT) to try it",
+        "node.demo",
+        "add_demo_parser",
+        "run_demo",
+    ),
     "completion": Command(
         "print a shell completion script (bash or zsh)",
         "node.cli_completion",
