@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from delivery.errors import ChannelSetupError
-from release.phonepolicy import normalize_countries
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -235,6 +234,11 @@ class SmsSettings(BaseModel):
     @field_validator("allowed_countries")
     @classmethod
     def _countries(cls, v: list[str]) -> list[str]:
+        if not v:
+            return []
+        # phonenumbers only when countries are set: every `courier` command reads node.yaml.
+        from release.phonepolicy import normalize_countries
+
         return sorted(normalize_countries(v))
 
     @field_validator("api_base")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from delivery.window import DeliveryWindow, WindowError, parse_zone
@@ -204,6 +203,9 @@ class DeliverySettings(BaseModel):
     def _email(cls, v: str | None) -> str | None:
         if v is None or not v.strip():
             return None
+        # Imported here: node.yaml is read by every `courier` command (node.cli).
+        from email_validator import EmailNotValidError, validate_email
+
         try:
             # Syntax only: a DNS look-up at start-up would make the config check flaky.
             return validate_email(v.strip(), check_deliverability=False).normalized
