@@ -129,13 +129,18 @@ def test_deliver_now_on_the_embedded_defaults_and_a_crash_mid_packaging(
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(400):  # bounded: until a partial file shows, then kill at once
+        # Bounded (30 s: the command starts, then previews render in a child before the
+        # ZIP is written): until a partial file shows, then kill at once.
+        seen = False
+        for _ in range(3000):
             if packages.is_dir() and any(p.name.endswith(".partial") for p in packages.iterdir()):
+                seen = True
                 break
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(30)
+    assert seen, "deliver --now wrote no partial package within 30 s"
     assert not [p for p in packages.iterdir() if p.name.endswith(".zip")]
     assert courier(node, "request", "show", ref)["state"] == "packaging"
 
