@@ -53,8 +53,12 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
+# Two workers, one per core; each test file stays on one worker (its module fixtures, such
+# as an Orthanc peer, start once). Ports come from the OS, temp folders and PostgreSQL
+# schemas are per test, advisory locks are keyed per schema. PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= 2
 pytest: dev tests/browser/node_modules/axe-core/axe.min.js
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 ## The README's screenshots, taken by the browser journey test (synthetic data only).
 screenshots: dev peers
