@@ -162,7 +162,7 @@ def statement() -> str:
             ],
         ),
         "No Media Storage Application Profile is claimed here (discs written by "
-        "`courier export-iso` follow IHE PDI and are described in the README).",
+        "`courier export-iso` follow IHE PDI and are described in docs/portal.md).",
         "",
         "## 2 Introduction",
         "",
