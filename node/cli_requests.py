@@ -19,7 +19,6 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.outbox import Outbox, link_status, queue_link_again
@@ -34,15 +33,15 @@ from node.output import (
 )
 from node.stores import open_store
 from release.errors import InvalidRequest, RequestConflict, RequestError
-from release.phonepolicy import PhonePolicy
+from release.languages import SUPPORTED_LANGUAGES
 from release.records import event_dict, request_dict
 from release.requests import RequestBook
-from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
 from store.errors import StoreError
 from store.models import ReleaseRequest, RequestEvent, RequestState, Urgency, utcnow
 
 if TYPE_CHECKING:
     from node.pulls import Wanted
+    from release.validation import RequestDraft
 
 # Draft fields as the options that set them, so an error names what the user typed.
 _OPTIONS = {
@@ -168,7 +167,15 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
     """Run the ``request`` action in ``args``; returns the exit status."""
     draft: RequestDraft | None = None
     pulls: list[Wanted] = []
+    phones = None
     if args.request_action == "create":
+        # The validators (pydantic's, phonenumbers, email_validator) only to create.
+        from pydantic import ValidationError
+
+        from release.phonepolicy import PhonePolicy
+        from release.validation import RequestDraft, validation_errors
+
+        phones = PhonePolicy(frozenset(cfg.sms.allowed_countries))
         errors = _create_errors(args)
         if not errors:
             try:
@@ -191,7 +198,7 @@ def run_request_command(args: argparse.Namespace, cfg: Config) -> int:
         engine, sessions, _content = open_store(cfg)
     except StoreError as exc:
         return _fail(args, EXIT_UNAVAILABLE, str(exc))
-    book = RequestBook(sessions, phones=PhonePolicy(frozenset(cfg.sms.allowed_countries)))
+    book = RequestBook(sessions, phones=phones)
     try:
         if draft is not None:
             if cfg.pacs is not None and pulls:

@@ -17,17 +17,15 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from release.errors import InvalidRequest, InvalidTransition, RequestConflict, RequestNotFound
-from release.phonepolicy import PhonePolicy, PhoneRefused
 from release.reference import new_reference, normalize_reference
 from release.states import FINAL, JOINABLE, RESENDABLE, TRANSITIONS, allowed
-from release.validation import RequestDraft
 from store.catalog import guarded
 from store.models import (
     DicomDestination,
@@ -38,6 +36,10 @@ from store.models import (
     SelectionKind,
     utcnow,
 )
+
+if TYPE_CHECKING:  # the validators (phonenumbers, email_validator) load where used
+    from release.phonepolicy import PhonePolicy
+    from release.validation import RequestDraft
 
 log = logging.getLogger("courier.release")
 
@@ -85,6 +87,8 @@ class RequestBook:
         actor = _bounded(actor, "actor", _MAX_ACTOR)
         scheme, _, number = (draft.second_channel or "").partition(":")
         if scheme == "sms" and self._phones is not None:
+            from release.phonepolicy import PhoneRefused
+
             try:
                 self._phones.check(number)
             except PhoneRefused as exc:
@@ -433,6 +437,8 @@ def _content(draft: RequestDraft) -> dict[str, Any]:
 
 def _content_of(req: ReleaseRequest) -> dict[str, Any]:
     special = {"selection", "by_reference", "idempotency_key", "destination"}
+    from release.validation import RequestDraft
+
     fields = RequestDraft.model_fields.keys() - special
     data: dict[str, Any] = {name: getattr(req, name) for name in fields}
     dest = req.destination

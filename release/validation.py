@@ -38,13 +38,12 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
+# The languages live apart so the command line can name them without these validators.
+from release.languages import SUPPORTED_LANGUAGES as SUPPORTED_LANGUAGES
 from release.phonepolicy import type_problem
 from store.content import check_uid
 from store.errors import InvalidUID
 from store.models import CommitmentMode, Urgency
-
-SUPPORTED_LANGUAGES: tuple[str, ...] = ("en", "ar", "zh-Hans")
-"""Languages the patient's messages and pages exist in (BCP 47 tags)."""
 
 MAX_SELECTIONS = 100
 # Names, IDs and actors take letters, digits and a little punctuation, nothing more:

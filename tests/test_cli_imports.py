@@ -21,7 +21,16 @@ from node.cli_completion import tables, zsh_script
 from tests.conftest import free_port, write_config
 
 HEAVY = ("fastapi", "starlette", "uvicorn", "numpy", "pydicom", "pynetdicom", "apscheduler")
-HEAVY += ("twilio", "aiosmtplib", "PIL", "jinja2", "alembic", "rich")
+HEAVY += (
+    "twilio",
+    "aiosmtplib",
+    "PIL",
+    "jinja2",
+    "alembic",
+    "rich",
+    "phonenumbers",
+    "email_validator",
+)
 _PROBE = """
 import contextlib, io, json, sys
 from node.cli import main
