@@ -6,11 +6,11 @@ lists it with the fields that disagree and both sides' values (signed-in staff a
 authorised to see them; the template escapes and bidi-isolates them). Two POST forms
 (CSRF-checked like every staff form, no JavaScript needed), each requiring a reason:
 
-- ``attach``: attach the study anyway (:func:`release.matching.attach_anyway`): the
+- ``attach``: attach the study anyway (:func:`release.mismatch.attach_anyway`): the
   request moves on as matching would; timeline and ``identity-override`` audit event
   name the staff member.
 - ``dismiss``: keep it held, never attached to this request nor alerted again
-  (:func:`release.matching.dismiss`).
+  (:func:`release.mismatch.dismiss`).
 
 Refusals (no reason, already resolved, a request that takes no more studies)
 re-render the page with the reason (409); nothing is written then.
@@ -27,7 +27,7 @@ from portal.site import context_of
 from portal.staff_auth import CheckedForm, SignedIn
 from portal.staff_requests import detail_page
 from release.errors import InvalidRequest, InvalidTransition, RequestNotFound
-from release.matching import attach_anyway, dismiss
+from release.mismatch import attach_anyway, dismiss
 from store.audit import actor_of
 from store.catalog import guarded
 

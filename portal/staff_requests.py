@@ -47,7 +47,7 @@ from portal.staff_studies import (
 )
 from portal.staff_studies_waiting import why_waiting
 from release.errors import InvalidRequest, RequestConflict, RequestNotFound
-from release.matching import mismatches
+from release.mismatch import mismatches
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
 from store.catalog import guarded
 from store.models import ReleaseRequest, RequestState, Urgency

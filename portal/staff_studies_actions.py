@@ -17,7 +17,7 @@ Each action is one transaction on the caller's session that:
   agrees with the request's (:func:`release.identity.compare`), it is attached as
   matching would (``receiving``, then ``ready`` when complete). When it does not, the
   one audited override path is used: an :class:`~store.models.IdentityMismatch` is
-  recorded for the pair (if none was) and :func:`release.matching.attach_anyway` does
+  recorded for the pair (if none was) and :func:`release.mismatch.attach_anyway` does
   the attach, which needs a reason and writes the ``identity-override`` audit event. A
   pair staff already kept apart ("not this patient's") is refused. A ``release``
   decision by ``staff`` records the attach on the study.
@@ -46,14 +46,8 @@ from sqlalchemy.orm import Session
 
 from release.errors import InvalidRequest, InvalidTransition
 from release.identity import Identity, IdentitySettings, compare
-from release.matching import (
-    JOINABLE,
-    _complete,
-    _move_in,
-    _note,
-    attach_anyway,
-    identity_of,
-)
+from release.mismatch import attach_anyway, identity_of
+from release.progress import JOINABLE, complete, move_in, note
 from release.requests import RequestBook
 from store.audit import record
 from store.models import (
@@ -197,18 +191,18 @@ def attach(
         why += f" despite identity mismatch ({' '.join(verdict.blocking)})"
     else:
         s.add(RequestStudy(request_id=req.id, study_id=study.id, rule=STAFF_RULE, matched_at=now))
-        note = f"study {study.study_uid} {why}" + (f": {text}" if text else "")
-        if state in (RequestState.PENDING, RequestState.OVERDUE) and _move_in(
-            s, book, req, state, RequestState.RECEIVING, note, now, actor=who.actor
+        line = f"study {study.study_uid} {why}" + (f": {text}" if text else "")
+        if state in (RequestState.PENDING, RequestState.OVERDUE) and move_in(
+            s, book, req, state, RequestState.RECEIVING, line, now, actor=who.actor
         ):
             state = RequestState.RECEIVING
         else:
-            _note(s, req, who.actor, note, now)
+            note(s, req, who.actor, line, now)
         s.flush()
-        if _complete(s, book, req, state, now):
+        if complete(s, book, req, state, now):
             state = RequestState.READY
         if verdict.flagged:
-            _note(s, req, who.actor, f"study {study.study_uid}: name spelled differently", now)
+            note(s, req, who.actor, f"study {study.study_uid}: name spelled differently", now)
     detail = f"{why}: {text}" if text else why
     _decide(s, study, "release", f"{detail} (request {req.reference})", now)
     _on_study(s, study, f"{detail} (request {req.reference})", now)

@@ -48,7 +48,7 @@ PAGE_SIZE = 50
 MAX_PAGE = 200
 CANDIDATE_LIMIT = 50
 LIMIT_ATTENTION = 200  # each of the dashboard's lists
-# The states a request still takes studies in (release.matching.JOINABLE; repeated here
+# The states a request still takes studies in (release.progress.JOINABLE; repeated here
 # so the read side needs no import of the matcher).
 JOINABLE = (RequestState.PENDING, RequestState.RECEIVING, RequestState.OVERDUE)
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")

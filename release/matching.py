@@ -21,8 +21,8 @@ not attached to that request and is held: an :class:`~store.models.IdentityMisma
 row names the fields, the request's timeline (its state unchanged) and the study's
 events say which fields disagreed, a ``security-alert`` audit event is written and
 ``on_mismatch`` queues the staff alert, all in the decision's transaction and once per
-(request, study). Staff resolve it on the request page (:func:`attach_anyway`,
-:func:`dismiss`). A name spelled differently is only flagged on the timeline.
+(request, study). Staff resolve it on the request page (:func:`release.mismatch.attach_anyway`,
+:func:`release.mismatch.dismiss`). A name spelled differently is only flagged on the timeline.
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from release.errors import InvalidRequest, InvalidTransition
+from release.errors import InvalidTransition
 from release.identity import Identity, IdentitySettings, Verdict, compare, of_header
+from release.mismatch import identity_of
+from release.progress import ACTOR, JOINABLE, complete, move_in, note
 from release.requests import RequestBook
-from release.states import allowed
 from rules import AssociationFacts, Decision, RuleSet, explain_text, facts_from_dataset
 from store.audit import Outcome, actor_of, record
 from store.catalog import guarded
@@ -49,7 +50,6 @@ from store.models import (
     Instance,
     MismatchState,
     ReleaseRequest,
-    RequestEvent,
     RequestSelection,
     RequestState,
     RequestStudy,
@@ -63,9 +63,6 @@ from store.models import (
 
 log = logging.getLogger("courier.release.matching")
 
-ACTOR = "rules"
-# Requests a study may still join: an overdue request takes late studies too.
-JOINABLE = (RequestState.PENDING, RequestState.RECEIVING, RequestState.OVERDUE)
 _KINDS = {
     "accession": SelectionKind.ACCESSION,
     "study_uid": SelectionKind.STUDY_UID,
@@ -257,7 +254,7 @@ class Matcher:
             )
         )
         why = f"patient identity disagrees ({fields})"
-        _note(s, req, ACTOR, f"study {study_uid} held, not attached: {why}; staff alerted", now)
+        note(s, req, ACTOR, f"study {study_uid} held, not attached: {why}; staff alerted", now)
         study_state = s.scalar(select(Study.state).where(Study.id == study_id)) or ""
         s.add(
             StudyEvent(
@@ -304,7 +301,7 @@ class Matcher:
         )
         if linked is None:
             fields = " ".join(verdict.flagged)
-            _note(s, req, ACTOR, f"study {study_uid}: {fields} spelled differently (flagged)", now)
+            note(s, req, ACTOR, f"study {study_uid}: {fields} spelled differently (flagged)", now)
 
     def _decide(self, study_uid: str) -> tuple[Decision, Identity] | None:
         with guarded(self._sessions) as s:
@@ -391,7 +388,7 @@ class Matcher:
         self, s: Session, req: ReleaseRequest, state: RequestState, now: datetime
     ) -> bool:
         """In ``s``: move ``req`` to ready if every selection is satisfied; True if it did."""
-        return _complete(s, self._book, req, state, now)
+        return complete(s, self._book, req, state, now)
 
     def _move_in(
         self,
@@ -403,7 +400,7 @@ class Matcher:
         now: datetime,
     ) -> bool:
         """Move inside ``s``; False (nothing written) if someone moved it first."""
-        return _move_in(s, self._book, req, source, target, reason, now)
+        return move_in(s, self._book, req, source, target, reason, now)
 
     def refresh(self, request_id: int) -> bool:
         """Move the request to ``ready`` if every selection is satisfied; True if it did."""
@@ -525,204 +522,3 @@ class Matcher:
         except InvalidTransition:
             return False  # someone else moved it first: their move stands
         return True
-
-
-def _unsatisfied(sel: RequestSelection, studies: list[Study]) -> str | None:
-    """None when a stable attached study satisfies ``sel``; else what is missing."""
-    if sel.kind == SelectionKind.REFERENCE:
-        hits = studies
-    elif sel.kind == SelectionKind.ACCESSION:
-        hits = [st for st in studies if st.accession_number == sel.value]
-    else:
-        hits = [st for st in studies if st.study_uid == sel.value]
-    stable = [st for st in hits if st.state == StudyState.STABLE]
-    if not stable:
-        return f"{sel.kind} not received and stable yet"
-    if sel.expected_instances is not None:
-        got = max(st.instance_count for st in stable)
-        if got < sel.expected_instances:
-            return f"{sel.kind}: {got} of {sel.expected_instances} instances (partial)"
-    return None
-
-
-def _complete(
-    s: Session, book: RequestBook, req: ReleaseRequest, state: RequestState, now: datetime
-) -> bool:
-    """In ``s``: move ``req`` to ready if every selection is satisfied; True if it did."""
-    if state not in (RequestState.RECEIVING, RequestState.OVERDUE):
-        return False
-    selections = list(
-        s.scalars(select(RequestSelection).where(RequestSelection.request_id == req.id))
-    )
-    studies = list(
-        s.scalars(
-            select(Study)
-            .join(RequestStudy, RequestStudy.study_id == Study.id)
-            .where(RequestStudy.request_id == req.id)
-        )
-    )
-    missing = [m for sel in selections if (m := _unsatisfied(sel, studies))]
-    if missing:
-        log.info("request %s not ready: %d selection(s) open", req.id, len(missing))
-        return False
-    reason = f"all {len(selections)} selection(s) received and stable"
-    return _move_in(s, book, req, state, RequestState.READY, reason, now)
-
-
-def _move_in(
-    s: Session,
-    book: RequestBook,
-    req: ReleaseRequest,
-    source: RequestState,
-    target: RequestState,
-    reason: str,
-    now: datetime,
-    actor: str = ACTOR,
-) -> bool:
-    """Move inside ``s``; False (nothing written) if someone moved it first."""
-    if not allowed(source, target):
-        return False
-    try:
-        # A lost race changes nothing (the UPDATE matched no row, no event was
-        # added), so the rest of the caller's transaction stays valid.
-        book.move(s, req, source, target, actor, reason, now)
-    except InvalidTransition:
-        return False  # their move stands
-    return True
-
-
-def _note(s: Session, req: ReleaseRequest, actor: str, reason: str, now: datetime) -> None:
-    """A line on the request's timeline that does not move it (same state both sides)."""
-    state = str(req.state)
-    s.add(
-        RequestEvent(
-            request_id=req.id, at=now, actor=actor, from_state=state, to_state=state, reason=reason
-        )
-    )
-
-
-def identity_of(req: ReleaseRequest) -> Identity:
-    """The patient identity a request was made for."""
-    return Identity(
-        patient_id=req.patient_id,
-        birth_date=req.patient_birth_date,
-        name=req.patient_name,
-        issuer=req.patient_issuer or "",
-    )
-
-
-def mismatches(s: Session, request_id: int) -> list[tuple[IdentityMismatch, Study]]:
-    """The identity mismatches of a request, oldest first, with their studies."""
-    rows = s.execute(
-        select(IdentityMismatch, Study)
-        .join(Study, Study.id == IdentityMismatch.study_id)
-        .where(IdentityMismatch.request_id == request_id)
-        .order_by(IdentityMismatch.id)
-    )
-    return [(m, st) for m, st in rows]
-
-
-REASON_MAX = 500
-
-
-def _open_mismatch(s: Session, mismatch_id: int, request_id: int) -> IdentityMismatch:
-    found = s.get(IdentityMismatch, mismatch_id, with_for_update=True)
-    if found is None or found.request_id != request_id:
-        raise InvalidTransition("no such identity mismatch on this request; look at it again")
-    if found.state != MismatchState.OPEN:
-        raise InvalidTransition(
-            f"this identity mismatch was already resolved ({found.state}); look at it again"
-        )
-    return found
-
-
-def _checked_reason(reason: str) -> str:
-    text = " ".join(reason.split())
-    if not text:
-        raise InvalidRequest("give the reason (it goes to the timeline and the audit trail)")
-    if len(text) > REASON_MAX:
-        raise InvalidRequest(f"the reason is too long (at most {REASON_MAX} characters)")
-    return text
-
-
-def attach_anyway(
-    s: Session,
-    book: RequestBook,
-    request_id: int,
-    mismatch_id: int,
-    *,
-    actor: str,
-    audit_actor: str,
-    reason: str,
-    now: datetime,
-) -> RequestState:
-    """Staff override, in the caller's transaction ``s``: attach the held study to the
-    request although its identity disagrees, with a reason; the request moves on as
-    matching would (``receiving``, then ``ready`` when complete). Timeline event and an
-    audit event (an override of a safety check) name the staff member. Returns the
-    request's state afterwards. Raises :class:`InvalidRequest` (no reason) or
-    :class:`InvalidTransition` (already resolved, or the request cannot take studies
-    any more)."""
-    text = _checked_reason(reason)
-    m = _open_mismatch(s, mismatch_id, request_id)
-    req = s.get(ReleaseRequest, request_id)
-    study = s.get(Study, m.study_id)
-    assert req is not None and study is not None
-    state = RequestState(req.state)
-    if state not in JOINABLE:
-        raise InvalidTransition(
-            f"request {req.reference} is {state}: it takes no more studies; look at it again"
-        )
-    m.state, m.resolved_at, m.resolved_by, m.reason = MismatchState.ATTACHED, now, actor, text
-    s.add(RequestStudy(request_id=req.id, study_id=study.id, rule=m.rule, matched_at=now))
-    why = f"study {study.study_uid} attached despite identity mismatch ({m.fields}): {text}"
-    if state in (RequestState.PENDING, RequestState.OVERDUE) and _move_in(
-        s, book, req, state, RequestState.RECEIVING, why, now, actor=actor
-    ):
-        state = RequestState.RECEIVING
-    else:
-        _note(s, req, actor, why, now)
-    s.flush()
-    if study.state == StudyState.STABLE and _complete(s, book, req, state, now):
-        state = RequestState.READY
-    record(
-        s,
-        "identity-override",
-        actor=audit_actor,
-        studies=[study.study_uid],
-        request=req.reference,
-        detail=f"study attached despite identity mismatch ({m.fields}): {text}",
-        at=now,
-    )
-    return state
-
-
-def dismiss(
-    s: Session,
-    request_id: int,
-    mismatch_id: int,
-    *,
-    actor: str,
-    audit_actor: str,
-    reason: str,
-    now: datetime,
-) -> None:
-    """Staff confirm the held study is not this request's: it stays held (never
-    attached to it, never alerted again), with a reason on the timeline and an audit
-    event. Raises as :func:`attach_anyway`."""
-    text = _checked_reason(reason)
-    m = _open_mismatch(s, mismatch_id, request_id)
-    req = s.get(ReleaseRequest, request_id)
-    study = s.get(Study, m.study_id)
-    assert req is not None and study is not None
-    m.state, m.resolved_at, m.resolved_by, m.reason = MismatchState.DISMISSED, now, actor, text
-    _note(s, req, actor, f"study {study.study_uid} kept held (not this patient's): {text}", now)
-    record(
-        s,
-        "identity-mismatch",
-        actor=audit_actor,
-        studies=[study.study_uid],
-        request=req.reference,
-        detail=f"staff kept the study held from the request ({m.fields}): {text}",
-        at=now,
-    )

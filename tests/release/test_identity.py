@@ -19,7 +19,8 @@ from sqlalchemy import select
 
 from release.errors import InvalidRequest, InvalidTransition
 from release.identity import Identity, IdentitySettings, compare, of_header
-from release.matching import Matcher, attach_anyway, dismiss
+from release.matching import Matcher
+from release.mismatch import attach_anyway, dismiss
 from rules import load_rules_text
 from store.models import (
     AuditEvent,
