@@ -44,10 +44,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from release import progress
 from release.errors import InvalidRequest, InvalidTransition
 from release.identity import Identity, IdentitySettings, compare
 from release.mismatch import attach_anyway, identity_of
-from release.progress import JOINABLE, complete, move_in, note
+from release.progress import JOINABLE, note
 from release.requests import RequestBook
 from store.audit import record
 from store.models import (
@@ -190,17 +191,10 @@ def attach(
         state = _across_mismatch(s, book, study, req, verdict.blocking, who, text, now)
         why += f" despite identity mismatch ({' '.join(verdict.blocking)})"
     else:
-        s.add(RequestStudy(request_id=req.id, study_id=study.id, rule=STAFF_RULE, matched_at=now))
         line = f"study {study.study_uid} {why}" + (f": {text}" if text else "")
-        if state in (RequestState.PENDING, RequestState.OVERDUE) and move_in(
-            s, book, req, state, RequestState.RECEIVING, line, now, actor=who.actor
-        ):
-            state = RequestState.RECEIVING
-        else:
-            note(s, req, who.actor, line, now)
-        s.flush()
-        if complete(s, book, req, state, now):
-            state = RequestState.READY
+        state = progress.attach(
+            s, book, req, study, rule=STAFF_RULE, why=line, actor=who.actor, now=now
+        )
         if verdict.flagged:
             note(s, req, who.actor, f"study {study.study_uid}: name spelled differently", now)
     detail = f"{why}: {text}" if text else why

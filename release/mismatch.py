@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from release.errors import InvalidRequest, InvalidTransition
 from release.identity import Identity
-from release.progress import JOINABLE, complete, move_in, note
+from release.progress import JOINABLE, attach, note
 from release.requests import RequestBook
 from store.audit import record
 from store.models import (
@@ -23,9 +23,7 @@ from store.models import (
     MismatchState,
     ReleaseRequest,
     RequestState,
-    RequestStudy,
     Study,
-    StudyState,
 )
 
 
@@ -102,17 +100,8 @@ def attach_anyway(
             f"request {req.reference} is {state}: it takes no more studies; look at it again"
         )
     m.state, m.resolved_at, m.resolved_by, m.reason = MismatchState.ATTACHED, now, actor, text
-    s.add(RequestStudy(request_id=req.id, study_id=study.id, rule=m.rule, matched_at=now))
     why = f"study {study.study_uid} attached despite identity mismatch ({m.fields}): {text}"
-    if state in (RequestState.PENDING, RequestState.OVERDUE) and move_in(
-        s, book, req, state, RequestState.RECEIVING, why, now, actor=actor
-    ):
-        state = RequestState.RECEIVING
-    else:
-        note(s, req, actor, why, now)
-    s.flush()
-    if study.state == StudyState.STABLE and complete(s, book, req, state, now):
-        state = RequestState.READY
+    state = attach(s, book, req, study, rule=m.rule, why=why, actor=actor, now=now)
     record(
         s,
         "identity-override",

@@ -111,3 +111,32 @@ def note(s: Session, req: ReleaseRequest, actor: str, reason: str, now: datetime
             request_id=req.id, at=now, actor=actor, from_state=state, to_state=state, reason=reason
         )
     )
+
+
+def attach(
+    s: Session,
+    book: RequestBook,
+    req: ReleaseRequest,
+    study: Study,
+    *,
+    rule: str,
+    why: str,
+    actor: str,
+    now: datetime,
+) -> RequestState:
+    """In ``s``: attach ``study`` to ``req`` (a staff decision: the caller checked the
+    request still takes studies) and move the request on as matching would: a waiting
+    request to ``receiving`` with ``why`` on its timeline (otherwise ``why`` is a note
+    there), then to ``ready`` if that completed it. Returns its state afterwards."""
+    state = RequestState(req.state)
+    s.add(RequestStudy(request_id=req.id, study_id=study.id, rule=rule, matched_at=now))
+    if state in (RequestState.PENDING, RequestState.OVERDUE) and move_in(
+        s, book, req, state, RequestState.RECEIVING, why, now, actor=actor
+    ):
+        state = RequestState.RECEIVING
+    else:
+        note(s, req, actor, why, now)
+    s.flush()
+    if complete(s, book, req, state, now):
+        state = RequestState.READY
+    return state
