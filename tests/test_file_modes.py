@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +29,7 @@ from store.db import make_engine, migrate
 from tests import synthetic
 from tests.conftest import have_dcmtk, need
 from tests.delivery.test_end_to_end import RULES
-from tests.release.helpers import courier, create_by_cli
+from tests.release.helpers import courier, create_by_cli, wait_state
 from tests.scu import storescu
 
 
@@ -52,16 +51,6 @@ def _open_paths(root: Path) -> list[str]:
     return found
 
 
-def _wait_state(node: Any, ref: str, want: str, rounds: int = 120) -> str:
-    state = ""
-    for _ in range(rounds):  # bounded: rounds x 0.5 s
-        state = courier(node, "request", "show", ref)["state"]
-        if state == want:
-            break
-        time.sleep(0.5)
-    return state
-
-
 def test_a_node_and_its_commands_make_everything_owner_only(
     node_factory: Any, tmp_path: Path, umask_022: None
 ) -> None:
@@ -78,7 +67,7 @@ def test_a_node_and_its_commands_make_everything_owner_only(
     ref = create_by_cli(node, "--accession", "ACC0001")
     ct = synthetic.make_ct_series(tmp_path / "ct", n_slices=3, rows=32, cols=32)
     assert storescu(node.port, ct).returncode == 0
-    assert _wait_state(node, ref, "ready") == "ready"
+    assert wait_state(node, ref, "ready") == "ready"
     data = node.data_dir
     assert _open_paths(data) == []  # while it runs (SQLite -wal/-shm exist now)
     assert list(data.glob("courier.db-wal")), "expected SQLite's WAL beside the database"

@@ -20,7 +20,6 @@ wait is bounded.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from tests import synthetic
 from tests.conftest import Database
 from tests.delivery.test_dicomsend import N, Rig
 from tests.peers import Orthanc, free_port, have_orthanc, require_peer
-from tests.release.helpers import courier
+from tests.release.helpers import courier, wait_state
 from tests.scu import close_socket, send
 
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # Storage Commitment Push Model SOP Class
@@ -313,16 +312,6 @@ rules:
 """
 
 
-def _wait_state(node: Any, ref: str, want: str, rounds: int = 60) -> str:
-    state = ""
-    for _ in range(rounds):  # bounded: rounds x 0.5 s
-        state = courier(node, "request", "show", ref)["state"]
-        if state in (want, "failed"):
-            break
-        time.sleep(0.5)
-    return state
-
-
 def test_orthanc_reports_to_the_running_node(
     node_factory: Any, db: Database, tmp_path: Path
 ) -> None:
@@ -351,7 +340,7 @@ def test_orthanc_reports_to_the_running_node(
             tmp_path / "ct", n_slices=3, rows=16, cols=16, accession="ACC0010"
         )
         assert send(node.port, files) == [0x0000] * 3
-        assert _wait_state(node, ref, "delivered") == "delivered"
+        assert wait_state(node, ref, "delivered", "failed") == "delivered"
         assert len(orthanc.instances()) == 3
     with db.sessions() as s:
         rid = s.scalar(select(ReleaseRequest.id).where(ReleaseRequest.reference == ref))

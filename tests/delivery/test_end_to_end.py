@@ -24,7 +24,7 @@ from store.models import Grant, Package
 from tests import synthetic
 from tests.conftest import COURIER, Database, have_dcmtk, need
 from tests.peers import DcmtkStorescp
-from tests.release.helpers import courier, create_by_cli
+from tests.release.helpers import courier, create_by_cli, wait_state
 from tests.scu import storescu
 from tests.smtp_server import SmtpServer
 
@@ -37,16 +37,6 @@ rules:
   - name: everything-else
     action: hold
 """
-
-
-def _wait(node: Any, ref: str, want: str, rounds: int = 120) -> str:
-    state = ""
-    for _ in range(rounds):  # bounded: rounds x 0.5 s
-        state = courier(node, "request", "show", ref)["state"]
-        if state == want:
-            break
-        time.sleep(0.5)
-    return state
 
 
 def _link_token(text: str) -> str:
@@ -74,7 +64,7 @@ def test_push_to_email_with_the_link(node_factory: Any, db: Database, tmp_path: 
         ref = create_by_cli(node, "--accession", "ACC0001", "--urgency", "now")
         ct = synthetic.make_ct_series(tmp_path / "ct", n_slices=5, rows=32, cols=32)
         assert storescu(node.port, ct).returncode == 0
-        assert _wait(node, ref, "notified") == "notified"
+        assert wait_state(node, ref, "notified") == "notified"
         for _ in range(60):  # bounded: the relay polls every second
             if smtp.received:
                 break
@@ -118,7 +108,7 @@ def test_deliver_now_on_the_embedded_defaults_and_a_crash_mid_packaging(
     ref = create_by_cli(node, "--accession", "ACC0002")
     ct = synthetic.make_ct_series(tmp_path / "ct", n_slices=120, accession="ACC0002")
     assert storescu(node.port, ct).returncode == 0
-    assert _wait(node, ref, "ready") == "ready"
+    assert wait_state(node, ref, "ready") == "ready"
     node.stop()  # nothing else packages meanwhile
 
     packages = node.data_dir / "packages" / ref
@@ -152,7 +142,7 @@ def test_deliver_now_on_the_embedded_defaults_and_a_crash_mid_packaging(
             "delivery:\n  window: '01:00-01:01'\n  timezone: Pacific/Kiritimati\n"
         ),
     )
-    assert _wait(node2, ref, "ready") == "ready"
+    assert wait_state(node2, ref, "ready") == "ready"
     assert not [p for p in packages.iterdir() if p.name.endswith(".partial")]
     node2.stop()
     # ...and the next batch rebuilds it and queues the link in the file outbox.
@@ -196,7 +186,7 @@ def test_push_then_send_on_to_another_hospital(
             tmp_path / "ct3", n_slices=4, rows=32, cols=32, accession="ACC0003"
         )
         assert storescu(node.port, ct).returncode == 0
-        assert _wait(node, ref, "delivered") == "delivered"
+        assert wait_state(node, ref, "delivered") == "delivered"
         received = sorted(p for p in other.out_dir.rglob("*") if p.is_file())
         assert len(received) == 4
     timeline = [e["reason"] for e in courier(node, "request", "show", ref)["timeline"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from typing import Any
 
 from sqlalchemy import func, select
@@ -85,3 +86,15 @@ def create_by_cli(node: NodeProcess, *options: str) -> str:
         *options,
     )
     return str(req["reference"])
+
+
+def wait_state(node: NodeProcess, ref: str, *want: str, rounds: int = 120) -> str:
+    """Poll ``courier request show REF`` until the request is in one of ``want``
+    (bounded: ``rounds`` x 0.5 s); returns the last state seen."""
+    state = ""
+    for _ in range(rounds):
+        state = courier(node, "request", "show", ref)["state"]
+        if state in want:
+            break
+        time.sleep(0.5)
+    return state

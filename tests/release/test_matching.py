@@ -19,8 +19,8 @@ from rules import RuleSet
 from store.content import ContentStore
 from store.models import RequestState, StudyDecision
 from tests import synthetic
-from tests.conftest import Database, NodeProcess, have_dcmtk, need
-from tests.release.helpers import courier, create_by_cli
+from tests.conftest import Database, have_dcmtk, need
+from tests.release.helpers import courier, create_by_cli, wait_state
 from tests.scu import rewrite, storescu
 
 RULES = """\
@@ -43,16 +43,6 @@ rules:
 """
 
 
-def _wait_state(node: NodeProcess, ref: str, want: str, rounds: int = 60) -> str:
-    state = ""
-    for _ in range(rounds):  # bounded: rounds x 0.5 s
-        state = courier(node, "request", "show", ref)["state"]
-        if state == want:
-            break
-        time.sleep(0.5)
-    return state
-
-
 def test_requests_become_ready_when_their_studies_are_stable(
     node_factory: Any, db: Database, tmp_path: Path
 ) -> None:
@@ -68,11 +58,11 @@ def test_requests_become_ready_when_their_studies_are_stable(
     ct = synthetic.make_ct_series(tmp_path / "ct", n_slices=6, rows=32, cols=32)
     # First 4 of 6: stable, matched, but short of the expected count: not released.
     assert storescu(node.port, ct[:4]).returncode == 0
-    assert _wait_state(node, by_acc, "receiving") == "receiving"
+    assert wait_state(node, by_acc, "receiving") == "receiving"
     time.sleep(2)
     assert courier(node, "request", "show", by_acc)["state"] == "receiving"
     assert storescu(node.port, ct[4:]).returncode == 0
-    assert _wait_state(node, by_acc, "ready") == "ready"
+    assert wait_state(node, by_acc, "ready") == "ready"
     # The RIS put the reference in Requested Procedure Description.
     tagged_dir = tmp_path / "tagged"
     tagged_dir.mkdir()
@@ -84,7 +74,7 @@ def test_requests_become_ready_when_their_studies_are_stable(
         rewrite(f, tagged_dir / f.name, RequestedProcedureDescription=f"CT {by_ref}") for f in small
     ]
     assert storescu(node.port, tagged).returncode == 0
-    assert _wait_state(node, by_ref, "ready") == "ready"
+    assert wait_state(node, by_ref, "ready") == "ready"
     # A study nobody asked for is held, and the decision says which rule and why.
     stray = synthetic.make_small_instances(
         tmp_path / "stray", n=2, seed=7, accession="NOBODY", patient_id="SYN0099"
