@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import pytest
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import AllStoragePresentationContexts
 from sqlalchemy import select
@@ -169,6 +169,7 @@ class RecordingScp:
         self.received: dict[str, bytes] = {}
         self.per_association: list[list[str]] = []
         self._server: Any = None
+        self._chunked = False
 
     def _store(self, event: evt.Event) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
@@ -180,6 +181,11 @@ class RecordingScp:
         return 0x0000  # Success
 
     def __enter__(self) -> Self:
+        # Courier's own SCP switches pynetdicom to chunked receive process-wide
+        # (scp.spool.install); an earlier test in this process may have started one.
+        # This peer keeps datasets in memory, so it switches it off while it runs.
+        self._chunked = _config.STORE_RECV_CHUNKED_DATASET
+        _config.STORE_RECV_CHUNKED_DATASET = False
         ae = AE(ae_title=self.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
         ae.require_called_aet = self.require_called_ae
@@ -201,6 +207,7 @@ class RecordingScp:
     ) -> None:
         self._server.shutdown()
         self._server.server_close()
+        _config.STORE_RECV_CHUNKED_DATASET = self._chunked
 
     def uids(self, association: int) -> list[str]:
         return self.per_association[association]

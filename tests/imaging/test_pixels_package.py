@@ -1,9 +1,11 @@
 """Issue 14.2 end to end: a 16k×16k RLE instance (8.4 MB on the wire, 512 MB decoded) and a
 30k×30k declaration are received from dcmtk's storescu and packaged with a normal CT
 series. The receiving and packaging process (this one: the in-process SCP and
-build_package, as a node's worker runs them) keeps its peak RSS under 500 MB, read from
-/proc; the package is built, the hostile series say why they have no preview, and the CT
-series still has one.
+build_package, as a node's worker runs them) grows its RSS by less than 340 MB, read from
+/proc (the issue's 500 MB for a node, less the ~160 MB an idle `courier serve` holds; the
+growth, not the peak, because this pytest process may hold other tests' memory already,
+e.g. as an xdist worker); the package is built, the hostile series say why they have no
+preview, and the CT series still has one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tests.imaging import hostile
 from tests.scu import storescu
 
 INFO = PackageInfo("CR-PIXL-TEST-K", "en", "Imaging desk", datetime(2024, 1, 2, tzinfo=UTC))
-PEAK_MB = 500
+GROWTH_MB = 340  # 500 MB for a node, less the ~160 MB an idle `courier serve` holds
 
 
 def _reset_peak() -> None:
@@ -36,11 +38,11 @@ def _reset_peak() -> None:
     Path(f"/proc/{os.getpid()}/clear_refs").write_text("5")
 
 
-def _peak_mb() -> float:
+def _status_mb(field: str) -> float:
     for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc/self/status")
+    raise AssertionError(f"no {field} in /proc/self/status")
 
 
 def _items(scp: LocalScp) -> list[PackageItem]:
@@ -88,13 +90,14 @@ def test_hostile_pixels_cost_a_preview_never_the_node(
     ct = synthetic.make_ct_series(src / "ct", n_slices=3)
     assert big.stat().st_size < 9_000_000  # cheap on the wire...
     _reset_peak()
+    baseline = _status_mb("VmRSS")
     rle = synthetic.storescu_args_for(RLELossless)  # also proposes the uncompressed ones
     sent = storescu(local_scp.port, [big, lie, *ct], *rle)
     assert sent.returncode == 0, sent.stderr[-2000:]
     assert local_scp.rows() == 5
     result = build_package(_items(local_scp), tmp_path / "out", info=INFO, preview_limits=limits)
-    peak = _peak_mb()
-    assert peak < PEAK_MB, f"peak RSS {peak:.0f} MB while receiving and packaging"
+    growth = _status_mb("VmHWM") - baseline
+    assert growth < GROWTH_MB, f"RSS grew {growth:.0f} MB while receiving and packaging"
 
     assert result.instances == 5 and len(result.parts) == 1
     with zipfile.ZipFile(result.parts[0]) as z:
