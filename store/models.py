@@ -258,6 +258,8 @@ class RequestEvent(Base):
     """One recorded transition of a request (or a note on it, such as a resend)."""
 
     __tablename__ = "request_events"
+    # The reports read events by the state moved to and when (release.report).
+    __table_args__ = (Index("ix_request_events_to_state_at", "to_state", "at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     request_id: Mapped[int] = mapped_column(ForeignKey("release_requests.id"), index=True)
