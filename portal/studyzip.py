@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from delivery.items import package_items
 from delivery.package import PackageError, PackageInfo, build_package
+from delivery.preview import RenderLimits
 from delivery.zipwriter import PARTIAL_SUFFIX
 from portal.context import PortalContext
 from store.models import Package, ReleaseRequest, RequestStudy, Study
@@ -187,6 +188,12 @@ def ensure(ctx: PortalContext, package_folder: str, target: StudyZip) -> Path:
                     created=ctx.clock(),
                 ),
                 max_part_bytes=None,
+                # The node.yaml limits, as the batch's packages have (delivery.preview_*).
+                preview_limits=RenderLimits(
+                    ctx.delivery.preview_max_pixels,
+                    ctx.delivery.preview_memory_mb,
+                    ctx.delivery.preview_timeout_s,
+                ),
             )
         except OSError as exc:
             if isinstance(exc, PackageError):

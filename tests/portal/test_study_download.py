@@ -431,3 +431,17 @@ def test_the_size_shown_is_the_built_files(stored: Stored) -> None:
     assert path.read_bytes() == body
     shown = c.get("/files").text.split('id="download-study-1"')[1].split("</p>")[0]
     assert f"({human_size(len(body), 'en')}, ZIP)" in shown
+
+
+def test_a_study_zip_renders_previews_within_the_nodes_limits(stored: Stored) -> None:
+    """The per-study ZIP is built with node.yaml's delivery.preview_* limits, like the
+    batch's packages: over the pixel budget there is no preview, the manifest says why,
+    and the ZIP is built anyway."""
+    ctx = stored.rig.ctx
+    ctx.delivery = ctx.delivery.model_copy(update={"preview_max_pixels": 16})
+    p = stored.patient()
+    files = _entries(stored.signed_in(p).get("/files/study/1").content)
+    assert not [name for name in files if name.startswith("PREVIEW/")]
+    manifest = json.loads(files["MANIFEST.json"])
+    assert all(not s["preview"] for s in manifest["series"])
+    assert all("over the limit" in s["preview_note"] for s in manifest["series"])
