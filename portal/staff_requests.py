@@ -105,6 +105,8 @@ def page(
         lang="en",
         hospital=ctx.hospital,
         staff=staff,
+        # The nav offers API keys only to those who may manage them (portal.staff_admins).
+        staff_admin=staff.username in ctx.portal.staff_admins,
         now=ctx.clock(),
         **values,
     )

@@ -84,8 +84,10 @@ def test_refusals_say_why_and_make_nothing(
 
 
 def test_other_staff_get_403_and_nothing_is_made(admin: Site) -> None:
+    assert 'href="/staff/keys"' in admin.client.get("/staff").text  # the admin's nav
     admin.post("/staff/logout")
     assert admin.login("bob").status_code == 303
+    assert 'href="/staff/keys"' not in admin.client.get("/staff").text  # not offered to bob
     assert admin.client.get("/staff/keys").status_code == 403
     assert admin.post("/staff/keys", {"label": "x"}).status_code == 403
     assert admin.scalar(select(ApiKey)) is None
