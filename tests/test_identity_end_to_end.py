@@ -16,8 +16,8 @@ from sqlalchemy import select
 from store.models import IdentityMismatch, Notification, ReleaseRequest, StudyDecision
 from tests import synthetic
 from tests.conftest import Database, have_dcmtk, need
-from tests.delivery.test_end_to_end import RULES, _wait
-from tests.release.helpers import courier, create_by_cli
+from tests.delivery.test_end_to_end import RULES
+from tests.release.helpers import courier, create_by_cli, wait_state
 from tests.scu import rewrite, storescu
 from tests.smtp_server import SmtpServer
 
@@ -55,7 +55,7 @@ def test_another_patients_study_is_held_and_the_right_one_released(
             tmp_path / "ours", n=2, n_series=1, patient_id="SYN0001", accession="GOOD0001"
         )
         assert storescu(node.port, ours).returncode == 0
-        assert _wait(node, right, "notified") == "notified"
+        assert wait_state(node, right, "notified") == "notified"
         for _ in range(60):  # bounded: the relay polls every second
             if len(smtp.received) >= 2:
                 break
