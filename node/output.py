@@ -24,21 +24,20 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from telemetry import text
+
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 # C0 and DEL, C1 (U+0080-U+009F, where U+009B is a one-character CSI to many terminals),
 # and the characters that reorder or hide text: the bidi marks and embeddings/overrides/
 # isolates (U+061C, U+200E/F, U+202A-E, U+2066-9) and the Unicode line/paragraph
 # separators (a line break to some renderers).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_UNSAFE_BUT_NEWLINE = re.compile(
-    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
-)
+_UNSAFE = text.pattern(text.CONTROLS | text.BIDI_CONTROLS)
+_UNSAFE_BUT_NEWLINE = text.pattern((text.CONTROLS | text.BIDI_CONTROLS) - {ord("\n")})
 
 
 def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return text.escape(match.group())
 
 
 def visible(value: object) -> str:

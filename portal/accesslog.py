@@ -29,11 +29,14 @@ from collections.abc import Callable
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from telemetry import text
+
 log = logging.getLogger("courier.portal.access")
 
 _LINK = re.compile(r"^/d/([^/]*)")
-# C0 controls, DEL, C1 controls, and the line/paragraph separators some viewers break on.
-_CONTROL = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\\\]")
+# C0 controls, DEL, C1 controls, the line/paragraph separators some viewers break on, and
+# the backslash (so that every escape in a line is one of ours).
+_CONTROL = text.pattern(text.CONTROLS | {ord("\\")})
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
@@ -42,8 +45,7 @@ def _escape(match: re.Match[str]) -> str:
     named = _NAMED.get(ch)
     if named is not None:
         return named
-    code = ord(ch)
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+    return text.escape(ch)
 
 
 def visible(value: str) -> str:

@@ -31,6 +31,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from imaging import PixelBudget, declared_size
+from telemetry import text
 
 MAX_DEPTH = 32
 
@@ -245,8 +246,7 @@ def _walk(
 _CONTROL: dict[int, None] = dict.fromkeys(range(0x20), None)
 _CONTROL.pop(0x1B)  # ESC starts ISO 2022 character set switches in names
 # Bidi controls: embeddings/overrides, isolates, and the direction marks.
-_CONTROL.update(dict.fromkeys([*range(0x202A, 0x202F), *range(0x2066, 0x206A)], None))
-_CONTROL.update(dict.fromkeys((0x200E, 0x200F, 0x061C), None))
+_CONTROL.update(dict.fromkeys(text.BIDI_CONTROLS, None))
 _US = {None, "US"}  # Rows, Columns, SamplesPerPixel, BitsAllocated: implicit VR or US
 
 

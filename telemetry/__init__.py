@@ -1,5 +1,7 @@
 """Telemetry: the node's operational signals: Prometheus counters (:mod:`telemetry.metrics`)
-and the one-object-per-line JSON log format (:mod:`telemetry.jsonlog`).
+the one-object-per-line JSON log format (:mod:`telemetry.jsonlog`), and the sets of
+characters that text from outside must never carry raw into a log line, a terminal or the
+index (:mod:`telemetry.text`).
 
 Why a package of its own: the producers (``scp`` counts instances and refused
 associations, ``delivery`` times package builds, ``portal`` counts code checks, lockouts
