@@ -1,4 +1,4 @@
-"""Telemetry: the node's operational signals: Prometheus counters (:mod:`telemetry.metrics`)
+"""Telemetry: the node's operational signals: Prometheus counters (:mod:`telemetry.metrics`),
 the one-object-per-line JSON log format (:mod:`telemetry.jsonlog`), and the sets of
 characters that text from outside must never carry raw into a log line, a terminal or the
 index (:mod:`telemetry.text`).
