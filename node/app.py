@@ -92,7 +92,16 @@ def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
     # APScheduler logs "Running job"/"executed successfully" at INFO for every run of
     # every job (three lines every few seconds); our jobs log when they did something.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # Every job runs one instance at a time by design (max_instances=1): a sweep still
+    # running at its next tick is simply not doubled, which APScheduler reports as a
+    # WARNING each time. Nothing is lost (the database holds the work), so it is dropped.
+    logging.getLogger("apscheduler.scheduler").addFilter(_not_overlap_skips)
     logging.getLogger("uvicorn").setLevel(logging.WARNING)
+
+
+def _not_overlap_skips(record: logging.LogRecord) -> bool:
+    """False for APScheduler's "skipped: maximum number of running instances reached"."""
+    return "maximum number of running instances reached" not in record.getMessage()
 
 
 @dataclass

@@ -5,12 +5,14 @@ uvicorn chatter, however often the jobs run."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from node.app import setup_logging
 from node.banner import banner_lines
 from node.config import load_config
 from tests.conftest import COURIER, start_node, write_config
@@ -101,3 +103,31 @@ def test_what_each_role_says(
         assert words in text
     for words in absent:
         assert words not in text
+
+
+def test_a_skipped_overlapping_run_is_not_logged_but_a_missed_one_is() -> None:
+    """A job still running at its next tick is not doubled (max_instances=1, by design):
+    APScheduler's warning about it is dropped; a run missed past its grace still shows."""
+    root = logging.getLogger()
+    level = root.level
+    setup_logging()
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    scheduler = logging.getLogger("apscheduler.scheduler")
+    keep = Keep()
+    scheduler.addHandler(keep)
+    try:
+        scheduler.warning(
+            'Execution of job "sweep" skipped: maximum number of running instances reached (1)'
+        )
+        scheduler.warning('Run time of job "nightly" was missed by 2:00:00')
+    finally:
+        scheduler.removeHandler(keep)
+        for h in [h for h in root.handlers if getattr(h, "courier", False)]:
+            root.removeHandler(h)  # as it was: other tests see no handler of ours
+        root.setLevel(level)
+    assert seen == ['Run time of job "nightly" was missed by 2:00:00']
