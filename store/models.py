@@ -744,3 +744,70 @@ class CommitmentReport(Base):
     committed: Mapped[str] = mapped_column(Text, default="[]")
     failed: Mapped[str] = mapped_column(Text, default="{}")
     applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ReportStatus(enum.StrEnum):
+    """A radiology report's result status (HL7 OBR-25 P/F/C; DICOM SR flags)."""
+
+    PRELIMINARY = "preliminary"
+    FINAL = "final"
+    CORRECTED = "corrected"
+
+
+class Report(Base):
+    """One radiology report as received, from the PACS (a Text SR or an Encapsulated PDF
+    stored with the study) or from the RIS (an HL7 ``ORU^R01``; owned by ``ris``).
+
+    ``study_instance_uid`` is the study it belongs to ("" while an HL7 report waits for
+    its study: it is linked by accession when the study arrives). ``kind`` is ``pdf``,
+    ``text`` or ``sr``. The body is never in the database: ``body_path`` is relative to
+    the content store's root (the PDF or the plain text from HL7; the instance's own file
+    for a DICOM report, ``instance_id`` set). ``raw_path`` holds the raw HL7 message, kept
+    exactly as long as the report. ``supersedes_id`` names the report this one replaces
+    (a final after a preliminary, a correction after a final). No patient data is logged
+    from these rows.
+    """
+
+    __tablename__ = "reports"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('preliminary', 'final', 'corrected')", name="ck_reports_status"
+        ),
+        CheckConstraint("source IN ('dicom', 'hl7')", name="ck_reports_source"),
+        CheckConstraint("kind IN ('pdf', 'text', 'sr')", name="ck_reports_kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    accession_number: Mapped[str] = mapped_column(String(64), default="", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=ReportStatus.FINAL)
+    source: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str] = mapped_column(String(8))
+    title: Mapped[str] = mapped_column(String(200), default="")
+    # When the report was written or verified, as the sender said (DICOM DT / HL7 TS text).
+    reported_at_text: Mapped[str] = mapped_column(String(40), default="")
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    instance_id: Mapped[int | None] = mapped_column(
+        ForeignKey("instances.id"), nullable=True, index=True
+    )
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    body_path: Mapped[str] = mapped_column(String(300))
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    body_size: Mapped[int] = mapped_column(BigInteger)
+    raw_path: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    hl7_control_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), nullable=True)
+
+
+class ReportDelivery(Base):
+    """A report that went out in a request's package (or a later part of it): what lets a
+    correction after delivery become a new part and an email, never a silent change."""
+
+    __tablename__ = "report_deliveries"
+    __table_args__ = (UniqueConstraint("report_id", "request_id", name="uq_report_deliveries"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("release_requests.id"), index=True)
+    package_id: Mapped[int | None] = mapped_column(ForeignKey("packages.id"), nullable=True)
+    delivered_at: Mapped[datetime] = mapped_column(UTCDateTime())
