@@ -23,6 +23,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -393,6 +394,13 @@ class Grant(Base):
     # The grant a forwarded (clinician) grant was made from; revoking it is the patient's.
     parent_grant_id: Mapped[int | None] = mapped_column(ForeignKey("grants.id"), nullable=True)
     first_opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Migration 0019: the one reminder before expiry (delivery.reminders), the patient's
+    # own extension and request for more time (portal.extend), and for a share whether
+    # the patient is emailed at every opening or only the first.
+    reminded_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    extended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    extension_asked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    notify_every_access: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class NotificationState(enum.StrEnum):
