@@ -25,6 +25,7 @@ from rules.attribute import parse_attribute
 from rules.condition import compile_condition
 from rules.errors import Problem, RuleSyntaxError
 from rules.matcher import CompiledRule, JoinSpec, RuleSet
+from rules.policy import POLICY_KEYS
 from rules.regex import compile_pattern
 from rules.schema import OPERATORS, RULE_KEYS, RULES_KEY, Action, Loc, Rule, rule_problems
 from rules.source import YamlDocument, YamlSourceError, read_yaml_file, read_yaml_text
@@ -178,6 +179,7 @@ def _compile(rule: Rule, doc: YamlDocument, loc: Loc) -> CompiledRule | list[Pro
         continue_=rule.continue_,
         reason=rule.reason,
         retention_days=rule.retention_days,
+        release=rule.release,
         source=doc.source,
         line=(doc.mark(loc) or (None, None))[0],
     )
@@ -214,7 +216,13 @@ def _message(err: ErrorDetails, loc: Loc, about_key: bool) -> str:
     last = loc[-1] if loc else ""
     if kind == "extra_forbidden":
         allowed = (
-            RULE_KEYS if len(loc) == 1 else ("from", "pattern") if "join" in loc else OPERATORS
+            RULE_KEYS
+            if len(loc) == 1
+            else ("from", "pattern")
+            if "join" in loc
+            else POLICY_KEYS
+            if loc[0] == "release"
+            else OPERATORS
         )
         return f"unknown key {last!r}: allowed here are {', '.join(allowed)}"
     if kind == "missing":

@@ -21,6 +21,7 @@ from rules.attribute import Attribute
 from rules.condition import CompiledCondition
 from rules.decision import Action, Decision, Match, Outcome, Phase, TraceStep
 from rules.facts import Facts, Key
+from rules.policy import ReleasePolicy
 from rules.regex import MAX_INPUT_LENGTH
 
 Values = tuple[str, ...]
@@ -62,6 +63,7 @@ class CompiledRule:
     continue_: bool = False
     reason: str | None = None
     retention_days: int | None = None
+    release: ReleasePolicy | None = None
     source: str = "<rules>"
     line: int | None = None
 
@@ -81,6 +83,10 @@ class RuleSet:
         attributes += [j.attribute for r in self.rules for j in r.joins]
         self.wanted: frozenset[Key] = frozenset(a.key for a in attributes if a.association is None)
         """The header keys the rules read: pass to :func:`rules.facts.facts_from_dataset`."""
+
+    def rule(self, name: str) -> CompiledRule | None:
+        """The rule called ``name``, or None (a rule renamed or removed since)."""
+        return next((r for r in self.rules if r.name == name), None)
 
     def __len__(self) -> int:
         return len(self.rules)

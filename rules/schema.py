@@ -46,7 +46,8 @@ Keys of a rule: ``name``, ``description``, ``when``, ``action`` (``release``, ``
 ``accession``, ``patient_id``, ``study_uid``, ``reference``; value an attribute, or
 ``{from: ATTRIBUTE, pattern: REGEX}`` whose group ``(?P<FIELD>...)`` named after the
 field is the joined value), ``retention_days`` (discard only), ``reason`` (reject and
-hold only).
+hold only), ``release`` (release rules only: when the released studies may go out,
+an embargo ``after: 72h`` and/or ``until: report_final``; see :mod:`rules.policy`).
 
 A condition (``when: {ATTRIBUTE: CONDITION}``) is a bare value (equals) or a mapping of
 operators that must all hold: ``equals``, ``one_of: [...]``, ``prefix``, ``regex``
@@ -74,6 +75,7 @@ from pydantic import (
 
 from rules.attribute import parse_attribute
 from rules.dates import parse_bound
+from rules.policy import ReleasePolicy
 from rules.regex import compile_pattern
 
 Loc = tuple[str | int, ...]
@@ -89,6 +91,7 @@ RULE_KEYS = (
     "join",
     "retention_days",
     "reason",
+    "release",
 )
 OPERATORS = (
     "equals",
@@ -229,6 +232,7 @@ class Rule(BaseModel):
     join: dict[JoinField, JoinSource] | None = None
     retention_days: int | None = Field(default=None, ge=1, le=36500)
     reason: StrictStr | None = Field(default=None, max_length=500)
+    release: ReleasePolicy | None = None
 
     @property
     def catch_all(self) -> bool:
@@ -247,6 +251,8 @@ def rule_problems(rule: Rule) -> list[tuple[Loc, str]]:
         out.append((("join",), "join applies to release rules only: remove it"))
     if rule.retention_days is not None and rule.action != "discard":
         out.append((("retention_days",), "retention_days applies to discard rules only"))
+    if rule.release is not None and rule.action != "release":
+        out.append((("release",), "release: (when to send) applies to release rules only"))
     if rule.reason is not None and rule.action not in ("reject", "hold"):
         out.append((("reason",), "reason applies to reject and hold rules only: use description"))
     for field, source in (rule.join or {}).items():
