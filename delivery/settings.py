@@ -144,6 +144,31 @@ class DeliverySettings(BaseModel):
         le=20,
         description="Codes one link may have sent per rolling hour. Default 5.",
     )
+    reminder_days_before: int = Field(
+        default=3,
+        ge=0,
+        le=60,
+        description="Days before a patient's link expires when, if nothing was downloaded "
+        "with it yet, the patient gets one reminder email in their language (once per "
+        "link). 0: no reminders. Default 3.",
+    )
+    share_reminder_days_before: int = Field(
+        default=3,
+        ge=0,
+        le=60,
+        description="The same for a clinician's link shared by a patient: days before it "
+        "expires when, if the clinician downloaded nothing yet, they get one reminder. "
+        "0: no reminders to clinicians. Default 3.",
+    )
+    patient_extend_days: int = Field(
+        default=14,
+        ge=0,
+        le=365,
+        description="Days a patient may add to their own link, once, with 'Ask for more "
+        "time' on the download page or the expired-link page. Asking again (or when 0, "
+        "or once the request expired) alerts staff instead. 0: patients cannot extend "
+        "their link themselves. Default 14.",
+    )
     purge_grace_days: int = Field(
         default=7,
         ge=0,
