@@ -70,6 +70,11 @@ class GrantKeys:
     def _mac(self, label: str, value: str) -> bytes:
         return hmac.new(self._secret, f"{label}:{value}".encode(), hashlib.sha256).digest()
 
+    def derive(self, label: str, value: str) -> bytes:
+        """HMAC-SHA256 of ``label:value`` with the node secret, for other derived
+        secrets (``link``, ``code`` and ``code-hash`` are this class's own labels)."""
+        return self._mac(label, value)
+
     def token(self, grant: Grant) -> str:
         """The link token of ``grant`` (43 URL-safe characters)."""
         return base64.urlsafe_b64encode(self._mac("link", grant.token_salt)).rstrip(b"=").decode()

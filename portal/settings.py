@@ -144,6 +144,21 @@ class PortalSettings(BaseModel):
         description="A study held (no request took it) for longer than this many hours "
         "is listed under What needs attention on the staff dashboard.",
     )
+    dicomweb_token_h: int = Field(
+        default=4,
+        ge=1,
+        le=72,
+        description="Hours a DICOMweb token (Open in your own viewer, on the files "
+        "page) is valid, never past its grant's own expiry; revoking the grant or the "
+        "share ends it at once.",
+    )
+    dicomweb_requests_per_min: int = Field(
+        default=3000,
+        ge=10,
+        le=100_000,
+        description="DICOMweb requests one token may make per minute (a viewer loads a "
+        "study one frame at a time); more get 429.",
+    )
     tls_cert_file: str | None = Field(
         default=None,
         description="Serve HTTPS with this certificate (PEM; relative to node.data_dir). "
