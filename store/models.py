@@ -229,6 +229,13 @@ class ReleaseRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     due_by: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The release policy's hold on a ready request (release.embargo): "" none, "embargo"
+    # until hold_until, "report" waiting for the final report (at most until hold_until),
+    # "staff" held by staff (until hold_until, or until released when it is NULL).
+    hold_kind: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    hold_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # When the policy was applied to the request (NULL: not yet; it is, once ready).
+    hold_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     selections: Mapped[list[RequestSelection]] = relationship(
         back_populates="request", order_by="RequestSelection.id"
