@@ -7,7 +7,8 @@ patient would get two different codes), and neither is a code past its validity.
 
 Shares (:mod:`portal.share`): ``forward_link_email`` carries the clinician grant's link;
 ``share_used_email`` tells the patient (their grant) that a share was opened, at the
-time in its params.
+time in its params. ``reminder_email`` (:mod:`delivery.reminders`) carries the grant's
+link again, unless it was used, stopped or expired since it was queued (superseded).
 """
 
 from __future__ import annotations
@@ -107,6 +108,25 @@ class Composer:
                 hospital=self._b.hospital,
                 language=row.language,
                 message_id=row.message_id,
+                contact=self._b.contact,
+                composed_at=row.composed_at,
+            )
+        if row.kind == "reminder_email":
+            now = self._clock()
+            if grant.revoked_at is not None or grant.downloads > 0 or grant.expires_at <= now:
+                raise ComposeError(
+                    "the link was used, stopped or expired since the reminder was queued",
+                    outcome="superseded",
+                    alert=False,
+                )
+            return messages.reminder_email(
+                to=row.recipient,
+                link_url=self.link_url(grant),
+                expires=grant.expires_at.date(),
+                hospital=self._b.hospital,
+                language=row.language,
+                message_id=row.message_id,
+                clinician=grant.purpose == "forward",
                 contact=self._b.contact,
                 composed_at=row.composed_at,
             )

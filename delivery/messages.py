@@ -1,7 +1,8 @@
 """Composes every notification Courier sends, from the Jinja2 templates in
 ``delivery/templates`` and the gettext catalogs of domain ``messages`` (see
 :mod:`delivery.i18n`): the link email, the authorization-code SMS and email, and the
-staff alerts, the clinician's link email for a share, and "your shared link was used".
+staff alerts, the clinician's link email for a share, "your shared link was used", and
+the reminder before a link expires.
 
 PHI rules, enforced here rather than hoped for in templates: no function takes a
 patient's name, ID, birth date or study description, so none can leak into a message.
@@ -37,6 +38,7 @@ AlertKind = Literal[
     "sms_breaker",
     "identity_mismatch",
     "code_undelivered",
+    "more_time",
 ]
 # Node-wide alerts: they name no request.
 _NODE_ALERTS = frozenset({"rules_reload_failed", "sms_breaker"})
@@ -220,6 +222,41 @@ def share_used_email(
     ctx = {"hospital": hospital, "when": when, "contact": contact}
     return _email(
         "share_used_email",
+        to=to,
+        language=language,
+        message_id=message_id,
+        composed_at=composed_at,
+        subject_ctx=ctx,
+        ctx=ctx,
+    )
+
+
+def reminder_email(
+    *,
+    to: str,
+    link_url: str,
+    expires: date,
+    hospital: str,
+    language: str,
+    message_id: str,
+    clinician: bool = False,
+    contact: str = "",
+    composed_at: datetime | None = None,
+) -> OutgoingMessage:
+    """The one reminder before a link expires (:mod:`delivery.reminders`): the same
+    link, when it stops working, and how to ask for more time. ``clinician``: the link
+    was shared with them by a patient (it names neither the patient nor the studies)."""
+    if not link_url.startswith("https://") and not link_url.startswith("http://"):
+        raise ValueError("link_url must be an absolute http(s) URL")
+    ctx = {
+        "hospital": hospital,
+        "link_url": link_url,
+        "contact": contact,
+        "clinician": clinician,
+        "expires": format_date(expires, format="long", locale=locale_name(language)),
+    }
+    return _email(
+        "reminder_email",
         to=to,
         language=language,
         message_id=message_id,
