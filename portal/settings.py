@@ -159,6 +159,13 @@ class PortalSettings(BaseModel):
         description="DICOMweb requests one token may make per minute (a viewer loads a "
         "study one frame at a time); more get 429.",
     )
+    viewer_cache_mb: int = Field(
+        default=200,
+        ge=1,
+        le=100_000,
+        description="Megabytes of rendered images the portal's viewer keeps on disk per "
+        "package (beside it, deleted with it); the oldest go first past this.",
+    )
     tls_cert_file: str | None = Field(
         default=None,
         description="Serve HTTPS with this certificate (PEM; relative to node.data_dir). "
