@@ -1,6 +1,6 @@
 """When delivery work runs: APScheduler 3 triggers it, the database holds the state.
 
-:class:`DeliveryScheduler` runs three jobs in a ``BackgroundScheduler`` with an in-memory
+:class:`DeliveryScheduler` runs its jobs in a ``BackgroundScheduler`` with an in-memory
 job store (the database, not APScheduler, knows what was done; two schedulers sharing a
 persistent job store would run every job twice):
 
@@ -10,6 +10,9 @@ persistent job store would run every job twice):
   :func:`batch_due` says so, which absorbs the trigger's second fire on a fall-back night.
 - ``urgent`` every ``urgent_check_s`` and ``sweep`` every ``sweep_interval_s``: interval
   triggers, coalesced, one instance, no misfire limit (a late sweep is still useful).
+- ``reminders`` (when given) every :data:`REMINDERS_EVERY_S`: queues the reminders due
+  before links expire (:mod:`delivery.reminders`, which claims each in the database, so
+  every node may run it).
 
 :meth:`DeliveryScheduler.catch_up` (called by :meth:`~DeliveryScheduler.start`, and cheap
 to call at any time) queues the batch when a night was missed, so a machine that was off
@@ -44,6 +47,9 @@ from delivery.window import DeliveryWindow, WindowError
 log = logging.getLogger("courier.delivery.schedule")
 
 Job = Callable[[], object]
+#: Seconds between looks for links to remind (a reminder is due days ahead: minutes of
+#: lateness do not matter, and each look is one indexed query).
+REMINDERS_EVERY_S = 300.0
 
 
 def _utc_now() -> datetime:
@@ -92,7 +98,8 @@ def nightly_trigger(window: DeliveryWindow) -> CronTrigger:
 
 
 class DeliveryScheduler:
-    """Triggers the nightly batch, the urgent check and the sweeps; see the module doc.
+    """Triggers the nightly batch, the urgent check, the sweeps and the reminders; see
+    the module doc.
 
     ``batch``, ``urgent`` and ``sweep`` do the work; ``last_batch_at`` reads from the
     database when the last batch started (``None``: never); ``clock`` returns the aware
@@ -108,6 +115,7 @@ class DeliveryScheduler:
         sweep: Job,
         last_batch_at: Callable[[], datetime | None],
         clock: Callable[[], datetime] = _utc_now,
+        reminders: Job | None = None,
     ) -> None:
         self.settings = settings
         self.window = settings.delivery_window()
@@ -135,10 +143,13 @@ class DeliveryScheduler:
             coalesce=True,
             max_instances=1,
         )
-        for name, fn, every in (
+        interval_jobs: list[tuple[str, Job, float]] = [
             ("urgent", urgent, settings.urgent_check_s),
             ("sweep", sweep, settings.sweep_interval_s),
-        ):
+        ]
+        if reminders is not None:
+            interval_jobs.append(("reminders", reminders, REMINDERS_EVERY_S))
+        for name, fn, every in interval_jobs:
             self._scheduler.add_job(
                 _guarded(name, fn),
                 IntervalTrigger(seconds=every, timezone=self.window.zone),
@@ -233,4 +244,4 @@ class DeliveryScheduler:
             self._batch_lock.release()
 
 
-__all__ = ["DeliveryScheduler", "batch_due", "nightly_trigger"]
+__all__ = ["REMINDERS_EVERY_S", "DeliveryScheduler", "batch_due", "nightly_trigger"]
