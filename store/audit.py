@@ -92,6 +92,11 @@ KINDS: dict[str, Kind] = {
     "held-study": Kind(
         "110113", "Security Alert", "E", "110135", "Object Security Attributes Changed"
     ),
+    # Staff released a request before its release policy's hold ended (an embargo, the
+    # wait for the report), or held it longer: when the patient may receive it changed.
+    "release-hold": Kind(
+        "110113", "Security Alert", "E", "110135", "Object Security Attributes Changed"
+    ),
     # A staff/RIS API key made or revoked (CLI or the staff Keys page): who may call
     # the API changed.
     "api-key": Kind("110113", "Security Alert", "E", "110137", "User Security Attributes Changed"),

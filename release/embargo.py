@@ -1,0 +1,430 @@
+"""The release policy's hold on a ready request: an embargo, the wait for the report.
+
+A ready request is packaged only when its release policy lets it go. The policy is the
+``release:`` block (:class:`rules.policy.ReleasePolicy`) of each rule that attached one of
+its studies, or node.yaml's ``delivery.release`` for a study whose rule has none (staff
+attaching a study count as no rule). All that apply are combined, strictest first: the
+latest embargo end, a wait for the report if any asks for it, ``hold_for_staff`` over
+``release_images``. The hold is a visible state on the request, never a silent delay
+(:func:`describe` for the pages, a line on the timeline for every change):
+
+``embargo``
+    ``after: 72h``: not before ``hold_until`` (counted from the study's arrival or its
+    StudyDate in the site's time zone). Ends by itself at that instant: the batch's
+    query (:func:`releasable`) lets it through, urgent or not.
+``report``
+    ``until: report_final``: until every attached study has a final (or corrected)
+    report (:func:`final_report`, the one place reports are read), at most until
+    ``hold_until`` (``max_wait``); then the images go without it (``release_images``)
+    or the request is held for staff (``hold_for_staff``, staff alerted).
+``staff``
+    Held by staff (:meth:`ReleaseKeeper.extend`): until ``hold_until``, or until
+    released when that is NULL.
+
+The policy is applied once a request is ready (:meth:`ReleaseKeeper.sweep`, and at the
+latest by the batch's claim through :meth:`ReleaseKeeper.gate`, in the claim's
+transaction, so nothing is packaged before it was applied); ``hold_checked_at`` records
+that it was. Staff may release early (:meth:`ReleaseKeeper.release_now`, with a reason)
+or hold longer (:meth:`ReleaseKeeper.extend`): both are on the timeline and audited
+(``release-hold``). A request marked ``urgent`` waits like any other unless staff
+release it. Every time comes from the injected clock.
+
+Imports nothing of ours but ``store`` and ``rules`` (and ``release``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, tzinfo
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from release.errors import InvalidRequest, InvalidTransition
+from release.progress import note
+from release.requests import RequestBook
+from rules.matcher import RuleSet
+from rules.policy import ReleasePolicy
+from store.audit import actor_of, record
+from store.catalog import guarded
+from store.models import (
+    ReleaseRequest,
+    Report,
+    ReportStatus,
+    RequestState,
+    RequestStudy,
+    Study,
+    utcnow,
+)
+
+log = logging.getLogger("courier.release.embargo")
+
+ACTOR = "release-policy"
+NONE, EMBARGO, REPORT, STAFF = "", "embargo", "report", "staff"
+#: Where the site default comes from, as the timeline names it.
+SITE_DEFAULT = "node.yaml delivery.release"
+_NOTHING = "no release policy holds it"
+#: States in which staff may still hold or release a request (before packaging).
+HOLDABLE = (
+    RequestState.PENDING,
+    RequestState.RECEIVING,
+    RequestState.READY,
+    RequestState.OVERDUE,
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the policy says about a request now: hold ``kind`` (``""`` none) until
+    ``until`` (None: no time set), and why, in a line for staff (no patient data)."""
+
+    kind: str
+    until: datetime | None
+    why: str
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """What the policy reads of one attached study: the rule that attached it, its
+    arrival and its StudyDate (``YYYYMMDD`` or "")."""
+
+    rule: str
+    study_uid: str
+    arrival: datetime
+    study_date: str
+
+
+def final_report(s: Session, study_uids: Sequence[str]) -> bool:
+    """True when every study in ``study_uids`` has a final or corrected report (and there
+    is at least one study). The one place the release policy reads reports."""
+    if not study_uids:
+        return False
+    reported = set(
+        s.scalars(
+            select(Report.study_instance_uid).where(
+                Report.study_instance_uid.in_(list(study_uids)),
+                Report.status.in_([ReportStatus.FINAL, ReportStatus.CORRECTED]),
+            )
+        )
+    )
+    return all(uid in reported for uid in study_uids)
+
+
+def releasable(now: datetime) -> ColumnElement[bool]:
+    """The SQL condition of a ready request its hold lets go at ``now`` (the batch's)."""
+    return or_(
+        ReleaseRequest.hold_kind == NONE,
+        and_(
+            ReleaseRequest.hold_kind.in_([EMBARGO, STAFF]),
+            ReleaseRequest.hold_until.is_not(None),
+            ReleaseRequest.hold_until <= now,
+        ),
+    )
+
+
+def is_free(req: ReleaseRequest, now: datetime) -> bool:
+    """:func:`releasable` for one loaded row."""
+    if req.hold_kind == NONE:
+        return True
+    return (
+        req.hold_kind in (EMBARGO, STAFF) and req.hold_until is not None and req.hold_until <= now
+    )
+
+
+def anchor(policy: ReleasePolicy, study: StudyFacts, zone: tzinfo) -> tuple[datetime, str]:
+    """Where ``policy`` counts from for ``study``, and a word saying which: its arrival,
+    or local midnight of its StudyDate in ``zone`` (its arrival when it has none)."""
+    if policy.from_ == "study_date":
+        day = _day(study.study_date)
+        if day is not None:
+            return datetime.combine(day, time(), tzinfo=zone), "study date"
+        return study.arrival, "arrival (the study has no StudyDate)"
+    return study.arrival, "arrival"
+
+
+def decide(
+    policies: Iterable[tuple[str, ReleasePolicy, StudyFacts]],
+    *,
+    reported: bool,
+    now: datetime,
+    zone: tzinfo,
+) -> Verdict:
+    """The hold ``policies`` put on a request at ``now``: each entry is ``(where the
+    policy comes from, the policy, the study it applies to)``; ``reported`` says whether
+    every study has its final report. Pure: no database, no clock of its own."""
+    embargo_end: datetime | None = None
+    embargo_why = ""
+    deadline: datetime | None = None
+    deadline_why = ""
+    outcome = "release_images"
+    for source, policy, study in policies:
+        start, counted = anchor(policy, study, zone)
+        after = policy.embargo
+        if after is not None:
+            end = after.add_to(start, zone)
+            if embargo_end is None or end > embargo_end:
+                embargo_end = end
+                embargo_why = f"{source}: after {after.text} from {counted}"
+        if policy.until is not None:
+            end = policy.wait.add_to(start, zone)
+            if deadline is None or end > deadline:
+                deadline = end
+                deadline_why = f"{source}: max_wait {policy.wait.text} from {counted}"
+            if policy.outcome == "hold_for_staff":
+                outcome = "hold_for_staff"
+    note_ = ""
+    if deadline is not None and not reported:
+        if now < deadline:
+            return Verdict(
+                REPORT,
+                deadline,
+                f"waiting for the final report, at most until {_when(deadline, zone)} "
+                f"({deadline_why}; then {outcome.replace('_', ' ')})",
+            )
+        if outcome == "hold_for_staff":
+            return Verdict(
+                STAFF,
+                None,
+                f"the final report did not come by {_when(deadline, zone)} ({deadline_why}): "
+                "held for staff to decide",
+            )
+        note_ = f"the final report did not come by {_when(deadline, zone)}: images go without it"
+    elif deadline is not None:
+        note_ = "final report received"
+    if embargo_end is not None and now < embargo_end:
+        why = f"embargoed until {_when(embargo_end, zone)} ({embargo_why})"
+        return Verdict(EMBARGO, embargo_end, f"{note_}; {why}" if note_ else why)
+    if embargo_end is not None:
+        why = f"embargo ended {_when(embargo_end, zone)} ({embargo_why})"
+        return Verdict(NONE, None, f"{note_}; {why}" if note_ else why)
+    return Verdict(NONE, None, note_ or _NOTHING)
+
+
+def describe(req: ReleaseRequest, zone: tzinfo, now: datetime) -> str | None:
+    """What the request page shows of the hold (None: nothing holds it):
+    "embargoed until …", "waiting for the report …", "held by staff …"."""
+    if req.hold_kind == EMBARGO and req.hold_until is not None and req.hold_until > now:
+        return f"embargoed until {_when(req.hold_until, zone)}"
+    if req.hold_kind == REPORT:
+        until = f" (at most until {_when(req.hold_until, zone)})" if req.hold_until else ""
+        return f"waiting for the report{until}"
+    if req.hold_kind == STAFF:
+        if req.hold_until is None:
+            return "held for staff: release it when ready"
+        if req.hold_until > now:
+            return f"held by staff until {_when(req.hold_until, zone)}"
+    return None
+
+
+class ReleaseKeeper:
+    """Applies the release policy to ready requests and keeps their holds; staff's
+    early release and extension. See the module docstring.
+
+    ``rules`` returns the running rule set (its rules' ``release:`` blocks); ``default``
+    is node.yaml's ``delivery.release`` (None: release at once); ``zone`` the site's time
+    zone (``delivery.timezone``); ``on_staff_hold(session, request)`` runs in the
+    transaction that holds a request for staff after the report did not come (the node
+    queues the staff alert there).
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        book: RequestBook,
+        *,
+        rules: Callable[[], RuleSet | None],
+        default: ReleasePolicy | None = None,
+        zone: tzinfo | str = "UTC",
+        clock: Callable[[], datetime] = utcnow,
+        on_staff_hold: Callable[[Session, ReleaseRequest], None] | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._book = book
+        self._rules = rules
+        self._default = default
+        self.zone: tzinfo = ZoneInfo(zone) if isinstance(zone, str) else zone
+        self._clock = clock
+        self._on_staff_hold = on_staff_hold
+
+    # -- applying the policy ------------------------------------------------------------
+
+    def policies(
+        self, studies: Sequence[StudyFacts]
+    ) -> list[tuple[str, ReleasePolicy, StudyFacts]]:
+        """Each study's policy: its rule's ``release:`` block, else the site default."""
+        ruleset = self._rules()
+        out = []
+        for study in studies:
+            rule = ruleset.rule(study.rule) if ruleset is not None and study.rule else None
+            if rule is not None and rule.release is not None:
+                out.append((f"rule {rule.name}", rule.release, study))
+            elif self._default is not None:
+                out.append((SITE_DEFAULT, self._default, study))
+        return out
+
+    def verdict(self, s: Session, request_id: int, now: datetime) -> Verdict:
+        """What the policy says about the request now (reads, writes nothing)."""
+        studies = _studies(s, request_id)
+        chosen = self.policies(studies)
+        waits = any(p.until is not None for _, p, _ in chosen)
+        reported = waits and final_report(s, sorted({st.study_uid for st in studies}))
+        return decide(chosen, reported=reported, now=now, zone=self.zone)
+
+    def apply(self, s: Session, req: ReleaseRequest, now: datetime) -> Verdict:
+        """In ``s``: apply the policy to ``req`` and record the hold (and a timeline line
+        when it changed). A staff hold stays as staff set it."""
+        first = req.hold_checked_at is None
+        req.hold_checked_at = now
+        if req.hold_kind == STAFF:
+            return Verdict(STAFF, req.hold_until, "held by staff")
+        found = self.verdict(s, req.id, now)
+        changed = (found.kind, found.until) != (req.hold_kind, req.hold_until)
+        req.hold_kind, req.hold_until = found.kind, found.until
+        if changed or (first and found.why != _NOTHING):
+            note(s, req, ACTOR, found.why, now)
+            log.info("request %s: release hold %r", req.reference, found.kind or "none")
+        if found.kind == STAFF and changed and self._on_staff_hold is not None:
+            self._on_staff_hold(s, req)
+        s.flush()
+        return found
+
+    def gate(self, s: Session, req: ReleaseRequest, now: datetime) -> bool:
+        """For the batch's claim, in its transaction: apply the policy if it was not yet,
+        then True when the request may be packaged now."""
+        if req.hold_checked_at is None:
+            self.apply(s, req, now)
+        return is_free(req, now)
+
+    def sweep(self) -> list[str]:
+        """Apply the policy to ready requests that have not had it, look again at those
+        waiting for a report (it came: the wait ends; max_wait passed: its outcome), and
+        note holds whose time ended. Returns the references whose hold changed."""
+        now = self._clock()
+        with guarded(self._sessions) as s:
+            ids = list(
+                s.scalars(
+                    select(ReleaseRequest.id).where(
+                        ReleaseRequest.state == RequestState.READY,
+                        or_(
+                            ReleaseRequest.hold_checked_at.is_(None),
+                            ReleaseRequest.hold_kind == REPORT,
+                            and_(
+                                ReleaseRequest.hold_kind.in_([EMBARGO, STAFF]),
+                                ReleaseRequest.hold_until <= now,
+                            ),
+                        ),
+                    )
+                )
+            )
+        changed = []
+        for rid in ids:
+            with guarded(self._sessions) as s, s.begin():
+                req = s.get(ReleaseRequest, rid)
+                if req is None or req.state != RequestState.READY:
+                    continue
+                before = (req.hold_kind, req.hold_until)
+                if req.hold_kind in (EMBARGO, STAFF) and is_free(req, now):
+                    what = "embargo" if req.hold_kind == EMBARGO else "staff hold"
+                    req.hold_kind, req.hold_until = NONE, None
+                    note(s, req, ACTOR, f"{what} ended: it goes out with the next delivery", now)
+                else:
+                    self.apply(s, req, now)
+                if (req.hold_kind, req.hold_until) != before:
+                    changed.append(req.reference)
+        return changed
+
+    # -- staff --------------------------------------------------------------------------
+
+    def release_now(self, ref_or_id: str | int, actor: str, reason: str) -> ReleaseRequest:
+        """Staff release the request now, whatever its policy says (an embargo, the wait
+        for the report; urgent or not): on the timeline and audited. ``reason`` is
+        required. Raises InvalidRequest (no reason), InvalidTransition (packaged already,
+        or final), RequestNotFound."""
+        return self._staff(ref_or_id, actor, reason, NONE, None)
+
+    def extend(
+        self, ref_or_id: str | int, actor: str, reason: str, until: datetime | None
+    ) -> ReleaseRequest:
+        """Staff hold the request until ``until`` (aware; None: until a staff member
+        releases it). On the timeline and audited; the policy no longer changes it."""
+        if until is not None:
+            if until.tzinfo is None:
+                raise InvalidRequest("until: give a time with its time zone")
+            if until <= self._clock():
+                raise InvalidRequest("until: must be in the future")
+        return self._staff(ref_or_id, actor, reason, STAFF, until)
+
+    def _staff(
+        self, ref_or_id: str | int, actor: str, reason: str, kind: str, until: datetime | None
+    ) -> ReleaseRequest:
+        reason = reason.strip()
+        if not reason:
+            raise InvalidRequest("reason: required; say why (it is audited)")
+        if len(reason) > 500 or any(ord(c) < 32 for c in reason):
+            raise InvalidRequest("reason: one line of at most 500 characters")
+        found = self._book.get(ref_or_id)
+        now = self._clock()
+        with guarded(self._sessions) as s, s.begin():
+            req = s.get(ReleaseRequest, found.id, with_for_update=True)
+            assert req is not None
+            if RequestState(req.state) not in HOLDABLE:
+                raise InvalidTransition(
+                    f"request {req.reference} is {req.state}: only a request not yet packaged "
+                    "can be held or released early"
+                )
+            was = describe(req, self.zone, now) or "no hold"
+            req.hold_kind, req.hold_until, req.hold_checked_at = kind, until, now
+            if kind == NONE:
+                what = f"released early by staff ({was}): {reason}"
+            elif until is None:
+                what = f"held by staff until released ({was} before): {reason}"
+            else:
+                what = f"held by staff until {_when(until, self.zone)} ({was} before): {reason}"
+            name = actor.partition(":")[2] or actor
+            note(s, req, actor, what, now)
+            studies = s.scalars(
+                select(Study.study_uid)
+                .join(RequestStudy, RequestStudy.study_id == Study.id)
+                .where(RequestStudy.request_id == req.id)
+            ).all()
+            record(
+                s,
+                "release-hold",
+                actor=actor_of("staff", name),
+                studies=sorted(set(studies)),
+                request=req.reference,
+                detail=what[:500],
+                at=now,
+            )
+            s.flush()
+            s.expunge(req)
+        log.info("request %s: staff set release hold %r", found.reference, kind or "none")
+        return req
+
+
+def _studies(s: Session, request_id: int) -> list[StudyFacts]:
+    rows = s.execute(
+        select(RequestStudy.rule, Study.study_uid, Study.first_received_at, Study.study_date)
+        .join(Study, Study.id == RequestStudy.study_id)
+        .where(RequestStudy.request_id == request_id)
+        .order_by(RequestStudy.id)
+    )
+    return [StudyFacts(rule, uid, arrival, day or "") for rule, uid, arrival, day in rows]
+
+
+def _day(text: str) -> date | None:
+    digits = text.strip().replace(".", "")
+    if len(digits) != 8 or not digits.isdigit():
+        return None
+    try:
+        return date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
+    except ValueError:
+        return None
+
+
+def _when(at: datetime, zone: tzinfo) -> str:
+    """``2026-03-30 10:00 BST``: the site's local time, with its zone's abbreviation."""
+    return at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
