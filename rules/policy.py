@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, model_validator
@@ -55,17 +55,18 @@ class Duration:
         return f"{self.amount}{self.unit}"
 
     def add_to(self, start: datetime, zone: tzinfo) -> datetime:
-        """``start`` (aware) plus this duration, as an aware UTC-comparable datetime.
+        """``start`` (aware) plus this duration, in UTC.
 
         Hours are elapsed time; days move the wall clock in ``zone`` (the same local time
         N days later), so a DST change in between makes them 23 or 25 real hours.
         """
         if self.unit == "h":
-            return start + timedelta(hours=self.amount)
+            # In UTC: Python adds a timedelta to a zoned datetime's wall clock.
+            return start.astimezone(UTC) + timedelta(hours=self.amount)
         local = start.astimezone(zone)
         naive = local.replace(tzinfo=None) + timedelta(days=self.amount)
         # A local time skipped by a spring-forward gap resolves (fold=0) forward by the gap.
-        return naive.replace(tzinfo=zone).astimezone(start.tzinfo)
+        return naive.replace(tzinfo=zone).astimezone(UTC)
 
 
 def parse_duration(text: str) -> Duration:
