@@ -43,9 +43,11 @@ def oru(
     ]
     control_field = control if msh10 else ""
     segs = [
-        f"MSH|{enc}|RIS|HOSP|COURIER|HOSP|20260301090000||ORU^R01^ORU_R01|{control_field}|P|2.5.1|||||||UNICODE UTF-8",
+        f"MSH|{enc}|RIS|HOSP|COURIER|HOSP|20260301090000||ORU^R01^ORU_R01|{control_field}|P"
+        "|2.5.1|||||||UNICODE UTF-8",
         f"PID|1||{pid}^^^HOSP^MR||Test^Synthetic",
-        f"OBR|1|PL1|{accession}|CTCHEST^CT Chest|||20260301083000|||||||||||||||20260301085500|||{status}",
+        f"OBR|1|PL1|{accession}|CTCHEST^CT Chest|||20260301083000|||||||||||||||"
+        f"20260301085500|||{status}",
         *obx,
     ]
     return "\r".join(segs) + "\r"
