@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 import pydicom
 sys.path.insert(0, {root!r})
-from delivery.package import PackageInfo, PackageItem, build_package
+from delivery.packaging.package import PackageInfo, PackageItem, build_package
 src, out = Path(sys.argv[1]), Path(sys.argv[2])
 items = []
 for p in sorted(src.glob("*.dcm")):  # what the index would hand over (not timed)

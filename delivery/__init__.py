@@ -1,7 +1,7 @@
 """Delivery: getting a ready request to its recipient.
 
-Owns packaging (ZIP parts with DICOMDIR, READMEs, manifest and previews:
-``delivery.package``, ``delivery.builder``, ``delivery.dicomdir``), disc images and the CD
+Owns packaging (ZIP parts with DICOMDIR, READMEs, manifest and previews: the
+sub-package :mod:`delivery.packaging`, with its own docstring), disc images and the CD
 burn queue (``delivery.disc``, ``delivery.discs``, ``delivery.disc_images``), grants and
 codes (``delivery.grants``, ``delivery.codes``), the channels (email, SMS, file), the
 outbox and its relay, the nightly batch and its scheduler, hospital-to-hospital sends

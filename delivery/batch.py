@@ -47,17 +47,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.dicomsend import DicomDelivery
 from delivery.grants import GrantKeys, new_grant
-from delivery.items import package_items
 from delivery.outbox import Outbox
-from delivery.package import (
+from delivery.packaging.errors import PackageError
+from delivery.packaging.items import package_items
+from delivery.packaging.package import (
     PackageInfo,
     PackageResult,
     Progress,
     build_package,
     sweep_partial,
 )
-from delivery.package_errors import PackageError
-from delivery.preview import RenderLimits
+from delivery.packaging.preview import RenderLimits
 from release.errors import InvalidTransition
 from release.requests import RequestBook
 from store.audit import record

@@ -63,10 +63,10 @@ from typing import Protocol
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from delivery.items import package_items
 from delivery.outbox import Outbox
-from delivery.package import PackageItem
-from delivery.package_errors import PackageError
+from delivery.packaging.errors import PackageError
+from delivery.packaging.items import package_items
+from delivery.packaging.package import PackageItem
 from delivery.relay import RetryPolicy
 from release.errors import InvalidTransition
 from release.requests import RequestBook

@@ -2,10 +2,10 @@
 
 Public surface: :func:`write_disc_image` → :class:`DiscResult`, :func:`volume_label`, and
 the errors :class:`DiscTargetError` and :class:`DiscExistsError` (both
-:class:`~delivery.package_errors.PackageError`); bad instance files raise the package's
-:class:`~delivery.package_errors.MissingInstanceError` /
-:class:`~delivery.package_errors.UnreadableInstanceError`, and a failed write
-:class:`~delivery.package_errors.PackageWriteError`.
+:class:`~delivery.packaging.errors.PackageError`); bad instance files raise the package's
+:class:`~delivery.packaging.errors.MissingInstanceError` /
+:class:`~delivery.packaging.errors.UnreadableInstanceError`, and a failed write
+:class:`~delivery.packaging.errors.PackageWriteError`.
 
 The layout is an IHE PDI medium (PS3.12 Annex F, ISO 9660 level 1):
 
@@ -29,7 +29,7 @@ never instance data: pycdlib copies in 1 MiB blocks from a file it opens when it
 there.
 
 Writes go to ``.<name>.<random>.partial`` beside ``out_path`` (swept by
-:func:`delivery.package.sweep_partial`), which is fsynced, then renamed; any error removes
+:func:`delivery.packaging.package.sweep_partial`), which is fsynced, then renamed; any error removes
 it, so a final-named image is always whole. Without ``force`` the rename is a hard link
 that fails if ``out_path`` appeared meanwhile: an existing file is never replaced.
 """
@@ -51,16 +51,22 @@ from typing import Any, BinaryIO, cast
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
-from delivery.builder import by_series, part_manifest, read_dicomdir, readme_files, series_entry
-from delivery.manifest import Counts
-from delivery.package import PackageInfo, PackageItem
-from delivery.package_errors import (
+from delivery.packaging.builder import (
+    by_series,
+    part_manifest,
+    read_dicomdir,
+    readme_files,
+    series_entry,
+)
+from delivery.packaging.errors import (
     MissingInstanceError,
     PackageError,
     PackageWriteError,
     UnreadableInstanceError,
 )
-from delivery.zipwriter import CHUNK, Entry, fsync_dir, temporary_name
+from delivery.packaging.manifest import Counts
+from delivery.packaging.package import PackageInfo, PackageItem
+from delivery.packaging.zipwriter import CHUNK, Entry, fsync_dir, temporary_name
 from store.content import FILE_MODE
 
 __all__ = ["DiscExistsError", "DiscResult", "DiscTargetError", "volume_label", "write_disc_image"]

@@ -33,9 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.disc import DiscResult, write_disc_image
 from delivery.discs import DiscRefused, open_job, study_uids
-from delivery.items import package_items
-from delivery.package import PackageInfo
-from delivery.package_errors import PackageError
+from delivery.packaging.errors import PackageError
+from delivery.packaging.items import package_items
+from delivery.packaging.package import PackageInfo
 from release.requests import RequestBook
 from store.audit import record
 from store.catalog import guarded

@@ -20,7 +20,7 @@ from typing import Any
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy import select
 
-from delivery.package import Progress as PackageProgress
+from delivery.packaging.package import Progress as PackageProgress
 from node.config import Config
 from node.delivery import DeliveryService
 from node.output import cell, print_result

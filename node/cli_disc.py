@@ -29,9 +29,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.disc import DiscExistsError, DiscResult, DiscTargetError, write_disc_image
 from delivery.disc import Progress as DiscProgress
-from delivery.items import package_items
-from delivery.package import PackageInfo
-from delivery.package_errors import PackageError
+from delivery.packaging.errors import PackageError
+from delivery.packaging.items import package_items
+from delivery.packaging.package import PackageInfo
 from node.cli_requests import cli_actor  # the one way CLI commands name their operator
 from node.config import Config
 from node.output import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, cell, print_result

@@ -38,7 +38,7 @@ from delivery.compose import Branding, Composer
 from delivery.dicomsend import AttemptReport, DicomDelivery, Target
 from delivery.grants import GrantKeys, load_secret
 from delivery.outbox import Outbox
-from delivery.package import PackageItem
+from delivery.packaging.package import PackageItem
 from delivery.relay import Relay, RetryPolicy
 from delivery.schedule import DeliveryScheduler
 from delivery.smsbreaker import SmsBreaker

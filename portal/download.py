@@ -29,7 +29,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from delivery.package import PackageError
+from delivery.packaging.package import PackageError
 from portal.context import PortalContext
 from portal.coverage import add_sent
 from portal.filespage import part_path, previews, render_files

@@ -17,7 +17,7 @@ Built once: builds of the same file are serialized by a per-path lock, and the s
 comer finds the finished file. The packager writes under a hidden ``.partial`` name and
 renames, so a final-named file is always complete.
 
-Errors: :class:`~delivery.package.PackageError` when the study's instances are missing
+Errors: :class:`~delivery.packaging.package.PackageError` when the study's instances are missing
 or unreadable in the store, or the ZIP cannot be written (nothing final-named is left).
 """
 
@@ -35,10 +35,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from delivery.items import package_items
-from delivery.package import PackageError, PackageInfo, build_package
-from delivery.preview import RenderLimits
-from delivery.zipwriter import PARTIAL_SUFFIX
+from delivery.packaging.items import package_items
+from delivery.packaging.package import PackageError, PackageInfo, build_package
+from delivery.packaging.preview import RenderLimits
+from delivery.packaging.zipwriter import PARTIAL_SUFFIX
 from portal.context import PortalContext
 from store.models import Package, ReleaseRequest, RequestStudy, Study
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from delivery.zipwriter import PartWriter
+from delivery.packaging.zipwriter import PartWriter
 from node import doctor
 from node.config import load_config
 from node.status import StatusFile
@@ -129,7 +129,7 @@ def test_modules_give_owner_only_modes_whatever_the_umask(tmp_path: Path, umask_
             conn.execute(text("SELECT 1"))
             assert (data / "courier.db-wal").exists()
             StatusFile(data).write(scp_port=1)
-            (data / "packages").mkdir(mode=0o700)  # delivery.package makes it so
+            (data / "packages").mkdir(mode=0o700)  # delivery.packaging.package makes it so
             writer = PartWriter(data / "packages" / "part.zip", datetime.now(UTC))
             try:
                 assert _open_paths(data) == []

@@ -1,4 +1,4 @@
-"""Writing one self-contained part of a package (called by :func:`delivery.package.build_package`).
+"""One self-contained part of a package (for :func:`delivery.packaging.package.build_package`).
 
 The pieces a disc image shares with a ZIP part (:mod:`delivery.disc`) are public here:
 :func:`read_dicomdir` (headers read and checked, then the DICOMDIR), :func:`by_series`
@@ -24,15 +24,15 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from delivery.dicomdir import Dicomdir, build_dicomdir
-from delivery.manifest import Counts, SeriesEntry, manifest_bytes
-from delivery.package_errors import MissingInstanceError, UnreadableInstanceError
-from delivery.parts import Sized
-from delivery.readme import Medium, render_readmes
-from delivery.zipwriter import Entry, PartWriter
+from delivery.packaging.dicomdir import Dicomdir, build_dicomdir
+from delivery.packaging.errors import MissingInstanceError, UnreadableInstanceError
+from delivery.packaging.manifest import Counts, SeriesEntry, manifest_bytes
+from delivery.packaging.parts import Sized
+from delivery.packaging.readme import Medium, render_readmes
+from delivery.packaging.zipwriter import Entry, PartWriter
 
 if TYPE_CHECKING:
-    from delivery.package import PackageInfo, PackageItem
+    from delivery.packaging.package import PackageInfo, PackageItem
 
 _RERUN = "then re-run delivery"
 
@@ -76,7 +76,7 @@ def read_dicomdir(
     file_set_id: str | None = None,
     rerun: str = _RERUN,
 ) -> Dicomdir:
-    """The DICOMDIR of ``items`` (see :func:`delivery.dicomdir.build_dicomdir` for
+    """The DICOMDIR of ``items`` (see :func:`delivery.packaging.dicomdir.build_dicomdir` for
     ``root`` and ``file_set_id``), each header read without pixel data and checked.
 
     ``rerun`` ends the error messages (what to run again once fixed). Raises
@@ -155,7 +155,7 @@ def readme_files(
 ) -> list[tuple[str, bytes]]:
     """``README.txt`` and ``README.html`` (name, UTF-8 bytes) in the request's language;
     ``counts`` are the whole package's. A disc (``medium="disc"``) passes its volume
-    ``label``; see :func:`delivery.readme.render_readmes`."""
+    ``label``; see :func:`delivery.packaging.readme.render_readmes`."""
     text, html = render_readmes(
         language=info.language,
         reference=info.reference,
@@ -218,7 +218,7 @@ def write_part(
     """Write part ``number`` of ``parts`` holding ``part`` (package order) into ``writer``.
 
     Calls ``advance(size)`` after each instance. Returns the part's notes. Raises
-    :class:`~delivery.package_errors.PackageError` subclasses for bad instance files and
+    :class:`~delivery.packaging.errors.PackageError` subclasses for bad instance files and
     ``OSError`` when writing fails; the caller aborts the writer.
     """
     dicomdir = read_dicomdir(s.item for s in part)

@@ -1,4 +1,4 @@
-"""Errors raised while building a delivery package (see :mod:`delivery.package`).
+"""Errors raised while building a delivery package (see :mod:`delivery.packaging.package`).
 
 - :class:`PackageError`: base. Its message says what the operator should do next;
   ``permanent`` is True when running the same build again cannot help until someone acts

@@ -11,8 +11,8 @@ from collections.abc import Collection
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from delivery.package import PackageItem
-from delivery.package_errors import PackageError
+from delivery.packaging.errors import PackageError
+from delivery.packaging.package import PackageItem
 from store.catalog import guarded
 from store.content import ContentStore
 from store.models import Instance, RequestStudy, Series, Study

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from delivery.zipwriter import Entry
+from delivery.packaging.zipwriter import Entry
 
 FORMAT = "courier-package/1"
 NAME = "MANIFEST.json"

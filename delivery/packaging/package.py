@@ -2,17 +2,17 @@
 
 Public surface: :class:`PackageItem`, :class:`PackageInfo`, :func:`build_package` →
 :class:`PackageResult`, :func:`sweep_partial`, and the errors re-exported from
-:mod:`delivery.package_errors` (:class:`PackageError` and its subclasses).
+:mod:`delivery.packaging.errors` (:class:`PackageError` and its subclasses).
 
 Each part is self-contained and holds:
 
-- ``DICOMDIR`` (FileSet's layout, see :mod:`delivery.dicomdir`) and the instances,
+- ``DICOMDIR`` (FileSet's layout, see :mod:`delivery.packaging.dicomdir`) and the instances,
   byte-identical to the stored files, at the PS3.10 file IDs it names;
-- ``README.txt`` and ``README.html`` in the request's language (:mod:`delivery.readme`);
-- ``PREVIEW/`` with one JPEG per series (:mod:`delivery.preview`, decoded in a limited
+- ``README.txt`` and ``README.html`` in the request's language (:mod:`delivery.packaging.readme`);
+- ``PREVIEW/`` with one JPEG per series (:mod:`delivery.packaging.preview`, decoded in a limited
   child process); a series whose pixels cannot be decoded within the limits gets none,
   and a note in the manifest;
-- ``MANIFEST.json`` (:mod:`delivery.manifest`): counts, part k of N, size and SHA-256 of
+- ``MANIFEST.json`` (:mod:`delivery.packaging.manifest`): counts, part k of N, size and SHA-256 of
   every other file.
 
 Guarantees: every instance file is checked before anything is written, and any error
@@ -33,17 +33,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from delivery.builder import PackageFacts, write_part
-from delivery.manifest import Counts
-from delivery.package_errors import (
+from delivery.packaging.builder import PackageFacts, write_part
+from delivery.packaging.errors import (
     MissingInstanceError,
     PackageError,
     PackageWriteError,
     UnreadableInstanceError,
 )
-from delivery.parts import SeriesGroup, Sized, plan_parts
-from delivery.preview import RenderLimits, series_previews
-from delivery.zipwriter import PARTIAL_SUFFIX, PartWriter, fsync_dir
+from delivery.packaging.manifest import Counts
+from delivery.packaging.parts import SeriesGroup, Sized, plan_parts
+from delivery.packaging.preview import RenderLimits, series_previews
+from delivery.packaging.zipwriter import PARTIAL_SUFFIX, PartWriter, fsync_dir
 from store.content import DIR_MODE
 
 __all__ = [
@@ -205,10 +205,10 @@ def build_package(
 
     One ZIP ``<reference>.zip``, or, when the estimated size exceeds ``max_part_bytes``,
     parts ``<reference>-part<k>-of-<N>.zip`` cut between series where possible (see
-    :mod:`delivery.parts`). Earlier final-named parts of the same reference that this
+    :mod:`delivery.packaging.parts`). Earlier final-named parts of the same reference that this
     build did not produce are removed once it succeeds. ``progress`` is called with
     (instance bytes copied, total instance bytes) after each instance. ``preview_limits``
-    bound the decoding of the series previews (:mod:`delivery.preview`; None: the
+    bound the decoding of the series previews (:mod:`delivery.packaging.preview`; None: the
     defaults).
 
     Raises :class:`MissingInstanceError` / :class:`UnreadableInstanceError` for an instance

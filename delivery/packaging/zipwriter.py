@@ -8,7 +8,7 @@ deflated. The part's SHA-256 is computed while it is written (see :class:`_Follo
 :meth:`PartWriter.publish` renames it to its final name (the caller then
 fsyncs the directory with :func:`fsync_dir`); :meth:`PartWriter.abort` removes the
 temporary file. A process killed at any point leaves at most a ``.partial`` file, which
-:func:`delivery.package.sweep_partial` removes.
+:func:`delivery.packaging.package.sweep_partial` removes.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from delivery.batch import DeliveryBatch
 from delivery.dicomsend import DicomDelivery, Target
 from delivery.grants import GrantKeys
 from delivery.outbox import Outbox
-from delivery.package import PackageItem
+from delivery.packaging.package import PackageItem
 from delivery.relay import RetryPolicy
 from release.requests import RequestBook
 from scp.commitment import CommitmentListener, CommitmentReports

@@ -22,10 +22,10 @@ import pytest
 from sqlalchemy import select, update
 
 from delivery.disc import DiscExistsError, volume_label, write_disc_image
-from delivery.items import package_items
-from delivery.package import PackageInfo
-from delivery.package_errors import UnreadableInstanceError
-from delivery.readme import Medium, render_readmes
+from delivery.packaging.errors import UnreadableInstanceError
+from delivery.packaging.items import package_items
+from delivery.packaging.package import PackageInfo
+from delivery.packaging.readme import Medium, render_readmes
 from node.cli import main
 from release.reference import new_reference
 from release.requests import RequestBook
@@ -512,7 +512,7 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {repo!r})
     from delivery.disc import write_disc_image
-    from delivery.package import PackageInfo
+    from delivery.packaging.package import PackageInfo
     from tests.delivery.test_package import items_for
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
     info = PackageInfo("CR-ABCD-EFGH-K", "en", "desk", datetime.now(timezone.utc))

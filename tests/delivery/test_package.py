@@ -30,8 +30,8 @@ from pydicom.uid import (
     JPEG2000Lossless,
 )
 
-from delivery import dicomdir
-from delivery.package import (
+from delivery.packaging import dicomdir
+from delivery.packaging.package import (
     MissingInstanceError,
     PackageInfo,
     PackageItem,
@@ -40,7 +40,7 @@ from delivery.package import (
     build_package,
     sweep_partial,
 )
-from delivery.parts import SeriesGroup, Sized, plan_parts
+from delivery.packaging.parts import SeriesGroup, Sized, plan_parts
 from tests import synthetic
 from tests.peers import have_dcmtk, require_peer
 
@@ -514,7 +514,7 @@ _CHILD = textwrap.dedent(
     from datetime import datetime, timezone
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    from delivery.package import PackageInfo, build_package
+    from delivery.packaging.package import PackageInfo, build_package
     from tests.delivery.test_package import items_for
     src, out, slow = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "slow"
     items = items_for(sorted(src.glob("*.dcm")))

@@ -17,10 +17,10 @@ from babel.dates import format_date
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 
-from delivery import readme
 from delivery.disc import volume_label
 from delivery.i18n import LOCALE_DIR, TEMPLATE_DIR
-from delivery.readme import Medium, render_readmes
+from delivery.packaging import readme
+from delivery.packaging.readme import Medium, render_readmes
 
 REFERENCE = "CR-7KQ4-M2XD-9"
 LABEL = volume_label(REFERENCE)  # CR_7KQ4_M2XD_9
@@ -300,7 +300,7 @@ def test_a_disc_needs_its_label_and_is_one_part() -> None:
 
 
 def readme_msgids() -> set[str]:
-    """Every msgid of the README: literal in the templates, or data in delivery.readme."""
+    """Every msgid of the README: literal in the templates, or data in delivery.packaging.readme."""
     found = extract_from_dir(
         str(TEMPLATE_DIR),
         method_map=[("**/readme*.j2", "jinja2"), ("**.j2", "ignore")],

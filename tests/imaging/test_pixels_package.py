@@ -21,7 +21,7 @@ import pytest
 from pydicom.uid import RLELossless
 from sqlalchemy import select
 
-from delivery.package import PackageInfo, PackageItem, build_package
+from delivery.packaging.package import PackageInfo, PackageItem, build_package
 from imaging import RenderLimits
 from store.models import Instance, Series, Study
 from tests import synthetic

@@ -27,7 +27,7 @@ from delivery.compose import Branding, Composer
 from delivery.files import FileChannel
 from delivery.grants import GrantKeys, new_grant
 from delivery.outbox import Outbox
-from delivery.package import PackageInfo, PackageItem, build_package
+from delivery.packaging.package import PackageInfo, PackageItem, build_package
 from delivery.relay import Relay
 from delivery.settings import DeliverySettings
 from portal import csrf

@@ -22,8 +22,8 @@ from fastapi.testclient import TestClient
 from httpx2 import Response
 from sqlalchemy import select, update
 
-from delivery.items import package_items
-from delivery.package import PackageInfo, build_package
+from delivery.packaging.items import package_items
+from delivery.packaging.package import PackageInfo, build_package
 from portal import studyzip
 from portal.filespage import human_size
 from portal.http import SECURITY_HEADERS
