@@ -10,6 +10,11 @@ For each ready request (urgent ones only, on the urgent path):
 3. in one transaction: the package row, a grant for the recipient, ``packaging →
    notified`` and the link email in the outbox.
 
+A ready request its release policy holds (an embargo until a time, the wait for the
+final report, a staff hold: :mod:`release.embargo`) stays ``ready`` and is not taken,
+on the urgent path too; the ``gate`` applies the policy in the claim's transaction to a
+request the policy's sweep has not seen yet.
+
 A package that cannot be built (an instance file missing or unreadable) moves the
 request to ``failed`` and alerts staff in one transaction: never a partial release. A
 crash mid-build leaves the request in ``packaging``; :meth:`DeliveryBatch.recover`
@@ -58,6 +63,7 @@ from delivery.packaging.package import (
     sweep_partial,
 )
 from delivery.packaging.preview import RenderLimits
+from release.embargo import releasable
 from release.errors import InvalidTransition
 from release.requests import RequestBook
 from store.audit import record
@@ -114,7 +120,12 @@ class DeliveryBatch:
         purge_grace_days: int = 0,
         clock: Callable[[], datetime] = utcnow,
         dicom: DicomDelivery | None = None,
+        gate: Callable[[Session, ReleaseRequest, datetime], bool] | None = None,
     ) -> None:
+        """``gate(session, request, now)`` runs in the claim's transaction and says
+        whether a ready request may be packaged now (the release policy:
+        :meth:`release.embargo.ReleaseKeeper.gate`); None: every ready request may."""
+        self._gate = gate
         self._sessions = sessions
         self._dicom = dicom
         self._grace = timedelta(days=purge_grace_days)
@@ -184,6 +195,7 @@ class DeliveryBatch:
             .outerjoin(DicomDestination, DicomDestination.request_id == ReleaseRequest.id)
             .where(
                 ReleaseRequest.state == RequestState.READY,
+                releasable(self._clock()),  # not held by its release policy or staff
                 or_(
                     DicomDestination.next_attempt_at.is_(None),
                     DicomDestination.next_attempt_at <= self._clock(),
@@ -227,6 +239,9 @@ class DeliveryBatch:
                     if req is None:
                         return None
                     rid, ref = req.id, req.reference
+                    if self._gate is not None and not self._gate(s, req, self._clock()):
+                        skip.add(rid)  # held: its hold commits with this transaction
+                        continue
                     if req.destination is not None:
                         return rid, ref, False
                     locked = try_lock(conn, PACKAGING_LOCK, rid)
@@ -288,6 +303,12 @@ class DeliveryBatch:
         """Package one ready request; returns ``notified``, ``failed`` or ``skipped``
         (a DICOM destination's: ``delivered``, ``retrying``, ``failed`` or ``skipped``)."""
         req = self._book.get(reference)
+        if self._gate is not None:
+            with guarded(self._sessions) as s, s.begin():
+                fresh = s.get(ReleaseRequest, req.id)
+                held = fresh is not None and fresh.state == RequestState.READY
+                if fresh is None or (held and not self._gate(s, fresh, self._clock())):
+                    return "skipped"  # held by its release policy or by staff
         if req.destination is not None:
             return self._send_dicom(reference)
         with (
