@@ -279,7 +279,10 @@ def _open(
     if parent is not None:
         reason = f"forwarded link used (shared by grant {parent.id})"
         events.append(event_row(grant, found.state, reason, now))
-        # request_id stays empty: a bounce to the patient must not fail their request.
+    if parent is not None and (grant.notify_every_access or first):
+        # The patient chose, per share, every opening or only the first
+        # (portal.share_notify). request_id stays empty: a bounce to the patient must not
+        # fail their request.
         ctx.outbox.enqueue(
             s,
             kind="share_used_email",

@@ -1,0 +1,119 @@
+""" "Ask for more time": ``POST /files/extend`` (signed in) and ``POST /access/extend``
+(the expired-link page). What it does to the link is :mod:`portal.more_time`.
+
+- ``/files/extend``: the patient's own signed-in link (a clinician's session gets 403);
+  the files page again, saying until when the link now works, or that the hospital was
+  told.
+- ``/access/extend``: the link in the ``__Host-link`` cookie (the neutral page offers the
+  button to everyone, so it stays the same page whatever the reason). A patient's link
+  that was not revoked or locked gets the answer page (extended: a button to sign in
+  again; asked: what happens next); anything else (no cookie, an unknown token, a
+  revoked or locked link, a clinician's link) gets the neutral page again and nothing
+  is done. A token is 256 random bits: only its holder learns that it expired.
+
+Both check the CSRF token first (403, nothing done) and allow ``portal.rate_limit_per_min``
+posts per client address (429); staff are alerted at most once a day per link.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from portal.context import PortalContext
+from portal.filespage import long_date, render_files
+from portal.forms import csrf_ok, read_form
+from portal.grantsession import (
+    LINK_COOKIE,
+    client_address,
+    forbidden,
+    grant_by_token,
+    limited,
+    lock_grant,
+    neutral,
+    page,
+    portal,
+    session_grant,
+    signed_out,
+)
+from portal.more_time import Answer, ask
+from portal.pages import language
+from store.db import writing
+
+router = APIRouter()
+
+
+async def _allowed(request: Request) -> Response | None:
+    """403 or 429 before anything else, or None to go on."""
+    form = await read_form(request)
+    if not csrf_ok(request, form):
+        return forbidden(request)
+    ctx = portal(request)
+    if not ctx.limiter.allow(f"ip:{client_address(request)}", ctx.portal.rate_limit_per_min, 60):
+        return limited(request)
+    return None
+
+
+@router.post("/files/extend", include_in_schema=False)
+async def extend_signed_in(request: Request) -> Response:
+    """The files page's "Ask for more time"."""
+    refused = await _allowed(request)
+    if refused is not None:
+        return refused
+    ctx = portal(request)
+
+    def run() -> Response:
+        now = ctx.clock()
+        with ctx.sessions() as s:
+            grant = session_grant(s, request, ctx)
+            if grant is None:
+                return signed_out(request)
+            if grant.purpose == "forward":
+                return forbidden(request)
+            with writing(s):
+                locked = lock_grant(s, grant.id)
+                answer = ask(s, ctx.outbox, locked, ctx.delivery.patient_extend_days, now)
+                s.commit()
+                return render_files(
+                    request, ctx, s, locked, more_time=answer.outcome, notice="more_time"
+                )
+
+    return await run_in_threadpool(run)
+
+
+def _ask_by_link(ctx: PortalContext, token: str | None) -> tuple[Answer, str] | None:
+    """The answer for the link ``token`` and its language, or None (neutral page)."""
+    now = ctx.clock()
+    with ctx.sessions() as s:
+        found = grant_by_token(s, token)
+        if found is None or found.purpose == "forward":
+            return None
+        with writing(s):
+            grant = lock_grant(s, found.id)
+            if grant.revoked_at is not None or grant.locked_at is not None:
+                return None
+            answer = ask(s, ctx.outbox, grant, ctx.delivery.patient_extend_days, now)
+            s.commit()
+            return answer, grant.language
+
+
+@router.post("/access/extend", include_in_schema=False)
+async def extend_by_link(request: Request) -> Response:
+    """The expired-link page's "Ask for more time"."""
+    refused = await _allowed(request)
+    if refused is not None:
+        return refused
+    ctx = portal(request)
+    found = await run_in_threadpool(_ask_by_link, ctx, request.cookies.get(LINK_COOKIE))
+    if found is None:
+        return neutral(request)
+    answer, lang = found
+    shown = language(request, lang)
+    until = long_date(answer.until, shown) if answer.until is not None else ""
+    return page(
+        request,
+        "patient/extend_result.html.j2",
+        lang=lang,
+        outcome=answer.outcome,
+        until=until,
+    )
