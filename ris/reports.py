@@ -192,12 +192,17 @@ class ReportBook:
         previous = None
         preds = [p for p in predecessors if p]
         if preds:
-            previous = s.scalar(
-                select(Report.id)
+            prev = s.scalars(
+                select(Report)
                 .where(Report.sop_instance_uid.in_(preds))
                 .order_by(Report.id.desc())
                 .limit(1)
-            )
+            ).first()
+            previous = prev.id if prev is not None else None
+            if status == ReportStatus.CORRECTED and (
+                prev is None or prev.status not in DELIVERABLE
+            ):
+                status = ReportStatus.FINAL.value  # what it replaces never went out as final
         row = Report(
             study_instance_uid=study_uid,
             accession_number=accession,

@@ -1,0 +1,147 @@
+"""Reports the PACS pushes with the study: Text SR (Basic, Enhanced, Comprehensive) and
+Encapsulated PDF instances, already stored by ``scp``, recognised by SOP Class and
+recorded as :class:`store.models.Report` rows (the instance file is the body).
+
+Status: an SR is ``final`` when its CompletionFlag is COMPLETE and its VerificationFlag
+VERIFIED (``corrected`` when it also names a predecessor document), otherwise
+``preliminary`` (a PreliminaryFlag of PRELIMINARY too). A PDF is ``final`` unless the
+same flags, where present, say otherwise. Run by the worker's sweep
+(:meth:`DicomReports.sweep`); only the header is read (the PDF's bytes stay on disk).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ris.reports import ReportBook
+from store.content import ContentStore
+from store.models import Instance, Report, Study
+
+log = logging.getLogger(__name__)
+
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+SR_CLASSES = (BASIC_TEXT_SR, ENHANCED_SR, COMPREHENSIVE_SR)
+REPORT_CLASSES = (*SR_CLASSES, ENCAPSULATED_PDF)
+
+_HEADER_TAGS = [
+    "SOPClassUID",
+    "CompletionFlag",
+    "VerificationFlag",
+    "PreliminaryFlag",
+    "PredecessorDocumentsSequence",
+    "ConceptNameCodeSequence",
+    "DocumentTitle",
+    "ContentDate",
+    "ContentTime",
+    "MIMETypeOfEncapsulatedDocument",
+]
+
+
+def status_of(ds: Dataset) -> str:
+    """final | corrected | preliminary from a report instance's flags."""
+    completion = str(ds.get("CompletionFlag", "") or "").upper()
+    verification = str(ds.get("VerificationFlag", "") or "").upper()
+    preliminary = str(ds.get("PreliminaryFlag", "") or "").upper()
+    if preliminary == "PRELIMINARY":
+        return "preliminary"
+    if completion not in ("", "COMPLETE") or verification not in ("", "VERIFIED"):
+        return "preliminary"
+    if str(ds.get("SOPClassUID", "")) in SR_CLASSES and (
+        completion != "COMPLETE" or verification != "VERIFIED"
+    ):
+        return "preliminary"
+    return "corrected" if predecessors_of(ds) else "final"
+
+
+def predecessors_of(ds: Dataset) -> list[str]:
+    """SOP Instance UIDs the document replaces (PredecessorDocumentsSequence)."""
+    out: list[str] = []
+    for study in ds.get("PredecessorDocumentsSequence", []) or []:
+        for series in study.get("ReferencedSeriesSequence", []) or []:
+            for sop in series.get("ReferencedSOPSequence", []) or []:
+                uid = str(sop.get("ReferencedSOPInstanceUID", "") or "")
+                if uid:
+                    out.append(uid)
+    return out
+
+
+def title_of(ds: Dataset) -> str:
+    title = str(ds.get("DocumentTitle", "") or "")
+    if not title:
+        for item in ds.get("ConceptNameCodeSequence", []) or []:
+            title = str(item.get("CodeMeaning", "") or "")
+            break
+    return title
+
+
+class DicomReports:
+    """Finds report instances with no Report row yet and records them."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], content: ContentStore, book: ReportBook
+    ) -> None:
+        self._sessions = sessions
+        self._content = content
+        self._book = book
+
+    def sweep(self, limit: int = 200) -> int:
+        """Record up to ``limit`` new report instances; returns how many were recorded."""
+        recorded = 0
+        with self._sessions() as s:
+            rows = s.execute(
+                select(Instance, Study)
+                .join(Study, Study.id == Instance.study_id)
+                .outerjoin(Report, Report.instance_id == Instance.id)
+                .where(
+                    Instance.sop_class_uid.in_(REPORT_CLASSES),
+                    Instance.file_missing.is_(False),
+                    Report.id.is_(None),
+                )
+                .order_by(Instance.id)
+                .limit(limit)
+            ).all()
+            found = [(inst, study) for inst, study in rows]
+        for inst, study in found:
+            try:
+                ds = pydicom.dcmread(
+                    self._content.path(inst.path), specific_tags=_HEADER_TAGS, force=False
+                )
+            except (OSError, InvalidDicomError, ValueError, AttributeError, KeyError) as exc:
+                log.warning("report instance %d unreadable (%s)", inst.id, type(exc).__name__)
+                continue
+            kind = "pdf" if inst.sop_class_uid == ENCAPSULATED_PDF else "sr"
+            with self._sessions() as s, s.begin():
+                if s.scalar(select(Report.id).where(Report.instance_id == inst.id)) is not None:
+                    continue  # another node's sweep was first
+                row = self._book.record_dicom(
+                    s,
+                    instance_id=inst.id,
+                    study_uid=study.study_uid,
+                    accession=study.accession_number,
+                    sop_instance_uid=inst.sop_instance_uid,
+                    kind=kind,
+                    status=status_of(ds),
+                    title=title_of(ds),
+                    reported_at=f"{ds.get('ContentDate', '')}{ds.get('ContentTime', '')}",
+                    body_path=inst.path,
+                    sha256=inst.sha256,
+                    size=inst.size_bytes,
+                    predecessors=predecessors_of(ds),
+                    now=datetime.now(UTC),
+                )
+                s.flush()
+                log.info(
+                    "report %d recorded source=dicom kind=%s status=%s", row.id, kind, row.status
+                )
+            recorded += 1
+        return recorded
