@@ -8,7 +8,8 @@ that decoding in a child process with memory and time limits (:class:`Renderer`,
 never its memory.
 
 Used by package previews (``delivery``), the header walk at ingest (``scp``: the declared
-size only) and the viewers to come. Pure like ``rules``: imports pydicom, numpy, Pillow and
+size only) and the portal's viewer (:mod:`imaging.info`: what an instance holds, its
+frames, windows and presets). Pure like ``rules``: imports pydicom, numpy, Pillow and
 the standard library, never another Courier package, never the store or the web.
 
 Errors: :class:`ImagingError` and its subclasses (:mod:`imaging.errors`); their messages
@@ -17,16 +18,22 @@ are short reasons without patient data, fit for a package manifest.
 
 from imaging.budget import PixelBudget, declared_size
 from imaging.errors import ImagingError, OverBudget, RenderFailed, RenderTimeout
+from imaging.info import InstanceInfo, Window, describe, find_preset, presets
 from imaging.renderer import Renderer, RenderLimits, render_frame
 
 __all__ = [
     "ImagingError",
+    "InstanceInfo",
     "OverBudget",
     "PixelBudget",
     "RenderFailed",
     "RenderLimits",
     "RenderTimeout",
     "Renderer",
+    "Window",
     "declared_size",
+    "describe",
+    "find_preset",
+    "presets",
     "render_frame",
 ]

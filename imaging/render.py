@@ -34,13 +34,13 @@ import numpy.typing as npt
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from imaging.budget import declared_size
 from imaging.errors import ImagingError, RenderFailed
+from imaging.info import frame_transform
 
 Format = Literal["jpeg", "png"]
 JPEG_QUALITY = 85
@@ -54,15 +54,6 @@ def read_header(path: Path) -> Dataset:
         return pydicom.dcmread(path, stop_before_pixels=True, defer_size=_DEFER)
     except Exception as exc:  # pydicom raises many types; its messages may quote values
         raise RenderFailed(f"the header cannot be read ({type(exc).__name__})") from None
-
-
-def _first(value: Any, default: float) -> float:
-    """The first value of a possibly multi-valued numeric element."""
-    if value is None or value == "":
-        return default
-    if isinstance(value, list | tuple | MultiValue):
-        value = value[0] if len(value) else default
-    return float(value)
 
 
 def reduce(pixels: npt.NDArray[Any], max_side: int, *, pick: bool = False) -> npt.NDArray[Any]:
@@ -84,15 +75,25 @@ def reduce(pixels: npt.NDArray[Any], max_side: int, *, pick: bool = False) -> np
     return means
 
 
-def grey_to_8bit(pixels: npt.NDArray[Any], header: Dataset) -> npt.NDArray[np.uint8]:
-    """Modality LUT, VOI window (or min..max) and MONOCHROME1 inversion, in float32."""
+def grey_to_8bit(
+    pixels: npt.NDArray[Any],
+    header: Dataset,
+    *,
+    frame: int = 0,
+    window: tuple[float, float] | None = None,
+    minmax: bool = False,
+) -> npt.NDArray[np.uint8]:
+    """Modality LUT, VOI window (or min..max) and MONOCHROME1 inversion, in float32.
+
+    The rescale and window are the frame's own (:func:`imaging.info.frame_transform`:
+    enhanced objects keep them in functional groups). ``window`` (centre, width) replaces
+    the header's window; ``minmax`` ignores any window and spans the image's values.
+    """
     values = pixels.astype(np.float32)
-    slope = _first(header.get("RescaleSlope"), 1.0)
-    intercept = _first(header.get("RescaleIntercept"), 0.0)
-    values = values * np.float32(slope) + np.float32(intercept)
-    width = _first(header.get("WindowWidth"), 0.0)
-    if width >= 1.0:
-        centre = _first(header.get("WindowCenter"), 0.0)
+    transform = frame_transform(header, frame)
+    values = values * np.float32(transform.slope) + np.float32(transform.intercept)
+    centre, width = window if window is not None else (transform.centre, transform.width)
+    if width >= 1.0 and not minmax:
         scaled = (values - np.float32(centre - 0.5)) / np.float32(width - 1.0) + np.float32(0.5)
     else:
         low, high = float(values.min()), float(values.max())
@@ -136,9 +137,14 @@ def render_file(
     max_side: int,
     max_frame_values: int,
     fmt: Format = "jpeg",
+    window: tuple[float, float] | None = None,
+    minmax: bool = False,
 ) -> bytes:
     """The picture of frame ``frame`` (0-based; None: the middle one) of the instance at
     ``path``, its longer side at most ``max_side``, as JPEG or PNG bytes.
+
+    Greyscale only: ``window`` (centre, width, in rescaled units) replaces the header's
+    VOI window, ``minmax`` spans the frame's own values (see :func:`grey_to_8bit`).
 
     Raises :class:`OverBudget` (one frame declares more than ``max_frame_values`` values:
     nothing decoded) or :class:`RenderFailed` (no image, no such frame, a decoder error).
@@ -163,7 +169,8 @@ def render_file(
         small = reduce(pixels, max_side, pick=palette)
         del pixels  # the full frame goes before the 8-bit copies are made
         if int(header.get("SamplesPerPixel", 1)) == 1 and not palette:
-            image = Image.fromarray(grey_to_8bit(small, header), mode="L")
+            grey = grey_to_8bit(small, header, frame=index, window=window, minmax=minmax)
+            image = Image.fromarray(grey, mode="L")
         else:
             image = Image.fromarray(colour_to_8bit(small, header)).convert("RGB")
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)

@@ -162,11 +162,24 @@ class Renderer:
                 raise RenderFailed(f"the decoder stopped ({why}), out of memory or time")
             self._buffer += chunk
 
+    def warm(self) -> None:
+        """Start the child now (it imports its libraries meanwhile), so the first
+        :meth:`render` does not wait for it."""
+        self._start()
+
     def render(
-        self, path: Path, *, frame: int | None = None, max_side: int = 384, fmt: Format = "jpeg"
+        self,
+        path: Path,
+        *,
+        frame: int | None = None,
+        max_side: int = 384,
+        fmt: Format = "jpeg",
+        window: tuple[float, float] | None = None,
+        minmax: bool = False,
     ) -> bytes:
         """JPEG or PNG bytes of frame ``frame`` (0-based; None: the middle one) of the
-        instance at ``path``, its longer side at most ``max_side`` pixels.
+        instance at ``path``, its longer side at most ``max_side`` pixels; ``window`` and
+        ``minmax`` as :func:`imaging.render.render_file` takes them.
 
         Raises :class:`OverBudget` (refused from the header: nothing decoded),
         :class:`RenderTimeout`, or :class:`RenderFailed` (no image, bad data, the child ran
@@ -180,6 +193,8 @@ class Renderer:
             "max_side": max_side,
             "max_frame_values": self.limits.max_frame_values,
             "format": fmt,
+            "window": None if window is None else [float(window[0]), float(window[1])],
+            "minmax": minmax,
         }
         child = self._start()
         deadline = time.monotonic() + self.limits.timeout_s

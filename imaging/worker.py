@@ -8,7 +8,8 @@ SIGXCPU past it). The parent also bounds the wall time and kills the child past 
 
 Protocol, one request at a time: the parent writes one JSON line
 ``{"path": ..., "frame": int|null, "max_side": int, "max_frame_values": int, "format":
-"jpeg"|"png"}``; the child answers one JSON line ``{"ok": true, "size": n}`` followed by
+"jpeg"|"png", "window": [centre, width]|null, "minmax": bool}``; the child answers one
+JSON line ``{"ok": true, "size": n}`` followed by
 n bytes of picture, or ``{"ok": false, "kind": "over_budget"|"failed", "reason": ...}``.
 End of input ends the child. Reasons carry no patient data; stderr goes nowhere (a
 decoder's warning could quote a header value).
@@ -37,6 +38,14 @@ def _limit_cpu(seconds: float) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
+def _window(value: object) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValueError("a window is [centre, width]")
+    return float(value[0]), float(value[1])
+
+
 def _answer(out: BinaryIO, head: dict[str, object], body: bytes = b"") -> None:
     out.write(json.dumps(head).encode("ascii") + b"\n" + body)
     out.flush()
@@ -54,6 +63,8 @@ def serve(requests: BinaryIO, out: BinaryIO, cpu_s: float) -> None:
                 max_side=int(req["max_side"]),
                 max_frame_values=int(req["max_frame_values"]),
                 fmt=req.get("format", "jpeg"),
+                window=_window(req.get("window")),
+                minmax=bool(req.get("minmax", False)),
             )
         except OverBudget as exc:
             _answer(out, {"ok": False, "kind": "over_budget", "reason": str(exc)})

@@ -1,15 +1,14 @@
 """The patient's and clinician's pages, assembled: the link and code
 (:mod:`portal.access`), the download page (:mod:`portal.download`) and sharing
 (:mod:`portal.share`, :mod:`portal.share_notify`), "Ask for more time"
-(:mod:`portal.extend`). Every route is access-logged without secrets
-(:mod:`portal.accesslog`)."""
+(:mod:`portal.extend`), the image viewer (:mod:`portal.viewer`). Every route is
+access-logged without secrets (:mod:`portal.accesslog`)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from portal import viewer  # noqa: I001 (the image viewer: portal.viewer)
-from portal import access, download, extend, share, share_notify
+from portal import access, download, extend, share, share_notify, viewer
 
 router = APIRouter()
 router.include_router(access.router)

@@ -1,0 +1,37 @@
+"""The files page's View links: per study and per series (one call from
+:func:`portal.filespage.render_files`, markup in ``patient/files_view.html.j2``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from portal.context import PortalContext
+from portal.viewer_data import viewer_studies
+from store.models import Grant
+
+
+def view_section(ctx: PortalContext, s: Session, grant: Grant) -> dict[str, Any]:
+    """``{"viewer": [...]}``: for each study in page order, its viewer address and its
+    series' (positions only); empty without the content store (nothing to render)."""
+    if ctx.content is None:
+        return {"viewer": []}
+    out = []
+    for study in viewer_studies(s, grant.request_id):
+        base = f"/files/view/{study.number}"
+        out.append(
+            {
+                "href": f"{base}/1/1",
+                "series": [
+                    {
+                        "number": row.number,
+                        "href": f"{base}/{row.number}/1",
+                        "label": row.description or row.modality,
+                        "images": row.instances,
+                    }
+                    for row in study.series
+                ],
+            }
+        )
+    return {"viewer": out}
