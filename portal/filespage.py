@@ -29,6 +29,7 @@ from portal.context import PortalContext
 from portal.grantsession import mask, page
 from portal.pages import language
 from portal.studyzip import built_size, request_studies, study_zips
+from portal.viewer_links import view_section
 from store.models import Grant, Notification, Package
 
 
@@ -229,5 +230,6 @@ def render_files(
         "shown_code": None,
         "notice": None,
     }
+    context.update(view_section(ctx, s, grant))  # portal.viewer_links: View links
     context.update(extra)
     return page(request, "patient/files.html.j2", status_code=status_code, lang=lang, **context)
