@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from delivery.window import DeliveryWindow, WindowError, parse_zone
+from release.policy import ReleasePolicy
 
 
 class DeliverySettings(BaseModel):
@@ -59,6 +60,16 @@ class DeliverySettings(BaseModel):
         description="Megabytes (10^6 bytes). A package larger than this is split into parts "
         "of at most this size (a single instance larger than it gets a part of its own). "
         "0: never split. Default 2000.",
+    )
+    release: ReleasePolicy | None = Field(
+        default=None,
+        description="The site's release policy, for studies whose release rule has no "
+        "`release:` block of its own: `after: 72h` (an embargo; Nh elapsed hours, Nd "
+        "calendar days in `timezone`) counted `from: arrival` or `from: study_date`, and/or "
+        "`until: report_final` with `max_wait: 7d` and `then: hold_for_staff` or "
+        "`release_images`. A held request shows it on its staff page; staff may release "
+        "it early (with a reason, audited) or hold it longer. Default empty: released as "
+        "soon as ready.",
     )
     staff_email: str | None = Field(
         default=None,
