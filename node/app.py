@@ -47,6 +47,9 @@ from node.web import WebServer
 from release.matching import Matcher
 from release.purge import Purger
 from release.requests import RequestBook
+from ris.dicom import DicomReports
+from ris.reports import ReportBook
+from ris.server import RisServer
 from scp import spool
 from scp.commitment_scp import StorageCommitmentScp
 from scp.ingest import Ingest
@@ -169,6 +172,16 @@ class Node:
             web = WebServer(self.cfg, sessions, delivery.portal_context())
             web.start()
             log.info("web app listening port=%d", self.cfg.portal.port)
+        ris = None
+        if receives and self.cfg.ris.enabled:  # the RIS's reports (HL7 ORU^R01 over MLLP)
+            ris = RisServer(self.cfg.ris, ReportBook(sessions, content))
+            try:
+                ris.start()
+            except OSError as exc:
+                raise ConfigError(
+                    [f"{self.cfg.source}: ris.port {self.cfg.ris.port}: {exc.strerror}"]
+                ) from None
+            log.info("RIS MLLP listener port=%d", ris.port)
         banner.announce(self.cfg, self.role, self.port if receives else None, sessions)
         rulebook = self.rulebook
         sweeps: Sweeps | None = None
@@ -216,6 +229,8 @@ class Node:
             if pulls is not None:
                 pulls.stop()
             delivery.stop()
+            if ris is not None:
+                ris.stop()
             status.clear()
             if web is not None:
                 web.stop()
@@ -253,6 +268,7 @@ class Sweeps:
         self._engine = engine
         self._sessions = sessions
         self._delivery = delivery
+        delivery.rules = rulebook.current  # the release policy reads the running rules
         self._shared = engine.dialect.name == "postgresql"
         self._stability = StabilitySweep(sessions, cfg.scp.stable_after_s)
         self._matcher = Matcher(
@@ -267,6 +283,8 @@ class Sweeps:
                 s, "identity_mismatch", reference=req.reference, request_id=req.id
             ),
         )
+        self._reports = ReportBook(sessions, content)
+        self._dicom_reports = DicomReports(sessions, content, self._reports)
         self._purger = Purger(
             sessions,
             content,
@@ -282,10 +300,13 @@ class Sweeps:
                 if not mine:
                     return
                 self._stability.run()
+                self._dicom_reports.sweep()  # SR and PDF reports the PACS pushed
+                self._reports.link_waiting(cfg.ris.accession_field, cfg.ris.default_charset)
                 matcher.sweep_changed()
                 matcher.on_stable(matcher.undecided())
                 matcher.sweep_new_requests()
                 matcher.sweep_overdue(cfg.delivery.overdue_after_h)
+                self._delivery.keeper.sweep()  # holds of ready requests: embargo, report
                 DiscQueue(
                     self._sessions,
                     self._delivery.outbox,

@@ -28,6 +28,7 @@ from delivery.settings import DeliverySettings
 from node.audit_settings import AuditSettings
 from portal.settings import PortalSettings
 from release.identity import IdentitySettings
+from ris.settings import RisSettings
 from rules.source import YamlDocument, YamlSourceError, read_yaml_file
 from scp.pacs_settings import PacsSettings, with_scp_defaults
 from scp.settings import ScpSettings
@@ -96,6 +97,7 @@ class Config(BaseModel):
     )
     audit: AuditSettings = Field(default_factory=AuditSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    ris: RisSettings = Field(default_factory=RisSettings)
     rules: list[Any] | None = Field(
         default=None, description="The rules, inline (see rules/README.md)."
     )
