@@ -39,6 +39,7 @@ AlertKind = Literal[
     "identity_mismatch",
     "code_undelivered",
     "more_time",
+    "release_held",
 ]
 # Node-wide alerts: they name no request.
 _NODE_ALERTS = frozenset({"rules_reload_failed", "sms_breaker"})

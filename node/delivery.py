@@ -9,6 +9,9 @@
   polling the outbox every ``RELAY_POLL_S``;
 - the sweep job expires requests whose links ran out and deletes their packages
   ``delivery.purge_grace_days`` later;
+- the release policy (:class:`release.embargo.ReleaseKeeper`, ``keeper``) holds ready
+  requests (an embargo, the wait for the final report): the batch's claim asks its
+  gate, the worker's sweeps apply it as requests become ready;
 - requests to a DICOM destination go out through :func:`scp.storescu.attempt` as
   Courier's AE title. A storage-commitment report reaches the sender either way the
   peer sends it: on the sending association, or on a new association to the main SCP
@@ -47,8 +50,10 @@ from node.config import Config
 from node.pulls import PullQueue, Wanted
 from portal.context import PortalContext
 from portal.staff_studies import PacsLookupFailed, PacsStudy
+from release.embargo import ReleaseKeeper
 from release.phonepolicy import PhonePolicy
 from release.requests import RequestBook
+from rules.matcher import RuleSet
 from scp.commitment import CommitmentReports, ReportBook
 from scp.pacs import PacsError, find_studies
 from scp.pacs_settings import PacsSettings
@@ -104,6 +109,18 @@ class DeliveryService:
             )
 
         self.dicom = DicomDelivery(sessions, content, self.book, self.outbox, send, clock=clock)
+        # The running rules' release: blocks; a worker's Sweeps points this at its
+        # hot-reloaded rulebook.
+        self.rules: Callable[[], RuleSet | None] = lambda: cfg.ruleset
+        self.keeper = ReleaseKeeper(
+            sessions,
+            self.book,
+            rules=lambda: self.rules(),
+            default=d.release,
+            zone=d.timezone,
+            clock=clock,
+            on_staff_hold=self.release_held_alert,
+        )
         self.batch = DeliveryBatch(
             sessions,
             content,
@@ -119,6 +136,7 @@ class DeliveryService:
             purge_grace_days=d.purge_grace_days,
             clock=clock,
             dicom=self.dicom,
+            gate=self.keeper.gate,  # the release policy: embargo, wait for the report
         )
         self.composer = Composer(
             self.keys,
@@ -253,6 +271,11 @@ class DeliveryService:
         """Alert staff that a rules reload failed (the running rules stay in force)."""
         with guarded(self._sessions) as s, s.begin():
             self.outbox.alert(s, "rules_reload_failed", reference=None, request_id=None)
+
+    def release_held_alert(self, s: Session, req: ReleaseRequest) -> None:
+        """Keeper hook: the final report did not come in time and the policy says
+        ``hold_for_staff``; queued in the transaction that holds the request."""
+        self.outbox.alert(s, "release_held", reference=req.reference, request_id=req.id)
 
     def overdue_alert(self, s: Session, req: ReleaseRequest) -> None:
         """Matcher hook: queue the overdue alert in the transaction of the move."""
