@@ -2,8 +2,9 @@
 
 A link token in a path (``/d/<token>``) is logged as the first 8 hex digits of its
 SHA-256, enough to match a patient's complaint to a log line without the line being a
-usable link. Query strings, cookies, form bodies and client addresses are not logged
-(codes travel in form bodies; addresses are personal data). Logger
+usable link; the UIDs in a DICOMweb path as ``{uid}``. Query strings, cookies, form
+bodies and client addresses are not logged (codes travel in form bodies; addresses are
+personal data). Logger
 ``courier.portal.access``, level INFO.
 
 Every logged value goes through :func:`visible` first: the path arrives percent-decoded,
@@ -34,6 +35,9 @@ from telemetry import text
 log = logging.getLogger("courier.portal.access")
 
 _LINK = re.compile(r"^/d/([^/]*)")
+# A DICOMweb path segment after studies/, series/ or instances/ (a UID, or any text
+# sent in its place): never logged.
+_DICOMWEB_UID = re.compile(r"/(studies|series|instances)/[^/]+")
 # C0 controls, DEL, C1 controls, the line/paragraph separators some viewers break on, and
 # the backslash (so that every escape in a line is one of ours).
 _CONTROL = text.pattern(text.CONTROLS | {ord("\\")})
@@ -55,7 +59,10 @@ def visible(value: str) -> str:
 
 
 def redact(path: str) -> str:
-    """``path`` with a link token replaced by a short hash of it."""
+    """``path`` with a link token replaced by a short hash of it, and the UIDs of a
+    DICOMweb path (``/dicomweb/studies/<uid>/…``) by ``{uid}``."""
+    if path.startswith("/dicomweb/"):
+        return _DICOMWEB_UID.sub(r"/\1/{uid}", path)
     match = _LINK.match(path)
     if match is None:
         return path

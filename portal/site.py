@@ -26,7 +26,7 @@ from portal.context import PortalContext
 from portal.pages import STATIC, render
 
 # Routers added as they are built (module name -> attribute holding the APIRouter).
-ROUTERS = ("portal.patient", "portal.staff")
+ROUTERS = ("portal.patient", "portal.staff", "portal.dicomweb")
 
 
 def install_pages(app: FastAPI, portal: PortalContext) -> None:

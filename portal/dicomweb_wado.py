@@ -1,0 +1,370 @@
+"""WADO-RS (PS3.18 10.4): retrieving a grant's instances, metadata, frames, renderings.
+
+- ``GET /dicomweb/studies/{study}``, ``…/series/{series}``, ``…/instances/{sop}``:
+  ``multipart/related; type="application/dicom"``, each part a stored file byte for
+  byte (never transcoded), streamed from the content store in 1 MiB reads.
+- ``…/metadata`` at each level: ``application/dicom+json``, every header attribute
+  (pixel data left out; other binary values over 64 KiB as a ``BulkDataURI`` to the
+  instance), plus ``AvailableTransferSyntaxUID``.
+- ``…/instances/{sop}/frames/{list}``: the frames (1-based, comma-separated) as stored:
+  uncompressed frames as ``application/octet-stream`` (Explicit VR Little Endian bytes),
+  compressed ones in their own encoding (``image/jpeg``, ``image/jls``, ``image/jp2``,
+  ``image/jphc``, ``image/dicom-rle``) with the ``transfer-syntax`` parameter. Only the
+  asked frames are read from the file, never the whole pixel data (but for the rare
+  Deflated and Big Endian files, read whole).
+- ``…/instances/{sop}/rendered`` and ``…/frames/{n}/rendered``: a JPEG (or PNG when
+  only ``image/png`` is accepted) drawn by :mod:`imaging` in its limited child process
+  (``delivery.preview_*`` limits), at most ``viewport`` (``w,h``) or 1024 pixels on its
+  longer side. An image that cannot be drawn is 422, a render out of time 503.
+
+Anything outside the grant is 404 (:mod:`portal.dicomweb_scope`); the first retrieval of
+a study by a token is audited once. Logs name no UID.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.encaps import get_frame
+from pydicom.pixels.utils import get_expected_length
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+)
+from starlette.concurrency import run_in_threadpool
+
+from imaging import ImagingError, RenderLimits, RenderTimeout, render_frame
+from portal.context import PortalContext
+from portal.dicomweb_qido import DICOM_JSON
+from portal.dicomweb_scope import (
+    CORS_HEADERS,
+    Scope,
+    Stored,
+    audit_once,
+    authorize,
+    instances,
+    refusal,
+)
+from portal.dicomweb_token import base_url
+from portal.site import context_of
+
+log = logging.getLogger("courier.portal.dicomweb")
+router = APIRouter()
+CHUNK = 1024 * 1024
+_BULK_THRESHOLD = 64 * 1024
+_MAX_FRAMES = 1000
+_FRAMES = re.compile(r"^[1-9][0-9]{0,8}(,[1-9][0-9]{0,8})*$")
+_PIXEL_DATA = 0x7FE00010
+
+# The media type of a compressed frame, by transfer syntax (PS3.18 Table 8.7.3-2).
+_FRAME_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+
+
+class _Missing(Exception):
+    """No such frame, or no pixel data: 404."""
+
+
+# -- who and what ----------------------------------------------------------------------
+
+
+async def _targets(
+    request: Request, study: str, series: str | None = None, sop: str | None = None
+) -> tuple[PortalContext, Scope, list[Stored]] | Response:
+    ctx = context_of(request)
+    scope = await run_in_threadpool(authorize, ctx, request)
+    if not isinstance(scope, Scope):
+        return scope
+
+    def find() -> list[Stored]:
+        with ctx.sessions() as s:
+            return instances(s, scope, study, series, sop)
+
+    found = await run_in_threadpool(find)
+    if not found:
+        return refusal(404, "no such study, series or instance here")
+    await run_in_threadpool(audit_once, ctx, request, scope, study)
+    return ctx, scope, found
+
+
+def _path(ctx: PortalContext, x: Stored) -> Path:
+    assert ctx.content is not None  # authorize refused otherwise
+    return ctx.content.path(x.relpath)
+
+
+# -- instances -------------------------------------------------------------------------
+
+
+def _multipart(ctx: PortalContext, found: list[Stored], boundary: str) -> Iterator[bytes]:
+    for x in found:
+        try:
+            fh = open(_path(ctx, x), "rb")  # noqa: SIM115 (closed below, between yields)
+        except OSError as exc:
+            # Gone since the index said otherwise: the part is left out, the log says so.
+            log.error("DICOMweb: a stored instance could not be read (%s)", type(exc).__name__)
+            continue
+        try:
+            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            while chunk := fh.read(CHUNK):
+                yield chunk
+            yield b"\r\n"
+        finally:
+            fh.close()
+    yield f"--{boundary}--\r\n".encode()
+
+
+async def _retrieve(
+    request: Request, study: str, series: str | None = None, sop: str | None = None
+) -> Response:
+    got = await _targets(request, study, series, sop)
+    if isinstance(got, Response):
+        return got
+    ctx, _scope, found = got
+    boundary = secrets.token_hex(16)
+    return StreamingResponse(
+        _multipart(ctx, found, boundary),
+        media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+        headers=CORS_HEADERS,
+    )
+
+
+@router.get("/dicomweb/studies/{study}", include_in_schema=False)
+async def retrieve_study(request: Request, study: str) -> Response:
+    return await _retrieve(request, study)
+
+
+@router.get("/dicomweb/studies/{study}/series/{series}", include_in_schema=False)
+async def retrieve_series(request: Request, study: str, series: str) -> Response:
+    return await _retrieve(request, study, series)
+
+
+@router.get("/dicomweb/studies/{study}/series/{series}/instances/{sop}", include_in_schema=False)
+async def retrieve_instance(request: Request, study: str, series: str, sop: str) -> Response:
+    return await _retrieve(request, study, series, sop)
+
+
+# -- metadata --------------------------------------------------------------------------
+
+
+def _bulk_uri(url: str, _element: DataElement) -> str:
+    return url
+
+
+def _metadata(ctx: PortalContext, found: list[Stored]) -> list[dict[str, Any]]:
+    root = base_url(ctx)
+    out = []
+    for x in found:
+        url = f"{root}/studies/{x.study_uid}/series/{x.series_uid}/instances/{x.sop_uid}"
+        try:
+            ds = pydicom.dcmread(_path(ctx, x), stop_before_pixels=True)
+            doc = ds.to_json_dict(
+                bulk_data_threshold=_BULK_THRESHOLD,
+                bulk_data_element_handler=functools.partial(_bulk_uri, url),
+                suppress_invalid_tags=True,
+            )
+        except Exception as exc:  # an unreadable header: that instance is left out
+            log.warning("DICOMweb: a header could not be read (%s)", type(exc).__name__)
+            continue
+        doc["00083002"] = {"vr": "UI", "Value": [x.transfer_syntax_uid]}
+        out.append(doc)
+    return out
+
+
+async def _metadata_of(
+    request: Request, study: str, series: str | None = None, sop: str | None = None
+) -> Response:
+    got = await _targets(request, study, series, sop)
+    if isinstance(got, Response):
+        return got
+    ctx, _scope, found = got
+    docs = await run_in_threadpool(_metadata, ctx, found)
+    return JSONResponse(docs, media_type=DICOM_JSON, headers=CORS_HEADERS)
+
+
+@router.get("/dicomweb/studies/{study}/metadata", include_in_schema=False)
+async def study_metadata(request: Request, study: str) -> Response:
+    return await _metadata_of(request, study)
+
+
+@router.get("/dicomweb/studies/{study}/series/{series}/metadata", include_in_schema=False)
+async def series_metadata(request: Request, study: str, series: str) -> Response:
+    return await _metadata_of(request, study, series)
+
+
+@router.get(
+    "/dicomweb/studies/{study}/series/{series}/instances/{sop}/metadata",
+    include_in_schema=False,
+)
+async def instance_metadata(request: Request, study: str, series: str, sop: str) -> Response:
+    return await _metadata_of(request, study, series, sop)
+
+
+# -- frames ----------------------------------------------------------------------------
+
+
+def read_frames(path: Path, numbers: list[int]) -> tuple[str, str, list[bytes]]:
+    """Frames ``numbers`` (1-based) of the instance at ``path`` as stored: (media type,
+    transfer syntax, frame bytes). Raises :class:`_Missing`."""
+    with open(path, "rb") as fh:
+        ds = pydicom.dcmread(fh, defer_size=1024)
+        ts = UID(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
+        raw = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+        if raw is None or "Rows" not in ds:
+            raise _Missing("the instance has no pixel data")
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+        if any(n > count for n in numbers):
+            raise _Missing("no such frame")
+        if ts.is_encapsulated:
+            if not isinstance(raw, RawDataElement) or raw.value is not None:
+                data = raw.value
+                frames = [get_frame(data, n - 1, number_of_frames=count) for n in numbers]
+            else:
+                frames = []
+                for n in numbers:
+                    fh.seek(raw.value_tell)
+                    frames.append(get_frame(fh, n - 1, number_of_frames=count))
+            media = _FRAME_TYPES.get(ts, "application/octet-stream")
+            return media, ts, frames
+        size = get_expected_length(ds, unit="bytes") // count
+        if ts in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian) or not isinstance(
+            raw, RawDataElement
+        ):
+            whole = pydicom.dcmread(path).PixelData  # rare: inflated or swapped, read whole
+            frames = [whole[(n - 1) * size : n * size] for n in numbers]
+        else:
+            frames = []
+            for n in numbers:
+                fh.seek(raw.value_tell + (n - 1) * size)
+                frames.append(fh.read(size))
+        if any(len(f) != size for f in frames):
+            raise _Missing("the pixel data is shorter than declared")
+        native = ExplicitVRBigEndian if ts == ExplicitVRBigEndian else ExplicitVRLittleEndian
+        return "application/octet-stream", native, frames
+
+
+def _frames_body(media: str, ts: str, frames: list[bytes], boundary: str) -> bytes:
+    parts = []
+    for frame in frames:
+        head = f"--{boundary}\r\nContent-Type: {media}; transfer-syntax={ts}\r\n\r\n"
+        parts += [head.encode(), frame, b"\r\n"]
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts)
+
+
+@router.get(
+    "/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frames}",
+    include_in_schema=False,
+)
+async def frames(request: Request, study: str, series: str, sop: str, frames: str) -> Response:
+    if not _FRAMES.match(frames) or frames.count(",") >= _MAX_FRAMES:
+        return refusal(400, f"frames: 1-based numbers separated by commas, at most {_MAX_FRAMES}")
+    got = await _targets(request, study, series, sop)
+    if isinstance(got, Response):
+        return got
+    ctx, _scope, found = got
+    numbers = [int(n) for n in frames.split(",")]
+    try:
+        media, ts, data = await run_in_threadpool(read_frames, _path(ctx, found[0]), numbers)
+    except _Missing:
+        return refusal(404, "no such frame")
+    except Exception as exc:  # a corrupt file: nothing to send
+        log.warning("DICOMweb: frames could not be read (%s)", type(exc).__name__)
+        return refusal(422, "the frames of this instance cannot be read")
+    boundary = secrets.token_hex(16)
+    return Response(
+        _frames_body(media, ts, data, boundary),
+        media_type=(
+            f'multipart/related; type="{media}"; transfer-syntax={ts}; boundary={boundary}'
+        ),
+        headers=CORS_HEADERS,
+    )
+
+
+# -- rendered --------------------------------------------------------------------------
+
+
+def _size(request: Request) -> int:
+    viewport = request.query_params.get("viewport", "")
+    try:
+        sides = [int(v) for v in viewport.split(",")[:2] if v.strip()]
+    except ValueError:
+        sides = []
+    wanted = max(sides) if sides else 1024
+    return max(16, min(wanted, 2048))
+
+
+def _format(request: Request) -> str:
+    accept = request.headers.get("accept", "").lower()
+    if "image/png" in accept and "image/jpeg" not in accept and "*/*" not in accept:
+        return "png"
+    return "jpeg"
+
+
+async def _rendered(request: Request, study: str, series: str, sop: str, frame: int) -> Response:
+    got = await _targets(request, study, series, sop)
+    if isinstance(got, Response):
+        return got
+    ctx, _scope, found = got
+    fmt = _format(request)
+    limits = RenderLimits(
+        ctx.delivery.preview_max_pixels,
+        ctx.delivery.preview_memory_mb,
+        ctx.delivery.preview_timeout_s,
+    )
+    path = _path(ctx, found[0])
+    try:
+        data = await run_in_threadpool(
+            render_frame, path, frame, _size(request), limits, "png" if fmt == "png" else "jpeg"
+        )
+    except RenderTimeout:
+        return refusal(503, "drawing this image took too long; try again", {"Retry-After": "5"})
+    except ImagingError:
+        return refusal(422, "this image cannot be drawn here (the instance itself can be)")
+    except OSError as exc:
+        log.warning("DICOMweb: an image could not be drawn (%s)", type(exc).__name__)
+        return refusal(422, "this image cannot be drawn here (the instance itself can be)")
+    return Response(data, media_type=f"image/{fmt}", headers=CORS_HEADERS)
+
+
+@router.get(
+    "/dicomweb/studies/{study}/series/{series}/instances/{sop}/rendered",
+    include_in_schema=False,
+)
+async def rendered(request: Request, study: str, series: str, sop: str) -> Response:
+    return await _rendered(request, study, series, sop, 0)
+
+
+@router.get(
+    "/dicomweb/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered",
+    include_in_schema=False,
+)
+async def frame_rendered(
+    request: Request, study: str, series: str, sop: str, frame: str
+) -> Response:
+    if not re.fullmatch(r"[1-9][0-9]{0,8}", frame):
+        return refusal(400, "frame: one 1-based number")
+    return await _rendered(request, study, series, sop, int(frame) - 1)
