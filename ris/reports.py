@@ -22,14 +22,15 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from release.reports import DELIVERABLE
+from release.reports import current_reports as current_reports  # re-exported
+from release.reports import report_final as report_final  # re-exported
 from ris.oru import OruReport, Refused, read_oru
 from ris.settings import AccessionField
 from store.content import FILE_MODE, ContentStore, sha256_of
 from store.models import Report, ReportStatus, Study
 
 log = logging.getLogger(__name__)
-
-DELIVERABLE = (ReportStatus.FINAL.value, ReportStatus.CORRECTED.value)
 
 
 @dataclass(frozen=True)
@@ -235,38 +236,3 @@ class ReportBook:
             self._content.place(tmp, relpath)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-def current_reports(s: Session, study_uids: Iterable[str]) -> list[Report]:
-    """The reports of these studies that may go to a patient: in each chain of
-    replacements (a final after a preliminary, a correction after a final) the latest
-    final or corrected one; never a preliminary. Oldest first."""
-    uids = sorted({u for u in study_uids if u})
-    if not uids:
-        return []
-    rows = list(
-        s.scalars(select(Report).where(Report.study_instance_uid.in_(uids)).order_by(Report.id))
-    )
-    return _latest_per_chain(rows)
-
-
-def _latest_per_chain(rows: list[Report]) -> list[Report]:
-    chain_of: dict[int, int] = {}
-    latest: dict[int, Report] = {}
-    for row in rows:  # ascending id: a row's predecessor comes first
-        chain = chain_of.get(row.supersedes_id or -1, row.id)
-        chain_of[row.id] = chain
-        if row.status in DELIVERABLE:
-            latest[chain] = row
-    return sorted(latest.values(), key=lambda r: r.id)
-
-
-def report_final(s: Session, study_uid: str) -> bool:
-    """True when the study has a final (or corrected) report: ``until: report_final``."""
-    return bool(
-        s.scalar(
-            select(Report.id)
-            .where(Report.study_instance_uid == study_uid, Report.status.in_(DELIVERABLE))
-            .limit(1)
-        )
-    )
