@@ -178,12 +178,13 @@ def decide(
     note_ = ""
     if deadline is not None and not reported:
         if now < deadline:
-            return Verdict(
-                REPORT,
-                deadline,
+            why = (
                 f"waiting for the final report, at most until {_when(deadline, zone)} "
-                f"({deadline_why}; then {outcome.replace('_', ' ')})",
+                f"({deadline_why}; then {outcome.replace('_', ' ')})"
             )
+            if embargo_end is not None and now < embargo_end:
+                why += f"; embargoed until {_when(embargo_end, zone)} ({embargo_why})"
+            return Verdict(REPORT, deadline, why)
         if outcome == "hold_for_staff":
             return Verdict(
                 STAFF,
