@@ -28,7 +28,6 @@ caller, never written to a log line (pynetdicom's identifier logging is off).
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +43,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from scp import association
 from scp.pacs_settings import PacsSettings
 
 log = logging.getLogger("courier.scp.pacs")
@@ -174,12 +174,15 @@ def _associate(
     _reachable(settings)
     ae = ae_factory(settings.calling)
     ae.add_requested_context(context)
-    ae.acse_timeout = settings.connect_timeout_s
-    ae.connection_timeout = settings.connect_timeout_s
-    ae.network_timeout = max(settings.connect_timeout_s, dimse_timeout_s)
-    ae.dimse_timeout = dimse_timeout_s
-    assoc = ae.associate(settings.host, settings.port, ae_title=settings.ae_title)
-    try:
+    with association.opened(
+        ae,
+        settings.host,
+        settings.port,
+        settings.ae_title,
+        connect_timeout_s=settings.connect_timeout_s,
+        dimse_timeout_s=dimse_timeout_s,
+        network_timeout_s=max(settings.connect_timeout_s, dimse_timeout_s),
+    ) as assoc:
         if assoc.is_rejected:
             raise AssociationRejected(
                 f"{_where(settings)} refused the association: it must know our AE title "
@@ -199,33 +202,18 @@ def _associate(
                 "to allow query/retrieve for Courier's AE title"
             )
         yield assoc
-        if assoc.is_established:
-            assoc.release()
-    finally:
-        if assoc.is_established:
-            assoc.abort()
-        _close(assoc)
 
 
 def _reachable(settings: PacsSettings) -> None:
-    """Raise :class:`PacsUnreachable` unless a TCP connection to the PACS opens.
-
-    pynetdicom drops the socket of a refused connection without closing it (a leaked
-    descriptor per failed pull attempt in a long-running node); connecting ourselves
-    first also names the reason (refused, timed out, no such host).
-    """
-    try:
-        with socket.create_connection(
-            (settings.host, settings.port), timeout=settings.connect_timeout_s
-        ):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
+    """Raise :class:`PacsUnreachable` unless a TCP connection to the PACS opens (see
+    :func:`scp.association.unreachable`)."""
+    reason = association.unreachable(settings.host, settings.port, settings.connect_timeout_s)
+    if reason is not None:
         raise PacsUnreachable(
             f"{_where(settings)} cannot be reached ({reason}); check pacs.host and "
             "pacs.port in node.yaml, that the PACS is running, and the firewall "
             "(try `courier pacs echo`)"
-        ) from None
+        )
 
 
 def _cut_off(settings: PacsSettings, operation: str, timeout_s: float) -> PacsAborted:
@@ -236,14 +224,6 @@ def _cut_off(settings: PacsSettings, operation: str, timeout_s: float) -> PacsAb
         f"{settings.calling} (ask the PACS admin to allow query/retrieve for Courier), "
         "or it failed (see its log); try again"
     )
-
-
-def _close(assoc: Association) -> None:
-    # pynetdicom leaves the client socket open after a refused or broken association.
-    sock = getattr(getattr(assoc, "dul", None), "socket", None)
-    inner = getattr(sock, "socket", None)
-    if inner is not None:
-        inner.close()
 
 
 def echo(settings: PacsSettings, *, ae_factory: AeFactory = _default_ae) -> None:

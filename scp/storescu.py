@@ -3,8 +3,10 @@
 One association per call: one presentation context per (SOP Class, Transfer Syntax)
 pair exactly as the instances are stored (nothing is converted), plus the Storage
 Commitment Push Model unless commitment is ``off``. Every instance is sent from its
-file as stored, without decoding (pynetdicom's chunked send: the bytes after the File
-Meta Information go out unchanged, and a 2 GB instance never sits in memory). Each
+file as stored, without decoding (:mod:`scp.storesend`: the bytes after the File Meta
+Information go out unchanged, straight to the socket in PDUs of the peer's maximum
+length, and a 2 GB instance never sits in memory); the presentation context of each
+(SOP Class, Transfer Syntax) pair is looked up once per association. Each
 C-STORE status is recorded in a :class:`StoreReport`; an instance whose context the
 peer did not accept is reported unsent.
 
@@ -45,7 +47,6 @@ No patient data is logged: UIDs, AE titles, counts and status codes only.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StorageCommitmentPushModelInstance,
 )
 
+from scp import association
+from scp.association import REJECTED_TRANSIENT
 from scp.commitment import CommitmentReports
+from scp.storesend import FastStore
 
 log = logging.getLogger("courier.scp.storescu")
 
@@ -73,9 +77,6 @@ _config.LOG_RESPONSE_IDENTIFIERS = False
 SUCCESS = 0x0000  # Success
 WARNINGS = (0x0001, 0xB000, 0xB006, 0xB007)  # Warning: stored, with coercion/discarding
 OUT_OF_RESOURCES = 0xA700  # Refused: out of resources
-# A-ASSOCIATE-RJ results (PS3.8 9.3.4).
-REJECTED_PERMANENT = 0x01
-REJECTED_TRANSIENT = 0x02
 MAX_CONTEXTS = 128  # presentation contexts in one association (odd IDs 1-255)
 
 AeFactory = Callable[[str], AE]
@@ -178,30 +179,19 @@ def _where(dest: Destination) -> str:
 
 def _reachable(dest: Destination, settings: ScuSettings, report: StoreReport) -> None:
     """Raise :class:`PeerUnreachable` unless a TCP connection opens (see
-    :func:`scp.pacs._reachable`: pynetdicom leaks the socket of a refused connection)."""
-    try:
-        with socket.create_connection((dest.host, dest.port), timeout=settings.connect_timeout_s):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
+    :func:`scp.association.unreachable`: pynetdicom leaks the socket of a refused
+    connection)."""
+    reason = association.unreachable(dest.host, dest.port, settings.connect_timeout_s)
+    if reason is not None:
         raise PeerUnreachable(
             f"{_where(dest)} cannot be reached ({reason}); check the destination's host and "
             "port with the receiving hospital, and the firewall",
             report,
-        ) from None
-
-
-def _close(assoc: Association) -> None:
-    sock = getattr(getattr(assoc, "dul", None), "socket", None)
-    inner = getattr(sock, "socket", None)
-    if inner is not None:
-        inner.close()
+        )
 
 
 def _rejected(assoc: Association, dest: Destination, calling: str, report: StoreReport) -> None:
-    primitive = getattr(getattr(assoc, "acceptor", None), "primitive", None)
-    result = getattr(primitive, "result", None)
-    if result == REJECTED_TRANSIENT:
+    if association.rejection_result(assoc) == REJECTED_TRANSIENT:
         raise AssociationRejected(
             f"{_where(dest)} refused the association for now (busy); it is tried again",
             report,
@@ -257,17 +247,16 @@ def send_instances(
         ae.add_requested_context(sop_class, syntax)
     if wanted:
         ae.add_requested_context(StorageCommitmentPushModel)
-    ae.acse_timeout = settings.connect_timeout_s
-    ae.connection_timeout = settings.connect_timeout_s
-    ae.network_timeout = max(settings.dimse_timeout_s, settings.commitment_timeout_s)
-    ae.dimse_timeout = settings.dimse_timeout_s
-    assoc = ae.associate(
+    with association.opened(
+        ae,
         dest.host,
         dest.port,
-        ae_title=dest.ae_title,
+        dest.ae_title,
+        connect_timeout_s=settings.connect_timeout_s,
+        dimse_timeout_s=settings.dimse_timeout_s,
+        network_timeout_s=max(settings.dimse_timeout_s, settings.commitment_timeout_s),
         evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)],
-    )
-    try:
+    ) as assoc:
         if assoc.is_rejected:
             _rejected(assoc, dest, settings.calling_ae_title, report)
         if not assoc.is_established:
@@ -282,12 +271,6 @@ def send_instances(
             _commit(assoc, dest, items, commit_also, report, reports, settings)
         else:
             report.commitment = "off"
-        if assoc.is_established:
-            assoc.release()
-    finally:
-        if assoc.is_established:
-            assoc.abort()
-        _close(assoc)
     log.info(
         "C-STORE to %s: %d sent, %d acknowledged, commitment %s (%d committed)",
         dest.ae_title,
@@ -299,9 +282,10 @@ def send_instances(
     return report
 
 
-def _accepted(assoc: Association) -> set[tuple[str, str]]:
+def _contexts(assoc: Association) -> dict[tuple[str, str], int]:
+    """(SOP Class UID, Transfer Syntax UID) → the accepted presentation context's ID."""
     return {
-        (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+        (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id or 0)
         for cx in assoc.accepted_contexts
         if cx.transfer_syntax
     }
@@ -310,23 +294,25 @@ def _accepted(assoc: Association) -> set[tuple[str, str]]:
 def _store_all(
     assoc: Association, dest: Destination, items: Sequence[Sendable], report: StoreReport
 ) -> None:
-    accepted = _accepted(assoc)
-    for item in items:
-        uid = item.sop_instance_uid
-        if (item.sop_class_uid, item.transfer_syntax_uid) not in accepted:
-            report.statuses[uid] = None
-            report.unsendable.add(uid)
-            continue
-        status = assoc.send_c_store(item.path)
-        if not status or "Status" not in status:
-            report.statuses[uid] = None
-            raise PeerAborted(
-                f"{_where(dest)} aborted the association or did not answer a C-STORE "
-                "within the DIMSE timeout; what it acknowledged is kept, the rest is "
-                "sent again",
-                report,
-            )
-        report.statuses[uid] = int(status.Status)
+    contexts = _contexts(assoc)  # chosen once for the association, not per instance
+    with FastStore(assoc) as sender:
+        for item in items:
+            uid = item.sop_instance_uid
+            context_id = contexts.get((item.sop_class_uid, item.transfer_syntax_uid))
+            if context_id is None:
+                report.statuses[uid] = None
+                report.unsendable.add(uid)
+                continue
+            status = sender.store(item.path, item.sop_class_uid, uid, context_id)
+            if not status or "Status" not in status:
+                report.statuses[uid] = None
+                raise PeerAborted(
+                    f"{_where(dest)} aborted the association or did not answer a C-STORE "
+                    "within the DIMSE timeout; what it acknowledged is kept, the rest is "
+                    "sent again",
+                    report,
+                )
+            report.statuses[uid] = int(status.Status)
 
 
 def _commit(
