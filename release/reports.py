@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from store.models import Report, ReportStatus
+from rules.matcher import RuleSet
+from store.models import Report, ReportStatus, RequestStudy, Study
 
 DELIVERABLE = (ReportStatus.FINAL.value, ReportStatus.CORRECTED.value)
 
@@ -51,3 +52,25 @@ def report_final(s: Session, study_uid: str) -> bool:
             .limit(1)
         )
     )
+
+
+def studies_with_reports(
+    s: Session, request_id: int, rules: RuleSet | None, default: str
+) -> list[str]:
+    """The request's studies whose current reports go in its package: the policy of the
+    rule that attached each study (its ``reports:``), else ``default``
+    (``delivery.reports``: ``never`` or ``with_images``). A study staff attached has no
+    rule: the default."""
+    rows = s.execute(
+        select(RequestStudy.rule, Study.study_uid)
+        .join(Study, Study.id == RequestStudy.study_id)
+        .where(RequestStudy.request_id == request_id)
+        .order_by(RequestStudy.id)
+    ).all()
+    out = []
+    for rule_name, uid in rows:
+        rule = rules.rule(rule_name) if rules is not None and rule_name else None
+        policy = rule.reports if rule is not None and rule.reports is not None else default
+        if policy == "with_images":
+            out.append(uid)
+    return out

@@ -180,6 +180,7 @@ def _compile(rule: Rule, doc: YamlDocument, loc: Loc) -> CompiledRule | list[Pro
         reason=rule.reason,
         retention_days=rule.retention_days,
         release=rule.release,
+        reports=rule.reports,
         source=doc.source,
         line=(doc.mark(loc) or (None, None))[0],
     )

@@ -64,6 +64,7 @@ class CompiledRule:
     reason: str | None = None
     retention_days: int | None = None
     release: ReleasePolicy | None = None
+    reports: str | None = None  # never | with_images; None: delivery.reports
     source: str = "<rules>"
     line: int | None = None
 

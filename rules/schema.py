@@ -47,7 +47,9 @@ Keys of a rule: ``name``, ``description``, ``when``, ``action`` (``release``, ``
 ``{from: ATTRIBUTE, pattern: REGEX}`` whose group ``(?P<FIELD>...)`` named after the
 field is the joined value), ``retention_days`` (discard only), ``reason`` (reject and
 hold only), ``release`` (release rules only: when the released studies may go out,
-an embargo ``after: 72h`` and/or ``until: report_final``; see :mod:`rules.policy`).
+an embargo ``after: 72h`` and/or ``until: report_final``; see :mod:`rules.policy`),
+``reports`` (release rules only: ``never`` or ``with_images``, whether the studies'
+final reports go in the package; default node.yaml's ``delivery.reports``).
 
 A condition (``when: {ATTRIBUTE: CONDITION}``) is a bare value (equals) or a mapping of
 operators that must all hold: ``equals``, ``one_of: [...]``, ``prefix``, ``regex``
@@ -233,6 +235,7 @@ class Rule(BaseModel):
     retention_days: int | None = Field(default=None, ge=1, le=36500)
     reason: StrictStr | None = Field(default=None, max_length=500)
     release: ReleasePolicy | None = None
+    reports: Literal["never", "with_images"] | None = None
 
     @property
     def catch_all(self) -> bool:
@@ -251,6 +254,8 @@ def rule_problems(rule: Rule) -> list[tuple[Loc, str]]:
         out.append((("join",), "join applies to release rules only: remove it"))
     if rule.retention_days is not None and rule.action != "discard":
         out.append((("retention_days",), "retention_days applies to discard rules only"))
+    if rule.reports is not None and rule.action != "release":
+        out.append((("reports",), "reports: applies to release rules only"))
     if rule.release is not None and rule.action != "release":
         out.append((("release",), "release: (when to send) applies to release rules only"))
     if rule.reason is not None and rule.action not in ("reject", "hold"):
