@@ -8,10 +8,14 @@ messages name what is expected; :mod:`node.config` adds the file, line and dotte
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from delivery.window import DeliveryWindow, WindowError, parse_zone
+
+if TYPE_CHECKING:
+    from delivery.packaging.viewer import ViewerOptions
 from release.policy import ReleasePolicy
 
 
@@ -217,6 +221,27 @@ class DeliverySettings(BaseModel):
         "child process is killed (no preview for that series). Default 20.",
     )
 
+    offline_viewer: bool = Field(
+        default=True,
+        description="Put the offline viewer in every package part and on every disc: "
+        "VIEWER/index.html (INDEX.HTM at a disc's root) shows every image, pre-rendered, "
+        "in any browser with nothing to install and no network. Default true.",
+    )
+    offline_viewer_max_side: int = Field(
+        default=1024,
+        ge=128,
+        le=4096,
+        description="Pixels: the longer side of the offline viewer's images (smaller "
+        "images are not enlarged). Default 1024.",
+    )
+    offline_viewer_quality: int = Field(
+        default=85,
+        ge=30,
+        le=95,
+        description="JPEG quality (30-95) of the offline viewer's images; 85 is the "
+        "renderer's own and the fastest (others are re-encoded). Default 85.",
+    )
+
     @field_validator("window")
     @classmethod
     def _window(cls, v: str) -> str:
@@ -265,6 +290,19 @@ class DeliverySettings(BaseModel):
                 f"({self.retry_base_s:g}); the cap must be at least the first wait"
             )
         return self
+
+    def offline_viewer_options(self) -> ViewerOptions | None:
+        """How packages and discs get their offline viewer (None: ``offline_viewer`` off);
+        decoding under the ``preview_*`` limits."""
+        if not self.offline_viewer:
+            return None
+        from delivery.packaging.viewer import ViewerOptions
+        from imaging import RenderLimits
+
+        limits = RenderLimits(
+            self.preview_max_pixels, self.preview_memory_mb, self.preview_timeout_s
+        )
+        return ViewerOptions(self.offline_viewer_max_side, self.offline_viewer_quality, limits)
 
     def delivery_window(self) -> DeliveryWindow:
         """The validated ``window`` in ``timezone``."""
