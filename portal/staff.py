@@ -5,6 +5,7 @@
 (resend, revoke, extend, re-issue, mark for CD, cancel), :mod:`portal.staff_discs`
 (the CD burn queue: write the disc image, download it, mark it burned, cancel it),
 :mod:`portal.staff_identity` (studies held because their patient identity differs),
+:mod:`portal.staff_hold` (release a request its release policy holds now, or hold it longer),
 :mod:`portal.staff_reports` (the figures as charts with their numbers),
 :mod:`portal.staff_studies_pages` (every study received; attach, rules again or discard
 a held one),
@@ -22,6 +23,7 @@ from portal import (
     staff_actions,
     staff_auth,
     staff_discs,
+    staff_hold,
     staff_identity,
     staff_keys,
     staff_reports,
@@ -75,6 +77,7 @@ router.include_router(staff_auth.router)
 router.include_router(home)
 router.include_router(staff_requests.router)
 router.include_router(staff_actions.router)
+router.include_router(staff_hold.router)
 router.include_router(staff_discs.router)
 router.include_router(staff_keys.router)
 router.include_router(staff_identity.router)

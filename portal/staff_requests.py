@@ -24,6 +24,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -46,6 +47,7 @@ from portal.staff_studies import (
     studies_on_pacs,
 )
 from portal.staff_studies_waiting import why_waiting
+from release.embargo import HOLDABLE, describe
 from release.errors import InvalidRequest, RequestConflict, RequestNotFound
 from release.mismatch import mismatches
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
@@ -85,6 +87,8 @@ DONE = {
     "identity-attach": "The study was attached despite the identity mismatch (audited).",
     "identity-dismiss": "The study stays held; it will not be attached to this request.",
     "study-attach": "The held study was attached to this request (audited).",
+    "release-now": "The request was released (audited): it goes with the next delivery.",
+    "hold": "The request is held as you asked (audited).",
 }
 STATES = [str(s) for s in RequestState]
 
@@ -446,6 +450,10 @@ def detail_page(
         mismatches=held,
         waiting=waiting,
         link=link_status(ctx.sessions, [req.id]).get(req.id),  # queued is not accepted
+        # The release policy's hold (an embargo, the wait for the report): portal.staff_hold.
+        hold=describe(req, ZoneInfo(ctx.delivery.timezone), ctx.clock()),
+        hold_actions=RequestState(req.state) in HOLDABLE,
+        zone=ctx.delivery.timezone,
     )
 
 
