@@ -1,0 +1,170 @@
+"""Issue 13 section 3: "Ask for more time" on the files page and the expired-link page.
+
+The real app over SQLite and PostgreSQL, an injected clock: the first ask extends the
+patient's link once by ``delivery.patient_extend_days``; the next alerts staff (once a
+day) and tells the patient what happens next; the expired-link page does the same for
+the link in its cookie and nothing for anyone else; CSRF and the per-address limit
+refuse before anything is written; every ask is on the request's timeline.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, update
+
+from delivery.settings import DeliverySettings
+from store.models import Grant, Notification, ReleaseRequest, RequestState
+from tests.conftest import Database
+from tests.portal import patient_rig
+from tests.portal.patient_rig import STAFF, BuiltPackage, Rig, make_rig, post, sign_in
+
+rig = patient_rig.rig
+built_package = patient_rig.built_package
+
+
+def _alerts(rig: Rig) -> int:
+    with rig.db.sessions() as s:
+        n = s.scalar(
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.kind == "alert_more_time", Notification.recipient == STAFF)
+        )
+    return int(n or 0)
+
+
+def _reasons(rig: Rig, request_id: int) -> list[str]:
+    return [e.reason for e in rig.events(request_id)]
+
+
+def test_the_files_page_extends_once_then_tells_staff(rig: Rig) -> None:
+    p = rig.patient()
+    patient = rig.client()
+    sign_in(rig, patient, p.token)
+    before = rig.grant(p.grant_id).expires_at
+    page = patient.get("/files").text
+    assert "make your link work 14 days longer, once" in page and 'id="more-time"' in page
+    r = post(patient, "/files/extend")
+    assert r.status_code == 200 and 'id="more-time-result"' in r.text
+    assert "Done: your link now works until" in r.text
+    g = rig.grant(p.grant_id)
+    assert g.expires_at == before + timedelta(days=14) and g.extended_at == rig.clock()
+    assert any("extended their link by 14 days" in x for x in _reasons(rig, p.request_id))
+    assert "ask the hospital for more time" in patient.get("/files").text
+    assert _alerts(rig) == 0
+    # The second ask: staff are told, the patient reads what happens next.
+    r = post(patient, "/files/extend")
+    assert r.status_code == 200 and "We have told the hospital" in r.text
+    assert rig.grant(p.grant_id).expires_at == before + timedelta(days=14)
+    assert _alerts(rig) == 1
+    # Asking again the same day: no second alert, still on the timeline.
+    assert "We have told the hospital" in post(patient, "/files/extend").text
+    assert _alerts(rig) == 1
+    assert any("asked for more time again" in x for x in _reasons(rig, p.request_id))
+    # A day later, one more alert.
+    rig.clock.advance(days=1, minutes=1)
+    sign_in(rig, patient, p.token)
+    post(patient, "/files/extend")
+    assert _alerts(rig) == 2
+    rig.relay()
+    [mail, *_] = [m for m in rig.emails() if str(m["To"]) == STAFF]
+    assert "asks for more time" in str(mail["Subject"])
+
+
+def test_extension_off_alerts_staff_at_the_first_ask(rig: Rig) -> None:
+    rig.ctx.delivery = DeliverySettings(patient_extend_days=0)
+    p = rig.patient()
+    patient = rig.client()
+    sign_in(rig, patient, p.token)
+    before = rig.grant(p.grant_id).expires_at
+    assert "ask the hospital for more time" in patient.get("/files").text
+    assert "We have told the hospital" in post(patient, "/files/extend").text
+    assert rig.grant(p.grant_id).expires_at == before and _alerts(rig) == 1
+    assert any("patient_extend_days is 0" in x for x in _reasons(rig, p.request_id))
+
+
+def _expire(rig: Rig, grant_id: int) -> None:
+    rig.clock.now = rig.grant(grant_id).expires_at + timedelta(hours=1)
+
+
+def test_the_expired_link_page_extends_the_link(rig: Rig) -> None:
+    p = rig.patient(language="ar")
+    client = rig.client()
+    assert client.get(f"/d/{p.token}").status_code == 303
+    _expire(rig, p.grant_id)
+    page = client.get("/access")
+    assert page.status_code == 404 and 'action="/access/extend"' in page.text
+    r = post(client, "/access/extend")
+    assert r.status_code == 200 and 'id="more-time-result"' in r.text
+    assert 'lang="ar"' in r.text and 'href="/access"' in r.text
+    g = rig.grant(p.grant_id)
+    assert g.expires_at == rig.clock() + timedelta(days=14) and g.extended_at is not None
+    # The link works again: the code page, and the whole way in.
+    assert client.get("/access").status_code == 200
+    sign_in(rig, client, p.token)
+    # Once only: after it runs out again, the page tells staff.
+    _expire(rig, p.grant_id)
+    client.get(f"/d/{p.token}")  # signing in ended the link cookie: the email's link again
+    r = post(client, "/access/extend")
+    assert r.status_code == 200 and "أبلغنا المستشفى" in r.text  # in the link's language
+    assert _alerts(rig) == 1
+
+
+def test_an_expired_request_alerts_staff(rig: Rig) -> None:
+    p = rig.patient()
+    client = rig.client()
+    client.get(f"/d/{p.token}")
+    _expire(rig, p.grant_id)
+    with rig.db.sessions() as s, s.begin():
+        s.execute(
+            update(ReleaseRequest)
+            .where(ReleaseRequest.id == p.request_id)
+            .values(state=RequestState.EXPIRED)
+        )
+    r = post(client, "/access/extend")
+    assert r.status_code == 200 and 'href="/access"' not in r.text
+    assert rig.grant(p.grant_id).extended_at is None and _alerts(rig) == 1
+
+
+def test_the_expired_page_does_nothing_for_other_links(rig: Rig) -> None:
+    p, revoked = rig.patient(), rig.patient()
+    with rig.db.sessions() as s, s.begin():
+        s.execute(update(Grant).where(Grant.id == revoked.grant_id).values(revoked_at=rig.clock()))
+    patient = rig.client()
+    sign_in(rig, patient, p.token)
+    share = post(patient, "/files/share", email="gp@clinic.example", show_code="1")
+    assert share.status_code == 200
+    with rig.db.sessions() as s:
+        child = s.scalars(select(Grant).where(Grant.parent_grant_id == p.grant_id)).one()
+    before = rig.counts()
+    for cookie in (None, "not-a-token", revoked.token, rig.keys.token(child)):
+        client = rig.client()
+        if cookie is not None:
+            client.get(f"/d/{cookie}")
+        r = post(client, "/access/extend")
+        assert r.status_code == 404 and "This link cannot be used" in r.text, cookie
+    assert rig.counts() == before
+
+
+def test_csrf_and_the_rate_limit_refuse_first(
+    db: Database, tmp_path: Path, built_package: BuiltPackage
+) -> None:
+    small = make_rig(db, tmp_path, built_package, rate_limit_per_min=5)
+    p = small.patient()
+    client: TestClient = small.client()
+    client.get(f"/d/{p.token}")
+    _expire(small, p.grant_id)
+    assert client.post("/access/extend", data={}).status_code == 403
+    assert small.grant(p.grant_id).extended_at is None
+    statuses = [post(client, "/access/extend").status_code for _ in range(7)]
+    assert statuses[0] == 200 and statuses.count(429) >= 2
+    assert small.grant(p.grant_id).extended_at is not None
+    with small.db.sessions() as s:
+        alerts = s.scalar(
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.kind == "alert_more_time")
+        )
+    assert alerts == 1  # the asks after the extension: one alert, whatever the number
