@@ -18,7 +18,9 @@ from release.requests import RequestBook
 from store.models import AuditEvent, ReleaseRequest, RequestState
 from tests.conftest import Database
 from tests.portal.test_staff import START, Site, make_request, open_site
-from tests.portal.test_staff import cheap_hashes as cheap_hashes  # noqa: F401  (autouse)
+
+# The autouse fixture that makes password hashing cheap, re-exported so it applies here.
+from tests.portal.test_staff import cheap_hashes as cheap_hashes
 
 
 @pytest.fixture
