@@ -8,7 +8,7 @@ messages name what is expected; :mod:`node.config` adds the file, line and dotte
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -240,6 +240,13 @@ class DeliverySettings(BaseModel):
         le=95,
         description="JPEG quality (30-95) of the offline viewer's images; 85 is the "
         "renderer's own and the fastest (others are re-encoded). Default 85.",
+    )
+    reports: Literal["never", "with_images"] = Field(
+        default="never",
+        description="Radiology reports in the package: never, or with_images (the "
+        "studies' final or corrected reports in REPORT/, never a preliminary; a "
+        "correction after delivery becomes a new part and an email). A release rule's "
+        "own reports: wins for its studies. Default never.",
     )
 
     @field_validator("window")
