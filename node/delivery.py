@@ -9,6 +9,8 @@
   polling the outbox every ``RELAY_POLL_S``;
 - the sweep job expires requests whose links ran out and deletes their packages
   ``delivery.purge_grace_days`` later;
+- the reminders job queues one reminder per link about to expire with nothing
+  downloaded (:mod:`delivery.reminders`);
 - the release policy (:class:`release.embargo.ReleaseKeeper`, ``keeper``) holds ready
   requests (an embargo, the wait for the final report): the batch's claim asks its
   gate, the worker's sweeps apply it as requests become ready;
@@ -43,6 +45,7 @@ from delivery.grants import GrantKeys, load_secret
 from delivery.outbox import Outbox
 from delivery.packaging.package import PackageItem
 from delivery.relay import Relay, RetryPolicy
+from delivery.reminders import send_reminders
 from delivery.schedule import DeliveryScheduler
 from delivery.smsbreaker import SmsBreaker
 from imaging import RenderLimits
@@ -167,6 +170,7 @@ class DeliveryService:
             urgent=lambda: self.batch.run(urgent_only=True),
             sweep=self.expire,
             last_batch_at=lambda: self.batch.last_run("batch"),
+            reminders=self.remind,
         )
         self.scheduler.start()
         self._relay_thread = threading.Thread(
@@ -266,6 +270,11 @@ class DeliveryService:
         if self.scheduler is not None:
             self.scheduler.catch_up()
         return expired
+
+    def remind(self) -> int:
+        """The reminders job: one reminder per link about to expire with nothing
+        downloaded (delivery.reminders claims each: every node may run it)."""
+        return send_reminders(self._sessions, self.outbox, self.cfg.delivery, self._clock)
 
     def rules_failed(self) -> None:
         """Alert staff that a rules reload failed (the running rules stay in force)."""
