@@ -8,7 +8,9 @@ Owns the release requests themselves: validation of what staff submit
 rules, with completeness and overdue sweeps (``release.matching``), the moves a request
 makes as studies attach, shared by matching and staff (``release.progress``), the
 patient-identity check every join passes (``release.identity``) and the staff's two
-ways of closing a mismatch (``release.mismatch``), and the figures
+ways of closing a mismatch (``release.mismatch``), the release policy's hold on a ready
+request (an embargo, the wait for the final report; staff release early or hold longer:
+``release.embargo``), and the figures
 read back from the requests' history for staff and the hospital's reporting (outcomes
 per day, time to first download, failures by cause: ``release.report``). Packaging and
 sending (``delivery``) and the web (``portal``) build on it.
