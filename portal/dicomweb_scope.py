@@ -125,7 +125,7 @@ def authorize(ctx: PortalContext, request: Request) -> Scope | JSONResponse:
                 f"the DICOMweb token is {why}; ask for a new one on the files page",
                 {"WWW-Authenticate": 'Bearer realm="dicomweb", error="invalid_token"'},
             )
-    if not ctx.limiter.allow(f"ip:{address}", ctx.portal.rate_limit_per_min, 60):
+    if not ctx.limiter.allow(f"dicomweb-refused:{address}", ctx.portal.rate_limit_per_min, 60):
         return refusal(429, "too many refused requests; wait a minute", {"Retry-After": "60"})
     return failure
 

@@ -28,8 +28,9 @@ import logging
 import re
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 from fastapi import APIRouter, Request, Response
@@ -226,53 +227,74 @@ async def instance_metadata(request: Request, study: str, series: str, sop: str)
 # -- frames ----------------------------------------------------------------------------
 
 
-def read_frames(path: Path, numbers: list[int]) -> tuple[str, str, list[bytes]]:
-    """Frames ``numbers`` (1-based) of the instance at ``path`` as stored: (media type,
-    transfer syntax, frame bytes). Raises :class:`_Missing`."""
+@dataclass(frozen=True)
+class FrameSource:
+    """Where an instance's frames are in its file, read from its header alone: frames
+    are then read one at a time (:meth:`read`), never the whole pixel data (but for the
+    rare Deflated and Big Endian files, whose pixel data is kept in ``whole``)."""
+
+    path: Path
+    media: str  # of each frame as sent
+    transfer_syntax: str  # of each frame as sent
+    count: int  # frames in the instance
+    encapsulated: bool
+    tell: int  # where the pixel data's value starts in the file
+    size: int  # bytes per frame (uncompressed)
+    whole: bytes | None = None
+
+    def read(self, fh: BinaryIO, number: int) -> bytes:
+        """Frame ``number`` (1-based) from ``fh``, the open file; raises :class:`_Missing`."""
+        if self.encapsulated:
+            if self.whole is not None:
+                return get_frame(self.whole, number - 1, number_of_frames=self.count)
+            fh.seek(self.tell)
+            return get_frame(fh, number - 1, number_of_frames=self.count)
+        if self.whole is not None:
+            data = self.whole[(number - 1) * self.size : number * self.size]
+        else:
+            fh.seek(self.tell + (number - 1) * self.size)
+            data = fh.read(self.size)
+        if len(data) != self.size:
+            raise _Missing("the pixel data is shorter than declared")
+        return data
+
+
+def frame_source(path: Path) -> FrameSource:
+    """The frames of the instance at ``path`` as stored; raises :class:`_Missing` when
+    it has no pixel data."""
     with open(path, "rb") as fh:
         ds = pydicom.dcmread(fh, defer_size=1024)
-        ts = UID(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
-        raw = ds.get_item(_PIXEL_DATA, keep_deferred=True)
-        if raw is None or "Rows" not in ds:
-            raise _Missing("the instance has no pixel data")
-        count = int(ds.get("NumberOfFrames", 1) or 1)
-        if any(n > count for n in numbers):
-            raise _Missing("no such frame")
-        if ts.is_encapsulated:
-            if not isinstance(raw, RawDataElement) or raw.value is not None:
-                data = raw.value
-                frames = [get_frame(data, n - 1, number_of_frames=count) for n in numbers]
-            else:
-                frames = []
-                for n in numbers:
-                    fh.seek(raw.value_tell)
-                    frames.append(get_frame(fh, n - 1, number_of_frames=count))
-            media = _FRAME_TYPES.get(ts, "application/octet-stream")
-            return media, ts, frames
-        size = get_expected_length(ds, unit="bytes") // count
-        if ts in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian) or not isinstance(
-            raw, RawDataElement
-        ):
-            whole = pydicom.dcmread(path).PixelData  # rare: inflated or swapped, read whole
-            frames = [whole[(n - 1) * size : n * size] for n in numbers]
-        else:
-            frames = []
-            for n in numbers:
-                fh.seek(raw.value_tell + (n - 1) * size)
-                frames.append(fh.read(size))
-        if any(len(f) != size for f in frames):
-            raise _Missing("the pixel data is shorter than declared")
-        native = ExplicitVRBigEndian if ts == ExplicitVRBigEndian else ExplicitVRLittleEndian
-        return "application/octet-stream", native, frames
+    ts = UID(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
+    raw = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    if raw is None or "Rows" not in ds:
+        raise _Missing("the instance has no pixel data")
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    deferred = isinstance(raw, RawDataElement) and raw.value is None
+    tell = raw.value_tell if isinstance(raw, RawDataElement) else 0
+    if ts.is_encapsulated:
+        media = _FRAME_TYPES.get(ts, "application/octet-stream")
+        whole = None if deferred else bytes(raw.value)
+        return FrameSource(path, media, ts, count, True, tell, 0, whole)
+    size = get_expected_length(ds, unit="bytes") // count
+    whole = None
+    if ts in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian) or not deferred:
+        whole = bytes(pydicom.dcmread(path).PixelData)  # rare: inflated or swapped
+    native = ExplicitVRBigEndian if ts == ExplicitVRBigEndian else ExplicitVRLittleEndian
+    return FrameSource(path, "application/octet-stream", native, count, False, tell, size, whole)
 
 
-def _frames_body(media: str, ts: str, frames: list[bytes], boundary: str) -> bytes:
-    parts = []
-    for frame in frames:
-        head = f"--{boundary}\r\nContent-Type: {media}; transfer-syntax={ts}\r\n\r\n"
-        parts += [head.encode(), frame, b"\r\n"]
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts)
+def _frame_parts(source: FrameSource, numbers: list[int], boundary: str) -> Iterator[bytes]:
+    head = (
+        f"--{boundary}\r\nContent-Type: {source.media}; "
+        f"transfer-syntax={source.transfer_syntax}\r\n\r\n"
+    ).encode()
+    with open(source.path, "rb") as fh:
+        for number in numbers:
+            frame = source.read(fh, number)
+            yield head
+            yield frame
+            yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
 
 
 @router.get(
@@ -287,21 +309,30 @@ async def frames(request: Request, study: str, series: str, sop: str, frames: st
         return got
     ctx, _scope, found = got
     numbers = [int(n) for n in frames.split(",")]
+    boundary = secrets.token_hex(16)
     try:
-        media, ts, data = await run_in_threadpool(read_frames, _path(ctx, found[0]), numbers)
+        source = await run_in_threadpool(frame_source, _path(ctx, found[0]))
+        if any(n > source.count for n in numbers):
+            raise _Missing("no such frame")
+        # The first frame is read before answering: a bad file is refused, not cut short.
+        parts = _frame_parts(source, numbers, boundary)
+        first = await run_in_threadpool(lambda: [next(parts), next(parts)])
     except _Missing:
         return refusal(404, "no such frame")
     except Exception as exc:  # a corrupt file: nothing to send
         log.warning("DICOMweb: frames could not be read (%s)", type(exc).__name__)
         return refusal(422, "the frames of this instance cannot be read")
-    boundary = secrets.token_hex(16)
-    return Response(
-        _frames_body(media, ts, data, boundary),
-        media_type=(
-            f'multipart/related; type="{media}"; transfer-syntax={ts}; boundary={boundary}'
-        ),
+    media, ts = source.media, source.transfer_syntax
+    return StreamingResponse(
+        _chain(first, parts),
+        media_type=f'multipart/related; type="{media}"; transfer-syntax={ts}; boundary={boundary}',
         headers=CORS_HEADERS,
     )
+
+
+def _chain(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield from first
+    yield from rest
 
 
 # -- rendered --------------------------------------------------------------------------
