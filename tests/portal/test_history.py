@@ -37,16 +37,18 @@ class Row:
 
 
 def history(page: str) -> list[Row]:
-    """The rows of the page's access-history table, as shown."""
+    """The entries of the page's access-history list, as shown."""
     assert 'id="history"' in page, "no access history on the page"
-    table = page.split('id="history"', 1)[1].split("</table>", 1)[0]
+    listing = page.split('id="history"', 1)[1].split("</ol>", 1)[0]
     rows = []
-    for tr in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]:  # [0]: the header row
-        cells = re.findall(r"<td>(.*?)</td>", tr, re.S)
-        at = re.search(r'datetime="([^"]+)"', cells[0])
-        action = re.search(r'action="([^"]+)"', cells[3])
-        text = [html.unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in cells[1:3]]
-        rows.append(Row(at.group(1) if at else "", text[0], text[1], action and action.group(1)))
+    for item in re.findall(r"<li>(.*?)</li>", listing, re.S):
+        at = re.search(r'datetime="([^"]+)"', item)
+        who = re.search(r'<span class="who">(.*?)</span>:', item, re.S)
+        what = re.search(r'<span class="what">(.*?)</span>', item, re.S)
+        action = re.search(r'action="([^"]+)"', item)
+        assert at and who and what, item
+        text = [html.unescape(re.sub(r"<[^>]+>", "", m.group(1))).strip() for m in (who, what)]
+        rows.append(Row(at.group(1), text[0], text[1], action and action.group(1)))
     return rows
 
 
@@ -140,8 +142,8 @@ def test_the_history_lists_every_access_newest_first(rig: Rig) -> None:
     # The clinician's rows carry the stop button (the share is active); the patient's not.
     assert {r.revoke for r in rows if r.who == MASKED} == {f"/files/share/{share_id}/revoke"}
     assert {r.revoke for r in rows if r.who == "You"} == {None}
-    table = page.split('id="history"', 1)[1].split("</table>", 1)[0]
-    assert GP not in table  # masked in the history
+    listing = page.split('id="history"', 1)[1].split("</ol>", 1)[0]
+    assert GP not in listing  # masked in the history
 
 
 def test_a_clinician_sees_no_history(rig: Rig) -> None:
