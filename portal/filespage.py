@@ -26,7 +26,9 @@ from sqlalchemy.orm import Session
 
 from delivery.i18n import locale_name
 from portal.context import PortalContext
+from portal.dicomweb_token import section as dicomweb_section
 from portal.grantsession import mask, page
+from portal.history import access_sections
 from portal.pages import language
 from portal.studyzip import built_size, request_studies, study_zips
 from portal.viewer_links import view_section
@@ -230,6 +232,8 @@ def render_files(
         "shown_code": None,
         "notice": None,
     }
+    context.update(access_sections(ctx, s, grant, lang))  # portal.history: patient only
+    context.update(dicomweb_section(ctx))  # portal.dicomweb_page: Open in your own viewer
     context.update(view_section(ctx, s, grant))  # portal.viewer_links: View links
     context.update(extra)
     return page(request, "patient/files.html.j2", status_code=status_code, lang=lang, **context)
