@@ -6,10 +6,12 @@ and :func:`series_entry` (the manifest's series), :func:`readme_files` and
 :func:`part_manifest`.
 
 Order inside a part: the instances (streamed), ``DICOMDIR``, ``PREVIEW/*.jpg``,
-``README.txt``, ``README.html`` and last ``MANIFEST.json``, which lists the size and
-SHA-256 of every entry before it. Headers are read twice per instance (once, without pixel
-data, for the DICOMDIR; once as raw bytes while copying); the second read comes from the
-page cache, and it keeps memory flat: nothing but directory records stays in memory.
+``VIEWER/`` (the offline viewer's images, ``index.html``, script and stylesheet; see
+:mod:`delivery.packaging.viewer`), ``README.txt``, ``README.html`` and last
+``MANIFEST.json``, which lists the size and SHA-256 of every entry before it. Headers
+are read twice per instance (once, without pixel data, for the DICOMDIR; once as raw
+bytes while copying); the second read comes from the page cache, and it keeps memory
+flat: nothing but directory records stays in memory.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from delivery.packaging.errors import MissingInstanceError, UnreadableInstanceEr
 from delivery.packaging.manifest import Counts, SeriesEntry, manifest_bytes
 from delivery.packaging.parts import Sized
 from delivery.packaging.readme import Medium, render_readmes
+from delivery.packaging.viewer import ImageSpool, viewer_files
 from delivery.packaging.zipwriter import Entry, PartWriter
 
 if TYPE_CHECKING:
@@ -205,6 +208,29 @@ def part_manifest(
     )
 
 
+def _write_viewer(
+    writer: PartWriter,
+    part: Sequence[Sized[PackageItem]],
+    *,
+    info: PackageInfo,
+    facts: PackageFacts,
+    viewer: ImageSpool,
+) -> list[str]:
+    """``VIEWER/`` of the part: images streamed from the spool (then deleted), the page."""
+    files, notes = viewer_files(
+        (s.item for s in part), viewer, info=info, series_index=facts.series_index
+    )
+    for file in files:
+        if file.data is not None:
+            writer.add_bytes(file.name, file.data, compress=not file.name.endswith(".jpg"))
+        else:
+            assert file.path is not None
+            with file.path.open("rb", buffering=0) as source:
+                writer.add_file(file.name, source, file.size)
+            file.path.unlink(missing_ok=True)
+    return notes
+
+
 def write_part(
     writer: PartWriter,
     part: Sequence[Sized[PackageItem]],
@@ -214,10 +240,12 @@ def write_part(
     parts: int,
     facts: PackageFacts,
     advance: Callable[[int], None],
+    viewer: ImageSpool | None = None,
 ) -> list[str]:
     """Write part ``number`` of ``parts`` holding ``part`` (package order) into ``writer``.
 
-    Calls ``advance(size)`` after each instance. Returns the part's notes. Raises
+    Calls ``advance(size)`` after each instance. ``viewer``: the rendered images of the
+    offline viewer (None: no ``VIEWER/``). Returns the part's notes. Raises
     :class:`~delivery.packaging.errors.PackageError` subclasses for bad instance files and
     ``OSError`` when writing fails; the caller aborts the writer.
     """
@@ -239,6 +267,9 @@ def write_part(
         else:
             notes.append(f"series {first.series_uid}: no preview: {preview}")
             series.append(series_entry(members, note=preview))
+
+    if viewer is not None:
+        notes += _write_viewer(writer, part, info=info, facts=facts, viewer=viewer)
 
     for name, data in readme_files(info, part=number, parts=parts, counts=facts.counts):
         writer.add_bytes(name, data)

@@ -12,6 +12,9 @@ Each part is self-contained and holds:
 - ``PREVIEW/`` with one JPEG per series (:mod:`delivery.packaging.preview`, decoded in a limited
   child process); a series whose pixels cannot be decoded within the limits gets none,
   and a note in the manifest;
+- ``VIEWER/`` when asked (``viewer=``): the offline viewer, ``VIEWER/index.html`` and every
+  image pre-rendered (:mod:`delivery.packaging.viewer`); an image that cannot be rendered
+  gets a note on the page and in the manifest, never a failed package;
 - ``MANIFEST.json`` (:mod:`delivery.packaging.manifest`): counts, part k of N, size and SHA-256 of
   every other file.
 
@@ -43,6 +46,7 @@ from delivery.packaging.errors import (
 from delivery.packaging.manifest import Counts
 from delivery.packaging.parts import SeriesGroup, Sized, plan_parts
 from delivery.packaging.preview import RenderLimits, series_previews
+from delivery.packaging.viewer import ImageSpool, ViewerOptions, estimate
 from delivery.packaging.zipwriter import PARTIAL_SUFFIX, PartWriter, fsync_dir
 from store.content import DIR_MODE
 
@@ -185,11 +189,18 @@ def _previews(
 
 
 def _planned(
-    group: list[Sized[PackageItem]], previews: dict[str, bytes | str]
-) -> SeriesGroup[PackageItem]:
+    group: list[Sized[PackageItem]],
+    previews: dict[str, bytes | str],
+    viewer: ViewerOptions | None,
+) -> SeriesGroup[Sized[PackageItem]]:
+    """The series for the part plan; with the viewer, each instance also counts its
+    image's estimated bytes (:func:`delivery.packaging.viewer.estimate`)."""
     preview = previews[group[0].item.series_uid]
     size = len(preview) if isinstance(preview, bytes) else 0
-    return SeriesGroup(group[0].item.series_uid, group, size)
+    planned = [
+        Sized(s, s.size + (estimate(s.size, viewer) if viewer is not None else 0)) for s in group
+    ]
+    return SeriesGroup(group[0].item.series_uid, planned, size)
 
 
 def build_package(
@@ -200,6 +211,7 @@ def build_package(
     max_part_bytes: int | None = None,
     progress: Progress | None = None,
     preview_limits: RenderLimits | None = None,
+    viewer: ViewerOptions | None = None,
 ) -> PackageResult:
     """Build the package for ``items`` into the folder ``dest`` (created if missing).
 
@@ -209,7 +221,9 @@ def build_package(
     build did not produce are removed once it succeeds. ``progress`` is called with
     (instance bytes copied, total instance bytes) after each instance. ``preview_limits``
     bound the decoding of the series previews (:mod:`delivery.packaging.preview`; None: the
-    defaults).
+    defaults). ``viewer``: put the offline viewer in every part
+    (:mod:`delivery.packaging.viewer`; None: no ``VIEWER/``); its images are rendered in a
+    thread while the instances are copied.
 
     Raises :class:`MissingInstanceError` / :class:`UnreadableInstanceError` for an instance
     file that is missing, unreadable or not the instance the item names, and
@@ -224,7 +238,10 @@ def build_package(
         raise ValueError(f"reference {info.reference!r}: use letters, digits and dashes")
     groups = _series_groups(_checked(items))
     previews = _previews(groups, preview_limits)
-    plan = plan_parts([_planned(g, previews) for g in groups], max_part_bytes)
+    plan = [
+        [s.item for s in part]
+        for part in plan_parts([_planned(g, previews, viewer) for g in groups], max_part_bytes)
+    ]
     # The parent too: mkdir(parents=True) gives the folders it adds the umask's mode.
     dest.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     dest.mkdir(exist_ok=True, mode=DIR_MODE)
@@ -248,6 +265,11 @@ def build_package(
 
     writers: list[PartWriter] = []
     notes: list[str] = []
+    spool = None
+    if viewer is not None:
+        spool = ImageSpool.beside(
+            [[s.item for s in g] for g in groups], dest, info.reference, viewer
+        ).start()
     try:
         for number, (name, part) in enumerate(zip(names, plan, strict=True), start=1):
             writer = PartWriter(dest / name, info.created)
@@ -260,6 +282,7 @@ def build_package(
                 parts=len(plan),
                 facts=facts,
                 advance=advance,
+                viewer=spool,
             )
             writer.finish()
         for writer in writers:
@@ -274,6 +297,9 @@ def build_package(
                 "free disk space or fix permissions there, then re-run delivery"
             ) from exc
         raise
+    finally:
+        if spool is not None:
+            spool.close()
     _remove_stale(dest, info.reference, set(names))
     return PackageResult(
         parts=tuple(w.final for w in writers),

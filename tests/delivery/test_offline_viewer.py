@@ -1,0 +1,190 @@
+"""The offline viewer in a package (``VIEWER/``): files, manifest, notes, escaping, parts."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import JPEG2000Lossless
+
+from delivery.packaging.package import PackageInfo, build_package
+from delivery.packaging.viewer import FOLDER, INDEX, ViewerOptions, level1, shown
+from delivery.settings import DeliverySettings
+from tests import synthetic
+from tests.delivery.test_package import (
+    CREATED,
+    INFO,
+    check_part,
+    items_for,
+    sources_of,
+    unpack,
+)
+
+OPTIONS = ViewerOptions(max_side=256)
+
+
+def _names(part: Path) -> list[str]:
+    with zipfile.ZipFile(part) as zf:
+        return zf.namelist()
+
+
+def test_every_image_is_in_the_viewer_and_listed_in_the_manifest(tmp_path: Path) -> None:
+    items = items_for(synthetic.make_ct_series(tmp_path / "src", n_slices=5, rows=64, cols=64))
+    result = build_package(items, tmp_path / "out", info=INFO, viewer=OPTIONS)
+    manifest = check_part(result.parts[0], tmp_path / "x", sources_of(items))  # hashes too
+    listed = {f["path"] for f in manifest["files"]}
+    images = sorted(p for p in listed if p.startswith(f"{FOLDER}/S001/"))
+    assert images == [f"VIEWER/S001/{n:05d}.jpg" for n in range(1, 6)]
+    assert {INDEX, "VIEWER/viewer.js", "VIEWER/viewer.css"} <= listed
+    root = tmp_path / "x"
+    assert all((root / p).read_bytes()[:3] == b"\xff\xd8\xff" for p in images)
+    page = (root / INDEX).read_text("utf-8")
+    for name in images:
+        assert f'href="{name.removeprefix("VIEWER/")}"' in page  # the no-JavaScript list
+    assert '<script src="viewer.js"></script>' in page
+    assert "<style" not in page and "onclick" not in page  # no inline script or style
+    assert not result.notes
+    # Nothing of the spool is left beside the package.
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["CR-ABCD-EFGH-K.zip"]
+
+
+def test_the_dicomdir_is_the_same_with_and_without_the_viewer(tmp_path: Path) -> None:
+    items = items_for(synthetic.make_ct_series(tmp_path / "src", n_slices=3, rows=64, cols=64))
+    plain = build_package(items, tmp_path / "plain", info=INFO)
+    viewer = build_package(items, tmp_path / "viewer", info=INFO, viewer=OPTIONS)
+    records = []
+    for k, result in enumerate((plain, viewer)):
+        root = unpack(result.parts[0], tmp_path / f"x{k}")
+        ds = pydicom.dcmread(root / "DICOMDIR")
+        del ds.file_meta.MediaStorageSOPInstanceUID  # a fresh File-set UID per build
+        records.append([r.to_json_dict() for r in ds.DirectoryRecordSequence])
+    assert records[0] == records[1]
+    assert not (tmp_path / "x0" / FOLDER).exists() and (tmp_path / "x1" / INDEX).is_file()
+
+
+def test_setting_on_by_default_and_off_means_no_viewer() -> None:
+    assert DeliverySettings().offline_viewer is True
+    options = DeliverySettings().offline_viewer_options()
+    assert options is not None and options.max_side == 1024
+    assert options.limits is not None and options.limits.memory_mb == 512
+    assert DeliverySettings(offline_viewer=False).offline_viewer_options() is None
+    tuned = DeliverySettings(offline_viewer_max_side=512, offline_viewer_quality=70)
+    assert tuned.offline_viewer_options() == ViewerOptions(
+        512,
+        70,
+        DeliverySettings().offline_viewer_options().limits,  # type: ignore[union-attr]
+    )
+
+
+def test_a_corrupt_series_gets_a_note_and_the_package_is_built(tmp_path: Path) -> None:
+    studies = synthetic.make_transfer_syntax_studies(
+        tmp_path / "src", syntaxes=[JPEG2000Lossless, synthetic.ExplicitVRLittleEndian]
+    )
+    for path in studies[JPEG2000Lossless]:  # same length, garbage codestream
+        ds = pydicom.dcmread(path)
+        frame = bytearray(ds.PixelData)
+        frame[40:-40] = bytes(len(frame) - 80)
+        ds.PixelData = bytes(frame)
+        ds.save_as(path, enforce_file_format=True)
+    items = items_for([p for ps in studies.values() for p in ps])
+    result = build_package(items, tmp_path / "out", info=INFO, viewer=OPTIONS)
+    manifest = check_part(result.parts[0], tmp_path / "x", sources_of(items))
+    broken = items[0].series_uid
+    assert any(n.startswith(f"series {broken}: offline viewer") for n in manifest["notes"])
+    page = (tmp_path / "x" / INDEX).read_text("utf-8")
+    assert "The images of this series cannot be shown here" in page
+    names = _names(result.parts[0])
+    good = [n for n in names if re.fullmatch(r"VIEWER/S\d{3}/\d{5}\.jpg", n)]
+    assert len(good) == len(studies[synthetic.ExplicitVRLittleEndian])
+
+
+def test_header_text_is_escaped_isolated_and_made_visible(tmp_path: Path) -> None:
+    paths = synthetic.make_ct_series(tmp_path / "src", n_slices=2, rows=32, cols=32)
+    hostile = '<script>alert(1)</script>\x1b[31m\u202egpj.exe "&'
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.SeriesDescription = hostile
+        ds.save_as(path, enforce_file_format=True)
+    items = items_for(paths)
+    result = build_package(items, tmp_path / "out", info=INFO, viewer=OPTIONS)
+    with zipfile.ZipFile(result.parts[0]) as zf:
+        page = zf.read(INDEX).decode("utf-8")
+    assert "<script>alert" not in page and "\x1b" not in page and "\u202e" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;\\x1b[31m\\u202egpj.exe &#34;&amp;" in page
+    assert re.search(r"<bdi>&lt;script&gt;.*?</bdi>", page)
+    assert shown("a\u2066b\x00c") == "a\\u2066b\\x00c"
+
+
+def test_each_part_has_a_viewer_of_its_own_images(tmp_path: Path) -> None:
+    items = items_for(synthetic.make_small_instances(tmp_path / "src", n=12, n_series=3))
+    result = build_package(
+        items, tmp_path / "out", info=INFO, max_part_bytes=100_000, viewer=OPTIONS
+    )
+    assert len(result.parts) > 1
+    total = 0
+    for k, part in enumerate(result.parts):
+        manifest = check_part(part, tmp_path / f"x{k}", sources_of(items))
+        images = [f for f in manifest["files"] if f["path"].endswith(".jpg")]
+        images = [f for f in images if f["path"].startswith("VIEWER/")]
+        assert len(images) == manifest["counts"]["instances"]
+        assert (tmp_path / f"x{k}" / INDEX).is_file()
+        total += len(images)
+    assert total == len(items)
+
+
+def test_the_page_speaks_the_request_language(tmp_path: Path) -> None:
+    items = items_for(synthetic.make_ct_series(tmp_path / "src", n_slices=1, rows=32, cols=32))
+    info = PackageInfo("CR-ABCD-EFGH-K", "ar", "x", CREATED)
+    result = build_package(items, tmp_path / "out", info=info, viewer=OPTIONS)
+    with zipfile.ZipFile(result.parts[0]) as zf:
+        page = zf.read(INDEX).decode("utf-8")
+        readme = zf.read("README.txt").decode("utf-8")
+    assert '<html lang="ar" dir="rtl">' in page
+    assert "Your images" not in page
+    assert "VIEWER" in readme
+
+
+@pytest.mark.parametrize("language", ["ar", "zh-Hans"])
+def test_catalog_translates_every_viewer_string(language: str) -> None:
+    from babel.messages.extract import extract_from_dir
+    from babel.messages.pofile import read_po
+
+    from delivery.i18n import LOCALE_DIR, locale_name
+    from delivery.packaging.viewer import ASSETS
+
+    found = extract_from_dir(
+        str(ASSETS),
+        method_map=[("**.j2", "jinja2")],
+        options_map={"**.j2": {"extensions": "jinja2.ext.i18n"}},
+    )
+    msgids = {m for _, _, m, _, _ in found if isinstance(m, str)}
+    assert "Your images" in msgids
+    po = LOCALE_DIR / locale_name(language) / "LC_MESSAGES" / "readme.po"
+    with po.open("rb") as f:
+        catalog = read_po(f)
+    placeholder = re.compile(r"%\(\w+\)s")
+    for msgid in sorted(msgids):
+        message = catalog.get(msgid)
+        assert message is not None and message.string, f"{language}: untranslated: {msgid!r}"
+        assert sorted(placeholder.findall(str(message.string))) == sorted(
+            placeholder.findall(msgid)
+        ), msgid
+
+
+def test_level1_names() -> None:
+    assert level1("VIEWER/index.html") == "VIEWER/INDEX.HTM"
+    assert level1("VIEWER/S001/00001.jpg") == "VIEWER/S001/00001.JPG"
+    assert level1("VIEWER/viewer.css") == "VIEWER/VIEWER.CSS"
+
+
+def test_manifest_of_a_viewer_package_is_valid_json(tmp_path: Path) -> None:
+    items = items_for(synthetic.make_ct_series(tmp_path / "src", n_slices=2, rows=32, cols=32))
+    result = build_package(items, tmp_path / "out", info=INFO, viewer=OPTIONS)
+    with zipfile.ZipFile(result.parts[0]) as zf:
+        manifest = json.loads(zf.read("MANIFEST.json"))
+    assert manifest["counts"]["instances"] == 2
