@@ -90,7 +90,8 @@ class PackageInfo:
 
     ``reference`` names the files (letters, digits and dashes); ``language`` is a BCP 47
     tag (``en``, ``ar``, ``zh-Hans``; others fall back to English); ``contact`` is the
-    staff contact text shown to the patient.
+    staff contact text shown to the patient. ``reports``: ``(path, bytes)`` of the
+    ``REPORT/`` files (:mod:`delivery.report_render`), written into the first part.
     """
 
     reference: str
@@ -98,6 +99,7 @@ class PackageInfo:
     contact: str
     created: datetime
     expires: datetime | None = None
+    reports: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
