@@ -72,6 +72,8 @@ def test_pynetdicom_internals_are_what_the_fast_send_expects() -> None:
     assert callable(assoc._check_received_status)
     assert "self.socket = " in inspect.getsource(AssociationSocket.__init__)
     assert "block" in inspect.signature(DIMSEServiceProvider.get_msg).parameters
+    assert isinstance(assoc.dul._run_loop_delay, float)
+    assert "time.sleep(self._run_loop_delay)" in inspect.getsource(type(assoc.dul).run_reactor)
     # Its own send pauses the reactor the same way, and the reactor waits on the event.
     send = inspect.getsource(Association.send_c_store)
     assert "self._reactor_checkpoint.clear()" in send
