@@ -19,6 +19,10 @@ The layout is an IHE PDI medium (PS3.12 Annex F, ISO 9660 level 1):
   other file; no previews). Level 1 allows only 8.3 names, so a Joliet tree repeats
   everything with the long names ``README.txt``, ``README.html``, ``MANIFEST.json``, which
   Windows, macOS and Linux show; the manifest lists those names.
+- with ``viewer=``, the offline viewer: ``VIEWER/`` (``index.html`` and every image
+  pre-rendered, :mod:`delivery.packaging.viewer`; level 1 names ``VIEWER/INDEX.HTM``,
+  ``VIEWER/S001/00001.JPG``) and ``INDEX.HTM`` at the root, the IHE PDI web content,
+  which opens it; the manifest lists them like every other file.
 
 Each instance is read three times, one file at a time: its SHA-256 and its header (for
 the manifest and the DICOMDIR, which pycdlib lays out *before* the instances, so they are
@@ -66,6 +70,7 @@ from delivery.packaging.errors import (
 )
 from delivery.packaging.manifest import Counts
 from delivery.packaging.package import PackageInfo, PackageItem
+from delivery.packaging.viewer import ImageSpool, ViewerOptions, disc_index, level1, viewer_files
 from delivery.packaging.zipwriter import CHUNK, Entry, fsync_dir, temporary_name
 from store.content import FILE_MODE
 
@@ -293,6 +298,36 @@ def _add_bytes(iso: pycdlib.PyCdlib, name: str, data: bytes) -> Entry:
     return Entry(name, len(data), hashlib.sha256(data).hexdigest())
 
 
+def _add_viewer(
+    iso: pycdlib.PyCdlib,
+    ordered: list[PackageItem],
+    spool: ImageSpool,
+    info: PackageInfo,
+) -> tuple[list[Entry], list[str]]:
+    """``VIEWER/`` (images from the spool, left there until the image is written) and
+    ``INDEX.HTM`` at the root, which opens it; returns their manifest entries and notes."""
+    index = {uid: n for n, uid in enumerate(dict.fromkeys(i.series_uid for i in ordered), 1)}
+    files, notes = viewer_files(ordered, spool, info=info, series_index=index, medium="disc")
+    listed: list[Entry] = []
+    folders = {name.rsplit("/", 1)[0] for name in (f.name for f in files)}
+    for folder_id in _directories(f"{f}/x" for f in folders):
+        iso.add_directory(iso_path=f"/{folder_id.upper()}", joliet_path=f"/{folder_id}")
+    for file in files:
+        iso_path, joliet_path = f"/{level1(file.name)};1", f"/{file.name}"
+        if file.data is not None:
+            data = file.data
+            iso.add_fp(io.BytesIO(data), len(data), iso_path=iso_path, joliet_path=joliet_path)
+        else:
+            assert file.path is not None
+            data = file.path.read_bytes()  # one small JPEG: its hash for the manifest
+            iso.add_file(str(file.path), iso_path=iso_path, joliet_path=joliet_path)
+        listed.append(Entry(file.name, len(data), hashlib.sha256(data).hexdigest()))
+    page = disc_index()
+    iso.add_fp(io.BytesIO(page), len(page), iso_path="/INDEX.HTM;1", joliet_path="/INDEX.HTM")
+    listed.append(Entry("INDEX.HTM", len(page), hashlib.sha256(page).hexdigest()))
+    return listed, notes
+
+
 def _medium(size: int) -> str | None:
     if size <= CD_BYTES:
         return "CD"
@@ -337,12 +372,14 @@ def write_disc_image(
     info: PackageInfo,
     force: bool = False,
     progress: Progress | None = None,
+    viewer: ViewerOptions | None = None,
 ) -> DiscResult:
     """Write ``items`` (a request's stored instances) as an ISO 9660 image at ``out_path``.
 
     The layout, the checks and the atomic write are in the module docstring; the volume
     label is :func:`volume_label` of ``info.reference``. ``progress(done, total)`` is called
-    with image bytes as pycdlib writes.
+    with image bytes as pycdlib writes. ``viewer``: put the offline viewer on the disc
+    (``VIEWER/`` and ``INDEX.HTM`` at the root; :mod:`delivery.packaging.viewer`).
 
     Raises :class:`DiscTargetError` when ``out_path``'s folder is missing or not writable
     or ``out_path`` is a folder, :class:`DiscExistsError` when it exists and not ``force``
@@ -368,6 +405,10 @@ def write_disc_image(
         ) from exc
     sources: list[_Source] = []
     iso = pycdlib.PyCdlib()
+    spool = None
+    if viewer is not None:
+        groups = list(by_series(ordered))
+        spool = ImageSpool.beside(groups, folder, out_path.name, viewer).start()
     try:
         with out:
             entries: dict[str, tuple[int, str]] = {}
@@ -395,9 +436,22 @@ def write_disc_image(
                 )
                 listed.append(entry)
             listed.append(_add_bytes(iso, "DICOMDIR", dicomdir.data))
+            notes = list(dicomdir.notes)
+            if spool is not None:
+                viewer_entries, viewer_notes = _add_viewer(iso, ordered, spool, info)
+                listed += viewer_entries
+                notes += viewer_notes
             series = [series_entry(members) for members in by_series(ordered)]
             counts = Counts(len({s.study_uid for s in series}), len(series), len(ordered))
-            readmes = readme_files(info, part=1, parts=1, counts=counts, medium="disc", label=label)
+            readmes = readme_files(
+                info,
+                part=1,
+                parts=1,
+                counts=counts,
+                medium="disc",
+                label=label,
+                viewer=spool is not None,
+            )
             for name, data in readmes:
                 listed.append(_add_bytes(iso, name, data))
             manifest = part_manifest(
@@ -407,7 +461,7 @@ def write_disc_image(
                 package_counts=counts,
                 series=series,
                 entries=listed,
-                notes=dicomdir.notes,
+                notes=notes,
             )
             _add_bytes(iso, "MANIFEST.json", manifest)
 
@@ -439,6 +493,8 @@ def write_disc_image(
     finally:
         with contextlib.suppress(Exception):
             iso.close()
+        if spool is not None:
+            spool.close()
     log.info("disc image of %s written: %d instances, %d bytes", info.reference, len(ordered), size)
     return DiscResult(
         path=out_path,
@@ -449,5 +505,5 @@ def write_disc_image(
         series=counts.series,
         instances=counts.instances,
         medium=_medium(size),
-        notes=tuple(dicomdir.notes),
+        notes=tuple(notes),
     )

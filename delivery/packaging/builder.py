@@ -155,10 +155,12 @@ def readme_files(
     counts: Counts,
     medium: Medium = "zip",
     label: str | None = None,
+    viewer: bool = False,
 ) -> list[tuple[str, bytes]]:
     """``README.txt`` and ``README.html`` (name, UTF-8 bytes) in the request's language;
     ``counts`` are the whole package's. A disc (``medium="disc"``) passes its volume
-    ``label``; see :func:`delivery.packaging.readme.render_readmes`."""
+    ``label``; ``viewer``: the part has the offline viewer; see
+    :func:`delivery.packaging.readme.render_readmes`."""
     text, html = render_readmes(
         language=info.language,
         reference=info.reference,
@@ -172,6 +174,7 @@ def readme_files(
         instances=counts.instances,
         medium=medium,
         label=label,
+        viewer=viewer,
     )
     return [("README.txt", text.encode("utf-8")), ("README.html", html.encode("utf-8"))]
 
@@ -271,7 +274,9 @@ def write_part(
     if viewer is not None:
         notes += _write_viewer(writer, part, info=info, facts=facts, viewer=viewer)
 
-    for name, data in readme_files(info, part=number, parts=parts, counts=facts.counts):
+    for name, data in readme_files(
+        info, part=number, parts=parts, counts=facts.counts, viewer=viewer is not None
+    ):
         writer.add_bytes(name, data)
     writer.add_bytes(
         "MANIFEST.json",

@@ -158,6 +158,7 @@ def render_readmes(
     instances: int,
     medium: Medium = "zip",
     label: str | None = None,
+    viewer: bool = False,
 ) -> tuple[str, str]:
     """Return ``(README.txt, README.html)`` for one part, in ``language`` (BCP 47).
 
@@ -165,7 +166,8 @@ def render_readmes(
     ``medium="zip"`` (the default) is the downloaded part's text; ``medium="disc"`` is the
     disc's, which names the disc by ``label`` (its volume label, required) and leaves out
     ``expires`` (a disc does not expire). Raises ``ValueError`` for a disc without a label
-    or in more than one part (a disc image is always whole).
+    or in more than one part (a disc image is always whole). ``viewer``: the part (or disc)
+    has the offline viewer, which the README then points to first.
     """
     if medium == "disc" and not label:
         raise ValueError("a disc README needs the disc's volume label (label=)")
@@ -184,6 +186,7 @@ def render_readmes(
         "places": _PLACES[medium],
         "disc": medium == "disc",
         "label": label,
+        "viewer": viewer,
     }
     tag = language or SOURCE_LANGUAGE
     text = render("readme.txt.j2", tag, DOMAIN, **context)
