@@ -42,7 +42,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -63,6 +63,7 @@ from delivery.packaging.package import (
     sweep_partial,
 )
 from delivery.packaging.preview import RenderLimits
+from delivery.report_render import ReportFile, report_files
 from release.embargo import releasable
 from release.errors import InvalidTransition
 from release.requests import RequestBook
@@ -76,6 +77,7 @@ from store.models import (
     JobRun,
     Package,
     ReleaseRequest,
+    ReportDelivery,
     RequestEvent,
     RequestState,
     RequestStudy,
@@ -121,11 +123,16 @@ class DeliveryBatch:
         clock: Callable[[], datetime] = utcnow,
         dicom: DicomDelivery | None = None,
         gate: Callable[[Session, ReleaseRequest, datetime], bool] | None = None,
+        report_studies: Callable[[Session, int], list[str]] | None = None,
     ) -> None:
         """``gate(session, request, now)`` runs in the claim's transaction and says
         whether a ready request may be packaged now (the release policy:
-        :meth:`release.embargo.ReleaseKeeper.gate`); None: every ready request may."""
+        :meth:`release.embargo.ReleaseKeeper.gate`); None: every ready request may.
+        ``report_studies(session, request_id)``: the request's studies whose current
+        reports go in ``REPORT/`` (``delivery.reports`` and the rules'
+        ``reports:``, :func:`release.reports.studies_with_reports`); None: no reports."""
         self._gate = gate
+        self._report_studies = report_studies
         self._sessions = sessions
         self._dicom = dicom
         self._grace = timedelta(days=purge_grace_days)
@@ -336,6 +343,7 @@ class DeliveryBatch:
         started = time.monotonic()
         try:
             items = package_items(self._sessions, self._content, req.id)
+            reports = self._reports(req)
             result = build_package(
                 items,
                 self._dir / req.reference,
@@ -344,6 +352,7 @@ class DeliveryBatch:
                     language=req.language,
                     contact=self._contact,
                     created=now,
+                    reports=tuple((r.name, r.data) for r in reports),
                 ),
                 max_part_bytes=self._max_part,
                 progress=progress,
@@ -353,8 +362,25 @@ class DeliveryBatch:
             self._fail(req, f"package could not be built: {exc}")
             return "failed"
         metrics.package_built(time.monotonic() - started)
-        self._notify(req, result, now, sorted({i.study_uid for i in items}))
+        self._notify(
+            req, result, now, sorted({i.study_uid for i in items}), [r.report_id for r in reports]
+        )
         return "notified"
+
+    def _reports(self, req: ReleaseRequest) -> list[ReportFile]:
+        """The ``REPORT/`` files of the request (none when its policy sends none). A
+        report that cannot be read raises OSError: the package fails, never silently
+        without the report the policy promised."""
+        if self._report_studies is None:
+            return []
+        with guarded(self._sessions) as s:
+            uids = self._report_studies(s, req.id)
+            if not uids:
+                return []
+            try:
+                return report_files(s, self._content, uids, req.language)
+            except (ValueError, AttributeError, KeyError) as exc:  # pydicom on a bad file
+                raise OSError(f"a report of the request could not be read ({exc})") from None
 
     def _send_dicom(self, reference: str) -> str:
         if self._dicom is None:
@@ -373,7 +399,12 @@ class DeliveryBatch:
             return self._dicom.deliver(reference)
 
     def _notify(
-        self, req: ReleaseRequest, result: PackageResult, now: datetime, studies: list[str]
+        self,
+        req: ReleaseRequest,
+        result: PackageResult,
+        now: datetime,
+        studies: list[str],
+        report_ids: Sequence[int] = (),
     ) -> None:
         with guarded(self._sessions) as s, s.begin():
             fresh = s.get(ReleaseRequest, req.id)
@@ -396,6 +427,15 @@ class DeliveryBatch:
             )
             s.add(package)
             s.flush()
+            for report_id in report_ids:  # what a later correction is compared with
+                s.add(
+                    ReportDelivery(
+                        report_id=report_id,
+                        request_id=req.id,
+                        package_id=package.id,
+                        delivered_at=now,
+                    )
+                )
             grant = new_grant(
                 s, self._keys, fresh, package_id=package.id, link_days=fresh.link_days, now=now
             )
