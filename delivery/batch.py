@@ -63,6 +63,7 @@ from delivery.packaging.package import (
     sweep_partial,
 )
 from delivery.packaging.preview import RenderLimits
+from delivery.packaging.viewer import ViewerOptions
 from delivery.report_render import ReportFile, report_files
 from release.embargo import releasable
 from release.errors import InvalidTransition
@@ -119,6 +120,7 @@ class DeliveryBatch:
         contact: str = "",
         max_part_bytes: int | None = None,
         preview_limits: RenderLimits | None = None,
+        viewer: ViewerOptions | None = None,
         purge_grace_days: int = 0,
         clock: Callable[[], datetime] = utcnow,
         dicom: DicomDelivery | None = None,
@@ -144,6 +146,7 @@ class DeliveryBatch:
         self._contact = contact
         self._max_part = max_part_bytes
         self._preview_limits = preview_limits
+        self._viewer = viewer  # the offline viewer in every package (None: none)
         self._clock = clock
 
     def recover(self) -> list[str]:
@@ -357,6 +360,7 @@ class DeliveryBatch:
                 max_part_bytes=self._max_part,
                 progress=progress,
                 preview_limits=self._preview_limits,
+                viewer=self._viewer,
             )
         except (PackageError, OSError) as exc:
             self._fail(req, f"package could not be built: {exc}")

@@ -36,6 +36,7 @@ from delivery.discs import DiscRefused, open_job, study_uids
 from delivery.packaging.errors import PackageError
 from delivery.packaging.items import package_items
 from delivery.packaging.package import PackageInfo
+from delivery.packaging.viewer import ViewerOptions
 from release.requests import RequestBook
 from store.audit import record
 from store.catalog import guarded
@@ -86,10 +87,12 @@ def write_job_image(
     audit_actor: str,
     contact: str = "",
     clock: Callable[[], datetime] = utcnow,
+    viewer: ViewerOptions | None = None,
 ) -> DiscResult:
     """Write the disc image of request ``request_id``'s open job and record it (see the
     module docstring); returns what was written. An image already recorded whose file
-    still exists is not written again. Raises :class:`DiscRefused`."""
+    still exists is not written again. ``viewer``: the offline viewer on the disc
+    (``delivery.offline_viewer``). Raises :class:`DiscRefused`."""
     claimed = clock()
     with guarded(sessions) as s, s.begin():
         req = s.get(ReleaseRequest, request_id)
@@ -118,7 +121,7 @@ def write_job_image(
         info = PackageInfo(reference=reference, language=language, contact=contact, created=claimed)
         # force: the path is ours alone (claimed above); a file there is a stale image
         # of an earlier job of this request, or one a crash left unrecorded.
-        result = write_disc_image(items, out, info=info, force=True)
+        result = write_disc_image(items, out, info=info, force=True, viewer=viewer)
     except (PackageError, OSError) as exc:
         _release(sessions, job_id, claimed)
         raise DiscRefused(f"No disc image was written: {exc}") from exc

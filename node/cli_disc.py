@@ -85,7 +85,12 @@ def run_export_iso(args: argparse.Namespace, cfg: Config) -> int:
         )
         with _bar(bool(args.json), req.reference) as progress:
             result = write_disc_image(
-                items, args.out, info=info, force=args.force, progress=progress
+                items,
+                args.out,
+                info=info,
+                force=args.force,
+                progress=progress,
+                viewer=cfg.delivery.offline_viewer_options(),
             )
         reason = f"disc image written ({result.instances} instances)"
         try:

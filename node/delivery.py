@@ -136,6 +136,7 @@ class DeliveryService:
             preview_limits=RenderLimits(
                 d.preview_max_pixels, d.preview_memory_mb, d.preview_timeout_s
             ),
+            viewer=d.offline_viewer_options(),
             purge_grace_days=d.purge_grace_days,
             clock=clock,
             dicom=self.dicom,

@@ -64,6 +64,7 @@ def _write(ctx: PortalContext, request_id: int, staff: Staff) -> None:
         audit_actor=actor_of("staff", staff.username),
         contact=ctx.contact,
         clock=ctx.clock,
+        viewer=ctx.delivery.offline_viewer_options(),
     )
 
 

@@ -194,6 +194,7 @@ def ensure(ctx: PortalContext, package_folder: str, target: StudyZip) -> Path:
                     ctx.delivery.preview_memory_mb,
                     ctx.delivery.preview_timeout_s,
                 ),
+                viewer=ctx.delivery.offline_viewer_options(),  # delivery.offline_viewer
             )
         except OSError as exc:
             if isinstance(exc, PackageError):
