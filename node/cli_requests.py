@@ -139,6 +139,12 @@ def add_request_parsers(
     create.add_argument("--language", default="en", help=f"one of {', '.join(SUPPORTED_LANGUAGES)}")
     create.add_argument("--urgency", default=Urgency.OVERNIGHT, help="overnight (default) or now")
     create.add_argument("--link-days", type=int, default=30, help="link lifetime, 1-365 days")
+    create.add_argument(
+        "--tell-patient-when",
+        action="store_true",
+        help="if the release policy holds the request (an embargo, the wait for the "
+        "report), email the patient when to expect their link",
+    )
     create.add_argument("--note", default="", help="free text for staff (at most 2000 characters)")
     create.add_argument("--requested-by", help="who asked (default: your login name)")
     create.add_argument("--idempotency-key", help="the same key again returns the same request")
@@ -311,6 +317,7 @@ def _draft_data(args: argparse.Namespace) -> dict[str, Any]:
         "language": args.language,
         "urgency": args.urgency,
         "link_days": args.link_days,
+        "tell_patient_when": args.tell_patient_when,
         "note": args.note,
         "requested_by": args.requested_by or _login(),
     }

@@ -283,6 +283,7 @@ def draft_data(
         "language": form.get("language") or "en",
         "urgency": form.get("urgency") or str(Urgency.OVERNIGHT),
         "link_days": form.get("link_days") or "30",
+        "tell_patient_when": form.get("tell_patient_when") == "on",
         "note": form.get("note"),
         "requested_by": staff.username,
     }
@@ -343,6 +344,7 @@ _KEPT = (
     "language",
     "urgency",
     "link_days",
+    "tell_patient_when",
     "note",
     "form_key",
     "pacs_listed",

@@ -228,7 +228,9 @@ class ReleaseKeeper:
     is node.yaml's ``delivery.release`` (None: release at once); ``zone`` the site's time
     zone (``delivery.timezone``); ``on_staff_hold(session, request)`` runs in the
     transaction that holds a request for staff after the report did not come (the node
-    queues the staff alert there).
+    queues the staff alert there); ``on_expected(session, request, verdict)`` in the one
+    that first holds a request whose staff asked at request time that the patient be told
+    when to expect the link (``tell_patient_when``; the node queues that email there).
     """
 
     def __init__(
@@ -241,6 +243,7 @@ class ReleaseKeeper:
         zone: tzinfo | str = "UTC",
         clock: Callable[[], datetime] = utcnow,
         on_staff_hold: Callable[[Session, ReleaseRequest], None] | None = None,
+        on_expected: Callable[[Session, ReleaseRequest, Verdict], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._book = book
@@ -249,6 +252,7 @@ class ReleaseKeeper:
         self.zone: tzinfo = ZoneInfo(zone) if isinstance(zone, str) else zone
         self._clock = clock
         self._on_staff_hold = on_staff_hold
+        self._on_expected = on_expected
 
     # -- applying the policy ------------------------------------------------------------
 
@@ -289,6 +293,10 @@ class ReleaseKeeper:
             log.info("request %s: release hold %r", req.reference, found.kind or "none")
         if found.kind == STAFF and changed and self._on_staff_hold is not None:
             self._on_staff_hold(s, req)
+        told = first and found.kind in (EMBARGO, REPORT) and found.until is not None
+        if told and req.tell_patient_when and req.recipient_email and self._on_expected:
+            self._on_expected(s, req, found)  # the email commits with the hold
+            note(s, req, ACTOR, "patient emailed when to expect the link (staff asked)", now)
         s.flush()
         return found
 

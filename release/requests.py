@@ -134,6 +134,7 @@ class RequestBook:
                 created_at=now,
                 updated_at=now,
                 due_by=draft.due_by,
+                tell_patient_when=draft.tell_patient_when,
             )
             req.selections = [
                 RequestSelection(

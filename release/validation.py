@@ -274,6 +274,9 @@ class RequestDraft(BaseModel):
     requested_by: Text200
     idempotency_key: Text200 | None = None
     due_by: datetime | None = None
+    # Email the patient when to expect the link if the release policy holds the request
+    # (an embargo, the wait for the report): release.embargo.
+    tell_patient_when: bool = False
 
     @field_validator("patient_id")
     @classmethod

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
     true,
 )
@@ -236,6 +237,9 @@ class ReleaseRequest(Base):
     hold_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # When the policy was applied to the request (NULL: not yet; it is, once ready).
     hold_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Staff asked, at request time, that the patient be told when to expect the link
+    # when the release policy holds the request (one email, release.embargo).
+    tell_patient_when: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     selections: Mapped[list[RequestSelection]] = relationship(
         back_populates="request", order_by="RequestSelection.id"
