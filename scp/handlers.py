@@ -8,6 +8,7 @@ C-STORE handler catches everything itself, logs without patient data, and answer
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,47 +21,86 @@ from telemetry import metrics
 log = logging.getLogger("courier.scp")
 
 
-def _peer(event: evt.Event) -> Peer:
-    assoc = event.assoc
-    return Peer(
-        calling_ae=str(assoc.requestor.ae_title).strip(),
-        called_ae=str(assoc.acceptor.ae_title).strip(),
-        host=str(assoc.requestor.address),
-    )
-
-
 def handle_echo(event: evt.Event) -> int:
     """C-ECHO: 0x0000 Success (the node is up and accepting associations)."""
     return 0x0000
 
 
 def handle_store(event: evt.Event, ingest: Ingest) -> int:
-    """C-STORE: store durably via ``ingest`` and answer its status."""
+    """C-STORE (pynetdicom's path): store durably via ``ingest`` and answer its status."""
     request: Any = event.request
     try:
-        path = Path(event.dataset_path)
         spooled = request._dataset_file
-        status = int(
-            ingest.store(
-                spooled if isinstance(spooled, spool.SpoolFile) else None,
-                path,
-                str(request.AffectedSOPClassUID),
-                str(request.AffectedSOPInstanceUID),
-                _peer(event),
-            )
+        return store_spooled(
+            ingest,
+            event.assoc,
+            spooled if isinstance(spooled, spool.SpoolFile) else None,
+            str(request.AffectedSOPClassUID),
+            str(request.AffectedSOPInstanceUID),
+            str(event.context.transfer_syntax),
+            Path(event.dataset_path),
         )
-        metrics.instance_answered(
-            status, event.context.transfer_syntax, getattr(spooled, "size", 0)
-        )
-        return status
     except Exception as exc:  # never let pynetdicom answer 0xC211 on its own
         log.error("C-STORE failed unexpectedly (%s); answering 0x0110", type(exc).__name__)
         return int(Status.PROCESSING_FAILURE)
 
 
+def store_spooled(
+    ingest: Ingest,
+    assoc: Any,
+    spooled: spool.SpoolFile | None,
+    sop_class: str,
+    sop_instance: str,
+    transfer_syntax: str,
+    path: Path | None = None,
+) -> int:
+    """Store one spooled C-STORE dataset (either receive path); the status to answer.
+
+    Never raises: the unexpected is logged (no patient data) and answered 0x0110.
+    """
+    try:
+        if path is None:
+            assert spooled is not None
+            path = Path(spooled.name)
+        status = int(
+            ingest.store(
+                spooled,
+                path,
+                sop_class,
+                sop_instance,
+                Peer(
+                    calling_ae=str(assoc.requestor.ae_title).strip(),
+                    called_ae=str(assoc.acceptor.ae_title).strip(),
+                    host=str(assoc.requestor.address),
+                ),
+            )
+        )
+        metrics.instance_answered(status, transfer_syntax, getattr(spooled, "size", 0))
+        return status
+    except Exception as exc:
+        log.error("C-STORE failed unexpectedly (%s); answering 0x0110", type(exc).__name__)
+        return int(Status.PROCESSING_FAILURE)
+
+
+def fast_store_hook(ingest: Ingest) -> Any:
+    """The C-STORE hook of :mod:`scp.fastpath`, bound to ``ingest``."""
+
+    def hook(
+        assoc: Any, spooled: spool.SpoolFile, sop_class: str, sop_instance: str, ts: str
+    ) -> int:
+        return store_spooled(ingest, assoc, spooled, sop_class, sop_instance, ts)
+
+    return hook
+
+
 def handle_closed(event: evt.Event) -> None:
     """Connection closed or aborted: delete a dataset that was still arriving."""
     spool.discard_pending(event.assoc)
+    dul: Any = getattr(event.assoc, "dul", None)
+    # The fast path's file is the socket thread's own: only it may delete it (it also
+    # does when it ends).
+    if dul is threading.current_thread() and hasattr(dul, "discard_pending"):
+        dul.discard_pending()
 
 
 def handle_rejected(event: evt.Event) -> None:

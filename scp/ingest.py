@@ -139,7 +139,7 @@ class Ingest:
                 return Status(refused)
         with self._lock_for(sop_instance):
             try:
-                return self._durable(path, rel, header, peer)
+                return self._durable(path, rel, header, peer, spooled)
             except DiskFull:
                 log.warning("content store full; answering A700 uid=%s", sop_instance)
                 return Status.OUT_OF_RESOURCES_DISK
@@ -147,8 +147,13 @@ class Ingest:
                 log.warning("%s; answering A701 uid=%s", exc, sop_instance)
                 return Status.OUT_OF_RESOURCES_DB
 
-    def _durable(self, path: Path, rel: str, header: Header, peer: Peer) -> Status:
-        sha, size = sha256_of(path)
+    def _durable(
+        self, path: Path, rel: str, header: Header, peer: Peer, spooled: SpoolFile | None
+    ) -> Status:
+        if spooled is not None and spooled.size == path.stat().st_size:
+            sha, size = spooled.digest.hexdigest(), spooled.size  # hashed as it arrived
+        else:
+            sha, size = sha256_of(path)
         rec = _record(header, peer, sha, size, rel)
         # Placing never overwrites, so the common path (a new instance) needs no
         # look-up first: the link either creates the file (ours) or finds one there.

@@ -35,21 +35,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, _config, evt
-from pynetdicom.acse import ACSE
-from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import (
@@ -59,7 +55,7 @@ from pynetdicom.transport import (
 )
 from pynetdicom.utils import make_target
 
-from scp import handlers
+from scp import fastpath, handlers
 from scp.admission import Admission, Limits, RequestRefused, read_associate_rq
 from scp.commitment import ReportBook
 from scp.commitment_reports import STORAGE_COMMITMENT
@@ -124,72 +120,26 @@ class CourierAE(AE):
     admission: Admission
     pdu_timeout: float  # scp.network_timeout_s
     max_associate_rq: int  # scp.max_associate_rq_bytes
-
-
-class PolicyACSE(ACSE):
-    """ACSE that applies :class:`Policy` and takes an association slot before
-    pynetdicom's own negotiation."""
-
-    def _negotiate_as_acceptor(self) -> None:
-        assoc = self.assoc
-        ae: CourierAE = assoc.ae  # type: ignore[assignment]
-        rq: Any = self.requestor.primitive
-        calling = str(rq.calling_ae_title).strip()
-        called = str(rq.called_ae_title).strip()
-        host = str(self.requestor.address)
-        reject = ae.policy.check(calling, called, host)
-        if not reject:
-            if ae.admission.take_slot(trusted=ae.policy.trusted(calling, host)):
-                # Held until this association's thread ends (CourierAssociation.run).
-                assoc.on_exit.append(ae.admission.release_slot)  # type: ignore[attr-defined]
-            else:
-                reject = REJECT_LIMIT
-        if reject:
-            metrics.association_refused(*reject)
-            self.requestor.ae_title = calling
-            self.send_reject(*reject)
-            evt.trigger(assoc, evt.EVT_REJECTED, {})
-            assoc.kill()
-            return
-        super()._negotiate_as_acceptor()
+    store_hook: fastpath.StoreHook | None  # the C-STORE path (scp.fast_store), or None
 
 
 class BoundedSocket(AssociationSocket):
     """Refuses oversized PDUs and gives each PDU a deadline to arrive in full.
 
     ``unread`` holds bytes already read from the socket (the A-ASSOCIATE-RQ, read by
-    admission); the DUL gets them first.
-
-    The DUL polls ``ready`` every ``_REACTOR_DELAY``; an association that has been
-    quiet for ``_IDLE_AFTER`` waits up to ``_IDLE_WAIT`` in ``select`` instead (without
-    the GIL), so a dozen idle associations do not slow a working one down (the
-    100-instance push of tests/test_scp_connections.py took ~3x as long without this).
+    admission); the DUL gets them first. The DUL (:class:`scp.fastpath.FastDUL`) blocks
+    in ``select`` on this socket, so an idle association costs nothing.
     """
 
     max_read: int = 16 * 1024 * 1024
     pdu_timeout: float = 60.0
     unread: bytes = b""
-    last_data: float = 0.0  # time.monotonic() of the last incoming data
 
     @property
     def ready(self) -> bool:
-        if self.unread:
-            return True
-        sock = self.socket
-        if (
-            sock is not None
-            and time.monotonic() - self.last_data > _IDLE_AFTER
-            and not (isinstance(sock, ssl.SSLSocket) and sock.pending())
-        ):
-            with contextlib.suppress(OSError, ValueError):
-                select.select([sock], [], [], _IDLE_WAIT)
-        if super().ready:
-            self.last_data = time.monotonic()
-            return True
-        return False
+        return bool(self.unread) or super().ready
 
     def recv(self, nr_bytes: int) -> bytearray:
-        self.last_data = time.monotonic()  # an answer (the A-ASSOCIATE-AC) may follow
         if self.unread:
             head, self.unread = self.unread[:nr_bytes], self.unread[nr_bytes:]
             if len(head) == nr_bytes:
@@ -234,41 +184,6 @@ class BoundedSocket(AssociationSocket):
         finally:
             view.release()
         return buf
-
-
-class CourierAssociation(Association):
-    """An acceptor that runs ``after_response`` callables once a request is answered.
-
-    pynetdicom marks the reactor paused while a handler runs, so a ``send_*`` from
-    another thread during the handler could go out before the handler's response. A
-    follow-up runs on this thread after the response was queued, with the reactor
-    still paused (no incoming message is taken from under it).
-    """
-
-    def __init__(self, ae: Any, mode: str) -> None:
-        super().__init__(ae, mode)
-        self.after_response: list[Callable[[], None]] = []
-        # Run when this association's thread ends: admission's connection and slot.
-        self.on_exit: list[Callable[[], None]] = []
-
-    def run(self) -> None:
-        try:
-            super().run()
-        finally:
-            for release in self.on_exit:
-                release()
-
-    def _serve_request(self, msg: Any, context_id: int) -> None:
-        super()._serve_request(msg, context_id)
-        follow_ups, self.after_response = self.after_response, []
-        for follow_up in follow_ups:
-            self._is_paused = True  # our own send_* must not wait for this thread
-            try:
-                follow_up()
-            except Exception as exc:  # a follow-up must not end the association
-                log.error("follow-up after a response failed (%s)", type(exc).__name__)
-            finally:
-                self._is_paused = False
 
 
 class CourierRequestHandler(RequestHandler):
@@ -316,22 +231,19 @@ class CourierRequestHandler(RequestHandler):
         request: socket.socket = self.request
         return request
 
-    def _create_association(self) -> CourierAssociation:
-        from pynetdicom import _globals
-
+    def _create_association(self) -> Any:
         ae: Any = self.server.ae
         request: socket.socket = self.request
         with contextlib.suppress(OSError):
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assoc = CourierAssociation(ae, _globals.MODE_ACCEPTOR)
-        assoc.acse = PolicyACSE(assoc)
-        assoc._server = self.server
-        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        sock = BoundedSocket(assoc, client_socket=request)
-        sock.max_read = ae.maximum_pdu_size + _CONTROL_PDU_ROOM
-        sock.pdu_timeout = ae.pdu_timeout
-        assoc.set_socket(sock)
-        assoc.dul._run_loop_delay = _REACTOR_DELAY
+
+        def bounded(assoc: Any) -> BoundedSocket:
+            sock = BoundedSocket(assoc, client_socket=request)
+            sock.max_read = ae.maximum_pdu_size + _CONTROL_PDU_ROOM
+            sock.pdu_timeout = ae.pdu_timeout
+            return sock
+
+        assoc = fastpath.new_association(self.server, request, bounded)
         assoc.acceptor.maximum_length = ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title
         assoc.acceptor.address_info = self.local
@@ -339,13 +251,6 @@ class CourierRequestHandler(RequestHandler):
         assoc.acceptor.implementation_version_name = ae.implementation_version_name
         assoc.acceptor.supported_contexts = list(self.server.contexts)
         assoc.requestor.address_info = self.remote
-        server_handlers: Any = self.server._handlers
-        for event in server_handlers:
-            if event.is_intervention and server_handlers[event]:
-                assoc.bind(event, *server_handlers[event])
-            elif isinstance(event, evt.NotificationEvent):
-                for handler in server_handlers[event]:
-                    assoc.bind(event, handler[0], handler[1])
         return assoc
 
 
@@ -357,15 +262,6 @@ class TlsRequestHandler(CourierRequestHandler):
         assert ctx is not None
         timeout = max(0.001, deadline - time.monotonic())
         return handshake(ctx, self.request, tuple(self.client_address[:2]), timeout)
-
-
-# How long an idle association's reactor sleeps between polls. pynetdicom's 1 ms
-# adds up to 2 ms per C-STORE round trip; 0.2 ms costs a little idle CPU instead.
-_REACTOR_DELAY = 0.0002
-# An association quiet for this long polls its socket by blocking in select for up to
-# _IDLE_WAIT: the first answer after a pause may come that much later.
-_IDLE_AFTER = 0.1
-_IDLE_WAIT = 0.005
 
 
 class ReusePortServer(ThreadedAssociationServer):
@@ -468,6 +364,7 @@ def build_ae(settings: ScpSettings, workers: int = 1) -> CourierAE:
     ae.maximum_associations = 1_000_000
     ae.require_called_aet = False
     ae.require_calling_aet = []
+    ae.store_hook = None
     return ae
 
 
@@ -497,6 +394,8 @@ def start_server(
     if reports is None and commitment is not None:
         reports = ReportBook(commitment.sessions)
     ae = build_ae(settings, workers)
+    if settings.fast_store:
+        ae.store_hook = handlers.fast_store_hook(ingest)
     evt_handlers: list[Any] = [
         (evt.EVT_C_ECHO, handlers.handle_echo),
         (evt.EVT_C_STORE, handlers.handle_store, [ingest]),

@@ -115,6 +115,12 @@ class ScpSettings(BaseModel):
         le=64,
         description="Receiving processes sharing the port (SO_REUSEPORT); 2 uses both cores.",
     )
+    fast_store: bool = Field(
+        default=True,
+        description="Receive C-STORE on Courier's own path (command set and response from "
+        "bytes, the dataset streamed to the spool); false: pynetdicom's (slower, same "
+        "statuses).",
+    )
     stable_after_s: float = Field(
         default=60.0,
         gt=0,

@@ -19,6 +19,7 @@ A 2 GB instance therefore never sits in memory: only one PDU at a time does.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import struct
@@ -53,6 +54,8 @@ class SpoolFile:
         self._fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.error: OSError | None = None
         self.size = 0
+        # The file's SHA-256, computed as it is written (ingest need not read it again).
+        self.digest = hashlib.sha256()
         self._fault = fault
         self.closed = False
         with _open_lock:
@@ -74,6 +77,7 @@ class SpoolFile:
             while view:
                 n = os.write(self._fd, view)
                 view = view[n:]
+            self.digest.update(data)
             self.size += len(data)
         except OSError as exc:
             self.error = exc
@@ -144,9 +148,23 @@ def _write_file_meta_info(fp: SpoolFile, meta: bytes) -> None:
     fp.write(meta)
 
 
+# Where C-STORE datasets are spooled in this process (set by install()).
+_installed: tuple[Path, WriteFault | None] | None = None
+
+
+def open_spool() -> SpoolFile | None:
+    """A new spool file in the installed folder; None when :func:`install` was not called."""
+    if _installed is None:
+        return None
+    return SpoolFile(*_installed)
+
+
 def install(folder: Path, fault: WriteFault | None = None) -> None:
-    """Make pynetdicom spool every C-STORE dataset into ``folder`` (process-wide)."""
+    """Spool every C-STORE dataset into ``folder`` (process-wide): the fast path
+    (:mod:`scp.fastpath`) and pynetdicom's chunked receive both."""
+    global _installed
     folder.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    _installed = (folder, fault)
     _config.STORE_RECV_CHUNKED_DATASET = True
 
     def factory(*_args: Any, **_kwargs: Any) -> SpoolFile:
