@@ -4,8 +4,10 @@
 - ``/files/extend``: the patient's own signed-in link (a clinician's session gets 403);
   the files page again, saying until when the link now works, or that the hospital was
   told.
-- ``/access/extend``: the link in the ``__Host-link`` cookie (the neutral page offers the
-  button to everyone, so it stays the same page whatever the reason). A patient's link
+- ``GET /access/more-time``: the form, the same page for everyone (the neutral page links
+  to it, and stays byte for byte the same whatever the reason: it holds no CSRF token).
+  A GET changes nothing (mail scanners).
+- ``POST /access/extend``: the link in the ``__Host-link`` cookie. A patient's link
   that was not revoked or locked gets the answer page (extended: a button to sign in
   again; asked: what happens next); anything else (no cookie, an unknown token, a
   revoked or locked link, a clinician's link) gets the neutral page again and nothing
@@ -95,6 +97,12 @@ def _ask_by_link(ctx: PortalContext, token: str | None) -> tuple[Answer, str] | 
             answer = ask(s, ctx.outbox, grant, ctx.delivery.patient_extend_days, now)
             s.commit()
             return answer, grant.language
+
+
+@router.get("/access/more-time", include_in_schema=False)
+async def more_time_form(request: Request) -> Response:
+    """The expired-link page's "Ask for more time" form (reads nothing)."""
+    return page(request, "patient/extend_ask.html.j2")
 
 
 @router.post("/access/extend", include_in_schema=False)

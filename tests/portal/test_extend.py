@@ -95,7 +95,10 @@ def test_the_expired_link_page_extends_the_link(rig: Rig) -> None:
     assert client.get(f"/d/{p.token}").status_code == 303
     _expire(rig, p.grant_id)
     page = client.get("/access")
-    assert page.status_code == 404 and 'action="/access/extend"' in page.text
+    assert page.status_code == 404 and 'href="/access/more-time"' in page.text
+    form = client.get("/access/more-time")  # a GET: the same page for all, nothing done
+    assert form.status_code == 200 and 'action="/access/extend"' in form.text
+    assert rig.grant(p.grant_id).extended_at is None
     r = post(client, "/access/extend")
     assert r.status_code == 200 and 'id="more-time-result"' in r.text
     assert 'lang="ar"' in r.text and 'href="/access"' in r.text
