@@ -298,6 +298,18 @@ def _add_bytes(iso: pycdlib.PyCdlib, name: str, data: bytes) -> Entry:
     return Entry(name, len(data), hashlib.sha256(data).hexdigest())
 
 
+def _add_reports(iso: pycdlib.PyCdlib, info: PackageInfo) -> list[Entry]:
+    """``REPORT/`` (:mod:`delivery.report_render`: 8.3 names already); its entries."""
+    if not info.reports:
+        return []
+    iso.add_directory(iso_path="/REPORT", joliet_path="/REPORT")
+    listed = []
+    for name, data in info.reports:
+        iso.add_fp(io.BytesIO(data), len(data), iso_path=f"/{name};1", joliet_path=f"/{name}")
+        listed.append(Entry(name, len(data), hashlib.sha256(data).hexdigest()))
+    return listed
+
+
 def _add_viewer(
     iso: pycdlib.PyCdlib,
     ordered: list[PackageItem],
@@ -441,6 +453,7 @@ def write_disc_image(
                 viewer_entries, viewer_notes = _add_viewer(iso, ordered, spool, info)
                 listed += viewer_entries
                 notes += viewer_notes
+            listed += _add_reports(iso, info)
             series = [series_entry(members) for members in by_series(ordered)]
             counts = Counts(len({s.study_uid for s in series}), len(series), len(ordered))
             readmes = readme_files(

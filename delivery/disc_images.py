@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, or_, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.disc import DiscResult, write_disc_image
@@ -37,11 +37,20 @@ from delivery.packaging.errors import PackageError
 from delivery.packaging.items import package_items
 from delivery.packaging.package import PackageInfo
 from delivery.packaging.viewer import ViewerOptions
+from delivery.report_render import render_report
+from release.reports import current_reports
 from release.requests import RequestBook
 from store.audit import record
 from store.catalog import guarded
 from store.content import DIR_MODE, ContentStore
-from store.models import DiscJob, ReleaseRequest, RequestState, utcnow
+from store.models import (
+    DiscJob,
+    ReleaseRequest,
+    Report,
+    ReportDelivery,
+    RequestState,
+    utcnow,
+)
 
 FOLDER = "discs"
 """Where images go, under ``node.data_dir``."""
@@ -118,7 +127,13 @@ def write_job_image(
     try:
         items = package_items(sessions, content, request_id)
         folder.mkdir(exist_ok=True, mode=DIR_MODE)
-        info = PackageInfo(reference=reference, language=language, contact=contact, created=claimed)
+        info = PackageInfo(
+            reference=reference,
+            language=language,
+            contact=contact,
+            created=claimed,
+            reports=delivered_report_files(sessions, content, request_id, language),
+        )
         # force: the path is ours alone (claimed above); a file there is a stale image
         # of an earlier job of this request, or one a crash left unrecorded.
         result = write_disc_image(items, out, info=info, force=True, viewer=viewer)
@@ -135,6 +150,24 @@ def write_job_image(
         _release(sessions, job_id, claimed)
         raise
     return result
+
+
+def delivered_report_files(
+    sessions: sessionmaker[Session], content: ContentStore, request_id: int, language: str
+) -> tuple[tuple[str, bytes], ...]:
+    """The disc carries the reports the request's package went out with (and the
+    updates sent since): the current ones among those delivered to it."""
+    with guarded(sessions) as s:
+        sent = select(ReportDelivery.report_id).where(ReportDelivery.request_id == request_id)
+        uids = s.scalars(
+            select(Report.study_instance_uid).where(Report.id.in_(sent)).distinct()
+        ).all()
+        current = [r for r in current_reports(s, uids) if r.id in set(s.scalars(sent))]
+        files = []
+        for n, report in enumerate(current, start=1):
+            ext, data = render_report(content, report, language)
+            files.append((f"REPORT/RPT{n:03d}.{ext}", data))
+    return tuple(files)
 
 
 def _release(sessions: sessionmaker[Session], job_id: int, claimed: datetime) -> None:

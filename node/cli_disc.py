@@ -76,12 +76,15 @@ def run_export_iso(args: argparse.Namespace, cfg: Config) -> int:
                 EXIT_NOT_FOUND,
                 f"request {req.reference} is cancelled: its studies are not to be released",
             )
+        from delivery.disc_images import delivered_report_files
+
         items = package_items(sessions, content, req.id)
         info = PackageInfo(
             reference=req.reference,
             language=req.language,
             contact=cfg.delivery.contact,
             created=utcnow(),
+            reports=delivered_report_files(sessions, content, req.id, req.language),
         )
         with _bar(bool(args.json), req.reference) as progress:
             result = write_disc_image(

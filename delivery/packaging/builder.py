@@ -273,6 +273,9 @@ def write_part(
 
     if viewer is not None:
         notes += _write_viewer(writer, part, info=info, facts=facts, viewer=viewer)
+    if number == 1:  # the reports (delivery.report_render), once per package
+        for name, data in info.reports:
+            writer.add_bytes(name, data, compress=not name.endswith(".PDF"))
 
     for name, data in readme_files(
         info, part=number, parts=parts, counts=facts.counts, viewer=viewer is not None
