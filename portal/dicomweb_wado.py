@@ -96,20 +96,22 @@ class _Missing(Exception):
 async def _targets(
     request: Request, study: str, series: str | None = None, sop: str | None = None
 ) -> tuple[PortalContext, Scope, list[Stored]] | Response:
+    """The caller's scope and the instances asked for (one trip to a worker thread:
+    token, grant, look-up and the audit), or the refusal to send."""
     ctx = context_of(request)
-    scope = await run_in_threadpool(authorize, ctx, request)
-    if not isinstance(scope, Scope):
-        return scope
 
-    def find() -> list[Stored]:
+    def find() -> tuple[PortalContext, Scope, list[Stored]] | Response:
+        scope = authorize(ctx, request)
+        if not isinstance(scope, Scope):
+            return scope
         with ctx.sessions() as s:
-            return instances(s, scope, study, series, sop)
+            found = instances(s, scope, study, series, sop)
+        if not found:
+            return refusal(404, "no such study, series or instance here")
+        audit_once(ctx, request, scope, study)
+        return ctx, scope, found
 
-    found = await run_in_threadpool(find)
-    if not found:
-        return refusal(404, "no such study, series or instance here")
-    await run_in_threadpool(audit_once, ctx, request, scope, study)
-    return ctx, scope, found
+    return await run_in_threadpool(find)
 
 
 def _path(ctx: PortalContext, x: Stored) -> Path:
@@ -284,16 +286,15 @@ def frame_source(path: Path) -> FrameSource:
 
 
 def _frame_parts(source: FrameSource, numbers: list[int], boundary: str) -> Iterator[bytes]:
+    """One chunk per frame (its part header, the frame, the CRLF), then the closing
+    delimiter; the file is opened once."""
     head = (
         f"--{boundary}\r\nContent-Type: {source.media}; "
         f"transfer-syntax={source.transfer_syntax}\r\n\r\n"
     ).encode()
     with open(source.path, "rb") as fh:
         for number in numbers:
-            frame = source.read(fh, number)
-            yield head
-            yield frame
-            yield b"\r\n"
+            yield b"".join((head, source.read(fh, number), b"\r\n"))
     yield f"--{boundary}--\r\n".encode()
 
 
@@ -311,23 +312,30 @@ async def frames(request: Request, study: str, series: str, sop: str, frames: st
     numbers = [int(n) for n in frames.split(",")]
     boundary = secrets.token_hex(16)
     try:
-        source = await run_in_threadpool(frame_source, _path(ctx, found[0]))
-        if any(n > source.count for n in numbers):
-            raise _Missing("no such frame")
         # The first frame is read before answering: a bad file is refused, not cut short.
-        parts = _frame_parts(source, numbers, boundary)
-        first = await run_in_threadpool(lambda: [next(parts), next(parts)])
+        source, parts, first = await run_in_threadpool(
+            _first_frame, _path(ctx, found[0]), numbers, boundary
+        )
     except _Missing:
         return refusal(404, "no such frame")
     except Exception as exc:  # a corrupt file: nothing to send
         log.warning("DICOMweb: frames could not be read (%s)", type(exc).__name__)
         return refusal(422, "the frames of this instance cannot be read")
     media, ts = source.media, source.transfer_syntax
-    return StreamingResponse(
-        _chain(first, parts),
-        media_type=f'multipart/related; type="{media}"; transfer-syntax={ts}; boundary={boundary}',
-        headers=CORS_HEADERS,
-    )
+    kind = f'multipart/related; type="{media}"; transfer-syntax={ts}; boundary={boundary}'
+    if len(numbers) == 1:  # the usual call of a viewer: one frame, one answer
+        return Response(first + next(parts), media_type=kind, headers=CORS_HEADERS)
+    return StreamingResponse(_chain([first], parts), media_type=kind, headers=CORS_HEADERS)
+
+
+def _first_frame(
+    path: Path, numbers: list[int], boundary: str
+) -> tuple[FrameSource, Iterator[bytes], bytes]:
+    source = frame_source(path)
+    if any(n > source.count for n in numbers):
+        raise _Missing("no such frame")
+    parts = _frame_parts(source, numbers, boundary)
+    return source, parts, next(parts)
 
 
 def _chain(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
