@@ -202,6 +202,12 @@ def shares(s: Session, grant: Grant, now: datetime, lang: str) -> list[ShareView
     return out
 
 
+def _reports(ctx: PortalContext, package: Package) -> dict[str, Any]:
+    from portal.reports_page import report_section  # it reads the manifests through us
+
+    return report_section(ctx, package)
+
+
 def render_files(
     request: Request,
     ctx: PortalContext,
@@ -235,5 +241,6 @@ def render_files(
     context.update(access_sections(ctx, s, grant, lang))  # portal.history: patient only
     context.update(dicomweb_section(ctx))  # portal.dicomweb_page: Open in your own viewer
     context.update(view_section(ctx, s, grant))  # portal.viewer_links: View links
+    context.update(_reports(ctx, package))  # portal.reports_page: the REPORT/ files
     context.update(extra)
     return page(request, "patient/files.html.j2", status_code=status_code, lang=lang, **context)
