@@ -11,7 +11,8 @@ Two ways in, one wait:
 
 - :class:`CommitmentReports` is the in-process meeting point: :meth:`~CommitmentReports.expect`
   registers a transaction, :meth:`~CommitmentReports.handle` is an ``EVT_N_EVENT_REPORT``
-  handler bound on the sending association (or on a :class:`CommitmentListener`).
+  handler bound on the sending association (tests also bind it on a small SCP of their
+  own, ``tests.peers.PynetdicomScp``, as Courier's AE for a peer's new association).
 - :class:`ReportBook` is the durable one, for the main SCP: its receiving processes
   are not the sender's, so :meth:`ReportBook.handle` writes each report as a
   :class:`~store.models.CommitmentReport` row and answers 0x0000 only once it is
@@ -38,12 +39,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import StorageCommitmentPushModel, Verification  # type: ignore[attr-defined]
+from pynetdicom import evt
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -282,39 +281,3 @@ class CommitmentReports:
         if wait is not None:
             wait._set(result)
         return SUCCESS, None  # Success: report received
-
-
-class CommitmentListener:
-    """A small SCP that only takes storage commitment reports (and C-ECHO), for peers
-    that report on a new association. Courier's main SCP may bind
-    :meth:`CommitmentReports.handle` instead; this one serves a port of its own."""
-
-    def __init__(self, reports: CommitmentReports, ae_title: str, host: str, port: int) -> None:
-        self.reports = reports
-        self.ae_title = ae_title
-        self.address = (host, port)
-        self._server: Any = None
-
-    def __enter__(self) -> Self:
-        ae = AE(ae_title=self.ae_title)
-        # The reporting peer is the SCP of the SOP class; it may say so by role
-        # selection (SCP role), which we accept.
-        ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
-        ae.add_supported_context(Verification)
-        self._server = ae.start_server(
-            self.address,
-            block=False,
-            evt_handlers=[(evt.EVT_N_EVENT_REPORT, self.reports.handle)],
-        )
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

@@ -30,7 +30,6 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, build_role, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
 from sqlalchemy import select
 
 from scp.commitment import CommitmentReports, ReportBook
@@ -44,7 +43,7 @@ from store.models import CommitmentReport, DicomSend, ReleaseRequest, RequestSta
 from tests import synthetic
 from tests.conftest import Database
 from tests.delivery.test_dicomsend import N, Rig
-from tests.peers import Orthanc, free_port, have_orthanc, require_peer
+from tests.peers import Orthanc, PynetdicomScp, free_port, have_orthanc, require_peer
 from tests.release.helpers import courier, wait_state
 from tests.scu import close_socket, send
 
@@ -84,11 +83,16 @@ class ReportingPeer:
         self.per_association: list[list[str]] = []
         self.report_statuses: list[int | None] = []
         self._threads: list[threading.Thread] = []
-        self._server: Any = None
-
-    def _store(self, event: evt.Event) -> int:
-        self.per_association[-1].append(str(event.request.AffectedSOPInstanceUID))
-        return 0x0000  # Success
+        # Beside Courier's SCP in this process: it answers C-STOREs without keeping them.
+        self._scp = PynetdicomScp(
+            PEER_AE,
+            port,
+            storage=True,
+            keep_datasets=False,
+            contexts=[STORAGE_COMMITMENT],
+            handlers=[(evt.EVT_N_ACTION, self._n_action)],
+        )
+        self.per_association = self._scp.per_association
 
     def _n_action(self, event: evt.Event) -> tuple[int, None]:
         info = event.action_information
@@ -130,18 +134,7 @@ class ReportingPeer:
         return [self.report(a) for a in held]
 
     def __enter__(self) -> Self:
-        ae = AE(ae_title=PEER_AE)
-        ae.supported_contexts = AllStoragePresentationContexts
-        ae.add_supported_context(STORAGE_COMMITMENT)
-        self._server = ae.start_server(
-            ("127.0.0.1", self.port),
-            block=False,
-            evt_handlers=[
-                (evt.EVT_ACCEPTED, lambda _event: self.per_association.append([])),
-                (evt.EVT_C_STORE, self._store),
-                (evt.EVT_N_ACTION, self._n_action),
-            ],
-        )
+        self._scp.__enter__()
         return self
 
     def __exit__(
@@ -152,8 +145,7 @@ class ReportingPeer:
     ) -> None:
         for thread in self._threads:
             thread.join(WAIT_S)
-        self._server.shutdown()
-        self._server.server_close()
+        self._scp.__exit__(exc_type, exc, tb)
 
 
 def _ref(sop_class: str, sop_instance: str) -> Dataset:

@@ -14,13 +14,15 @@ import json
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pytest
-from pynetdicom import AE, _config, evt
+from pynetdicom import evt
 from pynetdicom.dsutils import split_dataset
-from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StorageCommitmentPushModel,
+    Verification,
+)
 from sqlalchemy import select
 
 from delivery.batch import DeliveryBatch
@@ -30,7 +32,7 @@ from delivery.outbox import Outbox
 from delivery.packaging.package import PackageItem
 from delivery.relay import RetryPolicy
 from release.requests import RequestBook
-from scp.commitment import CommitmentListener, CommitmentReports
+from scp.commitment import CommitmentReports
 from scp.storescu import ScuSettings, StoreReport, attempt
 from store.models import (
     DicomSend,
@@ -43,6 +45,7 @@ from tests.conftest import Database
 from tests.peers import (
     DcmtkStorescp,
     Orthanc,
+    PynetdicomScp,
     free_port,
     have_dcmtk,
     have_orthanc,
@@ -152,65 +155,24 @@ def rig(db: Database, tmp_path: Path) -> Rig:
     return Rig(db, tmp_path)
 
 
-class RecordingScp:
-    """A pynetdicom Storage SCP on loopback that keeps what it receives, per association.
+def recording_scp(
+    port: int, ae_title: str = "HOSP2", *, require_called_ae: bool = False
+) -> PynetdicomScp:
+    """A Storage SCP on loopback that keeps what it receives, per association
+    (``fail_once`` answers 0xA700 the first time that SOP Instance UID arrives)."""
+    return PynetdicomScp(ae_title, port, storage=True, require_called_ae=require_called_ae)
 
-    ``fail_once`` answers 0xA700 the first time that SOP Instance UID arrives.
-    ``require_called_ae`` refuses associations addressed to another AE title.
-    """
 
-    def __init__(
-        self, port: int, ae_title: str = "HOSP2", *, require_called_ae: bool = False
-    ) -> None:
-        self.port = port
-        self.ae_title = ae_title
-        self.require_called_ae = require_called_ae
-        self.fail_once: set[str] = set()
-        self.received: dict[str, bytes] = {}
-        self.per_association: list[list[str]] = []
-        self._server: Any = None
-        self._chunked = False
-
-    def _store(self, event: evt.Event) -> int:
-        uid = str(event.request.AffectedSOPInstanceUID)
-        self.per_association[-1].append(uid)
-        if uid in self.fail_once:
-            self.fail_once.discard(uid)
-            return OUT_OF_RESOURCES  # Refused: out of resources
-        self.received[uid] = bytes(event.request.DataSet.getvalue())
-        return 0x0000  # Success
-
-    def __enter__(self) -> Self:
-        # Courier's own SCP switches pynetdicom to chunked receive process-wide
-        # (scp.spool.install); an earlier test in this process may have started one.
-        # This peer keeps datasets in memory, so it switches it off while it runs.
-        self._chunked = _config.STORE_RECV_CHUNKED_DATASET
-        _config.STORE_RECV_CHUNKED_DATASET = False
-        ae = AE(ae_title=self.ae_title)
-        ae.supported_contexts = AllStoragePresentationContexts
-        ae.require_called_aet = self.require_called_ae
-        self._server = ae.start_server(
-            ("127.0.0.1", self.port),
-            block=False,
-            evt_handlers=[
-                (evt.EVT_ACCEPTED, lambda _event: self.per_association.append([])),
-                (evt.EVT_C_STORE, self._store),
-            ],
-        )
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        _config.STORE_RECV_CHUNKED_DATASET = self._chunked
-
-    def uids(self, association: int) -> list[str]:
-        return self.per_association[association]
+def commitment_listener(reports: CommitmentReports, port: int) -> PynetdicomScp:
+    """Courier's AE on ``port`` taking storage commitment reports (and C-ECHO) for
+    ``reports``: the reporting peer is the SCP of the SOP class and may say so by role
+    selection, which it accepts."""
+    return PynetdicomScp(
+        "COURIER",
+        port,
+        contexts=[(StorageCommitmentPushModel, True, True), Verification],
+        handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)],
+    )
 
 
 # -- dcmtk storescp: no storage commitment ------------------------------------------------
@@ -266,7 +228,7 @@ def test_orthanc_commits_and_every_instance_is_byte_identical(rig: Rig, tmp_path
     port = free_port()
     modalities = {"courier": ("COURIER", "127.0.0.1", port)}
     with (
-        CommitmentListener(rig.reports, "COURIER", "127.0.0.1", port),
+        commitment_listener(rig.reports, port),
         Orthanc(modalities, aet="HOSP3") as orthanc,
     ):
         ref = rig.request(
@@ -303,7 +265,7 @@ def test_a_peer_down_then_up_is_retried(rig: Rig) -> None:
     assert rig.sends(ref) == []
     assert "cannot be reached" in rig.reasons(ref)[-1]
     rig.later()
-    with RecordingScp(port) as peer:
+    with recording_scp(port) as peer:
         assert rig.batch.run(urgent_only=True).delivered == [ref]
     assert rig.sent == [rig.sent[0], rig.sent[0]] and len(rig.sent[0]) == N
     assert peer.received == rig.stored()
@@ -315,7 +277,7 @@ def test_a_failure_status_for_one_instance_resends_only_that_one(rig: Rig) -> No
     ref = rig.request(ae_title="HOSP2", host="127.0.0.1", port=port)
     stored = rig.stored()
     unlucky = sorted(stored)[1]
-    with RecordingScp(port) as peer:
+    with recording_scp(port) as peer:
         peer.fail_once.add(unlucky)
         assert rig.batch.deliver(ref) == "retrying"
         assert f"sent {N}, acknowledged {N - 1}, failed 1" in rig.reasons(ref)[-1]
@@ -331,7 +293,7 @@ def test_a_failure_status_for_one_instance_resends_only_that_one(rig: Rig) -> No
 def test_a_refused_association_fails_the_request_and_alerts_staff(rig: Rig) -> None:
     port = free_port()
     ref = rig.request(ae_title="WRONGAE", host="127.0.0.1", port=port)
-    with RecordingScp(port, "HOSP2", require_called_ae=True) as peer:
+    with recording_scp(port, "HOSP2", require_called_ae=True) as peer:
         assert rig.batch.deliver(ref) == "failed"
     assert peer.per_association == []
     req = rig.book.get(ref)

@@ -6,10 +6,9 @@ for a destination it does not know, so the standard status needs a peer that sen
 from __future__ import annotations
 
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
@@ -17,7 +16,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from scp.pacs_settings import PacsSettings
 from tests import synthetic
-from tests.peers import Orthanc
+from tests.peers import Orthanc, PynetdicomScp
 
 PATIENT = "PULL0001"
 ACCESSION = "PULLACC1"
@@ -58,29 +57,11 @@ def _unknown_destination(event: evt.Event) -> Any:
     yield None, None  # pynetdicom then answers 0xA801 Move Destination Unknown
 
 
-class A801MoveScp:
+def A801MoveScp(port: int) -> PynetdicomScp:
     """A Move SCP on loopback that knows no move destination at all."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self._server: Any = None
-
-    def __enter__(self) -> Self:
-        ae = AE(ae_title="NOWHERE")
-        ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
-        ae.add_supported_context(Verification)
-        self._server = ae.start_server(
-            ("127.0.0.1", self.port),
-            block=False,
-            evt_handlers=[(evt.EVT_C_MOVE, _unknown_destination)],
-        )
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    return PynetdicomScp(
+        "NOWHERE",
+        port,
+        contexts=[StudyRootQueryRetrieveInformationModelMove, Verification],
+        handlers=[(evt.EVT_C_MOVE, _unknown_destination)],
+    )

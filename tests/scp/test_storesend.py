@@ -27,9 +27,9 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.transport import AssociationSocket
 
 from scp import storesend
-from scp.storescu import acknowledged, send_instances
+from scp.storescu import PeerAborted, ScuSettings, acknowledged, send_instances
 from tests import synthetic
-from tests.peers import DcmtkStorescp, have_dcmtk, require_peer
+from tests.peers import DcmtkStorescp, PynetdicomScp, have_dcmtk, require_peer
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,27 @@ def test_many_fragments_arrive_byte_identical(
     assert _received(small_pdu_storescp) == {
         i.sop_instance_uid: synthetic.dataset_bytes(i.path) for i in items
     }
+
+
+def test_a_peer_that_stops_answering_is_an_abort_with_the_acknowledged_kept(
+    ct: list[Path],
+) -> None:
+    items = items_of(ct)
+    hold = threading.Event()
+    peer = PynetdicomScp("HOSP2", storage=True)
+    # The second instance is answered after the sender's DIMSE timeout (bounded wait).
+
+    def slow(uid: str) -> None:
+        if uid == items[1].sop_instance_uid:
+            hold.wait(10)
+
+    peer.before_store = slow
+    settings = ScuSettings("COURIER", 5.0, 1.0, 1.0)
+    try:
+        with peer, pytest.raises(PeerAborted) as caught:
+            send_instances(Dest("HOSP2", "127.0.0.1", peer.port), items, settings=settings)
+    finally:
+        hold.set()
+    statuses = caught.value.report.statuses
+    assert statuses == {items[0].sop_instance_uid: 0, items[1].sop_instance_uid: None}
+    assert "did not answer a C-STORE" in str(caught.value)
