@@ -202,7 +202,8 @@ class Outbox:
         self, s: Session, kind: str, *, reference: str | None, request_id: int | None
     ) -> None:
         """Queue a staff alert (``overdue``, ``failed``, ``locked``, ``rules_reload_failed``,
-        ``disc``: a request put in the CD burn queue by :mod:`delivery.discs`).
+        ``disc``: a request put in the CD burn queue by :mod:`delivery.discs`;
+        ``more_time``: a patient asks for more time, :mod:`portal.more_time`).
 
         Without ``delivery.staff_email`` the alert is kept as ``held``: listed for staff
         (``courier outbox list``), never lost, never sent anywhere else.
