@@ -29,6 +29,10 @@ def request_dict(req: ReleaseRequest) -> dict[str, Any]:
         "created_at": req.created_at,
         "updated_at": req.updated_at,
         "due_by": req.due_by,
+        # The release policy's hold (release.embargo): "" none, embargo, report, staff.
+        "hold": req.hold_kind,
+        "hold_until": req.hold_until,
+        "tell_patient_when": req.tell_patient_when,
         "selection": [
             {"kind": s.kind, "value": s.value, "expected_instances": s.expected_instances}
             for s in req.selections
