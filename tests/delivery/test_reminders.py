@@ -246,3 +246,18 @@ def test_the_scheduler_runs_the_reminder_job() -> None:
         last_batch_at=lambda: None,
     )  # fmt: skip
     assert plain.apscheduler.get_job("reminders") is None
+
+
+def test_opened_without_a_download_is_still_reminded(rig: Rig) -> None:
+    """Signing in is not having the images: only a completed download stops the
+    reminder (the issue's "not opened, or nothing downloaded")."""
+    p = rig.patient()
+    patient = rig.client()
+    sign_in(rig, patient, p.token)
+    assert rig.grant(p.grant_id).first_opened_at is not None
+    _to_window(rig, p)
+    assert send_reminders(rig.db.sessions, rig.ctx.outbox, SETTINGS, rig.clock) == 1
+    rig.relay()
+    [mail] = [m for m in rig.emails() if "Reminder" in str(m["Subject"])]
+    body = mail.get_body(("plain",))
+    assert body is not None and "nothing has been downloaded" in body.get_content()
