@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from imaging import RenderFailed, describe
-from imaging.render import read_header
+from imaging.info import read_facts
 from portal.context import PortalContext
 from portal.studyzip import request_studies
 from store.models import Instance, Package, Series, Study
@@ -146,7 +146,7 @@ def build_index(ctx: PortalContext, s: Session, series_id: int) -> SeriesIndex:
     modality, colour, windows, broken = "", False, list[tuple[float, float]](), 0
     for instance_id, relpath, number in rows:
         try:
-            info = describe(read_header(ctx.content.path(relpath)))
+            info = describe(read_facts(ctx.content.path(relpath)))
         except (RenderFailed, OSError):
             broken += 1
             continue

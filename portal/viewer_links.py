@@ -9,14 +9,17 @@ from sqlalchemy.orm import Session
 
 from portal.context import PortalContext
 from portal.viewer_data import viewer_studies
+from portal.viewer_render import warm
 from store.models import Grant
 
 
 def view_section(ctx: PortalContext, s: Session, grant: Grant) -> dict[str, Any]:
     """``{"viewer": [...]}``: for each study in page order, its viewer address and its
-    series' (positions only); empty without the content store (nothing to render)."""
+    series' (positions only); empty without the content store (nothing to render).
+    Starts a rendering child in the background if none runs."""
     if ctx.content is None:
         return {"viewer": []}
+    warm(ctx)  # a rendering child ready before the patient presses View
     out = []
     for study in viewer_studies(s, grant.request_id):
         base = f"/files/view/{study.number}"

@@ -26,7 +26,6 @@
   var pre = {};           // image number -> Image, loaded ahead (this window only)
   var shown = n;          // the number whose picture is on screen
   var want = n;           // the number asked for last
-  var waiting = null;     // the Image being waited for
   var direction = 1;
   var zoom = 1, panX = 0, panY = 0;
   var ZOOMS = [1, 1.5, 2, 3, 4, 6];
@@ -41,26 +40,52 @@
   function imageUrl(i) { return base + "/" + i + "/image" + suffix; }
   function pageUrl(i) { return base + "/" + i + suffix; }
 
-  function element(i) {
-    var e = pre[i];
-    if (!e) {
-      e = new Image();
-      e.decoding = "async";
-      e.src = imageUrl(i);
-      pre[i] = e;
-    }
-    return e;
+  // Pictures asked for ahead, at most MAX_PENDING at a time (a held key must not queue
+  // hundreds of requests that are stale before they arrive); the newest one that
+  // arrives on the way to the wanted image is shown at once.
+  var MAX_PENDING = 4;
+  function pending() {
+    var n = 0;
+    Object.keys(pre).forEach(function (k) { if (!pre[k].done) { n += 1; } });
+    return n;
   }
-  function prune() {
+  function between(i) {
+    if (want > shown) { return i > shown && i <= want; }
+    if (want < shown) { return i < shown && i >= want; }
+    return i === want && img !== pre[i];
+  }
+  function request(i) {
+    if (i < 1 || i > count || pre[i] || pending() >= MAX_PENDING) { return; }
+    var e = new Image();
+    e.decoding = "async";
+    e.done = false;
+    pre[i] = e;
+    function settle() {
+      if (e.done) { return; }
+      e.done = true;
+      if (pre[i] !== e) { return; }  // dropped meanwhile
+      if (e.naturalWidth > 0 && between(i)) { swap(e, i); }
+      load();
+    }
+    e.addEventListener("load", settle);
+    e.addEventListener("error", settle);
+    e.src = imageUrl(i);
+  }
+  function drop(all) {
     Object.keys(pre).forEach(function (k) {
-      if (Math.abs(k - want) > 12) { delete pre[k]; }
+      var e = pre[k];
+      if (all || Math.abs(k - want) > 8) {
+        delete pre[k];
+        if (!e.done) { e.done = true; e.src = ""; }
+      }
     });
   }
-  function ahead() {
-    for (var d = 1; d <= 4; d++) {
-      var i = want + d * direction;
-      if (i >= 1 && i <= count) { element(i); }
-    }
+  function load() {
+    drop(false);
+    var e = pre[want];
+    if (e && e.done && e.naturalWidth > 0 && shown !== want) { swap(e, want); }
+    request(want);
+    for (var d = 1; d <= 4; d++) { request(want + d * direction); }
   }
   function applyTransform() {
     img.style.transform = zoom === 1 ? "" : "translate(" + panX + "px, " + panY + "px) scale(" + zoom + ")";
@@ -76,27 +101,6 @@
     applyTransform();
     shown = i;
     if (notDrawn) { notDrawn.remove(); notDrawn = null; }
-  }
-  function pump() {
-    if (waiting) { return; }
-    if (shown === want && img.src.indexOf(imageUrl(want)) >= 0) { return; }
-    var i = want;
-    var e = element(i);
-    if (e.complete && e.naturalWidth > 0) {
-      swap(e, i);
-      pump();
-      return;
-    }
-    waiting = e;
-    function done() {
-      e.removeEventListener("load", done);
-      e.removeEventListener("error", done);
-      waiting = null;
-      if (e.naturalWidth > 0) { swap(e, i); }
-      if (want !== shown) { pump(); }
-    }
-    e.addEventListener("load", done);
-    e.addEventListener("error", done);
   }
   function links() {
     var p = want > 1 ? pageUrl(want - 1) : null;
@@ -124,19 +128,16 @@
     want = i;
     caption();
     links();
-    pump();
-    ahead();
-    prune();
+    load();
   }
   function setWindow(newSuffix, c, w, label) {
     suffix = newSuffix;
     centre = c; width = w;
-    pre = {};
+    drop(true);
     windowText.textContent = label ? " · " + label : "";
     links();
     shown = -1;
-    pump();
-    ahead();
+    load();
   }
 
   // Navigation: keys, wheel, slider, links, swipe.
@@ -236,5 +237,7 @@
   stage.addEventListener("pointerup", end);
   stage.addEventListener("pointercancel", end);
 
-  ahead();
+  pre[n] = img;
+  img.done = true;
+  load();
 }());
