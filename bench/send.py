@@ -147,6 +147,18 @@ class Run:
 
 
 def measure(sender: str, items: Sequence[Item]) -> Run:
+    """One push into a fresh storescp. pynetdicom's own sender sometimes loses a response
+    to its association reactor under load (see scp.storesend) and aborts: it gets up to
+    three tries, each failure printed."""
+    for _ in range(2 if sender == "pynetdicom" else 0):
+        try:
+            return _measure(sender, items)
+        except RuntimeError as exc:
+            print(f"{sender}: {exc}; trying again")
+    return _measure(sender, items)
+
+
+def _measure(sender: str, items: Sequence[Item]) -> Run:
     with peers.DcmtkStorescp(AE_TITLE, fork=True) as scp:
         t0 = time.perf_counter()
         cpu = SENDERS[sender](scp.port, items)

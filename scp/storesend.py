@@ -12,7 +12,8 @@ second into dcmtk's ``storescp`` where dcmtk's ``storescu`` sends 700 (``bench/s
 :class:`FastStore`, for a run of C-STOREs on one association:
 
 - pauses the association's reactor once for the run (as ``send_c_store`` does for each
-  message, so that the reactor does not take the responses off the DIMSE queue);
+  message, so that the reactor does not take the responses off the DIMSE queue), and
+  makes sure it is held (:meth:`FastStore._wait_paused`: pynetdicom's own check races);
 - encodes each command set from bytes (six fixed elements, Implicit VR Little Endian);
 - sends the file's dataset bytes as stored (everything after the File Meta Information,
   found from its group length without pydicom), cut into P-DATA-TF PDUs of the peer's
@@ -59,6 +60,8 @@ UNLIMITED_FRAGMENT = 1 << 20
 SEND_BUFFER = 256 * 1024
 # How long to wait for the association's reactor to pause (it checks every 1 ms).
 PAUSE_TIMEOUT_S = 5.0
+# How long the reactor must read as paused before the run starts (see _wait_paused).
+PAUSE_SETTLE_S = 0.003
 # The DUL thread's sleep when it found nothing to do, while a run lasts (pynetdicom's is
 # 1 ms: each response would wait up to that long to be read).
 DUL_IDLE_S = 0.0001
@@ -138,12 +141,32 @@ class FastStore:
         if self._sock is not None:
             # As send_c_store does per message: the reactor must not serve our responses.
             assoc._reactor_checkpoint.clear()
-            deadline = time.monotonic() + PAUSE_TIMEOUT_S
-            while not assoc._is_paused and assoc.is_alive() and time.monotonic() < deadline:
-                time.sleep(0.0001)
+            self._wait_paused(assoc)
             self._idle_s = assoc.dul._run_loop_delay
             assoc.dul._run_loop_delay = DUL_IDLE_S
         return self
+
+    @staticmethod
+    def _wait_paused(assoc: Any) -> None:
+        """Wait until the reactor is held at its checkpoint, and stays there.
+
+        ``send_c_store`` proceeds as soon as it sees ``_is_paused``; but the reactor may
+        have passed the checkpoint just before it was cleared, still showing
+        ``_is_paused``, and its next ``get_msg`` then takes our response (the C-STORE
+        waits out the DIMSE timeout and aborts: pynetdicom's own sender did that now
+        and then under load). A reactor that passed shows ``_is_paused`` False for its
+        1 ms sleep, so it must read True throughout :data:`PAUSE_SETTLE_S`."""
+        deadline = time.monotonic() + PAUSE_TIMEOUT_S
+        settled_at: float | None = None
+        while assoc.is_alive() and time.monotonic() < deadline:
+            now = time.monotonic()
+            if not assoc._is_paused:
+                settled_at = None
+            elif settled_at is None:
+                settled_at = now
+            elif now - settled_at >= PAUSE_SETTLE_S:
+                return
+            time.sleep(0.0001)
 
     def __exit__(
         self,
