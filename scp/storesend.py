@@ -120,6 +120,10 @@ def dataset_offset(path: Path) -> int:
     return int(split_dataset(path)[1])
 
 
+class _PeerGone(Exception):
+    """Writing to the socket failed: the peer closed or reset the connection."""
+
+
 class FastStore:
     """C-STOREs of files on one established association (see the module docstring).
 
@@ -193,10 +197,15 @@ class FastStore:
         message_id = self._message_id
         try:
             self._send(path, sop_class, sop_instance, context_id, message_id)
-        except OSError:
+        except _PeerGone:
             # The peer went away mid-message; the DUL sees the closed connection too.
             assoc.abort()
             return Dataset()
+        except BaseException:
+            # The file could not be read: half a message went out, so the association
+            # cannot carry another; the error is the caller's, as with send_c_store.
+            assoc.abort()
+            raise
         _cx, rsp = assoc.dimse.get_msg(block=True)
         if rsp is None:
             assoc._handle_no_response()  # the DIMSE timeout, or the peer aborted
@@ -223,12 +232,19 @@ class FastStore:
                 data = f.read(min(fragment, left)) if left > 0 else b""
                 left -= len(data)
                 if left > 0 and len(data) == 0:
-                    raise OSError(f"{path.name} is shorter than its size said")
+                    raise OSError(f"{path.name} ended before its size said")
                 last = left <= 0
                 buf += pdu_header(context_id, _DATA_LAST if last else _DATA, len(data))
                 buf += data
                 if last or len(buf) >= SEND_BUFFER:
-                    self._sock.sendall(buf)
+                    self._write(buf)
                     buf.clear()
                 if last:
                     return
+
+    def _write(self, data: bytearray) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise _PeerGone() from exc

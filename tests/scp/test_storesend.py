@@ -170,3 +170,17 @@ def test_a_peer_that_stops_answering_is_an_abort_with_the_acknowledged_kept(
     statuses = caught.value.report.statuses
     assert statuses == {items[0].sop_instance_uid: 0, items[1].sop_instance_uid: None}
     assert "did not answer a C-STORE" in str(caught.value)
+
+
+def test_a_missing_file_is_the_callers_error_and_ends_the_association(
+    ct: list[Path],
+) -> None:
+    items = items_of(ct)
+    items[1].path.unlink()
+    with PynetdicomScp("HOSP2", storage=True) as peer:
+        with pytest.raises(FileNotFoundError):
+            send_instances(Dest("HOSP2", "127.0.0.1", peer.port), items)
+        assert peer.uids(0) == [items[0].sop_instance_uid]
+        # The next association works.
+        report = send_instances(Dest("HOSP2", "127.0.0.1", peer.port), [items[0], items[2]])
+    assert all(acknowledged(s) for s in report.statuses.values())
