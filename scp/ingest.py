@@ -1,7 +1,10 @@
 """Ingest: turn one spooled C-STORE dataset into a durable, indexed instance.
 
 The order is the promise behind 0x0000: parse and check the header, hash, fsync,
-rename into place, fsync the folder, commit the row, and only then succeed. Anything
+rename into place, fsync the folder, commit the row, and only then succeed. The row's
+commit does not wait for the database's own flush to disk (``Catalog.add(relaxed=True)``):
+the file is the durable truth, and should a power loss take the row, start-up recovery
+(:mod:`scp.recovery`) re-indexes the file; a kill -9 loses no commit either way. Anything
 else answers a failure status and leaves nothing half-done: no row without a file, no
 file at a final path that the sender was not told about (a file renamed into place
 whose row fails is removed again).
@@ -174,7 +177,9 @@ class Ingest:
         try:
             for _retry in range(5):
                 try:
-                    self._catalog.add(rec)
+                    # The file and its folder are fsynced: should a power loss take
+                    # the row, start-up recovery re-creates it from the file.
+                    self._catalog.add(rec, relaxed=True)
                     break
                 except DuplicateRace:
                     known = self._catalog.lookup(rec.sop_instance_uid)

@@ -209,6 +209,25 @@ def _unavailable(exc: Exception) -> DatabaseUnavailable:
     )
 
 
+@contextmanager
+def _relaxed(conn: Connection, relaxed: bool) -> Iterator[None]:
+    """On SQLite, this connection's commits skip the flush to disk while inside."""
+    if not relaxed or conn.dialect.name != "sqlite":
+        yield
+        return
+    conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+    conn.commit()
+    try:
+        yield
+    finally:
+        try:
+            conn.exec_driver_sql("PRAGMA synchronous=FULL")
+            conn.commit()
+        except Exception:
+            conn.invalidate()  # never back to the pool with flushes off
+            raise
+
+
 class Catalog:
     """Index writes and look-ups for the SCP (and re-indexing at start-up)."""
 
@@ -235,19 +254,28 @@ class Catalog:
         with guarded(self._sessions) as s, s.begin():
             s.execute(update(Instance).where(Instance.id == instance_id).values(file_missing=False))
 
-    def add(self, rec: InstanceRecord, received_at: datetime | None = None) -> None:
+    def add(
+        self, rec: InstanceRecord, received_at: datetime | None = None, *, relaxed: bool = False
+    ) -> None:
         """Index a durably stored instance; raises DuplicateRace or DatabaseUnavailable.
 
         Counters are incremented in SQL (never read-modify-write in Python), and the
         first statement is a write, so SQLite takes its write lock and PostgreSQL its
         row lock before anything is read: concurrent receivers lose no count. The
         statements are built once (this runs for every received instance).
+
+        ``relaxed``: the commit does not wait for the database's own flush to disk
+        (SQLite ``synchronous=NORMAL`` for this transaction, PostgreSQL
+        ``synchronous_commit=off``). Only for rows that start-up recovery re-creates from
+        a file already durable: a power loss may lose the row, never the instance.
         """
         now = received_at or self._clock()
         values: dict[str, Any] = {f"p_{k}": v for k, v in rec.__dict__.items()}
         values["now"] = now
         try:
-            with guarded_connection(self._engine) as conn, conn.begin():
+            with guarded_connection(self._engine) as conn, _relaxed(conn, relaxed), conn.begin():
+                if relaxed and conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
                 row = conn.execute(_BUMP_STUDY, values).first()
                 if row is None:
                     study_id = int(conn.execute(_NEW_STUDY, values).scalar_one())
