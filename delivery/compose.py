@@ -9,6 +9,8 @@ Shares (:mod:`portal.share`): ``forward_link_email`` carries the clinician grant
 ``share_used_email`` tells the patient (their grant) that a share was opened, at the
 time in its params. ``reminder_email`` (:mod:`delivery.reminders`) carries the grant's
 link again, unless it was used, stopped or expired since it was queued (superseded).
+``release_expected_email`` (:mod:`release.embargo`, when staff asked at request time)
+tells the patient when to expect the link of a request its release policy holds.
 """
 
 from __future__ import annotations
@@ -75,6 +77,18 @@ class Composer:
                 message_id=row.message_id,
                 composed_at=row.composed_at,
             )
+        if row.kind == "release_expected_email":  # no link in it: no grant yet
+            return messages.release_expected_email(
+                to=row.recipient,
+                until=datetime.fromisoformat(str(params.get("until"))),
+                zone=str(params.get("zone") or "UTC"),
+                wait="report" if params.get("wait") == "report" else "embargo",
+                hospital=self._b.hospital,
+                language=row.language,
+                message_id=row.message_id,
+                contact=self._b.contact,
+                composed_at=row.composed_at,
+            )
         grant = s.get(Grant, row.grant_id) if row.grant_id is not None else None
         if grant is None:
             raise ComposeError("the grant of this message is gone")
@@ -127,6 +141,23 @@ class Composer:
                 language=row.language,
                 message_id=row.message_id,
                 clinician=grant.purpose == "forward",
+                contact=self._b.contact,
+                composed_at=row.composed_at,
+            )
+        if row.kind == "report_update_email":
+            if grant.revoked_at is not None or grant.expires_at <= self._clock():
+                raise ComposeError(
+                    "the link was stopped or expired since the report update was queued",
+                    outcome="superseded",
+                    alert=False,
+                )
+            return messages.report_update_email(
+                to=row.recipient,
+                link_url=self.link_url(grant),
+                expires=grant.expires_at.date(),
+                hospital=self._b.hospital,
+                language=row.language,
+                message_id=row.message_id,
                 contact=self._b.contact,
                 composed_at=row.composed_at,
             )

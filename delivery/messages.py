@@ -20,8 +20,9 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Literal
+from zoneinfo import ZoneInfo
 
-from babel.dates import format_date, format_datetime
+from babel.dates import format_date, format_datetime, format_time, get_datetime_format
 
 from delivery.channel import OutgoingMessage
 from delivery.i18n import locale_name, render
@@ -258,6 +259,74 @@ def reminder_email(
     }
     return _email(
         "reminder_email",
+        to=to,
+        language=language,
+        message_id=message_id,
+        composed_at=composed_at,
+        subject_ctx=ctx,
+        ctx=ctx,
+    )
+
+
+def report_update_email(
+    *,
+    to: str,
+    link_url: str,
+    expires: date,
+    hospital: str,
+    language: str,
+    message_id: str,
+    contact: str = "",
+    composed_at: datetime | None = None,
+) -> OutgoingMessage:
+    """A corrected (or later final) report was added to the patient's package as a new
+    part (:mod:`delivery.report_updates`): the same link. It names no study and no
+    finding."""
+    if not link_url.startswith("https://") and not link_url.startswith("http://"):
+        raise ValueError("link_url must be an absolute http(s) URL")
+    ctx = {
+        "hospital": hospital,
+        "link_url": link_url,
+        "contact": contact,
+        "expires": format_date(expires, format="long", locale=locale_name(language)),
+    }
+    return _email(
+        "report_update_email",
+        to=to,
+        language=language,
+        message_id=message_id,
+        composed_at=composed_at,
+        subject_ctx=ctx,
+        ctx=ctx,
+    )
+
+
+def release_expected_email(
+    *,
+    to: str,
+    until: datetime,
+    zone: str,
+    wait: Literal["embargo", "report"],
+    hospital: str,
+    language: str,
+    message_id: str,
+    contact: str = "",
+    composed_at: datetime | None = None,
+) -> OutgoingMessage:
+    """Tells the patient when to expect their link, when staff asked for it and the
+    release policy holds the request (:mod:`release.embargo`): from ``until`` (an
+    embargo), or once the report is final, expected by ``until``; shown in ``zone`` (the
+    site's) in ``language``. It carries no link and names no study."""
+    local, locale = until.astimezone(ZoneInfo(zone)), locale_name(language)
+    # The locale's own way of joining a long date and a short time ("30 March 2026, 13:00").
+    when = (
+        str(get_datetime_format("long", locale=locale))
+        .replace("{1}", format_date(local, format="long", locale=locale))
+        .replace("{0}", format_time(local, format="short", tzinfo=local.tzinfo, locale=locale))
+    )
+    ctx = {"hospital": hospital, "when": when, "contact": contact, "wait": wait}
+    return _email(
+        "release_expected_email",
         to=to,
         language=language,
         message_id=message_id,

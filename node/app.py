@@ -314,6 +314,7 @@ class Sweeps:
                     data_dir=cfg.data_dir,
                 ).sweep()  # CD candidates: failed, long overdue, link expired unopened
                 self._purger.sweep()
+                self._delivery.report_updates.sweep()  # reports after delivery: a new part
                 if self._shared:  # a dead node's packaging, while this one runs
                     moved = self._delivery.batch.recover()
                     if moved:

@@ -46,6 +46,7 @@ from delivery.outbox import Outbox
 from delivery.packaging.package import PackageItem
 from delivery.relay import Relay, RetryPolicy
 from delivery.reminders import send_reminders
+from delivery.report_updates import ReportUpdates
 from delivery.schedule import DeliveryScheduler
 from delivery.smsbreaker import SmsBreaker
 from imaging import RenderLimits
@@ -53,8 +54,9 @@ from node.config import Config
 from node.pulls import PullQueue, Wanted
 from portal.context import PortalContext
 from portal.staff_studies import PacsLookupFailed, PacsStudy
-from release.embargo import ReleaseKeeper
+from release.embargo import ReleaseKeeper, Verdict
 from release.phonepolicy import PhonePolicy
+from release.reports import studies_with_reports
 from release.requests import RequestBook
 from rules.matcher import RuleSet
 from scp.commitment import CommitmentReports, ReportBook
@@ -123,6 +125,7 @@ class DeliveryService:
             zone=d.timezone,
             clock=clock,
             on_staff_hold=self.release_held_alert,
+            on_expected=self.release_expected_email,
         )
         self.batch = DeliveryBatch(
             sessions,
@@ -141,6 +144,11 @@ class DeliveryService:
             clock=clock,
             dicom=self.dicom,
             gate=self.keeper.gate,  # the release policy: embargo, wait for the report
+            report_studies=self.report_studies,  # delivery.reports and rules' reports:
+        )
+        # A report after delivery: a new part and an email (run by the worker's sweep).
+        self.report_updates = ReportUpdates(
+            sessions, content, self.outbox, self.package_dir, self.report_studies, clock=clock
         )
         self.composer = Composer(
             self.keys,
@@ -282,10 +290,33 @@ class DeliveryService:
         with guarded(self._sessions) as s, s.begin():
             self.outbox.alert(s, "rules_reload_failed", reference=None, request_id=None)
 
+    def report_studies(self, s: Session, request_id: int) -> list[str]:
+        """The request's studies whose reports go in its package (``delivery.reports``,
+        overridden by the rule that attached each study)."""
+        return studies_with_reports(s, request_id, self.rules(), self.cfg.delivery.reports)
+
     def release_held_alert(self, s: Session, req: ReleaseRequest) -> None:
         """Keeper hook: the final report did not come in time and the policy says
         ``hold_for_staff``; queued in the transaction that holds the request."""
         self.outbox.alert(s, "release_held", reference=req.reference, request_id=req.id)
+
+    def release_expected_email(self, s: Session, req: ReleaseRequest, verdict: Verdict) -> None:
+        """Keeper hook: tell the patient when to expect the link (staff asked for it at
+        request time); queued in the transaction that first holds the request."""
+        assert verdict.until is not None
+        self.outbox.enqueue(
+            s,
+            kind="release_expected_email",
+            channel="email",
+            recipient=req.recipient_email,
+            language=req.language,
+            params={
+                "until": verdict.until.isoformat(),
+                "zone": self.cfg.delivery.timezone,
+                "wait": verdict.kind,
+            },
+            request_id=req.id,
+        )
 
     def overdue_alert(self, s: Session, req: ReleaseRequest) -> None:
         """Matcher hook: queue the overdue alert in the transaction of the move."""
