@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from release.reports import drop_reports
 from release.states import FINAL
 from store.audit import Outcome, record
 from store.catalog import guarded
@@ -242,6 +243,8 @@ class Purger:
                 self._audit(s, c, f"{reason}; changed meanwhile, new instances kept", ok=False)
                 log.warning("study %s: changed during purge; new instances kept", c.study_uid)
                 return False
+            # The study's reports go with it (a DICOM report's row names its instance).
+            report_files = drop_reports(s, c.study_uid)
             s.execute(delete(Instance).where(Instance.id.in_(ids)))
             s.execute(
                 update(Series)
@@ -258,6 +261,8 @@ class Purger:
                 )
             )
             self._audit(s, c, reason, ok=True)
+        for path in report_files:
+            self._content.remove(path)
         log.info("study %s purged (%d files, rule %s)", c.study_uid, len(ids), c.rule or "-")
         return True
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from rules.matcher import RuleSet
-from store.models import Report, ReportStatus, RequestStudy, Study
+from store.models import Report, ReportDelivery, ReportStatus, RequestStudy, Study
 
 DELIVERABLE = (ReportStatus.FINAL.value, ReportStatus.CORRECTED.value)
 
@@ -74,3 +74,19 @@ def studies_with_reports(
         if policy == "with_images":
             out.append(uid)
     return out
+
+
+def drop_reports(s: Session, study_uid: str) -> list[str]:
+    """Delete the study's reports (and the records of where they went) in ``s``, the
+    transaction that purges the study; returns the content-store paths to remove once
+    it commits: HL7 bodies and raw messages, which live exactly as long as the report
+    (a DICOM report's body is its instance's file, purged with it)."""
+    rows = list(s.scalars(select(Report).where(Report.study_instance_uid == study_uid)))
+    ids = [r.id for r in rows]
+    if not ids:
+        return []
+    paths = [p for r in rows if r.source == "hl7" for p in (r.body_path, r.raw_path) if p]
+    s.execute(delete(ReportDelivery).where(ReportDelivery.report_id.in_(ids)))
+    s.execute(update(Report).where(Report.supersedes_id.in_(ids)).values(supersedes_id=None))
+    s.execute(delete(Report).where(Report.id.in_(ids)))
+    return paths

@@ -8,11 +8,14 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from release.purge import Candidate, Purger
 from ris.dicom import BASIC_TEXT_SR, DicomReports
+from ris.oru import read_oru
 from ris.reports import ReportBook, current_reports, report_final
-from store.models import Report
+from store.models import Report, Study
 from tests.conftest import LocalScp, have_dcmtk, need
 from tests.ris.reportdata import make_pdf, make_sr
+from tests.ris.test_mllp import oru
 from tests.scu import storescu
 
 STUDY = "1.2.826.0.1.3680043.8.498.5151"
@@ -87,3 +90,30 @@ def test_unverified_sr_is_preliminary_and_its_verified_successor_replaces_it(
     assert (c.status, c.supersedes_id) == ("corrected", b.id)
     with local_scp.db.sessions() as s:
         assert [r.sop_instance_uid for r in current_reports(s, [STUDY])] == [third_uid]
+
+
+def test_purging_the_study_takes_its_reports_and_their_files(
+    local_scp: LocalScp, tmp_path: Path
+) -> None:
+    """A DICOM report's row names its instance: the purge deletes the reports first
+    (PostgreSQL enforces the key), and an HL7 report's body and raw message go too."""
+
+    sr, _ = make_sr(tmp_path, STUDY)
+    _push(local_scp, sr)
+    book = ReportBook(local_scp.db.sessions, local_scp.content)
+    DicomReports(local_scp.db.sessions, local_scp.content, book).sweep()
+
+    raw = oru().encode()
+    book.record_hl7(read_oru(raw, accession_field="OBR-3", default_charset="utf-8"), raw)
+    rows = _rows(local_scp)
+    assert len(rows) == 2 and all(r.study_instance_uid == STUDY for r in rows)
+    hl7 = next(r for r in rows if r.source == "hl7")
+    files = [local_scp.content.path(hl7.body_path), local_scp.content.path(str(hl7.raw_path))]
+    assert all(f.exists() for f in files)
+    with local_scp.db.sessions() as s, s.begin():
+        study = s.scalars(select(Study).where(Study.study_uid == STUDY)).one()
+        study.state = "stable"
+        candidate = Candidate(study.id, STUDY, "stable", "hold", "", 30)
+    assert Purger(local_scp.db.sessions, local_scp.content, 30).purge(candidate)
+    assert _rows(local_scp) == []
+    assert not any(f.exists() for f in files)
