@@ -302,6 +302,7 @@ class Sweeps:
                 self._stability.run()
                 self._dicom_reports.sweep()  # SR and PDF reports the PACS pushed
                 self._reports.link_waiting(cfg.ris.accession_field, cfg.ris.default_charset)
+                self._reports.drop_waiting(cfg.store.unmatched_retention_days)
                 matcher.sweep_changed()
                 matcher.on_stable(matcher.undecided())
                 matcher.sweep_new_requests()

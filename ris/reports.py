@@ -17,9 +17,9 @@ import os
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from release.reports import DELIVERABLE
@@ -168,6 +168,35 @@ class ReportBook:
                     row.study_instance_uid = uid
                     linked += 1
         return linked
+
+    def drop_waiting(self, days: int, now: datetime | None = None) -> int:
+        """Delete HL7 reports still waiting for their study ``days`` after they came
+        (``store.unmatched_retention_days``), with their body and raw message."""
+        cutoff = (now or _now()) - timedelta(days=days)
+        with self._sessions() as s, s.begin():
+            rows = list(
+                s.scalars(
+                    select(Report)
+                    .where(
+                        Report.study_instance_uid == "",
+                        Report.source == "hl7",
+                        Report.received_at < cutoff,
+                    )
+                    .limit(500)
+                )
+            )
+            ids = [r.id for r in rows]
+            paths = [p for r in rows for p in (r.body_path, r.raw_path) if p]
+            if ids:
+                s.execute(
+                    update(Report).where(Report.supersedes_id.in_(ids)).values(supersedes_id=None)
+                )
+                s.execute(delete(Report).where(Report.id.in_(ids)))
+        for path in paths:
+            self._content.remove(path)
+        if ids:
+            log.info("%d report(s) that never met their study deleted", len(ids))
+        return len(ids)
 
     # -- DICOM -------------------------------------------------------------------------
 

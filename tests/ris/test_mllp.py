@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import hl7
@@ -266,3 +266,11 @@ def test_accession_from_another_obr_field(db: Database, tmp_path: Path) -> None:
         assert (row.accession_number, row.study_instance_uid) == ("ACC1001", STUDY_UID)
     finally:
         rig.server.stop()
+
+
+def test_a_report_that_never_meets_its_study_is_deleted_after_the_retention(rig: Rig) -> None:
+    send(rig.server.port, oru())
+    assert rig.book.drop_waiting(30) == 0  # not yet
+    [row] = rig.reports()
+    assert rig.book.drop_waiting(30, now=row.received_at + timedelta(days=31)) == 1
+    assert rig.count() == 0 and rig.files() == []
