@@ -274,3 +274,38 @@ def test_a_report_that_never_meets_its_study_is_deleted_after_the_retention(rig:
     [row] = rig.reports()
     assert rig.book.drop_waiting(30, now=row.received_at + timedelta(days=31)) == 1
     assert rig.count() == 0 and rig.files() == []
+
+
+def test_the_librarys_blocking_client_too(rig: Rig) -> None:
+    """``hl7.client.MLLPClient``, what the library's ``mllp_send`` command uses."""
+    from hl7.client import MLLPClient
+
+    rig.add_study()
+    with MLLPClient("127.0.0.1", rig.server.port) as client:
+        answer = client.send_message(oru(control="CLI1", obx=pdf_obx()))
+    ack = hl7.parse(answer.strip(b"\x0b\x1c\r").decode())
+    assert code_of(ack) == "AA" and str(ack.segment("MSA")(2)) == "CLI1"
+    [row] = rig.reports()
+    assert row.kind == "pdf"
+
+
+def test_connection_cap_and_idle_timeout(db: Database, tmp_path: Path) -> None:
+    rig = Rig(db, tmp_path / "data", max_connections=1, idle_timeout_s=0.5)
+    try:
+
+        async def go() -> tuple[bytes, bytes, bytes]:
+            r1, w1 = await open_hl7_connection("127.0.0.1", rig.server.port)
+            w1.writeblock(oru().encode())
+            await w1.drain()
+            first = bytes(await asyncio.wait_for(r1.readblock(), 30))
+            r2, w2 = await open_hl7_connection("127.0.0.1", rig.server.port)
+            refused = await asyncio.wait_for(r2.read(), 30)  # closed at once: b""
+            w2.close()
+            idle = await asyncio.wait_for(r1.read(), 30)  # closed once idle: b""
+            w1.close()
+            return first, refused, idle
+
+        first, refused, idle = asyncio.run(go())
+        assert b"MSA|AA|" in first and refused == b"" and idle == b""
+    finally:
+        rig.server.stop()
