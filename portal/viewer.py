@@ -180,6 +180,23 @@ def _position_text(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
 
 
+@router.get("/files/view/{k}/{j}/thumb", include_in_schema=False)
+async def view_thumb(request: Request, k: str, j: str) -> Response:
+    """The series' thumbnail: its middle image, as stored (a series of documents: 404).
+    Registered before the page's route, whose ``{n}`` would take "thumb"."""
+    ctx = portal(request)
+    found = await run_in_threadpool(_find, ctx, request, k, j)
+    if isinstance(found, Response):
+        return found
+    count = len(found.index.frames)
+    if count == 0:
+        return error_page(request, 404)
+    data, _drawn = await run_in_threadpool(
+        _frame_picture, ctx, found, count // 2 + 1, THUMB_SIDE, Voi()
+    )
+    return Response(data, media_type="image/jpeg", headers=_JPEG_HEADERS)
+
+
 @router.get("/files/view/{k}/{j}/{n}", include_in_schema=False)
 async def view_page(request: Request, k: str, j: str, n: str) -> Response:
     """The viewer page of image ``n`` of series ``j`` of study ``k``."""
@@ -260,22 +277,6 @@ async def view_image(request: Request, k: str, j: str, n: str) -> Response:
         return error_page(request, 404)
     voi, _query, _chosen = _voi(request, _choices(found.index))
     data, _drawn = await run_in_threadpool(_frame_picture, ctx, found, number, VIEW_SIDE, voi)
-    return Response(data, media_type="image/jpeg", headers=_JPEG_HEADERS)
-
-
-@router.get("/files/view/{k}/{j}/thumb", include_in_schema=False)
-async def view_thumb(request: Request, k: str, j: str) -> Response:
-    """The series' thumbnail: its middle image, as stored (a document icon: 404)."""
-    ctx = portal(request)
-    found = await run_in_threadpool(_find, ctx, request, k, j)
-    if isinstance(found, Response):
-        return found
-    count = len(found.index.frames)
-    if count == 0:
-        return error_page(request, 404)
-    data, _drawn = await run_in_threadpool(
-        _frame_picture, ctx, found, count // 2 + 1, THUMB_SIDE, Voi()
-    )
     return Response(data, media_type="image/jpeg", headers=_JPEG_HEADERS)
 
 

@@ -204,6 +204,8 @@ def test_a_corrupt_instance_is_a_placeholder_never_an_error(viewing: Viewing) ->
     assert image.status_code == 200
     assert image.content == viewer_render.placeholder(viewer_render.VIEW_SIDE)
     assert 'id="view-not-drawn"' not in c.get("/files/view/1/1/3").text
+    thumb = c.get("/files/view/1/2/thumb")  # the series' middle image, small
+    assert thumb.status_code == 200 and max(_jpeg(thumb.content).size) <= 128
 
 
 def test_documents_are_listed_and_opened_not_drawn(viewing: Viewing) -> None:
