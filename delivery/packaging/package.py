@@ -239,14 +239,24 @@ def build_package(
     if not _REFERENCE.fullmatch(info.reference):
         raise ValueError(f"reference {info.reference!r}: use letters, digits and dashes")
     groups = _series_groups(_checked(items))
-    previews = _previews(groups, preview_limits)
-    plan = [
-        [s.item for s in part]
-        for part in plan_parts([_planned(g, previews, viewer) for g in groups], max_part_bytes)
-    ]
     # The parent too: mkdir(parents=True) gives the folders it adds the umask's mode.
     dest.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     dest.mkdir(exist_ok=True, mode=DIR_MODE)
+    spool = None
+    if viewer is not None:  # its child renders meanwhile: the previews, the copying
+        spool = ImageSpool.beside(
+            [[s.item for s in g] for g in groups], dest, info.reference, viewer
+        ).start()
+    try:
+        previews = _previews(groups, preview_limits)
+        plan = [
+            [s.item for s in part]
+            for part in plan_parts([_planned(g, previews, viewer) for g in groups], max_part_bytes)
+        ]
+    except BaseException:
+        if spool is not None:
+            spool.close()
+        raise
     names = part_names(info.reference, len(plan))
     facts = PackageFacts(
         counts=Counts(
@@ -267,11 +277,6 @@ def build_package(
 
     writers: list[PartWriter] = []
     notes: list[str] = []
-    spool = None
-    if viewer is not None:
-        spool = ImageSpool.beside(
-            [[s.item for s in g] for g in groups], dest, info.reference, viewer
-        ).start()
     try:
         for number, (name, part) in enumerate(zip(names, plan, strict=True), start=1):
             writer = PartWriter(dest / name, info.created)

@@ -13,7 +13,8 @@ their images in any current browser, with no server and no network:
   or style, no other origin);
 - ``S<series>/<n>.jpg``: every instance pre-rendered (its middle frame) as a JPEG at
   display size (``max_side``, 1024 px on the long side by default) with the header's VOI
-  window, by :class:`imaging.Renderer` in one limited child process per package.
+  window, by one limited child process per package (:class:`imaging.export.ExportRenderer`,
+  an :class:`imaging.Renderer` with a lookup-table fast path for plain greyscale frames).
 
 Header text shown on the page (series description, modality) is untrusted: escaped by
 the template, control and bidi characters made visible (:func:`shown`), and isolated in
@@ -44,6 +45,7 @@ import pydicom
 
 from delivery.i18n import SOURCE_LANGUAGE, environment
 from imaging import ImagingError, Renderer, RenderLimits
+from imaging.export import ExportRenderer
 from store.content import DIR_MODE, FILE_MODE
 from telemetry import text
 
@@ -166,7 +168,6 @@ class ImageSpool:
         self.folder = folder
         self.options = options
         self._results: dict[str, Rendered | str] = {}
-        self._descriptions: dict[str, str] = {}
         self._wake = threading.Condition()
         self._stop = False
         self._done = False
@@ -197,12 +198,9 @@ class ImageSpool:
     def _run(self) -> None:
         try:
             fmt = "jpeg" if self.options.quality == NATIVE_QUALITY else "png"
-            with Renderer(self.options.limits) as renderer:
+            with ExportRenderer(self.options.limits) as renderer:
                 number = 0
                 for group in self._groups:
-                    description = _description(group[0].path)
-                    with self._wake:
-                        self._descriptions[group[0].series_uid] = description
                     for item in group:
                         if self._stop:
                             return
@@ -248,12 +246,6 @@ class ImageSpool:
                     return "not rendered"
                 self._wake.wait()
             return self._results[uid]
-
-    def description(self, series_uid: str) -> str:
-        """The series description read from its header ("" when none); call after
-        :meth:`result` of one of its instances."""
-        with self._wake:
-            return self._descriptions.get(series_uid, "")
 
     def release(self, uid: str) -> None:
         """Forget instance ``uid``'s image and delete its file (written into the part)."""
@@ -301,11 +293,11 @@ def viewer_files(
         if current is None or item.series_uid != current_uid:
             modality, number = _series_label(item)
             current_uid = item.series_uid
-            current = _Series(series_index[item.series_uid], modality, number, "")
+            # Read here, in the writer's thread (warnings filters are not thread-safe).
+            description = shown(_description(item.path))
+            current = _Series(series_index[item.series_uid], modality, number, description)
             series.append(current)
         result = spool.result(item.sop_instance_uid)
-        if current.description == "" and not current.images and not current.missing:
-            current.description = shown(spool.description(item.series_uid))
         if isinstance(result, Rendered):
             name = f"S{current.index:03d}/{len(current.images) + 1:05d}.jpg"
             current.images.append((name, len(current.images) + 1))

@@ -188,3 +188,25 @@ def test_manifest_of_a_viewer_package_is_valid_json(tmp_path: Path) -> None:
     with zipfile.ZipFile(result.parts[0]) as zf:
         manifest = json.loads(zf.read("MANIFEST.json"))
     assert manifest["counts"]["instances"] == 2
+
+
+def test_the_fast_path_draws_what_render_file_draws(tmp_path: Path) -> None:
+    """imaging.export's lookup table gives render_file's picture byte for byte, for every
+    transfer syntax the tests generate, and falls back to it for what it does not cover."""
+    from imaging.export import render_export
+    from imaging.render import render_file
+
+    paths = synthetic.make_ct_series(tmp_path / "ct", n_slices=2, rows=64, cols=48)
+    paths += [
+        p for ps in synthetic.make_transfer_syntax_studies(tmp_path / "ts").values() for p in ps
+    ]
+    mono1 = pydicom.dcmread(paths[0])
+    mono1.PhotometricInterpretation = "MONOCHROME1"
+    mono1.save_as(tmp_path / "mono1.dcm", enforce_file_format=True)
+    paths.append(tmp_path / "mono1.dcm")
+    for path in paths:
+        for max_side in (1024, 32):  # 32: reduced, the general path
+            args: dict[str, object] = {"frame": None, "max_side": max_side}
+            fast = render_export(path, max_frame_values=10**8, **args)  # type: ignore[arg-type]
+            slow = render_file(path, max_frame_values=10**8, **args)  # type: ignore[arg-type]
+            assert fast == slow, (path.name, max_side)
