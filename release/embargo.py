@@ -331,7 +331,8 @@ class ReleaseKeeper:
         changed = []
         for rid in ids:
             with guarded(self._sessions) as s, s.begin():
-                req = s.get(ReleaseRequest, rid)
+                # Locked (PostgreSQL): a batch's claim skips it meanwhile (SKIP LOCKED).
+                req = s.get(ReleaseRequest, rid, with_for_update=True)
                 if req is None or req.state != RequestState.READY:
                     continue
                 before = (req.hold_kind, req.hold_until)

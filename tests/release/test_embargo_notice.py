@@ -153,3 +153,20 @@ def test_the_node_queues_the_email_in_the_holding_transaction(
         )
         msg = service.composer(s, row)
     assert "ready to download from March 30, 2026, 1:00" in msg.text  # 72 h, in BST
+
+
+def test_the_node_alerts_staff_when_the_report_did_not_come(
+    db: Database, config: Path, tmp_path: Path
+) -> None:
+    policy = "{until: report_final, max_wait: 2d, then: hold_for_staff}"
+    config.write_text(config.read_text() + f"delivery:\n  release: {policy}\n")
+    world = World(db, tmp_path)
+    content = ContentStore(tmp_path / "data")
+    service = DeliveryService(load_config(config), db.sessions, content, clock=world.clock)
+    ref = world.ready("no-such-rule")
+    service.keeper.sweep()
+    world.clock.now = ARRIVAL + timedelta(days=2)
+    assert service.keeper.sweep() == [ref]
+    with db.sessions() as s:
+        kinds = list(s.scalars(select(Notification.kind)))
+    assert kinds == ["alert_release_held"]
