@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -11,13 +15,14 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
-from delivery.packaging.package import PackageInfo, build_package
+from delivery.packaging.package import PackageInfo, build_package, sweep_partial
 from delivery.packaging.viewer import FOLDER, INDEX, ViewerOptions, level1, shown
 from delivery.settings import DeliverySettings
 from tests import synthetic
 from tests.delivery.test_package import (
     CREATED,
     INFO,
+    REPO,
     check_part,
     items_for,
     sources_of,
@@ -210,3 +215,66 @@ def test_the_fast_path_draws_what_render_file_draws(tmp_path: Path) -> None:
             fast = render_export(path, max_frame_values=10**8, **args)  # type: ignore[arg-type]
             slow = render_file(path, max_frame_values=10**8, **args)  # type: ignore[arg-type]
             assert fast == slow, (path.name, max_side)
+
+
+_CHILD = """
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from delivery.packaging.package import PackageInfo, build_package, sweep_partial
+from delivery.packaging.viewer import ViewerOptions
+from tests.delivery.test_package import items_for
+src, out, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+info = PackageInfo("CR-ABCD-EFGH-K", "en", "x", datetime(2024, 1, 2, tzinfo=UTC))
+def progress(done, total):
+    if mode == "slow":
+        print("progress", done, flush=True)
+        import time; time.sleep(0.05)
+build_package(items_for(sorted(src.glob("*.dcm"))), out, info=info, viewer=ViewerOptions(),
+              progress=progress)
+status = Path("/proc/self/status").read_text()
+print("hwm", next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:")))
+"""
+
+
+def _build_in_child(tmp_path: Path, src: Path, out: Path, mode: str) -> subprocess.Popen[str]:
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD.format(repo=str(REPO)))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, str(script), str(src), str(out), mode],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_memory_stays_flat_with_the_viewer(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    synthetic.make_ct_series(src, n_slices=240)  # ~126 MB of instances, 240 images
+    child = _build_in_child(tmp_path, src, tmp_path / "out", "fast")
+    stdout, _ = child.communicate(timeout=600)
+    assert child.returncode == 0
+    hwm_kb = int(stdout.strip().splitlines()[-1].split()[1])
+    assert hwm_kb < 200 * 1024, hwm_kb  # the packaging process; the renderer is a child
+    with zipfile.ZipFile(tmp_path / "out" / "CR-ABCD-EFGH-K.zip") as zf:
+        assert sum(n.startswith("VIEWER/S001/") for n in zf.namelist()) == 240
+
+
+def test_kill_9_leaves_a_spool_that_sweep_partial_removes(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    synthetic.make_ct_series(src, n_slices=40, rows=128, cols=128)
+    out = tmp_path / "out"
+    child = _build_in_child(tmp_path, src, out, "slow")
+    assert child.stdout is not None
+    for _ in range(5):
+        assert child.stdout.readline().startswith("progress")
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    child.stdout.close()
+    names = [p.name for p in out.iterdir()]
+    assert any(".viewer." in n and n.endswith(".partial") for n in names), names
+    assert not any(n.endswith(".zip") for n in names), names
+    assert sweep_partial(out) >= 2  # the part and the spool
+    assert list(out.iterdir()) == []
