@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydicom.filewriter import dcmwrite
 from pynetdicom import AE, _config
@@ -63,6 +65,7 @@ def send(
             if not assoc.is_established:
                 statuses.append(None)
                 continue
+            _park_reactor(assoc)
             rsp = assoc.send_c_store(f)
             statuses.append(int(rsp.Status) if rsp and "Status" in rsp else None)
         if assoc.is_established:
@@ -71,6 +74,22 @@ def send(
         _config.STORE_SEND_CHUNKED_DATASET = old
         close_socket(assoc)
     return statuses
+
+
+def _park_reactor(assoc: Any) -> None:
+    """Let pynetdicom's requestor reactor reach its pause before a request is sent.
+
+    ``send_c_store`` pauses the reactor by clearing a checkpoint and waiting for its
+    ``_is_paused`` flag, which is still True for a moment after the reactor passed the
+    checkpoint: if the response comes back within that moment (Courier answers in well
+    under a millisecond; the reactor may be waiting for the GIL), the reactor takes it
+    and ``send_c_store`` returns None. Waiting a few milliseconds here closes the window.
+    """
+    assoc._reactor_checkpoint.clear()
+    deadline = time.monotonic() + 1
+    while not assoc._is_paused and time.monotonic() < deadline:
+        time.sleep(0.0001)
+    time.sleep(0.005)
 
 
 def storescu(
