@@ -19,6 +19,7 @@ from typing import Any
 
 from hl7.mllp import HL7StreamProtocol, HL7StreamReader, HL7StreamWriter, InvalidBlockError
 from hl7.mllp.streams import CARRIAGE_RETURN, END_BLOCK, START_BLOCK
+from sqlalchemy.exc import SQLAlchemyError
 
 from ris.oru import Header, Refused, ack, read_header, read_oru
 from ris.reports import ReportBook
@@ -181,7 +182,7 @@ class RisServer:
             header = refused.header or read_header(block)
             await self._answer(writer, host, header, refused.code, refused.error, refused.reason)
             return
-        except (StoreError, OSError) as exc:
+        except (StoreError, SQLAlchemyError, OSError) as exc:
             # AE, not AR: the same message may be sent again once the store is back.
             log.warning("report not stored (%s)", type(exc).__name__)
             await self._answer(

@@ -309,3 +309,19 @@ def test_connection_cap_and_idle_timeout(db: Database, tmp_path: Path) -> None:
         assert b"MSA|AA|" in first and refused == b"" and idle == b""
     finally:
         rig.server.stop()
+
+
+def test_a_store_failure_is_answered_ae_so_the_ris_sends_again(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    def down(*_: object) -> None:
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(rig.book, "record_hl7", down)
+    [ack] = send(rig.server.port, oru())
+    assert code_of(ack) == "AE" and "could not be stored" in str(ack.segment("MSA")(3))
+    monkeypatch.undo()
+    [again] = send(rig.server.port, oru())
+    assert code_of(again) == "AA" and rig.count() == 1
