@@ -22,10 +22,12 @@ from release.embargo import REPORT, Verdict
 from store.content import ContentStore
 from store.models import Notification, ReleaseRequest
 from tests.conftest import Database
+from tests.portal.conftest import Api
+from tests.portal.conftest import api as api
 from tests.portal.test_staff import Site, open_site
 from tests.portal.test_staff import cheap_hashes as cheap_hashes
 from tests.portal.test_staff import draft as form
-from tests.release.helpers import draft
+from tests.release.helpers import draft, draft_data
 from tests.release.test_cli_requests import CREATE
 from tests.release.test_cli_requests import config as config
 from tests.release.test_embargo import ARRIVAL, World
@@ -170,3 +172,14 @@ def test_the_node_alerts_staff_when_the_report_did_not_come(
     with db.sessions() as s:
         kinds = list(s.scalars(select(Notification.kind)))
     assert kinds == ["alert_release_held"]
+
+
+def test_the_api_takes_the_flag(api: Api) -> None:
+    made = api.client.post(
+        "/api/v1/requests", json=draft_data(tell_patient_when=True), headers=api.auth
+    )
+    assert made.status_code == 201, made.text
+    body = made.json()
+    assert (body["tell_patient_when"], body["hold"], body["hold_until"]) == (True, "", None)
+    shown = api.client.get(f"/api/v1/requests/{body['reference']}", headers=api.auth).json()
+    assert shown["tell_patient_when"] is True
