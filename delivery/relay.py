@@ -424,8 +424,13 @@ class Relay:
         staff are alerted (an alert that fails is only logged: no alert loops)."""
         row.state = NotificationState.FAILED
         self._note(s, row, f"{_what(row)} failed for good: {why}")
-        if row.kind.startswith("alert_") or row.request_id is None:
+        if row.kind.startswith("alert_"):
             log.error("staff alert %d could not be sent; see courier outbox list", row.id)
+            return
+        if row.request_id is None:
+            # A share's email or a reminder: the request's own delivery stands (the
+            # patient's page shows a share's failure).
+            log.warning("notification %d (%s) failed for good", row.id, row.kind)
             return
         grant = s.get(Grant, row.grant_id) if row.grant_id is not None else None
         if grant is not None and row.kind.startswith("code_"):
