@@ -38,6 +38,7 @@ from portal.site import context_of
 from portal.staff_auth import CheckedForm, SignedIn, Staff
 from portal.staff_choices import choices
 from portal.staff_dashboard import LIST_LIMIT, request_lines
+from portal.staff_request_reports import request_reports
 from portal.staff_story import story
 from portal.staff_studies import (
     PacsLookupFailed,
@@ -436,6 +437,7 @@ def detail_page(
         told = story(s, fresh, ctx.clock())
         held = mismatches(s, fresh.id)  # studies held: patient identity differs
         waiting = why_waiting(s, fresh)  # no study yet, held, incomplete, mismatch
+        radiology = request_reports(s, fresh.id)  # portal.staff_request_reports
     done = DONE.get(request.query_params.get("done", ""), "")
     return page(
         request,
@@ -456,6 +458,7 @@ def detail_page(
         hold=describe(req, ZoneInfo(ctx.delivery.timezone), ctx.clock()),
         hold_actions=RequestState(req.state) in HOLDABLE,
         zone=ctx.delivery.timezone,
+        radiology=radiology,
     )
 
 
