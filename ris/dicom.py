@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from ris.reports import ReportBook
@@ -32,6 +32,7 @@ COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 SR_CLASSES = (BASIC_TEXT_SR, ENHANCED_SR, COMPREHENSIVE_SR)
 REPORT_CLASSES = (*SR_CLASSES, ENCAPSULATED_PDF)
+MARGIN = 10_000  # instance ids looked at again by each sweep (late commits)
 
 _HEADER_TAGS = [
     "SOPClassUID",
@@ -93,16 +94,23 @@ class DicomReports:
         self._sessions = sessions
         self._content = content
         self._book = book
+        self._seen = 0  # instance ids up to this one were looked at (see sweep)
 
     def sweep(self, limit: int = 200) -> int:
-        """Record up to ``limit`` new report instances; returns how many were recorded."""
+        """Record up to ``limit`` new report instances; returns how many were recorded.
+
+        The first sweep of a process looks at every instance; later ones only at those
+        added since (by id, with a margin of :data:`MARGIN` ids for rows that committed
+        late on PostgreSQL), so a large store is not scanned every few seconds."""
         recorded = 0
         with self._sessions() as s:
+            top = s.scalar(select(func.max(Instance.id))) or 0
             rows = s.execute(
                 select(Instance, Study)
                 .join(Study, Study.id == Instance.study_id)
                 .outerjoin(Report, Report.instance_id == Instance.id)
                 .where(
+                    Instance.id > self._seen - MARGIN,
                     Instance.sop_class_uid.in_(REPORT_CLASSES),
                     Instance.file_missing.is_(False),
                     Report.id.is_(None),
@@ -111,6 +119,8 @@ class DicomReports:
                 .limit(limit)
             ).all()
             found = [(inst, study) for inst, study in rows]
+        if len(found) < limit:  # all caught up to ``top``
+            self._seen = max(self._seen, top)
         for inst, study in found:
             try:
                 ds = pydicom.dcmread(
