@@ -188,11 +188,11 @@ class FastStore:
         """C-STORE the dataset of the file at ``path`` on presentation context
         ``context_id`` (whose transfer syntax must be the file's); the peer's status."""
         assoc: Any = self._assoc
+        if not assoc.is_established:
+            return Dataset()  # the peer aborted (or released) before this one
         if self._sock is None:
             status: Dataset = assoc.send_c_store(path)
             return status
-        if not assoc.is_established:
-            raise RuntimeError("the association must be established to send a C-STORE")
         self._message_id = self._message_id % 0xFFFF + 1
         message_id = self._message_id
         try:
