@@ -68,7 +68,7 @@ RECEIVERS = ("storescp", "pynetdicom", "orthanc", "courier")
 COURIER_BIN = ROOT / ".venv" / "bin" / "courier"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-STARTUP_TIMEOUT = 20.0
+STARTUP_TIMEOUT = 60.0  # a loaded machine can take 20 s to start a node
 
 
 class ReceiverUnavailable(RuntimeError):

@@ -10,6 +10,7 @@ Instance UID as :class:`DuplicateRace`, so the caller can look again.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, case, insert, selec
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, TimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
+from store.db import _GATE_WAIT_S, _GATES
 from store.errors import DatabaseUnavailable, StoreError
 from store.models import (
     Instance,
@@ -211,21 +213,34 @@ def _unavailable(exc: Exception) -> DatabaseUnavailable:
 
 @contextmanager
 def _relaxed(conn: Connection, relaxed: bool) -> Iterator[None]:
-    """On SQLite, this connection's commits skip the flush to disk while inside."""
-    if not relaxed or conn.dialect.name != "sqlite":
+    """On SQLite: hold the engine's write gate, and when ``relaxed`` let this
+    connection's commits skip the flush to disk while inside."""
+    if conn.dialect.name != "sqlite":
         yield
         return
-    conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
-    conn.commit()
+    # This process's writers queue on the engine's gate (see store.db.writing): SQLite's
+    # own busy wait polls with a back-off that made four receiving associations wait
+    # on each other for milliseconds per instance.
+    gate = _GATES.get(conn.engine) or threading.Lock()
+    held = gate.acquire(timeout=_GATE_WAIT_S.get(conn.engine, 5.0))
     try:
-        yield
-    finally:
+        if not relaxed:
+            yield
+            return
+        conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+        conn.commit()
         try:
-            conn.exec_driver_sql("PRAGMA synchronous=FULL")
-            conn.commit()
-        except Exception:
-            conn.invalidate()  # never back to the pool with flushes off
-            raise
+            yield
+        finally:
+            try:
+                conn.exec_driver_sql("PRAGMA synchronous=FULL")
+                conn.commit()
+            except Exception:
+                conn.invalidate()  # never back to the pool with flushes off
+                raise
+    finally:
+        if held:
+            gate.release()
 
 
 class Catalog:
