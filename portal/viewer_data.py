@@ -9,7 +9,8 @@ multi-frame instance is an image of its own). All are 1-based as the pages show 
 A series' list of images needs each instance's header (frames, position, windows). It is
 read once (headers only, pixel data never) and kept as a small JSON file in the viewer's
 folder beside the package (see :mod:`portal.viewer_render`), so later requests read one
-file. Encapsulated PDFs and structured reports are listed as documents, not images.
+file; the files page has it built in the background (:func:`prebuild`) while the
+patient reads it. Encapsulated PDFs and structured reports are listed as documents, not images.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import functools
 import json
 import logging
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -135,12 +137,22 @@ def _instance_key(number: str, position: float | None, instance_id: int) -> tupl
 def build_index(ctx: PortalContext, s: Session, series_id: int) -> SeriesIndex:
     """Read every instance header of series ``series_id`` (pixel data never) into its
     :class:`SeriesIndex`."""
-    assert ctx.content is not None
+    return index_rows(ctx, _rows(s, series_id))
+
+
+def _rows(s: Session, series_id: int) -> list[tuple[int, str, str]]:
     rows = s.execute(
         select(Instance.id, Instance.path, Instance.instance_number).where(
             Instance.series_id == series_id, Instance.file_missing.is_(False)
         )
     ).all()
+    return [(int(i), str(p), str(n)) for i, p, n in rows]
+
+
+def index_rows(ctx: PortalContext, rows: list[tuple[int, str, str]]) -> SeriesIndex:
+    """The :class:`SeriesIndex` of instances ``rows`` (row id, store path, instance
+    number): their headers read, nothing from the database."""
+    assert ctx.content is not None
     images: list[tuple[tuple[Any, ...], list[Frame]]] = []
     documents: list[Document] = []
     modality, colour, windows, broken = "", False, list[tuple[float, float]](), 0
@@ -205,11 +217,17 @@ def series_index(ctx: PortalContext, s: Session, package: Package, series_id: in
         return _load(str(path), path.stat().st_mtime_ns)
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    index = build_index(ctx, s, series_id)
+    return _keep(ctx, package, series_id, build_index(ctx, s, series_id))
+
+
+def _keep(ctx: PortalContext, package: Package, series_id: int, index: SeriesIndex) -> SeriesIndex:
+    """Write ``index`` into the viewer's folder (unless the package's folder is gone)."""
+    folder = viewer_folder(ctx, package)
+    path = folder / f"series-{series_id}.json"
     if (ctx.package_dir / package.folder).is_dir():
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             doc = {"version": _INDEX_VERSION, **asdict(index)}
             tmp.write_text(json.dumps(doc))
             tmp.replace(path)
@@ -220,3 +238,38 @@ def series_index(ctx: PortalContext, s: Session, package: Package, series_id: in
 
 def study_of(s: Session, study_id: int) -> Study | None:
     return s.get(Study, study_id)
+
+
+_prebuilding: set[int] = set()  # package ids whose indexes a thread is building
+_prebuild_lock = threading.Lock()
+
+
+def prebuild(ctx: PortalContext, s: Session, package: Package, series_ids: list[int]) -> None:
+    """Index ``series_ids`` of ``package`` in a background thread (those not indexed yet),
+    so that the viewer's first page does not wait for a series' headers: the files page
+    calls this while the patient reads it. One thread per package at a time; a failure
+    only means the first view builds the index itself."""
+    folder = viewer_folder(ctx, package)
+    todo = [i for i in series_ids if not (folder / f"series-{i}.json").is_file()]
+    if not todo or ctx.content is None:
+        return
+    with _prebuild_lock:
+        if package.id in _prebuilding:
+            return
+        _prebuilding.add(package.id)
+    # The rows read here; the thread reads files only (no database connection of its
+    # own to outlive anything), on a transient copy of the package row.
+    work = [(series_id, _rows(s, series_id)) for series_id in todo]
+    package = Package(id=package.id, folder=package.folder)
+
+    def run() -> None:
+        try:
+            for series_id, rows in work:
+                _keep(ctx, package, series_id, index_rows(ctx, rows))
+        except Exception as exc:  # the first view will try again
+            log.debug("viewer: series not indexed ahead (%s)", type(exc).__name__)
+        finally:
+            with _prebuild_lock:
+                _prebuilding.discard(package.id)
+
+    threading.Thread(target=run, name="viewer-index", daemon=True).start()

@@ -8,20 +8,21 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from portal.context import PortalContext
-from portal.viewer_data import viewer_studies
+from portal.viewer_data import prebuild, viewer_studies
 from portal.viewer_render import warm
-from store.models import Grant
+from store.models import Grant, Package
 
 
 def view_section(ctx: PortalContext, s: Session, grant: Grant) -> dict[str, Any]:
     """``{"viewer": [...]}``: for each study in page order, its viewer address and its
     series' (positions only); empty without the content store (nothing to render).
-    Starts a rendering child in the background if none runs."""
+    Starts a rendering child and the series' indexing in the background."""
     if ctx.content is None:
         return {"viewer": []}
     warm(ctx)  # a rendering child ready before the patient presses View
     out = []
-    for study in viewer_studies(s, grant.request_id):
+    studies = viewer_studies(s, grant.request_id)
+    for study in studies:
         base = f"/files/view/{study.number}"
         out.append(
             {
@@ -37,4 +38,7 @@ def view_section(ctx: PortalContext, s: Session, grant: Grant) -> dict[str, Any]
                 ],
             }
         )
+    package = s.get(Package, grant.package_id)
+    if package is not None and package.deleted_at is None:
+        prebuild(ctx, s, package, [row.series_id for st in studies for row in st.series])
     return {"viewer": out}
