@@ -4,6 +4,11 @@ Usage::
 
     .venv/bin/python bench/package.py [--repeat 3] [--big] [--json OUT]
 
+Courier runs twice per round: without and with the offline viewer (``VIEWER/``, every
+image pre-rendered at the default settings; issue 15 part 2). The table gives both, with
+the package's bytes, and the viewer's cost: bytes added and build time relative to
+Courier without it (targets: at most +15 % bytes, within 2x the time).
+
 Data (synthetic, cached under ``bench/.cache/``): ``ct`` is the 300-slice CT (512x512 16-bit,
 157 MB); ``--big`` adds a ~2 GB study (1,000 CT slices of 1024x1024, about 2 MB each) to
 check that peak RSS stays under 200 MB.
@@ -43,7 +48,9 @@ from pathlib import Path
 import pydicom
 sys.path.insert(0, {root!r})
 from delivery.packaging.package import PackageInfo, PackageItem, build_package
+from delivery.packaging.viewer import ViewerOptions
 src, out = Path(sys.argv[1]), Path(sys.argv[2])
+viewer = ViewerOptions() if sys.argv[3:] == ["viewer"] else None
 items = []
 for p in sorted(src.glob("*.dcm")):  # what the index would hand over (not timed)
     h = pydicom.dcmread(p, stop_before_pixels=True)
@@ -52,7 +59,7 @@ for p in sorted(src.glob("*.dcm")):  # what the index would hand over (not timed
                              int(h.SeriesNumber), int(h.InstanceNumber)))
 info = PackageInfo("CR-BENC-HMAR-K", "en", "bench", datetime.now(timezone.utc))
 start = time.perf_counter()
-result = build_package(items, out, info=info)
+result = build_package(items, out, info=info, viewer=viewer)
 call = time.perf_counter() - start
 status = Path("/proc/self/status").read_text()
 hwm = int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:")))
@@ -63,7 +70,8 @@ print(json.dumps({{"call_s": call, "bytes": result.total_bytes, "hwm_kb": hwm}})
 def cached(name: str, make: Callable[[Path], list[Path]]) -> Path:
     """The folder of data set ``name``, generated first when missing."""
     directory = CACHE / f"{name}-v{DATA_VERSION}"
-    if (directory / "complete").exists():
+    # bench/ingest.py marks the same data set with complete.json.
+    if (directory / "complete").exists() or (directory / "complete.json").exists():
         return directory / "files"
     shutil.rmtree(directory, ignore_errors=True)
     print(f"generating {name} into {directory} ...", flush=True)
@@ -105,27 +113,36 @@ def measure(src: Path, repeat: int) -> dict[str, dict[str, float]]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     script.write_text(_COURIER.format(root=str(ROOT)))
-    samples: dict[str, list[tuple[float, float, int]]] = {"courier": [], "zip -0": [], "zip": []}
+    samples: dict[str, list[tuple[float, float, int, int]]] = {
+        "courier": [],
+        "courier + viewer": [],
+        "zip -0": [],
+        "zip": [],
+    }
     for i in range(repeat + 1):  # the first round warms the page cache and is dropped
-        out = work / f"courier-{i}"
-        start = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, str(script), str(src), str(out)], capture_output=True, text=True
-        )
-        wall = time.perf_counter() - start
-        if done.returncode != 0:
-            raise SystemExit(f"courier failed: {done.stderr[-2000:]}")
-        figures = json.loads(done.stdout.strip().splitlines()[-1])
-        call, rss = figures["call_s"], figures["hwm_kb"]
-        rounds = [("courier", call, wall, rss)]
+        rounds = []
+        for name, extra in (("courier", []), ("courier + viewer", ["viewer"])):
+            out = work / f"courier-{i}"
+            start = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, str(script), str(src), str(out), *extra],
+                capture_output=True,
+                text=True,
+            )
+            wall = time.perf_counter() - start
+            if done.returncode != 0:
+                raise SystemExit(f"{name} failed: {done.stderr[-2000:]}")
+            figures = json.loads(done.stdout.strip().splitlines()[-1])
+            call, rss = figures["call_s"], figures["hwm_kb"]
+            rounds.append((name, call, wall, rss, figures["bytes"]))
+            shutil.rmtree(out, ignore_errors=True)
         for name, flag in (("zip -0", "-0"), ("zip", "-6")):
             target = work / f"{name.replace(' ', '')}-{i}.zip"
             wall, rss, _ = run(["zip", "-q", flag, "-r", str(target), "."], cwd=src)
-            rounds.append((name, wall, wall, rss))
+            rounds.append((name, wall, wall, rss, target.stat().st_size))
         if i:
-            for name, main, process, rss in rounds:
-                samples[name].append((main, process, rss))
-        shutil.rmtree(out, ignore_errors=True)
+            for name, main, process, rss, size in rounds:
+                samples[name].append((main, process, rss, size))
         for z in work.glob("*.zip"):
             z.unlink()
     return {
@@ -133,6 +150,7 @@ def measure(src: Path, repeat: int) -> dict[str, dict[str, float]]:
             "wall_s": statistics.median(s[0] for s in runs),
             "process_s": statistics.median(s[1] for s in runs),
             "peak_rss_mb": max(s[2] for s in runs) / 1024,
+            "bytes": statistics.median(s[3] for s in runs),
         }
         for name, runs in samples.items()
     }
@@ -142,14 +160,20 @@ def table(title: str, size_mb: float, results: dict[str, dict[str, float]]) -> s
     base = results["zip -0"]["wall_s"]
     lines = [
         f"\n{title} ({size_mb:.0f} MB)\n",
-        "| tool | wall s (median) | process s | peak RSS MB | time / zip -0 |",
-        "|---|---:|---:|---:|---:|",
+        "| tool | wall s (median) | process s | peak RSS MB | MB | time / zip -0 |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         lines.append(
             f"| {name} | {r['wall_s']:.2f} | {r['process_s']:.2f} | {r['peak_rss_mb']:.0f} "
-            f"| {r['wall_s'] / base:.2f}x |"
+            f"| {r['bytes'] / 1e6:.1f} | {r['wall_s'] / base:.2f}x |"
         )
+    plain, viewer = results["courier"], results["courier + viewer"]
+    lines.append(
+        f"\nOffline viewer: +{(viewer['bytes'] / plain['bytes'] - 1) * 100:.1f} % bytes "
+        f"(target <= 15 %), {viewer['wall_s'] / plain['wall_s']:.2f}x the build time "
+        "(target <= 2x)"
+    )
     return "\n".join(lines)
 
 
@@ -170,8 +194,9 @@ def main() -> None:
         report[name] = measure(src, args.repeat if name == "ct-300" else 1)
         print(table(name, size, report[name]), flush=True)
         if name == "big-2gb":
-            rss = report[name]["courier"]["peak_rss_mb"]
-            print(f"\nCourier peak RSS on {size:.0f} MB: {rss:.0f} MB (target < 200 MB)")
+            for tool in ("courier", "courier + viewer"):
+                rss = report[name][tool]["peak_rss_mb"]
+                print(f"\n{tool} peak RSS on {size:.0f} MB: {rss:.0f} MB (target < 200 MB)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
