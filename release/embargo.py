@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from release.errors import InvalidRequest, InvalidTransition
 from release.progress import note
+from release.reports import report_final
 from release.requests import RequestBook
 from rules.matcher import RuleSet
 from rules.policy import ReleasePolicy
@@ -52,8 +53,6 @@ from store.audit import actor_of, record
 from store.catalog import guarded
 from store.models import (
     ReleaseRequest,
-    Report,
-    ReportStatus,
     RequestState,
     RequestStudy,
     Study,
@@ -99,18 +98,9 @@ class StudyFacts:
 
 def final_report(s: Session, study_uids: Sequence[str]) -> bool:
     """True when every study in ``study_uids`` has a final or corrected report (and there
-    is at least one study). The one place the release policy reads reports."""
-    if not study_uids:
-        return False
-    reported = set(
-        s.scalars(
-            select(Report.study_instance_uid).where(
-                Report.study_instance_uid.in_(list(study_uids)),
-                Report.status.in_([ReportStatus.FINAL, ReportStatus.CORRECTED]),
-            )
-        )
-    )
-    return all(uid in reported for uid in study_uids)
+    is at least one study): :func:`release.reports.report_final`, which the package's
+    ``REPORT/`` shares. The one place the release policy reads reports."""
+    return bool(study_uids) and all(report_final(s, uid) for uid in study_uids)
 
 
 def releasable(now: datetime) -> ColumnElement[bool]:
