@@ -31,6 +31,7 @@ from imaging import RenderFailed, describe
 from imaging.info import read_facts
 from portal.context import PortalContext
 from portal.studyzip import request_studies
+from portal.viewer_render import private_dir, write_private
 from store.models import Instance, Package, Series, Study
 
 log = logging.getLogger("courier.portal.viewer")
@@ -226,10 +227,10 @@ def _keep(ctx: PortalContext, package: Package, series_id: int, index: SeriesInd
     path = folder / f"series-{series_id}.json"
     if (ctx.package_dir / package.folder).is_dir():
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            private_dir(folder)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             doc = {"version": _INDEX_VERSION, **asdict(index)}
-            tmp.write_text(json.dumps(doc))
+            write_private(tmp, json.dumps(doc).encode())
             tmp.replace(path)
         except OSError as exc:
             log.warning("viewer: series index not kept (%s)", type(exc).__name__)

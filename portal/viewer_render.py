@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import io
 import logging
@@ -166,6 +167,21 @@ def placeholder(side: int) -> bytes:
 # -- the disk cache ------------------------------------------------------------------
 
 
+def private_dir(folder: Path) -> None:
+    """``folder`` and its parent made if missing, the node account's alone (0700, as
+    everything under the data folder), whatever the umask."""
+    for path in (folder.parent, folder):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file ``path`` readable by the node account only (0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 class _Sizes:
     """Bytes each viewer folder holds, counted once by a scan, then kept up to date."""
 
@@ -248,9 +264,9 @@ def picture(
         return placeholder(side), False
     if package_folder.is_dir():
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            private_dir(folder)
             tmp = folder / f".{name}.{threading.get_ident()}.tmp"
-            tmp.write_bytes(data)
+            write_private(tmp, data)
             tmp.replace(cached)
             _sizes.add(folder, len(data), ctx.portal.viewer_cache_mb * 1_000_000)
         except OSError as exc:

@@ -275,6 +275,8 @@ def test_pictures_are_cached_beside_the_package_bounded_and_not_after_a_purge(
     cached = sorted((viewing.folder / "viewer").rglob("*.jpg"))
     assert cached and all(viewing.folder in p.parents for p in cached)
     assert all(viewing.study_uid not in str(p) for p in cached)
+    for path in [*cached, cached[0].parent, cached[0].parent.parent]:  # 0600 / 0700
+        assert path.stat().st_mode & 0o077 == 0, path
     assert c.get("/files/view/1/1/2/image?w=bone").content == first
     # Bounded: past the limit the oldest go first.
     folder = cached[0].parent
