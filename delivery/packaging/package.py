@@ -32,7 +32,7 @@ import math
 import re
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from delivery.packaging.errors import (
 )
 from delivery.packaging.manifest import Counts
 from delivery.packaging.parts import SeriesGroup, Sized, plan_parts
-from delivery.packaging.preview import RenderLimits, series_previews
+from delivery.packaging.preview import MAX_SIDE, RenderLimits, series_previews
 from delivery.packaging.viewer import ImageSpool, ViewerOptions, estimate
 from delivery.packaging.zipwriter import PARTIAL_SUFFIX, PartWriter, fsync_dir
 from store.content import DIR_MODE
@@ -225,7 +225,8 @@ def build_package(
     bound the decoding of the series previews (:mod:`delivery.packaging.preview`; None: the
     defaults). ``viewer``: put the offline viewer in every part
     (:mod:`delivery.packaging.viewer`; None: no ``VIEWER/``); its images are rendered in a
-    thread while the instances are copied.
+    thread while the instances are copied, by one child that renders the previews first
+    (under ``viewer.limits``, or ``preview_limits`` when those are None).
 
     Raises :class:`MissingInstanceError` / :class:`UnreadableInstanceError` for an instance
     file that is missing, unreadable or not the instance the item names, and
@@ -243,12 +244,14 @@ def build_package(
     dest.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     dest.mkdir(exist_ok=True, mode=DIR_MODE)
     spool = None
-    if viewer is not None:  # its child renders meanwhile: the previews, the copying
+    if viewer is not None:  # one child renders the previews, then every image
+        if viewer.limits is None:
+            viewer = replace(viewer, limits=preview_limits)
         spool = ImageSpool.beside(
             [[s.item for s in g] for g in groups], dest, info.reference, viewer
-        ).start()
+        ).start(previews=MAX_SIDE)
     try:
-        previews = _previews(groups, preview_limits)
+        previews = spool.previews() if spool is not None else _previews(groups, preview_limits)
         plan = [
             [s.item for s in part]
             for part in plan_parts([_planned(g, previews, viewer) for g in groups], max_part_bytes)

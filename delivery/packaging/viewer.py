@@ -173,6 +173,8 @@ class ImageSpool:
         self._done = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._preview_side = 0
+        self._previews: dict[str, bytes | str] | None = None
 
     @classmethod
     def beside(
@@ -183,7 +185,10 @@ class ImageSpool:
         folder = dest / f".{name}.viewer.{secrets.token_hex(6)}.partial"
         return cls(groups, folder, options)
 
-    def start(self) -> ImageSpool:
+    def start(self, previews: int = 0) -> ImageSpool:
+        """Start rendering; with ``previews`` (a size), each series' middle instance is
+        rendered at that size first, for :meth:`previews` (one child for both)."""
+        self._preview_side = previews
         self.folder.mkdir(mode=DIR_MODE)
         self._thread = threading.Thread(target=self._run, name="viewer-render", daemon=True)
         self._thread.start()
@@ -199,6 +204,19 @@ class ImageSpool:
         try:
             fmt = "jpeg" if self.options.quality == NATIVE_QUALITY else "png"
             with ExportRenderer(self.options.limits) as renderer:
+                if self._preview_side:  # the series thumbnails first: planning waits for them
+                    previews: dict[str, bytes | str] = {}
+                    for group in self._groups:
+                        middle = group[len(group) // 2]
+                        try:
+                            previews[middle.series_uid] = renderer.render(
+                                middle.path, max_side=self._preview_side
+                            )
+                        except ImagingError as exc:
+                            previews[middle.series_uid] = str(exc)
+                    with self._wake:
+                        self._previews = previews
+                        self._wake.notify_all()
                 number = 0
                 for group in self._groups:
                     for item in group:
@@ -235,6 +253,20 @@ class ImageSpool:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         return Rendered(path, len(data))
+
+    def previews(self) -> dict[str, bytes | str]:
+        """Series UID -> thumbnail, or why there is none (as
+        :func:`delivery.packaging.preview.series_previews` gives them); needs
+        ``start(previews=...)``."""
+        assert self._preview_side, "start(previews=...) first"
+        with self._wake:
+            while self._previews is None:
+                if self._error is not None:
+                    raise self._error
+                if self._done:
+                    raise RuntimeError("the renderer stopped before the previews")
+                self._wake.wait()
+            return self._previews
 
     def result(self, uid: str) -> Rendered | str:
         """The image of instance ``uid`` once rendered, or why there is none."""

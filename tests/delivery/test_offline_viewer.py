@@ -278,3 +278,27 @@ def test_kill_9_leaves_a_spool_that_sweep_partial_removes(tmp_path: Path) -> Non
     assert not any(n.endswith(".zip") for n in names), names
     assert sweep_partial(out) >= 2  # the part and the spool
     assert list(out.iterdir()) == []
+
+
+def test_one_child_renders_the_same_previews(tmp_path: Path) -> None:
+    """With the viewer, the viewer's child renders the series previews too: the same
+    thumbnails, and the same note for a series it cannot decode."""
+    studies = synthetic.make_transfer_syntax_studies(
+        tmp_path / "src", syntaxes=[JPEG2000Lossless, synthetic.ExplicitVRLittleEndian]
+    )
+    for path in studies[JPEG2000Lossless]:
+        ds = pydicom.dcmread(path)
+        frame = bytearray(ds.PixelData)
+        frame[40:-40] = bytes(len(frame) - 80)
+        ds.PixelData = bytes(frame)
+        ds.save_as(path, enforce_file_format=True)
+    items = items_for([p for ps in studies.values() for p in ps])
+    manifests = []
+    previews = []
+    for k, viewer in enumerate((None, OPTIONS)):
+        result = build_package(items, tmp_path / f"out{k}", info=INFO, viewer=viewer)
+        with zipfile.ZipFile(result.parts[0]) as zf:
+            manifests.append(json.loads(zf.read("MANIFEST.json"))["series"])
+            previews.append({n: zf.read(n) for n in zf.namelist() if n.startswith("PREVIEW/")})
+    assert manifests[0] == manifests[1]
+    assert previews[0] == previews[1] and len(previews[0]) == 1
