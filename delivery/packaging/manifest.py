@@ -18,6 +18,9 @@ itself). Format ``courier-package/1``::
     }
 
 A series without a thumbnail has ``"preview": null`` and the reason in ``preview_note``.
+The offline viewer's files (``VIEWER/index.html``, its script, stylesheet and images;
+:mod:`delivery.packaging.viewer`) are listed in ``files`` like every other file; an image
+it could not render adds a line ``series <UID>: offline viewer: ...`` to ``notes``.
 """
 
 from __future__ import annotations
