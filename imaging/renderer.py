@@ -31,7 +31,8 @@ from typing import Any
 
 from imaging.budget import declared_size
 from imaging.errors import OverBudget, RenderFailed, RenderTimeout
-from imaging.render import Format, read_header
+from imaging.info import read_facts
+from imaging.render import Format
 
 #: Where ``imaging`` lives, for the child's import path (the node may run from a checkout).
 _ROOT = str(Path(__file__).resolve().parent.parent)
@@ -185,7 +186,7 @@ class Renderer:
         :class:`RenderTimeout`, or :class:`RenderFailed` (no image, bad data, the child ran
         out of memory or crashed). The renderer stays usable after any of them.
         """
-        budget = declared_size(read_header(path))
+        budget = declared_size(read_facts(path))  # the few elements it needs: fast
         budget.check_frame(self.limits.max_frame_values)
         request = {
             "path": str(path),
