@@ -201,10 +201,10 @@ async def view_thumb(request: Request, k: str, j: str) -> Response:
 async def view_page(request: Request, k: str, j: str, n: str) -> Response:
     """The viewer page of image ``n`` of series ``j`` of study ``k``."""
     ctx = portal(request)
-    warm(ctx)
     found = await run_in_threadpool(_find, ctx, request, k, j)
     if isinstance(found, Response):
         return found
+    warm(ctx)  # usually running already: the files page started it
     target = found
     count = len(target.index.frames)
     number = _pos(n)
