@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from delivery.compose import Branding, Composer
 from delivery.grants import GrantKeys
-from delivery.messages import release_expected_email
+from delivery.messages import release_expected_email, staff_alert
 from node.cli import main
 from node.config import load_config
 from node.delivery import DeliveryService
@@ -183,3 +183,17 @@ def test_the_api_takes_the_flag(api: Api) -> None:
     assert (body["tell_patient_when"], body["hold"], body["hold_until"]) == (True, "", None)
     shown = api.client.get(f"/api/v1/requests/{body['reference']}", headers=api.auth).json()
     assert shown["tell_patient_when"] is True
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_staff_alert_when_the_report_did_not_come(language: str) -> None:
+    msg = staff_alert(
+        to="staff@example.org",
+        kind="release_held",
+        reference="CR-7KQ4-M2XD-9",
+        message_id="abc@example.org",
+        language=language,
+    )
+    assert "CR-7KQ4-M2XD-9" in msg.subject and "CR-7KQ4-M2XD-9" in msg.text
+    assert "{{" not in msg.text and "%(" not in msg.text
+    assert ("final report" in msg.subject) == (language == "en")
