@@ -82,14 +82,17 @@ def _park_reactor(assoc: Any) -> None:
     ``send_c_store`` pauses the reactor by clearing a checkpoint and waiting for its
     ``_is_paused`` flag, which is still True for a moment after the reactor passed the
     checkpoint: if the response comes back within that moment (Courier answers in well
-    under a millisecond; the reactor may be waiting for the GIL), the reactor takes it
-    and ``send_c_store`` returns None. Waiting a few milliseconds here closes the window.
+    under a millisecond; the reactor may be waiting for the GIL on a loaded machine),
+    the reactor takes it and ``send_c_store`` returns None. Here we wait until the
+    reactor thread really waits on the cleared checkpoint (bounded: 1 s).
     """
-    assoc._reactor_checkpoint.clear()
+    checkpoint = assoc._reactor_checkpoint
+    checkpoint.clear()
     deadline = time.monotonic() + 1
-    while not assoc._is_paused and time.monotonic() < deadline:
-        time.sleep(0.0001)
-    time.sleep(0.005)
+    while time.monotonic() < deadline and not (
+        assoc._is_paused and checkpoint._cond._waiters  # the reactor waits on it
+    ):
+        time.sleep(0.0002)
 
 
 def storescu(
