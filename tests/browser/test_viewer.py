@@ -131,6 +131,20 @@ def test_the_viewer_with_and_without_javascript_and_for_a_clinician(
     patient.locator("#view-next").click()
     drawn(patient, "/files/view/1/1/3/image?w=lung")
 
+    # Drag on the image: a window of its own (centre and width from the lung preset's).
+    box = patient.locator("#view-stage").bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    patient.mouse.move(x, y)
+    patient.mouse.down()
+    patient.mouse.move(x - 60, y + 40, steps=4)
+    patient.mouse.up()
+    patient.wait_for_function(
+        """() => { const i = document.getElementById("view-image");
+                   return i.src.includes("/files/view/1/1/3/image?c=") && i.naturalWidth > 0; }"""
+    )
+    expect(patient.locator("#view-window")).to_contain_text("Window centre")
+
     csp = patient.evaluate("window.__csp")
     assert csp == [], f"CSP violations: {csp}"
     assert errors == [], f"console errors: {errors}"

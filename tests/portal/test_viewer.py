@@ -23,6 +23,7 @@ from sqlalchemy import select, update
 
 from portal import viewer_render
 from portal.settings import PortalSettings
+from portal.viewer_sr import MAX_DEPTH, MAX_LINES, sr_lines
 from scp.recovery import recover
 from store.catalog import Catalog
 from store.content import ContentStore
@@ -290,6 +291,24 @@ def test_pictures_are_cached_beside_the_package_bounded_and_not_after_a_purge(
     shutil.rmtree(viewing.folder)
     assert c.get("/files/view/1/1/1/image?w=lung").status_code == 200
     assert not viewing.folder.exists()
+
+
+def test_a_hostile_report_is_read_bounded() -> None:
+    item = Dataset()
+    item.ValueType = "TEXT"
+    item.TextValue = "x" * 10_000
+    deep = item
+    for _ in range(100):  # 100 levels
+        parent = Dataset()
+        parent.ValueType = "CONTAINER"
+        parent.ContentSequence = Sequence([deep])
+        deep = parent
+    wide = Dataset()
+    wide.ContentSequence = Sequence([deep] + [item] * 5000)
+    lines = sr_lines(wide)
+    assert len(lines) <= MAX_LINES
+    assert max(line.depth for line in lines) <= MAX_DEPTH
+    assert max(len(line.value) for line in lines) <= 2000
 
 
 def test_trim_removes_the_oldest_first(tmp_path: Path) -> None:
