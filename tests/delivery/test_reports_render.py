@@ -75,3 +75,24 @@ def test_report_files_in_the_patient_language(db: Database, tmp_path: Path) -> N
     assert "Conclusion: normal &amp; &lt;ok&gt;" in text
     assert "12.5 mm" in files[1].data.decode()
     assert files[2].data == PDF + b"x"  # the PDF as received (padding removed)
+
+
+def test_a_hostile_sr_is_rendered_bounded() -> None:
+    """100 nested containers (deeper than anyone writes) stop at the depth limit."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    leaf = Dataset()
+    leaf.ValueType = "TEXT"
+    leaf.TextValue = "deep"
+    node = leaf
+    for _ in range(100):
+        parent = Dataset()
+        parent.ValueType = "CONTAINER"
+        parent.ContentSequence = Sequence([node])
+        node = parent
+    root = Dataset()
+    root.ContentSequence = Sequence([node])
+    out = sr_html(root)
+    assert "…" in out and "deep" not in out
+    assert out.count("<dl") <= 34
