@@ -66,7 +66,13 @@ def send(
                 statuses.append(None)
                 continue
             _park_reactor(assoc)
-            rsp = assoc.send_c_store(f)
+            try:
+                rsp = assoc.send_c_store(f)
+            except RuntimeError:  # the association ended while the reactor was parked
+                if assoc.is_established:
+                    raise
+                statuses.append(None)
+                continue
             statuses.append(int(rsp.Status) if rsp and "Status" in rsp else None)
         if assoc.is_established:
             assoc.release()
@@ -89,8 +95,12 @@ def _park_reactor(assoc: Any) -> None:
     checkpoint = assoc._reactor_checkpoint
     checkpoint.clear()
     deadline = time.monotonic() + 1
-    while time.monotonic() < deadline and not (
-        assoc._is_paused and checkpoint._cond._waiters  # the reactor waits on it
+    while (
+        assoc.is_established
+        and time.monotonic() < deadline
+        and not (
+            assoc._is_paused and checkpoint._cond._waiters  # the reactor waits on it
+        )
     ):
         time.sleep(0.0002)
 
