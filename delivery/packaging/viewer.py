@@ -11,7 +11,9 @@ their images in any current browser, with no server and no network:
   list from the page itself: nothing is fetched (browsers block fetch/XHR of ``file://``);
 - ``viewer.js`` and ``viewer.css``: static, the same for every package (no inline script
   or style, no other origin);
-- ``S<series>/<n>.jpg``: every instance pre-rendered (its middle frame) as a JPEG at
+- ``S<series>/<n>.jpg``: every instance pre-rendered (every frame of a multi-frame
+  instance, such as an ultrasound cine or an enhanced CT, up to :data:`MAX_FRAMES`
+  evenly spaced) as a JPEG at
   display size (``max_side``, 1024 px on the long side by default) with the header's VOI
   window, by one limited child process per package (:class:`imaging.export.ExportRenderer`,
   an :class:`imaging.Renderer` with a lookup-table fast path for plain greyscale frames).
@@ -44,7 +46,7 @@ from typing import TYPE_CHECKING
 import pydicom
 
 from delivery.i18n import SOURCE_LANGUAGE, environment
-from imaging import ImagingError, Renderer, RenderLimits
+from imaging import ImagingError, Renderer, RenderLimits, declared_size
 from imaging.export import ExportRenderer
 from store.content import DIR_MODE, FILE_MODE
 from telemetry import text
@@ -62,6 +64,22 @@ STATIC = ("viewer.js", "viewer.css")
 #: The JPEG quality the renderer's child uses itself; other qualities are re-encoded.
 NATIVE_QUALITY = 85
 DOMAIN = "readme"
+#: Frames shown of one multi-frame instance at most (evenly spaced; a note says so).
+MAX_FRAMES = 300
+#: Storage classes that hold one frame: no header read to count their frames.
+_SINGLE_FRAME = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.1",  # CR
+        "1.2.840.10008.5.1.4.1.1.1.1",  # DX
+        "1.2.840.10008.5.1.4.1.1.1.1.1",
+        "1.2.840.10008.5.1.4.1.1.1.2",  # MG
+        "1.2.840.10008.5.1.4.1.1.1.2.1",
+        "1.2.840.10008.5.1.4.1.1.2",  # CT
+        "1.2.840.10008.5.1.4.1.1.4",  # MR
+        "1.2.840.10008.5.1.4.1.1.6.1",  # US (single frame)
+        "1.2.840.10008.5.1.4.1.1.128",  # PET
+    }
+)
 _TEXT_MAX = 120
 _UNSAFE = text.pattern(text.CONTROLS | text.BIDI_CONTROLS)
 
@@ -126,6 +144,28 @@ def estimate(size: int, options: ViewerOptions) -> int:
     return min(size // 3, options.max_side * options.max_side * 3 // 2) + 512
 
 
+def _frames(item: PackageItem) -> tuple[list[int | None], int]:
+    """The frames to render of ``item``: ``[None]`` (its only, or middle, frame) or
+    every frame of a multi-frame instance, at most :data:`MAX_FRAMES` evenly spaced; and
+    how many it has."""
+    if item.sop_class_uid in _SINGLE_FRAME:
+        return [None], 1
+    try:
+        header = pydicom.dcmread(
+            item.path, stop_before_pixels=True, specific_tags=["NumberOfFrames"]
+        )
+        frames = declared_size(header).frames
+    except Exception:  # unreadable or odd: the renderer will say why, for one frame
+        return [None], 1
+    if frames <= 1:
+        return [None], 1
+    picks: list[int | None] = list(range(frames))
+    if frames > MAX_FRAMES:
+        spread = {round(k * (frames - 1) / (MAX_FRAMES - 1)) for k in range(MAX_FRAMES)}
+        picks = [*sorted(spread)]
+    return picks, frames
+
+
 def _reencode(data: bytes, quality: int) -> bytes:
     """The renderer's PNG (our own, at most max_side square) as a JPEG of ``quality``."""
     from PIL import Image
@@ -167,7 +207,9 @@ class ImageSpool:
         self._groups = [list(g) for g in groups]
         self.folder = folder
         self.options = options
-        self._results: dict[str, Rendered | str] = {}
+        self._results: dict[str, list[Rendered | str]] = {}
+        #: Instance UID -> (frames it has, frames shown), for multi-frame ones cut short.
+        self.capped: dict[str, tuple[int, int]] = {}
         self._wake = threading.Condition()
         self._stop = False
         self._done = False
@@ -220,12 +262,17 @@ class ImageSpool:
                 number = 0
                 for group in self._groups:
                     for item in group:
-                        if self._stop:
-                            return
-                        number += 1
-                        result = self._render(renderer, item, number, fmt)
+                        results: list[Rendered | str] = []
+                        frames, total = _frames(item)
+                        if len(frames) < total:
+                            self.capped[item.sop_instance_uid] = (total, len(frames))
+                        for frame in frames:
+                            if self._stop:
+                                return
+                            number += 1
+                            results.append(self._render(renderer, item, frame, number, fmt))
                         with self._wake:
-                            self._results[item.sop_instance_uid] = result
+                            self._results[item.sop_instance_uid] = results
                             self._wake.notify_all()
         except BaseException as exc:  # handed to the writer by result()
             with self._wake:
@@ -236,11 +283,14 @@ class ImageSpool:
                 self._wake.notify_all()
 
     def _render(
-        self, renderer: Renderer, item: PackageItem, number: int, fmt: str
+        self, renderer: Renderer, item: PackageItem, frame: int | None, number: int, fmt: str
     ) -> Rendered | str:
         try:
             data = renderer.render(
-                item.path, max_side=self.options.max_side, fmt="png" if fmt == "png" else "jpeg"
+                item.path,
+                frame=frame,
+                max_side=self.options.max_side,
+                fmt="png" if fmt == "png" else "jpeg",
             )
             if fmt == "png":
                 data = _reencode(data, self.options.quality)
@@ -268,23 +318,17 @@ class ImageSpool:
                 self._wake.wait()
             return self._previews
 
-    def result(self, uid: str) -> Rendered | str:
-        """The image of instance ``uid`` once rendered, or why there is none."""
+    def result(self, uid: str) -> list[Rendered | str]:
+        """The images of instance ``uid`` once rendered (one per frame shown), each or
+        why there is none."""
         with self._wake:
             while uid not in self._results:
                 if self._error is not None:
                     raise self._error
                 if self._done:
-                    return "not rendered"
+                    return ["not rendered"]
                 self._wake.wait()
             return self._results[uid]
-
-    def release(self, uid: str) -> None:
-        """Forget instance ``uid``'s image and delete its file (written into the part)."""
-        with self._wake:
-            result = self._results.get(uid)
-        if isinstance(result, Rendered):
-            result.path.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Stop rendering, wait for the thread (it ends its child) and remove the spool."""
@@ -329,14 +373,20 @@ def viewer_files(
             description = shown(_description(item.path))
             current = _Series(series_index[item.series_uid], modality, number, description)
             series.append(current)
-        result = spool.result(item.sop_instance_uid)
-        if isinstance(result, Rendered):
-            name = f"S{current.index:03d}/{len(current.images) + 1:05d}.jpg"
-            current.images.append((name, len(current.images) + 1))
-            files.append(ViewerFile(f"{FOLDER}/{name}", result.size, path=result.path))
-        else:
-            current.missing += 1
-            reasons.setdefault(item.series_uid, result)
+        for result in spool.result(item.sop_instance_uid):
+            if isinstance(result, Rendered):
+                name = f"S{current.index:03d}/{len(current.images) + 1:05d}.jpg"
+                current.images.append((name, len(current.images) + 1))
+                files.append(ViewerFile(f"{FOLDER}/{name}", result.size, path=result.path))
+            else:
+                current.missing += 1
+                reasons.setdefault(item.series_uid, result)
+        if item.sop_instance_uid in spool.capped:
+            total, kept = spool.capped[item.sop_instance_uid]
+            notes.append(
+                f"instance {item.sop_instance_uid}: offline viewer: {kept} of its {total} "
+                "frames shown (evenly spaced)"
+            )
     for uid, reason in reasons.items():
         notes.append(f"series {uid}: offline viewer: some images could not be rendered: {reason}")
     page = render_index(info, series, medium=medium)

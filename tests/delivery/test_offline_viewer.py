@@ -302,3 +302,34 @@ def test_one_child_renders_the_same_previews(tmp_path: Path) -> None:
             previews.append({n: zf.read(n) for n in zf.namelist() if n.startswith("PREVIEW/")})
     assert manifests[0] == manifests[1]
     assert previews[0] == previews[1] and len(previews[0]) == 1
+
+
+def test_every_frame_of_a_multiframe_instance_is_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    from pydicom.uid import UltrasoundMultiFrameImageStorage
+
+    from delivery.packaging import viewer
+    from tests.imaging.test_viewer_render import _image, _save
+
+    def cine(name: str, frames: int) -> Path:
+        ds = _image(24, 24, 3, 8, "RGB")
+        ds.NumberOfFrames = frames
+        ds.Modality = "US"
+        ds.SeriesNumber = 7
+        ds.InstanceNumber = 1
+        ds.PixelData = np.zeros((frames, 24, 24, 3), np.uint8).tobytes()
+        return _save(ds, UltrasoundMultiFrameImageStorage, tmp_path / name)
+
+    monkeypatch.setattr(viewer, "MAX_FRAMES", 4)
+    items = items_for([cine("us3.dcm", 3)])
+    result = build_package(items, tmp_path / "a", info=INFO, viewer=OPTIONS)
+    images = [n for n in _names(result.parts[0]) if n.startswith("VIEWER/S001/")]
+    assert images == [f"VIEWER/S001/{n:05d}.jpg" for n in (1, 2, 3)]
+    assert not any("offline viewer" in n for n in result.notes)
+    items = items_for([cine("us9.dcm", 9)])
+    result = build_package(items, tmp_path / "b", info=INFO, viewer=OPTIONS)
+    images = [n for n in _names(result.parts[0]) if n.startswith("VIEWER/S001/")]
+    assert len(images) == 4
+    assert any("4 of its 9 frames shown" in n for n in result.notes)
