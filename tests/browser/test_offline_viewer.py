@@ -15,7 +15,7 @@ from delivery.disc import write_disc_image
 from delivery.packaging.package import build_package
 from delivery.packaging.viewer import ViewerOptions
 from tests import synthetic
-from tests.browser.conftest import ContextFactory
+from tests.browser.conftest import ContextFactory, screenshot
 from tests.delivery.test_package import INFO, items_for
 
 OPTIONS = ViewerOptions(max_side=256)
@@ -140,3 +140,22 @@ def test_fits_a_phone(new_context: ContextFactory, tmp_path: Path, width: int) -
     page.goto((root / "VIEWER" / "index.html").as_uri())
     _drawn(page, "#view")
     assert page.evaluate("document.documentElement.scrollWidth") <= width
+
+
+def test_screenshot_on_a_phone(
+    new_context: ContextFactory, tmp_path: Path, screenshot_dir: Path
+) -> None:
+    """The README's picture of the offline viewer (COURIER_SCREENSHOTS=1 writes it)."""
+    paths = synthetic.make_ct_series(tmp_path / "src", n_slices=5, rows=512, cols=512)
+    result = build_package(items_for(paths), tmp_path / "out", info=INFO, viewer=ViewerOptions())
+    root = tmp_path / "unzipped"
+    with zipfile.ZipFile(result.parts[0]) as zf:
+        zf.extractall(root)
+    page = new_context(offline=True).new_page()
+    page.goto((root / "VIEWER" / "index.html").as_uri())
+    _drawn(page, "#view")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => document.getElementById('view').src.endsWith('00003.jpg')")
+    _drawn(page, "#view")
+    screenshot(page, screenshot_dir, "09-offline-viewer.png")
