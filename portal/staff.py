@@ -15,6 +15,8 @@ Pages are English only, server-rendered, and need no JavaScript.
 
 from __future__ import annotations
 
+from zoneinfo import ZoneInfo
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
@@ -44,12 +46,13 @@ home = APIRouter(prefix="/staff")
 
 @home.get("", response_class=HTMLResponse)
 def show_dashboard(request: Request, staff: SignedIn) -> Response:
-    """What needs attention (overdue, failed, locked links, staff alerts that were held
-    or failed, packaging that takes too long, the CD burn queue) and how many requests
-    are in each state."""
+    """What needs attention (requests held for staff to decide, overdue, failed, locked
+    links, staff alerts that were held or failed, packaging that takes too long, the CD
+    burn queue), how many requests are in each state, and which a release hold keeps
+    back."""
     ctx = context_of(request)
     with guarded(ctx.sessions) as s:
-        board = dashboard(s, ctx.clock())
+        board = dashboard(s, ctx.clock(), ZoneInfo(ctx.delivery.timezone))
         studies = attention(s, ctx.clock(), ctx.portal.held_alert_h)  # held, pulls
         held = list(  # studies held because their patient identity differs
             s.scalars(

@@ -2,14 +2,16 @@
 
 Read-only; plain dataclasses out, so templates never touch a session. The dashboard
 lists what needs attention now (overdue, failed, stuck in packaging, locked links,
-staff alerts held or failed, the CD burn queue) and how many requests are in each state.
+staff alerts held or failed, the CD burn queue, requests the release policy held for
+staff to decide) and how many requests are in each state, and which the release policy
+holds (embargoed until, waiting for the report, held by staff until: :mod:`release.embargo`).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import func, select
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 from delivery.discs import WHY_TEXT
 from delivery.outbox import stale_links
 from portal.staff_choices import LIVE
+from release.embargo import EMBARGO, HOLDABLE, REPORT, STAFF, describe, held_now
 from store.models import (
     DiscJob,
     Grant,
@@ -44,6 +47,23 @@ class RequestLine:
     updated_at: datetime
     due_by: datetime | None
     selected: int = 0
+    # The release hold as the request page says it ("embargoed until ..."), "" none.
+    hold: str = ""
+    hold_kind: str = ""
+
+
+@dataclass(frozen=True)
+class HeldLine:
+    """A request a hold keeps back: which kind (``embargo``, ``report``, ``staff``),
+    until when (None: until staff release it), since when it was held or last checked,
+    and the request page's words for it (local time)."""
+
+    reference: str
+    state: str
+    kind: str
+    until: datetime | None
+    since: datetime | None
+    text: str
 
 
 @dataclass(frozen=True)
@@ -86,11 +106,24 @@ class Dashboard:
     burn: list[BurnLine] = field(default_factory=list)
     # Link emails queued longer than delivery.outbox.LINK_QUEUED_WARN, not yet accepted.
     queued_links: list[RequestLine] = field(default_factory=list)
+    # The release policy's holds: "needs you" (max_wait passed and the policy holds for
+    # staff, or staff held it until released) and the rest, which end by themselves.
+    for_staff: list[HeldLine] = field(default_factory=list)
+    embargoed: list[HeldLine] = field(default_factory=list)
+    report_wait: list[HeldLine] = field(default_factory=list)
+    staff_until: list[HeldLine] = field(default_factory=list)
+    # How many of each (not capped at LIST_LIMIT): for_staff, embargo, report, staff_until.
+    held_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def held(self) -> int:
+        return sum(self.held_counts.values())
 
     @property
     def quiet(self) -> bool:
         return not (
-            self.overdue
+            self.for_staff
+            or self.overdue
             or self.failed
             or self.stuck
             or self.locked
@@ -100,7 +133,7 @@ class Dashboard:
         )
 
 
-def line(req: ReleaseRequest, selected: int = 0) -> RequestLine:
+def line(req: ReleaseRequest, selected: int = 0, hold: str | None = None) -> RequestLine:
     return RequestLine(
         req.reference,
         str(req.state),
@@ -111,7 +144,49 @@ def line(req: ReleaseRequest, selected: int = 0) -> RequestLine:
         req.updated_at,
         req.due_by,
         selected,
+        hold or "",
+        req.hold_kind if hold else "",
     )
+
+
+def _held(s: Session, now: datetime, zone: tzinfo, board: Dashboard) -> None:
+    """Fill ``board``'s held lists and counts: requests a hold keeps back at ``now``."""
+    since = func.coalesce(ReleaseRequest.hold_checked_at, ReleaseRequest.updated_at)
+    counts = {"for_staff": 0, EMBARGO: 0, REPORT: 0, "staff_until": 0}
+    for kind, open_ended, n in s.execute(
+        select(ReleaseRequest.hold_kind, ReleaseRequest.hold_until.is_(None), func.count())
+        .where(held_now(now))
+        .group_by(ReleaseRequest.hold_kind, ReleaseRequest.hold_until.is_(None))
+    ):
+        if kind == STAFF:
+            counts["for_staff" if open_ended else "staff_until"] += int(n)
+        elif kind in counts:
+            counts[kind] += int(n)
+    board.held_counts = counts
+    rows = s.execute(
+        select(ReleaseRequest, since)
+        .where(held_now(now))
+        .order_by(since, ReleaseRequest.id)
+        .limit(4 * LIST_LIMIT)
+    )
+    for req, at in rows:
+        held = HeldLine(
+            req.reference,
+            str(req.state),
+            req.hold_kind,
+            req.hold_until,
+            at,
+            describe(req, zone, now) or req.hold_kind,
+        )
+        if req.hold_kind == STAFF:
+            into = board.for_staff if req.hold_until is None else board.staff_until
+        else:
+            into = board.embargoed if req.hold_kind == EMBARGO else board.report_wait
+        if len(into) < LIST_LIMIT:
+            into.append(held)
+    # Soonest to end first; those only staff can end, longest held first.
+    for ending in (board.embargoed, board.report_wait, board.staff_until):
+        ending.sort(key=lambda h: (h.until or now, h.reference))
 
 
 def _in_state(s: Session, state: RequestState, *extra: Any) -> list[RequestLine]:
@@ -124,14 +199,16 @@ def _in_state(s: Session, state: RequestState, *extra: Any) -> list[RequestLine]
     return [line(r) for r in s.scalars(q)]
 
 
-def dashboard(s: Session, now: datetime) -> Dashboard:
-    """What needs attention now, and how many requests are in each state."""
+def dashboard(s: Session, now: datetime, zone: tzinfo = UTC) -> Dashboard:
+    """What needs attention now, how many requests are in each state, and which a
+    release hold keeps back (its times in ``zone``, the site's ``delivery.timezone``)."""
     counts = {str(st): 0 for st in RequestState}
     for state, n in s.execute(
         select(ReleaseRequest.state, func.count()).group_by(ReleaseRequest.state)
     ):
         counts[str(state)] = int(n)
     board = Dashboard(counts)
+    _held(s, now, zone, board)
     board.overdue = _in_state(s, RequestState.OVERDUE)
     board.failed = _in_state(s, RequestState.FAILED)
     board.stuck = _in_state(
@@ -191,8 +268,17 @@ def dashboard(s: Session, now: datetime) -> Dashboard:
     return board
 
 
-def request_lines(s: Session, state: RequestState | None) -> list[RequestLine]:
-    """Requests, newest first (at most :data:`LIST_LIMIT`), optionally in ``state``."""
+def request_lines(
+    s: Session,
+    state: RequestState | None,
+    *,
+    now: datetime,
+    hold: str = "",
+    zone: tzinfo = UTC,
+) -> list[RequestLine]:
+    """Requests, newest first (at most :data:`LIST_LIMIT`), optionally in ``state`` and
+    held (``hold``: ``held`` any hold, or ``embargo``, ``report``, ``staff``:
+    :func:`release.embargo.held_now`). Each line says its hold at ``now`` in ``zone``."""
     q = (
         select(ReleaseRequest)
         .order_by(ReleaseRequest.created_at.desc(), ReleaseRequest.id.desc())
@@ -200,5 +286,14 @@ def request_lines(s: Session, state: RequestState | None) -> list[RequestLine]:
     )
     if state is not None:
         q = q.where(ReleaseRequest.state == state)
+    if hold:
+        q = q.where(held_now(now, hold))
     rows = list(s.scalars(q.limit(LIST_LIMIT)))
-    return [line(r, len(r.selections)) for r in rows]
+    return [line(r, len(r.selections), _hold_text(r, now, zone)) for r in rows]
+
+
+def _hold_text(req: ReleaseRequest, now: datetime, zone: tzinfo) -> str | None:
+    """The hold's words for a request not yet packaged (None: nothing holds it)."""
+    if not req.hold_kind or RequestState(req.state) not in HOLDABLE:
+        return None
+    return describe(req, zone, now)

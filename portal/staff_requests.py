@@ -1,4 +1,4 @@
-"""Staff pages for requests: the list (``?state=``), a new request, one request's story.
+"""Staff pages for requests: the list (``?state=``, ``?hold=``), a new request, one request's story.
 
 A new request is validated by :class:`release.validation.RequestDraft`, exactly as the
 CLI and the REST API do; problems are shown next to their fields and nothing is
@@ -126,29 +126,48 @@ def not_found(request: Request, ctx: PortalContext, staff: Staff, message: str) 
 # -- list -------------------------------------------------------------------------------
 
 
+# The list's ``?hold=`` filter: value → what the page calls it (release.embargo.held_now).
+HOLDS = {
+    "held": "held (any hold)",
+    "embargo": "embargoed",
+    "report": "waiting for the report",
+    "staff": "held by or for staff",
+}
+
+
 @router.get("/requests", response_class=HTMLResponse)
 def list_requests(request: Request, staff: SignedIn) -> Response:
-    """Requests, newest first; ``?state=`` shows one state only."""
+    """Requests, newest first; ``?state=`` shows one state only, ``?hold=`` only those a
+    release hold keeps back now (``held``: any; ``embargo``, ``report``, ``staff``)."""
     ctx = context_of(request)
     wanted = request.query_params.get("state", "")
-    error = ""
+    wanted_hold = request.query_params.get("hold", "")
+    error = hold_error = ""
     state = None
     if wanted in STATES:
         state = RequestState(wanted)
     elif wanted:
         error = f"Unknown state; choose one of {', '.join(STATES)}."
+    hold = wanted_hold if wanted_hold in HOLDS else ""
+    if wanted_hold and not hold:
+        hold_error = f"Unknown hold; choose one of {', '.join(HOLDS)}."
     with guarded(ctx.sessions) as s:
-        rows = request_lines(s, state)
+        rows = request_lines(
+            s, state, now=ctx.clock(), hold=hold, zone=ZoneInfo(ctx.delivery.timezone)
+        )
     return page(
         request,
         ctx,
         staff,
         "staff/requests.html.j2",
-        422 if error else 200,
+        422 if error or hold_error else 200,
         rows=rows,
         states=STATES,
         state=str(state or ""),
         error=error,
+        holds=HOLDS,
+        hold=hold,
+        hold_error=hold_error,
         limit=LIST_LIMIT,
     )
 

@@ -115,6 +115,25 @@ def releasable(now: datetime) -> ColumnElement[bool]:
     )
 
 
+#: What staff may ask the lists for: any hold, or one kind (``held_now``'s ``kind``).
+HOLD_FILTERS = ("held", EMBARGO, REPORT, STAFF)
+
+
+def held_now(now: datetime, kind: str = "held") -> ColumnElement[bool]:
+    """The SQL condition of a request a hold keeps back at ``now``: not yet packaged
+    (:data:`HOLDABLE`), and its hold not over (:func:`releasable` false). ``kind`` narrows
+    it to one kind (``embargo``, ``report``, ``staff``); ``held``: any. What the staff
+    pages, the REST API and ``courier request list --held`` show as held."""
+    if kind not in HOLD_FILTERS:
+        raise ValueError(f"hold filter {kind!r}: choose one of {', '.join(HOLD_FILTERS)}")
+    found = and_(
+        ReleaseRequest.state.in_(HOLDABLE),
+        ReleaseRequest.hold_kind != NONE,
+        ~releasable(now),
+    )
+    return found if kind == "held" else and_(found, ReleaseRequest.hold_kind == kind)
+
+
 def is_free(req: ReleaseRequest, now: datetime) -> bool:
     """:func:`releasable` for one loaded row."""
     if req.hold_kind == NONE:

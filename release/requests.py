@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import ColumnElement, CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -199,9 +199,14 @@ class RequestBook:
             return self._load(s, ref_or_id)
 
     def list(
-        self, state: RequestState | None = None, limit: int = 100
+        self,
+        state: RequestState | None = None,
+        limit: int = 100,
+        *,
+        where: ColumnElement[bool] | None = None,
     ) -> builtins.list[ReleaseRequest]:
-        """Requests, newest first, optionally only those in ``state``; at most ``limit``."""
+        """Requests, newest first, optionally only those in ``state`` and those ``where``
+        holds for (e.g. :func:`release.embargo.held_now`); at most ``limit``."""
         q = (
             select(ReleaseRequest)
             .order_by(ReleaseRequest.created_at.desc(), ReleaseRequest.id.desc())
@@ -210,6 +215,8 @@ class RequestBook:
         )
         if state is not None:
             q = q.where(ReleaseRequest.state == RequestState(state))
+        if where is not None:
+            q = q.where(where)
         with guarded(self._sessions) as s:
             return builtins.list(s.scalars(q))
 

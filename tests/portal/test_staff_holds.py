@@ -1,0 +1,169 @@
+"""Staff see every request a release hold keeps back: the dashboard and the request list.
+
+Through the staff pages (FastAPI's TestClient, SQLite and PostgreSQL) on the pages'
+injected clock; the site's zone is node.yaml's default, Europe/London. A request "held
+for staff" (max_wait passed, ``hold_for_staff``) sits with what needs attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from portal.staff_dashboard import dashboard
+from release.embargo import EMBARGO, REPORT, STAFF
+from release.requests import RequestBook
+from store.models import ReleaseRequest, RequestState
+from tests.conftest import Database
+from tests.portal.test_staff import START, Site, make_request, open_site
+
+# The autouse fixture that makes password hashing cheap, re-exported so it applies here.
+from tests.portal.test_staff import cheap_hashes as cheap_hashes
+
+
+@pytest.fixture
+def site(db: Database, tmp_path: Path) -> Iterator[Site]:
+    for s in open_site(db, tmp_path):
+        assert s.login().status_code == 303
+        yield s
+
+
+def held(
+    site: Site,
+    kind: str,
+    until: datetime | None,
+    *,
+    state: RequestState = RequestState.READY,
+    name: str = "",
+) -> str:
+    """A request in ``state`` (pending or ready) held ``kind`` until ``until``."""
+    ref = make_request(site)
+    if state == RequestState.READY:
+        RequestBook(site.db.sessions, site.clock).transition(ref, state, "rules", "x")
+    with site.db.sessions() as s, s.begin():
+        req = s.scalars(select(ReleaseRequest).where(ReleaseRequest.reference == ref)).one()
+        req.hold_kind, req.hold_until, req.hold_checked_at = kind, until, START
+        if name:
+            req.patient_name = name
+    return ref
+
+
+@pytest.fixture
+def holds(site: Site) -> dict[str, str]:
+    """One request of each kind of hold, one whose embargo ended, one packaged since."""
+    made = {
+        "embargo": held(site, EMBARGO, START + timedelta(hours=72)),
+        "report": held(site, REPORT, START + timedelta(days=7)),
+        "staff_until": held(site, STAFF, START + timedelta(days=1), state=RequestState.PENDING),
+        "for_staff": held(site, STAFF, None),
+        "ended": held(site, EMBARGO, START - timedelta(minutes=1)),
+        "free": make_request(site),
+    }
+    gone = held(site, EMBARGO, START + timedelta(hours=72))
+    RequestBook(site.db.sessions, site.clock).transition(
+        gone, RequestState.PACKAGING, "delivery", "x"
+    )
+    made["packaging"] = gone
+    return made
+
+
+def test_the_dashboard_counts_and_lists_each_kind_of_hold(
+    site: Site, holds: dict[str, str]
+) -> None:
+    with site.db.sessions() as s:
+        board = dashboard(s, START)
+    assert board.held_counts == {"for_staff": 1, "embargo": 1, "report": 1, "staff_until": 1}
+    assert board.held == 4
+    assert [h.reference for h in board.for_staff] == [holds["for_staff"]]
+    assert [h.reference for h in board.embargoed] == [holds["embargo"]]
+    assert [h.reference for h in board.report_wait] == [holds["report"]]
+    assert [h.reference for h in board.staff_until] == [holds["staff_until"]]
+    assert board.embargoed[0].until == START + timedelta(hours=72)
+    assert board.for_staff[0].since == START and not board.quiet
+
+    page = site.client.get("/staff").text
+    assert 'id="all-clear"' not in page
+    # Held for staff: with what needs attention, before the overdue/failed sections.
+    needs = page.index('id="needs-decision"')
+    assert needs < page.index('id="held"') and needs < page.index('id="counts"')
+    assert "Held for you to decide (1)" in page
+    assert f'id="held-for-staff-{holds["for_staff"]}"' in page
+    assert "held for staff: release it when ready" in page
+    assert 'id="held-count-embargo">1<' in page and 'id="held-count-report">1<' in page
+    assert 'id="held-count-staff-until">1<' in page and 'id="held-count-for-staff">1<' in page
+    assert "Held by the release policy (4)" in page
+    # The local time (Europe/London), and when each was held.
+    assert "embargoed until 2026-03-05 09:00 GMT" in page
+    assert "waiting for the report (at most until 2026-03-09 09:00 GMT)" in page
+    assert "held by staff until 2026-03-03 09:00 GMT" in page
+    assert f'id="held-embargo-{holds["embargo"]}"' in page
+    assert f'<time datetime="{START.isoformat()}">' in page
+    for gone in ("ended", "free", "packaging"):
+        assert f"held-embargo-{holds[gone]}" not in page
+
+
+def test_a_quiet_dashboard_says_nothing_is_held(site: Site) -> None:
+    make_request(site)
+    held(site, EMBARGO, START - timedelta(hours=1))  # ended: the sweep has not cleared it
+    page = site.client.get("/staff").text
+    assert 'id="none-held"' in page and 'id="needs-decision"' not in page
+    assert "Held by the release policy (0)" in page
+
+
+def test_an_embargo_alone_is_no_alarm(site: Site) -> None:
+    held(site, EMBARGO, START + timedelta(hours=1))
+    held(site, REPORT, START + timedelta(days=1))
+    page = site.client.get("/staff").text
+    assert 'id="all-clear"' in page and 'id="needs-decision"' not in page
+    assert "Held by the release policy (2)" in page
+
+
+def test_the_list_shows_a_hold_badge_and_filters_by_hold(site: Site, holds: dict[str, str]) -> None:
+    page = site.client.get("/staff/requests").text
+    assert '<th scope="col">Release hold</th>' in page
+    assert (
+        f'<span class="hold hold-embargo" id="hold-{holds["embargo"]}">'
+        "embargoed until 2026-03-05 09:00 GMT</span>"
+    ) in page
+    assert f'id="hold-{holds["for_staff"]}">held for staff: release it when ready' in page
+    for free in ("ended", "free", "packaging"):
+        assert f'id="hold-{holds[free]}"' not in page
+
+    def listed(query: str) -> set[str]:
+        got = site.client.get(f"/staff/requests?{query}")
+        assert got.status_code == 200
+        return {ref for ref in holds.values() if f'href="/staff/requests/{ref}"' in got.text}
+
+    wanted = {holds[k] for k in ("embargo", "report", "staff_until", "for_staff")}
+    assert listed("hold=held") == wanted
+    assert listed("hold=embargo") == {holds["embargo"]}
+    assert listed("hold=report") == {holds["report"]}
+    assert listed("hold=staff") == {holds["staff_until"], holds["for_staff"]}
+    assert listed("hold=staff&state=pending") == {holds["staff_until"]}
+    assert listed("hold=held&state=ready") == wanted - {holds["staff_until"]}
+    page = site.client.get("/staff/requests?hold=embargo").text
+    assert "<h1>Requests, embargoed</h1>" in page
+    assert '<option value="embargo" selected>' in page
+
+
+def test_an_unknown_hold_is_refused_and_not_echoed(site: Site) -> None:
+    held(site, EMBARGO, START + timedelta(hours=1))
+    got = site.client.get("/staff/requests", params={"hold": "<script>x</script>"})
+    assert got.status_code == 422
+    assert 'id="hold-error"' in got.text and "Unknown hold; choose one of held" in got.text
+    assert "<script>x" not in got.text and "&lt;script&gt;x" not in got.text
+    assert 'aria-describedby="hold-error" aria-invalid="true"' in got.text
+
+
+def test_patient_data_beside_a_hold_is_escaped_and_isolated(site: Site) -> None:
+    name = '<img src=x onerror="alert(1)">\u202eEMAN'
+    held(site, STAFF, None, name=name)
+    page = site.client.get("/staff/requests?hold=staff").text
+    assert "<img src=x" not in page
+    assert "<bdi>&lt;img src=x onerror=&#34;alert(1)&#34;&gt;\u202eEMAN</bdi>" in page
+    board = site.client.get("/staff").text
+    assert "<img src=x" not in board and "EMAN" not in board  # the dashboard names no patient
