@@ -334,7 +334,7 @@ def _add_viewer(
             data = file.path.read_bytes()  # one small JPEG: its hash for the manifest
             iso.add_file(str(file.path), iso_path=iso_path, joliet_path=joliet_path)
         listed.append(Entry(file.name, len(data), hashlib.sha256(data).hexdigest()))
-    page = disc_index()
+    page = disc_index(info)
     iso.add_fp(io.BytesIO(page), len(page), iso_path="/INDEX.HTM;1", joliet_path="/INDEX.HTM")
     listed.append(Entry("INDEX.HTM", len(page), hashlib.sha256(page).hexdigest()))
     return listed, notes

@@ -407,9 +407,12 @@ def render_index(info: PackageInfo, series: Sequence[_Series], *, medium: str = 
     return page.encode("utf-8")
 
 
-def disc_index() -> bytes:
-    """``INDEX.HTM`` at a disc's root (the IHE PDI web content): opens the viewer."""
-    return (ASSETS / "disc_index.html").read_bytes()
+def disc_index(info: PackageInfo) -> bytes:
+    """``INDEX.HTM`` at a disc's root (the IHE PDI web content), in the request's
+    language: opens the viewer."""
+    env = environment(info.language or SOURCE_LANGUAGE, DOMAIN, ASSETS)
+    page = env.get_template("disc_index.html.j2").render(reference=info.reference)
+    return page.encode("utf-8")
 
 
 def level1(name: str) -> str:

@@ -333,3 +333,37 @@ def test_every_frame_of_a_multiframe_instance_is_shown(
     images = [n for n in _names(result.parts[0]) if n.startswith("VIEWER/S001/")]
     assert len(images) == 4
     assert any("4 of its 9 frames shown" in n for n in result.notes)
+
+
+def test_the_disc_manifest_lists_the_viewer_and_index_htm(tmp_path: Path) -> None:
+    import hashlib
+    import io
+
+    import pycdlib
+
+    from delivery.disc import write_disc_image
+
+    items = items_for(synthetic.make_ct_series(tmp_path / "src", n_slices=3, rows=32, cols=32))
+    info = PackageInfo("CR-ABCD-EFGH-K", "zh-Hans", "x", CREATED)
+    write_disc_image(items, tmp_path / "disc.iso", info=info, viewer=OPTIONS)
+    iso = pycdlib.PyCdlib()
+    iso.open(str(tmp_path / "disc.iso"))
+    try:
+
+        def read(joliet: str) -> bytes:
+            out = io.BytesIO()
+            iso.get_file_from_iso_fp(out, joliet_path=f"/{joliet}")
+            return out.getvalue()
+
+        manifest = json.loads(read("MANIFEST.json"))
+        listed = {f["path"]: f for f in manifest["files"]}
+        assert {"INDEX.HTM", INDEX, "VIEWER/viewer.js", "VIEWER/S001/00003.jpg"} <= set(listed)
+        for name in ("INDEX.HTM", INDEX, "VIEWER/S001/00001.jpg"):
+            assert hashlib.sha256(read(name)).hexdigest() == listed[name]["sha256"]
+        assert 'lang="zh-Hans"' in read("INDEX.HTM").decode()
+        assert "VIEWER" in read("README.txt").decode()
+        out = io.BytesIO()
+        iso.get_file_from_iso_fp(out, iso_path="/VIEWER/INDEX.HTM;1")  # level 1 names too
+        assert out.getvalue() == read(INDEX)
+    finally:
+        iso.close()
