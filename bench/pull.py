@@ -11,15 +11,18 @@ For each run a fresh receiver is started (``courier serve`` on a generated confi
 ``storescp --fork``), Orthanc learns it as a modality (``PUT /modalities``), and
 :func:`scp.pacs.move_study` (Courier's own SCU) asks Orthanc to move the study there;
 the time is the C-MOVE's wall time, from request to final response. Everything runs on
-loopback with ``TCP_NODELAY=1`` for dcmtk and Orthanc. Prints medians of inst/s and the
-ratio storescp / Courier (above 1: the anchor is faster). Asserts only that every
-instance arrived.
+loopback with ``TCP_NODELAY=1`` for dcmtk and Orthanc. Prints each run with the
+receiver's CPU seconds (its process tree; well below the wall time means it waited, for
+the disk or for a core), then the load average, the medians of inst/s and the ratio
+storescp / Courier (above 1: the anchor is faster). Asserts only that every instance
+arrived.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -29,14 +32,26 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ingest import data_sets, run_courier, run_storescp  # noqa: E402
+import ingest  # noqa: E402
+from ingest import data_sets, run_courier, run_storescp, settled_cpu_seconds  # noqa: E402
 
 from scp.pacs import move_study  # noqa: E402
 from scp.pacs_settings import PacsSettings  # noqa: E402
 from tests import peers  # noqa: E402
 
 
+def _courier_config(data_dir: Path, port: int, workers: int) -> str:
+    """bench/ingest.py's node.yaml with the web on a free port: ``courier serve`` stops
+    when portal.port (8080) is taken, e.g. by another node on this machine."""
+    web = {"port": peers.free_port(), "public_url": "http://127.0.0.1"}
+    return _INGEST_CONFIG(data_dir, port, workers) + f"portal: {json.dumps(web)}\n"
+
+
+_INGEST_CONFIG = ingest.courier_config
+
+
 def main(argv: list[str] | None = None) -> int:
+    ingest.courier_config = _courier_config
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
@@ -62,13 +77,20 @@ def main(argv: list[str] | None = None) -> int:
                             calling_ae_title=rx.ae_title,
                             move_destination=rx.ae_title,
                         )
+                        cpu = settled_cpu_seconds(rx.pid)
                         outcome = move_study(settings, study_uid)
+                        cpu = settled_cpu_seconds(rx.pid) - cpu
                         assert outcome.completed == n, outcome
                         results[name].append(n / outcome.elapsed_s)
-                        print(f"run {i + 1} {name:<8} {n / outcome.elapsed_s:7.1f} inst/s")
+                        print(
+                            f"run {i + 1} {name:<8} {n / outcome.elapsed_s:7.1f} inst/s "
+                            f"(receiver CPU {cpu:.2f} s in {outcome.elapsed_s:.2f} s)"
+                        )
     courier = statistics.median(results["courier"])
     anchor = statistics.median(results["storescp"])
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nC-MOVE of CT-300 ({n} instances) from Orthanc, median of {args.repeat}:")
+    print(f"  (load average {load} on {os.cpu_count()} cores)")
     print(f"  courier   {courier:7.1f} inst/s")
     print(f"  storescp  {anchor:7.1f} inst/s")
     print(f"  ratio storescp / courier: {anchor / courier:.2f}")

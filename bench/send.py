@@ -29,6 +29,7 @@ acknowledged and arrived. The machine is shared and noisy: compare within one ru
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -199,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"| {sender} | {data.name} | {rate:.0f} | {rate * mb / n:.1f} | {cpu:.2f} "
                 f"| {rate / anchor:.2f} |"
             )
-    print(f"\nOne association into dcmtk storescp --fork, median of {args.repeat}:\n")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nOne association into dcmtk storescp --fork, median of {args.repeat}", end="")
+    print(f" (load average {load} on {os.cpu_count()} cores):\n")
     print("| sender | set | inst/s | MB/s | CPU s | ÷ storescu |")
     print("|---|---|---:|---:|---:|---:|")
     print("\n".join(lines))
