@@ -3,16 +3,20 @@ what to fix. It changes nothing: no migration, no message, no file left behind.
 
 Each check returns one :class:`Finding` (``ok``, ``warn``, ``fail`` or ``skip``) with a
 detail and, unless ``ok``, what to do next. Checks that talk to a peer (database server,
-SMTP server, Twilio, PACS, the public URL) are bounded by ``timeout_s`` each. Findings hold
-no secret and no patient data: host names, ports, counts, status codes.
+SMTP server, Twilio, PACS, the HL7 listener, the public URL) are bounded by ``timeout_s``
+each. Findings hold no secret and no patient data: host names, ports, counts, status
+codes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import ipaddress
 import os
 import shutil
+import socket
 import ssl
 import stat
 import tempfile
@@ -427,6 +431,69 @@ def check_pacs(cfg: Config, timeout_s: float) -> Finding:
     return Finding("pacs", "ok", f"{where}: C-ECHO answered success (as {p.calling})")
 
 
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _reach(host: str) -> str:
+    """The address a connection to a listener on ``host`` goes to (loopback for any)."""
+    ip = ipaddress.ip_address(host)
+    if ip.is_unspecified:
+        return "::1" if ip.version == 6 else "127.0.0.1"
+    return host
+
+
+_BIND_FIXES = {
+    errno.EADDRINUSE: (
+        "in use by another program (bound, not answering)",
+        "free the port, or set ris.port to a free one (and tell the RIS)",
+    ),
+    errno.EACCES: (
+        "not allowed to listen there (a port below 1024 needs privileges)",
+        "set ris.port above 1023 (2575 is HL7's own)",
+    ),
+    errno.EADDRNOTAVAIL: (
+        "ris.host is not an address of this machine",
+        "set ris.host to one of this machine's addresses (0.0.0.0: all of them)",
+    ),
+}
+
+
+def check_ris(cfg: Config, timeout_s: float) -> Finding:
+    """The RIS's HL7 (MLLP) listener, when ``ris.enabled``: ``ris.host:ris.port`` answers
+    a TCP connection within ``timeout_s`` (``courier serve`` runs and listens; nothing is
+    sent), or else the port can be bound there now (bound and closed at once: the node
+    will listen when it starts). Skipped while ``ris.enabled`` is false."""
+    r = cfg.ris
+    if not r.enabled:
+        return Finding("ris", "skip", "ris.enabled is false (no HL7 listener)")
+    where = _where(r.host, r.port)
+    if r.port == 0:
+        return Finding("ris", "ok", f"{where}: a free port chosen when courier serve starts")
+    try:
+        with socket.create_connection((_reach(r.host), r.port), timeout=timeout_s):
+            pass
+    except OSError:
+        pass  # nothing answers: can the node listen there?
+    else:
+        return Finding("ris", "ok", f"{where}: the HL7 (MLLP) listener answers")
+    family = socket.AF_INET6 if ipaddress.ip_address(r.host).version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server
+            sock.bind((r.host, r.port))
+    except OSError as exc:
+        what, fix = _BIND_FIXES.get(
+            exc.errno or 0, (f"cannot listen: {exc.strerror}", "check ris.host and ris.port")
+        )
+        return Finding("ris", "fail", f"{where}: {what}", fix)
+    return Finding(
+        "ris",
+        "ok",
+        f"{where}: nothing listens yet; the port is free for courier serve's HL7 listener",
+    )
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
@@ -520,6 +587,7 @@ CHECKS: tuple[Check, ...] = (
     check_identity,
     check_names,
     check_pacs,
+    check_ris,
     check_public_url,
 )
 
@@ -548,7 +616,7 @@ def add_doctor_parser(
         "doctor",
         parents=[common, as_json],
         help="check the database, disk, secret, file modes under node.data_dir, SMTP, "
-        "Twilio, the PACS (C-ECHO) and the public URL, and say "
+        "Twilio, the PACS (C-ECHO), the HL7 listener (ris.enabled) and the public URL, and say "
         "what to fix (exit 1 when a check fails; changes nothing)",
     )
     doctor.add_argument(

@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import shutil
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,7 @@ def test_a_fresh_node_gets_warnings_and_nothing_is_made(
         "identity": "ok",
         "names": "warn",  # node.hospital_name, email.from_name: the shipped "courier"
         "pacs": "skip",  # no pacs: section
+        "ris": "skip",  # ris.enabled false: no HL7 listener
         "public_url": "fail",  # nothing listens
     }
     assert code == 1 and out["failed"] == 1
@@ -73,9 +75,12 @@ def test_a_fresh_node_gets_warnings_and_nothing_is_made(
 def test_a_running_node_passes_its_own_checks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    web_port = free_port()
+    web_port, ris_port = free_port(), free_port()
     node = start_node(
-        tmp_path, web_port=web_port, extra_portal=f"public_url: http://127.0.0.1:{web_port}"
+        tmp_path,
+        web_port=web_port,
+        extra_portal=f"public_url: http://127.0.0.1:{web_port}",
+        extra=f"ris:\n  enabled: true\n  host: 127.0.0.1\n  port: {ris_port}\n",
     )
     try:
         cfg = load_config(node.config)
@@ -87,6 +92,37 @@ def test_a_running_node_passes_its_own_checks(
     assert found["disk"].status == "ok"
     assert found["modes"].status == "ok", found["modes"]  # nothing open to group/others
     assert found["public_url"].status == "ok", found["public_url"]
+    assert found["ris"].status == "ok", found["ris"]
+    assert found["ris"].detail == f"127.0.0.1:{ris_port}: the HL7 (MLLP) listener answers"
+
+
+def _ris(tmp: Path, host: str, port: int) -> Path:
+    return _config(tmp, extra=f"ris:\n  enabled: true\n  host: {host}\n  port: {port}\n")
+
+
+def test_the_hl7_listener_port_free_held_or_not_this_machines(tmp_path: Path) -> None:
+    def ris(host: str, port: int, where: str) -> doctor.Finding:
+        (tmp_path / where).mkdir()
+        cfg = load_config(_ris(tmp_path / where, host, port))
+        return doctor.check_ris(cfg, 0.5)
+
+    free = ris("127.0.0.1", free_port(), "free")
+    assert free.status == "ok" and "free for courier serve" in free.detail, free
+    with socket.socket() as listening:  # another program answers there (or the node)
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(1)
+        port = listening.getsockname()[1]
+        answers = ris("0.0.0.0", port, "answers")  # any address: reached on loopback
+    assert answers.status == "ok" and "listener answers" in answers.detail, answers
+    with socket.socket() as bound:  # bound, not listening: courier serve could not listen
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        held = ris("127.0.0.1", port, "held")
+    assert held.status == "fail" and "in use by another program" in held.detail, held
+    assert "ris.port" in held.fix
+    elsewhere = ris("192.0.2.1", free_port(), "elsewhere")  # TEST-NET-1: not this machine's
+    assert elsewhere.status == "fail", elsewhere
+    assert "not an address of this machine" in elsewhere.detail and "ris.host" in elsewhere.fix
 
 
 @pytest.fixture
