@@ -22,6 +22,10 @@ Routes:
 - ``GET /files/view/{k}/{j}/thumb``: the series' thumbnail (its middle image).
 - ``GET /files/view/{k}/{j}/doc/{d}``: document ``d`` of the series (a PDF as a file,
   a structured report as a readable page).
+
+When the package carries radiology reports (``REPORT/``, ``delivery.reports:
+with_images``), every viewer page lists them with links to the files page's
+``/files/report/{n}`` (:mod:`portal.reports_page`: HTML sandboxed, PDF as received).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from portal.grantsession import (
     signed_out,
 )
 from portal.pages import language
+from portal.reports_page import report_section
 from portal.site import error_page
 from portal.viewer_data import (
     SeriesIndex,
@@ -211,6 +216,7 @@ async def view_page(request: Request, k: str, j: str, n: str) -> Response:
     if number is None or number > max(count, 1) or (count == 0 and not target.index.documents):
         return error_page(request, 404)
     await run_in_threadpool(_audit_view, ctx, target)
+    reports = await run_in_threadpool(report_section, ctx, target.package)
     choices = _choices(target.index)
     voi, query, chosen = _voi(request, choices)
     drawn = True
@@ -251,6 +257,7 @@ async def view_page(request: Request, k: str, j: str, n: str) -> Response:
             for i, d in enumerate(target.index.documents, start=1)
         ],
         "studies": target.studies,
+        **reports,  # the package's REPORT/ files, the files page's /files/report/{n}
     }
     return page(request, "patient/viewer.html.j2", lang=lang, **context)
 
