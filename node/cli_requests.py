@@ -151,6 +151,13 @@ def add_request_parsers(
 
     ls = actions.add_parser("list", parents=[common, as_json], help="list requests, newest first")
     ls.add_argument("--state", choices=[s.value for s in RequestState])
+    ls.add_argument(
+        "--held",
+        nargs="?",
+        const="held",
+        choices=("held", "embargo", "report", "staff"),
+        help="only those a release hold keeps back now (any hold; or embargo, report, staff)",
+    )
     ls.add_argument("--limit", type=int, default=100)
 
     show = actions.add_parser(
@@ -402,17 +409,29 @@ def _create(
 
 
 def _list(args: argparse.Namespace, book: RequestBook, sessions: sessionmaker[Session]) -> int:
+    from release.embargo import HOLDABLE, held_now, is_free
+
+    now = utcnow()
     state = RequestState(args.state) if args.state else None
-    rows = [request_dict(r) for r in book.list(state=state, limit=args.limit)]
+    where = held_now(now, args.held) if args.held else None
+    found = book.list(state=state, limit=args.limit, where=where)
+    rows = [request_dict(r) for r in found]
     links = link_status(sessions, [r["id"] for r in rows])
     for r in rows:  # "notified" is not "told": the link email's own status beside it
         r["link_email"] = links.get(r["id"])
-    lines = [f"{'REFERENCE':<15} {'STATE':<10} {'URGENCY':<9} {'SELECTED':>8} {'LINK':<8} CREATED"]
+    # The hold that keeps it back now ("-": none, or it ended / it was packaged since).
+    holds = [
+        req.hold_kind if req.state in HOLDABLE and not is_free(req, now) else "-" for req in found
+    ]
+    lines = [
+        f"{'REFERENCE':<15} {'STATE':<10} {'URGENCY':<9} {'SELECTED':>8} {'LINK':<8} "
+        f"{'CREATED':<16} HOLD"
+    ]
     lines += [
         f"{cell(r['reference'], 15)} {r['state']:<10} {r['urgency']:<9} "
         f"{len(r['selection']):>8} {(r['link_email'] or {}).get('status', '-'):<8} "
-        f"{r['created_at']:%Y-%m-%d %H:%M}"
-        for r in rows
+        f"{r['created_at']:%Y-%m-%d %H:%M} {hold}"
+        for r, hold in zip(rows, holds, strict=True)
     ]
     return print_result(args, rows, "\n".join(lines))
 

@@ -17,7 +17,7 @@ active link to send again.
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import (
     APIRouter,
@@ -43,6 +43,7 @@ from portal.gate import DIGEST_STATE, ApiGate
 from portal.http import Detail, ErrorList, SecurityHeaders, install_error_handlers
 from portal.metrics import install_metrics
 from portal.site import install_pages
+from release.embargo import held_now
 from release.records import event_dict, request_dict
 from release.requests import RequestBook
 from release.validation import RequestDraft
@@ -62,6 +63,10 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {
     503: {"model": Detail, "description": "the index database is unavailable"},
 }
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many, newest first")]
+Held = Annotated[
+    Literal["held", "embargo", "report", "staff"],
+    Query(description="only requests a release hold keeps back now: any hold, or one kind"),
+]
 
 
 class CancelBody(BaseModel):
@@ -146,12 +151,18 @@ def create_request(
 
 @api.get("/requests")
 def list_requests(
-    who: Actor, deps: Deps, state: RequestState | None = None, limit: Limit = 100
+    who: Actor,
+    deps: Deps,
+    state: RequestState | None = None,
+    held: Held | None = None,
+    limit: Limit = 100,
 ) -> list[dict[str, Any]]:
-    """Release requests, newest first, optionally only those in ``state``.
-    ``link_email``: the latest link email's status (``queued``, ``accepted`` by the mail
-    server, ``failed``) and since when; null when none was queued."""
-    rows = [request_dict(r) for r in deps.book.list(state=state, limit=limit)]
+    """Release requests, newest first, optionally only those in ``state``, and only
+    those a release hold keeps back now (``held``: ``held`` any hold; ``embargo``,
+    ``report``, ``staff``). ``link_email``: the latest link email's status (``queued``,
+    ``accepted`` by the mail server, ``failed``) and since when; null when none was queued."""
+    where = held_now(deps.clock(), held) if held else None
+    rows = [request_dict(r) for r in deps.book.list(state=state, limit=limit, where=where)]
     links = link_status(deps.sessions, [r["id"] for r in rows])
     return [{**r, "link_email": links.get(r["id"])} for r in rows]
 

@@ -7,8 +7,9 @@ for staff" (max_wait passed, ``hold_for_staff``) sits with what needs attention.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,15 @@ from release.embargo import EMBARGO, REPORT, STAFF
 from release.requests import RequestBook
 from store.models import ReleaseRequest, RequestState
 from tests.conftest import Database
+from tests.portal.conftest import Api
 from tests.portal.test_staff import START, Site, make_request, open_site
 
 # The autouse fixture that makes password hashing cheap, re-exported so it applies here.
 from tests.portal.test_staff import cheap_hashes as cheap_hashes
+from tests.release.test_cli_requests import CREATE, courier
+
+# `courier request list` reads node.yaml: the CLI tests' fixture, re-exported.
+from tests.release.test_cli_requests import config as config
 
 
 @pytest.fixture
@@ -167,3 +173,47 @@ def test_patient_data_beside_a_hold_is_escaped_and_isolated(site: Site) -> None:
     assert "<bdi>&lt;img src=x onerror=&#34;alert(1)&#34;&gt;\u202eEMAN</bdi>" in page
     board = site.client.get("/staff").text
     assert "<img src=x" not in board and "EMAN" not in board  # the dashboard names no patient
+
+
+# -- the REST API and `courier request list --held` ---------------------------------------
+
+
+def test_the_api_lists_held_requests(site: Site, holds: dict[str, str], api: Api) -> None:
+    def listed(query: str) -> set[str]:
+        got = api.client.get(f"/api/v1/requests?{query}", headers=api.auth)
+        assert got.status_code == 200, got.text
+        return {r["reference"] for r in got.json()}
+
+    assert listed("held=held") == {
+        holds[k] for k in ("embargo", "report", "staff_until", "for_staff")
+    }
+    assert listed("held=embargo") == {holds["embargo"]}
+    assert listed("held=staff&state=ready") == {holds["for_staff"]}
+    assert len(listed("")) == len(holds)
+    bad = api.client.get("/api/v1/requests?held=%3Cx%3E", headers=api.auth)
+    assert bad.status_code == 422
+
+
+def test_courier_request_list_held(
+    db: Database, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    refs = []
+    for _ in range(3):
+        assert courier(config, *CREATE, "--json") == 0
+        refs.append(json.loads(capsys.readouterr().out)["reference"])
+    far, past = datetime(2099, 1, 1, tzinfo=UTC), datetime(2000, 1, 1, tzinfo=UTC)
+    with db.sessions() as s, s.begin():
+        holds = [(EMBARGO, far), (STAFF, None), (EMBARGO, past)]
+        for ref, (kind, until) in zip(refs, holds, strict=True):
+            req = s.scalars(select(ReleaseRequest).where(ReleaseRequest.reference == ref)).one()
+            req.hold_kind, req.hold_until = kind, until
+
+    assert courier(config, "request", "list", "--held", "--json") == 0
+    assert {r["reference"] for r in json.loads(capsys.readouterr().out)} == set(refs[:2])
+    assert courier(config, "request", "list", "--held", "staff", "--json") == 0
+    assert [r["reference"] for r in json.loads(capsys.readouterr().out)] == [refs[1]]
+    assert courier(config, "request", "list") == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[0].split()[-1] == "HOLD"
+    hold = {line.split()[0]: line.split()[-1] for line in text[1:]}
+    assert hold == {refs[0]: "embargo", refs[1]: "staff", refs[2]: "-"}
