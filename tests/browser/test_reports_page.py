@@ -4,7 +4,8 @@ A real node whose release rule says ``reports: with_images`` (hot-reloaded); the
 pushes the study and a Comprehensive SR with dcmtk's storescu; the patient signs in and
 the files page lists the report, which opens as an HTML page in the patient's language
 frame. axe-core finds no serious or critical violation on the files page with its
-reports section. With ``COURIER_SCREENSHOTS=1`` the page goes to
+reports section, nor on the viewer page, which lists the report too. With
+``COURIER_SCREENSHOTS=1`` the page goes to
 ``docs/screenshots/07-report-on-files-page.png`` and the report itself to
 ``docs/screenshots/08-report.png``.
 """
@@ -85,6 +86,7 @@ def test_the_report_is_on_the_files_page(
     expect(page.locator("#report-1")).to_be_visible()
     audit = Audit(new_context, site.base_url)
     audit.page("files with a report", "/files", context)
+    audit.page("viewer with a report", "/files/view/1/1/1", context)  # it lists them too
     assert not audit.problems, "accessibility problems:\n" + "\n".join(audit.problems)
     page.locator("#reports-heading").scroll_into_view_if_needed()
     screenshot(page, screenshot_dir, "07-report-on-files-page.png")
@@ -96,3 +98,8 @@ def test_the_report_is_on_the_files_page(
     assert "12.5 mm" in body and "Nodule" in body
     assert "<b>unchanged</b>" in body  # the SR's text as written, shown, not markup
     screenshot(report, screenshot_dir, "08-report.png")
+
+    viewer = new_page(context)
+    viewer.goto(site.base_url + "/files/view/1/1/1")
+    expect(viewer.locator("#viewer-reports-heading")).to_be_visible()
+    expect(viewer.locator("#viewer-report-1")).to_have_attribute("href", "/files/report/1")
