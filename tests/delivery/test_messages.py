@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime
+from typing import Any, get_args
 
 import pytest
 from babel.messages.extract import extract_from_dir
@@ -17,6 +18,7 @@ from delivery.sms import is_gsm7, segments
 LANGUAGES = ["en", "ar", "zh-Hans"]
 CATALOGS = {"ar": "ar", "zh-Hans": "zh_Hans"}
 EMAIL, PHONE, CODE = "p.example@patients.example", "+447700900123", "482913"
+AT = datetime(2026, 3, 30, 9, 0, tzinfo=UTC)
 
 
 def template_msgids() -> set[str]:
@@ -48,10 +50,37 @@ def compose(kind: str, language: str) -> OutgoingMessage:
         return messages.code_sms(
             to=PHONE, code=CODE, language=language, sender_name="Courier", message_id=mid
         )
+    common: dict[str, Any] = {
+        "to": EMAIL,
+        "hospital": "St Elsewhere",
+        "language": language,
+        "message_id": mid,
+    }
+    link: dict[str, Any] = {
+        "link_url": "https://courier.example/l/Zx9",
+        "expires": date(2030, 1, 31),
+    }
+    if kind == "forward_link":
+        return messages.forward_link_email(**common, **link, shown_code=True)
+    if kind == "share_used":
+        return messages.share_used_email(**common, opened_at=AT)
+    if kind == "reminder":
+        return messages.reminder_email(**common, **link)
+    if kind == "report_update":
+        return messages.report_update_email(**common, **link)
+    if kind.startswith("release_expected_"):
+        wait = kind.removeprefix("release_expected_")
+        return messages.release_expected_email(
+            **common,
+            until=AT,
+            zone="Europe/London",
+            wait="embargo" if wait == "embargo" else "report",
+        )
+    node_wide = kind in ("rules_reload_failed", "sms_breaker")
     return messages.staff_alert(
         to="staff@hospital.example",
         kind=kind,  # type: ignore[arg-type]
-        reference="CR-7KQ4-M2XD-9",
+        reference=None if node_wide else "CR-7KQ4-M2XD-9",
         message_id=mid,
         language=language,
     )
@@ -61,11 +90,23 @@ KINDS = [
     "link",
     "code_email",
     "code_sms",
+    "forward_link",
+    "share_used",
+    "reminder",
+    "report_update",
+    "release_expected_embargo",
+    "release_expected_report",
+    # Staff alerts (messages.AlertKind), every one.
     "overdue",
     "failed",
     "locked",
     "rules_reload_failed",
+    "disc",
+    "sms_breaker",
     "identity_mismatch",
+    "code_undelivered",
+    "more_time",
+    "release_held",
 ]
 
 
@@ -159,3 +200,7 @@ def test_sms_ref_is_stable_per_message_id() -> None:
 def test_refuses_bad_input(call: object, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         call()  # type: ignore[operator]
+
+
+def test_every_staff_alert_kind_is_rendered_above() -> None:
+    assert set(get_args(messages.AlertKind)) <= set(KINDS)
