@@ -220,25 +220,45 @@ def test_report_holds_the_release_then_goes_with_the_images_and_the_viewer(
             entries = wait_for(history, rounds=20)
             assert entries is not None, "the access history lists no download"
             assert "Opened with the code" in entries and "Images viewed" in entries
+
+            # "Open in your own viewer": a DICOMweb key finds the study and its instances.
+            page_now = browser.request("GET", "/files").text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page_now)
+            assert csrf is not None
+            shown_key = browser.request("POST", "/files/dicomweb", data={"csrf": csrf.group(1)})
+            assert shown_key.status_code == 200, shown_key.text[:500]
+            token = re.search(r'id="dicomweb-token">([^<]+)<', shown_key.text)
+            assert token is not None, "no DICOMweb key shown"
+            bearer = {"Authorization": f"Bearer {token.group(1)}"}
+            studies = browser.client.get("/dicomweb/studies", headers=bearer)
+            assert studies.status_code == 200, studies.text[:500]
+            assert [x["0020000D"]["Value"][0] for x in studies.json()] == [study_uid]
+            found = browser.client.get(f"/dicomweb/studies/{study_uid}/instances", headers=bearer)
+            assert found.status_code == 200 and len(found.json()) >= 4
+
+            # 4. A corrected report after delivery: the patient is told by email, and the
+            # files page of the same link offers the corrected report.
+            ack = mllp(ris_port, oru("C1", "C", "Corrected: small nodule."))
+            assert str(ack.segment("MSA")(1)) == "AA"
+
+            def update_email() -> list[Any] | None:
+                found = [
+                    m.message()
+                    for m in smtp.received
+                    if "updated report" in str(m.message()["Subject"])
+                ]
+                return found or None
+
+            updates = wait_for(update_email)
+            assert updates is not None, "no updated-report email"
+            [update] = updates
+            assert "nodule" not in update.as_string()  # no finding in an email
+            after = browser.request("GET", "/files").text
+            links = re.findall(r'<a href="([^"]+)" id="report-\d+"', after)
+            texts = [browser.request("GET", href).text for href in links]
+            assert any("Corrected: small nodule." in t for t in texts), links
         finally:
             browser.close()
-
-        # 4. A corrected report after delivery: the patient is told by email.
-        ack = mllp(ris_port, oru("C1", "C", "Corrected: small nodule."))
-        assert str(ack.segment("MSA")(1)) == "AA"
-
-        def update_email() -> list[Any] | None:
-            found = [
-                m.message()
-                for m in smtp.received
-                if "updated report" in str(m.message()["Subject"])
-            ]
-            return found or None
-
-        updates = wait_for(update_email)
-        assert updates is not None, "no updated-report email"
-        [update] = updates
-        assert "nodule" not in update.as_string()  # no finding in an email
     assert package.instances >= 4
     log = node.log.read_text()
     for secret in ("SYN0001", "Synthetic", "patient@example.org", code):
