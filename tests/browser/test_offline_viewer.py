@@ -159,3 +159,35 @@ def test_screenshot_on_a_phone(
     page.wait_for_function("() => document.getElementById('view').src.endsWith('00003.jpg')")
     _drawn(page, "#view")
     screenshot(page, screenshot_dir, "09-offline-viewer.png")
+
+
+@pytest.mark.parametrize("language", ["en", "ar"])
+@pytest.mark.parametrize("javascript", [True, False])
+def test_axe_finds_nothing_serious(
+    new_context: ContextFactory, tmp_path: Path, language: str, javascript: bool
+) -> None:
+    import os
+
+    from delivery.packaging.package import PackageInfo
+    from tests.browser.conftest import AXE
+    from tests.browser.test_accessibility import _RUN_AXE, BLOCKING
+    from tests.conftest import need
+
+    need("axe-core", os.path.isfile(AXE))
+    paths = synthetic.make_ct_series(tmp_path / "src", n_slices=3, rows=64, cols=64)
+    info = PackageInfo(INFO.reference, language, INFO.contact, INFO.created)
+    result = build_package(items_for(paths), tmp_path / "out", info=info, viewer=OPTIONS)
+    root = tmp_path / "unzipped"
+    with zipfile.ZipFile(result.parts[0]) as zf:
+        zf.extractall(root)
+    page = new_context(offline=True).new_page()
+    page.goto((root / "VIEWER" / "index.html").as_uri())
+    _drawn(page, "#view")
+    if not javascript:  # axe needs script: the no-JavaScript page is the list, shown
+        page.evaluate(
+            "() => { document.getElementById('viewer').hidden = true;"
+            " document.getElementById('list').hidden = false; }"
+        )
+    page.add_script_tag(path=str(AXE))
+    serious = [v for v in page.evaluate(_RUN_AXE) if v["impact"] in BLOCKING]
+    assert serious == []
