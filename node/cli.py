@@ -97,7 +97,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "doctor": Command(
         "check the database, disk, secret, file modes under node.data_dir, SMTP, "
-        "Twilio, the PACS (C-ECHO) and the public URL, and say "
+        "Twilio, the PACS (C-ECHO), the HL7 listener (ris.enabled) and the public URL, and say "
         "what to fix (exit 1 when a check fails; changes nothing)",
         "node.doctor",
         "add_doctor_parser",
