@@ -188,8 +188,9 @@ def test_staff_studies_pages_are_accessible(
     site: Site, new_context: ContextFactory, screenshot_dir: Path
 ) -> None:
     """The staff Studies page, a held study's page, a request waiting with its reason,
-    the dashboard and the HTML error pages (staff in English; the patient's 404 in both
-    languages): axe 0 serious/critical, each fits the phone. With
+    the dashboard (with requests staff hold), the held requests and the HTML error pages
+    (staff in English; the patient's 404 in both languages): axe 0 serious/critical,
+    each fits the phone. With
     ``COURIER_SCREENSHOTS=1`` the Studies page and the waiting request go to
     docs/screenshots. The held study is then attached from the request page (a plain
     form, no JavaScript)."""
@@ -198,6 +199,12 @@ def test_staff_studies_pages_are_accessible(
     site.push("ACCHELD1")  # by-accession matches, but no request has the key: held
     uid = wait_for_study(site, "ACCHELD1")
     ref = site.create_request("ACCWAIT1")  # nothing with this accession has arrived
+    # Two requests staff hold: one until released (the dashboard's "held for you to
+    # decide"), one until a time (its "held by the release policy" section).
+    held = {
+        site.create_request("ACCHOLD1"): "",
+        site.create_request("ACCHOLD2"): "2099-01-01T10:00",
+    }
 
     ctx = new_context()  # the portal's CSP intact
     page = new_page(ctx)
@@ -212,6 +219,16 @@ def test_staff_studies_pages_are_accessible(
     expect(page.locator("#waiting .wait-none-arrived")).to_contain_text("ACCWAIT1")
     expect(page.locator("#candidate-studies")).to_contain_text("ACCHELD1")
     screenshot(page, screenshot_dir, "staff-request-waiting.png")
+    for held_ref, until in held.items():
+        page.goto(f"{site.base_url}/staff/requests/{held_ref}")
+        page.locator("#hold-until").fill(until)
+        page.locator("#hold-reason").fill("ask the consultant first")
+        page.locator("#action-hold").click()
+        page.wait_for_url(f"{site.base_url}/staff/requests/{held_ref}?done=hold")
+    page.goto(f"{site.base_url}/staff")
+    expect(page.locator("#needs-decision")).to_contain_text(next(iter(held)))
+    expect(page.locator("#held-staff-until")).to_be_visible()
+    page.goto(f"{site.base_url}/staff/requests/{ref}")  # back to the waiting request
 
     audit = Audit(new_context, site.base_url)
     staff_pages = {
@@ -221,6 +238,7 @@ def test_staff_studies_pages_are_accessible(
         "held study": f"/staff/studies/{uid}",
         "request waiting": f"/staff/requests/{ref}",
         "dashboard": "/staff",
+        "requests, held only": "/staff/requests?hold=held",
         "staff 404": "/staff/nowhere",
     }
     for name, path in staff_pages.items():
