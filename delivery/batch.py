@@ -345,7 +345,9 @@ class DeliveryBatch:
         now = self._clock()
         started = time.monotonic()
         try:
-            items = package_items(self._sessions, self._content, req.id)
+            items = package_items(
+                self._sessions, self._content, req.id, report_studies=self._report_studies
+            )
             reports = self._reports(req)
             result = build_package(
                 items,

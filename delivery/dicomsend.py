@@ -174,7 +174,11 @@ class DicomDelivery:
         policy: RetryPolicy = DEFAULT_POLICY,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
+        report_studies: Callable[[Session, int], list[str]] | None = None,
     ) -> None:
+        """``report_studies``: as the package's (:func:`package_items`): which report
+        instances may go with the images; None: none."""
+        self._report_studies = report_studies
         self._sessions = sessions
         self._content = content
         self._book = book
@@ -193,7 +197,9 @@ class DicomDelivery:
             return "skipped"
         req_id, ref, target, attempt = claimed
         try:
-            items = package_items(self._sessions, self._content, req_id)
+            items = package_items(
+                self._sessions, self._content, req_id, report_studies=self._report_studies
+            )
         except PackageError as exc:
             self._fail(req_id, f"nothing can be sent to {target}: {exc}", attempt)
             return "failed"

@@ -125,7 +125,7 @@ def write_job_image(
     folder = content.root / FOLDER
     out = folder / f"{reference}.iso"
     try:
-        items = package_items(sessions, content, request_id)
+        items = package_items(sessions, content, request_id, report_studies=delivered_studies)
         folder.mkdir(exist_ok=True, mode=DIR_MODE)
         info = PackageInfo(
             reference=reference,
@@ -150,6 +150,14 @@ def write_job_image(
         _release(sessions, job_id, claimed)
         raise
     return result
+
+
+def delivered_studies(s: Session, request_id: int) -> list[str]:
+    """The studies whose reports went out with the request (its ``report_studies`` as
+    the package saw them): a disc carries their current reports' instances, no other
+    report instance (:func:`release.reports.withheld_instances`)."""
+    sent = select(ReportDelivery.report_id).where(ReportDelivery.request_id == request_id)
+    return list(s.scalars(select(Report.study_instance_uid).where(Report.id.in_(sent)).distinct()))
 
 
 def delivered_report_files(

@@ -76,9 +76,9 @@ def run_export_iso(args: argparse.Namespace, cfg: Config) -> int:
                 EXIT_NOT_FOUND,
                 f"request {req.reference} is cancelled: its studies are not to be released",
             )
-        from delivery.disc_images import delivered_report_files
+        from delivery.disc_images import delivered_report_files, delivered_studies
 
-        items = package_items(sessions, content, req.id)
+        items = package_items(sessions, content, req.id, report_studies=delivered_studies)
         info = PackageInfo(
             reference=req.reference,
             language=req.language,

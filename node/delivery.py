@@ -113,7 +113,15 @@ class DeliveryService:
                 reports=self.commitment_reports,
             )
 
-        self.dicom = DicomDelivery(sessions, content, self.book, self.outbox, send, clock=clock)
+        self.dicom = DicomDelivery(
+            sessions,
+            content,
+            self.book,
+            self.outbox,
+            send,
+            clock=clock,
+            report_studies=self.report_studies,  # report instances: the package's rule
+        )
         # The running rules' release: blocks; a worker's Sweeps points this at its
         # hot-reloaded rulebook.
         self.rules: Callable[[], RuleSet | None] = lambda: cfg.ruleset
@@ -266,6 +274,7 @@ class DeliveryService:
             pacs_timeout_s=60.0 if pacs is None else _pacs_wait_s(pacs),
             phones=self.phones,
             identity_check=self.cfg.identity.check,
+            report_studies=self.report_studies,  # report instances: the package's rule
         )
 
     # -- sweeps -------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from portal.ratelimit import RateLimiter
 from portal.settings import PortalSettings
 from portal.staff_studies import PacsFind
 from release.phonepolicy import PhonePolicy
+from release.reports import studies_with_reports, withheld_for_request
 from release.requests import RequestBook
 from store.content import ContentStore
 from store.models import utcnow
@@ -55,6 +56,20 @@ class PortalContext:
     phones: PhonePolicy = field(default_factory=PhonePolicy)  # who may get SMS
     # identity.check: False puts a permanent banner on the staff dashboard.
     identity_check: bool = True
+    # The request's studies whose policy is reports: with_images (the node passes its
+    # rules-aware one); None: delivery.reports alone, as for a study staff attached.
+    report_studies: Callable[[Session, int], list[str]] | None = None
+
+    def withheld(self, s: Session, request_id: int) -> set[int]:
+        """The request's report instances the recipient may not see (viewer, DICOMweb,
+        per-study download): :func:`release.reports.withheld_for_request`."""
+        return withheld_for_request(s, request_id, self.report_studies_of(s, request_id))
+
+    def report_studies_of(self, s: Session, request_id: int) -> list[str]:
+        """``report_studies``, or ``delivery.reports`` alone without it."""
+        if self.report_studies is not None:
+            return self.report_studies(s, request_id)
+        return studies_with_reports(s, request_id, None, self.delivery.reports)
 
     @property
     def book(self) -> RequestBook:

@@ -64,6 +64,9 @@ class Scope:
     token_name: str
     studies: dict[str, int]  # Study Instance UID -> studies.id, in the page's order
     numbers: dict[str, int] = field(default_factory=dict)  # UID -> 1-based position
+    # Report instances the report policy withholds (release.reports.withheld_instances):
+    # never found, listed or retrieved.
+    withheld: frozenset[int] = frozenset()
 
 
 def _bearer(request: Request) -> str | None:
@@ -91,6 +94,7 @@ def _scope(ctx: PortalContext, grant_id: int, name: str, now: datetime) -> Scope
             token_name=name,
             studies={row.study_uid: row.id for row in rows},
             numbers={row.study_uid: k for k, row in enumerate(rows, start=1)},
+            withheld=frozenset(ctx.withheld(s, grant.request_id)),
         )
 
 
@@ -175,6 +179,7 @@ def instances(
     if sop_uid is not None:
         q = q.where(Instance.sop_instance_uid == sop_uid)
     rows = s.execute(q.order_by(Series.id, Instance.id)).all()
+    rows = [row for row in rows if row[0].id not in scope.withheld]
     found = [
         Stored(
             study_uid,
@@ -197,7 +202,18 @@ def series_rows(s: Session, scope: Scope, study_uid: str) -> list[Series]:
     study_id = scope.studies.get(study_uid)
     if study_id is None:
         return []
-    return list(s.scalars(select(Series).where(Series.study_id == study_id).order_by(Series.id)))
+    rows = list(s.scalars(select(Series).where(Series.study_id == study_id).order_by(Series.id)))
+    if not scope.withheld:
+        return rows
+    # A series whose every instance is withheld (the report's own series) is not shown.
+    shown = set(
+        s.scalars(
+            select(Instance.series_id)
+            .where(Instance.study_id == study_id, Instance.id.not_in(list(scope.withheld)))
+            .distinct()
+        )
+    )
+    return [row for row in rows if row.id in shown]
 
 
 def study_rows(s: Session, scope: Scope) -> list[Study]:

@@ -175,7 +175,11 @@ def ensure(ctx: PortalContext, package_folder: str, target: StudyZip) -> Path:
             raise PackageError("the package's folder is gone (expired or deleted)")
         _sweep_own_partials(target.path)
         items = package_items(
-            ctx.sessions, ctx.content, target.request_id, study_uids=[target.study_uid]
+            ctx.sessions,
+            ctx.content,
+            target.request_id,
+            study_uids=[target.study_uid],
+            report_studies=ctx.report_studies_of,
         )
         try:
             result = build_package(

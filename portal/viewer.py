@@ -103,12 +103,13 @@ def _find(ctx: PortalContext, request: Request, k: str, j: str) -> Target | Resp
         study_n, series_n = _pos(k), _pos(j)
         if ctx.content is None or study_n is None or series_n is None:
             return error_page(request, 404)
-        studies = viewer_studies(s, grant.request_id)
+        withheld = ctx.withheld(s, grant.request_id)  # the report policy's
+        studies = viewer_studies(s, grant.request_id, withheld)
         if study_n > len(studies) or series_n > len(studies[study_n - 1].series):
             return error_page(request, 404)
         study = studies[study_n - 1]
         row = study.series[series_n - 1]
-        index = series_index(ctx, s, package, row.series_id)
+        index = series_index(ctx, s, package, row.series_id, withheld)
         s.expunge_all()
         return Target(session_id, grant, package, studies, study, series_n, index)
 

@@ -20,7 +20,8 @@ import json
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +98,27 @@ def _series_key(row: Series) -> tuple[int, str, int]:
     return (number, row.series_number, row.id)
 
 
-def viewer_studies(s: Session, request_id: int) -> list[StudyRow]:
+def viewer_studies(s: Session, request_id: int, withheld: Collection[int] = ()) -> list[StudyRow]:
     """The request's studies in page order, each with its series (see the module
-    docstring). Series without any instance are left out."""
+    docstring). Series without any instance are left out, and so are the instances in
+    ``withheld`` (the report instances the report policy keeps back:
+    :meth:`portal.context.PortalContext.withheld`), and a series left with none."""
+    held: dict[int, int] = {}
+    if withheld:
+        for series_id in s.scalars(
+            select(Instance.series_id).where(Instance.id.in_(list(withheld)))
+        ):
+            held[series_id] = held.get(series_id, 0) + 1
     out = []
     for k, study in enumerate(request_studies(s, request_id), start=1):
         rows = sorted(
-            s.scalars(select(Series).where(Series.study_id == study.id, Series.instance_count > 0)),
+            (
+                row
+                for row in s.scalars(
+                    select(Series).where(Series.study_id == study.id, Series.instance_count > 0)
+                )
+                if row.instance_count - held.get(row.id, 0) > 0
+            ),
             key=_series_key,
         )
         series = [
@@ -113,7 +128,7 @@ def viewer_studies(s: Session, request_id: int) -> list[StudyRow]:
                 modality=row.modality,
                 description=row.series_description,
                 series_number=row.series_number,
-                instances=row.instance_count,
+                instances=row.instance_count - held.get(row.id, 0),
             )
             for j, row in enumerate(rows, start=1)
         ]
@@ -209,16 +224,31 @@ def _load(path: str, mtime_ns: int) -> SeriesIndex:
     )
 
 
-def series_index(ctx: PortalContext, s: Session, package: Package, series_id: int) -> SeriesIndex:
+def series_index(
+    ctx: PortalContext,
+    s: Session,
+    package: Package,
+    series_id: int,
+    withheld: Collection[int] = (),
+) -> SeriesIndex:
     """The series' index, read from the viewer's folder or built and written there (not
-    written when the package's folder is gone: nothing is brought back after a purge)."""
+    written when the package's folder is gone: nothing is brought back after a purge),
+    without the instances in ``withheld`` (filtered on every read: the kept index lists
+    every instance, the report policy's answer can change after it was written)."""
     folder = viewer_folder(ctx, package)
     path = folder / f"series-{series_id}.json"
     try:
-        return _load(str(path), path.stat().st_mtime_ns)
+        index = _load(str(path), path.stat().st_mtime_ns)
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    return _keep(ctx, package, series_id, build_index(ctx, s, series_id))
+        index = _keep(ctx, package, series_id, build_index(ctx, s, series_id))
+    if not withheld:
+        return index
+    held = set(withheld)
+    return replace(
+        index,
+        frames=[f for f in index.frames if f.instance_id not in held],
+        documents=[d for d in index.documents if d.instance_id not in held],
+    )
 
 
 def _keep(ctx: PortalContext, package: Package, series_id: int, index: SeriesIndex) -> SeriesIndex:

@@ -21,7 +21,7 @@ def view_section(ctx: PortalContext, s: Session, grant: Grant) -> dict[str, Any]
         return {"viewer": []}
     warm(ctx)  # a rendering child ready before the patient presses View
     out = []
-    studies = viewer_studies(s, grant.request_id)
+    studies = viewer_studies(s, grant.request_id, ctx.withheld(s, grant.request_id))
     for study in studies:
         base = f"/files/view/{study.number}"
         out.append(

@@ -8,15 +8,24 @@ corrected member is current, never a preliminary.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from rules.matcher import RuleSet
-from store.models import Report, ReportDelivery, ReportStatus, RequestStudy, Study
+from store.models import Instance, Report, ReportDelivery, ReportStatus, RequestStudy, Study
 
 DELIVERABLE = (ReportStatus.FINAL.value, ReportStatus.CORRECTED.value)
+
+# The SOP classes of the reports the PACS pushes with a study (recognised by
+# ``ris.dicom``, withheld by :func:`withheld_instances`): one definition, here.
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+SR_CLASSES = (BASIC_TEXT_SR, ENHANCED_SR, COMPREHENSIVE_SR)
+REPORT_CLASSES = (*SR_CLASSES, ENCAPSULATED_PDF)
 
 
 def current_reports(s: Session, study_uids: Iterable[str]) -> list[Report]:
@@ -74,6 +83,46 @@ def studies_with_reports(
         if policy == "with_images":
             out.append(uid)
     return out
+
+
+def withheld_instances(
+    s: Session, study_ids: Collection[int], report_study_uids: Collection[str]
+) -> set[int]:
+    """The ids of the instances of studies ``study_ids`` that may not go to the
+    recipient: every instance of a report SOP class (:data:`REPORT_CLASSES`) unless its
+    study is in ``report_study_uids`` (the studies whose policy is ``with_images``:
+    :func:`studies_with_reports`) and it is the instance of a current report
+    (:func:`current_reports`: a final or corrected one, not replaced). A report instance
+    the sweep has not recorded yet is withheld too. The one rule of every way a study's
+    instances reach a recipient (package, disc, portal viewer, DICOMweb)."""
+    ids = sorted(set(study_ids))
+    if not ids:
+        return set()
+    rows = s.execute(
+        select(Instance.id, Study.study_uid)
+        .join(Study, Study.id == Instance.study_id)
+        .where(Instance.study_id.in_(ids), Instance.sop_class_uid.in_(REPORT_CLASSES))
+    ).all()
+    if not rows:
+        return set()
+    allowed_uids = {u for u in report_study_uids if u}
+    allowed = {
+        r.instance_id
+        for r in current_reports(s, {uid for _, uid in rows if uid in allowed_uids})
+        if r.instance_id is not None
+    }
+    return {int(i) for i, uid in rows if i not in allowed or uid not in allowed_uids}
+
+
+def withheld_for_request(
+    s: Session, request_id: int, report_study_uids: Collection[str] | None
+) -> set[int]:
+    """:func:`withheld_instances` for every study attached to request ``request_id``;
+    ``report_study_uids`` None: no study's policy is ``with_images`` (all withheld)."""
+    study_ids = s.scalars(
+        select(RequestStudy.study_id).where(RequestStudy.request_id == request_id)
+    ).all()
+    return withheld_instances(s, list(study_ids), report_study_uids or ())
 
 
 def drop_reports(s: Session, study_uid: str) -> list[str]:

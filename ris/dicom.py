@@ -20,18 +20,20 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from release.reports import (  # noqa: F401 (re-exported: one definition, in release)
+    BASIC_TEXT_SR,
+    COMPREHENSIVE_SR,
+    ENCAPSULATED_PDF,
+    ENHANCED_SR,
+    REPORT_CLASSES,
+    SR_CLASSES,
+)
 from ris.reports import ReportBook
 from store.content import ContentStore
 from store.models import Instance, Report, Study
 
 log = logging.getLogger(__name__)
 
-BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
-ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
-COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
-ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
-SR_CLASSES = (BASIC_TEXT_SR, ENHANCED_SR, COMPREHENSIVE_SR)
-REPORT_CLASSES = (*SR_CLASSES, ENCAPSULATED_PDF)
 MARGIN = 10_000  # instance ids looked at again by each sweep (late commits)
 
 _HEADER_TAGS = [

@@ -24,6 +24,7 @@ import pydicom
 from hl7.client import MLLPClient
 from sqlalchemy import func, select
 
+from release.reports import REPORT_CLASSES
 from store.models import Notification, Package, Report, ReportDelivery
 from tests import synthetic
 from tests.conftest import Database, free_port, have_dcmtk, need
@@ -209,6 +210,8 @@ def test_report_holds_the_release_then_goes_with_the_images_and_the_viewer(
             assert "DICOMDIR" in names and "VIEWER/index.html" in names, names
             reports = [n for n in names if n.startswith("REPORT/")]
             assert reports == ["REPORT/RPT001.HTM"], reports
+            dicom = [n for n in names if n.startswith("PT")]  # PT*/ST*/SE*/IM*
+            assert len(dicom) == 4, dicom  # the CT only: no preliminary SR instance
 
             # The download is recorded once its last byte was handed to the connection,
             # which may be just after the client has it all: read the page until it shows.
@@ -234,7 +237,10 @@ def test_report_holds_the_release_then_goes_with_the_images_and_the_viewer(
             assert studies.status_code == 200, studies.text[:500]
             assert [x["0020000D"]["Value"][0] for x in studies.json()] == [study_uid]
             found = browser.client.get(f"/dicomweb/studies/{study_uid}/instances", headers=bearer)
-            assert found.status_code == 200 and len(found.json()) >= 4
+            # The 4 CT images; the preliminary SR is withheld by the report policy.
+            assert found.status_code == 200 and len(found.json()) == 4, len(found.json())
+            classes = {x["00080016"]["Value"][0] for x in found.json()}
+            assert not classes & set(REPORT_CLASSES), classes
 
             # 4. A corrected report after delivery: the patient is told by email, and the
             # files page of the same link offers the corrected report.
@@ -259,7 +265,7 @@ def test_report_holds_the_release_then_goes_with_the_images_and_the_viewer(
             assert any("Corrected: small nodule." in t for t in texts), links
         finally:
             browser.close()
-    assert package.instances >= 4
+    assert package.instances == 4  # the CT's 4 images; the preliminary SR withheld
     log = node.log.read_text()
     for secret in ("SYN0001", "Synthetic", "patient@example.org", code):
         assert secret not in log

@@ -6,16 +6,20 @@ it (one study, for the portal's per-study download; a disc image).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import logging
+from collections.abc import Callable, Collection
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.packaging.errors import PackageError
 from delivery.packaging.package import PackageItem
+from release.reports import withheld_for_request
 from store.catalog import guarded
 from store.content import ContentStore
 from store.models import Instance, RequestStudy, Series, Study
+
+log = logging.getLogger(__name__)
 
 
 def package_items(
@@ -23,9 +27,17 @@ def package_items(
     content: ContentStore,
     request_id: int,
     study_uids: Collection[str] | None = None,
+    report_studies: Callable[[Session, int], list[str]] | None = None,
 ) -> list[PackageItem]:
     """The instances of the studies attached to request ``request_id`` (only those whose
     Study Instance UID is in ``study_uids``, when given), in arrival order.
+
+    Report instances (Text SR, Encapsulated PDF) go only where the report policy lets
+    them: ``report_studies(session, request_id)`` names the studies whose policy is
+    ``with_images`` (:func:`release.reports.studies_with_reports`), and of those only
+    the current final or corrected reports' instances go; None: none goes
+    (:func:`release.reports.withheld_for_request`). Withheld instances are left out
+    before anything is counted, so they are never "missing".
 
     Raises :class:`PackageError` when there is none, or when any instance's file is
     flagged missing (never a partial release).
@@ -48,6 +60,17 @@ def package_items(
         query = query.where(Study.study_uid.in_(list(study_uids)))
     with guarded(sessions) as s:
         rows = s.execute(query).all()
+        uids = report_studies(s, request_id) if report_studies is not None else None
+        withheld = withheld_for_request(s, request_id, uids)
+    if withheld:
+        kept = [row for row in rows if row[0].id not in withheld]
+        if len(kept) < len(rows):  # counts only: nothing about the patient
+            log.info(
+                "request %d: %d report instance(s) withheld by policy",
+                request_id,
+                len(rows) - len(kept),
+            )
+        rows = kept
     if not rows:
         raise PackageError("no stored instance for this request")
     missing = sum(1 for row in rows if row[0].file_missing)

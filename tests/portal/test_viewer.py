@@ -24,10 +24,11 @@ from sqlalchemy import select, update
 from portal import viewer_render
 from portal.settings import PortalSettings
 from portal.viewer_sr import MAX_DEPTH, MAX_LINES, sr_lines
+from release.reports import REPORT_CLASSES
 from scp.recovery import recover
 from store.catalog import Catalog
 from store.content import ContentStore
-from store.models import AuditEvent, Grant, Package, Study
+from store.models import AuditEvent, Grant, Instance, Package, Report, Study
 from tests import synthetic
 from tests.portal import patient_rig
 from tests.portal.patient_rig import Patient, Rig, sign_in
@@ -119,6 +120,29 @@ def viewing(rig: Rig, tmp_path: Path) -> Viewing:
         study = s.scalars(select(Study).where(Study.accession_number == ACCESSION)).one()
         study.study_description = "CT CHEST"
         study_id, uid = study.id, study.study_uid
+        # The documents are final reports (as ris.dicom's sweep records them) and the
+        # site sends reports with the images: the report policy lets them through.
+        docs = s.scalars(
+            select(Instance).where(
+                Instance.study_id == study_id, Instance.sop_class_uid.in_(REPORT_CLASSES)
+            )
+        ).all()
+        for inst in docs:
+            s.add(
+                Report(
+                    study_instance_uid=uid,
+                    status="final",
+                    source="dicom",
+                    kind="pdf" if inst.sop_class_uid.endswith("104.1") else "sr",
+                    received_at=rig.clock(),
+                    instance_id=inst.id,
+                    sop_instance_uid=inst.sop_instance_uid,
+                    body_path=inst.path,
+                    body_sha256=inst.sha256,
+                    body_size=inst.size_bytes,
+                )
+            )
+    rig.ctx.delivery = rig.ctx.delivery.model_copy(update={"reports": "with_images"})
     p = rig.patient(study_ids=[study_id])
     rig.ctx.package_dir = tmp_path / "packages"
     rig.ctx.content = content
