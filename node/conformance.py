@@ -364,8 +364,9 @@ def statement() -> str:
         "### 3.3 Network interfaces",
         "",
         "TCP/IP (IPv4 or IPv6; `scp.host` is the listening address, default "
-        f"`{s.host}`). TCP_NODELAY on every accepted socket. DICOM over TLS on a second "
-        "port (`scp.tls_port`), same AE, policy and limits (6.1).",
+        f"`{s.host}`). TCP_NODELAY on every accepted socket and on every association "
+        "Courier opens. DICOM over TLS on a second port (`scp.tls_port`), same AE, policy "
+        "and limits (6.1).",
         "",
         "### 3.4 Configuration",
         "",
