@@ -409,7 +409,7 @@ def _create(
 
 
 def _list(args: argparse.Namespace, book: RequestBook, sessions: sessionmaker[Session]) -> int:
-    from release.embargo import HOLDABLE, held_now, is_free
+    from release.holds import held_at, held_now
 
     now = utcnow()
     state = RequestState(args.state) if args.state else None
@@ -420,9 +420,7 @@ def _list(args: argparse.Namespace, book: RequestBook, sessions: sessionmaker[Se
     for r in rows:  # "notified" is not "told": the link email's own status beside it
         r["link_email"] = links.get(r["id"])
     # The hold that keeps it back now ("-": none, or it ended / it was packaged since).
-    holds = [
-        req.hold_kind if req.state in HOLDABLE and not is_free(req, now) else "-" for req in found
-    ]
+    holds = [req.hold_kind if held_at(req, now) else "-" for req in found]
     lines = [
         f"{'REFERENCE':<15} {'STATE':<10} {'URGENCY':<9} {'SELECTED':>8} {'LINK':<8} "
         f"{'CREATED':<16} HOLD"

@@ -43,7 +43,7 @@ from portal.gate import DIGEST_STATE, ApiGate
 from portal.http import Detail, ErrorList, SecurityHeaders, install_error_handlers
 from portal.metrics import install_metrics
 from portal.site import install_pages
-from release.embargo import held_now
+from release.holds import held_now
 from release.records import event_dict, request_dict
 from release.requests import RequestBook
 from release.validation import RequestDraft

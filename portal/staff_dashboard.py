@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session, selectinload
 from delivery.discs import WHY_TEXT
 from delivery.outbox import stale_links
 from portal.staff_choices import LIVE
-from release.embargo import EMBARGO, HOLDABLE, REPORT, STAFF, describe, held_now
+from release.embargo import describe
+from release.holds import EMBARGO, HOLDABLE, REPORT, STAFF, held_now
 from store.models import (
     DiscJob,
     Grant,
@@ -278,7 +279,7 @@ def request_lines(
 ) -> list[RequestLine]:
     """Requests, newest first (at most :data:`LIST_LIMIT`), optionally in ``state`` and
     held (``hold``: ``held`` any hold, or ``embargo``, ``report``, ``staff``:
-    :func:`release.embargo.held_now`). Each line says its hold at ``now`` in ``zone``."""
+    :func:`release.holds.held_now`). Each line says its hold at ``now`` in ``zone``."""
     q = (
         select(ReleaseRequest)
         .order_by(ReleaseRequest.created_at.desc(), ReleaseRequest.id.desc())

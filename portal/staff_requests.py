@@ -126,7 +126,7 @@ def not_found(request: Request, ctx: PortalContext, staff: Staff, message: str) 
 # -- list -------------------------------------------------------------------------------
 
 
-# The list's ``?hold=`` filter: value → what the page calls it (release.embargo.held_now).
+# The list's ``?hold=`` filter: value → what the page calls it (release.holds.held_now).
 HOLDS = {
     "held": "held (any hold)",
     "embargo": "embargoed",

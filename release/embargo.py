@@ -40,10 +40,19 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, tzinfo
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from release.errors import InvalidRequest, InvalidTransition
+
+# The kinds of hold and their SQL live in release.holds (cheap to import); re-exported.
+from release.holds import EMBARGO as EMBARGO
+from release.holds import HOLDABLE as HOLDABLE
+from release.holds import NONE as NONE
+from release.holds import REPORT as REPORT
+from release.holds import STAFF as STAFF
+from release.holds import is_free as is_free
+from release.holds import releasable as releasable
 from release.progress import note
 from release.reports import report_final
 from release.requests import RequestBook
@@ -62,17 +71,9 @@ from store.models import (
 log = logging.getLogger("courier.release.embargo")
 
 ACTOR = "release-policy"
-NONE, EMBARGO, REPORT, STAFF = "", "embargo", "report", "staff"
 #: Where the site default comes from, as the timeline names it.
 SITE_DEFAULT = "node.yaml delivery.release"
 _NOTHING = "no release policy holds it"
-#: States in which staff may still hold or release a request (before packaging).
-HOLDABLE = (
-    RequestState.PENDING,
-    RequestState.RECEIVING,
-    RequestState.READY,
-    RequestState.OVERDUE,
-)
 
 
 @dataclass(frozen=True)
@@ -101,46 +102,6 @@ def final_report(s: Session, study_uids: Sequence[str]) -> bool:
     is at least one study): :func:`release.reports.report_final`, which the package's
     ``REPORT/`` shares. The one place the release policy reads reports."""
     return bool(study_uids) and all(report_final(s, uid) for uid in study_uids)
-
-
-def releasable(now: datetime) -> ColumnElement[bool]:
-    """The SQL condition of a ready request its hold lets go at ``now`` (the batch's)."""
-    return or_(
-        ReleaseRequest.hold_kind == NONE,
-        and_(
-            ReleaseRequest.hold_kind.in_([EMBARGO, STAFF]),
-            ReleaseRequest.hold_until.is_not(None),
-            ReleaseRequest.hold_until <= now,
-        ),
-    )
-
-
-#: What staff may ask the lists for: any hold, or one kind (``held_now``'s ``kind``).
-HOLD_FILTERS = ("held", EMBARGO, REPORT, STAFF)
-
-
-def held_now(now: datetime, kind: str = "held") -> ColumnElement[bool]:
-    """The SQL condition of a request a hold keeps back at ``now``: not yet packaged
-    (:data:`HOLDABLE`), and its hold not over (:func:`releasable` false). ``kind`` narrows
-    it to one kind (``embargo``, ``report``, ``staff``); ``held``: any. What the staff
-    pages, the REST API and ``courier request list --held`` show as held."""
-    if kind not in HOLD_FILTERS:
-        raise ValueError(f"hold filter {kind!r}: choose one of {', '.join(HOLD_FILTERS)}")
-    found = and_(
-        ReleaseRequest.state.in_(HOLDABLE),
-        ReleaseRequest.hold_kind != NONE,
-        ~releasable(now),
-    )
-    return found if kind == "held" else and_(found, ReleaseRequest.hold_kind == kind)
-
-
-def is_free(req: ReleaseRequest, now: datetime) -> bool:
-    """:func:`releasable` for one loaded row."""
-    if req.hold_kind == NONE:
-        return True
-    return (
-        req.hold_kind in (EMBARGO, STAFF) and req.hold_until is not None and req.hold_until <= now
-    )
 
 
 def anchor(policy: ReleasePolicy, study: StudyFacts, zone: tzinfo) -> tuple[datetime, str]:

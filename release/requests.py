@@ -206,7 +206,7 @@ class RequestBook:
         where: ColumnElement[bool] | None = None,
     ) -> builtins.list[ReleaseRequest]:
         """Requests, newest first, optionally only those in ``state`` and those ``where``
-        holds for (e.g. :func:`release.embargo.held_now`); at most ``limit``."""
+        holds for (e.g. :func:`release.holds.held_now`); at most ``limit``."""
         q = (
             select(ReleaseRequest)
             .order_by(ReleaseRequest.created_at.desc(), ReleaseRequest.id.desc())

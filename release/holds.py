@@ -1,0 +1,71 @@
+"""Which requests a release hold keeps back now: the kinds of hold and their SQL.
+
+The release policy (:mod:`release.embargo`) sets ``hold_kind`` and ``hold_until`` on a
+request; this module says what they mean at an instant, for the batch's claim and for
+everyone who lists held requests (the staff pages, the REST API, ``courier request list
+--held``), without loading the policy itself (``courier request list`` stays quick).
+
+Imports nothing of ours but ``store``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, or_
+
+from store.models import ReleaseRequest, RequestState
+
+NONE, EMBARGO, REPORT, STAFF = "", "embargo", "report", "staff"
+#: States in which staff may still hold or release a request (before packaging).
+HOLDABLE = (
+    RequestState.PENDING,
+    RequestState.RECEIVING,
+    RequestState.READY,
+    RequestState.OVERDUE,
+)
+
+
+def releasable(now: datetime) -> ColumnElement[bool]:
+    """The SQL condition of a ready request its hold lets go at ``now`` (the batch's)."""
+    return or_(
+        ReleaseRequest.hold_kind == NONE,
+        and_(
+            ReleaseRequest.hold_kind.in_([EMBARGO, STAFF]),
+            ReleaseRequest.hold_until.is_not(None),
+            ReleaseRequest.hold_until <= now,
+        ),
+    )
+
+
+#: What staff may ask the lists for: any hold, or one kind (``held_now``'s ``kind``).
+HOLD_FILTERS = ("held", EMBARGO, REPORT, STAFF)
+
+
+def held_now(now: datetime, kind: str = "held") -> ColumnElement[bool]:
+    """The SQL condition of a request a hold keeps back at ``now``: not yet packaged
+    (:data:`HOLDABLE`), and its hold not over (:func:`releasable` false). ``kind`` narrows
+    it to one kind (``embargo``, ``report``, ``staff``); ``held``: any. What the staff
+    pages, the REST API and ``courier request list --held`` show as held."""
+    if kind not in HOLD_FILTERS:
+        raise ValueError(f"hold filter {kind!r}: choose one of {', '.join(HOLD_FILTERS)}")
+    found = and_(
+        ReleaseRequest.state.in_(HOLDABLE),
+        ReleaseRequest.hold_kind != NONE,
+        ~releasable(now),
+    )
+    return found if kind == "held" else and_(found, ReleaseRequest.hold_kind == kind)
+
+
+def is_free(req: ReleaseRequest, now: datetime) -> bool:
+    """:func:`releasable` for one loaded row."""
+    if req.hold_kind == NONE:
+        return True
+    return (
+        req.hold_kind in (EMBARGO, STAFF) and req.hold_until is not None and req.hold_until <= now
+    )
+
+
+def held_at(req: ReleaseRequest, now: datetime) -> bool:
+    """:func:`held_now` for one loaded row."""
+    return RequestState(req.state) in HOLDABLE and not is_free(req, now)
