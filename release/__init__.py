@@ -10,7 +10,8 @@ makes as studies attach, shared by matching and staff (``release.progress``), th
 patient-identity check every join passes (``release.identity``) and the staff's two
 ways of closing a mismatch (``release.mismatch``), the release policy's hold on a ready
 request (an embargo, the wait for the final report; staff release early or hold longer:
-``release.embargo``), and the figures
+``release.embargo``; which requests a hold keeps back now, for the lists:
+``release.holds``), and the figures
 read back from the requests' history for staff and the hospital's reporting (outcomes
 per day, time to first download, failures by cause: ``release.report``). Packaging and
 sending (``delivery``) and the web (``portal``) build on it.
