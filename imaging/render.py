@@ -17,6 +17,12 @@ viewer shows it first:
 5. colour images (RGB, YBR converted to RGB by pydicom, PALETTE COLOR through its LUT)
    scaled to 8 bits without windowing.
 
+Steps 2-4 are elementwise, so a greyscale frame of integers left unreduced (the common
+case: a CT or MR slice no larger than twice the output) goes through an 8-bit lookup
+table instead (:func:`grey_by_table`), computed by :func:`grey_to_8bit` itself over the
+range of values the frame holds: the same picture, byte for byte (a test checks it),
+about twice as fast as the float32 pipeline on the full frame.
+
 Untrusted pixel data is decoded here, so call this only inside the limited child
 (:mod:`imaging.worker`); :class:`imaging.Renderer` does. Raises :class:`ImagingError`.
 """
@@ -46,6 +52,8 @@ Format = Literal["jpeg", "png"]
 JPEG_QUALITY = 85
 #: Header elements larger than this are left unread (a header is read for its small values).
 _DEFER = 4096
+#: Widest range of stored values :func:`grey_by_table` maps (wider: the float pipeline).
+MAX_LUT = 1 << 20
 
 
 def read_header(path: Path) -> Dataset:
@@ -103,6 +111,34 @@ def grey_to_8bit(
         scaled = 1.0 - scaled
     out: npt.NDArray[np.uint8] = (scaled * 255.0 + 0.5).astype(np.uint8)
     return out
+
+
+def grey_by_table(
+    pixels: npt.NDArray[Any],
+    header: Dataset,
+    *,
+    frame: int = 0,
+    window: tuple[float, float] | None = None,
+    minmax: bool = False,
+) -> npt.NDArray[np.uint8] | None:
+    """``grey_to_8bit(pixels, ...)`` through a lookup table; None when it does not apply.
+
+    The table is :func:`grey_to_8bit` of every integer from the frame's minimum to its
+    maximum: the function is elementwise and its min..max case sees the same extremes (the
+    rescale is monotonic), so the result is identical. It applies to a 2-D frame of
+    integers whose range of values is narrower than :data:`MAX_LUT` and than the frame
+    (a wider table would cost more than it saves).
+    """
+    if pixels.ndim != 2 or pixels.dtype.kind not in "iu" or pixels.size == 0:
+        return None
+    low, high = int(pixels.min()), int(pixels.max())
+    if high - low >= min(MAX_LUT, pixels.size):
+        return None
+    values = np.arange(low, high + 1, dtype=np.int64)
+    table = grey_to_8bit(values, header, frame=frame, window=window, minmax=minmax)
+    index = pixels.astype(np.int64) - low if low else pixels
+    mapped: npt.NDArray[np.uint8] = table[index]
+    return mapped
 
 
 def colour_to_8bit(pixels: npt.NDArray[Any], header: Dataset) -> npt.NDArray[np.uint8]:
@@ -169,7 +205,9 @@ def render_file(
         small = reduce(pixels, max_side, pick=palette)
         del pixels  # the full frame goes before the 8-bit copies are made
         if int(header.get("SamplesPerPixel", 1)) == 1 and not palette:
-            grey = grey_to_8bit(small, header, frame=index, window=window, minmax=minmax)
+            grey = grey_by_table(small, header, frame=index, window=window, minmax=minmax)
+            if grey is None:
+                grey = grey_to_8bit(small, header, frame=index, window=window, minmax=minmax)
             image = Image.fromarray(grey, mode="L")
         else:
             image = Image.fromarray(colour_to_8bit(small, header)).convert("RGB")

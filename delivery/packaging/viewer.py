@@ -15,8 +15,8 @@ their images in any current browser, with no server and no network:
   instance, such as an ultrasound cine or an enhanced CT, up to :data:`MAX_FRAMES`
   evenly spaced) as a JPEG at
   display size (``max_side``, 1024 px on the long side by default) with the header's VOI
-  window, by one limited child process per package (:class:`imaging.export.ExportRenderer`,
-  an :class:`imaging.Renderer` with a lookup-table fast path for plain greyscale frames).
+  window, by one limited child process per package (an :class:`imaging.Renderer`; plain
+  greyscale slices go through :func:`imaging.render.render_file`'s lookup table).
 
 Header text shown on the page (series description, modality) is untrusted: escaped by
 the template, control and bidi characters made visible (:func:`shown`), and isolated in
@@ -47,7 +47,6 @@ import pydicom
 
 from delivery.i18n import SOURCE_LANGUAGE, environment
 from imaging import ImagingError, Renderer, RenderLimits, declared_size
-from imaging.export import ExportRenderer
 from store.content import DIR_MODE, FILE_MODE
 from telemetry import text
 
@@ -245,7 +244,7 @@ class ImageSpool:
     def _run(self) -> None:
         try:
             fmt = "jpeg" if self.options.quality == NATIVE_QUALITY else "png"
-            with ExportRenderer(self.options.limits) as renderer:
+            with Renderer(self.options.limits) as renderer:
                 if self._preview_side:  # the series thumbnails first: planning waits for them
                     previews: dict[str, bytes | str] = {}
                     for group in self._groups:

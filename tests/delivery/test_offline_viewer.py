@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -195,11 +196,13 @@ def test_manifest_of_a_viewer_package_is_valid_json(tmp_path: Path) -> None:
     assert manifest["counts"]["instances"] == 2
 
 
-def test_the_fast_path_draws_what_render_file_draws(tmp_path: Path) -> None:
-    """imaging.export's lookup table gives render_file's picture byte for byte, for every
-    transfer syntax the tests generate, and falls back to it for what it does not cover."""
-    from imaging.export import render_export
-    from imaging.render import render_file
+def test_the_lookup_table_draws_what_the_float_path_draws(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """render_file's lookup table (grey_by_table) gives the float pipeline's picture byte
+    for byte, for every transfer syntax the tests generate, with the header's window, a
+    given one and min..max; it is used for the plain slices, not for reduced frames."""
+    from imaging import render
 
     paths = synthetic.make_ct_series(tmp_path / "ct", n_slices=2, rows=64, cols=48)
     paths += [
@@ -209,18 +212,37 @@ def test_the_fast_path_draws_what_render_file_draws(tmp_path: Path) -> None:
     mono1.PhotometricInterpretation = "MONOCHROME1"
     mono1.save_as(tmp_path / "mono1.dcm", enforce_file_format=True)
     paths.append(tmp_path / "mono1.dcm")
+    tabled = 0
+    real = render.grey_by_table
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal tabled
+        grey = real(*args, **kwargs)
+        tabled += grey is not None
+        return grey
+
+    cases: list[dict[str, Any]] = [
+        {"frame": None, "max_side": side, "window": window, "minmax": minmax}
+        for side in (1024, 32)  # 32: reduced, the float path
+        for window, minmax in ((None, False), ((40.0, 400.0), False), (None, True))
+    ]
     for path in paths:
-        for max_side in (1024, 32):  # 32: reduced, the general path
-            args: dict[str, object] = {"frame": None, "max_side": max_side}
-            fast = render_export(path, max_frame_values=10**8, **args)  # type: ignore[arg-type]
-            slow = render_file(path, max_frame_values=10**8, **args)  # type: ignore[arg-type]
-            assert fast == slow, (path.name, max_side)
+        for args in cases:
+            with monkeypatch.context() as m:
+                m.setattr(render, "grey_by_table", counted)
+                fast = render.render_file(path, max_frame_values=10**8, **args)
+            with monkeypatch.context() as m:
+                m.setattr(render, "grey_by_table", lambda *a, **k: None)
+                slow = render.render_file(path, max_frame_values=10**8, **args)
+            assert fast == slow, (path.name, args)
+    assert tabled >= 3 * 3  # the CT slices and MONOCHROME1, each window case
 
 
 _CHILD = """
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 sys.path.insert(0, {repo!r})
 from delivery.packaging.package import PackageInfo, build_package, sweep_partial
 from delivery.packaging.viewer import ViewerOptions
