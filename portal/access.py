@@ -39,7 +39,6 @@ from starlette.concurrency import run_in_threadpool
 from delivery.codes import send_code
 from delivery.grants import GrantError
 from portal.context import PortalContext
-from portal.forms import csrf_ok, read_form
 from portal.grantsession import (
     LINK_COOKIE,
     LINK_MAX_AGE_S,
@@ -47,9 +46,8 @@ from portal.grantsession import (
     LiveGrant,
     actor,
     audit,
-    client_address,
+    checked_post,
     event_row,
-    forbidden,
     grant_by_token,
     is_live,
     limited,
@@ -180,12 +178,10 @@ def _send(ctx: PortalContext, token: str | None) -> str:
 @router.post("/access/code", include_in_schema=False)
 async def request_code(request: Request) -> Response:
     """Send a fresh code to the second channel, then go to the code form."""
-    form = await read_form(request)
-    if not csrf_ok(request, form):
-        return forbidden(request)
+    _, refused = await checked_post(request)
+    if refused is not None:
+        return refused
     ctx = portal(request)
-    if not ctx.limiter.allow(f"ip:{client_address(request)}", ctx.portal.rate_limit_per_min, 60):
-        return limited(request)
     outcome = await run_in_threadpool(_send, ctx, request.cookies.get(LINK_COOKIE))
     if outcome == "dead":
         return neutral(request)
@@ -418,12 +414,10 @@ _SESSION = insert(PortalSession.metadata.tables["portal_sessions"])
 @router.post("/access/verify", include_in_schema=False)
 async def verify(request: Request) -> Response:
     """Check the code: a session and ``/files``, the form again, or the neutral page."""
-    form = await read_form(request)
-    if not csrf_ok(request, form):
-        return forbidden(request)
+    form, refused = await checked_post(request)
+    if refused is not None:
+        return refused
     ctx = portal(request)
-    if not ctx.limiter.allow(f"ip:{client_address(request)}", ctx.portal.rate_limit_per_min, 60):
-        return limited(request)
     code = form.get("code", "")[:32]
     verdict = await run_in_threadpool(_check, ctx, request.cookies.get(LINK_COOKIE), code)
     if verdict.outcome == "dead":

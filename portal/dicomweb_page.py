@@ -19,12 +19,9 @@ from delivery.i18n import locale_name
 from portal.context import PortalContext
 from portal.dicomweb_token import base_url, issue, short
 from portal.filespage import render_files
-from portal.forms import csrf_ok, read_form
 from portal.grantsession import (
     audit,
-    client_address,
-    forbidden,
-    limited,
+    checked_post,
     portal,
     session_grant,
     signed_out,
@@ -59,10 +56,8 @@ def _issue(ctx: PortalContext, request: Request) -> Response:
 @router.post("/files/dicomweb", include_in_schema=False)
 async def ask(request: Request) -> Response:
     """Make a DICOMweb token for the session's grant and show it with the base URL."""
-    form = await read_form(request)
-    if not csrf_ok(request, form):
-        return forbidden(request)
+    _, refused = await checked_post(request)
+    if refused is not None:
+        return refused
     ctx = portal(request)
-    if not ctx.limiter.allow(f"ip:{client_address(request)}", ctx.portal.rate_limit_per_min, 60):
-        return limited(request)
     return await run_in_threadpool(_issue, ctx, request)

@@ -24,42 +24,28 @@ from starlette.concurrency import run_in_threadpool
 
 from portal.context import PortalContext
 from portal.filespage import long_date, render_files
-from portal.forms import csrf_ok, read_form
 from portal.grantsession import (
     LINK_COOKIE,
-    client_address,
-    forbidden,
+    checked_post,
     grant_by_token,
-    limited,
     lock_grant,
     neutral,
     page,
+    patient_grant,
     portal,
-    session_grant,
-    signed_out,
 )
 from portal.more_time import Answer, ask
 from portal.pages import language
 from store.db import writing
+from store.models import Grant
 
 router = APIRouter()
-
-
-async def _allowed(request: Request) -> Response | None:
-    """403 or 429 before anything else, or None to go on."""
-    form = await read_form(request)
-    if not csrf_ok(request, form):
-        return forbidden(request)
-    ctx = portal(request)
-    if not ctx.limiter.allow(f"ip:{client_address(request)}", ctx.portal.rate_limit_per_min, 60):
-        return limited(request)
-    return None
 
 
 @router.post("/files/extend", include_in_schema=False)
 async def extend_signed_in(request: Request) -> Response:
     """The files page's "Ask for more time"."""
-    refused = await _allowed(request)
+    _, refused = await checked_post(request)
     if refused is not None:
         return refused
     ctx = portal(request)
@@ -67,11 +53,9 @@ async def extend_signed_in(request: Request) -> Response:
     def run() -> Response:
         now = ctx.clock()
         with ctx.sessions() as s:
-            grant = session_grant(s, request, ctx)
-            if grant is None:
-                return signed_out(request)
-            if grant.purpose == "forward":
-                return forbidden(request)
+            grant = patient_grant(s, request, ctx)
+            if not isinstance(grant, Grant):
+                return grant
             with writing(s):
                 locked = lock_grant(s, grant.id)
                 answer = ask(s, ctx.outbox, locked, ctx.delivery.patient_extend_days, now)
@@ -108,7 +92,7 @@ async def more_time_form(request: Request) -> Response:
 @router.post("/access/extend", include_in_schema=False)
 async def extend_by_link(request: Request) -> Response:
     """The expired-link page's "Ask for more time"."""
-    refused = await _allowed(request)
+    _, refused = await checked_post(request)
     if refused is not None:
         return refused
     ctx = portal(request)

@@ -30,6 +30,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from portal.context import PortalContext
+from portal.forms import csrf_ok, read_form
 from portal.pages import render
 from portal.site import context_of
 from store.models import (
@@ -227,6 +228,18 @@ def session_grant(s: Session, request: Request, ctx: PortalContext) -> Grant | N
     return found[1] if found is not None else None
 
 
+def patient_grant(s: Session, request: Request, ctx: PortalContext) -> Grant | HTMLResponse:
+    """The session's grant if it is the patient's own, else the answer: 401
+    (:func:`signed_out`) without a live session, 403 (:func:`forbidden`) for a
+    clinician's share (purpose ``forward``), which may not share, extend or choose."""
+    grant = session_grant(s, request, ctx)
+    if grant is None:
+        return signed_out(request)
+    if grant.purpose == "forward":
+        return forbidden(request)
+    return grant
+
+
 def session_and_grant(s: Session, request: Request, ctx: PortalContext) -> tuple[int, Grant] | None:
     """The request's session id and its live grant (idle clock reset), or None: see
     :func:`session_grant`."""
@@ -298,7 +311,8 @@ def neutral(request: Request) -> HTMLResponse:
 
 
 def forbidden(request: Request) -> HTMLResponse:
-    """A form without a valid CSRF token: nothing was done."""
+    """A form without a valid CSRF token, or a clinician's session where only the
+    patient may act: nothing was done."""
     return page(request, "patient/forbidden.html.j2", status_code=403)
 
 
@@ -307,6 +321,19 @@ def limited(request: Request, lang: str | None = None) -> HTMLResponse:
     response = page(request, "patient/limited.html.j2", status_code=429, lang=lang)
     response.headers["Retry-After"] = "60"
     return response
+
+
+async def checked_post(request: Request) -> tuple[dict[str, str], HTMLResponse | None]:
+    """A patient form post's fields, and the refusal to answer with before anything
+    else (or None to go on): 403 without a valid CSRF token, 429 past
+    ``portal.rate_limit_per_min`` posts per client address."""
+    form = await read_form(request)
+    if not csrf_ok(request, form):
+        return form, forbidden(request)
+    ctx = portal(request)
+    if not ctx.limiter.allow(f"ip:{client_address(request)}", ctx.portal.rate_limit_per_min, 60):
+        return form, limited(request)
+    return form, None
 
 
 def signed_out(request: Request) -> HTMLResponse:

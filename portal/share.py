@@ -54,10 +54,10 @@ from portal.filespage import render_files
 from portal.forms import csrf_ok, read_form
 from portal.grantsession import (
     audit,
-    client_address,
+    checked_post,
     forbidden,
-    limited,
     lock_grant,
+    patient_grant,
     portal,
     session_grant,
     signed_out,
@@ -117,12 +117,10 @@ def _problems(
 @router.post("/files/share", include_in_schema=False)
 async def share(request: Request) -> Response:
     """Create a clinician's grant and queue their link email."""
-    form = await read_form(request)
-    if not csrf_ok(request, form):
-        return forbidden(request)
+    form, refused = await checked_post(request)
+    if refused is not None:
+        return refused
     ctx = portal(request)
-    if not ctx.limiter.allow(f"ip:{client_address(request)}", ctx.portal.rate_limit_per_min, 60):
-        return limited(request)
     return await run_in_threadpool(_share, ctx, request, form)
 
 
@@ -156,11 +154,9 @@ def _over_limit(ctx: PortalContext, s: Session, patient: Grant, now: datetime) -
 def _share(ctx: PortalContext, request: Request, form: dict[str, str]) -> Response:
     now = ctx.clock()
     with ctx.sessions() as s:
-        grant = session_grant(s, request, ctx)
-        if grant is None:
-            return signed_out(request)
-        if grant.purpose == "forward":
-            return forbidden(request)
+        grant = patient_grant(s, request, ctx)
+        if not isinstance(grant, Grant):
+            return grant
         kept = {"email": form.get("email", "")[:254], "mobile": form.get("mobile", "")[:40]}
         errors, email, second = _problems(form, ctx.phones)
         if errors or email is None or second is None:
@@ -264,12 +260,10 @@ async def revoke(request: Request, grant_id: int) -> Response:
 async def new_code(request: Request, grant_id: int) -> Response:
     """Show a new code for a shown-code share (the old one stops working): for a code
     voided by wrong tries, a share locked by them, or a code the patient lost."""
-    form = await read_form(request)
-    if not csrf_ok(request, form):
-        return forbidden(request)
+    _, refused = await checked_post(request)
+    if refused is not None:
+        return refused
     ctx = portal(request)
-    if not ctx.limiter.allow(f"ip:{client_address(request)}", ctx.portal.rate_limit_per_min, 60):
-        return limited(request)
 
     def run() -> Response:
         now = ctx.clock()

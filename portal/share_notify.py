@@ -15,7 +15,13 @@ from starlette.concurrency import run_in_threadpool
 
 from portal.filespage import render_files
 from portal.forms import csrf_ok, read_form
-from portal.grantsession import audit, forbidden, lock_grant, portal, session_grant, signed_out
+from portal.grantsession import (
+    audit,
+    forbidden,
+    lock_grant,
+    patient_grant,
+    portal,
+)
 from store.db import writing
 from store.models import Grant
 
@@ -37,11 +43,9 @@ async def notify(request: Request, grant_id: int) -> Response:
     def run() -> Response:
         now = ctx.clock()
         with ctx.sessions() as s:
-            grant = session_grant(s, request, ctx)
-            if grant is None:
-                return signed_out(request)
-            if grant.purpose == "forward":
-                return forbidden(request)
+            grant = patient_grant(s, request, ctx)
+            if not isinstance(grant, Grant):
+                return grant
             child_id = s.scalar(
                 select(Grant.id).where(Grant.id == grant_id, Grant.parent_grant_id == grant.id)
             )
