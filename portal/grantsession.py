@@ -28,6 +28,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.elements import ColumnElement
 
 from portal.context import PortalContext
 from portal.forms import csrf_ok, read_form
@@ -238,6 +239,14 @@ def patient_grant(s: Session, request: Request, ctx: PortalContext) -> Grant | H
     if grant.purpose == "forward":
         return forbidden(request)
     return grant
+
+
+def own_share(s: Session, patient: Grant, share_id: int, *also: ColumnElement[bool]) -> int | None:
+    """``share_id`` if it is a share made from ``patient`` (and meets ``also``), else
+    None (the caller answers 404: another grant's share, or none)."""
+    return s.scalar(
+        select(Grant.id).where(Grant.id == share_id, Grant.parent_grant_id == patient.id, *also)
+    )
 
 
 def session_and_grant(s: Session, request: Request, ctx: PortalContext) -> tuple[int, Grant] | None:

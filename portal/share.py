@@ -57,6 +57,7 @@ from portal.grantsession import (
     checked_post,
     forbidden,
     lock_grant,
+    own_share,
     patient_grant,
     portal,
     session_grant,
@@ -241,9 +242,7 @@ async def revoke(request: Request, grant_id: int) -> Response:
             grant = session_grant(s, request, ctx)
             if grant is None:
                 return signed_out(request)
-            child_id = s.scalar(
-                select(Grant.id).where(Grant.id == grant_id, Grant.parent_grant_id == grant.id)
-            )
+            child_id = own_share(s, grant, grant_id)
             if child_id is None:
                 return Response(status_code=404)
             child = lock_grant(s, child_id)
@@ -271,13 +270,7 @@ async def new_code(request: Request, grant_id: int) -> Response:
             grant = session_grant(s, request, ctx)
             if grant is None:
                 return signed_out(request)
-            child_id = s.scalar(
-                select(Grant.id).where(
-                    Grant.id == grant_id,
-                    Grant.parent_grant_id == grant.id,
-                    Grant.second_channel == "shown:",
-                )
-            )
+            child_id = own_share(s, grant, grant_id, Grant.second_channel == "shown:")
             if child_id is None:
                 return Response(status_code=404)
             with writing(s):

@@ -10,7 +10,6 @@ code check (:mod:`portal.access`) reads it when the share is opened.
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from portal.filespage import render_files
@@ -19,6 +18,7 @@ from portal.grantsession import (
     audit,
     forbidden,
     lock_grant,
+    own_share,
     patient_grant,
     portal,
 )
@@ -46,9 +46,7 @@ async def notify(request: Request, grant_id: int) -> Response:
             grant = patient_grant(s, request, ctx)
             if not isinstance(grant, Grant):
                 return grant
-            child_id = s.scalar(
-                select(Grant.id).where(Grant.id == grant_id, Grant.parent_grant_id == grant.id)
-            )
+            child_id = own_share(s, grant, grant_id)
             if child_id is None:
                 return Response(status_code=404)
             with writing(s):
