@@ -22,7 +22,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from node import doctor
 from node.cli import main
 from node.config import load_config
-from tests.conftest import free_port, have_orthanc, need, start_node, write_config
+from tests.conftest import free_port, have_orthanc, need, start_node, wait_for_port, write_config
 from tests.peers import Orthanc
 from tests.smtp_server import SmtpServer
 from tests.twilio_server import TwilioServer
@@ -83,6 +83,7 @@ def test_a_running_node_passes_its_own_checks(
         extra=f"ris:\n  enabled: true\n  host: 127.0.0.1\n  port: {ris_port}\n",
     )
     try:
+        wait_for_port(ris_port, node.proc)  # the HL7 listener may start after the web app
         cfg = load_config(node.config)
         found = _by_check(doctor.run_checks(cfg, timeout_s=3))
     finally:
