@@ -297,10 +297,13 @@ def run_orthanc(workdir: Path, workers: int) -> Iterator[Running]:
 
 
 def courier_config(data_dir: Path, port: int, workers: int) -> str:
-    """The node.yaml the benchmark gives Courier (JSON flow style is valid YAML)."""
+    """The node.yaml the benchmark gives Courier (JSON flow style is valid YAML). The web
+    gets a free port: ``courier serve`` stops when portal.port (8080) is taken, e.g. by
+    another node on this machine."""
     node = {"name": "bench", "data_dir": str(data_dir)}
     scp = {"ae_title": "COURIER", "host": "127.0.0.1", "port": port, "workers": workers}
-    return f"node: {json.dumps(node)}\nscp: {json.dumps(scp)}\n"
+    web = {"port": peers.free_port(), "public_url": "http://127.0.0.1"}
+    return f"node: {json.dumps(node)}\nscp: {json.dumps(scp)}\nportal: {json.dumps(web)}\n"
 
 
 @contextlib.contextmanager

@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import ingest  # noqa: E402
 from ingest import data_sets, run_courier, run_storescp, settled_cpu_seconds  # noqa: E402
 
 from scp.pacs import move_study  # noqa: E402
@@ -40,18 +39,7 @@ from scp.pacs_settings import PacsSettings  # noqa: E402
 from tests import peers  # noqa: E402
 
 
-def _courier_config(data_dir: Path, port: int, workers: int) -> str:
-    """bench/ingest.py's node.yaml with the web on a free port: ``courier serve`` stops
-    when portal.port (8080) is taken, e.g. by another node on this machine."""
-    web = {"port": peers.free_port(), "public_url": "http://127.0.0.1"}
-    return _INGEST_CONFIG(data_dir, port, workers) + f"portal: {json.dumps(web)}\n"
-
-
-_INGEST_CONFIG = ingest.courier_config
-
-
 def main(argv: list[str] | None = None) -> int:
-    ingest.courier_config = _courier_config
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
