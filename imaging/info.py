@@ -30,6 +30,19 @@ ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 #: Structured reports (basic, enhanced, comprehensive, key objects...), PS3.4 B.5.
 _SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 _MAX_WINDOWS = 8
+#: At most this many frames of one instance are offered to a viewer (:attr:`InstanceInfo.picks`):
+#: above it, this many evenly spaced ones. NumberOfFrames is an untrusted header value (a
+#: 1x1 image may claim a billion frames), so nothing is ever allocated per declared frame.
+MAX_VIEW_FRAMES = 2000
+
+
+def spread(frames: int, limit: int) -> list[int]:
+    """Every frame number below ``frames`` when there are at most ``limit`` (> 1) of them,
+    else ``limit`` evenly spaced ones from the first to the last; never builds a list of
+    ``frames`` items."""
+    if frames <= limit:
+        return list(range(max(frames, 0)))
+    return sorted({round(k * (frames - 1) / (limit - 1)) for k in range(limit)})
 
 
 #: The elements :func:`describe` and :func:`frame_transform` read, and nothing else.
@@ -171,11 +184,13 @@ class InstanceInfo:
     """What :func:`describe` reads (see the module docstring)."""
 
     kind: str  # "image", "pdf", "sr", "other"
-    frames: int = 0
+    frames: int = 0  # as declared (untrusted, may be huge)
     colour: bool = False
     modality: str = ""
     windows: tuple[tuple[float, float], ...] = ()  # the header's (centre, width) pairs
-    positions: tuple[float | None, ...] = field(default=())  # per frame, when known
+    positions: tuple[float | None, ...] = field(default=())  # per pick, when known
+    #: The frame numbers a viewer shows: all, or :data:`MAX_VIEW_FRAMES` evenly spaced.
+    picks: tuple[int, ...] = ()
 
 
 def _position(ds: Any) -> float | None:
@@ -186,20 +201,20 @@ def _position(ds: Any) -> float | None:
     return round(ipp[2], 2) if len(ipp) == 3 else None
 
 
-def _frame_positions(header: Dataset, frames: int) -> tuple[float | None, ...]:
+def _frame_positions(header: Dataset, frames: int, picks: list[int]) -> tuple[float | None, ...]:
     if frames == 1:
         return (_position(header),)
     try:
         per_frame = header.get("PerFrameFunctionalGroupsSequence")
         if per_frame is None or len(per_frame) != frames:
-            return (None,) * frames
+            return (None,) * len(picks)
         out = []
-        for item in per_frame:
-            plane = _item(item, "PlanePositionSequence")
+        for f in picks:
+            plane = _item(per_frame[f], "PlanePositionSequence")
             out.append(_position(plane) if plane is not None else None)
         return tuple(out)
-    except (TypeError, ValueError, AttributeError):
-        return (None,) * frames
+    except (TypeError, ValueError, AttributeError, IndexError):
+        return (None,) * len(picks)
 
 
 def describe(header: Dataset) -> InstanceInfo:
@@ -222,13 +237,15 @@ def describe(header: Dataset) -> InstanceInfo:
         t = frame_transform(header, 0)
         if t.width >= 1.0:
             windows = ((t.centre, t.width),)
+    picks = spread(budget.frames, MAX_VIEW_FRAMES)
     return InstanceInfo(
         "image",
         frames=budget.frames,
         colour=colour,
         modality=modality,
         windows=windows,
-        positions=_frame_positions(header, budget.frames),
+        positions=_frame_positions(header, budget.frames, picks),
+        picks=tuple(picks),
     )
 
 

@@ -191,9 +191,9 @@ def index_rows(ctx: PortalContext, rows: list[tuple[int, str, str]]) -> SeriesIn
             continue
         if not images:
             colour, windows = info.colour, list(info.windows)
-        frames = [
-            Frame(instance_id, relpath, f, info.positions[f] if f < len(info.positions) else None)
-            for f in range(info.frames)
+        frames = [  # at most MAX_VIEW_FRAMES per instance, whatever its header claims
+            Frame(instance_id, relpath, f, info.positions[i] if i < len(info.positions) else None)
+            for i, f in enumerate(info.picks)
         ]
         first = frames[0].position if frames else None
         images.append((_instance_key(number, first, instance_id), frames))

@@ -212,3 +212,22 @@ def test_documents_are_not_images(tmp_path: Path) -> None:
     assert describe(ds).kind == "sr"
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"  # RT Structure Set: no pixels
     assert describe(ds).kind == "other"
+
+
+def test_a_huge_declared_frame_count_is_capped_never_allocated(tmp_path: Path) -> None:
+    """NumberOfFrames is untrusted: a 1x1 image claiming a billion frames offers at most
+    MAX_VIEW_FRAMES evenly spaced ones, first and last included."""
+    from imaging.info import MAX_VIEW_FRAMES, spread
+
+    ds = Dataset()
+    ds.SOPClassUID = SECONDARY_CAPTURE
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel = 1, 1, 8, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = 1_000_000_000
+    info = describe(ds)
+    assert info.kind == "image" and info.frames == 1_000_000_000
+    assert len(info.picks) == MAX_VIEW_FRAMES == len(info.positions)
+    assert info.picks[0] == 0 and info.picks[-1] == 999_999_999
+    assert list(info.picks) == sorted(set(info.picks))
+    assert spread(3, MAX_VIEW_FRAMES) == [0, 1, 2]
+    assert spread(0, MAX_VIEW_FRAMES) == []

@@ -344,3 +344,31 @@ def test_trim_removes_the_oldest_first(tmp_path: Path) -> None:
         os.utime(path, (1000 + i, 1000 + i))
     assert viewer_render._trim(tmp_path, 2500) == 2000
     assert sorted(p.name for p in tmp_path.glob("*.jpg")) == ["3.jpg", "4.jpg"]
+
+
+def test_a_huge_declared_frame_count_indexes_bounded(tmp_path: Path) -> None:
+    """A 1x1 instance whose header claims a billion frames is indexed with at most
+    MAX_VIEW_FRAMES entries (nothing per declared frame)."""
+    from types import SimpleNamespace
+
+    from imaging.info import MAX_VIEW_FRAMES
+    from portal.viewer_data import index_rows
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 8, 8, 7
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.NumberOfFrames = 1_000_000_000
+    ds.PixelData = b"\0\0"
+    ds.save_as(tmp_path / "huge.dcm", enforce_file_format=True)
+    ctx = SimpleNamespace(content=SimpleNamespace(path=lambda p: tmp_path / p))
+    index = index_rows(ctx, [(1, "huge.dcm", "1")])  # type: ignore[arg-type]
+    assert len(index.frames) == MAX_VIEW_FRAMES
+    assert index.frames[0].frame == 0 and index.frames[-1].frame == 999_999_999
