@@ -8,10 +8,12 @@
   to it, and stays byte for byte the same whatever the reason: it holds no CSRF token).
   A GET changes nothing (mail scanners).
 - ``POST /access/extend``: the link in the ``__Host-link`` cookie. A patient's link
-  that was not revoked or locked gets the answer page (extended: a button to sign in
-  again; asked: what happens next); anything else (no cookie, an unknown token, a
-  revoked or locked link, a clinician's link) gets the neutral page again and nothing
-  is done. A token is 256 random bits: only its holder learns that it expired.
+  that expired and was not revoked or locked gets the answer page (extended: a button
+  to sign in again; asked: what happens next); anything else (no cookie, an unknown
+  token, a revoked or locked link, a link that still works, a clinician's link) gets
+  the neutral page again and nothing is done: holding a working link without its code
+  must not use up the one extension. A token is 256 random bits: only its holder
+  learns that it expired.
 
 Both check the CSRF token first (403, nothing done) and allow ``portal.rate_limit_per_min``
 posts per client address (429); staff are alerted at most once a day per link.
@@ -77,6 +79,8 @@ def _ask_by_link(ctx: PortalContext, token: str | None) -> tuple[Answer, str] | 
         with writing(s):
             grant = lock_grant(s, found.id)
             if grant.revoked_at is not None or grant.locked_at is not None:
+                return None
+            if now < grant.expires_at:  # only an expired link: the code page is the way in
                 return None
             answer = ask(s, ctx.outbox, grant, ctx.delivery.patient_extend_days, now)
             s.commit()

@@ -115,6 +115,18 @@ def test_the_expired_link_page_extends_the_link(rig: Rig) -> None:
     assert _alerts(rig) == 1
 
 
+def test_the_expired_page_does_nothing_for_a_link_still_working(rig: Rig) -> None:
+    # Holding the link without the code must not use up the one extension.
+    p = rig.patient()
+    client = rig.client()
+    client.get(f"/d/{p.token}")
+    before = rig.counts()
+    r = post(client, "/access/extend")
+    assert r.status_code == 404 and "This link cannot be used" in r.text
+    assert rig.grant(p.grant_id).extended_at is None and _alerts(rig) == 0
+    assert rig.counts() == before
+
+
 def test_an_expired_request_alerts_staff(rig: Rig) -> None:
     p = rig.patient()
     client = rig.client()
@@ -170,4 +182,4 @@ def test_csrf_and_the_rate_limit_refuse_first(
             .select_from(Notification)
             .where(Notification.kind == "alert_more_time")
         )
-    assert alerts == 1  # the asks after the extension: one alert, whatever the number
+    assert alerts == 0  # after the extension the link works again: the neutral page
