@@ -47,6 +47,7 @@ import pydicom
 
 from delivery.i18n import SOURCE_LANGUAGE, environment
 from imaging import ImagingError, Renderer, RenderLimits, declared_size
+from imaging.info import spread
 from store.content import DIR_MODE, FILE_MODE
 from telemetry import text
 
@@ -158,10 +159,7 @@ def _frames(item: PackageItem) -> tuple[list[int | None], int]:
         return [None], 1
     if frames <= 1:
         return [None], 1
-    picks: list[int | None] = list(range(frames))
-    if frames > MAX_FRAMES:
-        spread = {round(k * (frames - 1) / (MAX_FRAMES - 1)) for k in range(MAX_FRAMES)}
-        picks = [*sorted(spread)]
+    picks: list[int | None] = [*spread(frames, MAX_FRAMES)]  # never range(frames)
     return picks, frames
 
 

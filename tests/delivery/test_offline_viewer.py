@@ -389,3 +389,21 @@ def test_the_disc_manifest_lists_the_viewer_and_index_htm(tmp_path: Path) -> Non
         assert out.getvalue() == read(INDEX)
     finally:
         iso.close()
+
+
+def test_a_huge_declared_frame_count_picks_without_a_range(tmp_path: Path) -> None:
+    """A 1x1 image whose header claims a billion frames: MAX_FRAMES evenly spaced picks,
+    first and last included, without materialising every frame number."""
+    from pydicom.uid import UltrasoundMultiFrameImageStorage
+
+    from delivery.packaging import viewer
+    from tests.imaging.test_viewer_render import _image, _save
+
+    ds = _image(1, 1, 1, 8, "MONOCHROME2")
+    ds.NumberOfFrames = 1_000_000_000
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "US", 1, 1
+    ds.PixelData = b"\0\0"
+    path = _save(ds, UltrasoundMultiFrameImageStorage, tmp_path / "huge.dcm")
+    picks, frames = viewer._frames(items_for([path])[0])
+    assert frames == 1_000_000_000 and len(picks) == viewer.MAX_FRAMES
+    assert picks[0] == 0 and picks[-1] == 999_999_999
