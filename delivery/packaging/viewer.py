@@ -338,7 +338,7 @@ class ImageSpool:
 
 def _series_label(item: PackageItem) -> tuple[str, str]:
     modality = shown(item.modality or "", 16)
-    number = "" if item.series_number is None else str(item.series_number)
+    number = "" if item.series_number is None else shown(item.series_number, 16)
     return modality, number
 
 

@@ -123,6 +123,7 @@ def test_header_text_is_escaped_isolated_and_made_visible(tmp_path: Path) -> Non
     assert "<script>alert" not in page and "\x1b" not in page and "\u202e" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;\\x1b[31m\\u202egpj.exe &#34;&amp;" in page
     assert re.search(r"<bdi>&lt;script&gt;.*?</bdi>", page)
+    assert re.search(r"Series <bdi>\d+</bdi>", page)  # the number isolated too
     assert shown("a\u2066b\x00c") == "a\\u2066b\\x00c"
 
 
