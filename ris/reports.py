@@ -115,7 +115,11 @@ class ReportBook:
         return Recorded(report_id, False, bool(study_uid))
 
     def _match(self, s: Session, report: OruReport) -> str:
-        """The study's UID, "" while none has arrived; :class:`Refused` (AE) on doubt."""
+        """The study's UID, "" while none has arrived; :class:`Refused` (AE) on doubt:
+        a report without a patient ID (PID-3) is never matched by accession alone, and
+        the study must have a PatientID equal to one of PID-3's IDs."""
+        if not any(report.patient_ids):
+            raise Refused("AE", "204", "no patient ID (PID-3) in the report", report.header)
         if report.study_uid:
             studies = list(s.scalars(select(Study).where(Study.study_uid == report.study_uid)))
             if studies and studies[0].accession_number not in ("", report.accession):
@@ -131,7 +135,7 @@ class ReportBook:
         if not studies:
             return ""
         study = studies[0]
-        if study.patient_id and report.patient_ids and study.patient_id not in report.patient_ids:
+        if not study.patient_id or study.patient_id not in report.patient_ids:
             raise Refused(
                 "AE", "204", "the patient ID (PID-3) does not match the study", report.header
             )

@@ -253,6 +253,28 @@ def test_a_waiting_report_of_another_patient_is_never_linked(rig: Rig) -> None:
     assert row.study_instance_uid == ""
 
 
+def test_a_report_without_a_patient_id_is_refused_and_nothing_is_stored(rig: Rig) -> None:
+    rig.add_study()
+    no_pid = "\r".join(seg for seg in oru().split("\r") if not seg.startswith("PID|")) + "\r"
+    acks = send(rig.server.port, no_pid, oru(pid=""), oru(pid="~"))
+    assert [code_of(a) for a in acks] == ["AE", "AE", "AE"]
+    assert rig.count() == 0 and rig.files() == []
+
+
+def test_a_study_without_a_patient_id_gets_no_report(rig: Rig) -> None:
+    # Before the study: the report waits; once a study with no PatientID is there, it
+    # is never linked (accession alone is not enough); a new one is refused AE.
+    [ack] = send(rig.server.port, oru(control="W1"))
+    assert code_of(ack) == "AA"
+    rig.add_study(patient_id="")
+    assert rig.book.link_waiting("OBR-3", "utf-8") == 0
+    [row] = rig.reports()
+    assert row.study_instance_uid == ""
+    [ack] = send(rig.server.port, oru(control="W2"))
+    assert code_of(ack) == "AE"
+    assert rig.count() == 1
+
+
 def test_accession_from_another_obr_field(db: Database, tmp_path: Path) -> None:
     rig = Rig(db, tmp_path / "data", accession_field="OBR-18")
     try:
