@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from delivery import messages
 from delivery.channel import OutgoingMessage
 from delivery.grants import GrantKeys
+from delivery.reminders import still_due
 from store.models import Grant, Notification, utcnow
 
 
@@ -126,8 +127,9 @@ class Composer:
                 composed_at=row.composed_at,
             )
         if row.kind == "reminder_email":
-            now = self._clock()
-            if grant.revoked_at is not None or grant.downloads > 0 or grant.expires_at <= now:
+            queued = params.get("expires_at")
+            queued_expiry = datetime.fromisoformat(str(queued)) if queued else None
+            if not still_due(s, grant, queued_expiry, self._clock()):
                 raise ComposeError(
                     "the link was used, stopped or expired since the reminder was queued",
                     outcome="superseded",

@@ -115,6 +115,7 @@ def remind(s: Session, outbox: Outbox, candidate: Candidate, now: datetime) -> b
             Grant.id == candidate.grant_id,
             Grant.reminded_at.is_(None),
             Grant.revoked_at.is_(None),
+            Grant.locked_at.is_(None),
             Grant.downloads == 0,
         )
         .values(reminded_at=now)
@@ -152,6 +153,31 @@ def remind(s: Session, outbox: Outbox, candidate: Candidate, now: datetime) -> b
             ),
         )
     )
+    return True
+
+
+def still_due(s: Session, grant: Grant, queued_expiry: datetime | None, now: datetime) -> bool:
+    """Whether the reminder queued for ``grant`` (when it expired at ``queued_expiry``)
+    should still be sent at ``now``: nothing downloaded, the link still live (not
+    revoked, locked or expired, its package not deleted, its request still in a
+    reminded state, a share's parent link not revoked) and not extended since."""
+    if grant.downloads > 0 or grant.revoked_at is not None or grant.locked_at is not None:
+        return False
+    if now >= grant.expires_at or grant.package_id is None:
+        return False
+    if queued_expiry is not None and grant.expires_at > queued_expiry:
+        return False  # extended since: no longer about to expire
+    package = s.get(Package, grant.package_id)
+    if package is None or package.deleted_at is not None:
+        return False
+    states = _SHARE_STATES if grant.purpose == "forward" else _PATIENT_STATES
+    state = s.scalar(select(ReleaseRequest.state).where(ReleaseRequest.id == grant.request_id))
+    if state not in states:
+        return False
+    if grant.parent_grant_id is not None:
+        parent = s.get(Grant, grant.parent_grant_id)
+        if parent is None or parent.revoked_at is not None or parent.locked_at is not None:
+            return False
     return True
 
 

@@ -229,6 +229,39 @@ def test_a_reminder_for_a_link_used_meanwhile_is_not_sent(rig: Rig) -> None:
     assert not [m for m in rig.emails() if "Reminder" in str(m["Subject"])]
 
 
+def test_a_share_whose_parent_link_was_revoked_after_queueing_gets_no_email(rig: Rig) -> None:
+    p = rig.patient()
+    patient = rig.client()
+    sign_in(rig, patient, p.token)
+    r = post(patient, "/files/share", email="gp@clinic.example", show_code="1")
+    assert r.status_code == 200
+    with rig.db.sessions() as s:
+        share_id = s.scalars(select(Grant.id).where(Grant.parent_grant_id == p.grant_id)).one()
+    _to_window(rig, Patient(p.request_id, share_id, ""))
+    only_shares = DeliverySettings(reminder_days_before=0)
+    assert send_reminders(rig.db.sessions, rig.ctx.outbox, only_shares, rig.clock) == 1
+    with rig.db.sessions() as s, s.begin():  # the patient stops their own link meanwhile
+        s.execute(update(Grant).where(Grant.id == p.grant_id).values(revoked_at=rig.clock()))
+    rig.relay()
+    [row] = _reminders(rig)
+    assert row.grant_id == share_id and row.state == NotificationState.FAILED
+    assert not [m for m in rig.emails() if "Reminder" in str(m["Subject"])]
+
+
+def test_a_reminder_for_a_link_extended_or_locked_meanwhile_is_not_sent(rig: Rig) -> None:
+    p, q = rig.patient(), rig.patient()
+    _to_window(rig, p)
+    assert send_reminders(rig.db.sessions, rig.ctx.outbox, SETTINGS, rig.clock) == 2
+    with rig.db.sessions() as s, s.begin():
+        g = s.get(Grant, p.grant_id)
+        assert g is not None
+        g.expires_at = g.expires_at + timedelta(days=14)
+        s.execute(update(Grant).where(Grant.id == q.grant_id).values(locked_at=rig.clock()))
+    rig.relay()
+    assert {r.state for r in _reminders(rig)} == {NotificationState.FAILED}
+    assert not [m for m in rig.emails() if "Reminder" in str(m["Subject"])]
+
+
 def test_the_scheduler_runs_the_reminder_job() -> None:
     sched = DeliveryScheduler(
         DeliverySettings(),
