@@ -71,6 +71,11 @@ router = APIRouter()
 _POSITION = re.compile(r"[1-9][0-9]{0,5}")
 _INT = re.compile(r"-?[0-9]{1,6}")
 _JPEG_HEADERS = {"Cache-Control": "private, no-store"}
+#: Documents larger than this on disk are not read into memory: the page says they cannot
+#: be shown here (the DICOM files in the download have them). An encapsulated PDF...
+MAX_PDF_BYTES = 64 * 1024 * 1024
+#: ...and a structured report (its text only; read without any pixel data).
+MAX_SR_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -288,9 +293,13 @@ async def view_image(request: Request, k: str, j: str, n: str) -> Response:
     return Response(data, media_type="image/jpeg", headers=_JPEG_HEADERS)
 
 
-def _read_document(path: Path) -> pydicom.Dataset | None:
+def _read_document(path: Path, kind: str) -> pydicom.Dataset | None:
+    """Document ``path`` of ``kind`` ("pdf" or "sr"); None when unreadable or larger than
+    :data:`MAX_PDF_BYTES` / :data:`MAX_SR_BYTES` (the page says it cannot be shown)."""
     try:
-        return pydicom.dcmread(path)
+        if path.stat().st_size > (MAX_PDF_BYTES if kind == "pdf" else MAX_SR_BYTES):
+            return None
+        return pydicom.dcmread(path, stop_before_pixels=kind != "pdf")
     except Exception:  # an unreadable document: the page says it cannot be shown
         return None
 
@@ -307,7 +316,7 @@ async def view_document(request: Request, k: str, j: str, d: str) -> Response:
         return error_page(request, 404)
     await run_in_threadpool(_audit_view, ctx, found)
     doc = found.index.documents[number - 1]
-    ds = await run_in_threadpool(_read_document, ctx.content.path(doc.path))
+    ds = await run_in_threadpool(_read_document, ctx.content.path(doc.path), doc.kind)
     lang = language(request, found.grant.language)
     back = f"{_base(found)}/1"
     if ds is not None and doc.kind == "pdf":

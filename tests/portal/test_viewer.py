@@ -246,6 +246,26 @@ def test_documents_are_listed_and_opened_not_drawn(viewing: Viewing) -> None:
     assert "Imaging report" in report and "No acute abnormality &lt;script&gt;" in report
 
 
+def test_documents_over_their_size_cap_are_not_read(
+    viewing: Viewing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PDF over MAX_PDF_BYTES or a report over MAX_SR_BYTES (on disk) is never read into
+    memory: the page says it cannot be shown here."""
+    from portal import viewer
+
+    c = viewing.client()
+    monkeypatch.setattr(viewer, "MAX_PDF_BYTES", 64)
+    monkeypatch.setattr(viewer, "MAX_SR_BYTES", 64)
+    for path in ("/files/view/1/3/doc/1", "/files/view/1/3/doc/2"):
+        answer = c.get(path)
+        assert answer.status_code == 200 and "text/html" in answer.headers["content-type"]
+        assert 'id="document-not-shown"' in answer.text
+    monkeypatch.setattr(viewer, "MAX_PDF_BYTES", 64 * 1024 * 1024)
+    monkeypatch.setattr(viewer, "MAX_SR_BYTES", 16 * 1024 * 1024)
+    assert c.get("/files/view/1/3/doc/1").content == PDF
+    assert 'id="report"' in c.get("/files/view/1/3/doc/2").text
+
+
 def test_access_is_the_downloads_no_session_revoked_or_purged(viewing: Viewing) -> None:
     anonymous = viewing.rig.client()
     for path in ("/files/view/1/1/1", "/files/view/1/1/1/image", "/files/view/1/1/thumb"):
