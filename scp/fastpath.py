@@ -117,7 +117,8 @@ def _element(element: int, value: bytes) -> bytes:
 
 
 def _uid_value(uid: str) -> bytes:
-    raw = uid.encode("ascii")
+    # A refused command may carry a non-ASCII byte (decoded as U+FFFD): answer "?" there.
+    raw = uid.encode("ascii", "replace")
     return raw + b"\0" if len(raw) % 2 else raw
 
 
@@ -155,7 +156,11 @@ class _Store:
     sop_class: str
     sop_instance: str
     transfer_syntax: str
-    spooled: spool.SpoolFile
+    spooled: spool.SpoolFile | None  # None: no spool file could be opened, answer A700
+
+
+# A command set longer than this is not a C-STORE (its six elements take ~200 bytes).
+MAX_COMMAND = 64 * 1024
 
 
 class FastDUL(DULServiceProvider):
@@ -168,6 +173,9 @@ class FastDUL(DULServiceProvider):
         super().__init__(assoc)
         self._store_hook = store
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # Guards _wake_fd: another thread must not write to its number once closed
+        # (the number may already belong to a socket or a spool file).
+        self._wake_lock = threading.Lock()
         self._run_loop_delay = 0.001  # only stop_dul's wait for the thread uses it
         # The DIMSE message being received: None between messages; _cmd collects the
         # command fragments (and _held the PDVs, should pynetdicom take the message).
@@ -180,8 +188,9 @@ class FastDUL(DULServiceProvider):
     # The wake-ups -------------------------------------------------------------------
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.eventfd_write(self._wake_fd, 1)
+        with self._wake_lock, contextlib.suppress(OSError):
+            if self._wake_fd >= 0:
+                os.eventfd_write(self._wake_fd, 1)
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -267,16 +276,17 @@ class FastDUL(DULServiceProvider):
         finally:
             self.discard_pending()
             _notify(assoc)
+            with self._wake_lock:
+                fd, self._wake_fd = self._wake_fd, -1
             with contextlib.suppress(OSError):
-                os.close(self._wake_fd)
-            self._wake_fd = -1
+                os.close(fd)
 
     # The C-STORE path ---------------------------------------------------------------
 
     def discard_pending(self) -> None:
         """Delete the spool file of a dataset that was still arriving."""
         pending, self.pending = self.pending, None
-        if pending is not None:
+        if pending is not None and pending.spooled is not None:
             pending.spooled.discard()
 
     def _read_pdu_data(self) -> None:
@@ -340,7 +350,8 @@ class FastDUL(DULServiceProvider):
                 self.discard_pending()
                 self.event_queue.put("Evt19")
                 return
-            pending.spooled.write(data)
+            if pending.spooled is not None:
+                pending.spooled.write(data)
             if is_last:
                 self.pending = None
                 self._finish(pending)
@@ -352,6 +363,11 @@ class FastDUL(DULServiceProvider):
             return
         if not is_command:  # a dataset without a command: pynetdicom decides
             self._forward(context_id, control, data)
+            return
+        if len(self._cmd) + len(data) > MAX_COMMAND:  # never a last fragment: not DICOM
+            log.warning("command set over %d bytes; aborting the association", MAX_COMMAND)
+            self._cmd, self._held = bytearray(), []
+            self.event_queue.put("Evt19")  # as an invalid PDU: A-ABORT
             return
         self._cmd += data
         self._held.append((control, bytes(data)))
@@ -392,10 +408,14 @@ class FastDUL(DULServiceProvider):
         cx = assoc._accepted_cx.get(context_id)
         if cx is None or str(cx.abstract_syntax) not in STORAGE_UIDS:
             return None
-        spooled = spool.open_spool()
+        transfer_syntax = str(cx.transfer_syntax[0])
+        try:
+            spooled = spool.open_spool()
+        except OSError as exc:  # the dataset is read and dropped; the peer gets A700
+            log.error("cannot open a spool file (%s); refusing the C-STORE", type(exc).__name__)
+            return _Store(context_id, message_id, sop_class, sop_instance, transfer_syntax, None)
         if spooled is None:  # spool.install() was not called: pynetdicom's way
             return None
-        transfer_syntax = str(cx.transfer_syntax[0])
         spooled.write(
             b"\0" * 128 + b"DICM" + spool.file_meta_bytes(sop_class, sop_instance, transfer_syntax)
         )
@@ -404,6 +424,9 @@ class FastDUL(DULServiceProvider):
     def _finish(self, store: _Store) -> None:
         """The dataset is in: ingest it, answer."""
         hook = cast(StoreHook, self._store_hook)
+        if store.spooled is None:
+            self._respond(store, 0xA700)  # out of resources
+            return
         self._storing = True
         try:
             status = hook(
@@ -419,6 +442,9 @@ class FastDUL(DULServiceProvider):
                 os.unlink(store.spooled.name)  # still there unless ingest placed it
             self._idle_timer.restart()
             self._storing = False
+        self._respond(store, status)
+
+    def _respond(self, store: _Store, status: int) -> None:
         rsp = c_store_rsp(store.message_id, store.sop_class, store.sop_instance, status)
         cast(Any, self.socket).send(p_data_tf(store.context_id, 0x03, rsp))
 
@@ -566,14 +592,3 @@ def new_association(server: Any, request: Any, sock_factory: Callable[[Any], Any
             for handler in server_handlers[event]:
                 assoc.bind(event, handler[0], handler[1])
     return assoc
-
-
-def pending_spool(assoc: Any) -> spool.SpoolFile | None:
-    """The spool file of a dataset still arriving on ``assoc`` (either path)."""
-    dul = getattr(assoc, "dul", None)
-    store = getattr(dul, "pending", None)
-    if isinstance(store, _Store):
-        return store.spooled
-    message = getattr(getattr(assoc, "dimse", None), "message", None)
-    pending = getattr(message, "_data_set_file", None)
-    return pending if isinstance(pending, spool.SpoolFile) else None

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
+import socket
+import struct
+import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -12,7 +16,8 @@ from typing import Any
 
 import pynetdicom
 import pytest
-from pynetdicom import dimse_messages, fsm
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom import AE, dimse_messages, fsm
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -22,7 +27,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from scp import fastpath
 from tests import synthetic
-from tests.conftest import Database, LocalScp, start_local_scp
+from tests.conftest import Database, LocalScp, echo_ok, start_local_scp
 from tests.scu import dataset_bytes, send
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -199,3 +204,142 @@ def test_both_paths_store_the_same_and_answer_the_same(
         found = list(either_scp.content.instances.rglob(f"{uid}.dcm"))
         assert len(found) == 1 and dataset_bytes(found[0]) == dataset_bytes(f)
     assert either_scp.spool_files() == []
+
+
+# --------------------------------------------------------------------------------------
+# Hostile commands on the fast path: a status or an A-ABORT, never a silent drop
+
+
+@pytest.fixture
+def fast_scp(db: Database, tmp_path: Path) -> Iterator[LocalScp]:
+    scp = start_local_scp(db, tmp_path / "data", fast_store=True)
+    yield scp
+    scp.server.shutdown()
+    scp.server.server_close()
+
+
+def _raw_association(port: int) -> tuple[Any, socket.socket, int]:
+    """An established association whose socket the test drives itself."""
+    ae = AE(ae_title="PYSCU")
+    ae.acse_timeout = 5
+    ae.add_requested_context(CT, ImplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="COURIER")
+    assert assoc.is_established
+    cx_id = assoc.accepted_contexts[0].context_id
+    raw: socket.socket = assoc.dul.socket.socket
+    assoc.dul.kill_dul()  # stop pynetdicom reading; we drive the socket ourselves
+    deadline = time.monotonic() + 5
+    while assoc.dul.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raw.settimeout(10)
+    return assoc, raw, cx_id
+
+
+def _read_pdu(raw: socket.socket) -> tuple[int, bytes]:
+    """The next PDU from the peer: (type, body); (0, b"") when the socket closed."""
+
+    def exactly(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = raw.recv(n - len(out))
+            if not chunk:
+                return b""
+            out += chunk
+        return out
+
+    head = exactly(6)
+    if len(head) != 6:
+        return 0, b""
+    return head[0], exactly(struct.unpack(">L", head[2:])[0])
+
+
+def _command(sop_instance: bytes) -> bytes:
+    body = b"".join(
+        (
+            fastpath._element(0x0002, fastpath._uid_value(CT)),
+            fastpath._element(0x0100, struct.pack("<H", fastpath.C_STORE_RQ)),
+            fastpath._element(0x0110, struct.pack("<H", 1)),
+            fastpath._element(0x0700, struct.pack("<H", 0)),
+            fastpath._element(0x0800, struct.pack("<H", 0x0000)),
+            fastpath._element(0x1000, sop_instance),
+        )
+    )
+    return fastpath._element(0x0000, struct.pack("<L", len(body))) + body
+
+
+def _release(raw: socket.socket) -> int:
+    raw.sendall(b"\x05\x00" + struct.pack(">L", 4) + b"\0" * 4)
+    return _read_pdu(raw)[0]
+
+
+def _status(body: bytes) -> int | None:
+    """The Status of the C-STORE-RSP in one P-DATA-TF body."""
+    fields = fastpath.parse_command(body[6:])
+    assert fields is not None and fastpath._us(fields, 0x0100) == fastpath.C_STORE_RSP
+    return fastpath._us(fields, 0x0900)
+
+
+def test_a_non_ascii_sop_instance_uid_is_refused_and_the_association_goes_on(
+    fast_scp: LocalScp,
+) -> None:
+    _assoc, raw, cx_id = _raw_association(fast_scp.port)
+    try:
+        raw.sendall(fastpath.p_data_tf(cx_id, 0x03, _command(b"1.2.3.\xe94")))
+        raw.sendall(fastpath.p_data_tf(cx_id, 0x02, b"\x08\x00\x16\x00\x00\x00\x00\x00"))
+        kind, body = _read_pdu(raw)
+        assert kind == 0x04  # a response, not an A-ABORT or a closed socket
+        status = _status(body)
+        assert status is not None and status != 0x0000
+        assert _release(raw) == 0x06  # A-RELEASE-RP: the association went on
+    finally:
+        raw.close()
+    assert fast_scp.rows() == 0
+    assert fast_scp.spool_files() == []
+
+
+def test_a_spool_file_that_cannot_be_opened_answers_out_of_resources(
+    fast_scp: LocalScp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scp import spool
+
+    def no_spool() -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool, "open_spool", no_spool)
+    files = synthetic.make_small_instances(tmp_path / "small", n=2)
+    assert send(fast_scp.port, files) == [0xA700, 0xA700]  # both on one association
+    monkeypatch.undo()
+    assert send(fast_scp.port, files) == [0x0000, 0x0000]
+    assert fast_scp.spool_files() == []
+
+
+def test_a_command_that_never_ends_aborts_the_association(fast_scp: LocalScp) -> None:
+    _assoc, raw, cx_id = _raw_association(fast_scp.port)
+    fragment = fastpath.p_data_tf(cx_id, 0x01, b"\0" * 16_384)  # command, not last
+    kinds = []
+    try:
+        for _ in range(8):  # 128 KiB, twice the cap
+            try:
+                raw.sendall(fragment)
+            except OSError:
+                break
+        kinds.append(_read_pdu(raw)[0])
+    finally:
+        raw.close()
+    assert kinds in ([0x07], [0])  # A-ABORT (or the socket closed after it)
+    assert echo_ok(fast_scp.port)
+
+
+def test_no_wake_up_is_written_once_the_eventfd_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pynetdicom import _globals
+
+    assoc = fastpath.CourierAssociation(AE(), _globals.MODE_ACCEPTOR)
+    dul = assoc.dul
+    os.close(dul._wake_fd)
+    dul._wake_fd = -1
+    writes: list[int] = []
+    monkeypatch.setattr(os, "eventfd_write", lambda fd, _n: writes.append(fd))
+    dul._wake()
+    assert writes == []
