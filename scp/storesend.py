@@ -37,6 +37,7 @@ fails loudly when a pynetdicom upgrade changes what this relies on
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import ssl
@@ -50,6 +51,8 @@ from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
+
+log = logging.getLogger("courier.scp.storesend")
 
 C_STORE_RQ = 0x0001  # Command Field: C-STORE-RQ
 DATASET_PRESENT = 0x0001  # Command Data Set Type: anything but 0x0101
@@ -145,14 +148,20 @@ class FastStore:
         if self._sock is not None:
             # As send_c_store does per message: the reactor must not serve our responses.
             assoc._reactor_checkpoint.clear()
-            self._wait_paused(assoc)
+            if not self._wait_paused(assoc):
+                # The reactor did not hold still: pynetdicom's send_c_store for this run.
+                log.warning("association reactor did not pause; sending with pynetdicom")
+                assoc._reactor_checkpoint.set()
+                self._sock = None
+                return self
             self._idle_s = assoc.dul._run_loop_delay
             assoc.dul._run_loop_delay = DUL_IDLE_S
         return self
 
     @staticmethod
-    def _wait_paused(assoc: Any) -> None:
-        """Wait until the reactor is held at its checkpoint, and stays there.
+    def _wait_paused(assoc: Any) -> bool:
+        """Wait until the reactor is held at its checkpoint, and stays there; False when
+        it did not within :data:`PAUSE_TIMEOUT_S` (or the association ended).
 
         ``send_c_store`` proceeds as soon as it sees ``_is_paused``; but the reactor may
         have passed the checkpoint just before it was cleared, still showing
@@ -169,8 +178,9 @@ class FastStore:
             elif settled_at is None:
                 settled_at = now
             elif now - settled_at >= PAUSE_SETTLE_S:
-                return
+                return True
             time.sleep(0.0001)
+        return False
 
     def __exit__(
         self,

@@ -184,3 +184,23 @@ def test_a_missing_file_is_the_callers_error_and_ends_the_association(
         # The next association works.
         report = send_instances(Dest("HOSP2", "127.0.0.1", peer.port), [items[0], items[2]])
     assert all(acknowledged(s) for s in report.statuses.values())
+
+
+def test_a_reactor_that_does_not_pause_falls_back_to_pynetdicom(
+    ct: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = items_of(ct)
+    monkeypatch.setattr(storesend.FastStore, "_wait_paused", staticmethod(lambda _assoc: False))
+    sent: list[object] = []
+    original = Association.send_c_store
+
+    def counting(self: Association, *args: object, **kwargs: object) -> object:
+        sent.append(args[0])
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Association, "send_c_store", counting)
+    with PynetdicomScp("HOSP2", storage=True) as peer:
+        report = send_instances(Dest("HOSP2", "127.0.0.1", peer.port), items)
+    assert len(sent) == len(items)  # each one through pynetdicom's send_c_store
+    assert len(report.statuses) == len(items)
+    assert all(acknowledged(s) for s in report.statuses.values())
