@@ -59,6 +59,9 @@ class PortalContext:
     # The request's studies whose policy is reports: with_images (the node passes its
     # rules-aware one); None: delivery.reports alone, as for a study staff attached.
     report_studies: Callable[[Session, int], list[str]] | None = None
+    # The viewer's audits already recorded in this process, (request id, reason): no
+    # database query per image (portal.viewer._audit_view; cleared when large).
+    viewed: set[tuple[int, str]] = field(default_factory=set)
 
     def withheld(self, s: Session, request_id: int) -> set[int]:
         """The request's report instances the recipient may not see (viewer, DICOMweb,

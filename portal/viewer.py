@@ -14,7 +14,8 @@ Access is the downloads': the session's live grant (expiry, revocation, lockout)
 signed-out page. A position that does not exist is the 404 page; an image that cannot be
 drawn is a placeholder picture (and the page says so), never a server error. Opening
 the viewer on a study is audited once per session and study: an event on the request and
-a PS3.15 ``export`` event (DICOM Instances Accessed... as a download is), not one per image.
+a PS3.15 ``export`` event (DICOM Instances Accessed... as a download is), not one per image
+(its pictures and thumbnails fetched alone count too; a per-process memo spares a query each).
 
 Routes:
 - ``GET /files/view/{k}/{j}/{n}``: the page (``?w=<preset>`` or ``?c=&ww=``).
@@ -71,6 +72,7 @@ router = APIRouter()
 _POSITION = re.compile(r"[1-9][0-9]{0,5}")
 _INT = re.compile(r"-?[0-9]{1,6}")
 _JPEG_HEADERS = {"Cache-Control": "private, no-store"}
+_VIEWED_MAX = 10_000  # PortalContext.viewed is cleared beyond this
 #: Documents larger than this on disk are not read into memory: the page says they cannot
 #: be shown here (the DICOM files in the download have them). An encapsulated PDF...
 MAX_PDF_BYTES = 64 * 1024 * 1024
@@ -141,15 +143,22 @@ def _audit_view(ctx: PortalContext, target: Target) -> None:
     """Once per session and study (see the module docstring)."""
     grant, k = target.grant, target.study.number
     reason = f"viewed study {k} in the viewer (session {target.session_id})"
+    key = (grant.request_id, reason)
+    if key in ctx.viewed:  # recorded already (by this process): no query per image
+        return
+    if len(ctx.viewed) >= _VIEWED_MAX:
+        ctx.viewed.clear()
     seen = select(RequestEvent.id).where(
         RequestEvent.request_id == grant.request_id, RequestEvent.reason == reason
     )
     with ctx.sessions() as s:
         if s.scalar(seen.limit(1)) is not None:
+            ctx.viewed.add(key)
             return
         locked = lock_grant(s, grant.id)  # two first views at once record one
         if s.scalar(seen.limit(1)) is not None:
             s.commit()
+            ctx.viewed.add(key)
             return
         now = ctx.clock()
         audit(s, locked, reason, now)
@@ -164,6 +173,7 @@ def _audit_view(ctx: PortalContext, target: Target) -> None:
             at=now,
         )
         s.commit()
+    ctx.viewed.add(key)
 
 
 def _frame_picture(
@@ -202,6 +212,7 @@ async def view_thumb(request: Request, k: str, j: str) -> Response:
     count = len(found.index.frames)
     if count == 0:
         return error_page(request, 404)
+    await run_in_threadpool(_audit_view, ctx, found)
     data, _drawn = await run_in_threadpool(
         _frame_picture, ctx, found, count // 2 + 1, THUMB_SIDE, Voi()
     )
@@ -288,6 +299,7 @@ async def view_image(request: Request, k: str, j: str, n: str) -> Response:
     number = _pos(n)
     if number is None or number > len(found.index.frames):
         return error_page(request, 404)
+    await run_in_threadpool(_audit_view, ctx, found)
     voi, _query, _chosen = _voi(request, _choices(found.index))
     data, _drawn = await run_in_threadpool(_frame_picture, ctx, found, number, VIEW_SIDE, voi)
     return Response(data, media_type="image/jpeg", headers=_JPEG_HEADERS)

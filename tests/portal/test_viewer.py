@@ -312,6 +312,26 @@ def test_a_view_is_audited_once_per_session_and_study(viewing: Viewing) -> None:
     assert len(audited()[0]) == 2
 
 
+def test_images_and_thumbnails_alone_are_audited_once(viewing: Viewing) -> None:
+    """Fetching pictures without the page is a view too: audited once per session and
+    study, whatever the number of images."""
+    rig = viewing.rig
+
+    def reasons() -> list[str]:
+        events = rig.events(viewing.patient.request_id)
+        return [e.reason for e in events if e.reason.startswith("viewed")]
+
+    c = viewing.client()
+    assert c.get("/files/view/1/1/thumb").status_code == 200
+    assert len(reasons()) == 1
+    for n in (1, 2, 3):
+        assert c.get(f"/files/view/1/1/{n}/image").status_code == 200
+    assert len(reasons()) == 1
+    other = viewing.client()  # another session, images only
+    assert other.get("/files/view/1/1/2/image").status_code == 200
+    assert len(reasons()) == 2
+
+
 def test_pictures_are_cached_beside_the_package_bounded_and_not_after_a_purge(
     viewing: Viewing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
