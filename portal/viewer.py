@@ -63,7 +63,15 @@ from portal.viewer_data import (
     viewer_folder,
     viewer_studies,
 )
-from portal.viewer_render import THUMB_SIDE, VIEW_SIDE, Voi, picture, warm
+from portal.viewer_render import (
+    BUSY_RETRY_AFTER_S,
+    THUMB_SIDE,
+    VIEW_SIDE,
+    Busy,
+    Voi,
+    picture,
+    warm,
+)
 from portal.viewer_sr import sr_lines
 from store.audit import record as audit_event
 from store.models import Grant, Package, ReleaseRequest, RequestEvent
@@ -213,10 +221,19 @@ async def view_thumb(request: Request, k: str, j: str) -> Response:
     if count == 0:
         return error_page(request, 404)
     await run_in_threadpool(_audit_view, ctx, found)
-    data, _drawn = await run_in_threadpool(
-        _frame_picture, ctx, found, count // 2 + 1, THUMB_SIDE, Voi()
-    )
+    try:
+        data, _drawn = await run_in_threadpool(
+            _frame_picture, ctx, found, count // 2 + 1, THUMB_SIDE, Voi()
+        )
+    except Busy:
+        return _busy()
     return Response(data, media_type="image/jpeg", headers=_JPEG_HEADERS)
+
+
+def _busy() -> Response:
+    """Every renderer stayed busy: 503 with Retry-After (the browser asks again)."""
+    headers = {**_JPEG_HEADERS, "Retry-After": str(BUSY_RETRY_AFTER_S)}
+    return Response("busy, try again shortly", status_code=503, headers=headers)
 
 
 @router.get("/files/view/{k}/{j}/{n}", include_in_schema=False)
@@ -238,7 +255,12 @@ async def view_page(request: Request, k: str, j: str, n: str) -> Response:
     voi, query, chosen = _voi(request, choices)
     drawn = True
     if count:
-        _data, drawn = await run_in_threadpool(_frame_picture, ctx, target, number, VIEW_SIDE, voi)
+        try:
+            _data, drawn = await run_in_threadpool(
+                _frame_picture, ctx, target, number, VIEW_SIDE, voi
+            )
+        except Busy:
+            pass  # not known yet: the image's own request answers 503 and is retried
     base = _base(target)
     suffix = f"?{query}" if query else ""
     lang = language(request, target.grant.language)
@@ -301,7 +323,10 @@ async def view_image(request: Request, k: str, j: str, n: str) -> Response:
         return error_page(request, 404)
     await run_in_threadpool(_audit_view, ctx, found)
     voi, _query, _chosen = _voi(request, _choices(found.index))
-    data, _drawn = await run_in_threadpool(_frame_picture, ctx, found, number, VIEW_SIDE, voi)
+    try:
+        data, _drawn = await run_in_threadpool(_frame_picture, ctx, found, number, VIEW_SIDE, voi)
+    except Busy:
+        return _busy()
     return Response(data, media_type="image/jpeg", headers=_JPEG_HEADERS)
 
 

@@ -39,6 +39,15 @@ log = logging.getLogger("courier.portal.viewer")
 POOL_SIZE = 2  # the machine's cores are the server's too; more children would only queue
 VIEW_SIDE = 1024  # the longer side of a viewer image (a phone's screen at 3x, a laptop's)
 THUMB_SIDE = 128
+#: The longest a request waits for an idle renderer: it holds a shared threadpool thread
+#: meanwhile, so past this it answers 503 with Retry-After (:class:`Busy`) instead.
+BUSY_WAIT_S = 2.0
+BUSY_RETRY_AFTER_S = 2
+
+
+class Busy(Exception):
+    """Every renderer stayed busy for :data:`BUSY_WAIT_S`: try again shortly (not a
+    picture that cannot be drawn, so no placeholder)."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,7 @@ class _Pool:
                 renderer = Renderer(self.limits)
                 self._all.append(renderer)
                 return renderer
-        return self._idle.get(timeout=self.limits.timeout_s * 2)
+        return self._idle.get(timeout=BUSY_WAIT_S)
 
     def warm(self) -> None:
         """Start one child now if none is running (its libraries load meanwhile)."""
@@ -106,7 +115,7 @@ class _Pool:
         try:
             renderer = self._take()
         except queue.Empty:
-            raise ImagingError("every renderer is busy") from None
+            raise Busy from None
         try:
             return renderer.render(
                 path, frame=frame, max_side=side, window=voi.window, minmax=voi.minmax
@@ -247,7 +256,7 @@ def picture(
 ) -> tuple[bytes, bool]:
     """The picture of one frame (blocking: call from a worker thread): from the cache,
     or rendered and kept there. Returns (JPEG bytes, drawn); ``drawn`` is False for the
-    :func:`placeholder`."""
+    :func:`placeholder`. Raises :class:`Busy` when no renderer became idle in time."""
     name = f"{instance_id}-{frame}-{side}-{voi.tag}.jpg"
     cached = folder / name
     try:

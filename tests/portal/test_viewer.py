@@ -332,6 +332,29 @@ def test_images_and_thumbnails_alone_are_audited_once(viewing: Viewing) -> None:
     assert len(reasons()) == 2
 
 
+def test_busy_renderers_answer_503_with_retry_after(
+    viewing: Viewing, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No idle renderer within BUSY_WAIT_S: 503 + Retry-After, not the placeholder."""
+    from imaging import RenderLimits
+
+    monkeypatch.setattr(viewer_render, "BUSY_WAIT_S", 0.01)
+    busy = viewer_render._Pool(RenderLimits())
+    busy._made = viewer_render.POOL_SIZE  # every child lent out, none idle
+    with pytest.raises(viewer_render.Busy):
+        busy.render(tmp_path / "none.dcm", 0, 64, viewer_render.Voi())
+
+    def render(*_args: object) -> bytes:
+        raise viewer_render.Busy
+
+    monkeypatch.setattr(viewer_render._Pool, "render", render)
+    c = viewing.client()
+    assert c.get("/files/view/1/1/1").status_code == 200  # the page itself still answers
+    for path in ("/files/view/1/1/2/image", "/files/view/1/1/thumb"):
+        answer = c.get(path)
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "2"
+
+
 def test_pictures_are_cached_beside_the_package_bounded_and_not_after_a_purge(
     viewing: Viewing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
