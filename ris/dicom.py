@@ -1,6 +1,8 @@
-"""Reports the PACS pushes with the study: Text SR (Basic, Enhanced, Comprehensive) and
-Encapsulated PDF instances, already stored by ``scp``, recognised by SOP Class and
-recorded as :class:`store.models.Report` rows (the instance file is the body).
+"""Reports the PACS pushes with the study: SR (Basic Text, Enhanced, Comprehensive,
+Comprehensive 3D, Extensible) and Encapsulated PDF instances, already stored by ``scp``,
+recognised by SOP Class and recorded as :class:`store.models.Report` rows (the instance
+file is the body). An Encapsulated CDA is not recorded: it is never sent
+(``release.reports.withheld_instances``).
 
 Status: an SR is ``final`` when its CompletionFlag is COMPLETE and its VerificationFlag
 VERIFIED (``corrected`` when it also names a predecessor document), otherwise
@@ -25,6 +27,7 @@ from release.reports import (  # noqa: F401 (re-exported: one definition, in rel
     COMPREHENSIVE_SR,
     ENCAPSULATED_PDF,
     ENHANCED_SR,
+    RECORDED_CLASSES,
     REPORT_CLASSES,
     SR_CLASSES,
 )
@@ -113,7 +116,7 @@ class DicomReports:
                 .outerjoin(Report, Report.instance_id == Instance.id)
                 .where(
                     Instance.id > self._seen - MARGIN,
-                    Instance.sop_class_uid.in_(REPORT_CLASSES),
+                    Instance.sop_class_uid.in_(RECORDED_CLASSES),
                     Instance.file_missing.is_(False),
                     Report.id.is_(None),
                 )

@@ -22,13 +22,19 @@ from sqlalchemy.orm import Session
 
 from delivery.packaging.items import package_items
 from delivery.packaging.package import PackageInfo, build_package
-from release.reports import REPORT_CLASSES, studies_with_reports, withheld_instances
+from release.reports import (
+    ENCAPSULATED_CDA,
+    EXTENSIBLE_SR,
+    REPORT_CLASSES,
+    studies_with_reports,
+    withheld_instances,
+)
 from ris.dicom import DicomReports
 from ris.reports import ReportBook
 from scp.recovery import recover
 from store.catalog import Catalog
 from store.content import ContentStore
-from store.models import Instance, Package, Study
+from store.models import Instance, Package, Report, Study
 from tests import synthetic
 from tests.portal import patient_rig
 from tests.portal.patient_rig import Patient, Rig, post, sign_in
@@ -221,3 +227,40 @@ def test_an_unrecorded_report_instance_and_a_replaced_one_are_withheld(stored: S
         assert withheld_instances(s, [stored.study_id], [stored.study_uid]) == {ids[first_uid]}
         both = withheld_instances(s, [stored.study_id], [])  # never: all report instances
         assert both == {ids[first_uid], ids[final_uid]}
+
+
+def _cda(st: Stored) -> tuple[Path, str]:
+    """An Encapsulated CDA instance (made from a PDF instance: class, MIME type, body)."""
+    path, uid = make_pdf(st.src, st.study_uid, patient_id="SYNWH01", accession=ACC)
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ENCAPSULATED_CDA
+    ds.file_meta.MediaStorageSOPClassUID = ENCAPSULATED_CDA
+    ds.MIMETypeOfEncapsulatedDocument = "text/XML"
+    ds.EncapsulatedDocument = b"<ClinicalDocument>synthetic</ClinicalDocument>\n"
+    ds.save_as(path, enforce_file_format=True)
+    return path, uid
+
+
+def test_extensible_sr_preliminary_and_a_cda_are_withheld(stored: Stored) -> None:
+    draft, draft_uid = make_sr(
+        stored.src,
+        stored.study_uid,
+        patient_id="SYNWH01",
+        accession=ACC,
+        completion="PARTIAL",
+        verification="UNVERIFIED",
+        sop_class=EXTENSIBLE_SR,
+    )
+    cda, cda_uid = _cda(stored)
+    stored.push(draft, cda)
+    assert stored.sop_classes_of({draft_uid, cda_uid}) == {EXTENSIBLE_SR, ENCAPSULATED_CDA}
+    policy = stored.policy("with_images")
+    p, c = _patient(stored)
+
+    sops = _zip_sops(stored, p, policy)
+    assert len(sops) == CT_IMAGES and not {draft_uid, cda_uid} & sops
+    web = _dicomweb_sops(c, stored.study_uid)
+    assert len(web) == CT_IMAGES and not {draft_uid, cda_uid} & web
+    with stored.rig.db.sessions() as s:
+        # The SR is recorded (a preliminary), the CDA never: it can never be current.
+        assert [r.sop_instance_uid for r in s.scalars(select(Report))] == [draft_uid]
