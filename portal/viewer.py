@@ -31,6 +31,7 @@ with_images``), every viewer page lists them with links to the files page's
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,12 +256,11 @@ async def view_page(request: Request, k: str, j: str, n: str) -> Response:
     voi, query, chosen = _voi(request, choices)
     drawn = True
     if count:
-        try:
+        # Busy: not known yet; the image's own request answers 503 and is retried.
+        with contextlib.suppress(Busy):
             _data, drawn = await run_in_threadpool(
                 _frame_picture, ctx, target, number, VIEW_SIDE, voi
             )
-        except Busy:
-            pass  # not known yet: the image's own request answers 503 and is retried
     base = _base(target)
     suffix = f"?{query}" if query else ""
     lang = language(request, target.grant.language)
