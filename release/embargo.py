@@ -18,16 +18,18 @@ latest embargo end, a wait for the report if any asks for it, ``hold_for_staff``
     ``hold_until`` (``max_wait``); then the images go without it (``release_images``)
     or the request is held for staff (``hold_for_staff``, staff alerted).
 ``staff``
-    Held by staff (:meth:`ReleaseKeeper.extend`): until ``hold_until``, or until
-    released when that is NULL.
+    Held by staff (:meth:`ReleaseKeeper.extend`): until ``hold_until`` (then the policy
+    decides again; it never ends before the policy's own hold), or until released when
+    that is NULL. Also the safe side when a study's rule no longer exists.
 
 The policy is applied once a request is ready (:meth:`ReleaseKeeper.sweep`, and at the
 latest by the batch's claim through :meth:`ReleaseKeeper.gate`, in the claim's
 transaction, so nothing is packaged before it was applied); ``hold_checked_at`` records
-that it was. Staff may release early (:meth:`ReleaseKeeper.release_now`, with a reason)
-or hold longer (:meth:`ReleaseKeeper.extend`): both are on the timeline and audited
-(``release-hold``). A request marked ``urgent`` waits like any other unless staff
-release it. Every time comes from the injected clock.
+that it was (cleared whenever the request becomes ready again). Staff may release
+early (:meth:`ReleaseKeeper.release_now`, with a reason) or hold longer
+(:meth:`ReleaseKeeper.extend`): both are on the timeline and audited (``release-hold``).
+A request marked ``urgent`` waits like any other unless staff release it. Every time
+comes from the injected clock.
 
 Imports nothing of ours but ``store`` and ``rules`` (and ``release``).
 """
@@ -243,6 +245,13 @@ class ReleaseKeeper:
     def verdict(self, s: Session, request_id: int, now: datetime) -> Verdict:
         """What the policy says about the request now (reads, writes nothing)."""
         studies = _studies(s, request_id)
+        ruleset = self._rules()
+        for study in studies:
+            # Staff attaching a study name no rule (""): the site default applies.
+            if study.rule and (ruleset is None or ruleset.rule(study.rule) is None):
+                # Renamed or removed since it attached the study: its policy is unknown,
+                # so the safe side is to hold (never the site default, never at once).
+                return Verdict(STAFF, None, f"rule {study.rule} no longer exists: staff decide")
         chosen = self.policies(studies)
         waits = any(p.until is not None for _, p, _ in chosen)
         reported = waits and final_report(s, sorted({st.study_uid for st in studies}))
@@ -253,8 +262,9 @@ class ReleaseKeeper:
         when it changed). A staff hold stays as staff set it."""
         first = req.hold_checked_at is None
         req.hold_checked_at = now
-        if req.hold_kind == STAFF:
+        if req.hold_kind == STAFF and not is_free(req, now):
             return Verdict(STAFF, req.hold_until, "held by staff")
+        # A staff hold that ended: the policy decides again.
         found = self.verdict(s, req.id, now)
         changed = (found.kind, found.until) != (req.hold_kind, req.hold_until)
         req.hold_kind, req.hold_until = found.kind, found.until
@@ -273,7 +283,7 @@ class ReleaseKeeper:
     def gate(self, s: Session, req: ReleaseRequest, now: datetime) -> bool:
         """For the batch's claim, in its transaction: apply the policy if it was not yet,
         then True when the request may be packaged now."""
-        if req.hold_checked_at is None:
+        if req.hold_checked_at is None or (req.hold_kind == STAFF and is_free(req, now)):
             self.apply(s, req, now)
         return is_free(req, now)
 
@@ -306,10 +316,12 @@ class ReleaseKeeper:
                 if req is None or req.state != RequestState.READY:
                     continue
                 before = (req.hold_kind, req.hold_until)
-                if req.hold_kind in (EMBARGO, STAFF) and is_free(req, now):
-                    what = "embargo" if req.hold_kind == EMBARGO else "staff hold"
+                if req.hold_kind == EMBARGO and is_free(req, now):
                     req.hold_kind, req.hold_until = NONE, None
-                    note(s, req, ACTOR, f"{what} ended: it goes out with the next delivery", now)
+                    note(s, req, ACTOR, "embargo ended: it goes out with the next delivery", now)
+                elif req.hold_kind == STAFF and is_free(req, now):
+                    note(s, req, ACTOR, "staff hold ended: the release policy decides again", now)
+                    self.apply(s, req, now)
                 else:
                     self.apply(s, req, now)
                 if (req.hold_kind, req.hold_until) != before:
@@ -355,8 +367,20 @@ class ReleaseKeeper:
                     f"request {req.reference} is {req.state}: only a request not yet packaged "
                     "can be held or released early"
                 )
+            # Hold longer never ends before the policy's own hold (an embargo, the wait).
+            ends = req.hold_until if req.hold_kind in (EMBARGO, REPORT) else None
+            shorter = until is not None and ends is not None and now < ends and until < ends
+            if kind == STAFF and shorter:
+                assert ends is not None
+                raise InvalidRequest(
+                    f"until: the release policy holds it until {_when(ends, self.zone)};"
+                    " a longer hold must end after that (or hold it until released)"
+                )
             was = describe(req, self.zone, now) or "no hold"
-            req.hold_kind, req.hold_until, req.hold_checked_at = kind, until, now
+            req.hold_kind, req.hold_until = kind, until
+            if req.state == RequestState.READY:
+                # Not before: the policy is applied (afresh) once it is ready.
+                req.hold_checked_at = now
             if kind == NONE:
                 what = f"released early by staff ({was}): {reason}"
             elif until is None:

@@ -100,6 +100,10 @@ def move_in(
         book.move(s, req, source, target, actor, reason, now)
     except InvalidTransition:
         return False  # their move stands
+    if target == RequestState.READY:
+        # Ready again (maybe with a new study): the release policy decides afresh
+        # (release.embargo); a staff hold stays as staff set it.
+        req.hold_checked_at = None
     return True
 
 

@@ -20,6 +20,7 @@ from delivery.grants import GrantKeys
 from delivery.outbox import Outbox
 from release.embargo import EMBARGO, NONE, REPORT, STAFF, ReleaseKeeper, describe, final_report
 from release.errors import InvalidRequest
+from release.progress import move_in
 from release.requests import RequestBook
 from rules import load_rules_text
 from rules.policy import ReleasePolicy, parse_duration
@@ -343,7 +344,7 @@ def test_staff_extend_the_hold(world: World) -> None:
     assert world.keeper.sweep() == [] and world.claimable() is None
     world.clock.now = later
     assert world.keeper.sweep() == [ref]
-    assert world.timeline(ref)[-1] == "staff hold ended: it goes out with the next delivery"
+    assert "staff hold ended: the release policy decides again" in world.timeline(ref)
     assert world.claimable() == ref
     with world.db.sessions() as s:
         kinds = list(s.scalars(select(AuditEvent.kind).where(AuditEvent.kind == "release-hold")))
@@ -360,3 +361,90 @@ def test_staff_hold_until_released(world: World) -> None:
     )
     world.keeper.release_now(ref, "staff:bob", "consultant agreed")
     assert world.claimable() == ref
+
+
+def test_an_ended_staff_hold_gives_way_to_the_policy(world: World) -> None:
+    """Held by staff before it was ready: when that hold ends, the policy decides (the
+    rule's embargo still runs), not "released"; the batch's claim re-decides too."""
+    req = world.book.create(draft(), actor="cli:alice")
+    soon = ARRIVAL + timedelta(hours=1)
+    world.keeper.extend(req.reference, "staff:bob", "call the patient first", soon)
+    assert world.row(req.reference).hold_checked_at is None  # pending: not applied yet
+    world.book.transition(req.reference, RequestState.RECEIVING, "rules", "a study came")
+    with world.db.sessions() as s, s.begin():
+        study = Study(
+            study_uid=UID,
+            state=StudyState.STABLE,
+            first_received_at=ARRIVAL,
+            last_received_at=ARRIVAL,
+            stable_at=ARRIVAL,
+        )
+        s.add(study)
+        s.flush()
+        s.add(RequestStudy(request_id=req.id, study_id=study.id, rule="ct-72h", matched_at=ARRIVAL))
+        row = s.get(ReleaseRequest, req.id)
+        assert row is not None
+        assert move_in(
+            s, world.book, row, RequestState.RECEIVING, RequestState.READY, "ok", ARRIVAL
+        )
+    world.keeper.sweep()
+    assert world.row(req.reference).hold_kind == STAFF  # staff's hold stays
+    world.clock.now = soon
+    assert world.claimable() is None  # the claim applied the policy: embargoed
+    row = world.row(req.reference)
+    assert (row.hold_kind, row.hold_until) == (EMBARGO, ARRIVAL + timedelta(hours=72))
+    # The sweep path: staff hold again, it ends, the sweep re-decides.
+    world.keeper.extend(req.reference, "staff:bob", "longer", ARRIVAL + timedelta(hours=80))
+    world.clock.now = ARRIVAL + timedelta(hours=80)
+    world.rules = load_rules_text(RULES.replace("{after: 72h}", "{after: 96h}"))
+    assert world.keeper.sweep() == [req.reference]
+    row = world.row(req.reference)
+    assert (row.hold_kind, row.hold_until) == (EMBARGO, ARRIVAL + timedelta(hours=96))
+    assert world.claimable() is None
+
+
+def test_hold_longer_cannot_end_before_the_policy_hold(world: World) -> None:
+    ref = world.ready("ct-72h")
+    world.keeper.sweep()
+    ends = ARRIVAL + timedelta(hours=72)
+    with pytest.raises(InvalidRequest, match="release policy holds it until 2026-03-30"):
+        world.keeper.extend(ref, "staff:bob", "shorter", ends - timedelta(hours=1))
+    row = world.row(ref)
+    assert (row.hold_kind, row.hold_until) == (EMBARGO, ends)
+    world.keeper.extend(ref, "staff:bob", "until released", None)
+    assert world.row(ref).hold_kind == STAFF
+
+
+def test_ready_again_with_a_new_study_applies_its_rule(world: World) -> None:
+    ref = world.ready("plain")
+    world.keeper.sweep()
+    assert world.row(ref).hold_kind == NONE and world.row(ref).hold_checked_at is not None
+    world.book.transition(ref, RequestState.RECEIVING, "rules", "a new study came")
+    with world.db.sessions() as s, s.begin():
+        req = s.scalars(select(ReleaseRequest).where(ReleaseRequest.reference == ref)).one()
+        study = Study(
+            study_uid=UID + ".2",
+            state=StudyState.STABLE,
+            first_received_at=ARRIVAL,
+            last_received_at=ARRIVAL,
+            stable_at=ARRIVAL,
+        )
+        s.add(study)
+        s.flush()
+        s.add(RequestStudy(request_id=req.id, study_id=study.id, rule="ct-72h", matched_at=ARRIVAL))
+        assert move_in(
+            s, world.book, req, RequestState.RECEIVING, RequestState.READY, "ok", ARRIVAL
+        )
+    assert world.row(ref).hold_checked_at is None
+    assert world.claimable() is None
+    assert world.row(ref).hold_kind == EMBARGO
+
+
+def test_a_rule_that_no_longer_exists_holds_for_staff(db: Database, tmp_path: Path) -> None:
+    world = World(db, tmp_path, default=None)  # no site default: it would go at once
+    ref = world.ready("renamed-since")
+    assert world.claimable() is None
+    row = world.row(ref)
+    assert (row.hold_kind, row.hold_until) == (STAFF, None)
+    assert "rule renamed-since no longer exists: staff decide" in world.timeline(ref)
+    assert world.staff_holds == [ref]

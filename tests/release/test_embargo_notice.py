@@ -141,7 +141,7 @@ def test_the_node_queues_the_email_in_the_holding_transaction(
     world = World(db, tmp_path)
     content = ContentStore(tmp_path / "data")
     service = DeliveryService(load_config(config), db.sessions, content, clock=world.clock)
-    ref = world.ready("no-such-rule")  # no rule's policy: node.yaml's delivery.release
+    ref = world.ready("")  # staff attached it (no rule): node.yaml's delivery.release
     with db.sessions() as s, s.begin():
         req = s.scalars(select(ReleaseRequest).where(ReleaseRequest.reference == ref)).one()
         req.tell_patient_when = True
@@ -165,7 +165,7 @@ def test_the_node_alerts_staff_when_the_report_did_not_come(
     world = World(db, tmp_path)
     content = ContentStore(tmp_path / "data")
     service = DeliveryService(load_config(config), db.sessions, content, clock=world.clock)
-    ref = world.ready("no-such-rule")
+    ref = world.ready("")  # staff attached it: the site default applies
     service.keeper.sweep()
     world.clock.now = ARRIVAL + timedelta(days=2)
     assert service.keeper.sweep() == [ref]
