@@ -108,7 +108,7 @@ class ReportUpdates:
             try:
                 ref = self.update(request_id)
             except Exception as exc:  # one request's trouble never stops the others
-                log.error("report update of request %d failed (%s)", request_id, exc)
+                log.error("report update of request %d failed (%s)", request_id, type(exc).__name__)
                 continue
             if ref is not None:
                 done.append(ref)
