@@ -1,10 +1,11 @@
 """Ingest: turn one spooled C-STORE dataset into a durable, indexed instance.
 
 The order is the promise behind 0x0000: parse and check the header, hash, fsync,
-rename into place, fsync the folder, commit the row, and only then succeed. The row's
-commit does not wait for the database's own flush to disk (``Catalog.add(relaxed=True)``):
-the file is the durable truth, and should a power loss take the row, start-up recovery
-(:mod:`scp.recovery`) re-indexes the file; a kill -9 loses no commit either way. Anything
+rename into place, fsync the folder, commit the row (with the database's own flush), and
+only then succeed. ``Catalog.add(relaxed=True)`` (a commit that does not wait for that
+flush) is not used: start-up recovery re-indexes a file from its header alone, and the
+sender's AE titles and address, which rules can match on, are not in the file, so a row
+a power loss took would come back without them. Anything
 else answers a failure status and leaves nothing half-done: no row without a file, no
 file at a final path that the sender was not told about (a file renamed into place
 whose row fails is removed again).
@@ -177,9 +178,11 @@ class Ingest:
         try:
             for _retry in range(5):
                 try:
-                    # The file and its folder are fsynced: should a power loss take
-                    # the row, start-up recovery re-creates it from the file.
-                    self._catalog.add(rec, relaxed=True)
+                    # Committed with the database's own flush: recovery could re-create
+                    # the row from the file, but not the sender's AE titles and address
+                    # (rules match on them), so the row must not be the thing a power
+                    # loss takes.
+                    self._catalog.add(rec)
                     break
                 except DuplicateRace:
                     known = self._catalog.lookup(rec.sop_instance_uid)
