@@ -69,6 +69,7 @@ from delivery.packaging.items import package_items
 from delivery.packaging.package import PackageItem
 from delivery.relay import RetryPolicy
 from release.errors import InvalidTransition
+from release.holds import is_free
 from release.requests import RequestBook
 from release.states import allowed
 from store.audit import record
@@ -231,11 +232,16 @@ class DicomDelivery:
     def _claim(self, reference: str) -> tuple[int, str, Target, int] | None:
         now = self._clock()
         with guarded(self._sessions) as s, s.begin():
+            # Locked against staff holding it meanwhile (release.embargo locks it too).
             req = s.scalars(
-                select(ReleaseRequest).where(ReleaseRequest.reference == reference)
+                select(ReleaseRequest)
+                .where(ReleaseRequest.reference == reference)
+                .with_for_update()
             ).first()
             if req is None or req.destination is None or req.state != RequestState.READY:
                 return None
+            if not is_free(req, now):
+                return None  # held (an embargo, the report, staff): not sent yet
             dest = req.destination
             if dest.next_attempt_at is not None and dest.next_attempt_at > now:
                 return None

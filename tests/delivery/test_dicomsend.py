@@ -319,3 +319,15 @@ def test_without_a_sender_the_request_stays_ready(db: Database, tmp_path: Path) 
     )
     assert bare.deliver(ref) == "skipped"
     assert rig.book.get(ref).state == RequestState.READY
+
+
+@pytest.mark.parametrize(("kind", "ends"), [("staff", None), ("embargo", 60)])
+def test_a_held_request_is_not_claimed(rig: Rig, kind: str, ends: int | None) -> None:
+    """Held between the batch's gate and the send's claim: the claim looks again."""
+    ref = rig.request(ae_title="HOSP2", host="127.0.0.1", port=free_port())
+    with rig.world.sessions() as s, s.begin():
+        req = s.scalars(select(ReleaseRequest).where(ReleaseRequest.reference == ref)).one()
+        until = None if ends is None else rig.world.clock() + timedelta(minutes=ends)
+        req.hold_kind, req.hold_until = kind, until
+    assert rig.dicom.deliver(ref) == "skipped"
+    assert rig.book.get(ref).state == RequestState.READY and rig.sent == []
