@@ -94,6 +94,7 @@ RULE_KEYS = (
     "retention_days",
     "reason",
     "release",
+    "reports",
 )
 OPERATORS = (
     "equals",

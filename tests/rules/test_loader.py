@@ -31,6 +31,16 @@ BAD: list[Any] = [
         """
         rules:
           - name: r1
+            report: never  # <-
+        """,
+        "r1",
+        "retention_days, reason, release, reports",
+        id="unknown-rule-key-lists-reports",
+    ),
+    pytest.param(
+        """
+        rules:
+          - name: r1
             when:
               AccessionNumber:
                 prefx: A  # <-
