@@ -3,7 +3,8 @@
 opening with the code, as before) or ``notify=first`` (only the first opening).
 
 Only the patient who made the share can choose (another grant's share is a 404, a
-clinician's session a 403); CSRF first; the choice is on the request's timeline. The
+clinician's session a 403); CSRF first (403), then ``portal.rate_limit_per_min``
+posts per client address (429); the choice is on the request's timeline. The
 code check (:mod:`portal.access`) reads it when the share is opened.
 """
 
@@ -13,10 +14,9 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from portal.filespage import render_files
-from portal.forms import csrf_ok, read_form
 from portal.grantsession import (
     audit,
-    forbidden,
+    checked_post,
     lock_grant,
     own_share,
     patient_grant,
@@ -32,9 +32,9 @@ CHOICES = {"every": True, "first": False}
 @router.post("/files/share/{grant_id}/notify", include_in_schema=False)
 async def notify(request: Request, grant_id: int) -> Response:
     """Save the share's email choice and show the files page again."""
-    form = await read_form(request)
-    if not csrf_ok(request, form):
-        return forbidden(request)
+    form, refused = await checked_post(request)
+    if refused is not None:
+        return refused
     every = CHOICES.get(form.get("notify", ""))
     if every is None:
         return Response(status_code=400)

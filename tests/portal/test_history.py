@@ -12,14 +12,16 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from store.audit import record as audit_event
 from store.models import Grant, Notification, ReleaseRequest
+from tests.conftest import Database
 from tests.portal import patient_rig
-from tests.portal.patient_rig import Patient, Rig, post, sign_in
+from tests.portal.patient_rig import BuiltPackage, Patient, Rig, make_rig, post, sign_in
 
 rig = patient_rig.rig
 built_package = patient_rig.built_package
@@ -220,3 +222,18 @@ def test_notify_refuses_other_shares_bad_values_and_no_csrf(rig: Rig) -> None:
     r = patient.post(f"/files/share/{share_id}/notify", data={"notify": "first"})
     assert r.status_code == 403
     assert rig.counts() == before and rig.grant(share_id).notify_every_access is True
+
+
+def test_notify_is_rate_limited_per_address(
+    db: Database, tmp_path: Path, built_package: BuiltPackage
+) -> None:
+    small = make_rig(db, tmp_path, built_package, rate_limit_per_min=8)
+    p = small.patient()
+    patient = small.client()
+    sign_in(small, patient, p.token)
+    share_id, _code = _share_with_shown_code(small, patient)
+    statuses = [
+        post(patient, f"/files/share/{share_id}/notify", notify="first").status_code
+        for _ in range(9)
+    ]
+    assert 429 in statuses and set(statuses) <= {200, 429}
