@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,9 +54,9 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Header:
-    """What an ACK echoes of the message it answers (ASCII-safe)."""
+    """What an ACK echoes of the message it answers (ASCII-safe but ``control_id``)."""
 
-    control_id: str = ""
+    control_id: str = ""  # MSH-10 as sent (unescaped, capped): escaped again in MSA-2
     sending_application: str = ""
     sending_facility: str = ""
     receiving_facility: str = ""
@@ -88,12 +89,33 @@ class OruReport:
     def control_key(self) -> str:
         """Who sent it and its MSH-10: a retransmission has the same key."""
         h = self.header
-        return f"{h.sending_application}|{h.sending_facility}|{h.control_id}"[:200]
+        cid = h.control_id
+        if _SAFE_RE.search(cid) or len(cid) > 64:  # never sanitised: 'A/1' is not 'A+1'
+            cid = "#" + hashlib.sha256(cid.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{h.sending_application}|{h.sending_facility}|{cid}"[:200]
 
 
 def _safe(value: str, limit: int = 64) -> str:
     """A header value fit to echo in an ACK: visible ASCII, our separators removed."""
     return _SAFE_RE.sub("", value)[:limit]
+
+
+_ACK_ESCAPES = {"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "~": "\\R\\", "&": "\\T\\"}
+
+
+def _escape(value: str) -> str:
+    """``value`` for a field of our ACK (``|^~\\&``): delimiters as HL7 escapes, anything
+    but printable ASCII as ``\\Xhh\\``."""
+    out: list[str] = []
+    for c in value:
+        if c in _ACK_ESCAPES:
+            out.append(_ACK_ESCAPES[c])
+        elif " " <= c <= "~":
+            out.append(c)
+        else:
+            code = c.encode("latin-1") if ord(c) < 256 else c.encode("utf-8", "surrogatepass")
+            out.append(f"\\X{code.hex().upper()}\\")
+    return "".join(out)
 
 
 def _header_fields(text: str) -> tuple[str, str, list[str]]:
@@ -134,12 +156,12 @@ def read_header(raw: bytes) -> Header:
     """The MSH of a message, read leniently (ASCII only), for the ACK of a refusal."""
     text = raw.decode("latin-1").replace("\r\n", "\r").replace("\n", "\r").lstrip()
     try:
-        _sep, enc, f = _header_fields(text)
+        sep, enc, f = _header_fields(text)
     except Refused:
         return Header()
     get = _getter(f)
     return Header(
-        control_id=_safe(get(10), 199),
+        control_id=unescape(get(10), sep, enc)[:199],
         sending_application=_safe(_component(get(3), enc)),
         sending_facility=_safe(_component(get(4), enc)),
         receiving_facility=_safe(_component(get(6), enc)),
@@ -183,7 +205,7 @@ def read_oru(raw: bytes, *, accession_field: AccessionField, default_charset: st
     lenient = raw.decode("latin-1").replace("\r\n", "\r").replace("\n", "\r").strip()
     sep, enc, f = _header_fields(lenient)
     get = _getter(f)
-    if not header.control_id:
+    if not header.control_id.strip():
         raise Refused("AR", "101", "MSH-10 (message control ID) is missing", header)
     charset_name = get(18).split(enc[1])[0].strip().upper()
     if charset_name not in CHARSETS:
@@ -342,7 +364,7 @@ def ack(
             header.version,
         ]
     )
-    segments = [msh, f"MSA|{code}|{header.control_id}|{_safe(reason, 80)}"]
+    segments = [msh, f"MSA|{code}|{_escape(header.control_id)}|{_safe(reason, 80)}"]
     if code != "AA":
         segments.append(f"ERR|||{error or '207'}^{_safe(reason, 80)}^HL70357|E")
     return ("\r".join(segments) + "\r").encode("ascii")

@@ -16,6 +16,7 @@ import pytest
 from hl7.mllp import open_hl7_connection
 from sqlalchemy import func, select
 
+from ris.oru import Header, ack
 from ris.reports import ReportBook, current_reports, report_final
 from ris.server import RisServer
 from ris.settings import RisSettings
@@ -231,6 +232,26 @@ def test_a_retransmission_is_acknowledged_once_stored(rig: Rig) -> None:
     assert [code_of(a) for a in acks] == ["AA", "AA"]
     assert "duplicate" in str(acks[1].segment("MSA")(3))
     assert rig.count() == 1
+
+
+def test_control_ids_are_never_sanitised_into_one(rig: Rig) -> None:
+    # 'A/1' and 'A+1' were both 'A1' once: the second was answered "duplicate" and lost.
+    rig.add_study()
+    acks = send(
+        rig.server.port,
+        oru(control="A/1"),
+        oru(control="A+1"),
+        oru(control="A/1"),
+        oru(control="X\\T\\Y#1"),
+    )
+    assert [code_of(a) for a in acks] == ["AA"] * 4
+    assert "duplicate" not in str(acks[1].segment("MSA")(3))
+    assert "duplicate" in str(acks[2].segment("MSA")(3))
+    assert rig.count() == 3
+    # MSA-2 is MSH-10 as sent, HL7-escaped where it holds our delimiters.
+    assert [str(a.segment("MSA")(2)) for a in acks] == ["A/1", "A+1", "A/1", "X\\T\\Y#1"]
+    odd = ack(Header(control_id="é|\r~1"), "AA", application="COURIER", control_id="Z")
+    assert b"MSA|AA|\\XE9\\\\F\\\\X0D\\\\R\\1|" in odd
 
 
 def test_a_report_before_its_study_waits_and_is_linked_when_it_arrives(rig: Rig) -> None:
