@@ -6,7 +6,8 @@
   genuine token whose grant is no longer live (revoked, its share stopped, locked,
   expired, the request cancelled, the package deleted): 403. Refusals count per client
   address against ``portal.rate_limit_per_min`` (429 beyond: token guessing is slow);
-  accepted calls count per token against ``portal.dicomweb_requests_per_min``.
+  genuine tokens' calls count per grant (all its tokens together) against
+  ``portal.dicomweb_requests_per_min``.
 - **What**: the studies attached to the grant's request, their series and their stored
   instances (not marked missing), nothing else: any other UID is 404, the same answer
   whether it exists elsewhere or not.
@@ -115,11 +116,13 @@ def authorize(ctx: PortalContext, request: Request) -> Scope | JSONResponse:
         now = ctx.clock()
         checked = check(ctx.keys, token, now)
         if checked.status == "ok":
+            # Per grant, before any database read: a new token for the same link (one
+            # per click on the files page) does not reset the count.
+            limit = ctx.portal.dicomweb_requests_per_min
+            if not ctx.limiter.allow(f"dicomweb:grant-{checked.grant_id}", limit, 60):
+                return refusal(429, "too many requests; wait a minute", {"Retry-After": "60"})
             scope = _scope(ctx, checked.grant_id, checked.name, now)
             if scope is not None:
-                limit = ctx.portal.dicomweb_requests_per_min
-                if not ctx.limiter.allow(f"dicomweb:{checked.name}", limit, 60):
-                    return refusal(429, "too many requests; wait a minute", {"Retry-After": "60"})
                 return scope
             failure = refusal(403, "this link was stopped or has expired; ask for a new one")
         else:
