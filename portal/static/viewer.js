@@ -54,6 +54,7 @@
     if (want < shown) { return i < shown && i >= want; }
     return i === want && img !== pre[i];
   }
+  var tries = {};
   function request(i) {
     if (i < 1 || i > count || pre[i] || pending() >= MAX_PENDING) { return; }
     var e = new Image();
@@ -68,7 +69,14 @@
       load();
     }
     e.addEventListener("load", settle);
-    e.addEventListener("error", settle);
+    e.addEventListener("error", function () {
+      settle();
+      // A 503 (every renderer busy) is worth asking again, a few times at most.
+      tries[i] = (tries[i] || 0) + 1;
+      if (tries[i] <= 3) {
+        setTimeout(function () { if (pre[i] === e) { delete pre[i]; load(); } }, 2000);
+      }
+    });
     e.src = imageUrl(i);
   }
   function drop(all) {
