@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,7 @@ from portal.dicomweb_scope import (
 )
 from portal.dicomweb_token import base_url
 from portal.site import context_of
-from store.models import Instance, Series
+from store.models import Series
 
 log = logging.getLogger("courier.portal.dicomweb")
 router = APIRouter()
@@ -98,15 +99,13 @@ def _studies(ctx: PortalContext, scope: Scope) -> list[Dataset]:
     out = []
     with ctx.sessions() as s:
         for st in study_rows(s, scope):
-            first = s.scalar(
-                select(Instance.path)
-                .where(Instance.study_id == st.id, Instance.file_missing.is_(False))
-                .order_by(Instance.id)
-                .limit(1)
-            )
-            n_series = len(series_rows(s, scope, st.study_uid))
-            head = _study_header(ctx, first)
-            modalities = [m for m in st.modalities.split("\\") if m]
+            # Only what the scope allows: a withheld report is neither counted nor named
+            # in ModalitiesInStudy, nor read for the header.
+            allowed = instances(s, scope, st.study_uid)
+            shown_series = series_rows(s, scope, st.study_uid)
+            n_series = len(shown_series)
+            head = _study_header(ctx, allowed[0].relpath if allowed else None)
+            modalities = list(dict.fromkeys(se.modality for se in shown_series if se.modality))
             out.append(
                 {
                     _tag("StudyDate"): element("DA", st.study_date),
@@ -125,7 +124,7 @@ def _studies(ctx: PortalContext, scope: Scope) -> list[Dataset]:
                     _tag("StudyInstanceUID"): element("UI", st.study_uid),
                     _tag("StudyID"): element("SH", head.get("StudyID")),
                     _tag("NumberOfStudyRelatedSeries"): element("IS", n_series),
-                    _tag("NumberOfStudyRelatedInstances"): element("IS", st.instance_count),
+                    _tag("NumberOfStudyRelatedInstances"): element("IS", len(allowed)),
                 }
             )
     return out
@@ -137,6 +136,7 @@ def _series(ctx: PortalContext, scope: Scope, study_uid: str | None) -> list[Dat
     out = []
     with ctx.sessions() as s:
         for uid in uids:
+            counts = Counter(x.series_uid for x in instances(s, scope, uid))
             for se in series_rows(s, scope, uid):
                 out.append(
                     {
@@ -148,7 +148,9 @@ def _series(ctx: PortalContext, scope: Scope, study_uid: str | None) -> list[Dat
                         _tag("StudyInstanceUID"): element("UI", uid),
                         _tag("SeriesInstanceUID"): element("UI", se.series_uid),
                         _tag("SeriesNumber"): element("IS", se.series_number),
-                        _tag("NumberOfSeriesRelatedInstances"): element("IS", se.instance_count),
+                        _tag("NumberOfSeriesRelatedInstances"): element(
+                            "IS", counts.get(se.series_uid, 0)
+                        ),
                     }
                 )
     return out

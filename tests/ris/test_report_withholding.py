@@ -145,7 +145,20 @@ def _dicomweb_sops(c: TestClient, study_uid: str) -> set[str]:
     bearer = {"Authorization": f"Bearer {token.group(1)}"}
     found = c.get(f"/dicomweb/studies/{study_uid}/instances", headers=bearer)
     assert found.status_code == 200, found.text[:300]
-    return {x["00080018"]["Value"][0] for x in found.json()}
+    sops = {x["00080018"]["Value"][0] for x in found.json()}
+    # The study and series searches count and name only what the instances list shows.
+    [study] = c.get("/dicomweb/studies", headers=bearer).json()
+    modalities = study.get("00080061", {}).get("Value", [])
+    assert "SR" not in modalities or "SR" in _web_modalities(c, bearer, study_uid)
+    assert int(study["00201208"]["Value"][0]) == len(sops)
+    series = c.get(f"/dicomweb/studies/{study_uid}/series", headers=bearer).json()
+    assert sum(int(x["00201209"]["Value"][0]) for x in series) == len(sops)
+    return sops
+
+
+def _web_modalities(c: TestClient, bearer: dict[str, str], study_uid: str) -> set[str]:
+    series = c.get(f"/dicomweb/studies/{study_uid}/series", headers=bearer).json()
+    return {x["00080060"]["Value"][0] for x in series if x.get("00080060", {}).get("Value")}
 
 
 def test_a_preliminary_sr_goes_nowhere(stored: Stored) -> None:
@@ -166,8 +179,15 @@ def test_a_preliminary_sr_goes_nowhere(stored: Stored) -> None:
     series, _ = _viewer_documents(c)
     assert series == 1  # the CT only: the SR's series is not offered
     assert c.get("/files/view/1/2/1").status_code == 404
-    web = _dicomweb_sops(c, stored.study_uid)
+    web = _dicomweb_sops(c, stored.study_uid)  # counts only the images (see there)
     assert len(web) == CT_IMAGES and draft_uid not in web
+    token = re.search(r'id="dicomweb-token">([^<]+)<', post(c, "/files/dicomweb").text)
+    assert token is not None
+    [study] = c.get(
+        "/dicomweb/studies", headers={"Authorization": f"Bearer {token.group(1)}"}
+    ).json()
+    assert "SR" not in study["00080061"]["Value"]
+    assert int(study["00201208"]["Value"][0]) == CT_IMAGES
 
 
 def test_never_sends_no_report_instance(stored: Stored) -> None:
