@@ -72,7 +72,14 @@ def _associate(
 
 
 def _rejection(assoc: object) -> tuple[int, int, int] | None:
-    rsp = assoc.acceptor.primitive
+    rsp = assoc.acceptor.primitive  # type: ignore[attr-defined]
+    if rsp is None:
+        # pynetdicom's requestor races its own reactor: when the A-ASSOCIATE-RJ arrives
+        # and the reactor closes the socket before the requesting thread checks that
+        # the socket connected, it aborts without taking the answer. The answer is
+        # still queued for it.
+        queued = list(assoc.dul.to_user_queue.queue)  # type: ignore[attr-defined]
+        rsp = next((p for p in queued if getattr(p, "result", None) is not None), None)
     if rsp is None or rsp.result is None or rsp.result == 0:
         return None
     return (rsp.result, rsp.result_source, rsp.diagnostic)
