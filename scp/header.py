@@ -17,6 +17,8 @@ reversed, and differently from what it holds, on every page, list and terminal.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +87,19 @@ class Header:
     instance_number: str
     dataset_offset: int
     pixels: PixelBudget  # the size the header declares (its pixel data is not checked)
+    # Who sent it, from the File Meta Information Courier writes on receipt (empty in
+    # files from older versions and from elsewhere): (0002,0017), else (0002,0016).
+    calling_ae: str = ""
+    called_ae: str = ""  # (0002,0018) Receiving Application Entity Title
+    peer_host: str = ""  # the host of (0002,0027) Sending Presentation Address
 
 
-def _meta(fh: BinaryIO, size: int) -> tuple[str, int]:
-    """Return (transfer syntax UID, offset of the dataset) from a Part-10 file."""
+def _meta(fh: BinaryIO, size: int, meta: dict[int, bytes] | None = None) -> tuple[str, int]:
+    """Return (transfer syntax UID, offset of the dataset) from a Part-10 file.
+
+    The values of the meta elements whose element numbers are keys of ``meta`` are
+    stored there (raw bytes).
+    """
     head = fh.read(132)
     if len(head) < 132 or head[128:132] != b"DICM":
         raise BadDataset("no DICOM file meta information")
@@ -111,6 +122,9 @@ def _meta(fh: BinaryIO, size: int) -> tuple[str, int]:
         if elem == 0x0010:
             fh.seek(start)
             ts = fh.read(length).rstrip(b"\x00 ").decode("ascii", "replace")
+        elif meta is not None and elem in meta and length <= 1024:
+            fh.seek(start)
+            meta[elem] = fh.read(length)
         offset = start + length
     if not ts:
         raise BadDataset("no transfer syntax in the file meta information")
@@ -118,17 +132,20 @@ def _meta(fh: BinaryIO, size: int) -> tuple[str, int]:
 
 
 def check_structure(
-    path: Path, wanted: dict[int, RawDataElement | None] | None = None
+    path: Path,
+    wanted: dict[int, RawDataElement | None] | None = None,
+    meta: dict[int, bytes] | None = None,
 ) -> tuple[str, int]:
     """Walk the dataset's element headers; raise :class:`BadDataset` if it is not whole.
 
     Top-level elements whose tags are keys of ``wanted`` are stored there (raw, for
-    pydicom to decode with the dataset's character set). Returns (transfer syntax
-    UID, dataset offset).
+    pydicom to decode with the dataset's character set), and file meta elements whose
+    element numbers are keys of ``meta`` there. Returns (transfer syntax UID, dataset
+    offset).
     """
     size = path.stat().st_size
     with open(path, "rb") as fh:
-        ts, offset = _meta(fh, size)
+        ts, offset = _meta(fh, size, meta)
         if ts == DeflatedExplicitVRLittleEndian:
             return ts, offset  # compressed stream: checked by the full parse instead
         little = ts != ExplicitVRBigEndian
@@ -329,6 +346,67 @@ _PIXEL_KEYWORDS = ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "Bits
 _WANTED = {tag: k for k, tag in _TAGS.items()}
 
 
+# File meta elements (group 0002) naming the sender (PS3.10 Table 7.1-1).
+_SOURCE_AE = 0x0016
+_SENDING_AE = 0x0017
+_RECEIVING_AE = 0x0018
+_SENDING_ADDRESS = 0x0027
+_PEER_ELEMENTS = (_SOURCE_AE, _SENDING_AE, _RECEIVING_AE, _SENDING_ADDRESS)
+# The host of a Sending Presentation Address: dicom://HOST[:PORT][/] (PS3.10 7.1.1.1).
+_ADDRESS = re.compile(
+    r"dicom://(\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9._~-]+)?\]|[^/:\[\]@?#]+)(?::(\d{1,5}))?/?",
+    re.ASCII | re.IGNORECASE,
+)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?", re.ASCII)
+
+
+def ae_title(raw: bytes | None) -> str:
+    """An AE title from its bytes (AE: default character set, at most 16 characters,
+    space-padded); "" when absent or not a valid one."""
+    if not raw:
+        return ""
+    value = raw.strip(b" \x00")
+    if len(value) > 16 or not all(0x20 <= b < 0x7F and b != 0x5C for b in value):
+        return ""
+    return value.decode("ascii")
+
+
+def presentation_host(raw: bytes | None) -> str:
+    """The host of a Sending Presentation Address (UR), e.g. ``dicom://10.1.2.3:104``.
+
+    IPv4 and bracketed IPv6 literals (returned as written, without the brackets; a zone
+    ``%25eth0`` as ``%eth0``) and DNS host names are accepted; anything else (another
+    scheme, a user part, a path, a port out of range, bytes outside ASCII) gives "".
+    """
+    if not raw:
+        return ""
+    try:
+        text = raw.rstrip(b" ").decode("ascii")
+    except UnicodeDecodeError:
+        return ""
+    match = _ADDRESS.fullmatch(text)
+    if match is None:
+        return ""
+    host, port = match.group(1), match.group(2)
+    if port is not None and not 0 < int(port) < 65536:
+        return ""
+    if host.startswith("["):
+        literal = host[1:-1].replace("%25", "%", 1)
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return ""
+        return literal  # as written: the form the association's address had
+    if host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return ""
+        return host
+    return host if _HOSTNAME.fullmatch(host) else ""
+
+
 def read_header(path: Path) -> Header:
     """Check the structure and read the indexed attributes in one pass.
 
@@ -336,7 +414,8 @@ def read_header(path: Path) -> Header:
     Specific Character Set); deflated datasets are parsed by pydicom whole.
     """
     wanted: dict[int, RawDataElement | None] = dict.fromkeys(_WANTED)
-    ts, offset = check_structure(path, wanted)
+    meta: dict[int, bytes] = dict.fromkeys(_PEER_ELEMENTS, b"")
+    ts, offset = check_structure(path, wanted, meta)
     try:
         full = None
         if ts == DeflatedExplicitVRLittleEndian:
@@ -360,6 +439,9 @@ def read_header(path: Path) -> Header:
             instance_number=f.text("InstanceNumber", 12),
             dataset_offset=offset,
             pixels=declared_size({k: f.count(k) for k in _PIXEL_KEYWORDS}),
+            calling_ae=ae_title(meta[_SENDING_AE]) or ae_title(meta[_SOURCE_AE]),
+            called_ae=ae_title(meta[_RECEIVING_AE]),
+            peer_host=presentation_host(meta[_SENDING_ADDRESS]),
         )
     except BadDataset:
         raise

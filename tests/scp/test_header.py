@@ -1,0 +1,113 @@
+"""scp.header: the sender read back from the File Meta Information, strictly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from scp.header import ae_title, presentation_host, read_header
+from tests import synthetic
+
+
+@pytest.mark.parametrize(
+    ("address", "host"),
+    [
+        (b"dicom://10.1.2.3:104", "10.1.2.3"),
+        (b"dicom://10.1.2.3:104 ", "10.1.2.3"),  # UR padding
+        (b"DICOM://10.1.2.3:104", "10.1.2.3"),  # the scheme is case-insensitive
+        (b"dicom://10.1.2.3", "10.1.2.3"),
+        (b"dicom://10.1.2.3:104/", "10.1.2.3"),
+        (b"dicom://[::1]:11112", "::1"),
+        (b"dicom://[2001:db8::7]:104", "2001:db8::7"),
+        (b"dicom://[::ffff:10.1.2.3]:104", "::ffff:10.1.2.3"),
+        (b"dicom://[fe80::1%25eth0]:104", "fe80::1%eth0"),
+        (b"dicom://pacs.example.org:104", "pacs.example.org"),
+        (b"dicom://PACS-1:104", "PACS-1"),
+        # malformed: nothing
+        (b"", ""),
+        (b"10.1.2.3:104", ""),  # no scheme
+        (b"http://10.1.2.3:104", ""),  # another scheme
+        (b"dicom://", ""),
+        (b"dicom://:104", ""),
+        (b"dicom://10.1.2.3:", ""),
+        (b"dicom://10.1.2.3:0", ""),
+        (b"dicom://10.1.2.3:65536", ""),
+        (b"dicom://10.1.2.3:104x", ""),
+        (b"dicom://10.1.2.300:104", ""),
+        (b"dicom://10.1.2:104", ""),
+        (b"dicom://010.1.2.3:104", ""),
+        (b"dicom://::1:104", ""),  # IPv6 without brackets
+        (b"dicom://[::1:104", ""),
+        (b"dicom://[10.1.2.3]:104", ""),
+        (b"dicom://[::g]:104", ""),
+        (b"dicom://user@10.1.2.3:104", ""),
+        (b"dicom://10.1.2.3:104/path", ""),
+        (b"dicom://10.1.2.3:104?q", ""),
+        (b"dicom://10.1.2.3:104#f", ""),
+        (b" dicom://10.1.2.3:104", ""),  # UR: leading spaces are not allowed
+        (b"dicom://10.1.2.3\n:104", ""),
+        (b"dicom://ho st:104", ""),
+        (b"dicom://-host:104", ""),
+        (b"dicom://h\xc3\xb6st:104", ""),  # not ASCII
+        (b"dicom://" + b"a" * 64 + b":104", ""),  # a label over 63
+        (b"dicom://10.1.2.3:104\x00", ""),
+    ],
+)
+def test_presentation_host_is_parsed_strictly(address: bytes, host: str) -> None:
+    assert presentation_host(address) == host
+
+
+@pytest.mark.parametrize(
+    ("raw", "title"),
+    [
+        (b"MODALITY1 ", "MODALITY1"),
+        (b" PACS", "PACS"),
+        (b"A" * 16, "A" * 16),
+        (b"A" * 17, ""),
+        (b"BAD\\AE", ""),
+        (b"BAD\x01", ""),
+        (b"M\xc3\xbc", ""),
+        (b"", ""),
+        (None, ""),
+    ],
+)
+def test_ae_titles_are_read_strictly(raw: bytes | None, title: str) -> None:
+    assert ae_title(raw) == title
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        # (0002,0016) source, (0002,0017) sending, (0002,0018) receiving, (0002,0027)
+        ({}, ("", "", "")),
+        (
+            {
+                "SourceApplicationEntityTitle": "SRC",
+                "SendingApplicationEntityTitle": "MODALITY1",
+                "ReceivingApplicationEntityTitle": "COURIER",
+                "SendingPresentationAddress": "dicom://10.1.2.3:104",
+            },
+            ("MODALITY1", "COURIER", "10.1.2.3"),
+        ),
+        ({"SourceApplicationEntityTitle": "SRC"}, ("SRC", "", "")),
+        (
+            {"SendingPresentationAddress": "dicom://[2001:db8::7]:104"},
+            ("", "", "2001:db8::7"),
+        ),
+        ({"SendingPresentationAddress": "dicom://user@10.1.2.3:104"}, ("", "", "")),
+    ],
+)
+def test_the_sender_is_read_from_the_file_meta(
+    tmp_path: Path, meta: dict[str, str], expected: tuple[str, str, str]
+) -> None:
+    src = synthetic.make_small_instances(tmp_path / "src", n=1)[0]
+    ds = pydicom.dcmread(src)
+    for keyword, value in meta.items():
+        setattr(ds.file_meta, keyword, value)
+    path = tmp_path / "meta.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    header = read_header(path)
+    assert (header.calling_ae, header.called_ae, header.peer_host) == expected
+    assert header.sop_instance_uid == ds.SOPInstanceUID
