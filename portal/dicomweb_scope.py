@@ -35,6 +35,7 @@ from portal.dicomweb_token import check
 from portal.grantsession import actor, audit, client_address, is_live
 from portal.studyzip import request_studies
 from store.audit import record as audit_event
+from store.db import writing
 from store.models import Grant, Instance, ReleaseRequest, RequestEvent, Series, Study
 
 CORS_HEADERS = {
@@ -246,7 +247,8 @@ def _remembered(request: Request) -> set[tuple[str, str]]:
 def audit_once(ctx: PortalContext, request: Request, scope: Scope, study_uid: str | None) -> None:
     """Record the token's first retrieval of ``study_uid`` (None: its first search),
     once: remembered by the app, and looked up on the timeline before writing (several
-    processes, a restart). Call on a worker thread."""
+    processes, a restart) in the transaction that writes, under a lock on the grant, so
+    parallel first requests write one event. Call on a worker thread."""
     remembered = _remembered(request)
     key = (scope.token_name, study_uid or "")
     with _AUDITED_LOCK:
@@ -260,16 +262,19 @@ def audit_once(ctx: PortalContext, request: Request, scope: Scope, study_uid: st
         reason = f"DICOMweb: study {number} retrieved with token {scope.token_name}"
         kind, detail, studies = "export", "DICOMweb retrieve (WADO-RS)", [study_uid]
     now = ctx.clock()
-    with ctx.sessions() as s:
+    # Look and write in one transaction holding the grant: SQLite's write lock (taken
+    # by writing() before the look), PostgreSQL's lock on the grant's row (FOR UPDATE),
+    # so parallel first requests, in this process or another node, write one event.
+    with ctx.sessions() as s, writing(s):
+        grant = s.scalar(select(Grant).where(Grant.id == scope.grant_id).with_for_update())
+        if grant is None:
+            return
         seen = s.scalar(
             select(RequestEvent.id).where(
                 RequestEvent.request_id == scope.request_id, RequestEvent.reason == reason
             )
         )
         if seen is None:
-            grant = s.get(Grant, scope.grant_id)
-            if grant is None:
-                return
             audit(s, grant, reason, now)
             audit_event(
                 s,
