@@ -9,6 +9,9 @@ Shares (:mod:`portal.share`): ``forward_link_email`` carries the clinician grant
 ``share_used_email`` tells the patient (their grant) that a share was opened, at the
 time in its params. ``reminder_email`` (:mod:`delivery.reminders`) carries the grant's
 link again, unless it was used, stopped or expired since it was queued (superseded).
+``report_update_email`` (:mod:`delivery.report_updates`) carries the patient's link
+only while it is live (:func:`delivery.reminders.link_live`: not stopped, locked or
+expired, its package kept, its request ``notified`` or ``downloaded``).
 ``release_expected_email`` (:mod:`release.embargo`, when staff asked at request time)
 tells the patient when to expect the link of a request its release policy holds.
 """
@@ -26,8 +29,11 @@ from sqlalchemy.orm import Session
 from delivery import messages
 from delivery.channel import OutgoingMessage
 from delivery.grants import GrantKeys
-from delivery.reminders import still_due
-from store.models import Grant, Notification, utcnow
+from delivery.reminders import link_live, still_due
+from store.models import Grant, Notification, RequestState, utcnow
+
+#: A corrected report is news whether or not the patient downloaded already.
+REPORT_UPDATE_STATES = (RequestState.NOTIFIED, RequestState.DOWNLOADED)
 
 
 class ComposeError(Exception):
@@ -147,9 +153,10 @@ class Composer:
                 composed_at=row.composed_at,
             )
         if row.kind == "report_update_email":
-            if grant.revoked_at is not None or grant.expires_at <= self._clock():
+            if not link_live(s, grant, self._clock(), REPORT_UPDATE_STATES):
                 raise ComposeError(
-                    "the link was stopped or expired since the report update was queued",
+                    "the link was stopped, locked or expired (or its package deleted, its "
+                    "request closed) since the report update was queued",
                     outcome="superseded",
                     alert=False,
                 )

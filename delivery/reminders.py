@@ -156,21 +156,19 @@ def remind(s: Session, outbox: Outbox, candidate: Candidate, now: datetime) -> b
     return True
 
 
-def still_due(s: Session, grant: Grant, queued_expiry: datetime | None, now: datetime) -> bool:
-    """Whether the reminder queued for ``grant`` (when it expired at ``queued_expiry``)
-    should still be sent at ``now``: nothing downloaded, the link still live (not
-    revoked, locked or expired, its package not deleted, its request still in a
-    reminded state, a share's parent link not revoked) and not extended since."""
-    if grant.downloads > 0 or grant.revoked_at is not None or grant.locked_at is not None:
+def link_live(s: Session, grant: Grant, now: datetime, states: tuple[RequestState, ...]) -> bool:
+    """Whether ``grant``'s link still works at ``now`` for a message about it: not
+    revoked, locked or expired, its package not deleted, its request in one of
+    ``states``, and a share's parent link neither revoked nor locked. The twin of
+    :func:`portal.grantsession.is_live` (the portal's judgement when the link is
+    opened), for messages composed later than they were queued."""
+    if grant.revoked_at is not None or grant.locked_at is not None:
         return False
     if now >= grant.expires_at or grant.package_id is None:
         return False
-    if queued_expiry is not None and grant.expires_at > queued_expiry:
-        return False  # extended since: no longer about to expire
     package = s.get(Package, grant.package_id)
     if package is None or package.deleted_at is not None:
         return False
-    states = _SHARE_STATES if grant.purpose == "forward" else _PATIENT_STATES
     state = s.scalar(select(ReleaseRequest.state).where(ReleaseRequest.id == grant.request_id))
     if state not in states:
         return False
@@ -179,6 +177,18 @@ def still_due(s: Session, grant: Grant, queued_expiry: datetime | None, now: dat
         if parent is None or parent.revoked_at is not None or parent.locked_at is not None:
             return False
     return True
+
+
+def still_due(s: Session, grant: Grant, queued_expiry: datetime | None, now: datetime) -> bool:
+    """Whether the reminder queued for ``grant`` (when it expired at ``queued_expiry``)
+    should still be sent at ``now``: nothing downloaded, not extended since, and the
+    link still live (:func:`link_live`) with its request in a reminded state."""
+    if grant.downloads > 0:
+        return False
+    if queued_expiry is not None and grant.expires_at > queued_expiry:
+        return False  # extended since: no longer about to expire
+    states = _SHARE_STATES if grant.purpose == "forward" else _PATIENT_STATES
+    return link_live(s, grant, now, states)
 
 
 def send_reminders(
@@ -203,4 +213,13 @@ def send_reminders(
     return queued
 
 
-__all__ = ["KIND", "Candidate", "due", "remind", "send_reminders", "window"]
+__all__ = [
+    "KIND",
+    "Candidate",
+    "due",
+    "link_live",
+    "remind",
+    "send_reminders",
+    "still_due",
+    "window",
+]
