@@ -35,8 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import Integer, Interval, cast, func, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from delivery.outbox import Outbox
 from delivery.settings import DeliverySettings
@@ -92,17 +93,27 @@ def due(s: Session, settings: DeliverySettings, now: datetime) -> list[Candidate
                 Grant.downloads == 0,
                 Grant.expires_at > now,
                 Grant.expires_at <= now + ahead,
+                _lived_longer_than(s, ahead),  # in SQL: skipped rows never fill the batch
                 Package.deleted_at.is_(None),
                 ReleaseRequest.state.in_(list(states)),
             )
             .order_by(Grant.expires_at, Grant.id)
             .limit(BATCH)
         )
-        for gid, rid, created, expires in rows:
-            if expires - created <= ahead:
-                continue  # sent inside the window: the link email itself is recent
-            out.append(Candidate(gid, rid, purpose, created, expires))
+        out.extend(Candidate(gid, rid, purpose, c, e) for gid, rid, c, e in rows)
     return out
+
+
+def _lived_longer_than(s: Session, ahead: timedelta) -> ColumnElement[bool]:
+    """``expires_at - created_at > ahead``: the link was sent before its reminder window
+    opened (one sent inside it is recent news, not reminded). SQLite keeps datetimes as
+    text, so it compares whole epoch seconds (at most a second off at the boundary);
+    PostgreSQL subtracts timestamps into an interval."""
+    if s.get_bind().dialect.name == "sqlite":
+        created = cast(func.strftime("%s", Grant.created_at), Integer)
+        expires = cast(func.strftime("%s", Grant.expires_at), Integer)
+        return expires - created > int(ahead.total_seconds())
+    return Grant.expires_at - Grant.created_at > literal(ahead, Interval())
 
 
 def remind(s: Session, outbox: Outbox, candidate: Candidate, now: datetime) -> bool:

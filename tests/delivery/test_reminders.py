@@ -12,6 +12,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select, update
 
 from delivery.reminders import KIND, due, remind, send_reminders
@@ -294,3 +295,57 @@ def test_opened_without_a_download_is_still_reminded(rig: Rig) -> None:
     [mail] = [m for m in rig.emails() if "Reminder" in str(m["Subject"])]
     body = mail.get_body(("plain",))
     assert body is not None and "nothing has been downloaded" in body.get_content()
+
+
+@pytest.mark.parametrize(
+    ("batch", "recent", "due_links"),
+    [(2, 3, 1), (3, 3, 2), (1, 5, 1), (4, 0, 2)],
+    ids=["more-recent-than-batch", "batch-of-recent", "batch-of-one", "none-recent"],
+)
+def test_links_sent_inside_the_window_never_fill_the_batch(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, batch: int, recent: int, due_links: int
+) -> None:
+    """A link made inside its reminder window is skipped by the query itself: however
+    many such links expire first, the batch still reaches the ones due."""
+    monkeypatch.setattr("delivery.reminders.BATCH", batch)
+    due_ones = [rig.patient() for _ in range(due_links)]
+    _to_window(rig, due_ones[0])
+    now = rig.clock()
+    short = [rig.patient() for _ in range(recent)]
+    with rig.db.sessions() as s, s.begin():
+        for p in short:  # made a day ago for two days: it expires before the due ones
+            s.execute(
+                update(Grant)
+                .where(Grant.id == p.grant_id)
+                .values(created_at=now - timedelta(days=1), expires_at=now + timedelta(days=1))
+            )
+    with rig.db.sessions() as s:
+        seen = [c.grant_id for c in due(s, SETTINGS, now)]
+    assert seen == [p.grant_id for p in due_ones][:batch]
+    assert send_reminders(rig.db.sessions, rig.ctx.outbox, SETTINGS, rig.clock) == min(
+        batch, due_links
+    )
+
+
+@pytest.mark.parametrize(
+    ("lived", "reminded"),
+    [
+        (timedelta(days=3), False),  # exactly the window: sent inside it
+        (timedelta(days=3, seconds=-1), False),
+        (timedelta(days=3, seconds=2), True),
+        (timedelta(days=30), True),
+    ],
+    ids=["exactly-the-window", "a-second-less", "two-seconds-more", "a-month"],
+)
+def test_the_window_boundary_in_sql(rig: Rig, lived: timedelta, reminded: bool) -> None:
+    p = rig.patient()
+    now = rig.clock()
+    expires = now + timedelta(days=1, microseconds=250_000)
+    with rig.db.sessions() as s, s.begin():
+        s.execute(
+            update(Grant)
+            .where(Grant.id == p.grant_id)
+            .values(created_at=expires - lived, expires_at=expires)
+        )
+    with rig.db.sessions() as s:
+        assert [c.grant_id for c in due(s, SETTINGS, now)] == ([p.grant_id] if reminded else [])
