@@ -10,8 +10,9 @@
   uncompressed frames as ``application/octet-stream`` (Explicit VR Little Endian bytes),
   compressed ones in their own encoding (``image/jpeg``, ``image/jls``, ``image/jp2``,
   ``image/jphc``, ``image/dicom-rle``) with the ``transfer-syntax`` parameter. Only the
-  asked frames are read from the file, never the whole pixel data (but for the rare
-  Deflated and Big Endian files, read whole).
+  asked frames are read from the file, found by its offset tables or fragment headers
+  (:mod:`portal.dicomweb_frames`), never the whole pixel data (but for the rare Deflated
+  and Big Endian files, read whole).
 - ``…/instances/{sop}/rendered`` and ``…/frames/{n}/rendered``: a JPEG (or PNG when
   only ``image/png`` is accepted) drawn by :mod:`imaging` in its limited child process
   (``delivery.preview_*`` limits), at most ``viewport`` (``w,h``) or 1024 pixels on its
@@ -28,26 +29,18 @@ import logging
 import re
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pydicom
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.encaps import get_frame
-from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-)
+from pydicom.dataelem import DataElement
 from starlette.concurrency import run_in_threadpool
 
 from imaging import ImagingError, RenderLimits, RenderTimeout, render_frame
 from portal.context import PortalContext
+from portal.dicomweb_frames import FrameSource, NoFrame, frame_source
 from portal.dicomweb_qido import DICOM_JSON
 from portal.dicomweb_scope import (
     CORS_HEADERS,
@@ -67,28 +60,6 @@ CHUNK = 1024 * 1024
 _BULK_THRESHOLD = 64 * 1024
 _MAX_FRAMES = 1000
 _FRAMES = re.compile(r"^[1-9][0-9]{0,8}(,[1-9][0-9]{0,8})*$")
-_PIXEL_DATA = 0x7FE00010
-
-# The media type of a compressed frame, by transfer syntax (PS3.18 Table 8.7.3-2).
-_FRAME_TYPES = {
-    "1.2.840.10008.1.2.4.50": "image/jpeg",
-    "1.2.840.10008.1.2.4.51": "image/jpeg",
-    "1.2.840.10008.1.2.4.57": "image/jpeg",
-    "1.2.840.10008.1.2.4.70": "image/jpeg",
-    "1.2.840.10008.1.2.4.80": "image/jls",
-    "1.2.840.10008.1.2.4.81": "image/jls",
-    "1.2.840.10008.1.2.4.90": "image/jp2",
-    "1.2.840.10008.1.2.4.91": "image/jp2",
-    "1.2.840.10008.1.2.4.201": "image/jphc",
-    "1.2.840.10008.1.2.4.202": "image/jphc",
-    "1.2.840.10008.1.2.4.203": "image/jphc",
-    "1.2.840.10008.1.2.5": "image/dicom-rle",
-}
-
-
-class _Missing(Exception):
-    """No such frame, or no pixel data: 404."""
-
 
 # -- who and what ----------------------------------------------------------------------
 
@@ -229,62 +200,6 @@ async def instance_metadata(request: Request, study: str, series: str, sop: str)
 # -- frames ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FrameSource:
-    """Where an instance's frames are in its file, read from its header alone: frames
-    are then read one at a time (:meth:`read`), never the whole pixel data (but for the
-    rare Deflated and Big Endian files, whose pixel data is kept in ``whole``)."""
-
-    path: Path
-    media: str  # of each frame as sent
-    transfer_syntax: str  # of each frame as sent
-    count: int  # frames in the instance
-    encapsulated: bool
-    tell: int  # where the pixel data's value starts in the file
-    size: int  # bytes per frame (uncompressed)
-    whole: bytes | None = None
-
-    def read(self, fh: BinaryIO, number: int) -> bytes:
-        """Frame ``number`` (1-based) from ``fh``, the open file; raises :class:`_Missing`."""
-        if self.encapsulated:
-            if self.whole is not None:
-                return get_frame(self.whole, number - 1, number_of_frames=self.count)
-            fh.seek(self.tell)
-            return get_frame(fh, number - 1, number_of_frames=self.count)
-        if self.whole is not None:
-            data = self.whole[(number - 1) * self.size : number * self.size]
-        else:
-            fh.seek(self.tell + (number - 1) * self.size)
-            data = fh.read(self.size)
-        if len(data) != self.size:
-            raise _Missing("the pixel data is shorter than declared")
-        return data
-
-
-def frame_source(path: Path) -> FrameSource:
-    """The frames of the instance at ``path`` as stored; raises :class:`_Missing` when
-    it has no pixel data."""
-    with open(path, "rb") as fh:
-        ds = pydicom.dcmread(fh, defer_size=1024)
-    ts = UID(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
-    raw = ds.get_item(_PIXEL_DATA, keep_deferred=True)
-    if raw is None or "Rows" not in ds:
-        raise _Missing("the instance has no pixel data")
-    count = int(ds.get("NumberOfFrames", 1) or 1)
-    deferred = isinstance(raw, RawDataElement) and raw.value is None
-    tell = raw.value_tell if isinstance(raw, RawDataElement) else 0
-    if ts.is_encapsulated:
-        media = _FRAME_TYPES.get(ts, "application/octet-stream")
-        whole = None if deferred else bytes(raw.value)
-        return FrameSource(path, media, ts, count, True, tell, 0, whole)
-    size = get_expected_length(ds, unit="bytes") // count
-    whole = None
-    if ts in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian) or not deferred:
-        whole = bytes(pydicom.dcmread(path).PixelData)  # rare: inflated or swapped
-    native = ExplicitVRBigEndian if ts == ExplicitVRBigEndian else ExplicitVRLittleEndian
-    return FrameSource(path, "application/octet-stream", native, count, False, tell, size, whole)
-
-
 def _frame_parts(source: FrameSource, numbers: list[int], boundary: str) -> Iterator[bytes]:
     """One chunk per frame (its part header, the frame, the CRLF), then the closing
     delimiter; the file is opened once."""
@@ -292,7 +207,7 @@ def _frame_parts(source: FrameSource, numbers: list[int], boundary: str) -> Iter
         f"--{boundary}\r\nContent-Type: {source.media}; "
         f"transfer-syntax={source.transfer_syntax}\r\n\r\n"
     ).encode()
-    with open(source.path, "rb") as fh:
+    with open(source.path, "rb", buffering=0) as fh:  # every read is one frame's bytes
         for number in numbers:
             yield b"".join((head, source.read(fh, number), b"\r\n"))
     yield f"--{boundary}--\r\n".encode()
@@ -316,7 +231,7 @@ async def frames(request: Request, study: str, series: str, sop: str, frames: st
         source, parts, first = await run_in_threadpool(
             _first_frame, _path(ctx, found[0]), numbers, boundary
         )
-    except _Missing:
+    except NoFrame:
         return refusal(404, "no such frame")
     except Exception as exc:  # a corrupt file: nothing to send
         log.warning("DICOMweb: frames could not be read (%s)", type(exc).__name__)
@@ -333,7 +248,7 @@ def _first_frame(
 ) -> tuple[FrameSource, Iterator[bytes], bytes]:
     source = frame_source(path)
     if any(n > source.count for n in numbers):
-        raise _Missing("no such frame")
+        raise NoFrame("no such frame")
     parts = _frame_parts(source, numbers, boundary)
     return source, parts, next(parts)
 

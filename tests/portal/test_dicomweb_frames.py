@@ -1,30 +1,42 @@
 """WADO-RS frames as stored: every transfer syntax the tests generate, and multi-frame
 objects native and compressed, read one frame at a time from the file (the frame
-bytes equal what pydicom finds in the whole pixel data)."""
+bytes equal what pydicom finds in the whole pixel data), in every encapsulated layout
+(Basic Offset Table, none with one or several fragments per frame, Extended Offset
+Table), reading the header and that frame only, never the whole pixel data."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames, get_frame
 from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
     RLELossless,
     UltrasoundMultiFrameImageStorage,
     generate_uid,
 )
 
-from portal.dicomweb_wado import _FRAME_TYPES, FrameSource, _Missing, frame_source
+from portal import dicomweb_frames
+from portal.dicomweb_frames import (
+    FRAME_TYPES,
+    FrameSource,
+    FramesUnreadable,
+    NoFrame,
+    frame_source,
+)
 from tests import synthetic
 
 
 def _frames(source: FrameSource, numbers: list[int]) -> list[bytes]:
-    with open(source.path, "rb") as fh:
+    with open(source.path, "rb", buffering=0) as fh:  # as the route reads them
         return [source.read(fh, n) for n in numbers]
 
 
@@ -49,7 +61,7 @@ def test_every_generated_transfer_syntax(syntaxes: dict[str, list[Path]], ts: st
     assert _frames(source, [1]) == _expected(path, 1)
     if pydicom.uid.UID(ts).is_encapsulated:
         assert source.encapsulated and source.transfer_syntax == ts
-        assert source.media == _FRAME_TYPES.get(ts, "application/octet-stream")
+        assert source.media == FRAME_TYPES.get(ts, "application/octet-stream")
     else:
         assert source.media == "application/octet-stream"
         big = ts == ExplicitVRBigEndian
@@ -93,11 +105,114 @@ def test_no_pixel_data_and_short_pixel_data(tmp_path: Path) -> None:
     ds = pydicom.dcmread(path)
     del ds.PixelData
     ds.save_as(tmp_path / "none.dcm")
-    with pytest.raises(_Missing):
+    with pytest.raises(NoFrame):
         frame_source(tmp_path / "none.dcm")
     ds = pydicom.dcmread(path)
     ds.NumberOfFrames = 4  # declares more than it holds
     ds.save_as(tmp_path / "short.dcm")
     source = frame_source(tmp_path / "short.dcm")
-    with pytest.raises(_Missing):
+    with pytest.raises(NoFrame):
         _frames(source, [4])
+
+
+# -- encapsulated layouts, and what one frame costs to read ----------------------------
+
+COUNT = 60
+
+
+class _Counting(io.FileIO):
+    """A file that counts the bytes read from it (every open of the test's file)."""
+
+    total = 0
+
+    def readinto(self, buffer: Any) -> int | None:
+        n = super().readinto(buffer)
+        _Counting.total += n or 0
+        return n
+
+    def read(self, size: int = -1) -> bytes:  # FileIO's own read does not call readinto
+        data = super().read(size)
+        _Counting.total += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        data = super().readall()
+        _Counting.total += len(data)
+        return data
+
+
+def _counting_open(path: Any, mode: str = "r", buffering: int = -1, **kw: Any) -> Any:
+    raw = _Counting(path, "rb")
+    return raw if buffering == 0 else io.BufferedReader(raw)
+
+
+def _jpeg_like(rng: np.random.Generator, n: int) -> bytes:
+    """A frame shaped like a JPEG stream (SOI ... EOI, no 0xFF inside): never decoded."""
+    return b"\xff\xd8" + rng.integers(0, 255, size=n, dtype=np.uint8).tobytes() + b"\xff\xd9"
+
+
+def _encapsulated(path: Path, layout: str) -> Path:
+    rng = np.random.default_rng(11)
+    frames = [_jpeg_like(rng, 4000 + 7 * k) for k in range(COUNT)]
+    ds = pydicom.dcmread(_multiframe(path, COUNT, ExplicitVRLittleEndian))
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    if layout == "extended":
+        data, offsets, lengths = encapsulate_extended(frames)
+        ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = offsets, lengths
+    else:
+        bot = layout.startswith("bot")
+        per_frame = 3 if layout.endswith("3") else 1
+        data = encapsulate(frames, fragments_per_frame=per_frame, has_bot=bot)
+    ds.PixelData = data
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _expected_encapsulated(path: Path) -> list[bytes]:
+    ds = pydicom.dcmread(path)
+    if "ExtendedOffsetTable" in ds:
+        eot = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+        return [get_frame(ds.PixelData, k, extended_offsets=eot) for k in range(COUNT)]
+    return list(generate_frames(ds.PixelData, number_of_frames=COUNT))
+
+
+@pytest.mark.parametrize("layout", ["bot", "bot-3", "no-bot", "no-bot-3", "extended"])
+def test_encapsulated_frames_read_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    path = _encapsulated(tmp_path / "cine.dcm", layout)
+    expected = _expected_encapsulated(path)
+    assert len(expected) == COUNT
+    with open(path, "rb") as fh:
+        header = len(fh.read()) - len(pydicom.dcmread(path).PixelData)
+    monkeypatch.setattr(dicomweb_frames, "open", _counting_open, raising=False)
+    for number in range(1, COUNT + 1):  # every frame, the same bytes as the whole read
+        _Counting.total = 0
+        source = frame_source(path)
+        with _counting_open(path, "rb", buffering=0) as fh:
+            got = source.read(fh, number)
+        assert got == expected[number - 1], number
+        # The header, one read-ahead buffer, the tables and item headers, the frame:
+        # never the pixel data (COUNT frames of about 4 KB).
+        budget = header + len(got) + 2 * io.DEFAULT_BUFFER_SIZE + 24 * 3 * COUNT
+        assert _Counting.total <= budget, (number, _Counting.total, budget)
+    source = frame_source(path)
+    assert _frames(source, [COUNT, 1, 30]) == [expected[-1], expected[0], expected[29]]
+    with pytest.raises(NoFrame):
+        _frames(source, [COUNT + 1])
+
+
+def test_lying_offsets_are_refused(tmp_path: Path) -> None:
+    path = _encapsulated(tmp_path / "cine.dcm", "bot")
+    data = bytearray(path.read_bytes())
+    ds = pydicom.dcmread(path)
+    # The second Basic Offset Table entry points far past the end of the file.
+    table = data.index(b"\xfe\xff\x00\xe0")  # the first item: the table itself
+    data[table + 12 : table + 16] = (1 << 31).to_bytes(4, "little")
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(bytes(data))
+    assert ds.NumberOfFrames == COUNT
+    with pytest.raises(FramesUnreadable):
+        _frames(frame_source(bad), [2])
