@@ -9,6 +9,8 @@
 - :class:`PynetdicomScp`: a small pynetdicom SCP in this process, for the answers no real
   peer gives on demand (a failure status for one instance, 0xA801, a refused association,
   a storage commitment report on a new association).
+- :func:`park_reactor`: hold a pynetdicom requestor's reactor still before a request, so a
+  peer that answers within a millisecond cannot lose its answer to the reactor.
 
 Debian builds of dcmtk and Orthanc leave Nagle's algorithm on unless the environment has
 ``TCP_NODELAY=1``; every C-STORE then stalls about 40 ms on the delayed ACK. Every process
@@ -34,7 +36,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "have_dcmtk",
     "have_orthanc",
     "nodelay_env",
+    "park_reactor",
     "require_peer",
     "storescu",
     "wait_for_echo",
@@ -265,12 +267,7 @@ class DcmtkStorescp:
             raise RuntimeError(f"storescp did not start: {_tail(self.log_path)}")
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self.process is not None:
             _stop(self.process)
         if self._tmp is not None:
@@ -403,12 +400,7 @@ class Orthanc:
                 time.sleep(0.1)
         raise RuntimeError(f"Orthanc did not answer /system: {_tail(self.log_path)}")
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self.process is not None:
             _stop(self.process, grace=20.0)
         if not self._keep:
@@ -494,7 +486,8 @@ class PynetdicomScp:
     It accepts ``contexts`` (an abstract syntax with pynetdicom's default transfer
     syntaxes, or ``(abstract syntax, scu_role, scp_role)`` for role selection), plus every
     storage SOP class with ``storage=True``, and binds ``handlers``. With
-    ``require_called_ae`` it refuses associations addressed to another AE title.
+    ``require_called_ae`` it refuses associations addressed to another AE title; with
+    ``require_calling_ae`` (AE titles) it refuses every other calling AE (a picky PACS).
 
     With ``storage=True`` it answers C-STOREs: ``per_association`` lists the UIDs per
     association (one list per accepted association, also without ``storage``), a UID in
@@ -518,6 +511,7 @@ class PynetdicomScp:
         storage: bool = False,
         handlers: Sequence[Handler] = (),
         require_called_ae: bool = False,
+        require_calling_ae: Sequence[str] = (),
         keep_datasets: bool = True,
     ) -> None:
         self.ae_title = ae_title
@@ -527,6 +521,7 @@ class PynetdicomScp:
         self._keep = storage and keep_datasets
         self._handlers = list(handlers)
         self.require_called_ae = require_called_ae
+        self.require_calling_ae = list(require_calling_ae)
         self.fail_once: set[str] = set()
         self.before_store: Callable[[str], None] | None = None
         self.received: dict[str, bytes] = {}
@@ -567,6 +562,7 @@ class PynetdicomScp:
                 uid, scu_role, scp_role = context
                 ae.add_supported_context(uid, scu_role=scu_role, scp_role=scp_role)
         ae.require_called_aet = self.require_called_ae
+        ae.require_calling_aet = self.require_calling_ae
         handlers: list[Any] = [(evt.EVT_ACCEPTED, self._accepted), *self._handlers]
         if self._storage:
             handlers.append((evt.EVT_C_STORE, self._store))
@@ -582,12 +578,7 @@ class PynetdicomScp:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         from pynetdicom import _config
 
         if self._server is not None:
@@ -596,3 +587,30 @@ class PynetdicomScp:
             self._server = None
         if self._keep:
             _config.STORE_RECV_CHUNKED_DATASET = self._chunked
+
+
+def park_reactor(assoc: Any, timeout: float = 1.0) -> None:
+    """Hold a pynetdicom requestor's reactor at its checkpoint before one request is sent.
+
+    Call it right before ``assoc.send_c_store`` (or ``send_n_action``, ...). pynetdicom's
+    ``send_*`` pauses the reactor by clearing a checkpoint and waiting for its
+    ``_is_paused`` flag, which is still True for a moment after the reactor passed the
+    checkpoint: if the response comes back within that moment (Courier answers in well
+    under a millisecond; the reactor may be waiting for the GIL on a loaded machine), the
+    reactor takes it and ``send_*`` returns an empty answer. Here we clear the checkpoint
+    and wait until the reactor thread really waits on it; ``send_*`` sets it again when
+    done. Bounded by ``timeout`` seconds, and returns early when the association ends
+    (the request then fails as it would have).
+
+    Courier's own sender has its own, stricter wait (``scp/storesend.py``); this one
+    serves the tests' pynetdicom SCUs.
+    """
+    checkpoint = assoc._reactor_checkpoint
+    checkpoint.clear()
+    deadline = time.monotonic() + timeout
+    while (
+        assoc.is_established
+        and time.monotonic() < deadline
+        and not (assoc._is_paused and checkpoint._cond._waiters)  # the reactor waits on it
+    ):
+        time.sleep(0.0002)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from pydicom.filewriter import dcmwrite
 from pynetdicom import AE, _config
+
+from tests import peers
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -65,7 +64,7 @@ def send(
             if not assoc.is_established:
                 statuses.append(None)
                 continue
-            _park_reactor(assoc)
+            peers.park_reactor(assoc)
             try:
                 rsp = assoc.send_c_store(f)
             except RuntimeError:  # the association ended while the reactor was parked
@@ -82,29 +81,6 @@ def send(
     return statuses
 
 
-def _park_reactor(assoc: Any) -> None:
-    """Let pynetdicom's requestor reactor reach its pause before a request is sent.
-
-    ``send_c_store`` pauses the reactor by clearing a checkpoint and waiting for its
-    ``_is_paused`` flag, which is still True for a moment after the reactor passed the
-    checkpoint: if the response comes back within that moment (Courier answers in well
-    under a millisecond; the reactor may be waiting for the GIL on a loaded machine),
-    the reactor takes it and ``send_c_store`` returns None. Here we wait until the
-    reactor thread really waits on the cleared checkpoint (bounded: 1 s).
-    """
-    checkpoint = assoc._reactor_checkpoint
-    checkpoint.clear()
-    deadline = time.monotonic() + 1
-    while (
-        assoc.is_established
-        and time.monotonic() < deadline
-        and not (
-            assoc._is_paused and checkpoint._cond._waiters  # the reactor waits on it
-        )
-    ):
-        time.sleep(0.0002)
-
-
 def storescu(
     port: int,
     files: Sequence[Path] | Path,
@@ -113,12 +89,9 @@ def storescu(
     called: str = "COURIER",
     timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
-    """dcmtk's storescu. TCP_NODELAY=1: Debian's dcmtk keeps Nagle on otherwise."""
-    paths = [files] if isinstance(files, Path) else list(files)
-    env = {**os.environ, "TCP_NODELAY": "1"}
-    cmd = ["storescu", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port)]
-    cmd += [str(p) for p in paths]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    """dcmtk's storescu to Courier on loopback: :func:`tests.peers.storescu` (which sets
+    TCP_NODELAY=1, as Debian's dcmtk keeps Nagle on otherwise), with ``extra`` options."""
+    return peers.storescu("127.0.0.1", port, files, calling, called, extra, timeout=timeout)
 
 
 def rewrite(src: Path, out: Path, **changes: object) -> Path:

@@ -16,14 +16,13 @@ from typing import Any
 
 import pytest
 import trustme
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node import doctor
 from node.cli import main
 from node.config import load_config
 from tests.conftest import free_port, have_orthanc, need, start_node, wait_for_port, write_config
-from tests.peers import Orthanc
+from tests.peers import Orthanc, PynetdicomScp
 from tests.smtp_server import SmtpServer
 from tests.twilio_server import TwilioServer
 
@@ -366,13 +365,8 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
 @pytest.fixture(scope="module")
 def picky_pacs() -> Iterator[int]:
     """A Verification SCP that only accepts the calling AE SOMEONE."""
-    ae = AE(ae_title="PICKY")
-    ae.add_supported_context(Verification)
-    ae.require_calling_aet = ["SOMEONE"]
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False)
-    yield port
-    server.shutdown()
+    with PynetdicomScp("PICKY", contexts=[Verification], require_calling_ae=["SOMEONE"]) as p:
+        yield p.port
 
 
 def _pacs(ae_title: str, port: int) -> str:

@@ -5,7 +5,8 @@ the SCP role) or on a new association to its own SCP (listed with its port)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from store.content import ContentStore
 from store.models import Instance, StudyEvent
 from tests import synthetic
 from tests.conftest import Database, free_port
+from tests.peers import PynetdicomScp, park_reactor
 from tests.scu import close_socket, send
 
 SCU_AE = "CMTSCU"
@@ -103,7 +105,7 @@ def _refs(files: list[Path]) -> list[tuple[str, str]]:
 
 def ask_commitment(
     port: int,
-    refs: list[tuple[str, str]],
+    refs: Sequence[tuple[str, str]],
     reports: Reports,
     *,
     take_scp_role: bool,
@@ -136,6 +138,7 @@ def ask_commitment(
             item.ReferencedSOPInstanceUID = sop_instance
             items.append(item)
         info.ReferencedSOPSequence = items
+        park_reactor(assoc)  # Courier answers within a millisecond
         status, _reply = assoc.send_n_action(
             info, action_type, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
         )
@@ -156,20 +159,39 @@ def _events(db: Database) -> list[str]:
         ]
 
 
+def store_and_ask(port: int, files: list[Path], reports: Reports, *, take_scp_role: bool) -> str:
+    """C-STORE ``files`` to the SCP on ``port``, then ask commitment for them plus one
+    instance never sent (whose SOP Instance UID is returned); both must succeed."""
+    assert send(port, files, calling=SCU_AE) == [0x0000] * len(files)
+    never_sent = (_refs(files)[0][0], generate_uid())
+    refs = [*_refs(files), never_sent]
+    assert ask_commitment(port, refs, reports, take_scp_role=take_scp_role) == 0x0000
+    return never_sent[1]
+
+
+def _events_once(db: Database, done: Callable[[list[str]], bool]) -> list[str]:
+    """The commitment events once ``done`` holds for them, or after :data:`WAIT_S`. The SCP
+    records them on its association thread after its response, with no signal to wait on,
+    so this polls."""
+    deadline = time.monotonic() + WAIT_S
+    events = _events(db)
+    while not done(events) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        events = _events(db)
+    return events
+
+
 def test_same_association_reports_committed_and_unknown(
     commit_scp: CommitScp, tmp_path: Path
 ) -> None:
     files = synthetic.make_small_instances(tmp_path / "s", n=4)
-    assert send(commit_scp.port, files, calling=SCU_AE) == [0x0000] * 4
-    never_sent = (_refs(files)[0][0], generate_uid())
     reports = Reports()
-    refs = [*_refs(files), never_sent]
-    assert ask_commitment(commit_scp.port, refs, reports, take_scp_role=True) == 0x0000
+    never_sent = store_and_ask(commit_scp.port, files, reports, take_scp_role=True)
     event_type, outcome = reports.one()
     assert event_type == 2  # failures exist
     assert outcome == {
         **{uid: None for _c, uid in _refs(files)},
-        never_sent[1]: REASON_NO_SUCH_INSTANCE,
+        never_sent: REASON_NO_SUCH_INSTANCE,
     }
     events = _events(commit_scp.db)
     assert len(events) == 1 and "4 committed, 1 not" in events[0] and SCU_AE in events[0]
@@ -227,25 +249,21 @@ def test_new_association_to_the_listed_port(db: Database, tmp_path: Path) -> Non
         allowed_calling_aes=[{"ae_title": SCU_AE, "host": "127.0.0.1", "port": listener_port}],
     )
     reports = Reports()
-    listener = AE(ae_title=SCU_AE)
-    listener.add_supported_context(STORAGE_COMMITMENT, scu_role=True, scp_role=True)
-    server = listener.start_server(
-        ("127.0.0.1", listener_port),
-        block=False,
-        evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)],
+    listener = PynetdicomScp(
+        SCU_AE,
+        listener_port,
+        contexts=[(STORAGE_COMMITMENT, True, True)],
+        handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)],
     )
     try:
-        assert send(scp.port, files, calling=SCU_AE) == [0x0000] * 3
-        never_sent = (_refs(files)[0][0], generate_uid())
-        refs = [*_refs(files), never_sent]
-        # No SCP role on the requesting association: the report must come separately.
-        assert ask_commitment(scp.port, refs, reports, take_scp_role=False) == 0x0000
-        event_type, outcome = reports.one()
+        with listener:
+            # No SCP role on the requesting association: the report must come separately.
+            never_sent = store_and_ask(scp.port, files, reports, take_scp_role=False)
+            event_type, outcome = reports.one()
         assert event_type == 2
         assert sum(v is None for v in outcome.values()) == 3
-        assert outcome[never_sent[1]] == REASON_NO_SUCH_INSTANCE
+        assert outcome[never_sent] == REASON_NO_SUCH_INSTANCE
     finally:
-        server.shutdown()
         scp.server.shutdown()
         scp.server.server_close()
 
@@ -257,11 +275,7 @@ def test_no_port_listed_records_an_undelivered_report(
     assert send(commit_scp.port, files, calling=SCU_AE) == [0x0000] * 2
     reports = Reports()
     assert ask_commitment(commit_scp.port, _refs(files), reports, take_scp_role=False) == 0
-    for _ in range(100):  # recorded on the SCP's association thread, after the response
-        if len(_events(commit_scp.db)) == 2:
-            break
-        threading.Event().wait(0.05)
-    events = _events(commit_scp.db)
+    events = _events_once(commit_scp.db, lambda events: len(events) == 2)
     assert "2 committed, 0 not" in events[0]
     assert "not delivered" in events[1] and "allowed_calling_aes" in events[1]
     assert reports.got == []
@@ -280,11 +294,9 @@ def test_unreachable_peer_is_retried_then_recorded(db: Database, tmp_path: Path)
         assert send(scp.port, files, calling=SCU_AE) == [0x0000]
         reports = Reports()
         assert ask_commitment(scp.port, _refs(files), reports, take_scp_role=False) == 0
-        for _ in range(300):  # 3 attempts, 0.1 s then 0.2 s apart
-            if any("not delivered" in e for e in _events(db)):
-                break
-            threading.Event().wait(0.1)
-        assert any("not delivered" in e and SCU_AE in e for e in _events(db))
+        # 3 attempts, 0.1 s then 0.2 s apart, each refused at once
+        events = _events_once(db, lambda events: any("not delivered" in e for e in events))
+        assert any("not delivered" in e and SCU_AE in e for e in events)
     finally:
         scp.server.shutdown()
         scp.server.server_close()
@@ -313,11 +325,8 @@ def test_bad_requests_are_refused(
 def test_courier_serve_answers_commitment(node_factory: Any, tmp_path: Path) -> None:
     node = node_factory()
     files = synthetic.make_small_instances(tmp_path / "node", n=3)
-    assert send(node.port, files, calling=SCU_AE) == [0x0000] * 3
-    never_sent = (_refs(files)[0][0], generate_uid())
     reports = Reports()
-    refs = [*_refs(files), never_sent]
-    assert ask_commitment(node.port, refs, reports, take_scp_role=True) == 0x0000
+    never_sent = store_and_ask(node.port, files, reports, take_scp_role=True)
     event_type, outcome = reports.one()
-    assert event_type == 2 and outcome[never_sent[1]] == REASON_NO_SUCH_INSTANCE
+    assert event_type == 2 and outcome[never_sent] == REASON_NO_SUCH_INSTANCE
     assert sum(v is None for v in outcome.values()) == 3
