@@ -155,8 +155,9 @@ def add_request_parsers(
         "--held",
         nargs="?",
         const="held",
-        choices=("held", "embargo", "report", "staff"),
-        help="only those a release hold keeps back now (any hold; or embargo, report, staff)",
+        choices=("held", "embargo", "report", "max_wait_passed", "staff"),
+        help="only those a release hold keeps back now (any hold; or one kind: embargo, "
+        "report, max_wait_passed: the report did not come in time, staff: held by staff)",
     )
     ls.add_argument("--limit", type=int, default=100)
 

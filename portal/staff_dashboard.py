@@ -2,9 +2,11 @@
 
 Read-only; plain dataclasses out, so templates never touch a session. The dashboard
 lists what needs attention now (overdue, failed, stuck in packaging, locked links,
-staff alerts held or failed, the CD burn queue, requests the release policy held for
-staff to decide) and how many requests are in each state, and which the release policy
-holds (embargoed until, waiting for the report, held by staff until: :mod:`release.embargo`).
+staff alerts held or failed, the CD burn queue, requests only staff can let go: the
+report did not come by max_wait, or held by staff until released) and how many requests
+are in each state, and which the release policy holds (embargoed until, waiting for the
+report, held by staff until: :mod:`release.embargo`). Times are the site's local time
+(``delivery.timezone``) with the zone's abbreviation, as the hold's own words are.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from delivery.discs import WHY_TEXT
 from delivery.outbox import stale_links
 from portal.staff_choices import LIVE
-from release.embargo import describe
-from release.holds import EMBARGO, HOLDABLE, REPORT, STAFF, held_now
+from release.embargo import describe, local_time, policy_reasons
+from release.holds import EMBARGO, HOLDABLE, MAX_WAIT, REPORT, STAFF, held_now, needs_staff
 from store.models import (
     DiscJob,
     Grant,
@@ -55,9 +57,10 @@ class RequestLine:
 
 @dataclass(frozen=True)
 class HeldLine:
-    """A request a hold keeps back: which kind (``embargo``, ``report``, ``staff``),
-    until when (None: until staff release it), since when it was held or last checked,
-    and the request page's words for it (local time)."""
+    """A request a hold keeps back: which kind (``embargo``, ``report``,
+    ``max_wait_passed``, ``staff``), until when (None: until staff release it), since
+    when it was held or last checked (and that time as staff read it: local, with the
+    zone's abbreviation), and the request page's words for it (local time)."""
 
     reference: str
     state: str
@@ -65,6 +68,7 @@ class HeldLine:
     until: datetime | None
     since: datetime | None
     text: str
+    since_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,16 +113,23 @@ class Dashboard:
     queued_links: list[RequestLine] = field(default_factory=list)
     # The release policy's holds: "needs you" (max_wait passed and the policy holds for
     # staff, or staff held it until released) and the rest, which end by themselves.
+    # Each at most LIST_LIMIT long; held_counts says how many there are.
     for_staff: list[HeldLine] = field(default_factory=list)
     embargoed: list[HeldLine] = field(default_factory=list)
     report_wait: list[HeldLine] = field(default_factory=list)
     staff_until: list[HeldLine] = field(default_factory=list)
-    # How many of each (not capped at LIST_LIMIT): for_staff, embargo, report, staff_until.
+    # How many of each (not capped at LIST_LIMIT): max_wait_passed, staff_open (held by
+    # staff until released), embargo, report, staff_until.
     held_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def held(self) -> int:
         return sum(self.held_counts.values())
+
+    @property
+    def for_staff_count(self) -> int:
+        """How many only a staff member can let go (``for_staff``, not capped)."""
+        return self.held_counts.get(MAX_WAIT, 0) + self.held_counts.get("staff_open", 0)
 
     @property
     def quiet(self) -> bool:
@@ -151,43 +162,63 @@ def line(req: ReleaseRequest, selected: int = 0, hold: str | None = None) -> Req
 
 
 def _held(s: Session, now: datetime, zone: tzinfo, board: Dashboard) -> None:
-    """Fill ``board``'s held lists and counts: requests a hold keeps back at ``now``."""
-    since = func.coalesce(ReleaseRequest.hold_checked_at, ReleaseRequest.updated_at)
-    counts = {"for_staff": 0, EMBARGO: 0, REPORT: 0, "staff_until": 0}
+    """Fill ``board``'s held lists and counts: requests a hold keeps back at ``now``.
+
+    Each list is sorted and cut in SQL (at most :data:`LIST_LIMIT`), so the longest held
+    and the soonest to end are never the ones left out; the counts are not capped."""
+    counts = {MAX_WAIT: 0, "staff_open": 0, EMBARGO: 0, REPORT: 0, "staff_until": 0}
     for kind, open_ended, n in s.execute(
         select(ReleaseRequest.hold_kind, ReleaseRequest.hold_until.is_(None), func.count())
         .where(held_now(now))
         .group_by(ReleaseRequest.hold_kind, ReleaseRequest.hold_until.is_(None))
     ):
         if kind == STAFF:
-            counts["for_staff" if open_ended else "staff_until"] += int(n)
+            counts["staff_open" if open_ended else "staff_until"] += int(n)
         elif kind in counts:
             counts[kind] += int(n)
     board.held_counts = counts
-    rows = s.execute(
-        select(ReleaseRequest, since)
-        .where(held_now(now))
-        .order_by(since, ReleaseRequest.id)
-        .limit(4 * LIST_LIMIT)
+    since = func.coalesce(ReleaseRequest.hold_checked_at, ReleaseRequest.updated_at)
+    ends = ReleaseRequest.hold_until.asc().nulls_first()
+    lists = (
+        # Only staff end these: longest held first.
+        (board.for_staff, needs_staff(), (since, ReleaseRequest.id)),
+        # These end by themselves: soonest to end first.
+        (board.embargoed, ReleaseRequest.hold_kind == EMBARGO, (ends, ReleaseRequest.reference)),
+        (board.report_wait, ReleaseRequest.hold_kind == REPORT, (ends, ReleaseRequest.reference)),
+        (
+            board.staff_until,
+            and_(ReleaseRequest.hold_kind == STAFF, ReleaseRequest.hold_until.is_not(None)),
+            (ends, ReleaseRequest.reference),
+        ),
     )
-    for req, at in rows:
-        held = HeldLine(
-            req.reference,
-            str(req.state),
-            req.hold_kind,
-            req.hold_until,
-            at,
-            describe(req, zone, now) or req.hold_kind,
+    for into, which, order in lists:
+        rows = list(
+            s.execute(
+                select(ReleaseRequest, since)
+                .where(held_now(now), which)
+                .order_by(*order)
+                .limit(LIST_LIMIT)
+            )
         )
-        if req.hold_kind == STAFF:
-            into = board.for_staff if req.hold_until is None else board.staff_until
-        else:
-            into = board.embargoed if req.hold_kind == EMBARGO else board.report_wait
-        if len(into) < LIST_LIMIT:
-            into.append(held)
-    # Soonest to end first; those only staff can end, longest held first.
-    for ending in (board.embargoed, board.report_wait, board.staff_until):
-        ending.sort(key=lambda h: (h.until or now, h.reference))
+        # Why the policy holds it for staff: its line on the timeline names the max_wait.
+        why = policy_reasons(s, [req.id for req, _ in rows if req.hold_kind == MAX_WAIT])
+        for req, at in rows:
+            into.append(
+                HeldLine(
+                    req.reference,
+                    str(req.state),
+                    req.hold_kind,
+                    req.hold_until,
+                    at,
+                    describe(req, zone, now, why.get(req.id, "")) or req.hold_kind,
+                    local_time(_aware(at), zone) if at is not None else "",
+                )
+            )
+
+
+def _aware(at: datetime) -> datetime:
+    """``at`` with its zone (SQLite hands back naive UTC from a SQL expression)."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _in_state(s: Session, state: RequestState, *extra: Any) -> list[RequestLine]:
@@ -278,8 +309,9 @@ def request_lines(
     zone: tzinfo = UTC,
 ) -> list[RequestLine]:
     """Requests, newest first (at most :data:`LIST_LIMIT`), optionally in ``state`` and
-    held (``hold``: ``held`` any hold, or ``embargo``, ``report``, ``staff``:
-    :func:`release.holds.held_now`). Each line says its hold at ``now`` in ``zone``."""
+    held (``hold``: ``held`` any hold, or ``embargo``, ``report``, ``max_wait_passed``,
+    ``staff``: :func:`release.holds.held_now`). Each line says its hold at ``now`` in
+    ``zone``."""
     q = (
         select(ReleaseRequest)
         .order_by(ReleaseRequest.created_at.desc(), ReleaseRequest.id.desc())
@@ -290,11 +322,13 @@ def request_lines(
     if hold:
         q = q.where(held_now(now, hold))
     rows = list(s.scalars(q.limit(LIST_LIMIT)))
-    return [line(r, len(r.selections), _hold_text(r, now, zone)) for r in rows]
+    why = policy_reasons(s, [r.id for r in rows if r.hold_kind == MAX_WAIT])
+    return [line(r, len(r.selections), _hold_text(r, now, zone, why)) for r in rows]
 
 
-def _hold_text(req: ReleaseRequest, now: datetime, zone: tzinfo) -> str | None:
-    """The hold's words for a request not yet packaged (None: nothing holds it)."""
+def _hold_text(req: ReleaseRequest, now: datetime, zone: tzinfo, why: dict[int, str]) -> str | None:
+    """The hold's words for a request not yet packaged (None: nothing holds it); ``why``:
+    the policy's lines of the ``max_wait_passed`` ones (:func:`policy_reasons`)."""
     if not req.hold_kind or RequestState(req.state) not in HOLDABLE:
         return None
-    return describe(req, zone, now)
+    return describe(req, zone, now, why.get(req.id, ""))

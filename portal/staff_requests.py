@@ -48,7 +48,7 @@ from portal.staff_studies import (
     studies_on_pacs,
 )
 from portal.staff_studies_waiting import why_waiting
-from release.embargo import HOLDABLE, describe
+from release.embargo import HOLDABLE, MAX_WAIT, describe, policy_reasons
 from release.errors import InvalidRequest, RequestConflict, RequestNotFound
 from release.mismatch import mismatches
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
@@ -131,14 +131,16 @@ HOLDS = {
     "held": "held (any hold)",
     "embargo": "embargoed",
     "report": "waiting for the report",
-    "staff": "held by or for staff",
+    "max_wait_passed": "held for staff: the report did not come in time",
+    "staff": "held by staff",
 }
 
 
 @router.get("/requests", response_class=HTMLResponse)
 def list_requests(request: Request, staff: SignedIn) -> Response:
     """Requests, newest first; ``?state=`` shows one state only, ``?hold=`` only those a
-    release hold keeps back now (``held``: any; ``embargo``, ``report``, ``staff``)."""
+    release hold keeps back now (``held``: any; ``embargo``, ``report``,
+    ``max_wait_passed``, ``staff``)."""
     ctx = context_of(request)
     wanted = request.query_params.get("state", "")
     wanted_hold = request.query_params.get("hold", "")
@@ -457,6 +459,8 @@ def detail_page(
         held = mismatches(s, fresh.id)  # studies held: patient identity differs
         waiting = why_waiting(s, fresh)  # no study yet, held, incomplete, mismatch
         radiology = request_reports(s, fresh.id)  # portal.staff_request_reports
+        # Held because the report did not come by max_wait: the policy's line says why.
+        why = policy_reasons(s, [fresh.id]) if fresh.hold_kind == MAX_WAIT else {}
     done = DONE.get(request.query_params.get("done", ""), "")
     return page(
         request,
@@ -474,7 +478,7 @@ def detail_page(
         waiting=waiting,
         link=link_status(ctx.sessions, [req.id]).get(req.id),  # queued is not accepted
         # The release policy's hold (an embargo, the wait for the report): portal.staff_hold.
-        hold=describe(req, ZoneInfo(ctx.delivery.timezone), ctx.clock()),
+        hold=describe(req, ZoneInfo(ctx.delivery.timezone), ctx.clock(), why.get(req.id, "")),
         hold_actions=RequestState(req.state) in HOLDABLE,
         zone=ctx.delivery.timezone,
         radiology=radiology,

@@ -16,7 +16,12 @@ latest embargo end, a wait for the report if any asks for it, ``hold_for_staff``
     ``until: report_final``: until every attached study has a final (or corrected)
     report (:func:`final_report`, the one place reports are read), at most until
     ``hold_until`` (``max_wait``); then the images go without it (``release_images``)
-    or the request is held for staff (``hold_for_staff``, staff alerted).
+    or the request is held for staff (``hold_for_staff``, staff alerted): the next kind.
+``max_wait_passed``
+    The report did not come by ``max_wait`` and the policy says ``hold_for_staff``: no
+    end; only staff release it (or hold it on). The timeline's line from the policy says
+    why (the deadline, the rule and its ``max_wait``: :func:`policy_reasons`). Decided
+    afresh when the request becomes ready again (a new study came), like the others.
 ``staff``
     Held by staff (:meth:`ReleaseKeeper.extend`): until ``hold_until`` (then the policy
     decides again; it never ends before the policy's own hold), or until released when
@@ -42,7 +47,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, tzinfo
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from release.errors import InvalidRequest, InvalidTransition
@@ -50,6 +55,7 @@ from release.errors import InvalidRequest, InvalidTransition
 # The kinds of hold and their SQL live in release.holds (cheap to import); re-exported.
 from release.holds import EMBARGO as EMBARGO
 from release.holds import HOLDABLE as HOLDABLE
+from release.holds import MAX_WAIT as MAX_WAIT
 from release.holds import NONE as NONE
 from release.holds import REPORT as REPORT
 from release.holds import STAFF as STAFF
@@ -64,6 +70,7 @@ from store.audit import actor_of, record
 from store.catalog import guarded
 from store.models import (
     ReleaseRequest,
+    RequestEvent,
     RequestState,
     RequestStudy,
     Study,
@@ -151,44 +158,53 @@ def decide(
     if deadline is not None and not reported:
         if now < deadline:
             why = (
-                f"waiting for the final report, at most until {_when(deadline, zone)} "
+                f"waiting for the final report, at most until {local_time(deadline, zone)} "
                 f"({deadline_why}; then {outcome.replace('_', ' ')})"
             )
             if embargo_end is not None and now < embargo_end:
-                why += f"; embargoed until {_when(embargo_end, zone)} ({embargo_why})"
+                why += f"; embargoed until {local_time(embargo_end, zone)} ({embargo_why})"
             return Verdict(REPORT, deadline, why)
         if outcome == "hold_for_staff":
             return Verdict(
-                STAFF,
+                MAX_WAIT,
                 None,
-                f"the final report did not come by {_when(deadline, zone)} ({deadline_why}): "
+                f"the final report did not come by {local_time(deadline, zone)} ({deadline_why}): "
                 "held for staff to decide",
             )
-        note_ = f"the final report did not come by {_when(deadline, zone)}: images go without it"
+        note_ = (
+            f"the final report did not come by {local_time(deadline, zone)}: images go without it"
+        )
     elif deadline is not None:
         note_ = "final report received"
     if embargo_end is not None and now < embargo_end:
-        why = f"embargoed until {_when(embargo_end, zone)} ({embargo_why})"
+        why = f"embargoed until {local_time(embargo_end, zone)} ({embargo_why})"
         return Verdict(EMBARGO, embargo_end, f"{note_}; {why}" if note_ else why)
     if embargo_end is not None:
-        why = f"embargo ended {_when(embargo_end, zone)} ({embargo_why})"
+        why = f"embargo ended {local_time(embargo_end, zone)} ({embargo_why})"
         return Verdict(NONE, None, f"{note_}; {why}" if note_ else why)
     return Verdict(NONE, None, note_ or _NOTHING)
 
 
-def describe(req: ReleaseRequest, zone: tzinfo, now: datetime) -> str | None:
+def describe(req: ReleaseRequest, zone: tzinfo, now: datetime, why: str = "") -> str | None:
     """What the request page shows of the hold (None: nothing holds it):
-    "embargoed until …", "waiting for the report …", "held by staff …"."""
+    "embargoed until …", "waiting for the report …", "held for staff to decide: …",
+    "held by staff …". ``why``: the policy's own line for a ``max_wait_passed`` hold
+    (:func:`policy_reasons`), which names the deadline and the ``max_wait``."""
     if req.hold_kind == EMBARGO and req.hold_until is not None and req.hold_until > now:
-        return f"embargoed until {_when(req.hold_until, zone)}"
+        return f"embargoed until {local_time(req.hold_until, zone)}"
     if req.hold_kind == REPORT:
-        until = f" (at most until {_when(req.hold_until, zone)})" if req.hold_until else ""
+        until = f" (at most until {local_time(req.hold_until, zone)})" if req.hold_until else ""
         return f"waiting for the report{until}"
+    if req.hold_kind == MAX_WAIT:
+        return why or (
+            "the final report did not come within the release policy's max_wait: "
+            "held for staff to decide"
+        )
     if req.hold_kind == STAFF:
         if req.hold_until is None:
             return "held for staff: release it when ready"
         if req.hold_until > now:
-            return f"held by staff until {_when(req.hold_until, zone)}"
+            return f"held by staff until {local_time(req.hold_until, zone)}"
     return None
 
 
@@ -271,7 +287,7 @@ class ReleaseKeeper:
         if changed or (first and found.why != _NOTHING):
             note(s, req, ACTOR, found.why, now)
             log.info("request %s: release hold %r", req.reference, found.kind or "none")
-        if found.kind == STAFF and changed and self._on_staff_hold is not None:
+        if found.kind in (STAFF, MAX_WAIT) and changed and self._on_staff_hold is not None:
             self._on_staff_hold(s, req)
         told = first and found.kind in (EMBARGO, REPORT) and found.until is not None
         if told and req.tell_patient_when and req.recipient_email and self._on_expected:
@@ -373,7 +389,7 @@ class ReleaseKeeper:
             if kind == STAFF and shorter:
                 assert ends is not None
                 raise InvalidRequest(
-                    f"until: the release policy holds it until {_when(ends, self.zone)};"
+                    f"until: the release policy holds it until {local_time(ends, self.zone)};"
                     " a longer hold must end after that (or hold it until released)"
                 )
             was = describe(req, self.zone, now) or "no hold"
@@ -386,7 +402,9 @@ class ReleaseKeeper:
             elif until is None:
                 what = f"held by staff until released ({was} before): {reason}"
             else:
-                what = f"held by staff until {_when(until, self.zone)} ({was} before): {reason}"
+                what = (
+                    f"held by staff until {local_time(until, self.zone)} ({was} before): {reason}"
+                )
             name = actor.partition(":")[2] or actor
             note(s, req, actor, what, now)
             studies = s.scalars(
@@ -409,6 +427,26 @@ class ReleaseKeeper:
         return req
 
 
+def policy_reasons(s: Session, request_ids: Iterable[int]) -> dict[int, str]:
+    """For each of ``request_ids``, the release policy's latest line on its timeline
+    (why it holds it, as :func:`decide` said it: no patient data); absent: none."""
+    ids = sorted(set(request_ids))
+    if not ids:
+        return {}
+    latest = (
+        select(RequestEvent.request_id, func.max(RequestEvent.id).label("last"))
+        .where(RequestEvent.request_id.in_(ids), RequestEvent.actor == ACTOR)
+        .group_by(RequestEvent.request_id)
+        .subquery()
+    )
+    rows = s.execute(
+        select(RequestEvent.request_id, RequestEvent.reason).join(
+            latest, RequestEvent.id == latest.c.last
+        )
+    )
+    return {int(rid): str(reason) for rid, reason in rows}
+
+
 def _studies(s: Session, request_id: int) -> list[StudyFacts]:
     rows = s.execute(
         select(RequestStudy.rule, Study.study_uid, Study.first_received_at, Study.study_date)
@@ -429,6 +467,6 @@ def _day(text: str) -> date | None:
         return None
 
 
-def _when(at: datetime, zone: tzinfo) -> str:
+def local_time(at: datetime, zone: tzinfo) -> str:
     """``2026-03-30 10:00 BST``: the site's local time, with its zone's abbreviation."""
     return at.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")

@@ -17,6 +17,11 @@ from sqlalchemy import ColumnElement, and_, or_
 from store.models import ReleaseRequest, RequestState
 
 NONE, EMBARGO, REPORT, STAFF = "", "embargo", "report", "staff"
+#: The report did not come by ``max_wait`` and the policy says ``hold_for_staff``: held
+#: until a staff member decides (no end). Not ``staff``, which a staff member set (or a
+#: lost rule): the lists, the API and the CLI tell the two apart. Rows held so before
+#: this kind existed keep ``staff``.
+MAX_WAIT = "max_wait_passed"
 #: States in which staff may still hold or release a request (before packaging).
 HOLDABLE = (
     RequestState.PENDING,
@@ -39,14 +44,15 @@ def releasable(now: datetime) -> ColumnElement[bool]:
 
 
 #: What staff may ask the lists for: any hold, or one kind (``held_now``'s ``kind``).
-HOLD_FILTERS = ("held", EMBARGO, REPORT, STAFF)
+HOLD_FILTERS = ("held", EMBARGO, REPORT, MAX_WAIT, STAFF)
 
 
 def held_now(now: datetime, kind: str = "held") -> ColumnElement[bool]:
     """The SQL condition of a request a hold keeps back at ``now``: not yet packaged
     (:data:`HOLDABLE`), and its hold not over (:func:`releasable` false). ``kind`` narrows
-    it to one kind (``embargo``, ``report``, ``staff``); ``held``: any. What the staff
-    pages, the REST API and ``courier request list --held`` show as held."""
+    it to one kind (``embargo``, ``report``, ``max_wait_passed``, ``staff``); ``held``:
+    any. What the staff pages, the REST API and ``courier request list --held`` show as
+    held."""
     if kind not in HOLD_FILTERS:
         raise ValueError(f"hold filter {kind!r}: choose one of {', '.join(HOLD_FILTERS)}")
     found = and_(
@@ -55,6 +61,15 @@ def held_now(now: datetime, kind: str = "held") -> ColumnElement[bool]:
         ~releasable(now),
     )
     return found if kind == "held" else and_(found, ReleaseRequest.hold_kind == kind)
+
+
+def needs_staff() -> ColumnElement[bool]:
+    """The SQL condition of a hold only a staff member ends: ``max_wait_passed``, or
+    ``staff`` with no end (combine it with :func:`held_now`)."""
+    return or_(
+        ReleaseRequest.hold_kind == MAX_WAIT,
+        and_(ReleaseRequest.hold_kind == STAFF, ReleaseRequest.hold_until.is_(None)),
+    )
 
 
 def is_free(req: ReleaseRequest, now: datetime) -> bool:

@@ -29,7 +29,8 @@ def request_dict(req: ReleaseRequest) -> dict[str, Any]:
         "created_at": req.created_at,
         "updated_at": req.updated_at,
         "due_by": req.due_by,
-        # The release policy's hold (release.embargo): "" none, embargo, report, staff.
+        # The release policy's hold (release.embargo): "" none, embargo, report,
+        # max_wait_passed, staff.
         "hold": req.hold_kind,
         "hold_until": req.hold_until,
         "tell_patient_when": req.tell_patient_when,

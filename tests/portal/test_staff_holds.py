@@ -1,8 +1,9 @@
 """Staff see every request a release hold keeps back: the dashboard and the request list.
 
 Through the staff pages (FastAPI's TestClient, SQLite and PostgreSQL) on the pages'
-injected clock; the site's zone is node.yaml's default, Europe/London. A request "held
-for staff" (max_wait passed, ``hold_for_staff``) sits with what needs attention.
+injected clock; the site's zone is node.yaml's default, Europe/London. A request held
+because the report did not come by max_wait (``max_wait_passed``) and one a staff member
+held until released sit with what needs attention, each saying why.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from portal import staff_dashboard
 from portal.staff_dashboard import dashboard
-from release.embargo import EMBARGO, REPORT, STAFF
+from release.embargo import ACTOR, EMBARGO, MAX_WAIT, REPORT, STAFF
+from release.progress import note
 from release.requests import RequestBook
 from store.models import ReleaseRequest, RequestState
 from tests.conftest import Database
@@ -45,17 +48,28 @@ def held(
     *,
     state: RequestState = RequestState.READY,
     name: str = "",
+    since: datetime = START,
 ) -> str:
-    """A request in ``state`` (pending or ready) held ``kind`` until ``until``."""
+    """A request in ``state`` (pending or ready) held ``kind`` until ``until`` since
+    ``since``; a ``max_wait_passed`` one with the policy's line on its timeline."""
     ref = make_request(site)
     if state == RequestState.READY:
         RequestBook(site.db.sessions, site.clock).transition(ref, state, "rules", "x")
     with site.db.sessions() as s, s.begin():
         req = s.scalars(select(ReleaseRequest).where(ReleaseRequest.reference == ref)).one()
-        req.hold_kind, req.hold_until, req.hold_checked_at = kind, until, START
+        req.hold_kind, req.hold_until, req.hold_checked_at = kind, until, since
         if name:
             req.patient_name = name
+        if kind == MAX_WAIT:
+            note(s, req, ACTOR, WHY, since)
     return ref
+
+
+# What release.embargo.decide writes when the report did not come by max_wait.
+WHY = (
+    "the final report did not come by 2026-03-02 09:00 GMT (rule us-report: max_wait 7d "
+    "from arrival): held for staff to decide"
+)
 
 
 @pytest.fixture
@@ -66,6 +80,7 @@ def holds(site: Site) -> dict[str, str]:
         "report": held(site, REPORT, START + timedelta(days=7)),
         "staff_until": held(site, STAFF, START + timedelta(days=1), state=RequestState.PENDING),
         "for_staff": held(site, STAFF, None),
+        "max_wait": held(site, MAX_WAIT, None),
         "ended": held(site, EMBARGO, START - timedelta(minutes=1)),
         "free": make_request(site),
     }
@@ -82,9 +97,17 @@ def test_the_dashboard_counts_and_lists_each_kind_of_hold(
 ) -> None:
     with site.db.sessions() as s:
         board = dashboard(s, START)
-    assert board.held_counts == {"for_staff": 1, "embargo": 1, "report": 1, "staff_until": 1}
-    assert board.held == 4
-    assert [h.reference for h in board.for_staff] == [holds["for_staff"]]
+    assert board.held_counts == {
+        "max_wait_passed": 1,
+        "staff_open": 1,
+        "embargo": 1,
+        "report": 1,
+        "staff_until": 1,
+    }
+    assert board.held == 5 and board.for_staff_count == 2
+    assert [h.reference for h in board.for_staff] == [holds["for_staff"], holds["max_wait"]]
+    assert [h.kind for h in board.for_staff] == [STAFF, MAX_WAIT]
+    assert board.for_staff[1].text == WHY  # why, with the max_wait, from the timeline
     assert [h.reference for h in board.embargoed] == [holds["embargo"]]
     assert [h.reference for h in board.report_wait] == [holds["report"]]
     assert [h.reference for h in board.staff_until] == [holds["staff_until"]]
@@ -96,18 +119,21 @@ def test_the_dashboard_counts_and_lists_each_kind_of_hold(
     # Held for staff: with what needs attention, before the overdue/failed sections.
     needs = page.index('id="needs-decision"')
     assert needs < page.index('id="held"') and needs < page.index('id="counts"')
-    assert "Held for you to decide (1)" in page
+    assert "Held for you to decide (2)" in page
     assert f'id="held-for-staff-{holds["for_staff"]}"' in page
+    assert f'id="held-for-staff-{holds["max_wait"]}"' in page
     assert "held for staff: release it when ready" in page
+    assert f'<span class="hold hold-max_wait_passed">{WHY}</span>' in page
     assert 'id="held-count-embargo">1<' in page and 'id="held-count-report">1<' in page
-    assert 'id="held-count-staff-until">1<' in page and 'id="held-count-for-staff">1<' in page
-    assert "Held by the release policy (4)" in page
+    assert 'id="held-count-staff-until">1<' in page and 'id="held-count-max-wait">1<' in page
+    assert 'id="held-count-staff-open">1<' in page and "more:" not in page
+    assert "Held by the release policy (5)" in page
     # The local time (Europe/London), and when each was held.
     assert "embargoed until 2026-03-05 09:00 GMT" in page
     assert "waiting for the report (at most until 2026-03-09 09:00 GMT)" in page
     assert "held by staff until 2026-03-03 09:00 GMT" in page
     assert f'id="held-embargo-{holds["embargo"]}"' in page
-    assert f'<time datetime="{START.isoformat()}">' in page
+    assert f'<time datetime="{START.isoformat()}">2026-03-02 09:00 GMT</time>' in page
     for gone in ("ended", "free", "packaging"):
         assert f"held-embargo-{holds[gone]}" not in page
 
@@ -144,10 +170,12 @@ def test_the_list_shows_a_hold_badge_and_filters_by_hold(site: Site, holds: dict
         assert got.status_code == 200
         return {ref for ref in holds.values() if f'href="/staff/requests/{ref}"' in got.text}
 
-    wanted = {holds[k] for k in ("embargo", "report", "staff_until", "for_staff")}
+    assert f'id="hold-{holds["max_wait"]}">{WHY}' in page
+    wanted = {holds[k] for k in ("embargo", "report", "staff_until", "for_staff", "max_wait")}
     assert listed("hold=held") == wanted
     assert listed("hold=embargo") == {holds["embargo"]}
     assert listed("hold=report") == {holds["report"]}
+    assert listed("hold=max_wait_passed") == {holds["max_wait"]}
     assert listed("hold=staff") == {holds["staff_until"], holds["for_staff"]}
     assert listed("hold=staff&state=pending") == {holds["staff_until"]}
     assert listed("hold=held&state=ready") == wanted - {holds["staff_until"]}
@@ -185,9 +213,10 @@ def test_the_api_lists_held_requests(site: Site, holds: dict[str, str], api: Api
         return {r["reference"] for r in got.json()}
 
     assert listed("held=held") == {
-        holds[k] for k in ("embargo", "report", "staff_until", "for_staff")
+        holds[k] for k in ("embargo", "report", "staff_until", "for_staff", "max_wait")
     }
     assert listed("held=embargo") == {holds["embargo"]}
+    assert listed("held=max_wait_passed") == {holds["max_wait"]}
     assert listed("held=staff&state=ready") == {holds["for_staff"]}
     assert len(listed("")) == len(holds)
     bad = api.client.get("/api/v1/requests?held=%3Cx%3E", headers=api.auth)
@@ -198,22 +227,77 @@ def test_courier_request_list_held(
     db: Database, config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     refs = []
-    for _ in range(3):
+    for _ in range(4):
         assert courier(config, *CREATE, "--json") == 0
         refs.append(json.loads(capsys.readouterr().out)["reference"])
     far, past = datetime(2099, 1, 1, tzinfo=UTC), datetime(2000, 1, 1, tzinfo=UTC)
     with db.sessions() as s, s.begin():
-        holds = [(EMBARGO, far), (STAFF, None), (EMBARGO, past)]
+        holds = [(EMBARGO, far), (STAFF, None), (EMBARGO, past), (MAX_WAIT, None)]
         for ref, (kind, until) in zip(refs, holds, strict=True):
             req = s.scalars(select(ReleaseRequest).where(ReleaseRequest.reference == ref)).one()
             req.hold_kind, req.hold_until = kind, until
 
     assert courier(config, "request", "list", "--held", "--json") == 0
-    assert {r["reference"] for r in json.loads(capsys.readouterr().out)} == set(refs[:2])
-    assert courier(config, "request", "list", "--held", "staff", "--json") == 0
-    assert [r["reference"] for r in json.loads(capsys.readouterr().out)] == [refs[1]]
+    assert {r["reference"] for r in json.loads(capsys.readouterr().out)} == {
+        refs[0],
+        refs[1],
+        refs[3],
+    }
+    for kind, ref in (("staff", refs[1]), ("max_wait_passed", refs[3])):
+        assert courier(config, "request", "list", "--held", kind, "--json") == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert [(r["reference"], r["hold"]) for r in listed] == [(ref, kind)]
     assert courier(config, "request", "list") == 0
     text = capsys.readouterr().out.splitlines()
     assert text[0].split()[-1] == "HOLD"
     hold = {line.split()[0]: line.split()[-1] for line in text[1:]}
-    assert hold == {refs[0]: "embargo", refs[1]: "staff", refs[2]: "-"}
+    assert hold == {refs[0]: "embargo", refs[1]: "staff", refs[2]: "-", refs[3]: MAX_WAIT}
+
+
+def test_every_kind_of_hold_is_offered_by_the_cli_the_api_and_the_list() -> None:
+    from node.cli import parser
+    from portal.api import Held
+    from portal.staff_requests import HOLDS
+    from release.holds import HOLD_FILTERS
+
+    assert tuple(HOLDS) == HOLD_FILTERS
+    assert Held.__origin__.__args__ == HOLD_FILTERS  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit):
+        parser("request").parse_args(["request", "list", "--held", "nonsense"])
+    args = parser("request").parse_args(["request", "list", "--held", MAX_WAIT])
+    assert args.held == MAX_WAIT
+
+
+def test_the_held_lists_are_sorted_before_they_are_cut(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Older holds of other kinds never push a list's first lines out, and the dashboard
+    says how many more there are."""
+    monkeypatch.setattr(staff_dashboard, "LIST_LIMIT", 1)
+    old = START - timedelta(days=3)
+    # Held longest, ending last first: cut before sorting, the soonest would be missing.
+    embargoes = [
+        held(site, EMBARGO, START + timedelta(days=9 - n), since=old + timedelta(hours=n))
+        for n in range(4)
+    ]
+    newer = held(site, STAFF, None, since=START)
+    oldest = held(site, MAX_WAIT, None, since=START - timedelta(hours=1))
+    with site.db.sessions() as s:
+        board = dashboard(s, START)
+    assert [h.reference for h in board.embargoed] == [embargoes[-1]]  # soonest to end
+    assert [h.reference for h in board.for_staff] == [oldest]  # longest held
+    assert board.for_staff_count == 2 and board.held_counts["embargo"] == 4
+    assert newer not in {h.reference for h in board.for_staff}
+    page = site.client.get("/staff").text
+    assert 'id="for-staff-more">And 1 more:' in page
+    assert 'id="held-embargo-more">And 3 more:' in page
+    assert 'href="/staff/requests?hold=max_wait_passed"' in page
+
+
+def test_held_since_is_the_sites_local_time(site: Site) -> None:
+    summer = datetime(2026, 7, 1, 8, 30, tzinfo=UTC)
+    site.clock.now = summer + timedelta(days=1)
+    assert site.login().status_code == 303  # the session from START ran out
+    held(site, STAFF, None, since=summer)
+    page = site.client.get("/staff").text
+    assert f'<time datetime="{summer.isoformat()}">2026-07-01 09:30 BST</time>' in page

@@ -13,13 +13,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from delivery.batch import DeliveryBatch
 from delivery.grants import GrantKeys
 from delivery.outbox import Outbox
-from release.embargo import EMBARGO, NONE, REPORT, STAFF, ReleaseKeeper, describe, final_report
+from release.embargo import (
+    EMBARGO,
+    MAX_WAIT,
+    NONE,
+    REPORT,
+    STAFF,
+    ReleaseKeeper,
+    describe,
+    final_report,
+    policy_reasons,
+)
 from release.errors import InvalidRequest
+from release.holds import held_at, held_now
 from release.progress import move_in
 from release.requests import RequestBook
 from rules import load_rules_text
@@ -274,11 +285,23 @@ def test_max_wait_reached(world: World, outcome: str) -> None:
     assert world.keeper.sweep() == [ref]
     row = world.row(ref)
     if outcome == "hold_for_staff":
-        assert (row.hold_kind, row.hold_until) == (STAFF, None)
+        # Its own kind: not "staff" (a staff member's hold), so the lists tell them apart.
+        assert (row.hold_kind, row.hold_until) == (MAX_WAIT, None)
         assert world.staff_holds == [ref]  # the node alerts staff from this hook
         assert any("held for staff to decide" in r for r in world.timeline(ref))
+        with world.db.sessions() as s:
+            why = policy_reasons(s, [row.id])[row.id]
+            assert held_at(row, world.clock.now)
+            for kind, n in ((MAX_WAIT, 1), (STAFF, 0), ("held", 1)):
+                found = select(func.count()).select_from(ReleaseRequest)
+                assert s.scalar(found.where(held_now(world.clock.now, kind))) == n
+        assert why.startswith("the final report did not come by ") and "max_wait" in why
+        assert describe(row, UTC, world.clock.now, why) == why
         world.clock.now += timedelta(days=30)
         assert world.keeper.sweep() == [] and world.claimable() is None
+        # Staff decide: released with a reason, it goes.
+        world.keeper.release_now(ref, "staff:alice", "no report expected for this study")
+        assert world.claimable() == ref
     else:
         assert row.hold_kind == NONE and world.staff_holds == []
         assert any("images go without it" in r for r in world.timeline(ref))
