@@ -254,7 +254,11 @@ def build_package(
         previews = spool.previews() if spool is not None else _previews(groups, preview_limits)
         plan = [
             [s.item for s in part]
-            for part in plan_parts([_planned(g, previews, viewer) for g in groups], max_part_bytes)
+            for part in plan_parts(
+                [_planned(g, previews, viewer) for g in groups],
+                max_part_bytes,
+                first_part_files=[len(data) for _, data in info.reports],  # REPORT/: part 1
+            )
         ]
     except BaseException:
         if spool is not None:

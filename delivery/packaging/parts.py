@@ -8,8 +8,11 @@ per instance; the preview and records per series; READMEs and the rest per part)
 :func:`plan_parts` fills parts greedily in package order (study, series, instance) and
 cuts between series where it can: a series that does not fit in what is left of the
 current part starts a new one, and only a series larger than a whole part is cut between
-instances. A part holds at least one instance, so a single instance larger than the limit
-gets a part of its own that is larger than the limit: the only case where a part exceeds it.
+instances. The first part also carries the package's ``REPORT/`` files
+(``first_part_files``), counted like instances (their bytes and headers). A part holds at
+least one instance, so a single instance larger than the limit gets a part of its own that
+is larger than the limit, and a first part whose reports leave less room than its first
+instance needs exceeds it too: the only cases where a part exceeds the limit.
 """
 
 from __future__ import annotations
@@ -56,18 +59,20 @@ def part_cost(instance_bytes: int, instances: int, series_preview_bytes: Sequenc
 
 
 class _Planner(Generic[T]):
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, first_part_bytes: int) -> None:
         self.limit = limit
         self.parts: list[list[Sized[T]]] = []
         self._current: list[Sized[T]] = []
-        self._used = PER_PART_BYTES
+        self._used = PER_PART_BYTES + first_part_bytes  # until the first part is closed
 
     def room(self) -> int:
         return self.limit - self._used
 
     def close(self) -> None:
-        if self._current:
-            self.parts.append(self._current)
+        """End the current part; an empty one stays open (and keeps what it carries)."""
+        if not self._current:
+            return
+        self.parts.append(self._current)
         self._current = []
         self._used = PER_PART_BYTES
 
@@ -83,16 +88,21 @@ class _Planner(Generic[T]):
         return not self._current
 
 
-def plan_parts(groups: Sequence[SeriesGroup[T]], limit: int | None) -> list[list[Sized[T]]]:
+def plan_parts(
+    groups: Sequence[SeriesGroup[T]], limit: int | None, *, first_part_files: Sequence[int] = ()
+) -> list[list[Sized[T]]]:
     """Cut the series in ``groups`` into parts of at most ``limit`` estimated bytes.
 
+    ``first_part_files``: the sizes of the files the first part carries besides its
+    instances (the ``REPORT/`` files), each counted with :data:`PER_INSTANCE_BYTES`.
     ``limit`` None: one part. Returns the parts in order, each a non-empty list of instances
     in package order; together they hold every instance exactly once.
     """
     everything = [s for g in groups for s in g.instances]
     if limit is None or not everything:
         return [everything] if everything else []
-    plan: _Planner[T] = _Planner(limit)
+    extra = sum(size + PER_INSTANCE_BYTES for size in first_part_files)
+    plan: _Planner[T] = _Planner(limit, extra)
     for group in groups:
         series_cost = PER_SERIES_BYTES + group.preview_bytes
         whole = series_cost + sum(s.size + PER_INSTANCE_BYTES for s in group.instances)

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -485,25 +486,67 @@ def test_split_into_self_contained_parts(
     assert any(n > 1 for n in series_parts.values()) == cut_series
 
 
+# Two series of one 40 KB instance: 2 x (40_000 + 1024 + 2048) = 86_144 bytes, plus the
+# part's own 64 KiB; the REPORT/ files of the first part cost their size + 1024 each.
+_TWO = 86_144 + 64 * 1024
+_LEFT = 100_000 - 86_144 - 1024  # a report this large fills the first part to exactly 100_000
+
+
 @pytest.mark.parametrize(
-    ("sizes", "limit", "expected"),
+    ("sizes", "limit", "first", "expected"),
     [
-        ([[10, 10], [10]], None, [["a0", "a1", "b0"]]),
-        ([[10, 10], [10]], 10**9, [["a0", "a1", "b0"]]),
+        ([[10, 10], [10]], None, (), [["a0", "a1", "b0"]]),
+        ([[10, 10], [10]], 10**9, (), [["a0", "a1", "b0"]]),
         # series b does not fit after a, but fits a part: a new part, not a cut
-        ([[40_000], [40_000]], 70_000 + 64 * 1024, [["a0"], ["b0"]]),
+        ([[40_000], [40_000]], 70_000 + 64 * 1024, (), [["a0"], ["b0"]]),
         # one series larger than a part: cut between its instances
-        ([[30_000] * 4], 70_000 + 64 * 1024, [["a0", "a1"], ["a2", "a3"]]),
+        ([[30_000] * 4], 70_000 + 64 * 1024, (), [["a0", "a1"], ["a2", "a3"]]),
         # an instance larger than the limit still gets a part of its own
-        ([[10**6]], 100, [["a0"]]),
+        ([[10**6]], 100, (), [["a0"]]),
+        # the first part's REPORT/ files count: at the limit exactly, one part; a byte
+        # more and series b moves to a second part
+        ([[40_000], [40_000]], 100_000 + 64 * 1024, (_LEFT,), [["a0", "b0"]]),
+        ([[40_000], [40_000]], 100_000 + 64 * 1024, (_LEFT + 1,), [["a0"], ["b0"]]),
+        ([[40_000], [40_000]], 100_000 + 64 * 1024, (_LEFT - 1024, 0), [["a0", "b0"]]),
+        ([[40_000], [40_000]], 100_000 + 64 * 1024, (_LEFT - 1024, 1), [["a0"], ["b0"]]),
+        ([[40_000], [40_000]], _TWO, (), [["a0", "b0"]]),
+        # only the first part carries them: the others are planned as before
+        ([[40_000], [40_000], [40_000]], 50_000 + 64 * 1024, (20_000,), [["a0"], ["b0"], ["c0"]]),
+        # reports that leave less room than an instance: the first part still holds one
+        # (over the limit, as an instance larger than a part is), the series goes on
+        ([[30_000] * 2], 70_000 + 64 * 1024, (60_000,), [["a0"], ["a1"]]),
     ],
 )  # fmt: skip
-def test_plan_parts(sizes: list[list[int]], limit: int | None, expected: list[list[str]]) -> None:
+def test_plan_parts(
+    sizes: list[list[int]], limit: int | None, first: tuple[int, ...], expected: list[list[str]]
+) -> None:
     groups = [
         SeriesGroup(chr(97 + g), [Sized(f"{chr(97 + g)}{i}", s) for i, s in enumerate(sz)], 0)
         for g, sz in enumerate(sizes)
     ]
-    assert [[s.item for s in part] for part in plan_parts(groups, limit)] == expected
+    planned = plan_parts(groups, limit, first_part_files=first)
+    assert [[s.item for s in part] for part in planned] == expected
+
+
+@pytest.mark.parametrize("report_kb", [0, 100, 200, 300])
+def test_the_reports_count_against_the_first_parts_limit(tmp_path: Path, report_kb: int) -> None:
+    """REPORT/ files go into the first part: with them counted, no part exceeds the
+    limit however large they are next to the instances (3 series of ~160 KB)."""
+    items = items_for(synthetic.make_small_instances(tmp_path / "src", n=48, n_series=3))
+    report = os.urandom(report_kb * 1024)  # incompressible, as a PDF is
+    info = replace(INFO, reports=(("REPORT/RPT001.PDF", report),) if report_kb else ())
+    limit = 450_000
+    result = build_package(items, tmp_path / "out", info=info, max_part_bytes=limit)
+    for part in result.parts:
+        assert part.stat().st_size <= limit, (part.name, part.stat().st_size)
+    with zipfile.ZipFile(result.parts[0]) as zf:
+        assert ("REPORT/RPT001.PDF" in zf.namelist()) == bool(report_kb)
+    seen: list[str] = []
+    for k, part in enumerate(result.parts):
+        check_part(part, tmp_path / f"x{k}", sources_of(items))
+        with read_fileset(tmp_path / f"x{k}" / "DICOMDIR") as fileset:
+            seen += [i.SOPInstanceUID for i in fileset]
+    assert sorted(seen) == sorted(i.sop_instance_uid for i in items)  # each exactly once
 
 
 # -- atomicity and memory (subprocesses) --------------------------------------------------
