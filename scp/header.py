@@ -18,11 +18,12 @@ reversed, and differently from what it holds, on every page, list and terminal.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import pydicom
 import pydicom.config
@@ -94,41 +95,94 @@ class Header:
     peer_host: str = ""  # the host of (0002,0027) Sending Presentation Address
 
 
-def _meta(fh: BinaryIO, size: int, meta: dict[int, bytes] | None = None) -> tuple[str, int]:
+# The first read of a file: a small instance whole, a large one's header (its pixel data
+# is skipped by arithmetic, never read).
+_CHUNK = 32 * 1024
+_VR_LETTERS = frozenset(range(ord("A"), ord("Z") + 1))
+_META_LONG = struct.Struct("<HH2sxxL")
+_META_SHORT = struct.Struct("<HH2sH")
+
+# A top-level element kept for the index: (VR or None when implicit, value, offset).
+Found = tuple[str | None, bytes, int]
+
+# Kinds of container on the walk's stack.
+_DATASET, _SEQ, _ITEM_KIND, _FRAGS = 0, 1, 2, 3
+
+
+class _File:
+    """The file's bytes, read with ``pread`` from one descriptor: ``buf`` holds the
+    bytes from ``base`` on (one chunk); anything else is read when asked for."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.base = 0
+        self.buf = os.pread(fd, _CHUNK, 0)
+
+    def window(self, offset: int) -> None:
+        """Make ``buf`` start at ``offset`` (the walk only moves forward)."""
+        self.buf = os.pread(self.fd, _CHUNK, offset)
+        self.base = offset
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` (the caller checked they are in the file)."""
+        i = offset - self.base
+        if i >= 0 and i + length <= len(self.buf):
+            return self.buf[i : i + length]
+        return os.pread(self.fd, length, offset)
+
+
+def _meta(f: _File, meta: dict[int, bytes] | None = None) -> tuple[str, int]:
     """Return (transfer syntax UID, offset of the dataset) from a Part-10 file.
 
     The values of the meta elements whose element numbers are keys of ``meta`` are
     stored there (raw bytes).
     """
-    head = fh.read(132)
-    if len(head) < 132 or head[128:132] != b"DICM":
+    size = f.size
+    if size < 132 or f.read(128, 4) != b"DICM":
         raise BadDataset("no DICOM file meta information")
     offset = 132
     ts = ""
     while offset + 8 <= size:
-        fh.seek(offset)
-        raw = fh.read(8)
-        group, elem, vr = struct.unpack("<HH2s", raw[:6])
+        head = f.read(offset, 12 if offset + 12 <= size else 8)
+        group, elem, vr, length = _META_SHORT.unpack_from(head)
         if group != 0x0002:
             break
         if vr in _LONG_VRS:
-            length = struct.unpack("<L", fh.read(4))[0]
+            if len(head) < 12:
+                raise BadDataset("file meta information is truncated")
+            length = _META_LONG.unpack(head)[3]
             start = offset + 12
         else:
-            length = struct.unpack("<H", raw[6:8])[0]
             start = offset + 8
         if start + length > size:
             raise BadDataset("file meta information is truncated")
         if elem == 0x0010:
-            fh.seek(start)
-            ts = fh.read(length).rstrip(b"\x00 ").decode("ascii", "replace")
+            ts = f.read(start, length).rstrip(b"\x00 ").decode("ascii", "replace")
         elif meta is not None and elem in meta and length <= 1024:
-            fh.seek(start)
-            meta[elem] = fh.read(length)
+            meta[elem] = f.read(start, length)
         offset = start + length
     if not ts:
         raise BadDataset("no transfer syntax in the file meta information")
     return ts, offset
+
+
+def _scan(
+    path: Path, wanted: Collection[int], meta: dict[int, bytes] | None
+) -> tuple[str, int, bool, dict[int, Found]]:
+    """Check the file's structure; return (transfer syntax, dataset offset, little
+    endian, the top-level elements of ``wanted`` found, at most 1024 bytes each)."""
+    found: dict[int, Found] = {}
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        f = _File(fd, os.fstat(fd).st_size)
+        ts, offset = _meta(f, meta)
+        little = ts != ExplicitVRBigEndian
+        if ts != DeflatedExplicitVRLittleEndian:  # deflated: the full parse checks it
+            _walk(f, offset, little, ts == ImplicitVRLittleEndian, wanted, found)
+    finally:
+        os.close(fd)
+    return ts, offset, little, found
 
 
 def check_structure(
@@ -143,117 +197,131 @@ def check_structure(
     element numbers are keys of ``meta`` there. Returns (transfer syntax UID, dataset
     offset).
     """
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        ts, offset = _meta(fh, size, meta)
-        if ts == DeflatedExplicitVRLittleEndian:
-            return ts, offset  # compressed stream: checked by the full parse instead
-        little = ts != ExplicitVRBigEndian
-        implicit0 = ts == ImplicitVRLittleEndian
-        _walk(fh, offset, size, little, implicit0, wanted)
+    ts, offset, little, found = _scan(path, wanted or (), meta)
+    if wanted is not None:
+        for tag, element in found.items():
+            wanted[tag] = _raw(tag, element, little)
     return ts, offset
 
 
+def _raw(tag: int, element: Found, little: bool) -> RawDataElement:
+    vr, value, start = element
+    return RawDataElement(BaseTag(tag), vr, len(value), value, start, vr is None, little)
+
+
 def _walk(
-    fh: BinaryIO,
+    f: _File,
     offset: int,
-    size: int,
     little: bool,
     implicit0: bool,
-    wanted: dict[int, RawDataElement | None] | None = None,
+    wanted: Collection[int],
+    found: dict[int, Found],
 ) -> None:
+    """Every element header from ``offset`` to the end, iteratively (see the module
+    docstring); the top-level elements of ``wanted`` go to ``found``.
+
+    The bytes are walked in memory, a chunk at a time: a small file is one read, and a
+    large value (pixel data) is stepped over, not read.
+    """
     end = "<" if little else ">"
-    tag_fmt = struct.Struct(end + "HH")
-    u16 = struct.Struct(end + "H")
-    u32 = struct.Struct(end + "L")
-    # Each frame: (kind, implicit, end offset or None when undefined length)
-    stack: list[tuple[str, bool, int | None]] = [("dataset", implicit0, size)]
+    # tag + VR + short length (explicit), or tag + 32-bit length (implicit, items)
+    explicit_head = struct.Struct(end + "HH2sH").unpack_from
+    implicit_head = struct.Struct(end + "HHL").unpack_from
+    u32 = struct.Struct(end + "L").unpack_from
+    size = f.size
+    buf, base = f.buf, f.base
+    blen = len(buf)
+    # The enclosing containers: (kind, implicit, end offset or None when undefined length)
+    stack: list[tuple[int, bool, int | None]] = []
+    kind, implicit = _DATASET, implicit0
+    limit: int | None = size
     while True:
-        kind, implicit, limit = stack[-1]
         if limit is not None and offset >= limit:
             if offset > limit:
                 raise BadDataset("an element runs past the end of its container")
-            if len(stack) == 1:
+            if not stack:
                 return
-            stack.pop()
+            kind, implicit, limit = stack.pop()
             continue
-        fh.seek(offset)
-        raw = fh.read(8)
-        if len(raw) < 8:
+        i = offset - base
+        if i + 12 > blen and base + blen < size:
+            f.window(offset)
+            buf, base = f.buf, f.base
+            blen, i = len(buf), 0
+        if i + 8 > blen:
             raise BadDataset("the dataset ends in the middle of an element")
-        group, elem = tag_fmt.unpack(raw[:4])
-        tag = (group << 16) | elem
+        if implicit:
+            group, elem, length = implicit_head(buf, i)
+            vr = b"UN"
+        else:
+            group, elem, vr, length = explicit_head(buf, i)
         if group == 0xFFFE:
-            length = u32.unpack(raw[4:8])[0]
+            tag = (group << 16) | elem
+            if not implicit:
+                length = u32(buf, i + 4)[0]
             offset += 8
-            if tag == _ITEM and kind == "seq":
+            if tag == _ITEM and kind == _SEQ:
+                stack.append((kind, implicit, limit))
                 if length == _UNDEFINED:
-                    stack.append(("item", implicit, None))
+                    kind, limit = _ITEM_KIND, None
                 else:
-                    stack.append(("item", implicit, offset + length))
+                    kind, limit = _ITEM_KIND, offset + length
                     if offset + length > size:
                         raise BadDataset("an item runs past the end of the file")
-            elif tag == _ITEM and kind == "frags":
+            elif tag == _ITEM and kind == _FRAGS:
                 # Encapsulated pixel data: items hold opaque fragments.
                 if length == _UNDEFINED or offset + length > size:
                     raise BadDataset("a pixel data fragment runs past the end of the file")
                 offset += length
-            elif (tag == _ITEM_END and kind == "item" and limit is None) or (
-                tag == _SEQ_END and kind in ("seq", "frags") and limit is None
+            elif (tag == _ITEM_END and kind == _ITEM_KIND and limit is None) or (
+                tag == _SEQ_END and kind in (_SEQ, _FRAGS) and limit is None
             ):
-                stack.pop()
+                kind, implicit, limit = stack.pop()
             else:
                 raise BadDataset("a sequence or item delimiter is out of place")
-            if len(stack) > MAX_DEPTH:
+            if len(stack) >= MAX_DEPTH:
                 raise BadDataset(f"sequences are nested more than {MAX_DEPTH} deep")
             continue
-        if kind in ("seq", "frags"):
+        if kind in (_SEQ, _FRAGS):
             raise BadDataset("a sequence holds something other than items")
         if implicit:
-            vr = b"UN"
-            length = u32.unpack(raw[4:8])[0]
+            start = offset + 8
+        elif vr in _LONG_VRS:
+            if i + 12 > blen:
+                raise BadDataset("the dataset ends in the middle of an element")
+            length = u32(buf, i + 8)[0]
+            start = offset + 12
+        elif vr[0] in _VR_LETTERS and vr[1] in _VR_LETTERS:
             start = offset + 8
         else:
-            vr = raw[4:6]
-            if vr in _LONG_VRS:
-                more = fh.read(4)
-                if len(more) < 4:
-                    raise BadDataset("the dataset ends in the middle of an element")
-                length = u32.unpack(more)[0]
-                start = offset + 12
-            elif vr.isalpha() and vr.isupper():
-                length = u16.unpack(raw[6:8])[0]
-                start = offset + 8
-            else:
-                raise BadDataset("an element has an invalid value representation")
+            raise BadDataset("an element has an invalid value representation")
         if length == _UNDEFINED:
-            if vr in (b"OB", b"OW"):
-                stack.append(("frags", implicit, None))  # encapsulated pixel data
-            elif vr in (b"SQ", b"UN"):
+            stack.append((kind, implicit, limit))
+            if vr == b"OB" or vr == b"OW":
+                kind, limit = _FRAGS, None  # encapsulated pixel data
+            elif vr == b"SQ" or vr == b"UN":
                 # Undefined-length UN holds implicit VR little endian (PS3.5 6.2.2).
-                stack.append(("seq", implicit or vr == b"UN", None))
+                kind, implicit, limit = _SEQ, implicit or vr == b"UN", None
             else:
                 raise BadDataset("an element of undefined length is not a sequence")
-            if len(stack) > MAX_DEPTH:
+            if len(stack) >= MAX_DEPTH:
                 raise BadDataset(f"sequences are nested more than {MAX_DEPTH} deep")
             offset = start
             continue
         if start + length > size:
             raise BadDataset("an element's value runs past the end of the file")
-        if wanted is not None and len(stack) == 1 and tag in wanted and length <= 1024:
-            fh.seek(start)
-            wanted[tag] = RawDataElement(
-                BaseTag(tag),
-                None if implicit else vr.decode("ascii"),
-                length,
-                fh.read(length),
-                start,
-                implicit,
-                little,
-            )
+        if not stack and length <= 1024:
+            tag = (group << 16) | elem
+            if tag in wanted:
+                found[tag] = (
+                    None if implicit else vr.decode("ascii"),
+                    f.read(start, length),
+                    start,
+                )
         if vr == b"SQ" and length:
-            stack.append(("seq", implicit, start + length))
-            if len(stack) > MAX_DEPTH:
+            stack.append((kind, implicit, limit))
+            kind, limit = _SEQ, start + length
+            if len(stack) >= MAX_DEPTH:
                 raise BadDataset(f"sequences are nested more than {MAX_DEPTH} deep")
             offset = start
             continue
@@ -267,26 +335,29 @@ _CONTROL.update(dict.fromkeys(text.BIDI_CONTROLS, None))
 _US = {None, "US"}  # Rows, Columns, SamplesPerPixel, BitsAllocated: implicit VR or US
 
 
+# The same, for ASCII bytes (the bidi controls are not ASCII): deleted before decoding.
+_ASCII_CONTROL = bytes(b for b in range(0x20) if b != 0x1B)
+
+
 class _Fields:
     """The indexed attributes: plain ASCII values read straight from their bytes (the
     common case, and fast); anything else decoded by pydicom with the dataset's
     Specific Character Set."""
 
-    def __init__(self, raws: dict[int, RawDataElement | None], ds: Dataset | None) -> None:
-        self._raws = raws
+    def __init__(self, found: dict[int, Found], little: bool, ds: Dataset | None) -> None:
+        self._found = found
+        self._little = little
         self._ds = ds
 
     def _dataset(self) -> Dataset:
         if self._ds is None:
-            self._ds = Dataset({BaseTag(t): r for t, r in self._raws.items() if r is not None})
+            little = self._little
+            self._ds = Dataset({BaseTag(t): _raw(t, e, little) for t, e in self._found.items()})
         return self._ds
 
-    def get(self, keyword: str) -> str | None:
-        tag = _TAGS[keyword]
-        raw = self._raws.get(tag)
-        if raw is not None and isinstance(raw.value, bytes) and raw.value.isascii():
-            return raw.value.decode("ascii")
-        if raw is None and self._ds is None:
+    def _decoded(self, keyword: str) -> str | None:
+        """pydicom's reading of ``keyword`` (None when absent)."""
+        if self._ds is None and _TAGS[keyword] not in self._found:
             return None
         value = self._dataset().get(keyword)
         return None if value is None else str(value)
@@ -296,24 +367,31 @@ class _Fields:
 
         PostgreSQL refuses NUL in text, and no attribute we index may contain one.
         """
-        value = self.get(keyword)
+        element = self._found.get(_TAGS[keyword])
+        if element is not None and element[1].isascii():
+            return element[1].translate(None, _ASCII_CONTROL).decode("ascii").strip()[:limit]
+        value = self._decoded(keyword)
         return "" if value is None else value.translate(_CONTROL).strip()[:limit]
 
     def count(self, keyword: str) -> object:
         """A numeric pixel-description value (US read from its two bytes, IS from its
         text), or pydicom's reading of anything else; None when absent."""
-        raw = self._raws.get(_TAGS[keyword])
-        if raw is not None and isinstance(raw.value, bytes):
-            if raw.VR in _US and len(raw.value) == 2:
-                return int.from_bytes(raw.value, "little" if raw.is_little_endian else "big")
-            if keyword == "NumberOfFrames" and raw.value.isascii():
-                return raw.value.decode("ascii").strip("\x00 ")
-        if raw is None and self._ds is None:
+        element = self._found.get(_TAGS[keyword])
+        if element is not None:
+            vr, value, _start = element
+            if vr in _US and len(value) == 2:
+                return int.from_bytes(value, "little" if self._little else "big")
+            if keyword == "NumberOfFrames" and value.isascii():
+                return value.decode("ascii").strip("\x00 ")
+        if element is None and self._ds is None:
             return None
         return self._dataset().get(keyword)
 
     def uid(self, keyword: str) -> str | None:
-        value = self.get(keyword)
+        element = self._found.get(_TAGS[keyword])
+        if element is not None and element[1].isascii():
+            return element[1].decode("ascii").strip("\x00 ")
+        value = self._decoded(keyword)
         return None if value is None else value.strip("\x00 ")
 
 
@@ -352,10 +430,12 @@ _SENDING_AE = 0x0017
 _RECEIVING_AE = 0x0018
 _SENDING_ADDRESS = 0x0027
 _PEER_ELEMENTS = (_SOURCE_AE, _SENDING_AE, _RECEIVING_AE, _SENDING_ADDRESS)
-# The host of a Sending Presentation Address: dicom://HOST[:PORT][/] (PS3.10 7.1.1.1).
-_ADDRESS = re.compile(
-    r"dicom://(\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9._~-]+)?\]|[^/:\[\]@?#]+)(?::(\d{1,5}))?/?",
-    re.ASCII | re.IGNORECASE,
+# A Sending Presentation Address: "dicom:HOST:PORT" as PS3.10 7.1.1.1 gives it (IPv6 in
+# brackets), or the URI form dicom://HOST[:PORT][/]; the host is group 1, the port 2.
+_HOST = r"(\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9._~-]+)?\]|[^/:\[\]@?#]+)"
+_ADDRESSES = (
+    re.compile(rf"dicom:{_HOST}:(\d{{1,5}})", re.ASCII | re.IGNORECASE),
+    re.compile(rf"dicom://{_HOST}(?::(\d{{1,5}}))?/?", re.ASCII | re.IGNORECASE),
 )
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?", re.ASCII)
@@ -373,7 +453,8 @@ def ae_title(raw: bytes | None) -> str:
 
 
 def presentation_host(raw: bytes | None) -> str:
-    """The host of a Sending Presentation Address (UR), e.g. ``dicom://10.1.2.3:104``.
+    """The host of a Sending Presentation Address (UR): ``dicom:10.1.2.3:104`` (PS3.10
+    7.1.1.1), ``dicom:[::1]:104``, or the URI form ``dicom://10.1.2.3:104``.
 
     IPv4 and bracketed IPv6 literals (returned as written, without the brackets; a zone
     ``%25eth0`` as ``%eth0``) and DNS host names are accepted; anything else (another
@@ -385,7 +466,7 @@ def presentation_host(raw: bytes | None) -> str:
         text = raw.rstrip(b" ").decode("ascii")
     except UnicodeDecodeError:
         return ""
-    match = _ADDRESS.fullmatch(text)
+    match = _ADDRESSES[0].fullmatch(text) or _ADDRESSES[1].fullmatch(text)
     if match is None:
         return ""
     host, port = match.group(1), match.group(2)
@@ -413,14 +494,13 @@ def read_header(path: Path) -> Header:
     Raises :class:`BadDataset`. The values are decoded by pydicom (with the dataset's
     Specific Character Set); deflated datasets are parsed by pydicom whole.
     """
-    wanted: dict[int, RawDataElement | None] = dict.fromkeys(_WANTED)
     meta: dict[int, bytes] = dict.fromkeys(_PEER_ELEMENTS, b"")
-    ts, offset = check_structure(path, wanted, meta)
+    ts, offset, little, found = _scan(path, _WANTED, meta)
     try:
         full = None
         if ts == DeflatedExplicitVRLittleEndian:
             full = pydicom.dcmread(path, stop_before_pixels=True, defer_size=4096)
-        f = _Fields(wanted, full)
+        f = _Fields(found, little, full)
         header = Header(
             transfer_syntax_uid=ts,
             sop_class_uid=f.uid("SOPClassUID"),

@@ -14,8 +14,22 @@ from tests import synthetic
 @pytest.mark.parametrize(
     ("address", "host"),
     [
+        # the form PS3.10 7.1.1.1 gives
+        (b"dicom:10.1.2.3:104", "10.1.2.3"),
+        (b"dicom:10.1.2.3:104 ", "10.1.2.3"),  # UR padding
+        (b"dicom:[::1]:51234", "::1"),
+        (b"dicom:[fe80::1%25eth0]:104", "fe80::1%eth0"),
+        (b"dicom:pacs.example.org:104", "pacs.example.org"),
+        (b"dicom:10.1.2.3", ""),  # no port
+        (b"dicom:10.1.2.3:", ""),
+        (b"dicom:::1:104", ""),  # IPv6 without brackets
+        (b"dicom:10.1.2.3:104/", ""),
+        (b"dicom:/10.1.2.3:104", ""),
+        (b"dicom:user@10.1.2.3:104", ""),
+        (b"dicom:10.1.2.3:70000", ""),
+        # the URI form
         (b"dicom://10.1.2.3:104", "10.1.2.3"),
-        (b"dicom://10.1.2.3:104 ", "10.1.2.3"),  # UR padding
+        (b"dicom://10.1.2.3:104 ", "10.1.2.3"),
         (b"DICOM://10.1.2.3:104", "10.1.2.3"),  # the scheme is case-insensitive
         (b"dicom://10.1.2.3", "10.1.2.3"),
         (b"dicom://10.1.2.3:104/", "10.1.2.3"),
@@ -87,15 +101,16 @@ def test_ae_titles_are_read_strictly(raw: bytes | None, title: str) -> None:
                 "SourceApplicationEntityTitle": "SRC",
                 "SendingApplicationEntityTitle": "MODALITY1",
                 "ReceivingApplicationEntityTitle": "COURIER",
-                "SendingPresentationAddress": "dicom://10.1.2.3:104",
+                "SendingPresentationAddress": "dicom:10.1.2.3:104",
             },
             ("MODALITY1", "COURIER", "10.1.2.3"),
         ),
         ({"SourceApplicationEntityTitle": "SRC"}, ("SRC", "", "")),
         (
-            {"SendingPresentationAddress": "dicom://[2001:db8::7]:104"},
+            {"SendingPresentationAddress": "dicom:[2001:db8::7]:104"},
             ("", "", "2001:db8::7"),
         ),
+        ({"SendingPresentationAddress": "dicom:127.0.0.1:51234"}, ("", "", "127.0.0.1")),
         ({"SendingPresentationAddress": "dicom://user@10.1.2.3:104"}, ("", "", "")),
     ],
 )
