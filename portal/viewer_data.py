@@ -37,7 +37,10 @@ from store.models import Instance, Package, Series, Study
 
 log = logging.getLogger("courier.portal.viewer")
 VIEWER_FOLDER = "viewer"
-_INDEX_VERSION = 1
+# The kept index's format: bump it whenever what an index holds changes (its fields, or
+# what index_rows puts in them), so an index kept by an older node is built again, never
+# believed. 2: frames capped at imaging.info.MAX_VIEW_FRAMES per instance (evenly spaced).
+_INDEX_VERSION = 2
 
 
 @dataclass(frozen=True)

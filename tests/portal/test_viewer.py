@@ -435,3 +435,25 @@ def test_a_huge_declared_frame_count_indexes_bounded(tmp_path: Path) -> None:
     index = index_rows(ctx, [(1, "huge.dcm", "1")])  # type: ignore[arg-type]
     assert len(index.frames) == MAX_VIEW_FRAMES
     assert index.frames[0].frame == 0 and index.frames[-1].frame == 999_999_999
+
+
+def test_a_series_index_of_an_older_version_is_rebuilt(viewing: Viewing) -> None:
+    """An index kept before the format last changed (version 1: every declared frame,
+    before MAX_VIEW_FRAMES) is never served: it is built again and kept anew."""
+    import json
+    import os
+
+    from portal.viewer_data import _INDEX_VERSION
+
+    assert _INDEX_VERSION >= 2
+    c = viewing.client()
+    assert "Image 1 of 4" in c.get("/files/view/1/1/1").text
+    (kept,) = (viewing.folder / "viewer").rglob("series-*.json")
+    doc = json.loads(kept.read_text())
+    assert doc["version"] == _INDEX_VERSION
+    # The same series as an older node kept it, one image only: must not be believed.
+    stale = {**doc, "version": 1, "frames": doc["frames"][:1]}
+    kept.write_text(json.dumps(stale))
+    os.utime(kept, ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns + 10**9))
+    assert "Image 1 of 4" in c.get("/files/view/1/1/1").text
+    assert json.loads(kept.read_text()) == doc
