@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,10 @@ class CommitScp:
     server: Any
 
 
-def start_commit_scp(db: Database, root: Path, **overrides: Any) -> CommitScp:
+@contextmanager
+def running_commit_scp(db: Database, root: Path, **overrides: Any) -> Iterator[CommitScp]:
+    """Courier's SCP with storage commitment, in this process, on a free loopback port;
+    ``overrides`` are :class:`ScpSettings` fields. Shut down on exit."""
     settings = ScpSettings(
         **{"commitment_retry_s": 0.1, "commitment_report_attempts": 3, **overrides}
     )
@@ -59,15 +63,17 @@ def start_commit_scp(db: Database, root: Path, **overrides: Any) -> CommitScp:
     ingest = Ingest(content, Catalog(db.sessions))
     commitment = StorageCommitmentScp(settings, db.sessions, content)
     server = start_server(settings, ingest, port=0, commitment=commitment)
-    return CommitScp(int(server.server_address[1]), content, db, server)
+    try:
+        yield CommitScp(int(server.server_address[1]), content, db, server)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
 def commit_scp(db: Database, tmp_path: Path) -> Iterator[CommitScp]:
-    scp = start_commit_scp(db, tmp_path / "data")
-    yield scp
-    scp.server.shutdown()
-    scp.server.server_close()
+    with running_commit_scp(db, tmp_path / "data") as scp:
+        yield scp
 
 
 @dataclass
@@ -242,30 +248,20 @@ def test_missing_changed_and_misclassed_files_are_not_committed(
 
 def test_new_association_to_the_listed_port(db: Database, tmp_path: Path) -> None:
     files = synthetic.make_small_instances(tmp_path / "n", n=3)
-    listener_port = free_port()
-    scp = start_commit_scp(
-        db,
-        tmp_path / "data",
-        allowed_calling_aes=[{"ae_title": SCU_AE, "host": "127.0.0.1", "port": listener_port}],
-    )
     reports = Reports()
     listener = PynetdicomScp(
         SCU_AE,
-        listener_port,
         contexts=[(STORAGE_COMMITMENT, True, True)],
         handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)],
     )
-    try:
-        with listener:
-            # No SCP role on the requesting association: the report must come separately.
-            never_sent = store_and_ask(scp.port, files, reports, take_scp_role=False)
-            event_type, outcome = reports.one()
-        assert event_type == 2
-        assert sum(v is None for v in outcome.values()) == 3
-        assert outcome[never_sent] == REASON_NO_SUCH_INSTANCE
-    finally:
-        scp.server.shutdown()
-        scp.server.server_close()
+    listed = [{"ae_title": SCU_AE, "host": "127.0.0.1", "port": listener.port}]
+    with running_commit_scp(db, tmp_path / "data", allowed_calling_aes=listed) as scp, listener:
+        # No SCP role on the requesting association: the report must come separately.
+        never_sent = store_and_ask(scp.port, files, reports, take_scp_role=False)
+        event_type, outcome = reports.one()
+    assert event_type == 2
+    assert sum(v is None for v in outcome.values()) == 3
+    assert outcome[never_sent] == REASON_NO_SUCH_INSTANCE
 
 
 def test_no_port_listed_records_an_undelivered_report(
@@ -283,13 +279,10 @@ def test_no_port_listed_records_an_undelivered_report(
 
 def test_unreachable_peer_is_retried_then_recorded(db: Database, tmp_path: Path) -> None:
     closed_port = free_port()  # nobody listens there
-    scp = start_commit_scp(
-        db,
-        tmp_path / "data",
-        allowed_calling_aes=[{"ae_title": SCU_AE, "port": closed_port}],
-        acse_timeout_s=2,
-    )
-    try:
+    listed = [{"ae_title": SCU_AE, "port": closed_port}]
+    with running_commit_scp(
+        db, tmp_path / "data", allowed_calling_aes=listed, acse_timeout_s=2
+    ) as scp:
         files = synthetic.make_small_instances(tmp_path / "r", n=1)
         assert send(scp.port, files, calling=SCU_AE) == [0x0000]
         reports = Reports()
@@ -297,9 +290,6 @@ def test_unreachable_peer_is_retried_then_recorded(db: Database, tmp_path: Path)
         # 3 attempts, 0.1 s then 0.2 s apart, each refused at once
         events = _events_once(db, lambda events: any("not delivered" in e for e in events))
         assert any("not delivered" in e and SCU_AE in e for e in events)
-    finally:
-        scp.server.shutdown()
-        scp.server.server_close()
 
 
 @pytest.mark.parametrize(
