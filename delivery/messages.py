@@ -87,6 +87,22 @@ def _email(
     )
 
 
+def _link_ctx(
+    *, link_url: str, expires: date, hospital: str, language: str, contact: str
+) -> dict[str, object]:
+    """What every email carrying a link says: the hospital, the link, the help line and
+    the day the link stops working (a long date in ``language``). Raises ``ValueError``
+    for a link that is not an absolute http(s) URL (a relative one opens nothing)."""
+    if not link_url.startswith("https://") and not link_url.startswith("http://"):
+        raise ValueError("link_url must be an absolute http(s) URL")
+    return {
+        "hospital": hospital,
+        "link_url": link_url,
+        "contact": contact,
+        "expires": format_date(expires, format="long", locale=locale_name(language)),
+    }
+
+
 def link_email(
     *,
     to: str,
@@ -100,14 +116,9 @@ def link_email(
 ) -> OutgoingMessage:
     """The email carrying the download link (and nothing else secret). ``expires`` is
     shown as a long date in ``language``; ``contact`` is an optional help line."""
-    if not link_url.startswith("https://") and not link_url.startswith("http://"):
-        raise ValueError("link_url must be an absolute http(s) URL")
-    ctx = {
-        "hospital": hospital,
-        "link_url": link_url,
-        "contact": contact,
-        "expires": format_date(expires, format="long", locale=locale_name(language)),
-    }
+    ctx = _link_ctx(
+        link_url=link_url, expires=expires, hospital=hospital, language=language, contact=contact
+    )
     return _email(
         "link_email",
         to=to,
@@ -185,14 +196,15 @@ def forward_link_email(
     """The link a patient shared with a clinician. It names neither the patient nor the
     studies; it says where the code comes from: the clinician's mobile, or the patient
     (``shown_code``)."""
-    if not link_url.startswith("https://") and not link_url.startswith("http://"):
-        raise ValueError("link_url must be an absolute http(s) URL")
     ctx = {
-        "hospital": hospital,
-        "link_url": link_url,
-        "contact": contact,
+        **_link_ctx(
+            link_url=link_url,
+            expires=expires,
+            hospital=hospital,
+            language=language,
+            contact=contact,
+        ),
         "shown_code": shown_code,
-        "expires": format_date(expires, format="long", locale=locale_name(language)),
     }
     return _email(
         "forward_link_email",
@@ -248,14 +260,15 @@ def reminder_email(
     """The one reminder before a link expires (:mod:`delivery.reminders`): the same
     link, when it stops working, and how to ask for more time. ``clinician``: the link
     was shared with them by a patient (it names neither the patient nor the studies)."""
-    if not link_url.startswith("https://") and not link_url.startswith("http://"):
-        raise ValueError("link_url must be an absolute http(s) URL")
     ctx = {
-        "hospital": hospital,
-        "link_url": link_url,
-        "contact": contact,
+        **_link_ctx(
+            link_url=link_url,
+            expires=expires,
+            hospital=hospital,
+            language=language,
+            contact=contact,
+        ),
         "clinician": clinician,
-        "expires": format_date(expires, format="long", locale=locale_name(language)),
     }
     return _email(
         "reminder_email",
@@ -282,14 +295,9 @@ def report_update_email(
     """A corrected (or later final) report was added to the patient's package as a new
     part (:mod:`delivery.report_updates`): the same link. It names no study and no
     finding."""
-    if not link_url.startswith("https://") and not link_url.startswith("http://"):
-        raise ValueError("link_url must be an absolute http(s) URL")
-    ctx = {
-        "hospital": hospital,
-        "link_url": link_url,
-        "contact": contact,
-        "expires": format_date(expires, format="long", locale=locale_name(language)),
-    }
+    ctx = _link_ctx(
+        link_url=link_url, expires=expires, hospital=hospital, language=language, contact=contact
+    )
     return _email(
         "report_update_email",
         to=to,
