@@ -1,7 +1,8 @@
 """The disc image of a job in the CD burn queue (:mod:`delivery.discs`).
 
 Public surface: :func:`write_job_image` → :class:`~delivery.disc.DiscResult`,
-:func:`image_of` (the open job's image file, to hand to staff), :data:`FOLDER`.
+:func:`image_of` (the open job's image file, to hand to staff), :func:`sweep_leftovers`
+(at start-up), :data:`FOLDER`.
 
 The image is ``<data_dir>/discs/<REF>.iso``, written by :func:`delivery.disc.write_disc_image`
 (atomic: a final-named image is always whole). One writer at a time per job: the writer
@@ -15,6 +16,10 @@ cancelled meanwhile gets its new image deleted. The record is one transaction wi
 This runs for as long as the image takes (seconds to minutes): call it from a worker
 thread, never on an event loop.
 
+A writer killed mid-way leaves its hidden ``.<REF>.iso.<random>.partial`` image and its
+offline viewer's ``.<REF>.iso.viewer.<random>.partial`` spool (rendered images, up to a
+DVD's worth) in the folder; :func:`sweep_leftovers` removes them at the next start.
+
 Errors: :class:`~delivery.discs.DiscRefused` with a message for staff (no open job,
 someone else is writing, no stored instance, a missing file, a full disk); nothing is
 left at the image's path then. Database failures surface as
@@ -23,6 +28,8 @@ left at the image's path then. Database failures surface as
 
 from __future__ import annotations
 
+import logging
+import shutil
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,11 +44,13 @@ from delivery.packaging.errors import PackageError
 from delivery.packaging.items import package_items
 from delivery.packaging.package import PackageInfo
 from delivery.packaging.viewer import ViewerOptions
+from delivery.packaging.zipwriter import PARTIAL_SUFFIX, fsync_dir
 from delivery.report_render import render_report
 from release.reports import current_reports
 from release.requests import RequestBook
 from store.audit import record
 from store.catalog import guarded
+from store.claims import is_postgres
 from store.content import DIR_MODE, ContentStore
 from store.models import (
     DiscJob,
@@ -51,6 +60,8 @@ from store.models import (
     RequestState,
     utcnow,
 )
+
+log = logging.getLogger("courier.delivery.discs")
 
 FOLDER = "discs"
 """Where images go, under ``node.data_dir``."""
@@ -150,6 +161,65 @@ def write_job_image(
         _release(sessions, job_id, claimed)
         raise
     return result
+
+
+def sweep_leftovers(
+    sessions: sessionmaker[Session],
+    content: ContentStore,
+    started: float,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+) -> int:
+    """Remove what interrupted image writes left in ``<data_dir>/discs`` (see the module
+    docstring); return how many entries went. Call it at start-up.
+
+    Only hidden ``.*.partial`` entries last changed before ``started`` (this run's start,
+    seconds since the epoch) go: a write this run began is never touched, nor is a
+    finished ``<REF>.iso``. With a shared database another node may be writing an image
+    now: the entries of a request whose open job holds a live writing claim (younger
+    than :data:`LEASE`) are kept then, and go at a later start. A missing folder is clean.
+    """
+    folder = content.root / FOLDER
+    if not folder.is_dir():
+        return 0
+    with guarded(sessions) as s:
+        writing: set[str] = set()
+        if is_postgres(s.connection()):
+            writing = set(
+                s.scalars(
+                    select(ReleaseRequest.reference)
+                    .join(DiscJob, DiscJob.request_id == ReleaseRequest.id)
+                    .where(
+                        DiscJob.writing_since >= clock() - LEASE,
+                        DiscJob.burned_at.is_(None),
+                        DiscJob.cancelled_at.is_(None),
+                    )
+                )
+            )
+    removed = 0
+    for entry in folder.iterdir():
+        name = entry.name
+        if not (name.startswith(".") and name.endswith(PARTIAL_SUFFIX)):
+            continue
+        if name[1:].partition(".iso.")[0] in writing:
+            continue
+        try:
+            if entry.lstat().st_mtime >= started:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:
+            continue  # gone meanwhile
+        except OSError as exc:
+            log.warning("disc images: a leftover could not be removed (%s)", type(exc).__name__)
+            continue
+        removed += 1
+    if removed:
+        fsync_dir(folder)
+        log.info("disc images: %d leftover(s) of interrupted writes removed", removed)
+    return removed
 
 
 def delivered_studies(s: Session, request_id: int) -> list[str]:

@@ -3,8 +3,9 @@
 ``DeliveryService`` is built once in ``courier serve`` (and by ``courier deliver``):
 
 - at start, packaging interrupted by a crash is swept and its requests go back to
-  ``ready``; then the scheduler starts (nightly window, urgent path, sweeps) and catches
-  up a missed night;
+  ``ready``, and what interrupted disc image writes left (the image and its offline
+  viewer's spool) is removed (:func:`delivery.disc_images.sweep_leftovers`); then the
+  scheduler starts (nightly window, urgent path, sweeps) and catches up a missed night;
 - the relay runs in its own thread with its own asyncio loop (the channels are async),
   polling the outbox every ``RELAY_POLL_S``;
 - the sweep job expires requests whose links ran out and deletes their packages
@@ -30,6 +31,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import cast
@@ -41,6 +43,7 @@ from delivery.batch import DeliveryBatch
 from delivery.channel import Channel, build_channels
 from delivery.compose import Branding, Composer
 from delivery.dicomsend import AttemptReport, DicomDelivery, Target
+from delivery.disc_images import sweep_leftovers
 from delivery.grants import GrantKeys, load_secret
 from delivery.outbox import Outbox
 from delivery.packaging.package import PackageItem
@@ -92,6 +95,9 @@ class DeliveryService:
         self._sessions = sessions
         self._content = content
         self._clock = clock
+        # This run's start (built before the web app serves): a disc image's leftovers
+        # older than it are an earlier run's, swept in start().
+        self._started = time.time()
         d = cfg.delivery
         self.book = RequestBook(sessions, clock)
         self.keys = GrantKeys(load_secret(cfg.data_dir / "secret.key"))
@@ -181,6 +187,10 @@ class DeliveryService:
         moved = self.batch.recover()
         if moved:
             log.warning("%d request(s) were mid-packaging at start: back to ready", len(moved))
+        try:
+            sweep_leftovers(self._sessions, self._content, self._started, clock=self._clock)
+        except OSError as exc:  # the folder unreadable: the next start tries again
+            log.warning("disc images: leftovers not swept (%s)", type(exc).__name__)
         self.scheduler = DeliveryScheduler(
             self.cfg.delivery,
             batch=lambda: self.batch.run(job="batch"),
