@@ -6,8 +6,66 @@ Layout under the data directory::
     conflicts/<SOPInstanceUID>.<sha256[:16]>.dcm            same UID, different bytes
     spool/                                                   partial receives (swept)
 
-A file reaches its final path only by ``rename`` after ``fsync``, and the directory
-is fsynced after the rename, so a name that exists always holds complete bytes.
+What :meth:`ContentStore.place` guarantees when it returns (the promise behind a C-STORE
+answered 0x0000): the file's bytes and its name are durable, so the instance survives
+kill -9 and power loss byte for byte; and at every moment, a name that exists under
+``instances/`` or ``conflicts/`` holds complete bytes (start-up recovery re-indexes such
+a file from its header: the file is the durable truth). The order that gives both:
+
+1. ``fdatasync`` the spooled file (its data, size and allocation);
+2. make the folder exist, its own entry durable in its parent (once per process);
+3. ``link`` it to its final name (never overwriting) and unlink the spool name, or
+   ``rename`` when replacing;
+4. wait for an fsync of the folder that *started after* step 3
+   (:class:`store.group_sync.GroupSync`: concurrent placers in one folder share it).
+
+Why each flush is there, why no other is, and what was rejected (Linux fsync(2),
+https://man7.org/linux/man-pages/man2/fsync.2.html, unless another reference is named):
+
+- **fdatasync, not fsync, for the file.** fdatasync flushes the data and "metadata
+  [...] needed in order to allow a subsequent data retrieval to be correctly handled";
+  the man page names the file size as such metadata and st_mtime/st_atime as not. A
+  spooled file is new, written once and never changed again, so its size and block
+  allocation are all the metadata a read needs; its mode is set when it is created. POSIX
+  defines fdatasync as synchronized I/O *data* integrity completion (fdatasync(3p)). On
+  ext4 the two cost the same for a new file (both commit the journal: measured, equal
+  within noise); the cheaper call is kept for filesystems where timestamps are flushed
+  separately.
+- **The folder's fsync after the link stays.** fsync(2): "Calling fsync() does not
+  necessarily ensure that the entry in the directory containing the file has also
+  reached disk. For that an explicit fsync() on a file descriptor for the directory is
+  also needed." On ext4 and XFS the file's flush also commits the journal that holds the
+  new name, so the folder's flush then finds little to do; that is the filesystem's
+  behaviour, not a promise, and is not relied on.
+- **The file is flushed before it is linked, not after.** Linking first and flushing
+  the file and the folder together would cost one flush's wait instead of two for a
+  lone association, but a crash in between could leave a final name over incomplete
+  bytes: ext4 in its default ``data=ordered`` mode with delayed allocation commits the
+  name without the data ("file data blocks are /not/ guaranteed to be in any consistent
+  state after a crash",
+  https://www.kernel.org/doc/html/latest/filesystems/ext4/journal.html; "a program's
+  writes to the file system are not guaranteed to be on-disk unless the program issues
+  an fsync() call afterwards", Red Hat's ext4 chapter), and recovery would index it.
+  Rejected.
+- **A new series' folders are flushed once per process, not per instance.** A folder
+  is created with ``mkdir`` and its parent flushed once; afterwards it is remembered
+  (up to :data:`KNOWN_FOLDERS`) and costs nothing. A folder that already exists when
+  first seen (made by another thread still flushing its parent, or by an earlier process
+  killed before it did) gets that one flush of its parent too: waiting on a folder that
+  merely exists would let an instance be acknowledged inside a folder whose own name a
+  power loss could still take. The data directory's own name in its parent is flushed
+  by :meth:`ContentStore.prepare` when it creates it.
+- **The spool folder is never flushed.** Spool names are not part of the promise:
+  start-up sweeps whatever is there. If a power loss brings back a spool name that was
+  unlinked after its link (a second name for an acknowledged instance's inode), the
+  sweep removes that name; the final one, flushed in step 4, stays.
+- **No syncfs.** syncfs(2) would make file and name durable in one call but flushes
+  everything dirty on the filesystem (other receives, packages being written) and
+  still needs the ordering above.
+- **A failed flush is not retried.** After an fsync error Linux may have dropped what
+  it failed to write, and a second fsync can succeed without it
+  (https://wiki.postgresql.org/wiki/Fsync_Errors): the error goes to every placer the
+  flush covered, and the C-STORE is answered with a failure.
 """
 
 from __future__ import annotations
@@ -17,10 +75,14 @@ import errno
 import hashlib
 import os
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
+from store import group_sync
 from store.errors import DiskFull, InvalidUID
+from store.group_sync import GroupSync, fsync_dir
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -30,6 +92,9 @@ _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 _HASH_CHUNK = 1 << 20
+#: Folders a store remembers as made durable in their parents (forgetting one costs one
+#: flush of its parent the next time it is used).
+KNOWN_FOLDERS = 4096
 
 
 def check_uid(value: object, what: str = "UID") -> str:
@@ -40,20 +105,15 @@ def check_uid(value: object, what: str = "UID") -> str:
     return value
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# Not every platform's Python has fdatasync (macOS); fsync flushes at least as much.
+_datasync = getattr(os, "fdatasync", os.fsync)
 
 
 def fsync_file(path: Path) -> None:
-    """Flush ``path``'s data to stable storage."""
+    """Flush a new file's data and size to stable storage (fdatasync; see above)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        _datasync(fd)
     finally:
         os.close(fd)
 
@@ -78,9 +138,13 @@ def _disk_full(exc: OSError) -> bool:
 class ContentStore:
     """Files under one root; every method names paths relative to it."""
 
-    def __init__(self, root: Path, spool_name: str | None = None) -> None:
+    def __init__(
+        self, root: Path, spool_name: str | None = None, *, syncs: GroupSync | None = None
+    ) -> None:
         """``spool_name``: this node's own spool folder under ``spool/`` (nodes sharing
-        the data directory each sweep only their own at start); None: ``spool/`` itself."""
+        the data directory each sweep only their own at start); None: ``spool/`` itself.
+        ``syncs``: the folder flushes to share; None: the process's own
+        (:data:`store.group_sync.default`), so every store in a process groups together."""
         self.root = root
         self.instances = root / "instances"
         self.conflicts = root / "conflicts"
@@ -89,12 +153,23 @@ class ContentStore:
             if spool_name in ("", ".", "..") or "/" in spool_name or "\\" in spool_name:
                 raise ValueError(f"not a folder name for a spool: {spool_name!r}")
             self.spool = self.spool / spool_name
+        self._syncs = syncs if syncs is not None else group_sync.default
+        # Folders whose name is known durable in their parent (most recently used last).
+        self._known: OrderedDict[Path, None] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     def prepare(self) -> None:
-        """Create the folders (idempotent)."""
+        """Create the folders (idempotent); the name of each one created is flushed to
+        its parent, the data directory's own too where its parent can be opened."""
         # Parents first: mkdir(parents=True) gives the folders it adds the umask's mode.
         for d in (self.root, self.instances, self.conflicts, self.spool.parent, self.spool):
+            if d.is_dir():
+                continue
             d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            if d in (self.root, self.instances, self.conflicts):
+                # The operator's folder may not be readable to us; nothing more we can do.
+                with contextlib.suppress(PermissionError):
+                    fsync_dir(d.parent)
 
     def instance_relpath(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
         """The stored path of an instance, from validated UIDs only."""
@@ -114,49 +189,66 @@ class ContentStore:
         return self.root / relpath
 
     def place(self, spooled: Path, relpath: str, *, replace: bool = False) -> None:
-        """Durably move a complete spooled file to ``relpath``.
+        """Durably move a complete spooled file to ``relpath`` (the steps and why: above).
 
-        fsync the file, create missing folders (fsyncing each parent), move it, fsync
-        the folder. Unless ``replace``, an existing file is never overwritten
-        (``FileExistsError``): another receiver may be storing the same UID. Raises
-        :class:`DiskFull` (nothing left at ``relpath``) or OSError.
+        Returns once the file's bytes and its name are durable. Unless ``replace``, an
+        existing file is never overwritten (``FileExistsError``): another receiver may
+        be storing the same UID. Raises :class:`DiskFull` (nothing left at ``relpath``)
+        or OSError (a failed flush included: then nothing may be acknowledged).
         """
         final = self.root / relpath
         try:
             fsync_file(spooled)
-            self._makedirs(final.parent)
-            if replace:
-                os.replace(spooled, final)
-            else:
-                os.link(spooled, final)
-                os.unlink(spooled)
-            fsync_dir(final.parent)
+            try:
+                self._move(spooled, final, replace)
+            except FileNotFoundError:
+                if not spooled.exists():
+                    raise
+                # A folder this store remembered was removed: make it again, once.
+                with self._known_lock:
+                    self._known.clear()
+                self._move(spooled, final, replace)
+            self._syncs.sync(final.parent)
         except OSError as exc:
             if _disk_full(exc):
                 raise DiskFull(errno.ENOSPC, "no space left for the content store") from None
             raise
+
+    def _move(self, spooled: Path, final: Path, replace: bool) -> None:
+        self._ensure_folder(final.parent)
+        if replace:
+            os.replace(spooled, final)
+        else:
+            os.link(spooled, final)
+            # The spool name need not be durably gone: start-up sweeps it (see above).
+            os.unlink(spooled)
 
     def remove(self, relpath: str) -> None:
         """Remove a stored file if present (used to undo a placement the DB refused)."""
         final = self.root / relpath
         try:
             final.unlink()
-            fsync_dir(final.parent)
         except FileNotFoundError:
-            pass
-
-    def _makedirs(self, folder: Path) -> None:
-        if folder.is_dir():
             return
-        missing = []
-        p = folder
-        while not p.is_dir():
-            missing.append(p)
-            p = p.parent
-        for d in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                d.mkdir(mode=DIR_MODE)
-            fsync_dir(d.parent)
+        self._syncs.sync(final.parent)
+
+    def _ensure_folder(self, folder: Path) -> None:
+        """Make ``folder`` exist, its name durable in its parent, up to the root."""
+        if folder == self.root or folder.parent == folder:
+            return
+        with self._known_lock:
+            if folder in self._known:
+                self._known.move_to_end(folder)
+                return
+        self._ensure_folder(folder.parent)
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=DIR_MODE)
+        # Made by us or by anyone before us: a flush starting now covers its name.
+        self._syncs.sync(folder.parent)
+        with self._known_lock:
+            self._known[folder] = None
+            if len(self._known) > KNOWN_FOLDERS:
+                self._known.popitem(last=False)
 
     def sweep_spool(self) -> int:
         """Delete leftover partial receives (start-up only); returns how many."""
