@@ -8,8 +8,9 @@
   to it, and stays byte for byte the same whatever the reason: it holds no CSRF token).
   A GET changes nothing (mail scanners).
 - ``POST /access/extend``: the link in the ``__Host-link`` cookie. A patient's link
-  that expired and was not revoked or locked gets the answer page (extended: a button
-  to sign in again; asked: what happens next); anything else (no cookie, an unknown
+  that expired and was not revoked or locked gets the answer page (extended, or its
+  expired request reopened within ``portal.reopen_expired_days``: a button to sign in
+  again; asked: what happens next); anything else (no cookie, an unknown
   token, a revoked or locked link, a link that still works, a clinician's link) gets
   the neutral page again and nothing is done: holding a working link without its code
   must not use up the one extension. A token is 256 random bits: only its holder
@@ -36,12 +37,21 @@ from portal.grantsession import (
     patient_grant,
     portal,
 )
-from portal.more_time import Answer, ask
+from portal.more_time import Answer, MoreTime, ask
 from portal.pages import language
 from store.db import writing
 from store.models import Grant
 
 router = APIRouter()
+
+
+def more_time(ctx: PortalContext) -> MoreTime:
+    """What "Ask for more time" may give, from node.yaml (:mod:`portal.more_time`)."""
+    return MoreTime(
+        days=ctx.delivery.patient_extend_days,
+        reopen_days=ctx.portal.reopen_expired_days,
+        purge_grace_days=ctx.delivery.purge_grace_days,
+    )
 
 
 @router.post("/files/extend", include_in_schema=False)
@@ -60,7 +70,7 @@ async def extend_signed_in(request: Request) -> Response:
                 return grant
             with writing(s):
                 locked = lock_grant(s, grant.id)
-                answer = ask(s, ctx.outbox, locked, ctx.delivery.patient_extend_days, now)
+                answer = ask(s, ctx.outbox, ctx.book, locked, more_time(ctx), now)
                 s.commit()
                 return render_files(
                     request, ctx, s, locked, more_time=answer.outcome, notice="more_time"
@@ -82,7 +92,7 @@ def _ask_by_link(ctx: PortalContext, token: str | None) -> tuple[Answer, str] | 
                 return None
             if now < grant.expires_at:  # only an expired link: the code page is the way in
                 return None
-            answer = ask(s, ctx.outbox, grant, ctx.delivery.patient_extend_days, now)
+            answer = ask(s, ctx.outbox, ctx.book, grant, more_time(ctx), now)
             s.commit()
             return answer, grant.language
 

@@ -144,6 +144,19 @@ class PortalSettings(BaseModel):
         description="A study held (no request took it) for longer than this many hours "
         "is listed under What needs attention on the staff dashboard.",
     )
+    reopen_expired_days: int = Field(
+        default=7,
+        ge=0,
+        le=365,
+        description="Days after a patient's link expired during which 'Ask for more "
+        "time' on the expired-link page reopens it, once: the link works "
+        "delivery.patient_extend_days more days from then and the request is in use again "
+        "(on its timeline and audited, link-reopened). Only for a patient's own link not "
+        "revoked, locked or extended before, of a request that expired (not cancelled), "
+        "whose package is kept (never past delivery.purge_grace_days, less an hour) and "
+        "not queued for a CD. Later, or when 0 (or patient_extend_days is 0), staff are "
+        "alerted instead. Default 7.",
+    )
     dicomweb_token_h: int = Field(
         default=4,
         ge=1,

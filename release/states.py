@@ -46,7 +46,16 @@ TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
 """For each state, the states a request may move to from it."""
 
 FINAL: frozenset[RequestState] = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
-"""States a request never leaves."""
+"""States a request never leaves (but for :data:`REOPEN`)."""
+
+REOPEN: dict[RequestState, frozenset[RequestState]] = {
+    S.EXPIRED: frozenset({S.NOTIFIED, S.DOWNLOADED}),
+}
+"""The one way back out of a final state, and not in :data:`TRANSITIONS` (no staff,
+API or CLI move makes it): the patient's own "Ask for more time" on their expired link
+within ``portal.reopen_expired_days`` of its expiry, while the package's files are kept
+(:func:`portal.more_time.ask`). The request goes back to the state it expired from; the
+move is on its timeline and audited (``link-reopened``)."""
 
 JOINABLE: tuple[RequestState, ...] = (S.PENDING, S.RECEIVING)
 """States in which arriving studies may still be attached to a request."""

@@ -97,6 +97,11 @@ KINDS: dict[str, Kind] = {
     "release-hold": Kind(
         "110113", "Security Alert", "E", "110135", "Object Security Attributes Changed"
     ),
+    # A patient reopened their expired link with "Ask for more time" (within
+    # portal.reopen_expired_days): who may download the package changed again.
+    "link-reopened": Kind(
+        "110113", "Security Alert", "E", "110135", "Object Security Attributes Changed"
+    ),
     # A staff/RIS API key made or revoked (CLI or the staff Keys page): who may call
     # the API changed.
     "api-key": Kind("110113", "Security Alert", "E", "110137", "User Security Attributes Changed"),

@@ -3,23 +3,45 @@
 The real app over SQLite and PostgreSQL, an injected clock: the first ask extends the
 patient's link once by ``delivery.patient_extend_days``; the next alerts staff (once a
 day) and tells the patient what happens next; the expired-link page does the same for
-the link in its cookie and nothing for anyone else; CSRF and the per-address limit
-refuse before anything is written; every ask is on the request's timeline.
+the link in its cookie and nothing for anyone else, and reopens an expired request once
+within ``portal.reopen_expired_days`` (else staff are alerted, saying why); CSRF and the
+per-address limit refuse before anything is written; every ask is on the request's
+timeline.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from delivery.settings import DeliverySettings
-from store.models import Grant, Notification, ReleaseRequest, RequestState
+from portal.settings import PortalSettings
+from release.requests import RequestBook
+from store.models import (
+    AuditEvent,
+    DiscJob,
+    Grant,
+    Notification,
+    Package,
+    ReleaseRequest,
+    RequestState,
+)
 from tests.conftest import Database
 from tests.portal import patient_rig
-from tests.portal.patient_rig import STAFF, BuiltPackage, Rig, make_rig, post, sign_in
+from tests.portal.patient_rig import (
+    STAFF,
+    BuiltPackage,
+    Patient,
+    Rig,
+    make_rig,
+    post,
+    sign_in,
+)
 
 rig = patient_rig.rig
 built_package = patient_rig.built_package
@@ -127,20 +149,141 @@ def test_the_expired_page_does_nothing_for_a_link_still_working(rig: Rig) -> Non
     assert rig.counts() == before
 
 
-def test_an_expired_request_alerts_staff(rig: Rig) -> None:
+def _expire_request(rig: Rig, p: Patient, *, downloaded: bool = False) -> None:
+    """The link ran out and the housekeeping sweep moved the request to expired (as
+    delivery.batch.DeliveryBatch.expire does: a move from notified or downloaded)."""
+    _expire(rig, p.grant_id)
+    book = RequestBook(rig.db.sessions, rig.clock)
+    if downloaded:
+        book.transition(p.request_id, RequestState.DOWNLOADED, "portal", "downloaded")
+    book.transition(p.request_id, RequestState.EXPIRED, "delivery", "the link's life ended")
+
+
+def _state(rig: Rig, request_id: int) -> str:
+    with rig.db.sessions() as s:
+        return str(s.scalar(select(ReleaseRequest.state).where(ReleaseRequest.id == request_id)))
+
+
+def _reopened(rig: Rig, request_id: int) -> list[AuditEvent]:
+    with rig.db.sessions() as s:
+        return list(s.scalars(select(AuditEvent).where(AuditEvent.kind == "link-reopened")))
+
+
+@pytest.mark.parametrize("downloaded", [False, True])
+def test_an_expired_request_is_reopened_once_within_the_window(rig: Rig, downloaded: bool) -> None:
+    p = rig.patient()
+    client = rig.client()
+    client.get(f"/d/{p.token}")
+    _expire_request(rig, p, downloaded=downloaded)
+    # Within portal.reopen_expired_days (7) and delivery.purge_grace_days (7) less an hour.
+    rig.clock.advance(days=6, hours=21)
+    r = post(client, "/access/extend")
+    assert r.status_code == 200 and 'href="/access"' in r.text  # sign in again
+    back = "downloaded" if downloaded else "notified"
+    assert _state(rig, p.request_id) == back and _alerts(rig) == 0
+    g = rig.grant(p.grant_id)
+    assert g.expires_at == rig.clock() + timedelta(days=14) and g.extended_at == rig.clock()
+    [move] = [e for e in rig.events(p.request_id) if e.from_state == "expired"]
+    assert (move.to_state, move.actor) == (back, f"patient:grant-{p.grant_id}")
+    assert move.reason.startswith(
+        "the patient asked for more time 6 day(s) after their link expired: request "
+        "reopened, link extended by 14 days"
+    )
+    [audited] = _reopened(rig, p.request_id)
+    assert (audited.actor, audited.request_ref) == (
+        f"patient:grant-{p.grant_id}",
+        move_ref(rig, p),
+    )
+    # The link works again, the whole way in; and only once.
+    assert client.get("/access").status_code == 200
+    sign_in(rig, client, p.token)
+    _expire_request(rig, p)
+    client.get(f"/d/{p.token}")
+    r = post(client, "/access/extend")
+    assert r.status_code == 200 and "We have told the hospital" in r.text
+    assert _state(rig, p.request_id) == "expired" and _alerts(rig) == 1
+    assert any("already extended once" in x for x in _reasons(rig, p.request_id))
+
+
+def move_ref(rig: Rig, p: Patient) -> str:
+    with rig.db.sessions() as s:
+        return str(
+            s.scalar(select(ReleaseRequest.reference).where(ReleaseRequest.id == p.request_id))
+        )
+
+
+def _too_late(rig: Rig, p: Patient) -> None:
+    rig.clock.advance(days=7)
+
+
+def _reopening_off(rig: Rig, p: Patient) -> None:
+    rig.ctx.portal = PortalSettings(reopen_expired_days=0)
+
+
+def _purge_due(rig: Rig, p: Patient) -> None:
+    # The package is purged purge_grace_days after the expiry: never reopen at its edge.
+    rig.ctx.delivery = DeliverySettings(purge_grace_days=2)
+    rig.clock.advance(days=2, minutes=-30)
+
+
+def _files_deleted(rig: Rig, p: Patient) -> None:
+    with rig.db.sessions() as s, s.begin():
+        s.execute(
+            update(Package).where(Package.request_id == p.request_id).values(deleted_at=rig.clock())
+        )
+
+
+def _disc_queued(rig: Rig, p: Patient) -> None:
+    with rig.db.sessions() as s, s.begin():
+        s.add(
+            DiscJob(
+                request_id=p.request_id, why="unopened", queued_at=rig.clock(), queued_by="node"
+            )
+        )
+
+
+def _extended_before(rig: Rig, p: Patient) -> None:
+    with rig.db.sessions() as s, s.begin():
+        s.execute(update(Grant).where(Grant.id == p.grant_id).values(extended_at=rig.clock()))
+
+
+@pytest.mark.parametrize(
+    ("setup", "why"),
+    [
+        (_too_late, "the link expired more than 7 days ago"),
+        (_reopening_off, "portal.reopen_expired_days is 0"),
+        (_purge_due, "the package's files are due for deletion"),
+        (_files_deleted, "the package's files were deleted"),
+        (_disc_queued, "a CD is queued for this request"),
+        (_extended_before, "already extended once"),
+    ],
+)
+def test_an_expired_request_alerts_staff_otherwise(
+    rig: Rig, setup: Callable[[Rig, Patient], None], why: str
+) -> None:
+    p = rig.patient()
+    client = rig.client()
+    client.get(f"/d/{p.token}")
+    _expire_request(rig, p)
+    setup(rig, p)
+    before = rig.grant(p.grant_id).expires_at
+    r = post(client, "/access/extend")
+    assert r.status_code == 200 and 'href="/access"' not in r.text
+    assert "We have told the hospital" in r.text
+    assert _state(rig, p.request_id) == "expired" and _alerts(rig) == 1
+    assert rig.grant(p.grant_id).expires_at == before and not _reopened(rig, p.request_id)
+    assert any(f"{why}" in x and "staff alerted" in x for x in _reasons(rig, p.request_id))
+
+
+def test_a_cancelled_request_is_never_reopened(rig: Rig) -> None:
     p = rig.patient()
     client = rig.client()
     client.get(f"/d/{p.token}")
     _expire(rig, p.grant_id)
-    with rig.db.sessions() as s, s.begin():
-        s.execute(
-            update(ReleaseRequest)
-            .where(ReleaseRequest.id == p.request_id)
-            .values(state=RequestState.EXPIRED)
-        )
+    RequestBook(rig.db.sessions, rig.clock).cancel(p.request_id, "staff:alice", "wrong study")
     r = post(client, "/access/extend")
-    assert r.status_code == 200 and 'href="/access"' not in r.text
-    assert rig.grant(p.grant_id).extended_at is None and _alerts(rig) == 1
+    assert r.status_code == 200 and "We have told the hospital" in r.text
+    assert _state(rig, p.request_id) == "cancelled" and not _reopened(rig, p.request_id)
 
 
 def test_the_expired_page_does_nothing_for_other_links(rig: Rig) -> None:
