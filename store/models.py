@@ -131,6 +131,12 @@ class Instance(Base):
     # Rows x Columns x NumberOfFrames x SamplesPerPixel as the header declares it (checked
     # against scp.max_pixels at ingest); NULL: no image, or received before migration 0012.
     declared_pixels: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Migration 0020: when the report sweep (ris.dicom) last failed to read this report
+    # instance's header; NULL: never failed (or read since). New ones are looked for
+    # without these, so unreadable ones never starve them; each is tried again daily.
+    report_unreadable_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime(), nullable=True, index=True
+    )
 
 
 class InstanceConflict(Base):
