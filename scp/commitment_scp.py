@@ -43,9 +43,10 @@ from scp.commitment_reports import (
     ReportSender,
     next_msg_id,
 )
+from scp.filemeta import content_sha256
 from scp.settings import ScpSettings
 from store.catalog import guarded
-from store.content import ContentStore, check_uid, sha256_of
+from store.content import ContentStore, check_uid
 from store.errors import InvalidUID, StoreError
 from store.models import Instance, Study, StudyEvent, utcnow
 
@@ -191,7 +192,8 @@ class Ledger:
         try:
             if path.stat().st_size != size:
                 return False
-            return not self._verify_digest or sha256_of(path)[0] == sha256
+            # The index keeps the content digest (the file without its sender elements).
+            return not self._verify_digest or content_sha256(path)[0] == sha256
         except OSError:
             return False
 

@@ -416,9 +416,7 @@ class FastDUL(DULServiceProvider):
             return _Store(context_id, message_id, sop_class, sop_instance, transfer_syntax, None)
         if spooled is None:  # spool.install() was not called: pynetdicom's way
             return None
-        spooled.write(
-            b"\0" * 128 + b"DICM" + spool.file_meta_bytes(sop_class, sop_instance, transfer_syntax)
-        )
+        spool.start_file(spooled, assoc, sop_class, sop_instance, transfer_syntax)
         return _Store(context_id, message_id, sop_class, sop_instance, transfer_syntax, spooled)
 
     def _finish(self, store: _Store) -> None:

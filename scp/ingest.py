@@ -1,14 +1,23 @@
 """Ingest: turn one spooled C-STORE dataset into a durable, indexed instance.
 
-The order is the promise behind 0x0000: parse and check the header, hash, fsync,
-rename into place, fsync the folder, commit the row (with the database's own flush), and
-only then succeed. ``Catalog.add(relaxed=True)`` (a commit that does not wait for that
-flush) is not used: start-up recovery re-indexes a file from its header alone, and the
-sender's AE titles and address, which rules can match on, are not in the file, so a row
-a power loss took would come back without them. Anything
-else answers a failure status and leaves nothing half-done: no row without a file, no
-file at a final path that the sender was not told about (a file renamed into place
-whose row fails is removed again).
+The order is the promise behind 0x0000: parse and check the header, hash, fsync the
+file, rename it into place, fsync the folder, commit the index row, and only then
+succeed. So 0x0000 means:
+
+- the file is on disk for good (file and folder fsynced), and it names its sender: the
+  File Meta Information carries the calling AE, called AE and the sender's address
+  (:mod:`scp.filemeta`, written while it arrived);
+- the row is committed, so every reader (rules, the portal, a query) sees it before
+  the sender reads the response, but with ``Catalog.add(relaxed=True)``: the commit
+  does not wait for the database's own flush, so a power loss (or, on PostgreSQL, a
+  crash of the database server) may take the row again; a crash of Courier never does,
+  the database has the commit. Start-up recovery
+  (:mod:`scp.recovery`) re-creates a row for every stored file that has none, from the
+  file alone, with the same peer (AE titles and host: what rules match on).
+
+Anything else answers a failure status and leaves nothing half-done: no row without a
+file, no file at a final path that the sender was not told about (a file renamed into
+place whose row fails is removed again).
 
 The statuses are in :class:`Status` (PS3.4 Annex B.2.3: the ranges are the standard's,
 the sub-codes ours). Nothing here logs patient data: UIDs, sizes and AE titles only.
@@ -25,10 +34,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
+from scp.filemeta import content_sha256
 from scp.header import BadDataset, Header, read_header
 from scp.spool import SpoolFile
 from store.catalog import Catalog, DuplicateRace, InstanceRecord, KnownInstance
-from store.content import ContentStore, check_uid, sha256_of
+from store.content import ContentStore, check_uid
 from store.errors import DatabaseUnavailable, DiskFull, InvalidUID
 
 log = logging.getLogger("courier.scp.ingest")
@@ -157,7 +167,7 @@ class Ingest:
         if spooled is not None and spooled.size == path.stat().st_size:
             sha, size = spooled.digest.hexdigest(), spooled.size  # hashed as it arrived
         else:
-            sha, size = sha256_of(path)
+            sha, size = content_sha256(path)
         rec = _record(header, peer, sha, size, rel)
         # Placing never overwrites, so the common path (a new instance) needs no
         # look-up first: the link either creates the file (ours) or finds one there.
@@ -178,11 +188,10 @@ class Ingest:
         try:
             for _retry in range(5):
                 try:
-                    # Committed with the database's own flush: recovery could re-create
-                    # the row from the file, but not the sender's AE titles and address
-                    # (rules match on them), so the row must not be the thing a power
-                    # loss takes.
-                    self._catalog.add(rec)
+                    # Committed without waiting for the database's flush: the file is
+                    # durable and names its sender, so a row a power loss takes is
+                    # re-created, peer and all, by start-up recovery.
+                    self._catalog.add(rec, relaxed=True)
                     break
                 except DuplicateRace:
                     known = self._catalog.lookup(rec.sop_instance_uid)

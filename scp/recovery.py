@@ -2,8 +2,11 @@
 
 1. Spool leftovers (datasets that were still arriving) are deleted: their senders
    never received 0x0000.
-2. Stored files without a row (the node died between rename and commit) are
-   re-indexed from their headers: the file is the durable truth.
+2. Stored files without a row (the node died between rename and commit, or a power
+   loss took a row committed without the database's flush, see :mod:`scp.ingest`) are
+   re-indexed from their headers: the file is the durable truth, and its File Meta
+   Information names the sender (calling AE, called AE, host; empty in files written
+   before Courier recorded them there), so rules see the same peer as on receipt.
 3. Rows whose file is gone are flagged ``file_missing`` (never silently dropped) so
    staff see it; an identical re-send restores them.
 """
@@ -19,10 +22,11 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from scp.filemeta import content_sha256
 from scp.header import BadDataset, read_header
 from scp.ingest import Peer, _record
 from store.catalog import Catalog, DuplicateRace, guarded
-from store.content import ContentStore, sha256_of
+from store.content import ContentStore
 from store.models import Instance
 
 log = logging.getLogger("courier.scp.recovery")
@@ -55,12 +59,14 @@ def recover(
         path = content.path(rel)
         try:
             header = read_header(path)
-            sha, size = sha256_of(path)
-            rec = _record(header, Peer("", "", ""), sha, size, rel)
+            sha, size = content_sha256(path)
+            peer = Peer(header.calling_ae, header.called_ae, header.peer_host)
+            rec = _record(header, peer, sha, size, rel)
             if rel != content.instance_relpath(rec.study_uid, rec.series_uid, rec.sop_instance_uid):
                 raise BadDataset("file name does not match its UIDs")
             mtime = datetime.fromtimestamp(os.stat(path).st_mtime, UTC)
-            catalog.add(rec, received_at=mtime)
+            # Relaxed like ingest: a row lost again is re-created at the next start.
+            catalog.add(rec, received_at=mtime, relaxed=True)
             reindexed += 1
         except (BadDataset, ValueError, DuplicateRace) as exc:
             unreadable += 1

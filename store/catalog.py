@@ -15,9 +15,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, case, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Engine,
+    Pool,
+    PoolProxiedConnection,
+    Table,
+    bindparam,
+    case,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, TimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -211,36 +225,130 @@ def _unavailable(exc: Exception) -> DatabaseUnavailable:
     )
 
 
+_STATEMENTS = {
+    "bump_study": _BUMP_STUDY,
+    "new_study": _NEW_STUDY,
+    "new_event": _NEW_EVENT,
+    "unstable": _UNSTABLE,
+    "modalities": _MODALITIES,
+    "bump_series": _BUMP_SERIES,
+    "new_series": _NEW_SERIES,
+    "new_instance": _NEW_INSTANCE,
+}
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """One statement compiled for the driver: its SQL, and how to bind it."""
+
+    sql: str
+    order: tuple[str, ...] | None  # parameter names in order (qmark), None: named
+    defaults: dict[str, Any]  # the statement's own literal values, as plain types
+
+    def bind(self, values: dict[str, Any]) -> Any:
+        merged = {**self.defaults, **values}
+        if self.order is None:
+            return merged
+        return tuple(merged[name] for name in self.order)
+
+
+class _Statements:
+    """:meth:`Catalog.add`'s statements compiled once for one dialect, run on a DBAPI
+    cursor: no ORM, no per-call compile or SQLAlchemy execution context."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.compiled: dict[str, _Compiled] = {}
+        for key, stmt in _STATEMENTS.items():
+            c = stmt.compile(dialect=dialect)
+            defaults = {
+                k: (str(v) if isinstance(v, StrEnum) else v)
+                for k, v in c.params.items()
+                if not k.startswith("p_") and k != "now"
+            }
+            order = tuple(c.positiontup or ()) if c.positional else None
+            self.compiled[key] = _Compiled(c.string, order, defaults)
+        self.time = UTCDateTime().bind_processor(dialect) or (lambda v: v)
+        dbapi = dialect.loaded_dbapi
+        self.integrity_error: type[Exception] = dbapi.IntegrityError
+        self.error: type[Exception] = dbapi.Error
+
+    def one(self, cur: Any, key: str, values: dict[str, Any]) -> Any:
+        """Run one statement; its first row, or None."""
+        c = self.compiled[key]
+        cur.execute(c.sql, c.bind(values))
+        return cur.fetchone() if cur.description is not None else None
+
+
 @contextmanager
-def _relaxed(conn: Connection, relaxed: bool) -> Iterator[None]:
-    """On SQLite: hold the engine's write gate, and when ``relaxed`` let this
-    connection's commits skip the flush to disk while inside."""
-    if conn.dialect.name != "sqlite":
+def _gate(engine: Engine) -> Iterator[None]:
+    """On SQLite, hold the engine's write gate (see store.db.writing): SQLite's own busy
+    wait polls with a back-off that made four receiving associations wait on each other
+    for milliseconds per instance."""
+    gate = _GATES.get(engine)
+    if gate is None:  # PostgreSQL (each UPDATE locks its rows), or an engine made elsewhere
         yield
         return
-    # This process's writers queue on the engine's gate (see store.db.writing): SQLite's
-    # own busy wait polls with a back-off that made four receiving associations wait
-    # on each other for milliseconds per instance.
-    gate = _GATES.get(conn.engine) or threading.Lock()
-    held = gate.acquire(timeout=_GATE_WAIT_S.get(conn.engine, 5.0))
+    held = gate.acquire(timeout=_GATE_WAIT_S.get(engine, 5.0))
     try:
-        if not relaxed:
-            yield
-            return
-        conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
-        conn.commit()
-        try:
-            yield
-        finally:
-            try:
-                conn.exec_driver_sql("PRAGMA synchronous=FULL")
-                conn.commit()
-            except Exception:
-                conn.invalidate()  # never back to the pool with flushes off
-                raise
+        yield
     finally:
         if held:
             gate.release()
+
+
+def _relaxed_pool(engine: Engine) -> Pool:
+    """The receive path's own connections (see :meth:`Catalog.add`): a pool like the
+    engine's (same driver, URL and connect hooks) that nothing else borrows from, so a
+    connection set to commit without the flush never serves anyone else. Disposed with
+    the engine."""
+    pool = engine.pool.recreate()
+
+    def _relax(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        if engine.dialect.name == "sqlite":
+            # WAL + NORMAL: a commit is durable once the WAL is checkpointed or synced;
+            # a power loss can lose the last commits, never corrupt the database.
+            cur.execute("PRAGMA synchronous=NORMAL")
+        else:
+            cur.execute("SET synchronous_commit TO OFF")
+            dbapi_conn.commit()
+        cur.close()
+
+    # Runs after the engine's own connect hooks (WAL, synchronous=FULL, busy_timeout).
+    event.listen(pool, "connect", _relax)
+    event.listen(engine, "engine_disposed", lambda _conn: pool.dispose())
+    return pool
+
+
+def _write(sql: _Statements, cur: Any, rec: InstanceRecord, values: dict[str, Any]) -> None:
+    """The statements of one :meth:`Catalog.add`, in one transaction (not committed)."""
+    now = values["now"]
+    row = sql.one(cur, "bump_study", values)
+    if row is None:
+        study_id = int(sql.one(cur, "new_study", values)[0])
+        event = {"p_study_id": study_id, "now": now, "p_from_state": ""}
+        event |= {"p_to_state": str(StudyState.RECEIVING), "p_reason": "first instance"}
+        sql.one(cur, "new_event", event)
+        state, modalities = str(StudyState.RECEIVING), rec.modality
+    else:
+        study_id, state, modalities = int(row[0]), str(row[1]), str(row[2])
+    if state != StudyState.RECEIVING:
+        # Stable, or purged/being purged: the study is receiving again (a purge in
+        # progress sees the state change and leaves the new instance alone).
+        sql.one(cur, "unstable", {"p_study_id": study_id})
+        event = {"p_study_id": study_id, "now": now, "p_from_state": state}
+        event |= {"p_to_state": str(StudyState.RECEIVING)}
+        event["p_reason"] = f"new instance after the study was {state}"
+        sql.one(cur, "new_event", event)
+    if rec.modality and rec.modality not in modalities.split("\\"):
+        joined = "\\".join(m for m in (modalities, rec.modality) if m)
+        sql.one(cur, "modalities", {"p_study_id": study_id, "p_modalities": joined[:64]})
+    values["p_study_id"] = study_id
+    row = sql.one(cur, "bump_series", values)
+    values["p_series_id"] = (
+        int(row[0]) if row is not None else int(sql.one(cur, "new_series", values)[0])
+    )
+    sql.one(cur, "new_instance", values)
 
 
 class Catalog:
@@ -252,6 +360,9 @@ class Catalog:
         self._sessions = sessions
         self._engine: Engine = sessions.kw["bind"]
         self._clock = clock
+        self._statements: _Statements | None = None
+        self._pool: Pool | None = None  # relaxed commits; made at the first one
+        self._pool_lock = threading.Lock()
 
     def lookup(self, sop_instance_uid: str) -> KnownInstance | None:
         """The indexed instance with this UID, or None."""
@@ -277,63 +388,60 @@ class Catalog:
         Counters are incremented in SQL (never read-modify-write in Python), and the
         first statement is a write, so SQLite takes its write lock and PostgreSQL its
         row lock before anything is read: concurrent receivers lose no count. The
-        statements are built once (this runs for every received instance).
+        statements are compiled once and run on the driver's cursor (this runs for every
+        received instance): for an instance of a study and series already known, three
+        statements and the commit.
 
-        ``relaxed``: the commit does not wait for the database's own flush to disk
-        (SQLite ``synchronous=NORMAL`` for this transaction, PostgreSQL
-        ``synchronous_commit=off``). Only for rows that start-up recovery re-creates from
-        a file already durable: a power loss may lose the row, never the instance.
+        ``relaxed``: the commit does not wait for the database's own flush to disk. It
+        runs on connections of their own, set up once (SQLite ``synchronous=NORMAL`` in
+        WAL, PostgreSQL ``synchronous_commit=off``) and never lent to anyone else. The
+        row is committed (every reader sees it) when this returns; a power loss may
+        still take it. Only for rows that start-up recovery re-creates from a file
+        already durable (``scp.recovery``): the instance is never lost, its row comes
+        back at the next start.
         """
         now = received_at or self._clock()
+        sql = self._statements or self._compile()
         values: dict[str, Any] = {f"p_{k}": v for k, v in rec.__dict__.items()}
-        values["now"] = now
+        values["now"] = sql.time(now)
         try:
-            with guarded_connection(self._engine) as conn, _relaxed(conn, relaxed), conn.begin():
-                if relaxed and conn.dialect.name == "postgresql":
-                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                row = conn.execute(_BUMP_STUDY, values).first()
-                if row is None:
-                    study_id = int(conn.execute(_NEW_STUDY, values).scalar_one())
-                    conn.execute(
-                        _NEW_EVENT,
-                        {
-                            "p_study_id": study_id,
-                            "now": now,
-                            "p_from_state": "",
-                            "p_to_state": StudyState.RECEIVING,
-                            "p_reason": "first instance",
-                        },
-                    )
-                    state, modalities = str(StudyState.RECEIVING), rec.modality
-                else:
-                    study_id, state, modalities = int(row[0]), str(row[1]), str(row[2])
-                if state != StudyState.RECEIVING:
-                    # Stable, or purged/being purged: the study is receiving again (a purge
-                    # in progress sees the state change and leaves the new instance alone).
-                    conn.execute(_UNSTABLE, {"p_study_id": study_id})
-                    conn.execute(
-                        _NEW_EVENT,
-                        {
-                            "p_study_id": study_id,
-                            "now": now,
-                            "p_from_state": state,
-                            "p_to_state": StudyState.RECEIVING,
-                            "p_reason": f"new instance after the study was {state}",
-                        },
-                    )
-                if rec.modality and rec.modality not in modalities.split("\\"):
-                    joined = "\\".join(m for m in (modalities, rec.modality) if m)
-                    conn.execute(_MODALITIES, {"p_study_id": study_id, "p_modalities": joined[:64]})
-                series_id = conn.execute(_BUMP_SERIES, values).scalar()
-                if series_id is None:
-                    series_id = conn.execute(
-                        _NEW_SERIES, {**values, "p_study_id": study_id}
-                    ).scalar_one()
-                conn.execute(
-                    _NEW_INSTANCE, {**values, "p_study_id": study_id, "p_series_id": series_id}
-                )
+            with _gate(self._engine):
+                conn = self._connect(relaxed)
+                try:
+                    _write(sql, conn.cursor(), rec, values)
+                    conn.commit()
+                except BaseException as exc:
+                    if isinstance(exc, sql.integrity_error):
+                        conn.rollback()
+                    else:
+                        conn.invalidate()  # its state is unknown: never reused
+                    raise
+                finally:
+                    conn.close()
         except IntegrityError:
             raise DuplicateRace("instance, series or study was inserted concurrently") from None
+        except Exception as exc:
+            if isinstance(exc, sql.integrity_error):
+                raise DuplicateRace("instance, series or study was inserted concurrently") from None
+            if isinstance(exc, (sql.error, DBAPIError, TimeoutError)):
+                raise _unavailable(exc) from None
+            raise
+
+    def _compile(self) -> _Statements:
+        self._statements = _Statements(self._engine.dialect)
+        return self._statements
+
+    def _connect(self, relaxed: bool) -> PoolProxiedConnection:
+        """A DBAPI connection: the engine's pool, or (``relaxed``) the receive path's."""
+        url = self._engine.url
+        if not relaxed or (
+            url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+        ):
+            return self._engine.raw_connection()
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = _relaxed_pool(self._engine)
+        return self._pool.connect()
 
     def add_conflict(self, rec: InstanceRecord) -> None:
         """Record a same-UID, different-bytes arrival kept aside at ``rec.path``."""
