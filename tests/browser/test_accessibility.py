@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,32 @@ def test_patient_pages_are_accessible(site: Site, new_context: ContextFactory) -
     assert not audit.problems, "accessibility problems:\n" + "\n".join(audit.problems)
 
 
+def _held_for_staff_by_policy(site: Site, ref: str) -> str:
+    """Hold ``ref`` as the release policy does when the report did not come by max_wait
+    (``max_wait_passed``, since 2026-03-02 09:00 UTC), in the node's own database."""
+    from sqlalchemy import create_engine, select
+    from sqlalchemy.orm import Session
+
+    from release.embargo import ACTOR, MAX_WAIT
+    from release.progress import note
+    from store.models import ReleaseRequest
+
+    since = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    engine = create_engine(f"sqlite:///{site.node.data_dir / 'courier.db'}")
+    try:
+        with Session(engine) as s, s.begin():
+            req = s.scalars(select(ReleaseRequest).where(ReleaseRequest.reference == ref)).one()
+            req.hold_kind, req.hold_until, req.hold_checked_at = MAX_WAIT, None, since
+            why = (
+                "the final report did not come by 2026-03-02 23:00 +14 (rule us-report: "
+                "max_wait 7d from arrival): held for staff to decide"
+            )
+            note(s, req, ACTOR, why, since)
+    finally:
+        engine.dispose()
+    return ref
+
+
 def test_staff_studies_pages_are_accessible(
     site: Site, new_context: ContextFactory, screenshot_dir: Path
 ) -> None:
@@ -225,8 +252,15 @@ def test_staff_studies_pages_are_accessible(
         page.locator("#hold-reason").fill("ask the consultant first")
         page.locator("#action-hold").click()
         page.wait_for_url(f"{site.base_url}/staff/requests/{held_ref}?done=hold")
+    # A third whose final report did not come by max_wait (the policy's own kind and
+    # line, written as release.embargo writes them): the dashboard says why.
+    late = _held_for_staff_by_policy(site, site.create_request("ACCHOLD3"))
     page.goto(f"{site.base_url}/staff")
     expect(page.locator("#needs-decision")).to_contain_text(next(iter(held)))
+    expect(page.locator(f"#held-for-staff-{late}")).to_contain_text("max_wait 7d")
+    # Held since: the site's local time (Pacific/Kiritimati, UTC+14) with its zone.
+    expect(page.locator(f"#held-for-staff-{late} time")).to_have_text("2026-03-02 23:00 +14")
+    expect(page.locator("#held-count-max-wait")).to_have_text("1")
     expect(page.locator("#held-staff-until")).to_be_visible()
     page.goto(f"{site.base_url}/staff/requests/{ref}")  # back to the waiting request
 

@@ -171,6 +171,10 @@ def test_the_list_shows_a_hold_badge_and_filters_by_hold(site: Site, holds: dict
         return {ref for ref in holds.values() if f'href="/staff/requests/{ref}"' in got.text}
 
     assert f'id="hold-{holds["max_wait"]}">{WHY}' in page
+    # The request page's Release section says the same, and offers both actions.
+    one = site.client.get(f"/staff/requests/{holds['max_wait']}").text
+    assert f'<p class="notice" id="hold-state"><strong>{WHY}</strong></p>' in one
+    assert 'id="action-release-now"' in one and 'id="action-hold"' in one
     wanted = {holds[k] for k in ("embargo", "report", "staff_until", "for_staff", "max_wait")}
     assert listed("hold=held") == wanted
     assert listed("hold=embargo") == {holds["embargo"]}
