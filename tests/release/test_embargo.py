@@ -308,6 +308,28 @@ def test_max_wait_reached(world: World, outcome: str) -> None:
         assert world.claimable() == ref
 
 
+def test_a_late_report_leaves_max_wait_passed_to_staff_until_ready_again(world: World) -> None:
+    """The report after max_wait does not release it by itself (staff decide); once the
+    request is ready again (a new study) the policy decides afresh, like any hold but a
+    staff member's own."""
+    ref = world.ready("report-staff")
+    world.keeper.sweep()
+    deadline = world.row(ref).hold_until
+    assert deadline is not None
+    world.clock.now = deadline
+    world.keeper.sweep()
+    assert world.row(ref).hold_kind == MAX_WAIT
+    world.clock.now += timedelta(hours=1)
+    world.report("final")
+    assert world.keeper.sweep() == [] and world.claimable() is None
+    with world.db.sessions() as s, s.begin():
+        s.get(ReleaseRequest, world.row(ref).id).hold_checked_at = None  # as move_in does
+    assert world.keeper.sweep() == [ref]  # decided afresh: the report is in, no hold
+    assert world.row(ref).hold_kind == NONE and world.claimable() == ref
+    assert world.staff_holds == [ref]  # alerted once, when it was first held
+    assert "final report received" in world.timeline(ref)
+
+
 def test_the_report_wait_then_the_embargo(world: World) -> None:
     """after: 24h and until: report_final: a report within the day leaves the embargo."""
     ref = world.ready("report-images")
