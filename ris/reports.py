@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from release.reports import DELIVERABLE
@@ -31,6 +31,9 @@ from store.content import FILE_MODE, ContentStore, sha256_of
 from store.models import Report, ReportStatus, Study
 
 log = logging.getLogger(__name__)
+
+#: Waiting reports read per transaction by :meth:`ReportBook.link_waiting` (all are read).
+PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class ReportBook:
     def __init__(self, sessions: sessionmaker[Session], content: ContentStore) -> None:
         self._sessions = sessions
         self._content = content
+        self._told: set[int] = set()  # waiting reports whose failed match was logged
 
     # -- HL7 ---------------------------------------------------------------------------
 
@@ -143,35 +147,57 @@ class ReportBook:
 
     def link_waiting(self, accession_field: AccessionField, default_charset: str) -> int:
         """Give reports that arrived before their study the study's UID, now that it is
-        here (the patient check again, from the raw message). Returns how many."""
-        linked = 0
-        with self._sessions() as s, s.begin():
-            waiting = list(
-                s.scalars(
-                    select(Report)
-                    .where(Report.study_instance_uid == "", Report.source == "hl7")
-                    .limit(500)
-                )
-            )
-            for row in waiting:
-                studies = list(
-                    s.scalars(select(Study).where(Study.accession_number == row.accession_number))
-                )
-                if len(studies) != 1 or row.raw_path is None:
-                    continue
-                try:
-                    raw = self._content.path(row.raw_path).read_bytes()
-                    oru = read_oru(
-                        raw, accession_field=accession_field, default_charset=default_charset
+        here. Returns how many were linked.
+
+        Every waiting HL7 report whose accession number a study now has is looked at,
+        oldest first (by id), :data:`PAGE` at a time, one transaction a page, until none
+        is left: however many wait, none is skipped. Each is matched again exactly as on
+        arrival (:meth:`_match`, from its raw message): by the message's Study Instance
+        UID when it carries one (so two studies with the accession do not stop it), else
+        by the accession number, and only when the study's PatientID is one of PID-3's;
+        one that does not match stays waiting (logged once a process, by id)."""
+        linked, after = 0, 0
+        while True:  # bounded: ``after`` grows with every full page
+            with self._sessions() as s, s.begin():
+                page = list(
+                    s.scalars(
+                        select(Report)
+                        .where(
+                            Report.study_instance_uid == "",
+                            Report.source == "hl7",
+                            Report.id > after,
+                            exists().where(Study.accession_number == Report.accession_number),
+                        )
+                        .order_by(Report.id)
+                        .limit(PAGE)
                     )
-                    uid = self._match(s, oru)
-                except (OSError, Refused) as exc:
-                    log.warning("report %d not linked: %s", row.id, type(exc).__name__)
-                    continue
-                if uid:
-                    row.study_instance_uid = uid
-                    linked += 1
-        return linked
+                )
+                for row in page:
+                    linked += self._link(s, row, accession_field, default_charset)
+            if len(page) < PAGE:
+                return linked
+            after = page[-1].id
+
+    def _link(
+        self, s: Session, row: Report, accession_field: AccessionField, default_charset: str
+    ) -> bool:
+        """Match one waiting report (in ``s``'s transaction); True when it was linked."""
+        if row.raw_path is None:
+            return False
+        try:
+            raw = self._content.path(row.raw_path).read_bytes()
+            oru = read_oru(raw, accession_field=accession_field, default_charset=default_charset)
+            uid = self._match(s, oru)
+        except (OSError, Refused) as exc:
+            if row.id not in self._told:  # once a process, not at every sweep
+                self._told.add(row.id)
+                reason = exc.reason if isinstance(exc, Refused) else type(exc).__name__
+                log.warning("report %d not linked: %s", row.id, reason)
+            return False
+        if not uid:
+            return False
+        row.study_instance_uid = uid
+        return True
 
     def drop_waiting(self, days: int, now: datetime | None = None) -> int:
         """Delete HL7 reports still waiting for their study ``days`` after they came
