@@ -157,7 +157,8 @@ def add_request_parsers(
         const="held",
         choices=("held", "embargo", "report", "max_wait_passed", "staff"),
         help="only those a release hold keeps back now (any hold; or one kind: embargo, "
-        "report, max_wait_passed: the report did not come in time, staff: held by staff)",
+        "report, max_wait_passed: the report did not come in time, staff: held by staff or "
+        "a lost rule)",
     )
     ls.add_argument("--limit", type=int, default=100)
 

@@ -68,7 +68,8 @@ Held = Annotated[
     Query(
         description="only requests a release hold keeps back now: any hold (held), or "
         "one kind: embargo, report (waiting for the final report), max_wait_passed (the "
-        "report did not come by max_wait: held for staff to decide), staff (held by staff)"
+        "report did not come by max_wait: held for staff to decide), staff (held by staff, "
+        "or a study's rule no longer exists)"
     ),
 ]
 

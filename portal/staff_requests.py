@@ -132,7 +132,7 @@ HOLDS = {
     "embargo": "embargoed",
     "report": "waiting for the report",
     "max_wait_passed": "held for staff: the report did not come in time",
-    "staff": "held by staff",
+    "staff": "held by staff (or: the study's rule no longer exists)",
 }
 
 
