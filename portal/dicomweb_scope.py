@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -34,9 +35,10 @@ from portal.context import PortalContext
 from portal.dicomweb_token import check
 from portal.grantsession import actor, audit, client_address, is_live
 from portal.studyzip import request_studies
+from portal.viewer_data import viewer_folder
 from store.audit import record as audit_event
 from store.db import writing
-from store.models import Grant, Instance, ReleaseRequest, RequestEvent, Series, Study
+from store.models import Grant, Instance, Package, ReleaseRequest, RequestEvent, Series, Study
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -69,6 +71,11 @@ class Scope:
     # Report instances the report policy withholds (release.reports.withheld_instances):
     # never found, listed or retrieved.
     withheld: frozenset[int] = frozenset()
+    # The grant's package's viewer folder, where metadata is kept (portal.viewer_data
+    # .viewer_folder), and the package's own folder (nothing is kept once it is gone);
+    # None without a package.
+    cache: Path | None = None
+    package_folder: Path | None = None
 
 
 def _bearer(request: Request) -> str | None:
@@ -88,6 +95,7 @@ def _scope(ctx: PortalContext, grant_id: int, name: str, now: datetime) -> Scope
             select(ReleaseRequest.reference).where(ReleaseRequest.id == grant.request_id)
         )
         rows = request_studies(s, grant.request_id)
+        package = s.get(Package, grant.package_id) if grant.package_id else None
         return Scope(
             grant_id=grant.id,
             request_id=grant.request_id,
@@ -97,6 +105,8 @@ def _scope(ctx: PortalContext, grant_id: int, name: str, now: datetime) -> Scope
             studies={row.study_uid: row.id for row in rows},
             numbers={row.study_uid: k for k, row in enumerate(rows, start=1)},
             withheld=frozenset(ctx.withheld(s, grant.request_id)),
+            cache=viewer_folder(ctx, package) if package else None,
+            package_folder=ctx.package_dir / package.folder if package else None,
         )
 
 
@@ -152,6 +162,7 @@ class Stored:
     transfer_syntax_uid: str
     instance_number: str
     relpath: str
+    sha256: str  # of the stored file, as indexed: what its cached metadata is keyed by
 
 
 def _number(value: str) -> tuple[int, str]:
@@ -193,6 +204,7 @@ def instances(
             inst.transfer_syntax_uid,
             inst.instance_number,
             inst.path,
+            inst.sha256,
         )
         for inst, series in rows
     ]

@@ -5,7 +5,8 @@
   byte (never transcoded), streamed from the content store in 1 MiB reads.
 - ``…/metadata`` at each level: ``application/dicom+json``, every header attribute
   (pixel data left out; other binary values over 64 KiB as a ``BulkDataURI`` to the
-  instance), plus ``AvailableTransferSyntaxUID``.
+  instance), plus ``AvailableTransferSyntaxUID``; each instance's JSON is made once and
+  kept beside the viewer's pictures (:mod:`portal.dicomweb_metadata`).
 - ``…/instances/{sop}/frames/{list}``: the frames (1-based, comma-separated) as stored:
   uncompressed frames as ``application/octet-stream`` (Explicit VR Little Endian bytes),
   compressed ones in their own encoding (``image/jpeg``, ``image/jls``, ``image/jp2``,
@@ -24,23 +25,20 @@ a study by a token is audited once. Logs name no UID.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pydicom
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydicom.dataelem import DataElement
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from imaging import ImagingError, RenderLimits, RenderTimeout, render_frame
 from portal.context import PortalContext
 from portal.dicomweb_frames import FrameSource, NoFrame, frame_source
+from portal.dicomweb_metadata import metadata
 from portal.dicomweb_qido import DICOM_JSON
 from portal.dicomweb_scope import (
     CORS_HEADERS,
@@ -51,13 +49,11 @@ from portal.dicomweb_scope import (
     instances,
     refusal,
 )
-from portal.dicomweb_token import base_url
 from portal.site import context_of
 
 log = logging.getLogger("courier.portal.dicomweb")
 router = APIRouter()
 CHUNK = 1024 * 1024
-_BULK_THRESHOLD = 64 * 1024
 _MAX_FRAMES = 1000
 _FRAMES = re.compile(r"^[1-9][0-9]{0,8}(,[1-9][0-9]{0,8})*$")
 
@@ -144,39 +140,15 @@ async def retrieve_instance(request: Request, study: str, series: str, sop: str)
 # -- metadata --------------------------------------------------------------------------
 
 
-def _bulk_uri(url: str, _element: DataElement) -> str:
-    return url
-
-
-def _metadata(ctx: PortalContext, found: list[Stored]) -> list[dict[str, Any]]:
-    root = base_url(ctx)
-    out = []
-    for x in found:
-        url = f"{root}/studies/{x.study_uid}/series/{x.series_uid}/instances/{x.sop_uid}"
-        try:
-            ds = pydicom.dcmread(_path(ctx, x), stop_before_pixels=True)
-            doc = ds.to_json_dict(
-                bulk_data_threshold=_BULK_THRESHOLD,
-                bulk_data_element_handler=functools.partial(_bulk_uri, url),
-                suppress_invalid_tags=True,
-            )
-        except Exception as exc:  # an unreadable header: that instance is left out
-            log.warning("DICOMweb: a header could not be read (%s)", type(exc).__name__)
-            continue
-        doc["00083002"] = {"vr": "UI", "Value": [x.transfer_syntax_uid]}
-        out.append(doc)
-    return out
-
-
 async def _metadata_of(
     request: Request, study: str, series: str | None = None, sop: str | None = None
 ) -> Response:
     got = await _targets(request, study, series, sop)
     if isinstance(got, Response):
         return got
-    ctx, _scope, found = got
-    docs = await run_in_threadpool(_metadata, ctx, found)
-    return JSONResponse(docs, media_type=DICOM_JSON, headers=CORS_HEADERS)
+    ctx, scope, found = got
+    body = await run_in_threadpool(metadata, ctx, scope, found)
+    return Response(body, media_type=DICOM_JSON, headers=CORS_HEADERS)
 
 
 @router.get("/dicomweb/studies/{study}/metadata", include_in_schema=False)

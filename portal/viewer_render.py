@@ -10,8 +10,10 @@
   (``<package_dir>/<package folder>/viewer/<package id>/``, :func:`viewer_folder`), named
   by instance row id, frame, size and window (no UID, no patient data), and served from
   there afterwards. The folder is bounded by ``portal.viewer_cache_mb``: past it, the
-  oldest pictures go first. It lives inside the package's folder, so it is deleted with
-  the package; nothing is written when that folder is gone.
+  oldest pictures go first (DICOMweb's kept metadata, :mod:`portal.dicomweb_metadata`,
+  shares the folder and the budget: :data:`CACHE_SUFFIXES`, :func:`kept`). It lives
+  inside the package's folder, so it is deleted with the package; nothing is written
+  when that folder is gone.
 - An instance that cannot be drawn (corrupt, undecodable, over the pixel budget, a child
   that ran out of time) gets :func:`placeholder`: a picture saying it cannot be shown
   here and that the download still has it. Never an error status.
@@ -191,6 +193,10 @@ def write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+# The files the budget counts and trims: pictures, and DICOMweb's kept metadata.
+CACHE_SUFFIXES = (".jpg", ".meta")
+
+
 class _Sizes:
     """Bytes each viewer folder holds, counted once by a scan, then kept up to date."""
 
@@ -212,12 +218,18 @@ class _Sizes:
 _sizes = _Sizes()
 
 
+def kept(folder: Path, n: int, limit: int) -> None:
+    """Count ``n`` more bytes kept in viewer folder ``folder``; past ``limit`` the oldest
+    of its cached files go until it holds 80% of it."""
+    _sizes.add(folder, n, limit)
+
+
 def _pictures(folder: Path) -> list[tuple[float, int, Path]]:
     out = []
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.endswith(".jpg") and entry.is_file():
+                if entry.name.endswith(CACHE_SUFFIXES) and entry.is_file():
                     st = entry.stat()
                     out.append((st.st_mtime, st.st_size, Path(entry.path)))
     except OSError:
@@ -226,7 +238,7 @@ def _pictures(folder: Path) -> list[tuple[float, int, Path]]:
 
 
 def _trim(folder: Path, target: int) -> int:
-    """Delete the oldest pictures of ``folder`` until it holds at most ``target`` bytes;
+    """Delete the oldest cached files of ``folder`` until it holds at most ``target`` bytes;
     returns what it holds then."""
     pictures = sorted(_pictures(folder))
     total = sum(size for _, size, _ in pictures)

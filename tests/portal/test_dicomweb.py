@@ -7,8 +7,10 @@ access log names no UID; each study is audited once per token."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
+import os
 import re
 import shutil
 import threading
@@ -17,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -26,11 +29,12 @@ from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from sqlalchemy import select, update
 
-from portal.dicomweb_token import check, issue
+from portal import dicomweb_metadata, viewer_render
+from portal.dicomweb_token import base_url, check, issue
 from scp.recovery import recover
 from store.catalog import Catalog
 from store.content import ContentStore
-from store.models import AuditEvent, Grant, Instance, Study
+from store.models import AuditEvent, Grant, Instance, Package, Series, Study
 from tests import synthetic
 from tests.peers import free_port
 from tests.portal import patient_rig
@@ -125,6 +129,10 @@ def served(rig: Rig, tmp_path: Path) -> Iterator[Served]:
             for a in ACCESSIONS
         ]
     rig.ctx.content = content
+    # A package folder of the test's own: the metadata cache is written into it.
+    packages = tmp_path / "packages"
+    shutil.copytree(rig.package.root / rig.package.folder, packages / rig.package.folder)
+    rig.ctx.package_dir = packages
     port = free_port()
     config = uvicorn.Config(
         rig.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"
@@ -351,3 +359,117 @@ def test_tokens_are_derived_bound_to_grant_and_time(served: Served) -> None:
         row = s.get(Grant, p.grant_id)
         assert row is not None
         assert token not in repr(vars(row))
+
+
+# -- metadata kept on disk -----------------------------------------------------------
+
+
+def _reference(served: Served, uid: str, series_uid: str) -> list[dict[str, Any]]:
+    """The series' metadata as made straight from the files (what every answer equals)."""
+    out = []
+    for sop, data in served.files(uid).items():
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        if ds.SeriesInstanceUID != series_uid:
+            continue
+        url = f"{base_url(served.rig.ctx)}/studies/{uid}/series/{series_uid}/instances/{sop}"
+        doc = ds.to_json_dict(
+            bulk_data_threshold=64 * 1024,
+            bulk_data_element_handler=lambda _e, url=url: url,
+            suppress_invalid_tags=True,
+        )
+        doc["00083002"] = {"vr": "UI", "Value": [ds.file_meta.TransferSyntaxUID]}
+        out.append(doc)
+    return sorted(out, key=lambda d: d["00080018"]["Value"][0])
+
+
+def _by_sop(answer: requests.Response) -> list[dict[str, Any]]:
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/dicom+json"
+    return sorted(answer.json(), key=lambda d: d["00080018"]["Value"][0])
+
+
+def _cache(served: Served, p: Patient) -> Path:
+    with served.rig.db.sessions() as s:
+        package = s.scalars(select(Package).where(Package.request_id == p.request_id)).one()
+        return served.rig.ctx.package_dir / package.folder / "viewer" / str(package.id)
+
+
+def test_metadata_is_kept_per_instance_and_never_stale(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = served.patient(0)
+    token = served.token(p)
+    uid = served.uids[0]
+    series_uid = served.client(token).search_for_series(uid)[0]["0020000E"]["Value"][0]
+    path = f"/studies/{uid}/series/{series_uid}/metadata"
+
+    first = served.get(path, token)
+    assert _by_sop(first) == _reference(served, uid, series_uid)
+    cache = _cache(served, p)
+    kept = sorted(cache.glob("meta-*.meta"))
+    assert len(kept) == 2  # one per instance of the series, named by its SHA-256
+    assert all(f.stat().st_mode & 0o077 == 0 for f in kept)
+    assert all(uid not in f.name and series_uid not in f.name for f in kept)
+
+    # Kept: the second answer is the same bytes, no header read.
+    def unread(*_a: object) -> bytes:
+        raise AssertionError("the header was read again")
+
+    with monkeypatch.context() as m:
+        m.setattr(dicomweb_metadata, "instance_json", unread)
+        assert served.get(path, token).content == first.content
+
+    # An instance sent again changed (a new SHA-256 in the index): its new header is
+    # served, with a BulkDataURI to it for a large binary value.
+    with served.rig.db.sessions() as s, s.begin():
+        inst = s.scalars(
+            select(Instance)
+            .join(Series, Series.id == Instance.series_id)
+            .where(Series.series_uid == series_uid)
+            .order_by(Instance.id)
+        ).first()
+        assert inst is not None
+        file = served.content.path(inst.path)
+        ds = pydicom.dcmread(file)
+        ds.SeriesDescription = "CHANGED"
+        ds.add_new(0x00091000, "LO", "COURIER TEST")
+        ds.add_new(0x00091010, "OB", bytes(70_000))
+        ds.save_as(file, enforce_file_format=True)
+        inst.sha256 = hashlib.sha256(file.read_bytes()).hexdigest()
+        sop = inst.sop_instance_uid
+    changed = _by_sop(served.get(path, token))
+    assert changed == _reference(served, uid, series_uid)
+    doc = next(d for d in changed if d["00080018"]["Value"] == [sop])
+    assert doc["0008103E"]["Value"] == ["CHANGED"]
+    assert doc["00091010"]["BulkDataURI"] == (
+        f"{base_url(served.rig.ctx)}/studies/{uid}/series/{series_uid}/instances/{sop}"
+    )
+    assert len(list(cache.glob("meta-*.meta"))) == 3  # the old one waits for the trim
+
+    # The package purged: answered all the same, nothing written again.
+    shutil.rmtree(
+        served.rig.ctx.package_dir / cache.relative_to(served.rig.ctx.package_dir).parts[0]
+    )
+    assert _by_sop(served.get(path, token)) == changed
+    assert not cache.exists()
+
+
+def test_kept_metadata_counts_against_the_viewer_cache_budget(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = served.patient(0)
+    token = served.token(p)
+    uid = served.uids[0]
+    rig = served.rig
+    rig.ctx.portal = rig.ctx.portal.model_copy(update={"viewer_cache_mb": 1})
+    cache = _cache(served, p)
+    cache.mkdir(parents=True, exist_ok=True)
+    for i in range(30):  # older files of the cache: 3 MB, past the 1 MB budget
+        filler = cache / (f"filler-{i}.meta" if i % 2 else f"filler-{i}.jpg")
+        filler.write_bytes(b"\0" * 100_000)
+        os.utime(filler, (1_000_000 + i, 1_000_000 + i))
+    monkeypatch.setattr(viewer_render, "_sizes", viewer_render._Sizes())  # counts again
+    assert served.get(f"/studies/{uid}/metadata", token).status_code == 200
+    held = [f for f in cache.iterdir() if f.name.endswith((".jpg", ".meta"))]
+    assert sum(f.stat().st_size for f in held) <= 1_000_000
+    assert len(list(cache.glob("meta-*.meta"))) == 4  # the newest: the study's 4 instances
