@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from scp.recovery import recover
@@ -70,3 +71,92 @@ def test_recovery_makes_disk_and_index_agree(db: Database, tmp_path: Path) -> No
     with db.sessions() as s:
         assert not any(s.scalars(select(Instance.file_missing)))
     assert recover(content, db.sessions, catalog).missing_files == 0
+
+
+RULES = """
+rules:
+  - name: from-modality-a
+    when:
+      calling_ae: MODALITY_A
+      called_ae: COURIER
+      peer_host: 127.0.0.1
+    action: hold
+    reason: checked by staff
+  - name: everything-else
+    action: hold
+    reason: no rule matched
+"""
+
+
+def _lose_every_row(db: Database) -> None:
+    """What a power loss does to rows committed without the database's flush."""
+    from sqlalchemy import delete
+
+    from store.models import Series, Study, StudyEvent
+
+    with db.sessions() as s, s.begin():
+        for model in (Instance, Series, StudyEvent, Study):
+            s.execute(delete(model))
+
+
+@pytest.mark.parametrize(
+    ("how", "peer", "rule"),
+    [
+        ("fast path", ("MODALITY_A", "COURIER", "127.0.0.1"), "from-modality-a"),
+        ("pynetdicom path", ("MODALITY_A", "COURIER", "127.0.0.1"), "from-modality-a"),
+        ("file of an older version", ("", "", ""), "everything-else"),
+    ],
+)
+def test_recovery_restores_the_sender_from_the_file(
+    db: Database, tmp_path: Path, how: str, peer: tuple[str, str, str], rule: str
+) -> None:
+    """A row lost to a power loss comes back with the peer it was received from (from
+    the file meta), so a rule on calling AE, called AE or host decides the same; a file
+    written before Courier recorded the sender comes back with an empty peer."""
+    import pydicom
+
+    from rules import AssociationFacts, facts_from_dataset, load_rules_text
+    from store.models import Study
+
+    files = synthetic.make_small_instances(tmp_path / "s", n=3, n_series=1)
+    scp = start_local_scp(db, tmp_path / "data", fast_store=how == "fast path")
+    try:
+        if how == "file of an older version":
+            for f in files:  # placed as an older version stored them: no sender elements
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+                rel = scp.content.instance_relpath(
+                    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+                )
+                scp.content.path(rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, scp.content.path(rel))
+        else:
+            assert send(scp.port, files, calling="MODALITY_A") == [0] * 3
+    finally:
+        scp.server.shutdown()
+        scp.server.server_close()
+    _lose_every_row(db)
+
+    report = recover(scp.content, db.sessions, scp.catalog)
+
+    assert (report.reindexed, report.unreadable) == (3, 0)
+    with db.sessions() as s:
+        study = s.scalars(select(Study)).one()
+        instances = s.scalars(select(Instance)).all()
+        assert (study.calling_ae, study.called_ae, study.peer_host) == peer
+        assert study.instance_count == 3
+        assert {i.calling_ae for i in instances} == {peer[0]}
+        path = scp.content.path(instances[0].path)
+    ruleset = load_rules_text(RULES, "rules.yaml")
+    association = AssociationFacts(study.calling_ae, study.called_ae, study.peer_host)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    decision = ruleset.decide(facts_from_dataset(ds, association, wanted=ruleset.wanted), "stable")
+    assert decision.rule == rule
+    # An identical re-send of a recovered instance is the same content (no conflict).
+    if how != "file of an older version":
+        scp = start_local_scp(db, tmp_path / "data")
+        try:
+            assert send(scp.port, files[:1], calling="ELSEWHERE") == [0]
+        finally:
+            scp.server.shutdown()
+            scp.server.server_close()
+        assert not list(scp.content.conflicts.glob("*"))
