@@ -169,8 +169,11 @@ def statement() -> str:
         "- **Audience**: PACS and network administrators connecting Courier.",
         "- **Remarks**: Courier does not create, change or coerce any received instance: "
         "what it stores, packages and sends on is the bytes it received (the File Meta "
-        "Information is its own). Every value below is the shipped default; each is a "
-        "setting in `node.yaml` (3.4).",
+        "Information is its own, and names the sender: (0002,0016) Source and (0002,0017) "
+        "Sending Application Entity Title = the calling AE title, (0002,0018) Receiving "
+        "Application Entity Title = the called AE title, (0002,0027) Sending Presentation "
+        "Address = `dicom:<host>:<port>` of the connection, as PS3.10 7.1.1.1 gives it). "
+        "Every value below is the shipped default; each is a setting in `node.yaml` (3.4).",
         "",
         "## 3 Networking",
         "",
