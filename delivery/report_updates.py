@@ -48,6 +48,10 @@ from store.models import (
 log = logging.getLogger("courier.delivery.report_updates")
 ACTOR = "delivery"
 LIVE = (RequestState.NOTIFIED.value, RequestState.DOWNLOADED.value)
+#: Candidates read per sweep (:meth:`ReportUpdates.due`).
+PAGE = 1000
+#: Requests updated per sweep at most.
+PER_SWEEP = 50
 
 
 class ReportUpdates:
@@ -68,10 +72,13 @@ class ReportUpdates:
         self._dir = package_dir
         self._report_studies = report_studies
         self._clock = clock
+        self._after = 0  # the last candidate id the previous sweep read (see due)
 
-    def candidates(self, s: Session, limit: int = 1000) -> list[int]:
+    def candidates(self, s: Session, limit: int = PAGE, after: int = 0) -> list[int]:
         """Requests with a live package and a deliverable report of one of their
-        studies, received after the package was built, not yet delivered to them."""
+        studies, received after the package was built, not yet delivered to them: at
+        most ``limit``, by id from ``after`` on. Whether the request's policy sends
+        reports at all is not known here (see :meth:`due`)."""
         delivered = exists().where(
             ReportDelivery.report_id == Report.id,
             ReportDelivery.request_id == ReleaseRequest.id,
@@ -86,23 +93,40 @@ class ReportUpdates:
                 and_(Package.request_id == ReleaseRequest.id, Package.deleted_at.is_(None)),
             )
             .where(
+                ReleaseRequest.id > after,
                 ReleaseRequest.state.in_(LIVE),
                 Report.status.in_(DELIVERABLE),
                 Report.received_at > Package.built_at,
                 ~delivered,
             )
             .distinct()
-            .order_by(ReleaseRequest.id.desc())
+            .order_by(ReleaseRequest.id)
             .limit(limit)
         )
         return list(rows)
 
+    def due(self, s: Session) -> list[int]:
+        """At most :data:`PER_SWEEP` candidates whose policy sends reports. A request
+        whose policy sends none stays a candidate for good, so each sweep reads one page
+        of :data:`PAGE` candidates on from where the previous one stopped (from the
+        start again after the last page): however many such requests there are, every
+        other one is reached within a few sweeps."""
+        ids = self.candidates(s, PAGE, after=self._after)
+        out: list[int] = []
+        for request_id in ids:
+            if self._report_studies(s, request_id):
+                out.append(request_id)
+                if len(out) == PER_SWEEP:
+                    self._after = request_id
+                    return out
+        self._after = ids[-1] if len(ids) == PAGE else 0
+        return out
+
     def sweep(self) -> list[str]:
-        """Send what is new; returns the references updated. Never raises for one
-        request (logged, tried again at the next sweep)."""
+        """Send what is new (:meth:`due`); returns the references updated. Never raises
+        for one request (logged, tried again at a later sweep)."""
         with guarded(self._sessions) as s:
-            # A request whose policy sends no reports stays a candidate: skip it here.
-            ids = [i for i in self.candidates(s) if self._report_studies(s, i)][:50]
+            ids = self.due(s)
         done = []
         for request_id in ids:
             try:

@@ -18,7 +18,7 @@ EMAIL = "synthetic.patient@example.org"
 
 
 class _Failing(ReportUpdates):
-    def candidates(self, s: Session, limit: int = 1000) -> list[int]:
+    def candidates(self, s: Session, limit: int = 1000, after: int = 0) -> list[int]:
         return [7]
 
     def update(self, request_id: int) -> str | None:
