@@ -6,6 +6,10 @@ instance goes back to ``receiving``, and that change is recorded as a
 :class:`~store.models.StudyEvent`. Database failures surface as
 :class:`~store.errors.DatabaseUnavailable`; a concurrent insert of the same SOP
 Instance UID as :class:`DuplicateRace`, so the caller can look again.
+
+The receive path's rows (:meth:`Catalog.add`, once per instance) are written on the
+driver's cursor with statements compiled once, and committed *relaxed* on connections
+of their own (see :meth:`Catalog.add`); everything else goes through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -326,9 +330,9 @@ def _write(sql: _Statements, cur: Any, rec: InstanceRecord, values: dict[str, An
     row = sql.one(cur, "bump_study", values)
     if row is None:
         study_id = int(sql.one(cur, "new_study", values)[0])
-        event = {"p_study_id": study_id, "now": now, "p_from_state": ""}
-        event |= {"p_to_state": str(StudyState.RECEIVING), "p_reason": "first instance"}
-        sql.one(cur, "new_event", event)
+        change = {"p_study_id": study_id, "now": now, "p_from_state": ""}
+        change |= {"p_to_state": str(StudyState.RECEIVING), "p_reason": "first instance"}
+        sql.one(cur, "new_event", change)
         state, modalities = str(StudyState.RECEIVING), rec.modality
     else:
         study_id, state, modalities = int(row[0]), str(row[1]), str(row[2])
@@ -336,10 +340,10 @@ def _write(sql: _Statements, cur: Any, rec: InstanceRecord, values: dict[str, An
         # Stable, or purged/being purged: the study is receiving again (a purge in
         # progress sees the state change and leaves the new instance alone).
         sql.one(cur, "unstable", {"p_study_id": study_id})
-        event = {"p_study_id": study_id, "now": now, "p_from_state": state}
-        event |= {"p_to_state": str(StudyState.RECEIVING)}
-        event["p_reason"] = f"new instance after the study was {state}"
-        sql.one(cur, "new_event", event)
+        change = {"p_study_id": study_id, "now": now, "p_from_state": state}
+        change |= {"p_to_state": str(StudyState.RECEIVING)}
+        change["p_reason"] = f"new instance after the study was {state}"
+        sql.one(cur, "new_event", change)
     if rec.modality and rec.modality not in modalities.split("\\"):
         joined = "\\".join(m for m in (modalities, rec.modality) if m)
         sql.one(cur, "modalities", {"p_study_id": study_id, "p_modalities": joined[:64]})
@@ -349,6 +353,18 @@ def _write(sql: _Statements, cur: Any, rec: InstanceRecord, values: dict[str, An
         int(row[0]) if row is not None else int(sql.one(cur, "new_series", values)[0])
     )
     sql.one(cur, "new_instance", values)
+
+
+def _end(conn: PoolProxiedConnection, *, clean: bool) -> None:
+    """After a failed write: roll back a connection whose state is known (a constraint
+    refused a row), otherwise invalidate it (never reused; its pool opens another)."""
+    if clean:
+        try:
+            conn.rollback()
+            return
+        except Exception:
+            pass
+    conn.invalidate()
 
 
 class Catalog:
@@ -395,10 +411,12 @@ class Catalog:
         ``relaxed``: the commit does not wait for the database's own flush to disk. It
         runs on connections of their own, set up once (SQLite ``synchronous=NORMAL`` in
         WAL, PostgreSQL ``synchronous_commit=off``) and never lent to anyone else. The
-        row is committed (every reader sees it) when this returns; a power loss may
-        still take it. Only for rows that start-up recovery re-creates from a file
-        already durable (``scp.recovery``): the instance is never lost, its row comes
-        back at the next start.
+        row is committed (every reader sees it) when this returns; a power loss (on
+        PostgreSQL also a crash of the server) may still take it, though any later
+        commit that does wait (anything done with the row) flushes it too, as both
+        databases write their log in order. Only for rows that start-up recovery
+        re-creates from a file already durable (``scp.recovery``): the instance is never
+        lost, its row comes back at the next start.
         """
         now = received_at or self._clock()
         sql = self._statements or self._compile()
@@ -408,20 +426,17 @@ class Catalog:
             with _gate(self._engine):
                 conn = self._connect(relaxed)
                 try:
-                    _write(sql, conn.cursor(), rec, values)
+                    cur = conn.cursor()
+                    _write(sql, cur, rec, values)
+                    cur.close()
                     conn.commit()
                 except BaseException as exc:
-                    if isinstance(exc, sql.integrity_error):
-                        conn.rollback()
-                    else:
-                        conn.invalidate()  # its state is unknown: never reused
+                    _end(conn, clean=isinstance(exc, sql.integrity_error))
                     raise
                 finally:
                     conn.close()
-        except IntegrityError:
-            raise DuplicateRace("instance, series or study was inserted concurrently") from None
         except Exception as exc:
-            if isinstance(exc, sql.integrity_error):
+            if isinstance(exc, (IntegrityError, sql.integrity_error)):
                 raise DuplicateRace("instance, series or study was inserted concurrently") from None
             if isinstance(exc, (sql.error, DBAPIError, TimeoutError)):
                 raise _unavailable(exc) from None
