@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from store.catalog import Catalog, DuplicateRace, InstanceRecord
 from store.models import Instance, Series, Study, StudyEvent, StudyState
@@ -54,7 +54,7 @@ def test_both_commits_write_the_same_rows(db: Database, relaxed: bool) -> None:
     ):
         cat.add(rec, relaxed=relaxed)
     with db.sessions() as s, s.begin():
-        s.execute(Study.__table__.update().values(state=StudyState.STABLE))
+        s.execute(update(Study).values(state=StudyState.STABLE))
     cat.add(_rec("1.2.3.1.3"), relaxed=relaxed)  # a stable study receives again
     with pytest.raises(DuplicateRace):
         cat.add(_rec("1.2.3.1.1"), relaxed=relaxed)
