@@ -162,11 +162,12 @@ class Purger:
             return []
         now = self._clock()
         final = [str(x) for x in FINAL]
-        # When each ended request ended: its first move into a final state.
+        # When each ended request ended: its last move into a final state (an expired
+        # request the patient reopened (release.states.REOPEN) ends again later).
         ended = (
             select(
                 RequestEvent.request_id.label("request_id"),
-                func.min(RequestEvent.at).label("ended_at"),
+                func.max(RequestEvent.at).label("ended_at"),
             )
             .where(RequestEvent.to_state.in_(final))
             .group_by(RequestEvent.request_id)

@@ -298,3 +298,33 @@ def test_studies_of_ended_requests_are_purged_after_retention_and_never_while_in
     assert "its requests ended" in event.detail and "3 file(s) deleted" in event.detail
     with world.sessions() as s:
         assert s.get(ReleaseRequest, first.id) is not None  # requests and rows stay
+
+
+def test_a_reopened_request_counts_retention_from_its_last_end(world: World) -> None:
+    """An expired request the patient reopened (release.states.REOPEN) ends again
+    later: its studies are kept retention_days after that second end."""
+    req = world.book.create(draft(selection=[{"kind": "accession", "value": "ACC41"}]), "t")
+    uid = world.receive("reopened", 2, accession="ACC41")
+    world.settle()
+    for state in (RequestState.PACKAGING, RequestState.NOTIFIED, RequestState.EXPIRED):
+        world.book.transition(req.reference, state, "delivery", "x")
+    world.clock.now += timedelta(days=3)
+    with world.sessions() as s, s.begin():  # as portal.more_time reopens it
+        fresh = s.get(ReleaseRequest, req.id)
+        assert fresh is not None
+        world.book.move(
+            s,
+            fresh,
+            RequestState.EXPIRED,
+            RequestState.NOTIFIED,
+            "patient:grant-1",
+            "x",
+            world.clock.now,
+        )
+    world.clock.now += timedelta(days=14)
+    world.book.transition(req.reference, RequestState.EXPIRED, "delivery", "again")
+    ended = world.clock.now
+    world.clock.now = ended + timedelta(days=10) - timedelta(minutes=1)
+    assert world.purger.due() == []  # 27 days after the first end: not yet
+    world.clock.now = ended + timedelta(days=10)
+    assert world.purger.sweep() == [uid]
