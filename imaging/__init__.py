@@ -12,14 +12,37 @@ size only) and the portal's viewer (:mod:`imaging.info`: what an instance holds,
 frames, windows and presets). Pure like ``rules``: imports pydicom, numpy, Pillow and
 the standard library, never another Courier package, never the store or the web.
 
+The declared size and the errors are imported with the package; the rest on first use
+(PEP 562), because the renderer's module imports numpy and Pillow: the header walk of a
+receiving process needs :func:`declared_size` only.
+
 Errors: :class:`ImagingError` and its subclasses (:mod:`imaging.errors`); their messages
 are short reasons without patient data, fit for a package manifest.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from imaging.budget import PixelBudget, declared_size
 from imaging.errors import ImagingError, OverBudget, RenderFailed, RenderTimeout
-from imaging.info import InstanceInfo, Window, describe, find_preset, presets
-from imaging.renderer import Renderer, RenderLimits, render_frame
+
+if TYPE_CHECKING:
+    from imaging.info import InstanceInfo, Window, describe, find_preset, presets
+    from imaging.renderer import Renderer, RenderLimits, render_frame
+
+#: The names imported on first use, and their modules.
+_LAZY = {
+    "InstanceInfo": "imaging.info",
+    "Window": "imaging.info",
+    "describe": "imaging.info",
+    "find_preset": "imaging.info",
+    "presets": "imaging.info",
+    "Renderer": "imaging.renderer",
+    "RenderLimits": "imaging.renderer",
+    "render_frame": "imaging.renderer",
+}
 
 __all__ = [
     "ImagingError",
@@ -37,3 +60,13 @@ __all__ = [
     "presets",
     "render_frame",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import :data:`_LAZY`'s names when first asked for (``from imaging import X``)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imaging' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -27,12 +27,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imaging.budget import declared_size
 from imaging.errors import OverBudget, RenderFailed, RenderTimeout
 from imaging.info import read_facts
-from imaging.render import Format
+
+if TYPE_CHECKING:  # imaging.render imports numpy and Pillow: the child's business
+    from imaging.render import Format
 
 #: Where ``imaging`` lives, for the child's import path (the node may run from a checkout).
 _ROOT = str(Path(__file__).resolve().parent.parent)

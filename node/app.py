@@ -1,10 +1,12 @@
 """Composition root: build everything once at start-up, run, stop cleanly.
 
-``Node`` wires the store (engine, migrations, content store, catalog), the SCP and the
-periodic stability sweep. With ``scp.workers > 1`` the SCP runs in that many child
-processes listening on one port (SO_REUSEPORT): one Python process cannot use more
-than one core for DIMSE decoding. Recovery and migrations run once, in the parent,
-before any receiver starts.
+``Node`` wires the store (engine, migrations, content store, catalog), the web app, the
+sweeps, the delivery scheduler, the RIS listener and the audit shipping, and starts the
+Storage SCP in ``scp.workers`` receiving processes of its own (:mod:`node.receiver`,
+supervised by :class:`node.receivers.Receivers`) listening on one port: one Python
+process cannot use more than one core for DIMSE decoding, and a receiving process
+imports only what receiving needs, so it stays small. This process never imports the
+SCP's server side. Recovery and migrations run once, here, before any receiver starts.
 
 Several nodes may share one PostgreSQL database and one data directory, each with a
 role (``courier serve --role``, see :data:`ROLES`): ``scp`` receives (and recovers the
@@ -21,13 +23,12 @@ only that at start.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,13 +36,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from delivery.discs import DiscQueue
 from node import banner
 from node.auditlog import AuditRun
-from node.config import Config, ConfigError, load_config
+from node.config import Config, ConfigError
 from node.delivery import DeliveryService
+from node.logs import TEXT_FORMAT as TEXT_FORMAT  # re-exported: its home was here
+from node.logs import setup_logging as setup_logging  # re-exported: its home was here
 from node.pulls import PullQueue, PullWorker
+from node.receivers import ReceiverError, Receivers
 from node.rulebook import Rulebook
 from node.status import StatusFile
 from node.stores import METRICS_DIR as METRICS_DIR  # re-exported: its home was here
-from node.stores import metrics_dir, node_content, shared_database, store_url
+from node.stores import metrics_dir, shared_database, store_url
 from node.stores import open_store as open_store  # re-exported: its home was here
 from node.web import WebServer
 from release.matching import Matcher
@@ -50,61 +54,24 @@ from release.requests import RequestBook
 from ris.dicom import DicomReports
 from ris.reports import ReportBook
 from ris.server import RisServer
-from scp import spool
-from scp.commitment_scp import StorageCommitmentScp
-from scp.ingest import Ingest
 from scp.recovery import recover
-from scp.screen import RuleScreen
-from scp.server import start_server
 from scp.stability import StabilitySweep
 from scp.tls import TlsSetupError, server_context
 from store.catalog import Catalog
 from store.claims import turn
 from store.content import ContentStore
-from store.db import make_engine, make_sessions
 from store.errors import StoreError
 from telemetry import metrics
-from telemetry.jsonlog import JsonFormatter
 
 log = logging.getLogger("courier.node")
 
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
+#: How often the node process looks at the rules files (as :class:`Rulebook` does).
+RULES_CHECK_S = 1.0
+
 Role = Literal["all", "scp", "web", "worker"]
 #: What each role runs (``courier serve --role``).
 ROLES: tuple[Role, ...] = get_args(Role)
-
-
-def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
-    """One line per event on stderr, as text or as one JSON object (``node.log_format``);
-    pynetdicom only above WARNING (it is chatty, never PHI-free). Calling it again
-    replaces the handler it installed before (``courier serve`` learns the format from
-    node.yaml after the command line set up logging)."""
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "courier", False)]:
-        root.removeHandler(old)
-    handler = logging.StreamHandler()
-    handler.courier = True  # type: ignore[attr-defined]
-    handler.setFormatter(
-        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
-    )
-    root.addHandler(handler)
-    root.setLevel(level)
-    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    # APScheduler logs "Running job"/"executed successfully" at INFO for every run of
-    # every job (three lines every few seconds); our jobs log when they did something.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    # Every job runs one instance at a time by design (max_instances=1): a sweep still
-    # running at its next tick is simply not doubled, which APScheduler reports as a
-    # WARNING each time. Nothing is lost (the database holds the work), so it is dropped.
-    logging.getLogger("apscheduler.scheduler").addFilter(_not_overlap_skips)
-    logging.getLogger("uvicorn").setLevel(logging.WARNING)
-
-
-def _not_overlap_skips(record: logging.LogRecord) -> bool:
-    """False for APScheduler's "skipped: maximum number of running instances reached"."""
-    return "maximum number of running instances reached" not in record.getMessage()
 
 
 @dataclass
@@ -115,16 +82,15 @@ class Node:
     stop_event: threading.Event = field(default_factory=threading.Event)
     port: int | None = None
     rulebook: Rulebook | None = None
-    procs: list[Any] = field(default_factory=list)
+    receivers: Receivers | None = None
     role: Role = "all"
 
     def reload_rules(self) -> None:
         """SIGHUP: reload the rules here and in every receiving process."""
         if self.rulebook is not None:
             self.rulebook.reload_requested.set()
-        for p in self.procs:
-            if p.pid is not None:
-                os.kill(p.pid, signal.SIGHUP)
+        if self.receivers is not None:
+            self.receivers.reload_rules()
 
     def run(self) -> None:
         """Start what the role runs (SCP, web, worker) and sweep until stopped."""
@@ -146,25 +112,24 @@ class Node:
         engine, sessions, content = open_store(self.cfg)
         # Before any receiver starts: they count into this folder too (telemetry.metrics).
         metrics.configure(metrics_dir(self.cfg, store_url(self.cfg)), clear=True)
-        server = None
-        procs = self.procs
+        # This process keeps its own rulebook: the sweeps match with it, and it
+        # reports reload errors (status, staff alert).
         self.rulebook = Rulebook(self.cfg)
+        receivers = None
         if receives:
             with turn(engine, "spool-recovery") as mine:
                 if mine:  # a node starting at the same moment does it otherwise
                     recover(content, sessions, Catalog(sessions))
-            workers = self.cfg.scp.workers
-            if workers == 1:
-                server, self.rulebook = _start_receiver(self.cfg, sessions, content, workers=1)
-                self.port = int(server.server_address[1])
-            else:
-                # The parent keeps its own rulebook to report reload errors (status).
-                ctx = multiprocessing.get_context("spawn")
-                for _ in range(workers):
-                    p = ctx.Process(target=_worker_main, args=(str(self.cfg.source),), daemon=True)
-                    p.start()
-                    procs.append(p)
-                self.port = self.cfg.scp.port
+            assert self.cfg.source is not None, "load the config from a file"
+            receivers = self.receivers = Receivers(
+                self.cfg.source, self.cfg.scp.workers, port=self.cfg.scp.port
+            )
+            try:
+                receivers.start(self.stop_event)
+            except ReceiverError:
+                engine.dispose()
+                raise
+            self.port = self.cfg.scp.port
         log.info("node %s ready role=%s scp_port=%s", self.cfg.node.name, self.role, self.port)
         delivery = DeliveryService(self.cfg, sessions, content)
         web = None
@@ -202,6 +167,14 @@ class Node:
         alerted_error: str | None = None
         status = StatusFile(self.cfg.data_dir)
         web_port = self.cfg.portal.port if web is not None else None
+        round_s = self.cfg.scp.stability_check_s
+        # The rules are looked at about once a second, as each receiving process does
+        # with its own rulebook, so the status and the staff alert follow what they
+        # apply; the sweeps and the status heartbeat come every stability_check_s.
+        tick_s = min(round_s, RULES_CHECK_S)
+        next_round = time.monotonic() + round_s
+        written: tuple[int, str | None] | None = None
+        written_at = 0.0
         try:
             while True:
                 rules = rulebook.current()  # notices a changed rules file or a SIGHUP
@@ -211,20 +184,24 @@ class Node:
                         alerted_error = rulebook.last_error
                     except StoreError as exc:
                         log.warning("rules alert not queued: %s", exc)
-                status.write(
-                    scp_port=self.port,
-                    web_port=web_port,
-                    rules_count=len(rules),
-                    rules_error=rulebook.last_error,
-                )
-                if self.stop_event.wait(self.cfg.scp.stability_check_s):
+                state = (len(rules), rulebook.last_error)
+                if state != written or time.monotonic() - written_at >= round_s:
+                    status.write(
+                        scp_port=self.port,
+                        web_port=web_port,
+                        rules_count=state[0],
+                        rules_error=state[1],
+                    )
+                    written, written_at = state, time.monotonic()
+                if self.stop_event.wait(max(0.0, min(tick_s, next_round - time.monotonic()))):
                     break
-                if sweeps is not None:
-                    sweeps.run()
-                for p in procs:
-                    if not p.is_alive():
-                        log.error("receiver process %d exited (%s); stopping", p.pid, p.exitcode)
-                        self.stop_event.set()
+                if time.monotonic() >= next_round:
+                    next_round = time.monotonic() + round_s
+                    if sweeps is not None:
+                        sweeps.run()
+                for pid, code in receivers.dead() if receivers is not None else ():
+                    log.error("receiving process %d exited (%s); stopping", pid, code)
+                    self.stop_event.set()
         finally:
             if pulls is not None:
                 pulls.stop()
@@ -234,13 +211,8 @@ class Node:
             status.clear()
             if web is not None:
                 web.stop()
-            if server is not None:
-                server.shutdown()
-                server.server_close()
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.join(10)
+            if receivers is not None:
+                receivers.stop()
             audit.stop()
             engine.dispose()
             log.info("node stopped")
@@ -326,55 +298,6 @@ class Sweeps:
             log.error("stability/matching sweep failed (%s)", type(exc).__name__)
 
 
-def _start_receiver(
-    cfg: Config, sessions: sessionmaker[Session], content: ContentStore, workers: int
-) -> tuple[Any, Rulebook]:
-    spool.install(content.spool)
-    rulebook = Rulebook(cfg)
-    ingest = Ingest(
-        content, Catalog(sessions), RuleScreen(rulebook.current), max_pixels=cfg.scp.max_pixels
-    )
-    commitment = StorageCommitmentScp(cfg.scp, sessions, content)
-    server = start_server(
-        cfg.scp, ingest, workers=workers, data_dir=cfg.data_dir, commitment=commitment
-    )
-    return server, rulebook
-
-
-def _worker_main(config_path: str) -> None:
-    """Entry point of one receiving process (spawned: builds its own engine)."""
-    _die_with_parent()
-    cfg = load_config(Path(config_path))
-    setup_logging(os.environ.get("COURIER_LOG_LEVEL", "INFO"), cfg.node.log_format)
-    url = store_url(cfg)
-    metrics.configure(metrics_dir(cfg, url))  # the parent cleared it
-    engine = make_engine(
-        url, busy_timeout_s=cfg.store.busy_timeout_s, pool_size=cfg.store.pool_size
-    )
-    content = node_content(cfg, url)
-    server, rulebook = _start_receiver(cfg, make_sessions(engine), content, workers=cfg.scp.workers)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGHUP, lambda *_: rulebook.reload_requested.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
-    done.wait()
-    server.shutdown()
-    server.server_close()
-
-
-def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the parent dies, even by kill -9 (no orphan receivers)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    if os.getppid() == 1:
-        os._exit(1)
-
-
 def serve(cfg: Config, role: Role = "all") -> int:
     """``courier serve``: run until SIGTERM/SIGINT; returns the exit status."""
     setup_logging(os.environ.get("COURIER_LOG_LEVEL", "INFO"), cfg.node.log_format)
@@ -382,5 +305,9 @@ def serve(cfg: Config, role: Role = "all") -> int:
     signal.signal(signal.SIGTERM, lambda *_: node.stop())
     signal.signal(signal.SIGINT, lambda *_: node.stop())
     signal.signal(signal.SIGHUP, lambda *_: node.reload_rules())
-    node.run()
+    try:
+        node.run()
+    except ReceiverError as exc:
+        log.error("%s", exc)
+        return 1
     return 0

@@ -257,6 +257,12 @@ def _run(argv: list[str]) -> int:
     gc.disable()
     try:
         command = _chosen(argv)
+        if command == "serve":
+            # First, before anything imports pydicom: the node's processes never decode
+            # pixels (imaging's children do), so pydicom comes without numpy and Pillow.
+            from imaging.nopixels import import_pydicom_without_pixels
+
+            import_pydicom_without_pixels()
         args = parser(command).parse_args(argv)
         cmd = COMMANDS[args.command]
         run = _function(cmd.module, cmd.runner)
@@ -308,7 +314,8 @@ def _check_config(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _serve(args: argparse.Namespace, cfg: Config) -> int:
-    from node.app import serve, setup_logging
+    from node.app import serve
+    from node.logs import setup_logging
 
     setup_logging()
     return serve(cfg, role=args.role)

@@ -1,0 +1,150 @@
+"""One receiving process: the Storage SCP alone (``python -m node.receiver CONFIG``).
+
+``courier serve`` starts ``scp.workers`` of these (:class:`node.receivers.Receivers`)
+and runs everything else itself: the web app, the sweeps, the scheduler and the
+relay, the RIS listener, the audit shipping. A receiving process imports what
+receiving needs and nothing more: pynetdicom and the SCP, the header walk and ingest,
+the catalog (SQLAlchemy and the models), the rules (the screen applies them to each
+instance), telemetry, and node.yaml's schema (a SIGHUP re-reads the rules from it).
+Not the web app, the scheduler, the channels, packaging or the imaging renderer
+(``tests/test_receiver.py`` holds that, on ``sys.modules``).
+
+**pydicom without its pixel stack** (:mod:`imaging.nopixels`): nothing here decodes
+pixels (the header walk reads the declared size from the header), so pydicom is
+imported without numpy, Pillow, requests and the decoder plugins, about 40 MB.
+
+With the parent (:class:`node.receivers.Receivers`):
+
+- argv: the node.yaml path and the parent's pid. The process loads the file, opens
+  its own engine on the index database and counts into the node's metrics folder
+  (``PROMETHEUS_MULTIPROC_DIR``, set and cleared by the parent before it starts
+  receivers), so ``/metrics`` in the parent sums every receiver.
+- It writes one line, ``listening``, on stdout once its ports listen; the parent waits
+  for that line before it says the node is ready. A process that cannot listen logs
+  why and exits 1 without writing it.
+- SIGTERM: stop listening and exit 0. SIGHUP: reload the rules. SIGINT is ignored (a
+  terminal's Ctrl-C reaches the whole process group; the parent decides). It dies with
+  the parent, even one killed by ``kill -9`` (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imaging.nopixels import import_pydicom_without_pixels
+
+if TYPE_CHECKING:
+    from node.config import Config
+    from node.rulebook import Rulebook
+
+log = logging.getLogger("courier.node.receiver")
+
+#: The line a receiving process writes on stdout once it listens.
+READY = b"listening\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one receiving process until SIGTERM; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    done = threading.Event()
+    reload = threading.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    if len(args) != 2 or not args[1].isdigit():
+        print("usage: python -m node.receiver NODE_YAML PARENT_PID", file=sys.stderr)
+        return 2
+    _die_with_parent(int(args[1]))
+    import_pydicom_without_pixels()
+
+    from node.config import ConfigError, load_config
+    from node.logs import setup_logging
+
+    try:
+        cfg = load_config(Path(args[0]))
+    except ConfigError as exc:
+        print(f"courier receiver: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(os.environ.get("COURIER_LOG_LEVEL", "INFO"), cfg.node.log_format)
+    try:
+        server, rulebook = start(cfg)
+    except Exception as exc:  # logged here: the parent only sees the exit status
+        log.error("receiving process cannot start: %s", _reason(exc))
+        return 1
+    signal.signal(signal.SIGHUP, lambda *_: rulebook.reload_requested.set())
+    if reload.is_set():  # a SIGHUP while starting
+        rulebook.reload_requested.set()
+    os.write(sys.stdout.fileno(), READY)
+    done.wait()
+    server.shutdown()
+    server.server_close()
+    return 0
+
+
+def start(cfg: Config) -> tuple[Any, Rulebook]:
+    """Open the store and start the SCP for ``cfg``; returns the server and the rules.
+
+    The parent has migrated the database, recovered the spool and cleared the metrics
+    folder before it starts any receiver.
+    """
+    from node.rulebook import Rulebook
+    from node.stores import metrics_dir, node_content, store_url
+    from scp import spool
+    from scp.commitment_scp import StorageCommitmentScp
+    from scp.ingest import Ingest
+    from scp.screen import RuleScreen
+    from scp.server import start_server
+    from store.catalog import Catalog
+    from store.db import make_engine, make_sessions
+    from telemetry import metrics
+
+    url = store_url(cfg)
+    metrics.configure(metrics_dir(cfg, url))  # the parent cleared it
+    engine = make_engine(
+        url, busy_timeout_s=cfg.store.busy_timeout_s, pool_size=cfg.store.pool_size
+    )
+    sessions = make_sessions(engine)
+    content = node_content(cfg, url)
+    spool.install(content.spool)
+    rulebook = Rulebook(cfg)
+    ingest = Ingest(
+        content, Catalog(sessions), RuleScreen(rulebook.current), max_pixels=cfg.scp.max_pixels
+    )
+    commitment = StorageCommitmentScp(cfg.scp, sessions, content)
+    server = start_server(
+        cfg.scp, ingest, workers=cfg.scp.workers, data_dir=cfg.data_dir, commitment=commitment
+    )
+    return server, rulebook
+
+
+def _reason(exc: Exception) -> str:
+    """A short reason for a start-up failure (an OSError's own words, e.g. the port is
+    in use; otherwise the exception's type and text)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} (scp.port, scp.tls_port and scp.host say where it listens)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: get SIGKILL when the parent dies, even by kill -9 (no orphan receivers).
+    Exits at once when ``parent`` is gone already (it died before the flag was set)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
