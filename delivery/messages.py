@@ -26,7 +26,7 @@ from babel.dates import format_date, format_datetime, format_time, get_datetime_
 
 from delivery.channel import OutgoingMessage
 from delivery.i18n import locale_name, render
-from delivery.sms import gsm_safe
+from delivery.smstext import gsm_safe
 
 DOMAIN = "messages"
 CODE_VALID_MINUTES = 10

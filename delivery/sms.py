@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -48,6 +47,9 @@ from delivery.errors import (
     RateLimitedError,
     RecipientRefusedError,
 )
+from delivery.smstext import gsm_safe as gsm_safe  # re-exported: its home was here
+from delivery.smstext import is_gsm7 as is_gsm7
+from delivery.smstext import segments as segments
 
 log = logging.getLogger(__name__)
 # twilio's HTTP client logs every request's query string at INFO, and a message look-up
@@ -55,65 +57,7 @@ log = logging.getLogger(__name__)
 _http_log = logging.getLogger(f"{__name__}.http")
 _http_log.setLevel(logging.WARNING)
 
-_GSM_BASIC = set(
-    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡"
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
-)
-_GSM_EXT = set("^{}\\[~]|€\f")  # two septets each (escape + char)
-_REPLACE = str.maketrans(
-    {
-        "‘": "'",
-        "’": "'",
-        "‚": "'",
-        "‛": "'",
-        "′": "'",
-        "“": '"',
-        "”": '"',
-        "„": '"',
-        "‟": '"',
-        "″": '"',
-        "–": "-",
-        "—": "-",
-        "‒": "-",
-        "−": "-",
-        "‐": "-",
-        "‑": "-",
-        "\u00a0": " ",
-        "\u202f": " ",
-        "\u2007": " ",
-        "\u2009": " ",
-        "\u200a": " ",
-        "\u200b": None,
-        "\u200c": None,
-        "\u200d": None,
-        "\ufeff": None,
-        "…": "...",
-        "•": "*",
-        "\t": " ",
-    }
-)
 _REFUSED = {21211: "invalid number", 21614: "not a mobile number", 21610: "replied STOP"}
-
-
-def gsm_safe(text: str) -> str:
-    """``text`` with typographic punctuation and odd spaces replaced by GSM-7 ones.
-    Letters outside GSM-7 (Arabic, Chinese) are kept: those messages are UCS-2 anyway."""
-    return text.translate(_REPLACE)
-
-
-def is_gsm7(text: str) -> bool:
-    """True when every character is in the GSM 03.38 basic or extension table."""
-    return all(c in _GSM_BASIC or c in _GSM_EXT for c in text)
-
-
-def segments(text: str) -> int:
-    """How many SMS segments ``text`` costs (GSM-7: 160, or 153 when split; UCS-2: 70,
-    or 67 when split, counted in UTF-16 units)."""
-    if is_gsm7(text):
-        n = sum(2 if c in _GSM_EXT else 1 for c in text)
-        return 1 if n <= 160 else math.ceil(n / 153)
-    n = len(text.encode("utf-16-le")) // 2
-    return 1 if n <= 70 else math.ceil(n / 67)
 
 
 def _as_rest_error(exc: TwilioException) -> TwilioRestException:

@@ -47,8 +47,13 @@ NOT_IN_A_RECEIVER = (
     "release.matching",
     "ris.server",
 )
-#: Never in the node process: the SCP's server side lives in the receivers.
-NOT_IN_THE_NODE = ("scp.server", "scp.fastpath", "scp.handlers", "scp.commitment_scp")
+#: Never imported by the node process's start-up (``courier serve``): the SCP's server
+#: side lives in the receivers, pixels are decoded in imaging's children, Twilio only
+#: when ``sms`` is configured.
+NOT_IN_THE_NODE = (
+    *("scp.server", "scp.fastpath", "scp.handlers", "scp.commitment_scp"),
+    *("numpy", "pylibjpeg", "imaging.render", "twilio", "requests"),
+)
 
 _RECEIVER = """
 import json, sys
@@ -109,7 +114,13 @@ def test_a_receiving_process_imports_only_what_receiving_needs(
 
 
 def test_the_node_process_does_not_import_the_scp_server_side() -> None:
-    probe = "import json, sys, node.app; print(json.dumps(sorted(sys.modules)))"
+    probe = (
+        "import json, sys, node.cli\n"
+        "from imaging.nopixels import import_pydicom_without_pixels\n"
+        "import_pydicom_without_pixels()  # as node.cli does for serve\n"
+        "import node.app\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", probe],
         capture_output=True,
