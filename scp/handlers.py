@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import evt
 
@@ -62,24 +62,26 @@ def store_spooled(
         if path is None:
             assert spooled is not None
             path = Path(spooled.name)
-        status = int(
-            ingest.store(
-                spooled,
-                path,
-                sop_class,
-                sop_instance,
-                Peer(
-                    calling_ae=str(assoc.requestor.ae_title).strip(),
-                    called_ae=str(assoc.acceptor.ae_title).strip(),
-                    host=str(assoc.requestor.address),
-                ),
-            )
-        )
+        status = int(ingest.store(spooled, path, sop_class, sop_instance, _peer(assoc)))
         metrics.instance_answered(status, transfer_syntax, getattr(spooled, "size", 0))
         return status
     except Exception as exc:
         log.error("C-STORE failed unexpectedly (%s); answering 0x0110", type(exc).__name__)
         return int(Status.PROCESSING_FAILURE)
+
+
+def _peer(assoc: Any) -> Peer:
+    """Who is on the other end of ``assoc``: read once per association (the AE titles
+    and address are fixed once it is established), not once per instance."""
+    peer = getattr(assoc, "courier_peer", None)
+    if peer is None:
+        peer = Peer(
+            calling_ae=str(assoc.requestor.ae_title).strip(),
+            called_ae=str(assoc.acceptor.ae_title).strip(),
+            host=str(assoc.requestor.address),
+        )
+        assoc.courier_peer = peer
+    return cast(Peer, peer)
 
 
 def fast_store_hook(ingest: Ingest) -> Any:

@@ -27,6 +27,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_client.metrics_core import Metric
@@ -132,6 +133,9 @@ class _Metrics:
             registry=r,
         )
         # Every series from the start (at 0), so rates and alerts see the first event.
+        # The received series are kept by transfer syntax UID as they come: a C-STORE
+        # then costs two increments, not two label look-ups under the registry's lock.
+        self.received: dict[str, tuple[Any, Any]] = {}
         for syntax in SYNTAX_CLASSES:
             self.instances.labels(syntax)
             self.bytes.labels(syntax)
@@ -219,9 +223,14 @@ def instance_answered(status: int, transfer_syntax: str, size_bytes: int) -> Non
     0x0000, else as refused by its status code."""
     m = _m()
     if status == 0:
-        label = syntax_class(transfer_syntax)
-        m.instances.labels(label).inc()
-        m.bytes.labels(label).inc(max(0, size_bytes))
+        series = m.received.get(transfer_syntax)
+        if series is None:
+            label = syntax_class(transfer_syntax)
+            series = (m.instances.labels(label), m.bytes.labels(label))
+            if len(m.received) < 256:  # UIDs a peer sends: bounded all the same
+                m.received[transfer_syntax] = series
+        series[0].inc()
+        series[1].inc(max(0, size_bytes))
     else:
         m.store_failures.labels(f"0x{status & 0xFFFF:04X}").inc()
 

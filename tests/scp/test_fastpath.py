@@ -343,3 +343,79 @@ def test_no_wake_up_is_written_once_the_eventfd_is_closed(
     monkeypatch.setattr(os, "eventfd_write", lambda fd, _n: writes.append(fd))
     dul._wake()
     assert writes == []
+
+
+# --------------------------------------------------------------------------------------
+# Reading ahead: several PDUs in one read, a PDU split over many, the size limit kept
+
+
+def _implicit_dataset(path: Path) -> bytes:
+    """The dataset of ``path`` re-encoded Implicit VR Little Endian (the raw context's)."""
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(path)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+@pytest.mark.parametrize("chunk", [None, 5, 4099], ids=["one-write", "5-bytes", "4099-bytes"])
+def test_c_stores_arriving_together_or_in_pieces_are_all_answered(
+    fast_scp: LocalScp, tmp_path: Path, chunk: int | None
+) -> None:
+    import pydicom
+
+    files = synthetic.make_small_instances(tmp_path / "small", n=3)
+    stream = b"".join(
+        fastpath.p_data_tf(1, 0x03, _command(fastpath._uid_value(uid)))
+        + fastpath.p_data_tf(1, 0x02, _implicit_dataset(f))
+        for f in files
+        for uid in [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)]
+    )
+    _assoc, raw, cx_id = _raw_association(fast_scp.port)
+    assert cx_id == 1
+    try:
+        step = chunk or len(stream)
+        for start in range(0, len(stream), step):  # bounded: len(stream) / step writes
+            raw.sendall(stream[start : start + step])
+        answers = [_read_pdu(raw) for _ in files]
+        assert [(kind, _status(body)) for kind, body in answers] == [(0x04, 0x0000)] * 3
+        assert _release(raw) == 0x06
+    finally:
+        raw.close()
+    assert fast_scp.rows() == 3
+    assert fast_scp.spool_files() == []
+
+
+def test_a_pdu_over_the_limit_is_refused_though_its_start_was_read_ahead(
+    db: Database, tmp_path: Path
+) -> None:
+    import pydicom
+
+    scp = start_local_scp(db, tmp_path / "data", fast_store=True, max_pdu_size=4096)
+    small = synthetic.make_small_instances(tmp_path / "small", n=1)[0]
+    uid = str(pydicom.dcmread(small, stop_before_pixels=True).SOPInstanceUID)
+    try:
+        _assoc, raw, cx_id = _raw_association(scp.port)
+        limit = 4096 + 256 * 1024  # max_pdu_size + the room the socket allows
+        try:
+            # One C-STORE first: from then on the socket reads ahead.
+            raw.sendall(fastpath.p_data_tf(cx_id, 0x03, _command(fastpath._uid_value(uid))))
+            data = _implicit_dataset(small)
+            for start in range(0, len(data), 4000):  # fragments within max_pdu_size
+                last = 0x02 if start + 4000 >= len(data) else 0x00
+                raw.sendall(fastpath.p_data_tf(cx_id, last, data[start : start + 4000]))
+            kind, body = _read_pdu(raw)
+            assert (kind, _status(body)) == (0x04, 0x0000)
+            # Announces one byte over the limit; the first 32 KiB come with the header.
+            raw.sendall(struct.pack(">BBL", 0x04, 0, limit + 1) + b"\0" * 32_768)
+            assert _read_pdu(raw)[0] in (0x07, 0)  # A-ABORT, or the socket closed
+        finally:
+            raw.close()
+        assert echo_ok(scp.port)
+    finally:
+        scp.server.shutdown()
+        scp.server.server_close()
