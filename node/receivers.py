@@ -4,12 +4,12 @@ The Storage SCP runs in ``scp.workers`` child processes (:mod:`node.receiver`), 
 listening on ``scp.port`` (and ``scp.tls_port``), the kernel spreading connections
 over them (SO_REUSEPORT when there are several). The node process supervises them and
 runs the rest, so a receiving process holds the SCP's memory only, and the node
-process none of it: it never imports pynetdicom's server side.
+process none of it: it never imports the SCP's server side (:mod:`scp.server`).
 
-:class:`Receivers` starts them one after the other and waits until each says it
-listens (or exits, or ``timeout_s`` passes: :class:`ReceiverError`), forwards SIGHUP
-(reload the rules), tells which died, and stops them with SIGTERM (SIGKILL after
-``grace_s``). Their log lines go to the node's stderr, in the node's format.
+:class:`Receivers` starts them all and waits until each says it listens (or exits, or
+``timeout_s`` passes: :class:`ReceiverError`), forwards SIGHUP (reload the rules), tells
+which died, and stops them with SIGTERM (SIGKILL after ``grace_s``). Their log lines go
+to the node's stderr, in the node's format.
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ class Receivers:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, stop: threading.Event | None = None) -> None:
-        """Start every receiver and wait until it listens (in turn: the first one
-        binds the port, the others join it).
+        """Start every receiver, then wait until each listens.
 
         Raises :class:`ReceiverError` when one exits first or does not listen within
         ``timeout_s``; the ones already started are stopped. Returns early, without
@@ -50,23 +49,33 @@ class Receivers:
         """
         try:
             for _ in range(self._count):
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "node.receiver", str(self._config), str(os.getpid())],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "node.receiver",
+                            str(self._config),
+                            str(os.getpid()),
+                        ],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                    )
                 )
-                self.procs.append(proc)
-                if not self._wait_ready(proc, stop):
+            deadline = time.monotonic() + self._timeout_s
+            for proc in self.procs:
+                if not self._wait_ready(proc, stop, deadline):
                     return
         except BaseException:
             self.stop()
             raise
 
-    def _wait_ready(self, proc: subprocess.Popen[bytes], stop: threading.Event | None) -> bool:
+    def _wait_ready(
+        self, proc: subprocess.Popen[bytes], stop: threading.Event | None, deadline: float
+    ) -> bool:
         """True once ``proc`` wrote :data:`READY`; False when ``stop`` was set first."""
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
-        deadline = time.monotonic() + self._timeout_s
         got = b""
         while time.monotonic() < deadline:
             if stop is not None and stop.is_set():
