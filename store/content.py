@@ -17,7 +17,8 @@ a file from its header: the file is the durable truth). The order that gives bot
 3. ``link`` it to its final name (never overwriting) and unlink the spool name, or
    ``rename`` when replacing;
 4. wait for an fsync of the folder that *started after* step 3
-   (:class:`store.group_sync.GroupSync`: concurrent placers in one folder share it).
+   (:class:`store.group_sync.GroupSync`: beyond two at once, concurrent placers in one
+   folder share one).
 
 Why each flush is there, why no other is, and what was rejected (Linux fsync(2),
 https://man7.org/linux/man-pages/man2/fsync.2.html, unless another reference is named):

@@ -27,13 +27,16 @@ class Recorder:
     """An fsync that records what each flush covered and, on one clock, when it ended."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    hold_first: Callable[[], None] | None = None  # runs inside the first flush
+    hold_first: Callable[[], None] | None = None  # runs inside the first flushes
+    held: int = 1  # how many of the first flushes run hold_first
     fail_with: int | None = None  # errno of every flush, or None
     flushes: int = 0
     clock: int = 0  # one tick per event: flush ended, placer returned
     covered: dict[int, tuple[Path, frozenset[str]]] = field(default_factory=dict)
     ended: dict[int, int] = field(default_factory=dict)  # flush -> tick
     returned_at: dict[str, int] = field(default_factory=dict)  # name -> tick
+    active: dict[Path, int] = field(default_factory=dict)  # flushes running per folder
+    peak: int = 0  # the most flushes of one folder that ran at once
 
     def __call__(self, folder: Path) -> None:
         with self.lock:
@@ -41,11 +44,14 @@ class Recorder:
             n = self.flushes
             # Everything in the folder now was linked before this flush began.
             self.covered[n] = (folder, frozenset(os.listdir(folder)))
-        if n == 1 and self.hold_first is not None:
+            self.active[folder] = self.active.get(folder, 0) + 1
+            self.peak = max(self.peak, self.active[folder])
+        if n <= self.held and self.hold_first is not None:
             self.hold_first()
         with self.lock:
             self.clock += 1
             self.ended[n] = self.clock
+            self.active[folder] -= 1
         if self.fail_with is not None:
             raise OSError(self.fail_with, os.strerror(self.fail_with))
 
@@ -73,8 +79,8 @@ class Recorder:
 class Arrivals(GroupSync):
     """GroupSync that counts the callers that have asked for a flush."""
 
-    def __init__(self, fsync: Recorder) -> None:
-        super().__init__(fsync)
+    def __init__(self, fsync: Recorder, max_running: int = 1) -> None:
+        super().__init__(fsync, max_running=max_running)
         self.arrived = 0
         self.cond = threading.Condition()
 
@@ -141,10 +147,14 @@ def test_concurrent_placers_in_one_folder_share_two_flushes(tmp_path: Path, plac
     assert syncs._folders == {}  # nobody waits: nothing remembered
 
 
-def test_many_threads_many_folders_every_placer_is_covered(tmp_path: Path) -> None:
-    """No forced overlap: whatever the interleaving, each return follows a covering flush."""
+@pytest.mark.parametrize("max_running", [1, 2, 3])
+def test_many_threads_many_folders_every_placer_is_covered(
+    tmp_path: Path, max_running: int
+) -> None:
+    """No forced overlap: whatever the interleaving, each return follows a covering flush,
+    and no more than ``max_running`` flushes of one folder run at once."""
     recorder = Recorder()
-    syncs = Arrivals(recorder)
+    syncs = Arrivals(recorder, max_running)
     content = ContentStore(tmp_path, syncs=syncs)
     threads, per_thread, series = 6, 25, 2
 
@@ -163,6 +173,7 @@ def test_many_threads_many_folders_every_placer_is_covered(tmp_path: Path) -> No
             folder = tmp_path / "instances" / "1" / str(k % series)
             assert recorder.covering(folder, f"{t}-{k}.dcm")
     assert recorder.flushes <= syncs.arrived  # grouping never adds a flush
+    assert recorder.peak <= max_running
 
 
 @pytest.mark.parametrize(
@@ -240,6 +251,35 @@ def test_a_failed_flush_fails_every_placer_it_covered(tmp_path: Path, err: int) 
     assert syncs._folders == {}
     recorder.fail_with = None
     content.place(_spooled(content, "again"), "instances/1/2/again.dcm")
+
+
+@pytest.mark.parametrize("placers", [3, 8])
+def test_callers_beyond_max_running_share_one_flush(tmp_path: Path, placers: int) -> None:
+    """With two flushes allowed at once, both held until everyone has asked, everyone
+    after the first two shares a third."""
+    recorder = Recorder()
+    syncs = Arrivals(recorder, max_running=2)
+    content = ContentStore(tmp_path, syncs=syncs)
+    content.place(_spooled(content, "warm"), "instances/1/2/0.dcm")
+    recorder.reset()
+    syncs.arrived = 0
+    recorder.hold_first = lambda: syncs.wait_for(placers)
+    recorder.held = 2
+    folder = tmp_path / "instances" / "1" / "2"
+
+    def placer(i: int) -> Callable[[], None]:
+        def place() -> None:
+            content.place(_spooled(content, f"s{i}"), f"instances/1/2/{i + 1}.dcm")
+            recorder.returned(f"{i + 1}.dcm")
+
+        return place
+
+    assert _run_threads([placer(i) for i in range(placers)]) == []
+    assert recorder.peak == 2 and recorder.flushes == 3
+    for i in range(placers):
+        assert recorder.covering(folder, f"{i + 1}.dcm")
+    with pytest.raises(ValueError, match="max_running"):
+        GroupSync(max_running=0)
 
 
 def test_a_full_disk_during_the_flush_is_disk_full(tmp_path: Path) -> None:
