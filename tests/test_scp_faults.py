@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from store.db import make_engine, make_sessions, migrate
-from store.models import Instance
+from store.models import Instance, Study
 from tests import synthetic
 from tests.conftest import (
     PG_URL,
@@ -42,9 +42,16 @@ def _uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
-def _check_consistent(db: Database, data_dir: Path, acked: dict[str, Path]) -> None:
+def _check_consistent(
+    db: Database, data_dir: Path, acked: dict[str, Path], peer: tuple[str, str, str] | None = None
+) -> None:
     with db.sessions() as s:
         rows = {i.sop_instance_uid: i for i in s.scalars(select(Instance))}
+        studies = s.execute(select(Study.calling_ae, Study.called_ae, Study.peer_host)).all()
+    if peer is not None:
+        # Rows start-up recovery re-created from files name the same sender.
+        assert {i.calling_ae for i in rows.values()} <= {peer[0]}
+        assert {tuple(row) for row in studies} <= {peer}
     for uid, src in acked.items():
         assert uid in rows, "an acknowledged instance has no row"
         stored = data_dir / rows[uid].path
@@ -85,7 +92,7 @@ def test_kill_9_during_a_1000_instance_push(
         node.stop()
         # Restart: recovery runs, then the disk and the index must agree.
         node = node_factory(db)  # type: ignore[operator]
-        _check_consistent(db, node.data_dir, acked)
+        _check_consistent(db, node.data_dir, acked, ("PYSCU", "COURIER", "127.0.0.1"))
         assert [p for p in (node.data_dir / "spool").rglob("*") if p.is_file()] == []
         node.stop()
     assert acked, "the pushes were killed before anything was acknowledged"
