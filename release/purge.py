@@ -163,13 +163,15 @@ class Purger:
         now = self._clock()
         final = [str(x) for x in FINAL]
         # When each ended request ended: its last move into a final state (an expired
-        # request the patient reopened (release.states.REOPEN) ends again later).
+        # request the patient reopened (release.states.REOPEN) ends again later). A note
+        # (same state both sides: the patient asking for more time, a CD queued) is no
+        # move: counting it would restart the clock at every ask.
         ended = (
             select(
                 RequestEvent.request_id.label("request_id"),
                 func.max(RequestEvent.at).label("ended_at"),
             )
-            .where(RequestEvent.to_state.in_(final))
+            .where(RequestEvent.to_state.in_(final), RequestEvent.from_state.not_in(final))
             .group_by(RequestEvent.request_id)
             .subquery()
         )

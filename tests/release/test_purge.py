@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
+from release import progress
 from release.matching import Matcher
 from release.purge import Purger
 from release.requests import RequestBook
@@ -326,5 +327,34 @@ def test_a_reopened_request_counts_retention_from_its_last_end(world: World) -> 
     ended = world.clock.now
     world.clock.now = ended + timedelta(days=10) - timedelta(minutes=1)
     assert world.purger.due() == []  # 27 days after the first end: not yet
+    world.clock.now = ended + timedelta(days=10)
+    assert world.purger.sweep() == [uid]
+
+
+@pytest.mark.parametrize("writer", ["progress.note", "book.move"])
+def test_a_note_on_an_ended_request_does_not_restart_its_retention(
+    world: World, writer: str
+) -> None:
+    """Notes are events with from_state == to_state (portal.grantsession.audit when the
+    patient asks for more time on an expired link, release.progress.note, book.move of a
+    CD queued, burned or cancelled): only a real move into a final state starts the
+    retention, so a note every few weeks never keeps the study for ever."""
+    req = world.book.create(draft(selection=[{"kind": "accession", "value": "ACC42"}]), "t")
+    uid = world.receive("noted", 2, accession="ACC42")
+    world.settle()
+    for state in (RequestState.PACKAGING, RequestState.NOTIFIED, RequestState.EXPIRED):
+        world.book.transition(req.reference, state, "delivery", "x")
+    ended = world.clock.now
+    world.clock.now += timedelta(days=9)
+    with world.sessions() as s, s.begin():
+        fresh = s.get(ReleaseRequest, req.id)
+        assert fresh is not None
+        if writer == "progress.note":
+            progress.note(s, fresh, "patient:grant-1", "asked for more time", world.clock.now)
+        else:
+            expired = RequestState.EXPIRED
+            world.book.move(s, fresh, expired, expired, "staff", "CD queued", world.clock.now)
+    world.clock.now = ended + timedelta(days=10) - timedelta(minutes=1)
+    assert world.purger.due() == []
     world.clock.now = ended + timedelta(days=10)
     assert world.purger.sweep() == [uid]
