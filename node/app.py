@@ -175,6 +175,7 @@ class Node:
         next_round = time.monotonic() + round_s
         written: tuple[int, str | None] | None = None
         written_at = 0.0
+        died: tuple[int, int] | None = None
         try:
             while True:
                 rules = rulebook.current()  # notices a changed rules file or a SIGHUP
@@ -201,6 +202,7 @@ class Node:
                         sweeps.run()
                 for pid, code in receivers.dead() if receivers is not None else ():
                     log.error("receiving process %d exited (%s); stopping", pid, code)
+                    died = died or (pid, code)
                     self.stop_event.set()
         finally:
             if pulls is not None:
@@ -216,6 +218,13 @@ class Node:
             audit.stop()
             engine.dispose()
             log.info("node stopped")
+        if died is not None:
+            # Not a clean stop: exit 1, so a supervisor (systemd Restart=on-failure)
+            # starts the node again, and start-up recovery indexes what it left.
+            raise ReceiverError(
+                f"receiving process {died[0]} exited with status {died[1]}; the node stopped "
+                "(its log lines above say why); start it again"
+            )
 
     def stop(self) -> None:
         """Ask :meth:`run` to return."""

@@ -39,6 +39,8 @@ class Receivers:
         self._port = port
         self._timeout_s = timeout_s
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._ready: set[int] = set()  # pids that wrote READY
+        self._reload_pending = False
 
     def start(self, stop: threading.Event | None = None) -> None:
         """Start every receiver, then wait until each listens.
@@ -93,6 +95,9 @@ class Receivers:
                 got += chunk
                 if got == READY:
                     proc.stdout.close()
+                    self._ready.add(proc.pid)
+                    if self._reload_pending:  # a SIGHUP came while it started
+                        proc.send_signal(signal.SIGHUP)
                     return True
         raise ReceiverError(
             f"receiving process {proc.pid} did not listen on scp.port {self._port} within "
@@ -109,9 +114,13 @@ class Receivers:
         return [(p.pid, p.returncode) for p in self.procs if p.poll() is not None]
 
     def reload_rules(self) -> None:
-        """Ask every receiving process to reload the rules (SIGHUP)."""
+        """Ask every receiving process to reload the rules (SIGHUP).
+
+        Only those that listen: one still starting has no handler yet, and SIGHUP's
+        default action would kill it. It gets the signal once it listens."""
+        self._reload_pending = True
         for p in self.procs:
-            if p.poll() is None:
+            if p.pid in self._ready and p.poll() is None:
                 p.send_signal(signal.SIGHUP)
 
     def stop(self, grace_s: float = 10.0) -> None:

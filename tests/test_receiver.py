@@ -9,6 +9,8 @@ measures those): a fresh interpreter runs the receiver's start-up exactly as
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import pytest
 from node.config import load_config
 from node.stores import open_store
 from tests import synthetic
-from tests.conftest import COURIER, free_port, write_config
+from tests.conftest import COURIER, free_port, start_node, write_config
 from tests.scu import send
 
 #: Never in a receiving process (what each is for in the node, and who imported it before).
@@ -148,3 +150,47 @@ def test_serve_stops_with_a_clear_message_when_a_receiver_cannot_listen(tmp_path
     assert "receiving process cannot start: Address already in use" in done.stderr
     assert "before it listened on scp.port" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (the node's receiving processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _receivers(node_pid: int) -> list[int]:
+    return [
+        p
+        for p in _children(node_pid)
+        if b"node.receiver" in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
+
+
+def test_sighup_reaches_the_receivers_and_a_dead_receiver_stops_the_node_with_status_1(
+    tmp_path: Path,
+) -> None:
+    node = start_node(tmp_path)
+    try:
+        (receiver,) = _receivers(node.proc.pid)
+        # A SIGHUP is forwarded (a listening receiver reloads, it does not die of it).
+        node.proc.send_signal(signal.SIGHUP)
+        files = synthetic.make_small_instances(tmp_path / "in", n=2)
+        assert send(node.port, files) == [0x0000] * 2
+        assert node.proc.poll() is None
+        assert _receivers(node.proc.pid) == [receiver]
+        # A receiver that dies (OOM killer, a crash) is not a clean stop: exit 1, so a
+        # supervisor starts the node again and start-up recovery runs.
+        os.kill(receiver, signal.SIGKILL)
+        assert node.proc.wait(30) == 1
+        assert f"receiving process {receiver} exited" in node.log.read_text()
+    finally:
+        node.stop()
