@@ -137,12 +137,24 @@ def _meta(f: _File, meta: dict[int, bytes] | None = None) -> tuple[str, int]:
 
     The values of the meta elements whose element numbers are keys of ``meta`` are
     stored there (raw bytes).
+
+    The File Meta Information ends where its group length (0002,0000) says (Courier
+    writes it first). Group 0002 elements right after it belong to the sender's dataset
+    (some modalities send them): they are stepped over as before, the dataset starting
+    after them, but never read: the transfer syntax and the sender come from the meta
+    Courier wrote only. A file without a group length (from elsewhere) is read as far
+    as group 0002 goes.
     """
     size = f.size
     if size < 132 or f.read(128, 4) != b"DICM":
         raise BadDataset("no DICOM file meta information")
     offset = 132
     ts = ""
+    meta_end = size
+    if size >= 144:
+        group, elem, vr, length = _META_SHORT.unpack_from(f.read(132, 12))
+        if (group, elem, vr, length) == (0x0002, 0x0000, b"UL", 4):
+            meta_end = 144 + int.from_bytes(f.read(140, 4), "little")
     while offset + 8 <= size:
         head = f.read(offset, 12 if offset + 12 <= size else 8)
         group, elem, vr, length = _META_SHORT.unpack_from(head)
@@ -157,7 +169,9 @@ def _meta(f: _File, meta: dict[int, bytes] | None = None) -> tuple[str, int]:
             start = offset + 8
         if start + length > size:
             raise BadDataset("file meta information is truncated")
-        if elem == 0x0010:
+        if offset >= meta_end:
+            pass  # the sender's dataset: not Courier's meta
+        elif elem == 0x0010:
             ts = f.read(start, length).rstrip(b"\x00 ").decode("ascii", "replace")
         elif meta is not None and elem in meta and length <= 1024:
             meta[elem] = f.read(start, length)

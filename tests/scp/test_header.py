@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from scp.header import ae_title, presentation_host, read_header
+from scp.header import ae_title, check_structure, presentation_host, read_header
 from tests import synthetic
 
 
@@ -126,3 +127,55 @@ def test_the_sender_is_read_from_the_file_meta(
     header = read_header(path)
     assert (header.calling_ae, header.called_ae, header.peer_host) == expected
     assert header.sop_instance_uid == ds.SOPInstanceUID
+
+
+def _element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"UR":  # a 32-bit length
+        return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        # what Courier wrote in its meta: the dataset's group 0002 never replaces it
+        (
+            {
+                "SendingApplicationEntityTitle": "MODALITY1",
+                "ReceivingApplicationEntityTitle": "COURIER",
+                "SendingPresentationAddress": "dicom:10.1.2.3:104",
+            },
+            ("MODALITY1", "COURIER", "10.1.2.3"),
+        ),
+        # nor fills in what Courier's meta left out
+        ({}, ("", "", "")),
+    ],
+)
+def test_group_0002_in_the_dataset_is_not_the_sender(
+    tmp_path: Path, meta: dict[str, str], expected: tuple[str, str, str]
+) -> None:
+    src = synthetic.make_small_instances(tmp_path / "src", n=1)[0]
+    ds = pydicom.dcmread(src)
+    for keyword, value in meta.items():
+        setattr(ds.file_meta, keyword, value)
+    plain = tmp_path / "plain.dcm"
+    ds.save_as(plain, enforce_file_format=True)
+    data = plain.read_bytes()
+    dataset_offset = read_header(plain).dataset_offset
+    # A buggy modality's dataset that starts with group 0002 elements of its own
+    # (the transfer syntax too).
+    extra = (
+        _element(0x0010, b"UI", b"1.2.840.10008.1.2.2\x00")
+        + _element(0x0017, b"AE", b"FORGED_AE ")
+        + _element(0x0018, b"AE", b"NOT_COURIER ")
+        + _element(0x0027, b"UR", b"dicom:192.0.2.9:104 ")
+    )
+    path = tmp_path / "group2.dcm"
+    path.write_bytes(data[:dataset_offset] + extra + data[dataset_offset:])
+    header = read_header(path)
+    assert (header.calling_ae, header.called_ae, header.peer_host) == expected
+    assert header.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
+    # As before: the dataset is read after them, and its structure checks.
+    assert header.dataset_offset == dataset_offset + len(extra)
+    assert header.sop_instance_uid == ds.SOPInstanceUID
+    assert check_structure(path) == (ds.file_meta.TransferSyntaxUID, dataset_offset + len(extra))
