@@ -114,11 +114,14 @@ def reopening(
         return None, "expired links are not reopened (portal.reopen_expired_days is 0)"
     if now >= grant.expires_at + timedelta(days=rules.reopen_days):
         return None, f"the link expired more than {rules.reopen_days} days ago"
+    # Its last real move into expired: an earlier refused ask is a note there too
+    # (expired both sides), and would read as "expired from expired".
     came_from = s.scalar(
         select(RequestEvent.from_state)
         .where(
             RequestEvent.request_id == req.id,
             RequestEvent.to_state == RequestState.EXPIRED,
+            RequestEvent.from_state != RequestState.EXPIRED,
         )
         .order_by(RequestEvent.id.desc())
         .limit(1)

@@ -275,6 +275,26 @@ def test_an_expired_request_alerts_staff_otherwise(
     assert any(f"{why}" in x and "staff alerted" in x for x in _reasons(rig, p.request_id))
 
 
+def test_a_second_ask_after_a_refused_one_reopens_once_the_reason_is_gone(rig: Rig) -> None:
+    """The refused ask is a note on the timeline (expired -> expired): where the request
+    expired from is its last real move into expired, not that note."""
+    p = rig.patient()
+    client = rig.client()
+    client.get(f"/d/{p.token}")
+    _expire_request(rig, p)
+    _disc_queued(rig, p)
+    r = post(client, "/access/extend")
+    assert "We have told the hospital" in r.text and _state(rig, p.request_id) == "expired"
+    with rig.db.sessions() as s, s.begin():  # staff cancel the CD
+        cancel = update(DiscJob).where(DiscJob.request_id == p.request_id)
+        s.execute(cancel.values(cancelled_at=rig.clock()))
+    rig.clock.advance(days=1, minutes=1)
+    r = post(client, "/access/extend")
+    assert r.status_code == 200 and 'href="/access"' in r.text
+    assert _state(rig, p.request_id) == "notified" and len(_reopened(rig, p.request_id)) == 1
+    assert _alerts(rig) == 1  # the first ask's only
+
+
 def test_a_cancelled_request_is_never_reopened(rig: Rig) -> None:
     p = rig.patient()
     client = rig.client()
