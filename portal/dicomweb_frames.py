@@ -14,8 +14,10 @@ where its value starts. :meth:`FrameSource.read` then reads one frame:
 
 Only the asked frame's fragments are read: a 1000-frame cine costs its header, its
 offset table and one frame per request, not its whole pixel data. Every position and
-length is checked against the file's size, so a lying header or offset table is refused
-(:class:`FramesUnreadable`: the route's 422) before anything is allocated for it.
+length is checked against the file's size, and an offset table's length against the
+number of frames (empty, or one entry per frame), so a lying header, offset table or
+fragment length is refused (:class:`FramesUnreadable`: the route's 422) before anything
+is read or allocated for it.
 Deflated and Big Endian files (rare) are read whole once per request, as pydicom decodes
 them.
 
@@ -139,6 +141,10 @@ class FrameSource:
             tag, length = _item_header(fh, self.start, self.end)
             if tag != _ITEM or length % 4 or self.start + 8 + length > self.end:
                 raise FramesUnreadable("the Basic Offset Table item is malformed")
+            if length and length // 4 != self.count:
+                # Checked before reading: a lying length costs nothing (PS3.5 A.4: one
+                # offset per frame, or an empty table).
+                raise FramesUnreadable("the Basic Offset Table does not hold one offset per frame")
             table = _read(fh, length)
             offsets = list(unpack(f"<{length // 4}L", table))
             if any(b <= a for a, b in pairwise(offsets)):
@@ -252,7 +258,8 @@ def frame_source(path: Path) -> FrameSource:
         if length != _UNDEFINED:
             raise FramesUnreadable("encapsulated pixel data must have an undefined length")
         media = FRAME_TYPES.get(ts, "application/octet-stream")
-        return FrameSource(path, media, ts, count, True, start, 0, end, extended=_extended(ds))
+        extended = _extended(ds, count)
+        return FrameSource(path, media, ts, count, True, start, 0, end, extended=extended)
     if not little:
         return _whole(path, ds, ts, count)
     size = get_expected_length(ds, unit="bytes") // count
@@ -269,12 +276,14 @@ def _whole(path: Path, ds: pydicom.Dataset, ts: UID, count: int) -> FrameSource:
     return FrameSource(path, "application/octet-stream", native, count, False, 0, size, 0, whole)
 
 
-def _extended(ds: pydicom.Dataset) -> tuple[list[int], list[int]] | None:
-    """The Extended Offset Table (7FE0,0001) and its lengths (7FE0,0002), when both are
-    there and agree."""
+def _extended(ds: pydicom.Dataset, count: int) -> tuple[list[int], list[int]] | None:
+    """The Extended Offset Table (7FE0,0001) and its lengths (7FE0,0002), when the file
+    has both. Raises :class:`FramesUnreadable` unless each holds one 8-byte entry per
+    frame, checked before either is unpacked."""
     offsets = ds.get("ExtendedOffsetTable")
     lengths = ds.get("ExtendedOffsetTableLengths")
-    if not offsets or not lengths or len(offsets) != len(lengths) or len(offsets) % 8:
+    if not offsets or not lengths:
         return None
-    n = len(offsets) // 8
-    return list(unpack(f"<{n}Q", offsets)), list(unpack(f"<{n}Q", lengths))
+    if len(offsets) != 8 * count or len(lengths) != 8 * count:
+        raise FramesUnreadable("the Extended Offset Table does not hold one entry per frame")
+    return list(unpack(f"<{count}Q", offsets)), list(unpack(f"<{count}Q", lengths))

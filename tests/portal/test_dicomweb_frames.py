@@ -2,7 +2,8 @@
 objects native and compressed, read one frame at a time from the file (the frame
 bytes equal what pydicom finds in the whole pixel data), in every encapsulated layout
 (Basic Offset Table, none with one or several fragments per frame, Extended Offset
-Table), reading the header and that frame only, never the whole pixel data."""
+Table), reading the header and that frame only, never the whole pixel data; lying offset
+tables and fragment lengths refused before anything is read for them."""
 
 from __future__ import annotations
 
@@ -216,3 +217,90 @@ def test_lying_offsets_are_refused(tmp_path: Path) -> None:
     assert ds.NumberOfFrames == COUNT
     with pytest.raises(FramesUnreadable):
         _frames(frame_source(bad), [2])
+
+
+# -- lying tables and lengths: refused before anything is read for them ------------------
+
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
+_HUGE = 1 << 31
+
+
+def _patched(path: Path, at_item: int, field: int, value: int) -> None:
+    """Write ``value`` over the ``field``-th 4-byte word after the ``at_item``-th item tag
+    of the pixel data (word 1 is the item's length, word 2 the table's second entry)."""
+    data = bytearray(path.read_bytes())
+    at = frame_source(path).start  # the first item: the Basic Offset Table
+    assert data[at : at + 4] == _ITEM_TAG
+    for _ in range(at_item):
+        at += 8 + int.from_bytes(data[at + 4 : at + 8], "little")
+    data[at + 4 * field : at + 4 * field + 4] = value.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def _lying_bot_length(path: Path) -> None:
+    # 100 000 bytes, inside the file: before, read whole and turned into 25 000 offsets.
+    _patched(path, 0, 1, 100_000)
+
+
+def _lying_fragment_length(path: Path) -> None:
+    _patched(path, 1, 1, _HUGE)  # the first fragment, after the (empty or not) table
+
+
+def _eot(path: Path, offsets: list[int] | None = None, lengths: list[int] | None = None) -> None:
+    ds = pydicom.dcmread(path)
+    if offsets is not None:
+        ds.ExtendedOffsetTable = b"".join(o.to_bytes(8, "little") for o in offsets)
+    if lengths is not None:
+        ds.ExtendedOffsetTableLengths = b"".join(n.to_bytes(8, "little") for n in lengths)
+    ds.save_as(path)
+
+
+def _eot_entries(path: Path, tag: str) -> list[int]:
+    raw = pydicom.dcmread(path)[tag].value
+    return [int.from_bytes(raw[k : k + 8], "little") for k in range(0, len(raw), 8)]
+
+
+def _lying_eot_count(path: Path) -> None:
+    offsets = _eot_entries(path, "ExtendedOffsetTable")
+    _eot(path, offsets=offsets + [0] * 10_000)  # 10 000 more frames than the file has
+
+
+def _lying_eot_offset(path: Path) -> None:
+    offsets = _eot_entries(path, "ExtendedOffsetTable")
+    _eot(path, offsets=[offsets[0], _HUGE << 8, *offsets[2:]])
+
+
+def _lying_eot_length(path: Path) -> None:
+    lengths = _eot_entries(path, "ExtendedOffsetTableLengths")
+    _eot(path, lengths=[lengths[0], _HUGE << 8, *lengths[2:]])
+
+
+@pytest.mark.parametrize(
+    ("layout", "lie", "frame"),
+    [
+        ("bot", _lying_bot_length, 2),
+        ("bot", _lying_fragment_length, 1),
+        ("no-bot", _lying_fragment_length, 2),
+        ("no-bot-3", _lying_fragment_length, 2),
+        ("extended", _lying_eot_count, 2),
+        ("extended", _lying_eot_offset, 2),
+        ("extended", _lying_eot_length, 2),
+    ],
+)
+def test_lying_lengths_are_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str, lie: Any, frame: int
+) -> None:
+    path = _encapsulated(tmp_path / "cine.dcm", layout)
+    lie(path)
+    with open(path, "rb") as fh:  # the header, up to the pixel data (the lying EOT's too)
+        header = len(fh.read()) - len(pydicom.dcmread(path).PixelData)
+    monkeypatch.setattr(dicomweb_frames, "open", _counting_open, raising=False)
+    _Counting.total = 0
+    with pytest.raises(FramesUnreadable):  # the route's 422
+        source = frame_source(path)
+        with _counting_open(path, "rb", buffering=0) as fh:
+            source.read(fh, frame)
+    # The header, one read-ahead buffer, item headers and a good table at most: never
+    # the claimed length (the lying Basic Offset Table claims 100 000 bytes).
+    budget = header + 2 * io.DEFAULT_BUFFER_SIZE + 8 * 8 + 4 * COUNT
+    assert _Counting.total <= budget < 100_000, (_Counting.total, budget)
