@@ -7,9 +7,11 @@ per instance; the preview and records per series; READMEs and the rest per part)
 
 :func:`plan_parts` fills parts greedily in package order (study, series, instance) and
 cuts between series where it can: a series that does not fit in what is left of the
-current part starts a new one, and only a series larger than a whole part is cut between
-instances. The first part also carries the package's ``REPORT/`` files
-(``first_part_files``), counted like instances (their bytes and headers). A part holds at
+current part starts a new one. The first part also carries the package's ``REPORT/``
+files (``first_part_files``), counted like instances (their bytes and headers). A series
+is cut between instances in two cases: it is larger than a whole part, or it is the
+first series and the reports leave the first part less room than it needs (a part is
+never closed empty, so it starts in part 1 and continues in part 2). A part holds at
 least one instance, so a single instance larger than the limit gets a part of its own that
 is larger than the limit, and a first part whose reports leave less room than its first
 instance needs exceeds it too: the only cases where a part exceeds the limit.
@@ -111,7 +113,9 @@ def plan_parts(
         plan.open_series(group.preview_bytes)
         for sized in group.instances:
             if sized.size + PER_INSTANCE_BYTES > plan.room() and not plan.empty:
-                plan.close()  # only reached for a series larger than a whole part
+                # Reached for a series larger than a whole part, or for the first
+                # series when the first part's reports leave it too little room.
+                plan.close()
                 plan.open_series(group.preview_bytes)
             plan.add(sized)
     plan.close()
