@@ -8,12 +8,14 @@ succeed. So 0x0000 means:
   File Meta Information carries the calling AE, called AE and the sender's address
   (:mod:`scp.filemeta`, written while it arrived);
 - the row is committed, so every reader (rules, the portal, a query) sees it before
-  the sender reads the response, but with ``Catalog.add(relaxed=True)``: the commit
-  does not wait for the database's own flush, so a power loss (or, on PostgreSQL, a
-  crash of the database server) may take the row again; a crash of Courier never does,
-  the database has the commit. Start-up recovery
-  (:mod:`scp.recovery`) re-creates a row for every stored file that has none, from the
-  file alone, with the same peer (AE titles and host: what rules match on).
+  the sender reads the response. With ``Catalog.add(relaxed=True)``: on SQLite the
+  commit does not wait for the database's own flush, so a power loss or an operating
+  system crash may take the row again, and only those (a crash of Courier never does,
+  the database has the commit): whatever takes the row restarts Courier, and start-up
+  recovery (:mod:`scp.recovery`) re-creates a row for every stored file that has none,
+  from the file alone, with the same peer (AE titles and host: what rules match on).
+  On PostgreSQL the commit waits for the flush: the server can crash or restart while
+  Courier runs on, and recovery would come only at Courier's next start.
 
 Anything else answers a failure status and leaves nothing half-done: no row without a
 file, no file at a final path that the sender was not told about (a file renamed into
@@ -188,9 +190,9 @@ class Ingest:
         try:
             for _retry in range(5):
                 try:
-                    # Committed without waiting for the database's flush: the file is
-                    # durable and names its sender, so a row a power loss takes is
-                    # re-created, peer and all, by start-up recovery.
+                    # On SQLite, committed without waiting for the database's flush:
+                    # the file is durable and names its sender, so a row a power loss
+                    # takes is re-created, peer and all, by start-up recovery.
                     self._catalog.add(rec, relaxed=True)
                     break
                 except DuplicateRace:

@@ -8,8 +8,9 @@ instance goes back to ``receiving``, and that change is recorded as a
 Instance UID as :class:`DuplicateRace`, so the caller can look again.
 
 The receive path's rows (:meth:`Catalog.add`, once per instance) are written on the
-driver's cursor with statements compiled once, and committed *relaxed* on connections
-of their own (see :meth:`Catalog.add`); everything else goes through SQLAlchemy.
+driver's cursor with statements compiled once, and, on SQLite, committed *relaxed* on
+connections of their own (see :meth:`Catalog.add`); everything else goes through
+SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -301,21 +302,17 @@ def _gate(engine: Engine) -> Iterator[None]:
 
 
 def _relaxed_pool(engine: Engine) -> Pool:
-    """The receive path's own connections (see :meth:`Catalog.add`): a pool like the
-    engine's (same driver, URL and connect hooks) that nothing else borrows from, so a
-    connection set to commit without the flush never serves anyone else. Disposed with
+    """The receive path's own SQLite connections (see :meth:`Catalog.add`): a pool like
+    the engine's (same driver, URL and connect hooks) that nothing else borrows from, so
+    a connection set to commit without the flush never serves anyone else. Disposed with
     the engine."""
     pool = engine.pool.recreate()
 
     def _relax(dbapi_conn: Any, _record: Any) -> None:
+        # WAL + NORMAL: a commit is durable once the WAL is checkpointed or synced; a
+        # power loss can lose the last commits, never corrupt the database.
         cur = dbapi_conn.cursor()
-        if engine.dialect.name == "sqlite":
-            # WAL + NORMAL: a commit is durable once the WAL is checkpointed or synced;
-            # a power loss can lose the last commits, never corrupt the database.
-            cur.execute("PRAGMA synchronous=NORMAL")
-        else:
-            cur.execute("SET synchronous_commit TO OFF")
-            dbapi_conn.commit()
+        cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
     # Runs after the engine's own connect hooks (WAL, synchronous=FULL, busy_timeout).
@@ -408,15 +405,22 @@ class Catalog:
         received instance): for an instance of a study and series already known, three
         statements and the commit.
 
-        ``relaxed``: the commit does not wait for the database's own flush to disk. It
-        runs on connections of their own, set up once (SQLite ``synchronous=NORMAL`` in
-        WAL, PostgreSQL ``synchronous_commit=off``) and never lent to anyone else. The
-        row is committed (every reader sees it) when this returns; a power loss (on
-        PostgreSQL also a crash of the server) may still take it, though any later
-        commit that does wait (anything done with the row) flushes it too, as both
-        databases write their log in order. Only for rows that start-up recovery
-        re-creates from a file already durable (``scp.recovery``): the instance is never
-        lost, its row comes back at the next start.
+        ``relaxed``, on SQLite: the commit does not wait for the database's own flush to
+        disk. It runs on connections of their own, set up once (``synchronous=NORMAL``
+        in WAL) and never lent to anyone else. The row is committed (every reader sees
+        it) when this returns; only a power loss or a crash of the operating system may
+        still take it (the WAL is in the OS's cache), though any later commit that does
+        wait (anything done with the row) flushes it too, as SQLite writes its log in
+        order. Only for rows that start-up recovery re-creates from a file already
+        durable (``scp.recovery``): whatever loses the row also restarts Courier, so the
+        instance is never lost, its row comes back at that start.
+
+        On PostgreSQL ``relaxed`` is ignored: the commit waits for the flush as usual
+        (its group commit shares one flush among concurrent commits). A relaxed commit
+        there (``synchronous_commit=off``) is lost when the server alone crashes or is
+        restarted (the OOM killer ending a backend restarts them all) while Courier runs
+        on: the row would stay missing until Courier's next start, and the instance,
+        acknowledged, would be missing from its study's package and its commitment.
         """
         now = received_at or self._clock()
         sql = self._statements or self._compile()
@@ -447,10 +451,13 @@ class Catalog:
         return self._statements
 
     def _connect(self, relaxed: bool) -> PoolProxiedConnection:
-        """A DBAPI connection: the engine's pool, or (``relaxed``) the receive path's."""
+        """A DBAPI connection: the engine's pool, or (``relaxed``, on an SQLite file)
+        the receive path's."""
         url = self._engine.url
-        if not relaxed or (
-            url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+        if (
+            not relaxed
+            or url.get_backend_name() != "sqlite"
+            or url.database in (None, "", ":memory:")
         ):
             return self._engine.raw_connection()
         with self._pool_lock:
