@@ -11,8 +11,9 @@ The layout is an IHE PDI medium (PS3.12 Annex F, ISO 9660 level 1):
 
 - ``DICOMDIR`` at the root, its File-set ID the volume label (PS3.12 F.1.1), and the
   instances under ``DICOM/`` at the file IDs it names (``DICOM/PT000000/ST000000/
-  SE000000/IM000000``: upper case, at most 8 characters, no extension, 5 levels), byte
-  for byte the stored files;
+  SE000000/IM000000``: upper case, at most 8 characters, no extension, 5 levels), the
+  stored files without the sender in their meta group (:class:`store.filemeta.OutgoingFile`),
+  every other byte as stored;
 - ``README.TXT`` / ``README.HTM`` (the package's plain-language READMEs, in their disc
   wording: open the disc named by the volume label, no unzipping, no expiry) and
   ``MANIFEST.JSN`` (format ``courier-package/1``, as in a ZIP: SHA-256 and size of every
@@ -73,6 +74,7 @@ from delivery.packaging.package import PackageInfo, PackageItem
 from delivery.packaging.viewer import ImageSpool, ViewerOptions, disc_index, level1, viewer_files
 from delivery.packaging.zipwriter import CHUNK, Entry, fsync_dir, temporary_name
 from store.content import FILE_MODE
+from store.filemeta import MalformedMeta, OutgoingFile
 
 __all__ = ["DiscExistsError", "DiscResult", "DiscTargetError", "volume_label", "write_disc_image"]
 
@@ -158,12 +160,24 @@ def _ordered(items: Iterable[PackageItem]) -> list[PackageItem]:
     return sorted(items, key=key)
 
 
+def _outgoing(item: PackageItem) -> OutgoingFile:
+    """The instance's file as it goes on the disc: without the sender in its meta group."""
+    try:
+        return OutgoingFile(item.path)
+    except MalformedMeta as exc:
+        raise UnreadableInstanceError(
+            f"instance {item.sop_instance_uid}: {item.path} has a malformed File Meta "
+            f"Information group ({exc}): have the study sent again, {_RERUN}"
+        ) from None
+
+
 def _digest(item: PackageItem) -> tuple[int, str]:
-    """Size and SHA-256 of the instance's file, read in 1 MiB chunks."""
+    """Size and SHA-256 of the instance's file as it goes on the disc, read in 1 MiB
+    chunks."""
     digest = hashlib.sha256()
     size = 0
     try:
-        with item.path.open("rb", buffering=0) as source:
+        with _outgoing(item) as source:
             buffer = bytearray(CHUNK)
             view = memoryview(buffer)
             while n := source.readinto(buffer):
@@ -194,7 +208,7 @@ class _Source(io.RawIOBase):
         super().__init__()
         self._item = item
         self._entry = entry
-        self._file: io.FileIO | None = None
+        self._file: OutgoingFile | None = None
         self._digest = hashlib.sha256()
         self._done = 0
         self.verified = False
@@ -215,7 +229,7 @@ class _Source(io.RawIOBase):
     def _open(self) -> None:
         self._close_file()
         try:
-            self._file = io.FileIO(self._item.path, "rb")
+            self._file = _outgoing(self._item)
         except FileNotFoundError:
             raise MissingInstanceError(
                 f"instance {self._item.sop_instance_uid} vanished from the store "
@@ -246,7 +260,7 @@ class _Source(io.RawIOBase):
 
     def _verify(self) -> None:
         assert self._file is not None
-        if os.fstat(self._file.fileno()).st_size != self._entry.size:
+        if self._file.stored_size() != self._entry.size:
             raise self._changed("changed size")
         if self._digest.hexdigest() != self._entry.sha256:
             raise self._changed("changed content")

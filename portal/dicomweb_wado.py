@@ -1,8 +1,9 @@
 """WADO-RS (PS3.18 10.4): retrieving a grant's instances, metadata, frames, renderings.
 
 - ``GET /dicomweb/studies/{study}``, ``…/series/{series}``, ``…/instances/{sop}``:
-  ``multipart/related; type="application/dicom"``, each part a stored file byte for
-  byte (never transcoded), streamed from the content store in 1 MiB reads.
+  ``multipart/related; type="application/dicom"``, each part a stored file (never
+  transcoded) without the sender in its meta group (:class:`store.filemeta.OutgoingFile`),
+  every other byte as stored, streamed from the content store in 1 MiB reads.
 - ``…/metadata`` at each level: ``application/dicom+json``, every header attribute
   (pixel data left out; other binary values over 64 KiB as a ``BulkDataURI`` to the
   instance), plus ``AvailableTransferSyntaxUID``; each instance's JSON is made once and
@@ -50,6 +51,7 @@ from portal.dicomweb_scope import (
     refusal,
 )
 from portal.site import context_of
+from store.filemeta import MalformedMeta, OutgoingFile
 
 log = logging.getLogger("courier.portal.dicomweb")
 router = APIRouter()
@@ -92,9 +94,11 @@ def _path(ctx: PortalContext, x: Stored) -> Path:
 def _multipart(ctx: PortalContext, found: list[Stored], boundary: str) -> Iterator[bytes]:
     for x in found:
         try:
-            fh = open(_path(ctx, x), "rb")  # noqa: SIM115 (closed below, between yields)
-        except OSError as exc:
-            # Gone since the index said otherwise: the part is left out, the log says so.
+            # Without the sender in its meta group; closed below, between yields.
+            fh = OutgoingFile(_path(ctx, x))
+        except (OSError, MalformedMeta) as exc:
+            # Gone since the index said otherwise, or a malformed meta group (checked
+            # before the part starts): the part is left out, the log says so.
             log.error("DICOMweb: a stored instance could not be read (%s)", type(exc).__name__)
             continue
         try:

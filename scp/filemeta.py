@@ -20,36 +20,42 @@ without a backslash, at most 16 characters, padded to an even length with a spac
 the host is written only when it is an IP address. A value that is empty afterwards
 is left out, never written malformed.
 
-The content digest (:func:`content_sha256`, and :meth:`scp.spool.SpoolFile.write_meta`
-while a file arrives) is the SHA-256 of the file as if those sender elements were not
-in it: the same dataset sent again, by another sender or on another connection (another
-port), is the same content. A file without them (written by a version before these
-elements) digests as its plain bytes, so index rows written before keep matching.
+The content digest (:func:`store.filemeta.content_sha256`, re-exported here, and
+:meth:`scp.spool.SpoolFile.write_meta` while a file arrives) is the SHA-256 of the file
+as if those sender elements were not in it: the same dataset sent again, by another
+sender or on another connection (another port), is the same content. A file without
+them (written by a version before these elements) digests as its plain bytes, so index
+rows written before keep matching. Copies that leave the hospital go without the sender
+elements (:class:`store.filemeta.OutgoingFile`).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import ipaddress
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-PREAMBLE = b"\0" * 128 + b"DICM"
+# The meta walk and the digest live in store (delivery and portal strip the sender too).
+from store.filemeta import PREAMBLE, SENDER_ELEMENTS, content_sha256, meta_group, without_sender
 
-# The elements that name the sender and receiver: left out of the content digest.
-SENDER_ELEMENTS = frozenset((0x0016, 0x0017, 0x0018, 0x0026, 0x0027, 0x0028))
+__all__ = [
+    "PREAMBLE",
+    "SENDER_ELEMENTS",
+    "FileMeta",
+    "ae_value",
+    "content_sha256",
+    "file_meta",
+    "peer_elements",
+    "presentation_address",
+    "sender_elements",
+    "without_sender",
+]
 
-# Explicit VR Little Endian VRs with a reserved field and a 4-byte length (PS3.5 7.1.2).
-_LONG_VRS = frozenset(
-    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
-)
 _AE_MAX = 16
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -128,10 +134,6 @@ def peer_elements(assoc: Any) -> bytes:
     )
 
 
-def _group(body: bytes) -> bytes:
-    return struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
-
-
 def file_meta(
     sop_class_uid: object, sop_instance_uid: object, transfer_syntax: object, peer: bytes = b""
 ) -> FileMeta:
@@ -152,57 +154,5 @@ def file_meta(
             _short(0x0013, b"SH", _padded(version)),
         )
     )
-    digested = _group(body)
-    return FileMeta(_group(body + peer) if peer else digested, digested)
-
-
-def without_sender(meta: bytes) -> bytes | None:
-    """The meta group's elements (after the group length) without the sender's
-    elements; None when they do not parse as group 0002 Explicit VR Little Endian."""
-    out: list[bytes] = []
-    pos, end = 0, len(meta)
-    while pos < end:
-        if pos + 8 > end:
-            return None
-        group, element, vr = struct.unpack_from("<HH2s", meta, pos)
-        if group != 0x0002:
-            return None
-        if vr in _LONG_VRS:
-            if pos + 12 > end:
-                return None
-            length = struct.unpack_from("<I", meta, pos + 8)[0]
-            stop = pos + 12 + length
-        else:
-            length = struct.unpack_from("<H", meta, pos + 6)[0]
-            stop = pos + 8 + length
-        if stop > end:
-            return None
-        if element not in SENDER_ELEMENTS:
-            out.append(meta[pos:stop])
-        pos = stop
-    return b"".join(out)
-
-
-def content_sha256(path: Path) -> tuple[str, int]:
-    """(hex SHA-256 of the file without its sender elements, size in bytes).
-
-    A file whose meta does not parse as Courier writes it digests as its plain bytes.
-    """
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        head = f.read(len(PREAMBLE) + 12)
-        size += len(head)
-        meta = b""
-        if head[:132] == PREAMBLE and head[132:138] == b"\x02\x00\x00\x00UL":
-            meta = f.read(struct.unpack_from("<I", head, 140)[0])
-            size += len(meta)
-            kept = without_sender(meta)
-            if kept is not None and len(kept) != len(meta):
-                head, meta = PREAMBLE, _group(kept)
-        h.update(head)
-        h.update(meta)
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
+    digested = meta_group(body)
+    return FileMeta(meta_group(body + peer) if peer else digested, digested)

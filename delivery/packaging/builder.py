@@ -5,11 +5,13 @@ The pieces a disc image shares with a ZIP part (:mod:`delivery.disc`) are public
 and :func:`series_entry` (the manifest's series), :func:`readme_files` and
 :func:`part_manifest`.
 
+Instances go without the sender in their meta group (:class:`store.filemeta.OutgoingFile`:
+calling and called AE titles, the sender's address), every other byte as stored.
 Order inside a part: the instances (streamed), ``DICOMDIR``, ``PREVIEW/*.jpg``,
 ``VIEWER/`` (the offline viewer's images, ``index.html``, script and stylesheet; see
 :mod:`delivery.packaging.viewer`), ``README.txt``, ``README.html`` and last
 ``MANIFEST.json``, which lists the size and SHA-256 of every entry before it. Headers
-are read twice per instance (once, without pixel data, for the DICOMDIR; once as raw
+are read twice per instance (once, without pixel data, for the DICOMDIR; once as
 bytes while copying); the second read comes from the page cache, and it keeps memory
 flat: nothing but directory records stays in memory.
 """
@@ -33,6 +35,7 @@ from delivery.packaging.parts import Sized
 from delivery.packaging.readme import Medium, render_readmes
 from delivery.packaging.viewer import ImageSpool, viewer_files
 from delivery.packaging.zipwriter import Entry, PartWriter
+from store.filemeta import MalformedMeta, OutgoingFile
 
 if TYPE_CHECKING:
     from delivery.packaging.package import PackageInfo, PackageItem
@@ -94,10 +97,17 @@ def read_dicomdir(
 
 
 def _copy(writer: PartWriter, file_id: str, sized: Sized[PackageItem]) -> None:
+    """Copy the instance as it leaves the hospital: without the sender in its meta group
+    (:class:`store.filemeta.OutgoingFile`); the manifest lists the bytes written."""
     item = sized.item
     try:
-        with item.path.open("rb", buffering=0) as source:
-            writer.add_file(file_id, source, sized.size)
+        with OutgoingFile(item.path) as source:
+            writer.add_file(file_id, source, source.size)
+    except MalformedMeta as exc:
+        raise UnreadableInstanceError(
+            f"instance {item.sop_instance_uid}: {item.path} has a malformed File Meta "
+            f"Information group ({exc}): have the study sent again, {_RERUN}"
+        ) from None
     except FileNotFoundError:
         raise MissingInstanceError(
             f"instance {item.sop_instance_uid} vanished from the store ({item.path}) while "
