@@ -172,7 +172,9 @@ def statement() -> str:
         "Information is its own, and names the sender: (0002,0016) Source and (0002,0017) "
         "Sending Application Entity Title = the calling AE title, (0002,0018) Receiving "
         "Application Entity Title = the called AE title, (0002,0027) Sending Presentation "
-        "Address = `dicom:<host>:<port>` of the connection, as PS3.10 7.1.1.1 gives it). "
+        "Address = `dicom:<host>:<port>` of the connection, as PS3.10 7.1.1.1 gives it; "
+        "copies that leave the hospital, packages, discs and WADO-RS, go without these "
+        "sender elements, every other byte as stored). "
         "Every value below is the shipped default; each is a setting in `node.yaml` (3.4).",
         "",
         "## 3 Networking",
