@@ -513,25 +513,26 @@ class DeliveryBatch:
     def expire(self) -> list[str]:
         """Requests whose every link has run out become ``expired`` (nobody can download
         from then on); then packages past their grace are purged (see
-        :meth:`purge_packages`). Returns the references that expired."""
+        :meth:`purge_packages`). Returns the references that expired.
+
+        A link extended (or its request reopened) after the due list was read is not
+        expired: each move locks the request's links (on PostgreSQL it waits for an
+        extension in flight, on any node, and reads its commit) and its UPDATE requires,
+        besides the state, that no link of the request expires after now."""
         now = self._clock()
-        live = (RequestState.NOTIFIED, RequestState.DOWNLOADED)
-        with guarded(self._sessions) as s:
-            due = list(
-                s.execute(
-                    select(ReleaseRequest.id, ReleaseRequest.reference, ReleaseRequest.state)
-                    .join(Grant, Grant.request_id == ReleaseRequest.id)
-                    .where(ReleaseRequest.state.in_(live))
-                    .group_by(ReleaseRequest.id, ReleaseRequest.reference, ReleaseRequest.state)
-                    .having(func.max(Grant.expires_at) <= now)
-                )
-            )
         expired = []
         days = self._grace.days
-        for rid, reference, state in due:
+        for rid, reference, state in self._expiring(now):
             with guarded(self._sessions) as s, s.begin():
                 req = s.get(ReleaseRequest, rid)
                 assert req is not None
+                # PostgreSQL: wait for whoever holds a link's row lock (an extension,
+                # portal.grantsession.lock_grant) to commit. SQLite: nothing; its UPDATE
+                # below runs under the database's one write lock and sees the last commit.
+                s.execute(select(Grant.id).where(Grant.request_id == rid).with_for_update())
+                live_link = (
+                    select(Grant.id).where(Grant.request_id == rid, Grant.expires_at > now).exists()
+                )
                 try:
                     self._book.move(
                         s,
@@ -541,12 +542,29 @@ class DeliveryBatch:
                         ACTOR,
                         f"the link's life ended; package files are deleted after {days} days",
                         now,
+                        provided=~live_link,
                     )
                 except InvalidTransition:
                     continue
             expired.append(reference)
         self.purge_packages()
         return expired
+
+    def _expiring(self, now: datetime) -> list[tuple[int, str, str]]:
+        """The live requests whose every link has run out by ``now``: (id, reference,
+        state). Only a list: :meth:`expire` checks each again as it moves it."""
+        live = (RequestState.NOTIFIED, RequestState.DOWNLOADED)
+        with guarded(self._sessions) as s:
+            return [
+                (rid, reference, state)
+                for rid, reference, state in s.execute(
+                    select(ReleaseRequest.id, ReleaseRequest.reference, ReleaseRequest.state)
+                    .join(Grant, Grant.request_id == ReleaseRequest.id)
+                    .where(ReleaseRequest.state.in_(live))
+                    .group_by(ReleaseRequest.id, ReleaseRequest.reference, ReleaseRequest.state)
+                    .having(func.max(Grant.expires_at) <= now)
+                )
+            ]
 
     def purge_packages(self) -> list[str]:
         """Delete the files of packages whose grace has passed: ``purge_grace_days``

@@ -353,18 +353,24 @@ class RequestBook:
         actor: str,
         reason: str,
         now: datetime,
+        *,
+        provided: ColumnElement[bool] | None = None,
     ) -> RequestEvent:
         """Move ``req`` from ``source`` to ``target`` inside the caller's transaction ``s``
         and record the event there, so whatever else the caller writes (a decision, an
         outbox row) commits or rolls back with the move. The caller has checked the
         table (:func:`release.states.allowed`); raises :class:`InvalidTransition` when
-        the request is no longer in ``source`` (another actor moved it first).
+        the request is no longer in ``source`` (another actor moved it first) or
+        ``provided``, a further condition of the same UPDATE, no longer holds.
         """
+        where = [ReleaseRequest.id == req.id, ReleaseRequest.state == source]
+        if provided is not None:
+            where.append(provided)
         result = cast(
             CursorResult[Any],
             s.execute(
                 update(ReleaseRequest)
-                .where(ReleaseRequest.id == req.id, ReleaseRequest.state == source)
+                .where(*where)
                 .values(state=target, updated_at=now)
                 .execution_options(synchronize_session=False)
             ),
