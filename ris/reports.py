@@ -6,8 +6,9 @@ written durably into the content store under ``reports/`` before the row is comm
 (and removed if the commit fails): nothing is acknowledged AA that is not on disk. A
 DICOM report's body is the instance's own file. Reports are matched to their study by
 Study Instance UID (when the message carries one) or by accession number; one that
-arrives before its study waits (``study_instance_uid`` "") and is linked by
-:meth:`ReportBook.link_waiting` once the study is there and the patient ID agrees.
+arrives before its study waits (``study_instance_uid`` "", the message's own UID kept in
+``message_study_uid``) and is linked by :meth:`ReportBook.link_waiting` once the study
+is there and the patient ID agrees.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from release.reports import DELIVERABLE
@@ -101,6 +102,7 @@ class ReportBook:
                     raw_path=raw_rel,
                     hl7_control_id=report.control_key,
                     supersedes_id=previous,
+                    message_study_uid=report.study_uid or None,
                 )
                 s.add(row)
                 s.flush()
@@ -149,13 +151,16 @@ class ReportBook:
         """Give reports that arrived before their study the study's UID, now that it is
         here. Returns how many were linked.
 
-        Every waiting HL7 report whose accession number a study now has is looked at,
-        oldest first (by id), :data:`PAGE` at a time, one transaction a page, until none
-        is left: however many wait, none is skipped. Each is matched again exactly as on
-        arrival (:meth:`_match`, from its raw message): by the message's Study Instance
-        UID when it carries one (so two studies with the accession do not stop it), else
-        by the accession number, and only when the study's PatientID is one of PID-3's;
-        one that does not match stays waiting (logged once a process, by id)."""
+        Every waiting HL7 report whose accession number a study now has, or whose
+        message named the Study Instance UID of a study now here (``message_study_uid``,
+        so a study without an accession number is met too), is looked at, oldest first
+        (by id), :data:`PAGE` at a time, one transaction a page, until none is left:
+        however many wait, none is skipped. Each is matched again exactly as on arrival
+        (:meth:`_match`, from its raw message): by the message's Study Instance UID when
+        it carries one (so two studies with the accession do not stop it), else by the
+        accession number, and only when the study's PatientID is one of PID-3's; one that
+        does not match stays waiting (logged once a process, by id). Reports recorded
+        before ``message_study_uid`` existed (NULL) are found by accession only."""
         linked, after = 0, 0
         while True:  # bounded: ``after`` grows with every full page
             with self._sessions() as s, s.begin():
@@ -166,7 +171,11 @@ class ReportBook:
                             Report.study_instance_uid == "",
                             Report.source == "hl7",
                             Report.id > after,
-                            exists().where(Study.accession_number == Report.accession_number),
+                            or_(
+                                exists().where(Study.accession_number == Report.accession_number),
+                                # the message's UID: its study may have no accession number
+                                exists().where(Study.study_uid == Report.message_study_uid),
+                            ),
                         )
                         .order_by(Report.id)
                         .limit(PAGE)

@@ -822,6 +822,9 @@ class Report(Base):
     raw_path: Mapped[str | None] = mapped_column(String(300), nullable=True)
     hl7_control_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), nullable=True)
+    # The Study Instance UID an HL7 message named (NULL: none, or recorded before 0021):
+    # what lets a waiting report meet a study that has no accession number.
+    message_study_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class ReportDelivery(Base):

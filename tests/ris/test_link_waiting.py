@@ -1,8 +1,9 @@
 """HL7 reports that came before their study are linked once it is here
 (:meth:`ris.reports.ReportBook.link_waiting`), on SQLite and PostgreSQL: every one of
 them however many wait (page after page, in id order), matched as on arrival (the
-message's Study Instance UID first, else the accession number; PID-3 must name the
-study's PatientID), never one of another patient.
+message's Study Instance UID first, even for a study without an accession number, else
+the accession number; PID-3 must name the study's PatientID), never one of another
+patient; rows recorded before the message's UID was kept are still found by accession.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from ris.oru import read_oru
 from ris.reports import ReportBook
@@ -106,6 +107,10 @@ def test_every_waiting_report_is_reached_page_after_page(
         ([(UID_A, "ACC1", "PAT-1")], ("ACC1", "PAT-1", UID_B), ""),
         # the UID's study has another accession number: refused, as on arrival
         ([(UID_B, "ACC2", "PAT-1"), (UID_A, "ACC1", "PAT-1")], ("ACC1", "PAT-1", UID_B), ""),
+        # the UID's study has no accession number: met by the UID alone, as on arrival
+        ([(UID_A, "", "PAT-1")], ("ACC1", "PAT-1", UID_A), UID_A),
+        ([(UID_A, "", "PAT-2")], ("ACC1", "PAT-1", UID_A), ""),  # but never another patient's
+        ([(UID_A, "", "PAT-1")], ("ACC1", "PAT-1", ""), ""),  # no UID, no accession: nothing
     ],
     ids=[
         "accession-and-patient",
@@ -115,6 +120,9 @@ def test_every_waiting_report_is_reached_page_after_page(
         "two-studies-no-uid",
         "uid-not-here",
         "uid-other-accession",
+        "uid-study-without-accession",
+        "uid-study-without-accession-other-patient",
+        "no-uid-study-without-accession",
     ],
 )
 def test_a_waiting_report_is_matched_as_on_arrival(
@@ -127,5 +135,19 @@ def test_a_waiting_report_is_matched_as_on_arrival(
     rid = book.receive(accession, pid, uid)
     for study in studies:
         book.study(*study)
+    assert book.book.link_waiting("OBR-3", "utf-8") == (1 if expected else 0)
+    assert book.linked()[rid] == expected
+
+
+@pytest.mark.parametrize(("accession", "expected"), [("ACC1", UID_A), ("", "")])
+def test_a_report_recorded_before_0021_is_found_by_accession(
+    book: Book, accession: str, expected: str
+) -> None:
+    rid = book.receive("ACC1", "PAT-1", UID_A)
+    with book.db.sessions() as s, s.begin():
+        assert s.get(Report, rid).message_study_uid == UID_A  # type: ignore[union-attr]
+        # As a row written before migration 0021: no message UID on it.
+        s.execute(update(Report).where(Report.id == rid).values(message_study_uid=None))
+    book.study(UID_A, accession, "PAT-1")
     assert book.book.link_waiting("OBR-3", "utf-8") == (1 if expected else 0)
     assert book.linked()[rid] == expected
