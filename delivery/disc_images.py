@@ -2,7 +2,7 @@
 
 Public surface: :func:`write_job_image` → :class:`~delivery.disc.DiscResult`,
 :func:`image_of` (the open job's image file, to hand to staff), :func:`sweep_leftovers`
-(at start-up), :data:`FOLDER`.
+(at start-up and periodically), :data:`FOLDER`.
 
 The image is ``<data_dir>/discs/<REF>.iso``, written by :func:`delivery.disc.write_disc_image`
 (atomic: a final-named image is always whole). One writer at a time per job: the writer
@@ -18,7 +18,9 @@ thread, never on an event loop.
 
 A writer killed mid-way leaves its hidden ``.<REF>.iso.<random>.partial`` image and its
 offline viewer's ``.<REF>.iso.viewer.<random>.partial`` spool (rendered images, up to a
-DVD's worth) in the folder; :func:`sweep_leftovers` removes them at the next start.
+DVD's worth) in the folder; :func:`sweep_leftovers` removes them at the next start, and
+the delivery worker's periodic sweep once no live claim covers them (on a shared
+database a killed writer's claim outlives the next start by up to :data:`LEASE`).
 
 Errors: :class:`~delivery.discs.DiscRefused` with a message for staff (no open job,
 someone else is writing, no stored instance, a missing file, a full disk); nothing is
@@ -169,22 +171,28 @@ def sweep_leftovers(
     started: float,
     *,
     clock: Callable[[], datetime] = utcnow,
+    periodic: bool = False,
 ) -> int:
     """Remove what interrupted image writes left in ``<data_dir>/discs`` (see the module
-    docstring); return how many entries went. Call it at start-up.
+    docstring); return how many entries went. Call it at start-up (``started``: this
+    run's start) and from a periodic sweep (``periodic``, ``started``: now).
 
-    Only hidden ``.*.partial`` entries last changed before ``started`` (this run's start,
-    seconds since the epoch) go: a write this run began is never touched, nor is a
-    finished ``<REF>.iso``. With a shared database another node may be writing an image
-    now: the entries of a request whose open job holds a live writing claim (younger
-    than :data:`LEASE`) are kept then, and go at a later start. A missing folder is clean.
+    Only hidden ``.*.partial`` entries last changed before ``started`` (seconds since the
+    epoch) go: a write begun since is never touched, nor is a finished ``<REF>.iso``.
+    The entries of a request whose open job holds a live writing claim (younger than
+    :data:`LEASE`) are kept too, and go at a later sweep once it lapses: with a shared
+    database (another node may be writing now), and on every database when
+    ``periodic`` (this process may be writing now; a writer claims its job before it
+    creates a file, so what a claim taken after the look-up writes is newer than
+    ``started``). At start-up on SQLite the node is the only writer, so a claim left
+    by the run that died does not keep its leftovers. A missing folder is clean.
     """
     folder = content.root / FOLDER
     if not folder.is_dir():
         return 0
     with guarded(sessions) as s:
         writing: set[str] = set()
-        if is_postgres(s.connection()):
+        if periodic or is_postgres(s.connection()):
             writing = set(
                 s.scalars(
                     select(ReleaseRequest.reference)

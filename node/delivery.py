@@ -4,7 +4,8 @@
 
 - at start, packaging interrupted by a crash is swept and its requests go back to
   ``ready``, and what interrupted disc image writes left (the image and its offline
-  viewer's spool) is removed (:func:`delivery.disc_images.sweep_leftovers`); then the
+  viewer's spool) is removed (:func:`delivery.disc_images.sweep_leftovers`, run by the
+  sweep job too, for a killed writer's claim that outlived the start); then the
   scheduler starts (nightly window, urgent path, sweeps) and catches up a missed night;
 - the relay runs in its own thread with its own asyncio loop (the channels are async),
   polling the outbox every ``RELAY_POLL_S``;
@@ -187,10 +188,7 @@ class DeliveryService:
         moved = self.batch.recover()
         if moved:
             log.warning("%d request(s) were mid-packaging at start: back to ready", len(moved))
-        try:
-            sweep_leftovers(self._sessions, self._content, self._started, clock=self._clock)
-        except OSError as exc:  # the folder unreadable: the next start tries again
-            log.warning("disc images: leftovers not swept (%s)", type(exc).__name__)
+        self._sweep_disc_leftovers(self._started, periodic=False)
         self.scheduler = DeliveryScheduler(
             self.cfg.delivery,
             batch=lambda: self.batch.run(job="batch"),
@@ -291,13 +289,26 @@ class DeliveryService:
 
     def expire(self) -> list[str]:
         """The sweep job: requests whose link ran out become ``expired`` (packages
-        deleted), and a missed night is caught up (a machine that slept through the
-        window longer than the misfire grace delivers as soon as it wakes)."""
+        deleted), a missed night is caught up (a machine that slept through the
+        window longer than the misfire grace delivers as soon as it wakes), and what
+        interrupted disc image writes left is removed once no live claim covers it."""
         with turn(self._sessions.kw["bind"], "expire") as mine:  # one node at a time
             expired = self.batch.expire() if mine else []
         if self.scheduler is not None:
             self.scheduler.catch_up()
+        # What a disc writer killed mid-way left, once its claim lapsed (on a shared
+        # database the start-up sweep keeps it while the claim holds). Every node may
+        # run it: live claims are kept, and so is whatever is newer than now.
+        self._sweep_disc_leftovers(time.time(), periodic=True)
         return expired
+
+    def _sweep_disc_leftovers(self, started: float, *, periodic: bool) -> None:
+        try:
+            sweep_leftovers(
+                self._sessions, self._content, started, clock=self._clock, periodic=periodic
+            )
+        except OSError as exc:  # the folder unreadable: the next sweep tries again
+            log.warning("disc images: leftovers not swept (%s)", type(exc).__name__)
 
     def remind(self) -> int:
         """The reminders job: one reminder per link about to expire with nothing

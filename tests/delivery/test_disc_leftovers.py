@@ -2,7 +2,10 @@
 and its offline viewer's spool) is swept at start-up, and nothing else is: not a
 finished image, not what this run began, not a visible file, and (shared database) not
 what another node is writing under a live claim. On SQLite the node is the only writer,
-so a claim left by the run that died does not keep its leftovers."""
+so a claim left by the run that died does not keep its leftovers. The periodic sweep
+(the delivery worker's sweep job) keeps what a live claim covers on every database and
+removes it once the claim lapses: a writer killed on a shared database is cleaned up
+without another start."""
 
 from __future__ import annotations
 
@@ -83,6 +86,34 @@ def test_leftovers_older_than_the_run_are_swept_at_start(db: Database, tmp_path:
     assert sweep_leftovers(db.sessions, content, started, clock=lambda: NOW) == 0
 
 
+def test_the_periodic_sweep_removes_them_once_the_claim_lapses(
+    db: Database, tmp_path: Path
+) -> None:
+    content = ContentStore(tmp_path / "data")
+    content.prepare()
+    folder = content.root / FOLDER
+    folder.mkdir()
+    killed = _request(db, NOW - LEASE / 2)  # its writer died; its claim still holds
+    image = folder / f".{killed}.iso.a1b2c3.partial"
+    spool = folder / f".{killed}.iso.viewer.d4e5f6.partial"
+    (spool / "s1").mkdir(parents=True)
+    image.write_bytes(b"half an image")
+    now = time.time()
+    for path in (spool / "s1", spool, image):
+        _old(path, now)
+    fresh = folder / ".CR-NONE-0000-0.iso.b7b8b9.partial"  # newer than the sweep's start
+    fresh.write_bytes(b"just begun")
+    os.utime(fresh, (now + 60, now + 60))
+
+    # While the claim holds (a writer of this process, on SQLite too): kept.
+    assert sweep_leftovers(db.sessions, content, now, clock=lambda: NOW, periodic=True) == 0
+    assert image.exists() and spool.exists()
+    lapsed = NOW + LEASE / 2 + timedelta(minutes=1)
+    assert sweep_leftovers(db.sessions, content, now, clock=lambda: lapsed, periodic=True) == 2
+    assert not image.exists() and not spool.exists()
+    assert fresh.exists()
+
+
 def test_no_folder_is_clean(db: Database, tmp_path: Path) -> None:
     content = ContentStore(tmp_path / "data")
     content.prepare()
@@ -106,6 +137,28 @@ def test_the_node_sweeps_them_when_delivery_starts(tmp_path: Path) -> None:
         service = DeliveryService(cfg, sessions, content)
         service.start()
         service.stop()
+        assert not leftover.exists()
+    finally:
+        engine.dispose()
+
+
+def test_the_node_sweeps_them_periodically(tmp_path: Path) -> None:
+    """The delivery worker's sweep job (``DeliveryService.expire``) runs the sweep too."""
+    from node.config import load_config
+    from node.delivery import DeliveryService
+    from node.stores import open_store
+
+    path = tmp_path / "node.yaml"
+    path.write_text(f"node:\n  data_dir: {tmp_path / 'data'}\n")
+    cfg = load_config(path)
+    engine, sessions, content = open_store(cfg)
+    try:
+        service = DeliveryService(cfg, sessions, content)
+        leftover = content.root / FOLDER / ".CR-TEST-0000-0.iso.a1b2c3.partial"
+        leftover.parent.mkdir(parents=True)
+        leftover.write_bytes(b"half an image")
+        _old(leftover, time.time())  # left after the start (no claim: its job is gone)
+        service.expire()
         assert not leftover.exists()
     finally:
         engine.dispose()
