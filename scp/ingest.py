@@ -220,7 +220,9 @@ class Ingest:
         """A file is already at the instance's path and indexed: same bytes or not."""
         if known.sha256 == rec.sha256:
             if known.file_missing:
-                self._catalog.mark_restored(known.id)
+                # Put back by another receiving process: the row takes that file's size.
+                size = self._content.path(known.path).stat().st_size
+                self._catalog.mark_restored(known.id, size)
             log.info("identical re-send uid=%s kept one copy", rec.sop_instance_uid)
             return Status.SUCCESS
         return self._keep_aside(path, rec)
@@ -228,7 +230,9 @@ class Ingest:
     def _placed_but_known(self, rel: str, rec: InstanceRecord, known: KnownInstance) -> Status:
         """We placed a file, but the UID was indexed: restore it, or move ours aside."""
         if known.sha256 == rec.sha256 and known.path == rel:
-            self._catalog.mark_restored(known.id)
+            # Same content, but the sender elements in its meta may differ in length
+            # from the first copy's: the row takes this file's size.
+            self._catalog.mark_restored(known.id, rec.size_bytes)
             log.info("restored missing file uid=%s", rec.sop_instance_uid)
             return Status.SUCCESS
         return self._keep_aside(self._content.path(rel), rec)

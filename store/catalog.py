@@ -388,10 +388,35 @@ class Catalog:
             ).first()
         return None if row is None else KnownInstance(row[0], row[1], row[2], row[3])
 
-    def mark_restored(self, instance_id: int) -> None:
-        """The file of a flagged instance is back (re-sent identical)."""
+    def mark_restored(self, instance_id: int, size_bytes: int) -> None:
+        """The file of an indexed instance is back (re-sent with the same content), and
+        is ``size_bytes`` long: the row is no longer flagged missing and takes that size,
+        its series' and study's totals with it. The content digest leaves the sender
+        elements out, so a re-send from another AE title or address is the same content
+        in a file of another length (what storage commitment checks). The row's sender
+        stays: it is what the rules matched at first receipt.
+        """
+        i, st, se = _INSTANCES.c, _STUDIES.c, _SERIES.c
+        # The row's size before this transaction's own update of it (the first statement
+        # writes, so SQLite takes its write lock before anything is read).
+        delta = size_bytes - (select(i.size_bytes).where(i.id == instance_id).scalar_subquery())
+        of_instance = select(i.study_id, i.series_id).where(i.id == instance_id)
         with guarded(self._sessions) as s, s.begin():
-            s.execute(update(Instance).where(Instance.id == instance_id).values(file_missing=False))
+            s.execute(
+                update(_STUDIES)
+                .where(st.id == of_instance.with_only_columns(i.study_id).scalar_subquery())
+                .values(size_bytes=st.size_bytes + delta)
+            )
+            s.execute(
+                update(_SERIES)
+                .where(se.id == of_instance.with_only_columns(i.series_id).scalar_subquery())
+                .values(size_bytes=se.size_bytes + delta)
+            )
+            s.execute(
+                update(_INSTANCES)
+                .where(i.id == instance_id)
+                .values(file_missing=False, size_bytes=size_bytes)
+            )
 
     def add(
         self, rec: InstanceRecord, received_at: datetime | None = None, *, relaxed: bool = False

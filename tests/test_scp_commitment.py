@@ -32,7 +32,7 @@ from scp.server import start_server
 from scp.settings import ScpSettings
 from store.catalog import Catalog
 from store.content import ContentStore
-from store.models import Instance, StudyEvent
+from store.models import Instance, Series, Study, StudyEvent
 from tests import synthetic
 from tests.conftest import Database, free_port
 from tests.peers import PynetdicomScp, park_reactor
@@ -320,3 +320,42 @@ def test_courier_serve_answers_commitment(node_factory: Any, tmp_path: Path) -> 
     event_type, outcome = reports.one()
     assert event_type == 2 and outcome[never_sent] == REASON_NO_SUCH_INSTANCE
     assert sum(v is None for v in outcome.values()) == 3
+
+
+@pytest.mark.parametrize("flagged", [True, False], ids=["flagged-missing", "not-yet-flagged"])
+def test_a_file_restored_by_another_sender_is_committed(
+    commit_scp: CommitScp, tmp_path: Path, flagged: bool
+) -> None:
+    """The digest leaves the sender out, so a re-send from an AE with a longer title is
+    the same content in a longer file: the restored row takes the file's size."""
+    files = synthetic.make_small_instances(tmp_path / "r", n=2)
+    assert send(commit_scp.port, files, calling="A") == [0x0000] * 2
+    refs = _refs(files)
+    gone = refs[0][1]
+    with commit_scp.db.sessions() as s:
+        row = s.scalars(select(Instance).where(Instance.sop_instance_uid == gone)).one()
+        old_size, rel = row.size_bytes, row.path
+    commit_scp.content.path(rel).unlink()
+    if flagged:  # what start-up recovery does with a row whose file is gone
+        with commit_scp.db.sessions() as s, s.begin():
+            s.execute(
+                update(Instance).where(Instance.sop_instance_uid == gone).values(file_missing=True)
+            )
+    assert send(commit_scp.port, files[:1], calling="MUCH_LONGER_AE") == [0x0000]
+    new_size = commit_scp.content.path(rel).stat().st_size
+    assert new_size > old_size  # the sender elements in the meta grew
+    with commit_scp.db.sessions() as s:
+        row = s.scalars(select(Instance).where(Instance.sop_instance_uid == gone)).one()
+        # The row's sender is what rules matched at first receipt: kept.
+        assert (row.size_bytes, row.file_missing, row.calling_ae) == (new_size, False, "A")
+        # The totals follow (a study and each of its series: their instances' sizes).
+        instances = s.scalars(select(Instance)).all()
+        study = s.scalars(select(Study)).one()
+        assert study.size_bytes == sum(x.size_bytes for x in instances)
+        for series in s.scalars(select(Series)):
+            held = [x.size_bytes for x in instances if x.series_id == series.id]
+            assert series.size_bytes == sum(held)
+    reports = Reports()
+    assert ask_commitment(commit_scp.port, refs, reports, take_scp_role=True) == 0x0000
+    event_type, outcome = reports.one()
+    assert (event_type, outcome) == (1, {uid: None for _c, uid in refs})
