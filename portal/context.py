@@ -56,6 +56,9 @@ class PortalContext:
     phones: PhonePolicy = field(default_factory=PhonePolicy)  # who may get SMS
     # identity.check: False puts a permanent banner on the staff dashboard.
     identity_check: bool = True
+    # store.retention_days: "Ask for more time" does not reopen a request whose studies
+    # are purged or about to be (portal.more_time); None: that purge is not counted.
+    retention_days: int | None = None
     # The request's studies whose policy is reports: with_images (the node passes its
     # rules-aware one); None: delivery.reports alone, as for a study staff attached.
     report_studies: Callable[[Session, int], list[str]] | None = None

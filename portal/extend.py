@@ -51,6 +51,7 @@ def more_time(ctx: PortalContext) -> MoreTime:
         days=ctx.delivery.patient_extend_days,
         reopen_days=ctx.portal.reopen_expired_days,
         purge_grace_days=ctx.delivery.purge_grace_days,
+        retention_days=ctx.retention_days,
     )
 
 

@@ -18,8 +18,10 @@ never extend; ``portal.reopen_expired_days``, default 7; ``delivery.purge_grace_
   request expired from elsewhere (an overdue request given up), its package's files are
   deleted or due for deletion within :data:`PURGE_MARGIN` (the purge runs
   ``purge_grace_days`` after the request's last link expired, and must never delete
-  files a reopened link points at), or a CD is queued for it (staff chose the disc; they
-  decide). A cancelled request is never reopened.
+  files a reopened link points at), its received studies are purged, being purged or
+  due within that margin (``store.retention_days`` after the request ended, which may
+  come first), or a CD is queued for it (staff chose the disc; they decide). A
+  cancelled request is never reopened.
 - anything else (the second ask, too late, extension turned off) queues a ``more_time``
   staff alert, at most one per link a day (``grants.extension_asked_at``), and the
   patient is told that the hospital will contact them (or send a new link). The
@@ -41,6 +43,8 @@ from sqlalchemy.orm import Session
 
 from delivery.outbox import Outbox
 from portal.grantsession import actor, audit
+from release.errors import InvalidTransition
+from release.purge import purge_due
 from release.requests import RequestBook
 from release.states import REOPEN
 from store.audit import record
@@ -53,6 +57,7 @@ from store.models import (
     RequestState,
     RequestStudy,
     Study,
+    StudyState,
 )
 
 #: Staff are alerted at most once a day per link, however often the patient asks.
@@ -68,11 +73,13 @@ _IN_USE = (RequestState.NOTIFIED, RequestState.DOWNLOADED)
 class MoreTime:
     """The settings "Ask for more time" follows (see the module): ``days``
     (``delivery.patient_extend_days``), ``reopen_days`` (``portal.reopen_expired_days``),
-    ``purge_grace_days`` (``delivery.purge_grace_days``)."""
+    ``purge_grace_days`` (``delivery.purge_grace_days``), ``retention_days``
+    (``store.retention_days``; None: the received studies' purge is not counted)."""
 
     days: int
     reopen_days: int = 0
     purge_grace_days: int = 0
+    retention_days: int | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,9 @@ def reopening(
     assert last is not None
     if now >= last + timedelta(days=rules.purge_grace_days) - PURGE_MARGIN:
         return None, "the package's files are due for deletion (delivery.purge_grace_days)"
+    why = _images_gone(s, req.id, rules, now)
+    if why:
+        return None, why
     disc = s.scalar(
         select(DiscJob.id).where(
             DiscJob.request_id == req.id,
@@ -219,6 +229,15 @@ def _reopen(
     # Raises InvalidTransition if anyone moved it meanwhile: the caller's transaction
     # then rolls back whole.
     book.move(s, req, RequestState.EXPIRED, back, actor(grant), what, now)
+    # Again now the move holds the request's row: a purge of its studies claimed since
+    # reopening() read them has committed (release.purge locks the studies' requests
+    # before its claim), and one not claimed yet no longer will be (the request is in use).
+    if _deleting(s, req.id):
+        raise InvalidTransition(
+            f"request {req.reference}: its images were being deleted as the patient asked "
+            "for more time; nothing was changed, the patient may ask again (staff are "
+            "then alerted)"
+        )
     studies = s.scalars(
         select(Study.study_uid)
         .join(RequestStudy, RequestStudy.study_id == Study.id)
@@ -234,6 +253,35 @@ def _reopen(
         at=now,
     )
     return until
+
+
+def _deleting(s: Session, request_id: int) -> bool:
+    """Whether a study of the request is being, or was, purged (:mod:`release.purge`)."""
+    found = s.scalar(
+        select(Study.id)
+        .join(RequestStudy, RequestStudy.study_id == Study.id)
+        .where(
+            RequestStudy.request_id == request_id,
+            Study.state.in_([StudyState.PURGING, StudyState.PURGED]),
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+def _images_gone(s: Session, request_id: int, rules: MoreTime, now: datetime) -> str:
+    """Why the request's received studies rule a reopen out ("" when they do not): one
+    is purged or being purged, or its purge (``store.retention_days`` after the request
+    ended, which may come before ``reopen_expired_days`` ran out) is within
+    :data:`PURGE_MARGIN`."""
+    if _deleting(s, request_id):
+        return "the request's images were deleted from the node (store.retention_days)"
+    if rules.retention_days is None:
+        return ""
+    due = purge_due(s, request_id, rules.retention_days)
+    if due is not None and now >= due - PURGE_MARGIN:
+        return "the request's images are due for deletion (store.retention_days)"
+    return ""
 
 
 def _span(delta: timedelta) -> str:

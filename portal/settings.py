@@ -153,9 +153,11 @@ class PortalSettings(BaseModel):
         "delivery.patient_extend_days more days from then and the request is in use again "
         "(on its timeline and audited, link-reopened). Only for a patient's own link not "
         "revoked, locked or extended before, of a request that expired (not cancelled), "
-        "whose package is kept (never past delivery.purge_grace_days, less an hour) and "
-        "not queued for a CD. Later, or when 0 (or patient_extend_days is 0), staff are "
-        "alerted instead. Default 7.",
+        "whose package is kept (never past delivery.purge_grace_days, less an hour), "
+        "whose received studies are kept (never past store.retention_days after the "
+        "request ended, less an hour: a retention_days below this window ends it first) "
+        "and not queued for a CD. Later, or when 0 (or patient_extend_days is 0), staff "
+        "are alerted instead. Default 7.",
     )
     dicomweb_token_h: int = Field(
         default=4,

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Exists, Subquery, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from release.reports import drop_reports
@@ -161,26 +161,7 @@ class Purger:
         if self._ended_days is None:
             return []
         now = self._clock()
-        final = [str(x) for x in FINAL]
-        # When each ended request ended: its last move into a final state (an expired
-        # request the patient reopened (release.states.REOPEN) ends again later). A note
-        # (same state both sides: the patient asking for more time, a CD queued) is no
-        # move: counting it would restart the clock at every ask.
-        ended = (
-            select(
-                RequestEvent.request_id.label("request_id"),
-                func.max(RequestEvent.at).label("ended_at"),
-            )
-            .where(RequestEvent.to_state.in_(final), RequestEvent.from_state.not_in(final))
-            .group_by(RequestEvent.request_id)
-            .subquery()
-        )
-        still_used = (
-            select(RequestStudy.id)
-            .join(ReleaseRequest, ReleaseRequest.id == RequestStudy.request_id)
-            .where(RequestStudy.study_id == Study.id, ReleaseRequest.state.not_in(final))
-            .exists()
-        )
+        ended = _ended()
         query = (
             select(
                 Study.id,
@@ -192,7 +173,7 @@ class Purger:
             .join(RequestStudy, RequestStudy.study_id == Study.id)
             .join(ReleaseRequest, ReleaseRequest.id == RequestStudy.request_id)
             .join(ended, ended.c.request_id == ReleaseRequest.id)
-            .where(Study.state.in_([StudyState.STABLE, StudyState.PURGING]), ~still_used)
+            .where(Study.state.in_([StudyState.STABLE, StudyState.PURGING]), ~_in_use())
             .order_by(Study.id, ended.c.ended_at)
         )
         last: dict[int, tuple[str, str, str, datetime]] = {}
@@ -223,7 +204,7 @@ class Purger:
 
     def purge(self, c: Candidate) -> bool:
         """Purge one study (see the module docstring); False when it changed meanwhile."""
-        if c.state == StudyState.STABLE and not self._claim(c.study_id):
+        if c.state == StudyState.STABLE and not self._claim(c.study_id, ended=c.action == "ended"):
             return False
         with guarded(self._sessions) as s:
             files = list(
@@ -281,13 +262,22 @@ class Purger:
             at=self._clock(),
         )
 
-    def _claim(self, study_id: int) -> bool:
+    def _claim(self, study_id: int, *, ended: bool = False) -> bool:
+        """``stable → purging``; for a study of ended requests only while none of them is
+        in use again (a patient reopened an expired link since :meth:`due` read it)."""
         with guarded(self._sessions) as s, s.begin():
-            won = s.execute(  # type: ignore[attr-defined]
-                update(Study)
-                .where(Study.id == study_id, Study.state == StudyState.STABLE)
-                .values(state=StudyState.PURGING)
-            ).rowcount
+            claim = update(Study).where(Study.id == study_id, Study.state == StudyState.STABLE)
+            if ended:
+                # PostgreSQL: wait for a reopen in flight (its move holds the request's
+                # row) to commit, so the UPDATE's own snapshot sees it. SQLite: nothing
+                # (the UPDATE runs under the one write lock and sees the last commit).
+                s.execute(
+                    select(RequestStudy.request_id)
+                    .where(RequestStudy.study_id == study_id)
+                    .with_for_update(read=True)
+                )
+                claim = claim.where(~_in_use())
+            won = s.execute(claim.values(state=StudyState.PURGING)).rowcount  # type: ignore[attr-defined]
             if won:
                 s.add(
                     StudyEvent(
@@ -299,3 +289,51 @@ class Purger:
                     )
                 )
         return bool(won)
+
+
+def _ended() -> Subquery:
+    """When each ended request ended (``request_id``, ``ended_at``): its last move into a
+    final state (an expired request the patient reopened (release.states.REOPEN) ends
+    again later). A note (same state both sides: the patient asking for more time, a CD
+    queued) is no move: counting it would restart the clock at every ask."""
+    final = [str(x) for x in FINAL]
+    return (
+        select(
+            RequestEvent.request_id.label("request_id"),
+            func.max(RequestEvent.at).label("ended_at"),
+        )
+        .where(RequestEvent.to_state.in_(final), RequestEvent.from_state.not_in(final))
+        .group_by(RequestEvent.request_id)
+        .subquery()
+    )
+
+
+def _in_use() -> Exists:
+    """Whether a request not in a final state uses the study (correlated to ``Study``)."""
+    return (
+        select(RequestStudy.id)
+        .join(ReleaseRequest, ReleaseRequest.id == RequestStudy.request_id)
+        .where(
+            RequestStudy.study_id == Study.id,
+            ReleaseRequest.state.not_in([str(x) for x in FINAL]),
+        )
+        .exists()
+    )
+
+
+def purge_due(s: Session, request_id: int, retention_days: int) -> datetime | None:
+    """When the first study of the (ended) request ``request_id`` is due for purging as
+    the sweep counts it (``retention_days`` after the last end of the study's requests),
+    in ``s``; None when none is (another request uses each). A study already
+    ``purging``/``purged`` is the caller's to check."""
+    ended = _ended()
+    theirs = select(RequestStudy.study_id).where(RequestStudy.request_id == request_id)
+    last = s.execute(
+        select(Study.id, func.max(ended.c.ended_at))
+        .join(RequestStudy, RequestStudy.study_id == Study.id)
+        .join(ended, ended.c.request_id == RequestStudy.request_id)
+        .where(Study.id.in_(theirs), ~_in_use())
+        .group_by(Study.id)
+    ).all()
+    ends = [at for _, at in last if at is not None]
+    return min(ends) + timedelta(days=retention_days) if ends else None

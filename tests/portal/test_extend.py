@@ -30,6 +30,8 @@ from store.models import (
     Package,
     ReleaseRequest,
     RequestState,
+    RequestStudy,
+    Study,
 )
 from tests.conftest import Database
 from tests.portal import patient_rig
@@ -247,9 +249,28 @@ def _extended_before(rig: Rig, p: Patient) -> None:
         s.execute(update(Grant).where(Grant.id == p.grant_id).values(extended_at=rig.clock()))
 
 
+def _study_in(state: str) -> Callable[[Rig, Patient], None]:
+    def setup(rig: Rig, p: Patient) -> None:
+        with rig.db.sessions() as s, s.begin():
+            mine = select(RequestStudy.study_id).where(RequestStudy.request_id == p.request_id)
+            s.execute(update(Study).where(Study.id.in_(mine)).values(state=state))
+
+    return setup
+
+
+def _studies_purge_due(rig: Rig, p: Patient) -> None:
+    # store.retention_days after the request ended may come before the package's purge
+    # (delivery.purge_grace_days 7) and the end of portal.reopen_expired_days (7).
+    rig.ctx.retention_days = 3
+    rig.clock.advance(days=3, minutes=-30)
+
+
 @pytest.mark.parametrize(
     ("setup", "why"),
     [
+        (_study_in("purging"), "the request's images were deleted from the node"),
+        (_study_in("purged"), "the request's images were deleted from the node"),
+        (_studies_purge_due, "the request's images are due for deletion (store.retention_days)"),
         (_too_late, "the link expired more than 7 days ago"),
         (_reopening_off, "portal.reopen_expired_days is 0"),
         (_purge_due, "the package's files are due for deletion"),

@@ -358,3 +358,23 @@ def test_a_note_on_an_ended_request_does_not_restart_its_retention(
     assert world.purger.due() == []
     world.clock.now = ended + timedelta(days=10)
     assert world.purger.sweep() == [uid]
+
+
+def test_a_purge_listed_before_a_reopen_does_not_claim_after_it(world: World) -> None:
+    """The sweep read the study as due; the patient reopened the expired request before
+    its claim: the claim re-checks that no request uses the study, and keeps it."""
+    req = world.book.create(draft(selection=[{"kind": "accession", "value": "ACC43"}]), "t")
+    uid = world.receive("reopened-late", 2, accession="ACC43")
+    world.settle()
+    for state in (RequestState.PACKAGING, RequestState.NOTIFIED, RequestState.EXPIRED):
+        world.book.transition(req.reference, state, "delivery", "x")
+    world.clock.now += timedelta(days=10)
+    [due] = world.purger.due()
+    with world.sessions() as s, s.begin():  # as portal.more_time reopens it
+        fresh = s.get(ReleaseRequest, req.id)
+        assert fresh is not None
+        expired, notified = RequestState.EXPIRED, RequestState.NOTIFIED
+        world.book.move(s, fresh, expired, notified, "patient:grant-1", "x", world.clock.now)
+    assert world.purger.purge(due) is False
+    assert world.study(uid).state == StudyState.STABLE and world.files(uid) == 2
+    assert world.purger.due() == []
