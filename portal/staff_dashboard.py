@@ -58,9 +58,11 @@ class RequestLine:
 @dataclass(frozen=True)
 class HeldLine:
     """A request a hold keeps back: which kind (``embargo``, ``report``,
-    ``max_wait_passed``, ``staff``), until when (None: until staff release it), since
-    when it was held or last checked (and that time as staff read it: local, with the
-    zone's abbreviation), and the request page's words for it (local time)."""
+    ``max_wait_passed``, ``staff``), until when (None: until staff release it), when
+    the release policy last looked at it (``since``: ``hold_checked_at``, which the sweep
+    rewrites at every run for a report wait, so the page calls it "Checked", not "held
+    since"; and that time as staff read it: local, with the zone's abbreviation), and
+    the request page's words for it (local time)."""
 
     reference: str
     state: str

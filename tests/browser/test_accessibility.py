@@ -258,7 +258,7 @@ def test_staff_studies_pages_are_accessible(
     page.goto(f"{site.base_url}/staff")
     expect(page.locator("#needs-decision")).to_contain_text(next(iter(held)))
     expect(page.locator(f"#held-for-staff-{late}")).to_contain_text("max_wait 7d")
-    # Held since: the site's local time (Pacific/Kiritimati, UTC+14) with its zone.
+    # Checked: the site's local time (Pacific/Kiritimati, UTC+14) with its zone.
     expect(page.locator(f"#held-for-staff-{late} time")).to_have_text("2026-03-02 23:00 +14")
     expect(page.locator("#held-count-max-wait")).to_have_text("1")
     expect(page.locator("#held-staff-until")).to_be_visible()

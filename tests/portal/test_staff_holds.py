@@ -298,10 +298,13 @@ def test_the_held_lists_are_sorted_before_they_are_cut(
     assert 'href="/staff/requests?hold=max_wait_passed"' in page
 
 
-def test_held_since_is_the_sites_local_time(site: Site) -> None:
+def test_the_hold_checked_time_is_the_sites_local_time(site: Site) -> None:
+    """The column is when the policy last looked at the request (hold_checked_at), which
+    the sweep rewrites at every run for a report wait: labelled so, never "Held since"."""
     summer = datetime(2026, 7, 1, 8, 30, tzinfo=UTC)
     site.clock.now = summer + timedelta(days=1)
     assert site.login().status_code == 303  # the session from START ran out
     held(site, STAFF, None, since=summer)
     page = site.client.get("/staff").text
     assert f'<time datetime="{summer.isoformat()}">2026-07-01 09:30 BST</time>' in page
+    assert '<th scope="col">Checked</th>' in page and "Held since" not in page
