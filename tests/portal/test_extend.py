@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from delivery.settings import DeliverySettings
+from portal import more_time
 from portal.settings import PortalSettings
 from release.requests import RequestBook
 from store.models import (
@@ -314,6 +315,24 @@ def test_a_second_ask_after_a_refused_one_reopens_once_the_reason_is_gone(rig: R
     assert r.status_code == 200 and 'href="/access"' in r.text
     assert _state(rig, p.request_id) == "notified" and len(_reopened(rig, p.request_id)) == 1
     assert _alerts(rig) == 1  # the first ask's only
+
+
+def test_a_purge_claimed_after_the_checks_undoes_the_reopen(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purge of the request's studies claimed between reopening()'s checks and the
+    move (forced here: the checks are made to find nothing): the reopen checks again once
+    its move holds the request's row, and the whole ask rolls back."""
+    p = rig.patient()
+    client = rig.client()
+    client.get(f"/d/{p.token}")
+    _expire_request(rig, p)
+    _study_in("purging")(rig, p)
+    monkeypatch.setattr(more_time, "_images_gone", lambda *_: "")
+    r = post(client, "/access/extend")
+    assert r.status_code == 409 and "its images were being deleted" in r.text
+    assert _state(rig, p.request_id) == "expired" and not _reopened(rig, p.request_id)
+    assert rig.grant(p.grant_id).extended_at is None
 
 
 def test_a_cancelled_request_is_never_reopened(rig: Rig) -> None:
