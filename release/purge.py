@@ -20,6 +20,8 @@ the study's UID in the transaction that records it.
 Two steps, so a crash never loses track of a half-purged study nor resurrects it:
 
 1. claim: ``stable → purging`` by a conditional UPDATE (the row count says who won);
+   for a study of ended requests the UPDATE also requires that none of them is in use
+   again (a patient reopened an expired link since the sweep listed it: it is kept);
 2. delete the files, then in one transaction delete the instance rows, zero the counts,
    and move ``purging → purged`` with a study event that says why.
 
