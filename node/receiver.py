@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _die_with_parent(int(args[1]))
     _one_malloc_arena()
     import_pydicom_without_pixels()
+    share_status_tables()
 
     from node.config import ConfigError, load_config
     from node.logs import setup_logging
@@ -174,6 +175,27 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror} (scp.port, scp.tls_port and scp.host say where it listens)"
     return f"{type(exc).__name__}: {exc}"
+
+
+def share_status_tables() -> None:
+    """Make pynetdicom's status tables share their equal keys and values; call it early.
+
+    ``pynetdicom.status`` spells out each service's ranges (0xC000-0xCFFF and more) as
+    one new ``(category, text)`` tuple and one new int per code, ~3.5 MB over its
+    tables, though a handful of distinct values repeat. Each table is refilled in place
+    (same dict, same items, same order) with one object per distinct key and value.
+    Done right after pydicom's import, what it frees is reused by the imports that
+    follow: ~2.3 MB less in a receiving process.
+    """
+    from pynetdicom import status
+
+    keys: dict[int, int] = {}
+    values: dict[tuple[str, str], tuple[str, str]] = {}
+    for name, table in vars(status).items():
+        if name.endswith("_STATUS") and isinstance(table, dict):
+            shared = {keys.setdefault(k, k): values.setdefault(v, v) for k, v in table.items()}
+            table.clear()
+            table.update(shared)
 
 
 def _one_malloc_arena() -> None:

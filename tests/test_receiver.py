@@ -118,6 +118,20 @@ def test_a_receiving_process_imports_only_what_receiving_needs(
     assert _loaded(modules, NOT_IN_A_RECEIVER) == []
 
 
+def test_the_status_tables_keep_their_items_once_shared() -> None:
+    from pynetdicom import status
+
+    from node.receiver import share_status_tables
+
+    tables = {n: t for n, t in vars(status).items() if n.endswith("_STATUS")}
+    before = {n: list(t.items()) for n, t in tables.items()}
+    share_status_tables()
+    assert {n: list(t.items()) for n, t in vars(status).items() if n.endswith("_STATUS")} == before
+    assert all(vars(status)[n] is t for n, t in tables.items())  # refilled in place
+    values = [v for t in tables.values() for v in t.values()]
+    assert len({id(v) for v in values}) == len(set(values))  # one object per value
+
+
 def test_the_node_process_does_not_import_the_scp_server_side() -> None:
     probe = (
         "import json, sys, node.cli\n"
