@@ -21,6 +21,16 @@ Anything else answers a failure status and leaves nothing half-done: no row with
 file, no file at a final path that the sender was not told about (a file renamed into
 place whose row fails is removed again).
 
+Two receiving processes storing the same SOP Instance UID at once: the second finds the
+first's file in place and waits (about a second) for its row, then compares bytes. A
+file with no row is taken over only once it was placed more than ``orphan_after_s`` ago
+(default :data:`ORPHAN_AFTER_S`, far beyond the longest a writer waits for its row:
+``store.busy_timeout_s`` per attempt): its writer died between placing it and indexing
+it, and never answered 0x0000. A younger one is a writer still waiting on the index (a
+busy SQLite, say): replacing it would lose bytes already acknowledged, so the second
+answers 0xA701 (Out of Resources, which a sender retries later, as for a locked index)
+and keeps nothing.
+
 The statuses are in :class:`Status` (PS3.4 Annex B.2.3: the ranges are the standard's,
 the sub-codes ours). Nothing here logs patient data: UIDs, sizes and AE titles only.
 """
@@ -51,7 +61,7 @@ class Status(IntEnum):
 
     SUCCESS = 0x0000  # Success: stored durably and indexed (or an identical copy was)
     OUT_OF_RESOURCES_DISK = 0xA700  # Refused: Out of Resources - no space for the file
-    OUT_OF_RESOURCES_DB = 0xA701  # Refused: Out of Resources - index database unavailable
+    OUT_OF_RESOURCES_DB = 0xA701  # Refused: Out of Resources - index down, or the UID being indexed
     DATASET_MISMATCH = 0xA900  # Error: Data Set does not match SOP Class (UIDs differ)
     CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand - not a whole, parseable dataset
     MISSING_UID = 0xC001  # Error: Cannot understand - Study/Series/SOP Instance UID missing
@@ -74,8 +84,22 @@ class Peer:
 Screen = Callable[[Path, Header, Peer], int | None]
 
 
+# A placed file with no row is its dead writer's once it is this old (seconds since it
+# was placed, its ctime): well over the longest an index write waits before it gives up
+# (store.busy_timeout_s for the pool, the write gate and the lock, a few attempts).
+ORPHAN_AFTER_S = 120.0
+# While a file with no row is younger: how often, and how long, to look for its row.
+_PLACE_TRIES = 20
+_PLACE_WAIT_S = 0.05
+
+
 class Ingest:
-    """Stores one instance at a time per SOP Instance UID; safe across associations."""
+    """Stores one instance at a time per SOP Instance UID; safe across associations
+    and receiving processes.
+
+    ``orphan_after_s`` and ``wall`` (the wall clock, seconds as ``time.time``): see the
+    module docstring.
+    """
 
     def __init__(
         self,
@@ -84,10 +108,14 @@ class Ingest:
         screen: Screen | None = None,
         *,
         max_pixels: int = 1_000_000_000,
+        orphan_after_s: float = ORPHAN_AFTER_S,
+        wall: Callable[[], float] = time.time,
     ):
         self._content = content
         self._catalog = catalog
         self._screen = screen
+        self._orphan_after_s = orphan_after_s
+        self._wall = wall
         # Rows x Columns x frames x samples a header may declare (scp.max_pixels): an RLE
         # frame of zeros is tiny on the wire and gigabytes once anything decodes it.
         self._max_pixels = max_pixels
@@ -173,20 +201,27 @@ class Ingest:
         rec = _record(header, peer, sha, size, rel)
         # Placing never overwrites, so the common path (a new instance) needs no
         # look-up first: the link either creates the file (ours) or finds one there.
-        attempts = 20
-        for attempt in range(attempts):
+        take_over = False
+        for _attempt in range(_PLACE_TRIES):
             try:
-                # The last attempt takes over a file whose writer never indexed it.
-                self._content.place(path, rel, replace=attempt == attempts - 1)
+                self._content.place(path, rel, replace=take_over)
                 break
             except FileExistsError:
                 known = self._catalog.lookup(rec.sop_instance_uid)
                 if known is not None:
                     return self._again(path, rec, known)
+                if self._orphaned(rel):
+                    take_over = True  # its writer died before indexing it
+                    continue
                 # Another receiving process is storing the same UID right now.
-                time.sleep(0.05)
+                time.sleep(_PLACE_WAIT_S)
         else:
-            return Status.PROCESSING_FAILURE
+            log.warning(
+                "uid=%s: another receiving process placed this instance and has not "
+                "indexed it yet; answering A701 (the sender retries later)",
+                rec.sop_instance_uid,
+            )
+            return Status.OUT_OF_RESOURCES_DB
         try:
             for _retry in range(5):
                 try:
@@ -215,6 +250,15 @@ class Ingest:
             peer.calling_ae,
         )
         return Status.SUCCESS
+
+    def _orphaned(self, rel: str) -> bool:
+        """Whether the file at ``rel`` (no row) was placed more than ``orphan_after_s``
+        ago: by its ctime, which placing it (a link or rename) set."""
+        try:
+            placed = self._content.path(rel).stat().st_ctime
+        except FileNotFoundError:
+            return False  # removed by its writer meanwhile: the next attempt places ours
+        return self._wall() - placed > self._orphan_after_s
 
     def _again(self, path: Path, rec: InstanceRecord, known: KnownInstance) -> Status:
         """A file is already at the instance's path and indexed: same bytes or not."""
