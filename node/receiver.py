@@ -48,6 +48,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("courier.node.receiver")
 
+#: What SQLite keeps in a receiving process (every connection's page cache) before it
+#: reuses its own memory rather than take more. By default each pooled connection's
+#: cache grows to 2 MB; the index's pages stay in the kernel's file cache anyway.
+SQLITE_HEAP_BYTES = 512 * 1024
+
 #: The line a receiving process writes on stdout once it listens.
 READY = b"listening\n"
 
@@ -109,6 +114,8 @@ def start(cfg: Config) -> tuple[Any, Rulebook]:
     with _the_other_dialect_unloaded(url):  # store.models is imported here
         from scp.commitment_scp import StorageCommitmentScp
         from store.catalog import Catalog
+    from sqlalchemy import event
+
     from node.rulebook import Rulebook
     from scp import spool
     from scp.ingest import Ingest
@@ -121,6 +128,8 @@ def start(cfg: Config) -> tuple[Any, Rulebook]:
     engine = make_engine(
         url, busy_timeout_s=cfg.store.busy_timeout_s, pool_size=cfg.store.pool_size
     )
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _bound_sqlite_memory)
     sessions = make_sessions(engine)
     content = node_content(cfg, url)
     spool.install(content.spool)
@@ -167,6 +176,14 @@ def _the_other_dialect_unloaded(url: str) -> Iterator[None]:
         yield
     finally:
         registry.deregister(other)
+
+
+def _bound_sqlite_memory(dbapi_conn: Any, _record: Any) -> None:
+    """SQLite may keep :data:`SQLITE_HEAP_BYTES` in this process (the limit is
+    process-wide, set again by each new connection)."""
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA soft_heap_limit={SQLITE_HEAP_BYTES}")
+    cur.close()
 
 
 def _reason(exc: Exception) -> str:
