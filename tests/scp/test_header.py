@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from sqlalchemy import select
 
+from scp import fastpath
 from scp.header import ae_title, check_structure, presentation_host, read_header
+from store.models import Instance
 from tests import synthetic
+from tests.conftest import Database, start_local_scp
+from tests.scp.test_fastpath import _command, _read_pdu, _release, _status
 
 
 @pytest.mark.parametrize(
@@ -179,3 +189,52 @@ def test_group_0002_in_the_dataset_is_not_the_sender(
     assert header.dataset_offset == dataset_offset + len(extra)
     assert header.sop_instance_uid == ds.SOPInstanceUID
     assert check_structure(path) == (ds.file_meta.TransferSyntaxUID, dataset_offset + len(extra))
+
+
+@pytest.mark.parametrize("fast_store", [True, False], ids=["fast", "pynetdicom"])
+def test_a_pushed_dataset_with_group_0002_is_stored_under_its_real_sender(
+    db: Database, tmp_path: Path, fast_store: bool
+) -> None:
+    """A live C-STORE (Explicit VR Little Endian) whose dataset starts with group 0002
+    elements naming another sender: the row and the stored file name the association's."""
+    src = synthetic.make_small_instances(tmp_path / "src", n=1)[0]
+    ds = pydicom.dcmread(src)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    forged = _element(0x0017, b"AE", b"FORGED_AE ") + _element(
+        0x0027, b"UR", b"dicom:192.0.2.9:104 "
+    )
+    scp = start_local_scp(db, tmp_path / "data", fast_store=fast_store)
+    try:
+        ae = AE(ae_title="PYSCU")
+        ae.acse_timeout = 5
+        ae.add_requested_context(str(ds.SOPClassUID), ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="COURIER")
+        assert assoc.is_established
+        cx_id = assoc.accepted_contexts[0].context_id
+        raw: socket.socket = assoc.dul.socket.socket
+        assoc.dul.kill_dul()  # stop pynetdicom reading; the test drives the socket
+        assoc.dul.join(5)
+        raw.settimeout(10)
+        try:
+            uid = fastpath._uid_value(str(ds.SOPInstanceUID))
+            raw.sendall(fastpath.p_data_tf(cx_id, 0x03, _command(uid)))
+            raw.sendall(fastpath.p_data_tf(cx_id, 0x02, forged + fp.getvalue()))
+            kind, body = _read_pdu(raw)
+            assert (kind, _status(body)) == (0x04, 0x0000)
+            assert _release(raw) == 0x06
+        finally:
+            raw.close()
+    finally:
+        scp.server.shutdown()
+        scp.server.server_close()
+    with db.sessions() as s:
+        row = s.scalars(select(Instance)).one()
+    assert row.calling_ae == "PYSCU"
+    header = read_header(scp.content.path(row.path))
+    assert (header.calling_ae, header.called_ae, header.peer_host) == (
+        "PYSCU",
+        "COURIER",
+        "127.0.0.1",
+    )
