@@ -282,6 +282,7 @@ class DeliveryService:
             pacs_timeout_s=60.0 if pacs is None else _pacs_wait_s(pacs),
             phones=self.phones,
             identity_check=self.cfg.identity.check,
+            retention_days=self.cfg.store.retention_days,
             report_studies=self.report_studies,  # report instances: the package's rule
         )
 

@@ -68,3 +68,15 @@ def test_the_shipped_node_yaml_puts_the_names_first() -> None:
     assert _first_key(text, "email") == "  from_name: courier"
     cfg = load_config(REPO / "node.yaml")
     assert cfg.hospital_name == "courier" and cfg.email.from_name == "courier"
+
+
+def test_the_node_hands_store_retention_days_to_the_portal(tmp_path: Path) -> None:
+    """ "Ask for more time" must count the received studies' purge (store.retention_days)."""
+    path = tmp_path / "node.yaml"
+    path.write_text(f"node:\n  data_dir: {tmp_path / 'data'}\nstore:\n  retention_days: 3\n")
+    cfg = load_config(path)
+    engine, sessions, content = open_store(cfg)
+    try:
+        assert DeliveryService(cfg, sessions, content).portal_context().retention_days == 3
+    finally:
+        engine.dispose()
