@@ -80,11 +80,11 @@ def test_a_link_extended_after_the_list_was_read_is_not_expired(
     assert world.book.get(reference).state == RequestState.EXPIRED
 
 
+# PostgreSQL only: SQLite has one writer at a time, so nothing is in flight beside a move.
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
 def test_an_extension_in_flight_on_another_node_is_waited_for(
     db: Database, world: World, tmp_path: Path
 ) -> None:
-    if db.kind != "postgresql":
-        pytest.skip("SQLite has one writer at a time: nothing is in flight beside a move")
     batch, reference, grant_id, ends = _delivered(world, tmp_path)
     world.clock.now = ends + timedelta(minutes=1)
     other = db.sessions()  # another node: the patient's extension, not yet committed
