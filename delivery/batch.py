@@ -67,7 +67,7 @@ from delivery.packaging.viewer import ViewerOptions
 from delivery.report_render import ReportFile, report_files
 from release.embargo import releasable
 from release.errors import InvalidTransition
-from release.requests import RequestBook
+from release.requests import RequestBook, study_uids
 from store.audit import record
 from store.catalog import guarded
 from store.claims import holding, is_postgres, lock_connection, skip_locked, try_lock, unlock
@@ -81,8 +81,6 @@ from store.models import (
     ReportDelivery,
     RequestEvent,
     RequestState,
-    RequestStudy,
-    Study,
     Urgency,
     utcnow,
 )
@@ -611,11 +609,7 @@ class DeliveryBatch:
             if ended is None or ended + self._grace > now:
                 continue
             with guarded(self._sessions) as s, s.begin():
-                studies = s.scalars(
-                    select(Study.study_uid)
-                    .join(RequestStudy, RequestStudy.study_id == Study.id)
-                    .where(RequestStudy.request_id == rid)
-                ).all()
+                studies = study_uids(s, rid)
                 done = s.execute(  # type: ignore[attr-defined]
                     update(Package)
                     .where(Package.id == package_id, Package.deleted_at.is_(None))
@@ -627,7 +621,7 @@ class DeliveryBatch:
                     s,
                     "package-deleted",
                     actor="node",
-                    studies=sorted(set(studies)),
+                    studies=studies,
                     request=reference,
                     detail=f"package files deleted {self._grace.days} days after the link ended",
                     at=now,

@@ -41,7 +41,7 @@ from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.disc import DiscResult, write_disc_image
-from delivery.discs import DiscRefused, open_job, study_uids
+from delivery.discs import DiscRefused, open_job
 from delivery.packaging.errors import PackageError
 from delivery.packaging.items import package_items
 from delivery.packaging.package import PackageInfo
@@ -49,7 +49,7 @@ from delivery.packaging.viewer import ViewerOptions
 from delivery.packaging.zipwriter import PARTIAL_SUFFIX, fsync_dir
 from delivery.report_render import render_report
 from release.reports import current_reports
-from release.requests import RequestBook
+from release.requests import RequestBook, study_uids
 from store.audit import record
 from store.catalog import guarded
 from store.claims import is_postgres

@@ -48,7 +48,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, aliased, sessionmaker
 
 from delivery.outbox import Outbox
 from release.errors import InvalidTransition
-from release.requests import RequestBook
+from release.requests import RequestBook, study_uids
 from store.audit import record
 from store.catalog import guarded
 from store.models import (
@@ -58,8 +58,6 @@ from store.models import (
     ReleaseRequest,
     RequestEvent,
     RequestState,
-    RequestStudy,
-    Study,
     utcnow,
 )
 
@@ -101,18 +99,6 @@ def _is_open() -> ColumnElement[bool]:
 def open_job(s: Session, request_id: int) -> DiscJob | None:
     """The request's open job (neither burned nor cancelled), or None."""
     return s.scalars(select(DiscJob).where(DiscJob.request_id == request_id, _is_open())).first()
-
-
-def study_uids(s: Session, request_id: int) -> list[str]:
-    """The Study Instance UIDs attached to the request (what a disc of it holds)."""
-    return list(
-        s.scalars(
-            select(Study.study_uid)
-            .join(RequestStudy, RequestStudy.study_id == Study.id)
-            .where(RequestStudy.request_id == request_id)
-            .order_by(Study.study_uid)
-        )
-    )
 
 
 class DiscQueue:

@@ -45,7 +45,7 @@ from delivery.outbox import Outbox
 from portal.grantsession import actor, audit
 from release.errors import InvalidTransition
 from release.purge import purge_due
-from release.requests import RequestBook
+from release.requests import RequestBook, study_uids
 from release.states import REOPEN
 from store.audit import record
 from store.models import (
@@ -238,16 +238,11 @@ def _reopen(
             "for more time; nothing was changed, the patient may ask again (staff are "
             "then alerted)"
         )
-    studies = s.scalars(
-        select(Study.study_uid)
-        .join(RequestStudy, RequestStudy.study_id == Study.id)
-        .where(RequestStudy.request_id == req.id)
-    ).all()
     record(
         s,
         "link-reopened",
         actor=actor(grant),
-        studies=sorted(set(studies)),
+        studies=study_uids(s, req.id),
         request=req.reference,
         detail=what,
         at=now,

@@ -28,12 +28,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from delivery.disc_images import image_of, write_job_image
-from delivery.discs import DiscQueue, DiscRefused, study_uids
+from delivery.discs import DiscQueue, DiscRefused
 from portal.context import PortalContext
 from portal.site import context_of
 from portal.staff_auth import CheckedForm, SignedIn, Staff
 from portal.staff_requests import detail_page, not_found
 from release.errors import InvalidTransition, RequestNotFound
+from release.requests import study_uids
 from store.audit import actor_of, record
 from store.catalog import guarded
 from store.models import ReleaseRequest

@@ -63,7 +63,7 @@ from release.holds import is_free as is_free
 from release.holds import releasable as releasable
 from release.progress import note
 from release.reports import report_final
-from release.requests import RequestBook
+from release.requests import RequestBook, study_uids
 from rules.matcher import RuleSet
 from rules.policy import ReleasePolicy
 from store.audit import actor_of, record
@@ -407,16 +407,11 @@ class ReleaseKeeper:
                 )
             name = actor.partition(":")[2] or actor
             note(s, req, actor, what, now)
-            studies = s.scalars(
-                select(Study.study_uid)
-                .join(RequestStudy, RequestStudy.study_id == Study.id)
-                .where(RequestStudy.request_id == req.id)
-            ).all()
             record(
                 s,
                 "release-hold",
                 actor=actor_of("staff", name),
-                studies=sorted(set(studies)),
+                studies=study_uids(s, req.id),
                 request=req.reference,
                 detail=what[:500],
                 at=now,

@@ -33,7 +33,9 @@ from store.models import (
     RequestEvent,
     RequestSelection,
     RequestState,
+    RequestStudy,
     SelectionKind,
+    Study,
     utcnow,
 )
 
@@ -46,6 +48,19 @@ log = logging.getLogger("courier.release")
 _REFERENCE_ATTEMPTS = 5
 _MAX_ACTOR = 200
 _MAX_REASON = 2000
+
+
+def study_uids(s: Session, request_id: int) -> builtins.list[str]:
+    """The Study Instance UIDs attached to the request, sorted (each once)."""
+    return builtins.list(
+        s.scalars(
+            select(Study.study_uid)
+            .join(RequestStudy, RequestStudy.study_id == Study.id)
+            .where(RequestStudy.request_id == request_id)
+            .order_by(Study.study_uid)
+            .distinct()
+        )
+    )
 
 
 class RequestBook:
