@@ -37,11 +37,12 @@ the sub-codes ours). Nothing here logs patient data: UIDs, sizes and AE titles o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -54,6 +55,14 @@ from store.content import ContentStore, check_uid
 from store.errors import DatabaseUnavailable, DiskFull, InvalidUID
 
 log = logging.getLogger("courier.scp.ingest")
+
+
+@dataclass
+class _UidLock:
+    """A UID's lock and how many threads hold or wait for it."""
+
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    users: int = 0
 
 
 class Status(IntEnum):
@@ -119,17 +128,28 @@ class Ingest:
         # Rows x Columns x frames x samples a header may declare (scp.max_pixels): an RLE
         # frame of zeros is tiny on the wire and gigabytes once anything decodes it.
         self._max_pixels = max_pixels
-        self._locks: dict[str, threading.Lock] = {}
+        # One lock per SOP Instance UID being stored now, with how many hold or wait
+        # for it: the entry goes when the last one leaves (a long push keeps no
+        # lock per instance it ever received).
+        self._locks: dict[str, _UidLock] = {}
         self._locks_guard = threading.Lock()
 
-    def _lock_for(self, uid: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def _lock_for(self, uid: str) -> Iterator[None]:
+        """Hold the UID's lock: one store of an instance at a time in this process."""
         with self._locks_guard:
-            lock = self._locks.get(uid)
-            if lock is None:
-                if len(self._locks) > 10_000:
-                    self._locks = {k: v for k, v in self._locks.items() if v.locked()}
-                lock = self._locks[uid] = threading.Lock()
-            return lock
+            entry = self._locks.get(uid)
+            if entry is None:
+                entry = self._locks[uid] = _UidLock()
+            entry.users += 1
+        try:
+            with entry.lock:
+                yield
+        finally:
+            with self._locks_guard:
+                entry.users -= 1
+                if entry.users == 0:
+                    del self._locks[uid]
 
     def store(
         self, spooled: SpoolFile | None, path: Path, sop_class: str, sop_instance: str, peer: Peer

@@ -70,6 +70,8 @@ def test_pynetdicom_as_second_scu_and_identical_resends(
     assert local_scp.rows() == 20
     assert len(list(local_scp.content.iter_instances())) == 20
     _assert_stored(local_scp, files)
+    # The per-UID locks go with the stores that took them (a long push keeps none).
+    assert local_scp.ingest._locks == {}
 
 
 def test_same_uid_different_bytes_is_kept_aside(local_scp: LocalScp, tmp_path: Path) -> None:
