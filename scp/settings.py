@@ -113,7 +113,7 @@ class ScpSettings(BaseModel):
         default=1,
         ge=1,
         le=64,
-        description="Receiving processes (children of the node process, about 85 MB each) "
+        description="Receiving processes (children of the node process, about 80 MB each) "
         "sharing the port (SO_REUSEPORT); 2 uses both cores.",
     )
     fast_store: bool = Field(
