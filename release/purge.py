@@ -270,12 +270,17 @@ class Purger:
         with guarded(self._sessions) as s, s.begin():
             claim = update(Study).where(Study.id == study_id, Study.state == StudyState.STABLE)
             if ended:
-                # PostgreSQL: wait for a reopen in flight (its move holds the request's
-                # row) to commit, so the UPDATE's own snapshot sees it. SQLite: nothing
-                # (the UPDATE runs under the one write lock and sees the last commit).
+                # PostgreSQL: wait for a reopen in flight (its move's UPDATE holds the
+                # request's row, not the request_studies rows) to commit, so the UPDATE's
+                # own snapshot sees it. SQLite: nothing (SQLAlchemy drops FOR SHARE; the
+                # UPDATE runs under the one write lock and sees the last commit).
                 s.execute(
-                    select(RequestStudy.request_id)
-                    .where(RequestStudy.study_id == study_id)
+                    select(ReleaseRequest.id)
+                    .where(
+                        ReleaseRequest.id.in_(
+                            select(RequestStudy.request_id).where(RequestStudy.study_id == study_id)
+                        )
+                    )
                     .with_for_update(read=True)
                 )
                 claim = claim.where(~_in_use())

@@ -6,13 +6,14 @@ changes goes back to receiving (injected clock throughout)."""
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pydicom
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from release import progress
 from release.matching import Matcher
@@ -378,3 +379,53 @@ def test_a_purge_listed_before_a_reopen_does_not_claim_after_it(world: World) ->
     assert world.purger.purge(due) is False
     assert world.study(uid).state == StudyState.STABLE and world.files(uid) == 2
     assert world.purger.due() == []
+
+
+# PostgreSQL only: SQLite has one writer at a time, so no reopen is in flight beside a claim.
+@pytest.mark.parametrize("db", ["postgresql"], indirect=True)
+def test_a_reopen_in_flight_on_another_node_is_waited_for_by_the_claim(
+    db: Database, world: World
+) -> None:
+    """The patient's reopen has moved the request but not committed (it saw the study
+    still stable): the claim waits for the request's row, reads the commit, and keeps
+    the study, so no live link points at a study being deleted."""
+    req = world.book.create(draft(selection=[{"kind": "accession", "value": "ACC44"}]), "t")
+    uid = world.receive("reopened-in-flight", 2, accession="ACC44")
+    world.settle()
+    for state in (RequestState.PACKAGING, RequestState.NOTIFIED, RequestState.EXPIRED):
+        world.book.transition(req.reference, state, "delivery", "x")
+    world.clock.now += timedelta(days=10)
+    [due] = world.purger.due()
+    other = db.sessions()  # another node: the reopen, as portal.more_time runs it
+    other.begin()
+    fresh = other.get(ReleaseRequest, req.id)
+    assert fresh is not None
+    expired, notified = RequestState.EXPIRED, RequestState.NOTIFIED
+    world.book.move(other, fresh, expired, notified, "patient:grant-1", "x", world.clock.now)
+    # Its check that no study of the request is being deleted passes.
+    assert other.scalar(select(Study.state).where(Study.id == due.study_id)) == StudyState.STABLE
+    xid = other.scalar(text("SELECT pg_current_xact_id()::text"))
+    result: list[bool] = []
+    purge = threading.Thread(target=lambda: result.append(world.purger.purge(due)))
+    try:
+        purge.start()
+        waiting = threading.Event()
+        for _ in range(500):  # bounded: until the claim waits on the reopen, or ends
+            with db.engine.connect() as c:
+                blocked = c.scalar(  # a waiter for the reopen's transaction
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' "
+                        "AND NOT granted AND transactionid::text = :xid"
+                    ),
+                    {"xid": xid},
+                )
+            if blocked or not purge.is_alive():
+                break
+            waiting.wait(0.02)
+        other.commit()
+    finally:
+        other.close()
+        purge.join(30)
+    assert result == [False]
+    assert world.study(uid).state == StudyState.STABLE and world.files(uid) == 2
+    assert world.book.get(req.reference).state == RequestState.NOTIFIED
