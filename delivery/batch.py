@@ -72,6 +72,7 @@ from store.audit import record
 from store.catalog import guarded
 from store.claims import holding, is_postgres, lock_connection, skip_locked, try_lock, unlock
 from store.content import DIR_MODE, ContentStore
+from store.errors import DatabaseUnavailable
 from store.models import (
     DicomDestination,
     Grant,
@@ -521,32 +522,44 @@ class DeliveryBatch:
         expired = []
         days = self._grace.days
         for rid, reference, state in self._expiring(now):
-            with guarded(self._sessions) as s, s.begin():
-                req = s.get(ReleaseRequest, rid)
-                assert req is not None
-                # PostgreSQL: wait for whoever holds a link's row lock (an extension,
-                # portal.grantsession.lock_grant) to commit. SQLite: nothing; its UPDATE
-                # below runs under the database's one write lock and sees the last commit.
-                s.execute(select(Grant.id).where(Grant.request_id == rid).with_for_update())
-                live_link = (
-                    select(Grant.id).where(Grant.request_id == rid, Grant.expires_at > now).exists()
-                )
-                try:
-                    self._book.move(
-                        s,
-                        req,
-                        RequestState(state),
-                        RequestState.EXPIRED,
-                        ACTOR,
-                        f"the link's life ended; package files are deleted after {days} days",
-                        now,
-                        provided=~live_link,
-                    )
-                except InvalidTransition:
-                    continue
-            expired.append(reference)
+            try:
+                moved = self._expire_one(rid, state, now, days)
+            except DatabaseUnavailable as exc:
+                # E.g. PostgreSQL's lock_timeout behind a slow extension of this request:
+                # the next sweep tries it again; the other requests go on.
+                log.warning("request %s not expired this sweep: %s", reference, exc)
+                continue
+            if moved:
+                expired.append(reference)
         self.purge_packages()
         return expired
+
+    def _expire_one(self, rid: int, state: str, now: datetime, days: int) -> bool:
+        """Move one request to ``expired`` if no link of it is live; False if it was not."""
+        with guarded(self._sessions) as s, s.begin():
+            req = s.get(ReleaseRequest, rid)
+            assert req is not None
+            # PostgreSQL: wait for whoever holds a link's row lock (an extension,
+            # portal.grantsession.lock_grant) to commit. SQLite: nothing; its UPDATE
+            # below runs under the database's one write lock and sees the last commit.
+            s.execute(select(Grant.id).where(Grant.request_id == rid).with_for_update())
+            live_link = (
+                select(Grant.id).where(Grant.request_id == rid, Grant.expires_at > now).exists()
+            )
+            try:
+                self._book.move(
+                    s,
+                    req,
+                    RequestState(state),
+                    RequestState.EXPIRED,
+                    ACTOR,
+                    f"the link's life ended; package files are deleted after {days} days",
+                    now,
+                    provided=~live_link,
+                )
+            except InvalidTransition:
+                return False
+        return True
 
     def _expiring(self, now: datetime) -> list[tuple[int, str, str]]:
         """The live requests whose every link has run out by ``now``: (id, reference,

@@ -200,6 +200,10 @@ class Node:
                     next_round = time.monotonic() + round_s
                     if sweeps is not None:
                         sweeps.run()
+                if self.stop_event.is_set():
+                    # A stop asked for meanwhile (systemctl stop also signals the
+                    # receivers, which exit 0): not a receiver dying.
+                    break
                 for pid, code in receivers.dead() if receivers is not None else ():
                     log.error("receiving process %d exited (%s); stopping", pid, code)
                     died = died or (pid, code)

@@ -19,6 +19,7 @@ from delivery.batch import DeliveryBatch
 from delivery.grants import GrantKeys
 from delivery.outbox import Outbox
 from portal.grantsession import lock_grant
+from store.errors import DatabaseUnavailable
 from store.models import Grant, RequestState
 from tests.conftest import Database
 from tests.release.helpers import draft
@@ -44,8 +45,10 @@ class ExtendMeanwhile(DeliveryBatch):
         return due
 
 
-def _delivered(world: World, tmp_path: Path) -> tuple[ExtendMeanwhile, str, int, datetime]:
-    batch = ExtendMeanwhile(
+def _delivered(
+    world: World, tmp_path: Path, cls: type[ExtendMeanwhile] = ExtendMeanwhile
+) -> tuple[ExtendMeanwhile, str, int, datetime]:
+    batch = cls(
         world.sessions,
         world.content,
         world.book,
@@ -115,3 +118,33 @@ def test_an_extension_in_flight_on_another_node_is_waited_for(
         sweep.join(30)
     assert result == [[]]
     assert world.book.get(reference).state == RequestState.NOTIFIED
+
+
+class OneUnavailable(ExtendMeanwhile):
+    """A batch whose move of one request meets an unavailable database (a lock timeout)."""
+
+    failing: int | None = None
+
+    def _expire_one(self, rid: int, state: str, now: datetime, days: int) -> bool:
+        if rid == self.failing:
+            raise DatabaseUnavailable("lock timeout (test)")
+        return super()._expire_one(rid, state, now, days)
+
+
+def test_one_request_that_cannot_be_moved_does_not_stop_the_others(
+    world: World, tmp_path: Path
+) -> None:
+    batch, first, _grant, ends = _delivered(world, tmp_path, OneUnavailable)
+    assert isinstance(batch, OneUnavailable)
+    req = world.book.create(draft(selection=[{"kind": "accession", "value": "ACC78"}]), "t")
+    world.receive("race2", 1, accession="ACC78")
+    world.settle()
+    assert batch.deliver(req.reference) == "notified"
+    with world.sessions() as s:
+        later = max(g.expires_at for g in s.scalars(select(Grant)))
+        batch.failing = world.book.get(first).id
+    world.clock.now = max(ends, later) + timedelta(minutes=1)
+    assert batch.expire() == [req.reference]
+    assert world.book.get(first).state == RequestState.NOTIFIED  # tried again next sweep
+    batch.failing = None
+    assert batch.expire() == [first]
