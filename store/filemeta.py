@@ -11,13 +11,18 @@ that reads stored files:
   (the index's ``sha256``), and its size on disk;
 - :class:`OutgoingFile`: the file as it leaves the hospital (ZIP parts, disc images,
   DICOMweb): the meta group re-encoded without the sender elements, its group length to
-  match, every other byte as stored. A file without them (written by a version before
-  them) reads byte for byte as stored. Memory is bounded: the meta group is read whole
-  (at most :data:`MAX_META` bytes), the rest is read as the caller asks.
+  match, and without any group 0002 elements at the start of the dataset (a modality
+  may send them, PS3.10 does not allow them there, and pydicom reads them as meta: its
+  own (0002,0016) would name it); every other byte as stored. A file with neither
+  (written by a version before the sender elements) reads byte for byte as stored.
+  Memory is bounded: the meta group is read whole (at most :data:`MAX_META` bytes), so
+  are the dataset's leading group 0002 elements (at most :data:`MAX_META` bytes too),
+  the rest is read as the caller asks.
 
 Errors: :class:`MalformedMeta` (a ``ValueError``) when a file's meta group says it is
-Explicit VR Little Endian group 0002 but its elements do not parse; callers turn it into
-their own error before any byte of the file goes out.
+Explicit VR Little Endian group 0002 but its elements (or the group 0002 elements at the
+start of its dataset) do not parse; callers turn it into their own error before any byte
+of the file goes out.
 """
 
 from __future__ import annotations
@@ -112,10 +117,13 @@ def content_sha256(path: Path) -> tuple[str, int]:
 def outgoing_head(source: io.RawIOBase | io.BufferedIOBase) -> tuple[bytes, int]:
     """(``head``, ``replaced``): the bytes that go out instead of the first ``replaced``
     bytes of the file open as ``source`` (read from its start); (b"", 0) when the file
-    goes out as stored (no sender elements, or no meta group length to find them by).
+    goes out as stored (no sender elements and no group 0002 at the start of the
+    dataset, or no meta group length to find them by). ``replaced`` covers the
+    dataset's leading group 0002 elements: they do not go out.
 
     Raises :class:`MalformedMeta` when the meta group is longer than :data:`MAX_META`,
-    shorter than it says, or its elements do not parse.
+    shorter than it says, or its elements do not parse, and as
+    :func:`_dataset_group_0002` does.
     """
     source.seek(0)
     head = source.read(_HEAD) or b""
@@ -130,9 +138,43 @@ def outgoing_head(source: io.RawIOBase | io.BufferedIOBase) -> tuple[bytes, int]
     kept = without_sender(meta)
     if kept is None:
         raise MalformedMeta("the meta group's elements do not parse")
-    if len(kept) == length:
+    leading = _dataset_group_0002(source)
+    if len(kept) == length and not leading:
         return b"", 0
-    return PREAMBLE + meta_group(kept), _HEAD + length
+    return PREAMBLE + meta_group(kept), _HEAD + length + leading
+
+
+def _dataset_group_0002(source: io.RawIOBase | io.BufferedIOBase) -> int:
+    """The number of bytes of group 0002 elements at the start of the dataset
+    (``source`` positioned there), walked as Explicit VR Little Endian like
+    ``scp.header`` steps over them on receipt; 0 when there are none.
+
+    Raises :class:`MalformedMeta` when they run past :data:`MAX_META` bytes or past the
+    end of the file.
+    """
+    window = MAX_META + 8  # the run, and the next element's tag and VR after it
+    data = source.read(window) or b""
+    pos = 0
+    while pos + 8 <= len(data):
+        group, _element, vr = struct.unpack_from("<HH2s", data, pos)
+        if group != 0x0002:
+            break
+        if pos >= MAX_META:
+            raise MalformedMeta(f"the dataset starts with over {MAX_META} bytes of group 0002")
+        if vr in _LONG_VRS:
+            stop = pos + 12
+            if stop <= len(data):
+                stop += struct.unpack_from("<I", data, pos + 8)[0]
+        else:
+            stop = pos + 8 + struct.unpack_from("<H", data, pos + 6)[0]
+        if stop > len(data):  # past the window read, or the file's end before it
+            if len(data) == window:
+                raise MalformedMeta(f"the dataset starts with over {MAX_META} bytes of group 0002")
+            raise MalformedMeta("the file ends inside a group 0002 element of its dataset")
+        pos = stop
+    if pos > MAX_META:
+        raise MalformedMeta(f"the dataset starts with over {MAX_META} bytes of group 0002")
+    return pos
 
 
 class OutgoingFile(io.RawIOBase):

@@ -2,7 +2,8 @@
 received file, its meta naming the calling/called AE titles and the sender's address,
 goes into a ZIP part and a disc image without (0002,0016)-(0002,0028); pydicom reads the
 copies, the bytes after the meta are the stored file's, and MANIFEST.json lists the
-bytes written. A file from a version before the sender elements goes byte for byte; a
+bytes written. Group 0002 elements a modality put at the start of its dataset do not go
+out either. A file from a version before the sender elements goes byte for byte; a
 malformed meta fails the build before anything final is written."""
 
 from __future__ import annotations
@@ -82,6 +83,54 @@ def test_an_older_file_reads_byte_for_byte(tmp_path: Path) -> None:
     assert _outgoing(not_part10) == b"no preamble here"
 
 
+def _element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr in (b"UR", b"OB"):  # a 32-bit length
+        return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+# A modality's dataset that starts with group 0002 elements of its own.
+MODALITY_GROUP_0002 = (
+    _element(0x0010, b"UI", b"1.2.840.10008.1.2.2\x00")
+    + _element(0x0016, b"AE", b"MODALITY_A")
+    + _element(0x0017, b"AE", b"MODALITY_A")
+    + _element(0x0027, b"UR", b"dicom:10.1.2.3:104 ")
+)
+
+
+def with_group_0002_in_dataset(path: Path, extra: bytes = MODALITY_GROUP_0002) -> bytes:
+    """Put ``extra`` at the start of the dataset of ``path``; return the dataset before."""
+    raw = path.read_bytes()
+    meta, dataset = split_file(raw)
+    path.write_bytes(raw[: 144 + len(meta)] + extra + dataset)
+    return dataset
+
+
+@pytest.mark.parametrize("sender_in_meta", [True, False], ids=["received", "older"])
+def test_group_0002_at_the_start_of_the_dataset_does_not_go_out(
+    sender_in_meta: bool, tmp_path: Path
+) -> None:
+    stored = synthetic.make_small_instances(tmp_path / "src", n=1, n_series=1)[0]
+    if sender_in_meta:
+        stored = received(stored)
+    uid = pydicom.dcmread(stored, stop_before_pixels=True).SOPInstanceUID
+    dataset = with_group_0002_in_dataset(stored)
+    # pydicom reads the modality's elements as meta: they would name it.
+    assert read_file_meta_info(stored).SourceApplicationEntityTitle == "MODALITY_A"
+
+    copy = _outgoing(stored)
+    out = tmp_path / "copy.dcm"
+    out.write_bytes(copy)
+    meta = read_file_meta_info(out)
+    assert not SENDER_TAGS & set(meta.keys())
+    assert meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert split_file(copy)[1] == dataset  # the rest of the dataset, byte for byte
+    assert b"10.1.2.3" not in copy and b"MODALITY_A" not in copy
+    ds = pydicom.dcmread(out)
+    assert ds.SOPInstanceUID == uid
+    assert not [elem.tag for elem in ds if elem.tag.group == 0x0002]
+
+
 def _meta_claims_too_much(raw: bytes) -> bytes:
     return raw[:140] + struct.pack("<I", MAX_META + 1) + raw[144:]
 
@@ -96,7 +145,26 @@ def meta_bad_element(raw: bytes) -> bytes:
     return raw[:140] + struct.pack("<I", len(bad)) + bad + dataset
 
 
-@pytest.mark.parametrize("spoil", [_meta_claims_too_much, _meta_cut_short, meta_bad_element])
+def _dataset_group_0002_cut_short(raw: bytes) -> bytes:
+    meta = split_file(raw)[0]
+    return raw[: 144 + len(meta)] + _element(0x0016, b"AE", b"MODALITY_A")[:-2]
+
+
+def _dataset_group_0002_too_long(raw: bytes) -> bytes:
+    meta, dataset = split_file(raw)
+    return raw[: 144 + len(meta)] + _element(0x0001, b"OB", b"\0" * MAX_META) + dataset
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        _meta_claims_too_much,
+        _meta_cut_short,
+        meta_bad_element,
+        _dataset_group_0002_cut_short,
+        _dataset_group_0002_too_long,
+    ],
+)
 def test_a_malformed_meta_raises_before_any_byte(spoil: object, tmp_path: Path) -> None:
     path = received(synthetic.make_small_instances(tmp_path / "src", n=1, n_series=1)[0])
     path.write_bytes(spoil(path.read_bytes()))  # type: ignore[operator]
