@@ -118,7 +118,7 @@ def start(cfg: Config) -> tuple[Any, Rulebook]:
 
     from node.rulebook import Rulebook
     from scp import spool
-    from scp.ingest import Ingest
+    from scp.ingest import Ingest, orphan_after_s
     from scp.screen import RuleScreen
     from scp.server import start_server
     from store.db import make_engine, make_sessions
@@ -135,7 +135,11 @@ def start(cfg: Config) -> tuple[Any, Rulebook]:
     spool.install(content.spool)
     rulebook = Rulebook(cfg)
     ingest = Ingest(
-        content, Catalog(sessions), RuleScreen(rulebook.current), max_pixels=cfg.scp.max_pixels
+        content,
+        Catalog(sessions),
+        RuleScreen(rulebook.current),
+        max_pixels=cfg.scp.max_pixels,
+        orphan_after_s=orphan_after_s(cfg.store.busy_timeout_s),
     )
     commitment = StorageCommitmentScp(cfg.scp, sessions, content)
     server = start_server(

@@ -24,12 +24,14 @@ place whose row fails is removed again).
 Two receiving processes storing the same SOP Instance UID at once: the second finds the
 first's file in place and waits (about a second) for its row, then compares bytes. A
 file with no row is taken over only once it was placed more than ``orphan_after_s`` ago
-(default :data:`ORPHAN_AFTER_S`, far beyond the longest a writer waits for its row:
-``store.busy_timeout_s`` per attempt): its writer died between placing it and indexing
+(a receiving process uses :func:`orphan_after_s` of ``store.busy_timeout_s``, beyond the
+longest a writer waits for its row): its writer died between placing it and indexing
 it, and never answered 0x0000. A younger one is a writer still waiting on the index (a
 busy SQLite, say): replacing it would lose bytes already acknowledged, so the second
 answers 0xA701 (Out of Resources, which a sender retries later, as for a locked index)
-and keeps nothing.
+and keeps nothing. Should a writer still be alive after its file was taken over, it
+never removes or moves aside the file now at that path (not the inode it placed: the
+other's, acknowledged) and answers 0xA701 if its row cannot be written.
 
 The statuses are in :class:`Status` (PS3.4 Annex B.2.3: the ranges are the standard's,
 the sub-codes ours). Nothing here logs patient data: UIDs, sizes and AE titles only.
@@ -94,9 +96,26 @@ Screen = Callable[[Path, Header, Peer], int | None]
 
 
 # A placed file with no row is its dead writer's once it is this old (seconds since it
-# was placed, its ctime): well over the longest an index write waits before it gives up
-# (store.busy_timeout_s for the pool, the write gate and the lock, a few attempts).
+# was placed, its ctime): the least :func:`orphan_after_s` gives, whatever the settings.
 ORPHAN_AFTER_S = 120.0
+# How many times a writer tries its row (``Ingest._durable``), and how many
+# store.busy_timeout_s one try may take at most (PostgreSQL's statement_timeout).
+_ADD_TRIES = 5
+_TRY_TIMEOUTS = 4
+
+
+def orphan_after_s(busy_timeout_s: float) -> float:
+    """How old a placed file with no row must be before another receiver takes it over.
+
+    Longer than a live writer can wait for its row: ``_ADD_TRIES`` tries of up to
+    ``_TRY_TIMEOUTS`` x ``store.busy_timeout_s`` each (on PostgreSQL the statement
+    timeout is 4x it; on SQLite the write gate and the busy wait are 1x each), plus a
+    minute for the rest; never less than :data:`ORPHAN_AFTER_S`. A younger file's writer
+    may still answer 0x0000 for it, so taking it over could lose acknowledged bytes.
+    """
+    return max(ORPHAN_AFTER_S, _ADD_TRIES * _TRY_TIMEOUTS * busy_timeout_s + 60.0)
+
+
 # While a file with no row is younger: how often, and how long, to look for its row.
 _PLACE_TRIES = 20
 _PLACE_WAIT_S = 0.05
@@ -219,6 +238,8 @@ class Ingest:
         else:
             sha, size = content_sha256(path)
         rec = _record(header, peer, sha, size, rel)
+        # The file placing makes (a link or rename keeps the inode): what is ours at rel.
+        ours = _identity(path)
         # Placing never overwrites, so the common path (a new instance) needs no
         # look-up first: the link either creates the file (ours) or finds one there.
         take_over = False
@@ -243,7 +264,7 @@ class Ingest:
             )
             return Status.OUT_OF_RESOURCES_DB
         try:
-            for _retry in range(5):
+            for _retry in range(_ADD_TRIES):
                 try:
                     # On SQLite, committed without waiting for the database's flush:
                     # the file is durable and names its sender, so a row a power loss
@@ -254,13 +275,14 @@ class Ingest:
                     known = self._catalog.lookup(rec.sop_instance_uid)
                     if known is not None:
                         # Indexed already, its file missing (or under other study UIDs).
-                        return self._placed_but_known(rel, rec, known)
+                        return self._placed_but_known(rel, rec, known, ours)
                     # Another process created this study or series row first; it
                     # exists now, so the next attempt updates it.
             else:
                 raise DatabaseUnavailable("the index kept refusing the row")
         except BaseException:
-            self._content.remove(rel)
+            if self._still_ours(rel, ours, rec.sop_instance_uid):
+                self._content.remove(rel)
             raise
         log.info(
             "stored uid=%s study=%s bytes=%d from=%s",
@@ -291,8 +313,30 @@ class Ingest:
             return Status.SUCCESS
         return self._keep_aside(path, rec)
 
-    def _placed_but_known(self, rel: str, rec: InstanceRecord, known: KnownInstance) -> Status:
+    def _still_ours(self, rel: str, ours: tuple[int, int], uid: str) -> bool:
+        """Whether the file at ``rel`` is still the one we placed. A writer slower than
+        ``orphan_after_s`` may find its file taken over by another receiving process,
+        which answered 0x0000 for the file there now: that one is never ours to undo."""
+        try:
+            if _identity(self._content.path(rel)) == ours:
+                return True
+        except FileNotFoundError:
+            return False  # moved aside or removed already: nothing there to undo
+        log.warning(
+            "uid=%s: the file placed here was taken over by another receiving process "
+            "(this index write outlasted orphan_after_s); left alone",
+            uid,
+        )
+        return False
+
+    def _placed_but_known(
+        self, rel: str, rec: InstanceRecord, known: KnownInstance, ours: tuple[int, int]
+    ) -> Status:
         """We placed a file, but the UID was indexed: restore it, or move ours aside."""
+        if not self._still_ours(rel, ours, rec.sop_instance_uid):
+            # Our bytes were replaced before we indexed them, and never acknowledged:
+            # a re-send is kept aside as any same-UID conflict is.
+            return Status.OUT_OF_RESOURCES_DB
         if known.sha256 == rec.sha256 and known.path == rel:
             # Same content, but the sender elements in its meta may differ in length
             # from the first copy's: the row takes this file's size.
@@ -312,6 +356,12 @@ class Ingest:
             raise
         log.warning("same UID, different bytes: kept aside uid=%s", rec.sop_instance_uid)
         return Status.SUCCESS
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """A file's device and inode: which file a name holds."""
+    st = path.stat()
+    return st.st_dev, st.st_ino
 
 
 def replace_path(rec: InstanceRecord, rel: str) -> InstanceRecord:
