@@ -73,6 +73,10 @@ from store.content import ContentStore
 from store.models import ReleaseRequest, utcnow
 
 log = logging.getLogger("courier.node.delivery")
+
+#: The periodic disc-leftover sweep leaves what changed in this many seconds (a write in
+#: progress whose claim's lease ran out keeps changing its files).
+DISC_QUIET_S = 600.0
 RELAY_POLL_S = 1.0
 
 
@@ -299,8 +303,10 @@ class DeliveryService:
             self.scheduler.catch_up()
         # What a disc writer killed mid-way left, once its claim lapsed (on a shared
         # database the start-up sweep keeps it while the claim holds). Every node may
-        # run it: live claims are kept, and so is whatever is newer than now.
-        self._sweep_disc_leftovers(time.time(), periodic=True)
+        # run it: live claims are kept, and so is whatever changed in the last
+        # DISC_QUIET_S (a write outliving its claim's lease still writes, so its files
+        # keep changing).
+        self._sweep_disc_leftovers(time.time() - DISC_QUIET_S, periodic=True)
         return expired
 
     def _sweep_disc_leftovers(self, started: float, *, periodic: bool) -> None:

@@ -138,10 +138,32 @@ def outgoing_head(source: io.RawIOBase | io.BufferedIOBase) -> tuple[bytes, int]
     kept = without_sender(meta)
     if kept is None:
         raise MalformedMeta("the meta group's elements do not parse")
-    leading = _dataset_group_0002(source)
+    # A deflated dataset is a deflate stream: its first bytes are not elements.
+    leading = 0 if _transfer_syntax(kept) == DEFLATED else _dataset_group_0002(source)
     if len(kept) == length and not leading:
         return b"", 0
     return PREAMBLE + meta_group(kept), _HEAD + length + leading
+
+
+#: Deflated Explicit VR Little Endian (PS3.5 A.5).
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _transfer_syntax(elements: bytes) -> str:
+    """(0002,0010) of meta group elements that parsed (:func:`without_sender`); ""."""
+    pos = 0
+    while pos + 8 <= len(elements):
+        _group, element, vr = struct.unpack_from("<HH2s", elements, pos)
+        if vr in _LONG_VRS:
+            start = pos + 12
+            stop = start + struct.unpack_from("<I", elements, pos + 8)[0]
+        else:
+            start = pos + 8
+            stop = start + struct.unpack_from("<H", elements, pos + 6)[0]
+        if element == 0x0010:
+            return elements[start:stop].rstrip(b"\0 ").decode("ascii", "replace")
+        pos = stop
+    return ""
 
 
 def _dataset_group_0002(source: io.RawIOBase | io.BufferedIOBase) -> int:

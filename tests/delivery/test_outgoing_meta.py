@@ -240,3 +240,22 @@ def test_a_malformed_meta_fails_the_zip_and_the_disc(tmp_path: Path) -> None:
         write_disc_image(items, tmp_path / "disc.iso", info=INFO)
     assert not list((tmp_path / "out").glob("*.zip"))
     assert not (tmp_path / "disc.iso").exists()
+
+
+def test_a_deflated_dataset_is_never_cut_as_group_0002(tmp_path: Path) -> None:
+    """A deflated dataset is a deflate stream: bytes that happen to read as a group
+    0002 element at its start are data, and go out as stored."""
+    meta = (
+        _element(0x0001, b"OB", b"\x00\x01")
+        + _element(0x0002, b"UI", b"1.2.840.10008.5.1.4.1.1.7\x00")
+        + _element(0x0003, b"UI", b"1.2.3.4\x00")
+        + _element(0x0010, b"UI", b"1.2.840.10008.1.2.1.99")
+    )
+    stream = MODALITY_GROUP_0002 + b"\x9c\x01" * 40  # reads as group 0002 if walked
+    path = tmp_path / "deflated.dcm"
+    path.write_bytes(filemeta.PREAMBLE + meta_group(meta) + stream)
+    assert _outgoing(path) == path.read_bytes()
+    received(path)
+    meta_out, rest = split_file(_outgoing(path))
+    assert rest == stream  # only Courier's own meta is re-encoded
+    assert b"COURIER" not in meta_out and b"10.1.2.3" not in meta_out
