@@ -22,6 +22,7 @@ from portal.grantsession import lock_grant
 from store.errors import DatabaseUnavailable
 from store.models import Grant, RequestState
 from tests.conftest import Database
+from tests.pglocks import wait_until_blocked_on
 from tests.release.helpers import draft
 from tests.release.test_purge import World
 
@@ -99,19 +100,9 @@ def test_an_extension_in_flight_on_another_node_is_waited_for(
     sweep = threading.Thread(target=lambda: result.append(batch.expire()))
     try:
         sweep.start()
-        waiting = threading.Event()
-        for _ in range(500):  # bounded: until the sweep waits on the link's lock, or ends
-            with db.engine.connect() as c:
-                blocked = c.scalar(  # a waiter for the extension's transaction
-                    text(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' "
-                        "AND NOT granted AND transactionid::text = :xid"
-                    ),
-                    {"xid": xid},
-                )
-            if blocked or not sweep.is_alive():
-                break
-            waiting.wait(0.02)
+        wait_until_blocked_on(
+            db.engine, xid, sweep
+        )  # until the sweep waits on the link's lock, or ends
         other.commit()
     finally:
         other.close()

@@ -36,6 +36,7 @@ from store.models import (
 )
 from tests import synthetic
 from tests.conftest import Database
+from tests.pglocks import wait_until_blocked_on
 from tests.release.helpers import draft
 
 RULES = """\
@@ -409,19 +410,7 @@ def test_a_reopen_in_flight_on_another_node_is_waited_for_by_the_claim(
     purge = threading.Thread(target=lambda: result.append(world.purger.purge(due)))
     try:
         purge.start()
-        waiting = threading.Event()
-        for _ in range(500):  # bounded: until the claim waits on the reopen, or ends
-            with db.engine.connect() as c:
-                blocked = c.scalar(  # a waiter for the reopen's transaction
-                    text(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' "
-                        "AND NOT granted AND transactionid::text = :xid"
-                    ),
-                    {"xid": xid},
-                )
-            if blocked or not purge.is_alive():
-                break
-            waiting.wait(0.02)
+        wait_until_blocked_on(db.engine, xid, purge)  # until the claim waits on the reopen, or ends
         other.commit()
     finally:
         other.close()
