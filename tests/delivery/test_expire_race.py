@@ -100,9 +100,8 @@ def test_an_extension_in_flight_on_another_node_is_waited_for(
     sweep = threading.Thread(target=lambda: result.append(batch.expire()))
     try:
         sweep.start()
-        wait_until_blocked_on(
-            db.engine, xid, sweep
-        )  # until the sweep waits on the link's lock, or ends
+        # Until the sweep waits on the link's lock, or ends.
+        wait_until_blocked_on(db.engine, xid, sweep)
         other.commit()
     finally:
         other.close()

@@ -410,7 +410,8 @@ def test_a_reopen_in_flight_on_another_node_is_waited_for_by_the_claim(
     purge = threading.Thread(target=lambda: result.append(world.purger.purge(due)))
     try:
         purge.start()
-        wait_until_blocked_on(db.engine, xid, purge)  # until the claim waits on the reopen, or ends
+        # Until the claim waits on the reopen, or ends.
+        wait_until_blocked_on(db.engine, xid, purge)
         other.commit()
     finally:
         other.close()
