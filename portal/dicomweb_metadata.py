@@ -13,7 +13,8 @@ package's folder, and are not written once it is gone (a purged package).
 What is kept is the answer's bytes for one instance, with the instance's address in each
 ``BulkDataURI`` left as a marker filled in when served (the public URL may change), so
 an answer is the kept files joined, never parsed again. A header that cannot be read is
-left out of the answer (logged by exception type), and nothing is kept for it.
+left out of the answer (logged by exception type and SOP Instance UID; the route answers
+206, :mod:`portal.dicomweb_partial`), and nothing is kept for it.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def _kept(ctx: PortalContext, scope: Scope, x: Stored) -> bytes | None:
     try:
         data = instance_json(ctx.content.path(x.relpath), x)
     except Exception as exc:  # an unreadable header: that instance is left out
-        log.warning("DICOMweb: a header could not be read (%s)", type(exc).__name__)
+        log.error(
+            "DICOMweb: a header could not be read (%s) sop_uid=%s", type(exc).__name__, x.sop_uid
+        )
         return None
     if cached is not None and scope.package_folder is not None and scope.package_folder.is_dir():
         try:
@@ -87,17 +90,20 @@ def _kept(ctx: PortalContext, scope: Scope, x: Stored) -> bytes | None:
     return data
 
 
-def metadata(ctx: PortalContext, scope: Scope, found: list[Stored]) -> bytes:
+def metadata(ctx: PortalContext, scope: Scope, found: list[Stored]) -> tuple[bytes, list[Stored]]:
     """The metadata answer for ``found`` (a JSON array, one object per readable
-    instance, in order). Blocking: call on a worker thread."""
+    instance, in order) and the instances left out (header unreadable). Blocking: call
+    on a worker thread."""
     root = base_url(ctx)
     parts = []
+    left_out = []
     for x in found:
         data = _kept(ctx, scope, x)
         if data is None:
+            left_out.append(x)
             continue
         if _MARKER in data:
             url = f"{root}/studies/{x.study_uid}/series/{x.series_uid}/instances/{x.sop_uid}"
             data = data.replace(_MARKER, json.dumps(url, ensure_ascii=False).encode())
         parts.append(data)
-    return b"[" + b",".join(parts) + b"]"
+    return b"[" + b",".join(parts) + b"]", left_out

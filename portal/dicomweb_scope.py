@@ -42,7 +42,8 @@ from store.models import Grant, Instance, Package, ReleaseRequest, RequestEvent,
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": "Content-Type, Content-Length, WWW-Authenticate",
+    # Warning: a partial retrieve says so there (portal.dicomweb_partial).
+    "Access-Control-Expose-Headers": "Content-Type, Content-Length, WWW-Authenticate, Warning",
 }
 PREFLIGHT_HEADERS = {
     **CORS_HEADERS,
@@ -163,6 +164,7 @@ class Stored:
     instance_number: str
     relpath: str
     sha256: str  # of the stored file, as indexed: what its cached metadata is keyed by
+    size_bytes: int = -1  # of the stored file, as indexed (-1: not checked)
 
 
 def _number(value: str) -> tuple[int, str]:
@@ -205,6 +207,7 @@ def instances(
             inst.instance_number,
             inst.path,
             inst.sha256,
+            inst.size_bytes,
         )
         for inst, series in rows
     ]

@@ -21,7 +21,14 @@
   longer side. An image that cannot be drawn is 422, a render out of time 503.
 
 Anything outside the grant is 404 (:mod:`portal.dicomweb_scope`); the first retrieval of
-a study by a token is audited once. Logs name no UID.
+a study by a token is audited once. Logs name no UID, but for an instance whose stored
+file cannot be read (its SOP Instance UID: staff need it to find the file).
+
+A file that cannot be read (gone, damaged, not the size the index holds) is found before
+an answer starts (:mod:`portal.dicomweb_partial`): a study or series retrieve, or its
+metadata, answers 206 with a ``Warning`` and the readable instances (404 when none is);
+frames and renderings of such an instance are 404 (file gone) or 422 (damaged); each
+is logged and noted on the study's timeline for staff.
 """
 
 from __future__ import annotations
@@ -40,6 +47,15 @@ from imaging import ImagingError, RenderLimits, RenderTimeout, render_frame
 from portal.context import PortalContext
 from portal.dicomweb_frames import FrameSource, NoFrame, frame_source
 from portal.dicomweb_metadata import metadata
+from portal.dicomweb_partial import (
+    check,
+    flagged_missing,
+    headers,
+    path_of,
+    split,
+    tell_staff,
+    unreadable,
+)
 from portal.dicomweb_qido import DICOM_JSON
 from portal.dicomweb_scope import (
     CORS_HEADERS,
@@ -83,32 +99,57 @@ async def _targets(
     return await run_in_threadpool(find)
 
 
-def _path(ctx: PortalContext, x: Stored) -> Path:
-    assert ctx.content is not None  # authorize refused otherwise
-    return ctx.content.path(x.relpath)
+_path = path_of
 
 
 # -- instances -------------------------------------------------------------------------
 
 
+class CutShort(Exception):
+    """An instance checked readable could not be read once its turn came; the answer is
+    ended without its closing delimiter (its status is out already)."""
+
+
 def _multipart(ctx: PortalContext, found: list[Stored], boundary: str) -> Iterator[bytes]:
+    """Each of ``found`` (checked readable by :func:`portal.dicomweb_partial.split`) as a
+    part, then the closing delimiter. A file gone or damaged since the check raises
+    :class:`CutShort` before its part starts, one failing mid-read re-raises: either
+    way the body ends without its closing delimiter, so it never looks complete."""
     for x in found:
         try:
             # Without the sender in its meta group; closed below, between yields.
             fh = OutgoingFile(_path(ctx, x))
         except (OSError, MalformedMeta) as exc:
-            # Gone since the index said otherwise, or a malformed meta group (checked
-            # before the part starts): the part is left out, the log says so.
-            log.error("DICOMweb: a stored instance could not be read (%s)", type(exc).__name__)
-            continue
+            unreadable(x, exc)
+            raise CutShort("an instance became unreadable while the answer was sent") from exc
         try:
             yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
             while chunk := fh.read(CHUNK):
                 yield chunk
             yield b"\r\n"
+        except OSError as exc:
+            unreadable(x, exc)
+            raise
         finally:
             fh.close()
     yield f"--{boundary}--\r\n".encode()
+
+
+def _checked(
+    ctx: PortalContext,
+    scope: Scope,
+    found: list[Stored],
+    study: str,
+    series: str | None,
+    sop: str | None,
+) -> tuple[list[Stored], int]:
+    """The readable ones of ``found`` and how many asked for are not (unreadable now, or
+    flagged missing already); staff are told of any. Blocking."""
+    good, bad = split(ctx, found)
+    missing = len(bad) + flagged_missing(ctx, scope, study, series, sop)
+    if missing:
+        tell_staff(ctx, scope, study, missing, len(found) + missing - len(bad))
+    return good, missing
 
 
 async def _retrieve(
@@ -117,12 +158,16 @@ async def _retrieve(
     got = await _targets(request, study, series, sop)
     if isinstance(got, Response):
         return got
-    ctx, _scope, found = got
+    ctx, scope, found = got
+    good, missing = await run_in_threadpool(_checked, ctx, scope, found, study, series, sop)
+    if not good:  # PS3.18: none of the content asked for can be returned
+        return refusal(404, "the stored files of what was asked for cannot be read")
     boundary = secrets.token_hex(16)
     return StreamingResponse(
-        _multipart(ctx, found, boundary),
+        _multipart(ctx, good, boundary),
+        status_code=206 if missing else 200,
         media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
-        headers=CORS_HEADERS,
+        headers=headers(missing, len(good) + missing),
     )
 
 
@@ -151,8 +196,23 @@ async def _metadata_of(
     if isinstance(got, Response):
         return got
     ctx, scope, found = got
-    body = await run_in_threadpool(metadata, ctx, scope, found)
-    return Response(body, media_type=DICOM_JSON, headers=CORS_HEADERS)
+
+    def answer() -> tuple[bytes, int, int]:
+        # Only instances a retrieve would return are listed (a kept JSON is not proof
+        # that the file is still there); a header that does not parse is left out too.
+        good, missing = _checked(ctx, scope, found, study, series, sop)
+        body, left_out = metadata(ctx, scope, good)
+        return body, len(good) - len(left_out), missing + len(left_out)
+
+    body, listed, missing = await run_in_threadpool(answer)
+    if not listed:
+        return refusal(404, "the stored files of what was asked for cannot be read")
+    return Response(
+        body,
+        status_code=206 if missing else 200,
+        media_type=DICOM_JSON,
+        headers=headers(missing, listed + missing),
+    )
 
 
 @router.get("/dicomweb/studies/{study}/metadata", include_in_schema=False)
@@ -199,19 +259,18 @@ async def frames(request: Request, study: str, series: str, sop: str, frames: st
     got = await _targets(request, study, series, sop)
     if isinstance(got, Response):
         return got
-    ctx, _scope, found = got
+    ctx, scope, found = got
     numbers = [int(n) for n in frames.split(",")]
     boundary = secrets.token_hex(16)
     try:
         # The first frame is read before answering: a bad file is refused, not cut short.
         source, parts, first = await run_in_threadpool(
-            _first_frame, _path(ctx, found[0]), numbers, boundary
+            _first_frame, _path(ctx, found[0]), found[0].size_bytes, numbers, boundary
         )
     except NoFrame:
         return refusal(404, "no such frame")
-    except Exception as exc:  # a corrupt file: nothing to send
-        log.warning("DICOMweb: frames could not be read (%s)", type(exc).__name__)
-        return refusal(422, "the frames of this instance cannot be read")
+    except Exception as exc:  # gone, or a corrupt file: nothing to send
+        return await _broken(ctx, scope, found[0], exc, "frames")
     media, ts = source.media, source.transfer_syntax
     kind = f'multipart/related; type="{media}"; transfer-syntax={ts}; boundary={boundary}'
     if len(numbers) == 1:  # the usual call of a viewer: one frame, one answer
@@ -220,13 +279,27 @@ async def frames(request: Request, study: str, series: str, sop: str, frames: st
 
 
 def _first_frame(
-    path: Path, numbers: list[int], boundary: str
+    path: Path, size_bytes: int, numbers: list[int], boundary: str
 ) -> tuple[FrameSource, Iterator[bytes], bytes]:
+    check(path, size_bytes)  # gone or changed: refused as such, not as a bad frame
     source = frame_source(path)
     if any(n > source.count for n in numbers):
         raise NoFrame("no such frame")
     parts = _frame_parts(source, numbers, boundary)
     return source, parts, next(parts)
+
+
+async def _broken(
+    ctx: PortalContext, scope: Scope, x: Stored, exc: BaseException, what: str
+) -> Response:
+    """The refusal for an instance whose file cannot be read (logged with its SOP
+    Instance UID, noted on the study's timeline for staff): 404 when the file is gone
+    (there is nothing to return), 422 when it is there but cannot be read."""
+    unreadable(x, exc)
+    await run_in_threadpool(tell_staff, ctx, scope, x.study_uid, 1, 1)
+    if isinstance(exc, FileNotFoundError):
+        return refusal(404, "the stored file of this instance is missing; staff have been told")
+    return refusal(422, f"the {what} of this instance cannot be read; staff have been told")
 
 
 def _chain(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
@@ -258,7 +331,7 @@ async def _rendered(request: Request, study: str, series: str, sop: str, frame: 
     got = await _targets(request, study, series, sop)
     if isinstance(got, Response):
         return got
-    ctx, _scope, found = got
+    ctx, scope, found = got
     fmt = _format(request)
     limits = RenderLimits(
         ctx.delivery.preview_max_pixels,
@@ -266,6 +339,10 @@ async def _rendered(request: Request, study: str, series: str, sop: str, frame: 
         ctx.delivery.preview_timeout_s,
     )
     path = _path(ctx, found[0])
+    try:
+        await run_in_threadpool(check, path, found[0].size_bytes)
+    except (OSError, MalformedMeta) as exc:
+        return await _broken(ctx, scope, found[0], exc, "image")
     try:
         data = await run_in_threadpool(
             render_frame, path, frame, _size(request), limits, "png" if fmt == "png" else "jpeg"

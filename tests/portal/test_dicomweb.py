@@ -436,6 +436,7 @@ def test_metadata_is_kept_per_instance_and_never_stale(
         ds.add_new(0x00091010, "OB", bytes(70_000))
         ds.save_as(file, enforce_file_format=True)
         inst.sha256 = hashlib.sha256(file.read_bytes()).hexdigest()
+        inst.size_bytes = file.stat().st_size  # as the index holds it (else: 206)
         sop = inst.sop_instance_uid
     changed = _by_sop(served.get(path, token))
     assert changed == _reference(served, uid, series_uid)
