@@ -182,20 +182,31 @@ def _meta(f: _File, meta: dict[int, bytes] | None = None) -> tuple[str, int]:
 
 
 def _scan(
-    path: Path, wanted: Collection[int], meta: dict[int, bytes] | None
+    path: Path,
+    wanted: Collection[int],
+    meta: dict[int, bytes] | None,
+    opened: tuple[int, int] | None = None,
 ) -> tuple[str, int, bool, dict[int, Found]]:
     """Check the file's structure; return (transfer syntax, dataset offset, little
-    endian, the top-level elements of ``wanted`` found, at most 1024 bytes each)."""
+    endian, the top-level elements of ``wanted`` found, at most 1024 bytes each).
+
+    ``opened``: (a readable descriptor of ``path``, the file's size), read from and
+    left open; None: the file is opened here."""
     found: dict[int, Found] = {}
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if opened is None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        size = None
+    else:
+        fd, size = opened
     try:
-        f = _File(fd, os.fstat(fd).st_size)
+        f = _File(fd, os.fstat(fd).st_size if size is None else size)
         ts, offset = _meta(f, meta)
         little = ts != ExplicitVRBigEndian
         if ts != DeflatedExplicitVRLittleEndian:  # deflated: the full parse checks it
             _walk(f, offset, little, ts == ImplicitVRLittleEndian, wanted, found)
     finally:
-        os.close(fd)
+        if opened is None:
+            os.close(fd)
     return ts, offset, little, found
 
 
@@ -502,14 +513,18 @@ def presentation_host(raw: bytes | None) -> str:
     return host if _HOSTNAME.fullmatch(host) else ""
 
 
-def read_header(path: Path) -> Header:
+def read_header(path: Path, opened: tuple[int, int] | None = None) -> Header:
     """Check the structure and read the indexed attributes in one pass.
+
+    ``opened``: (a readable descriptor of ``path``, the file's size) when the caller
+    holds one (ingest: it flushes the file through the same descriptor), read with
+    ``pread`` and left open; None: the file is opened and closed here.
 
     Raises :class:`BadDataset`. The values are decoded by pydicom (with the dataset's
     Specific Character Set); deflated datasets are parsed by pydicom whole.
     """
     meta: dict[int, bytes] = dict.fromkeys(_PEER_ELEMENTS, b"")
-    ts, offset, little, found = _scan(path, _WANTED, meta)
+    ts, offset, little, found = _scan(path, _WANTED, meta, opened)
     try:
         full = None
         if ts == DeflatedExplicitVRLittleEndian:

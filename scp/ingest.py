@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -177,8 +178,27 @@ class Ingest:
         if spooled is not None and spooled.error is not None:
             log.warning("spool write failed (%s); answering A700", spooled.error.strerror)
             return Status.OUT_OF_RESOURCES_DISK
+        # One descriptor for the whole store: the header is read through it, its fstat
+        # gives the size and the identity (device, inode) the file keeps once placed,
+        # and the file is flushed through it (no second open, no stat by name).
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            header = read_header(path)
+            return self._store(fd, os.fstat(fd), spooled, path, sop_class, sop_instance, peer)
+        finally:
+            os.close(fd)
+
+    def _store(
+        self,
+        fd: int,
+        st: os.stat_result,
+        spooled: SpoolFile | None,
+        path: Path,
+        sop_class: str,
+        sop_instance: str,
+        peer: Peer,
+    ) -> Status:
+        try:
+            header = read_header(path, (fd, st.st_size))
         except BadDataset as exc:
             log.warning("refused instance: %s", exc)
             return Status.CANNOT_UNDERSTAND
@@ -222,7 +242,7 @@ class Ingest:
                 return Status(refused)
         with self._lock_for(sop_instance):
             try:
-                return self._durable(path, rel, header, peer, spooled)
+                return self._durable(path, rel, header, peer, spooled, fd, st)
             except DiskFull:
                 log.warning("content store full; answering A700 uid=%s", sop_instance)
                 return Status.OUT_OF_RESOURCES_DISK
@@ -231,21 +251,28 @@ class Ingest:
                 return Status.OUT_OF_RESOURCES_DB
 
     def _durable(
-        self, path: Path, rel: str, header: Header, peer: Peer, spooled: SpoolFile | None
+        self,
+        path: Path,
+        rel: str,
+        header: Header,
+        peer: Peer,
+        spooled: SpoolFile | None,
+        fd: int,
+        st: os.stat_result,
     ) -> Status:
-        if spooled is not None and spooled.size == path.stat().st_size:
+        if spooled is not None and spooled.size == st.st_size:
             sha, size = spooled.digest.hexdigest(), spooled.size  # hashed as it arrived
         else:
             sha, size = content_sha256(path)
         rec = _record(header, peer, sha, size, rel)
         # The file placing makes (a link or rename keeps the inode): what is ours at rel.
-        ours = _identity(path)
+        ours = st.st_dev, st.st_ino
         # Placing never overwrites, so the common path (a new instance) needs no
         # look-up first: the link either creates the file (ours) or finds one there.
         take_over = False
         for _attempt in range(_PLACE_TRIES):
             try:
-                self._content.place(path, rel, replace=take_over)
+                self._content.place(path, rel, replace=take_over, fd=fd)
                 break
             except FileExistsError:
                 known = self._catalog.lookup(rec.sop_instance_uid)

@@ -110,9 +110,16 @@ def check_uid(value: object, what: str = "UID") -> str:
 _datasync = getattr(os, "fdatasync", os.fsync)
 
 
-def fsync_file(path: Path) -> None:
-    """Flush a new file's data and size to stable storage (fdatasync; see above)."""
-    fd = os.open(path, os.O_RDONLY)
+def fsync_file(path: Path, fd: int | None = None) -> None:
+    """Flush a new file's data and size to stable storage (fdatasync; see above).
+
+    ``fd``: an open descriptor of ``path`` (read-only will do: the flush is of the
+    file, not of the descriptor), flushed through and left open; None: ``path`` is
+    opened for it."""
+    if fd is not None:
+        _datasync(fd)
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         _datasync(fd)
     finally:
@@ -189,17 +196,22 @@ class ContentStore:
         """Absolute path of a stored file."""
         return self.root / relpath
 
-    def place(self, spooled: Path, relpath: str, *, replace: bool = False) -> None:
+    def place(
+        self, spooled: Path, relpath: str, *, replace: bool = False, fd: int | None = None
+    ) -> None:
         """Durably move a complete spooled file to ``relpath`` (the steps and why: above).
 
         Returns once the file's bytes and its name are durable. Unless ``replace``, an
         existing file is never overwritten (``FileExistsError``): another receiver may
-        be storing the same UID. Raises :class:`DiskFull` (nothing left at ``relpath``)
-        or OSError (a failed flush included: then nothing may be acknowledged).
+        be storing the same UID. ``fd``: an open descriptor of ``spooled`` that step 1
+        flushes through (ingest holds one from reading the header: no second open);
+        None (recovery, a takeover, a file kept aside): ``spooled`` is opened for it.
+        Raises :class:`DiskFull` (nothing left at ``relpath``) or OSError (a failed
+        flush included: then nothing may be acknowledged).
         """
         final = self.root / relpath
         try:
-            fsync_file(spooled)
+            fsync_file(spooled, fd)
             try:
                 self._move(spooled, final, replace)
             except FileNotFoundError:
