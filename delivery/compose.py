@@ -10,8 +10,9 @@ Shares (:mod:`portal.share`): ``forward_link_email`` carries the clinician grant
 time in its params. ``reminder_email`` (:mod:`delivery.reminders`) carries the grant's
 link again, unless it was used, stopped or expired since it was queued (superseded).
 ``report_update_email`` (:mod:`delivery.report_updates`) carries the patient's link
-only while it is live (:func:`delivery.reminders.link_live`: not stopped, locked or
-expired, its package kept, its request ``notified`` or ``downloaded``).
+only while it is live (:func:`release.links.link_live`: not stopped, locked or
+expired, its package kept, its request not closed) and its request ``notified`` or
+``downloaded``.
 ``release_expected_email`` (:mod:`release.embargo`, when staff asked at request time)
 tells the patient when to expect the link of a request its release policy holds.
 """
@@ -29,7 +30,8 @@ from sqlalchemy.orm import Session
 from delivery import messages
 from delivery.channel import OutgoingMessage
 from delivery.grants import GrantKeys
-from delivery.reminders import link_live, still_due
+from delivery.reminders import still_due
+from release.links import link_live, request_state
 from store.models import Grant, Notification, RequestState, utcnow
 
 #: A corrected report is news whether or not the patient downloaded already.
@@ -153,7 +155,8 @@ class Composer:
                 composed_at=row.composed_at,
             )
         if row.kind == "report_update_email":
-            if not link_live(s, grant, self._clock(), REPORT_UPDATE_STATES):
+            now = self._clock()
+            if not link_live(s, grant, now) or request_state(s, grant) not in REPORT_UPDATE_STATES:
                 raise ComposeError(
                     "the link was stopped, locked or expired (or its package deleted, its "
                     "request closed) since the report update was queued",

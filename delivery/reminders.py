@@ -12,7 +12,8 @@ Who is reminded (:func:`due` reads the candidates, :func:`remind` claims each):
 - a patient's link: its request still ``notified`` (nothing downloaded yet), the link
   neither revoked nor locked, its package not deleted;
 - a clinician's share: the same, its request ``notified`` or ``downloaded`` (the
-  patient's download says nothing of the clinician's), the patient's link not revoked;
+  patient's download says nothing of the clinician's), the patient's link neither
+  revoked nor locked (:mod:`release.links`: a share of a locked link is not live);
 - only a link that lived longer than the reminder window: a link made 2 days before it
   expires is not "reminded" the moment it is sent.
 
@@ -35,12 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Integer, Interval, cast, func, literal, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Integer, Interval, cast, func, literal, or_, select, update
+from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from delivery.outbox import Outbox
 from delivery.settings import DeliverySettings
+from release.links import link_live, request_state
 from store.catalog import guarded
 from store.models import Grant, Package, ReleaseRequest, RequestEvent, RequestState, utcnow
 
@@ -96,12 +98,29 @@ def due(s: Session, settings: DeliverySettings, now: datetime) -> list[Candidate
                 _lived_longer_than(s, ahead),  # in SQL: skipped rows never fill the batch
                 Package.deleted_at.is_(None),
                 ReleaseRequest.state.in_(list(states)),
+                ~_parent_stopped(),
             )
             .order_by(Grant.expires_at, Grant.id)
             .limit(BATCH)
         )
         out.extend(Candidate(gid, rid, purpose, c, e) for gid, rid, c, e in rows)
     return out
+
+
+_PARENT = aliased(Grant)
+
+
+def _parent_stopped() -> ColumnElement[bool]:
+    """The grant is a share whose patient's link is revoked or locked (not live:
+    :mod:`release.links`)."""
+    return (
+        select(_PARENT.id)
+        .where(
+            _PARENT.id == Grant.parent_grant_id,
+            or_(_PARENT.revoked_at.is_not(None), _PARENT.locked_at.is_not(None)),
+        )
+        .exists()
+    )
 
 
 def _lived_longer_than(s: Session, ahead: timedelta) -> ColumnElement[bool]:
@@ -128,6 +147,7 @@ def remind(s: Session, outbox: Outbox, candidate: Candidate, now: datetime) -> b
             Grant.revoked_at.is_(None),
             Grant.locked_at.is_(None),
             Grant.downloads == 0,
+            ~_parent_stopped(),  # not claimed: a share is reminded once its parent unlocks
         )
         .values(reminded_at=now)
         .execution_options(synchronize_session=False)
@@ -138,8 +158,9 @@ def remind(s: Session, outbox: Outbox, candidate: Candidate, now: datetime) -> b
     assert grant is not None
     if grant.parent_grant_id is not None:
         parent = s.get(Grant, grant.parent_grant_id)
-        if parent is None or parent.revoked_at is not None:
-            return False  # claimed (never again), nothing to remind: the patient stopped it
+        if parent is None or parent.revoked_at is not None or parent.locked_at is not None:
+            # Stopped or locked after the claim's check (a race): claimed, nothing sent.
+            return False
     outbox.enqueue(
         s,
         kind=KIND,
@@ -167,39 +188,16 @@ def remind(s: Session, outbox: Outbox, candidate: Candidate, now: datetime) -> b
     return True
 
 
-def link_live(s: Session, grant: Grant, now: datetime, states: tuple[RequestState, ...]) -> bool:
-    """Whether ``grant``'s link still works at ``now`` for a message about it: not
-    revoked, locked or expired, its package not deleted, its request in one of
-    ``states``, and a share's parent link neither revoked nor locked. The twin of
-    :func:`portal.grantsession.is_live` (the portal's judgement when the link is
-    opened), for messages composed later than they were queued."""
-    if grant.revoked_at is not None or grant.locked_at is not None:
-        return False
-    if now >= grant.expires_at or grant.package_id is None:
-        return False
-    package = s.get(Package, grant.package_id)
-    if package is None or package.deleted_at is not None:
-        return False
-    state = s.scalar(select(ReleaseRequest.state).where(ReleaseRequest.id == grant.request_id))
-    if state not in states:
-        return False
-    if grant.parent_grant_id is not None:
-        parent = s.get(Grant, grant.parent_grant_id)
-        if parent is None or parent.revoked_at is not None or parent.locked_at is not None:
-            return False
-    return True
-
-
 def still_due(s: Session, grant: Grant, queued_expiry: datetime | None, now: datetime) -> bool:
     """Whether the reminder queued for ``grant`` (when it expired at ``queued_expiry``)
-    should still be sent at ``now``: nothing downloaded, not extended since, and the
-    link still live (:func:`link_live`) with its request in a reminded state."""
+    should still be sent at ``now``: nothing downloaded, not extended since, the link
+    still live (:func:`release.links.link_live`) and its request in a reminded state."""
     if grant.downloads > 0:
         return False
     if queued_expiry is not None and grant.expires_at > queued_expiry:
         return False  # extended since: no longer about to expire
     states = _SHARE_STATES if grant.purpose == "forward" else _PATIENT_STATES
-    return link_live(s, grant, now, states)
+    return link_live(s, grant, now) and request_state(s, grant) in states
 
 
 def send_reminders(
@@ -228,7 +226,6 @@ __all__ = [
     "KIND",
     "Candidate",
     "due",
-    "link_live",
     "remind",
     "send_reminders",
     "still_due",

@@ -49,7 +49,6 @@ from portal.grantsession import (
     checked_post,
     event_row,
     grant_by_token,
-    is_live,
     limited,
     live_grant,
     lock_grant,
@@ -60,6 +59,7 @@ from portal.grantsession import (
     portal,
     record,
 )
+from release.links import link_live
 from store.audit import Outcome
 from store.audit import record as audit_event
 from store.db import writing
@@ -153,7 +153,7 @@ def _send(ctx: PortalContext, token: str | None) -> str:
             return "dead"
         with writing(s):  # every way out but the commit rolls back
             grant = lock_grant(s, found.id)
-            if not is_live(s, grant, now):
+            if not link_live(s, grant, now):
                 return "dead"
             if grant.second_channel.startswith("shown:"):
                 return "shown"

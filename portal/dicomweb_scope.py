@@ -3,8 +3,9 @@
 - **Who**: ``Authorization: Bearer <token>`` only (cookies are never read here, so a
   page on another origin cannot ride a patient's session). No token: 401; a malformed,
   forged or expired one: 401 (``WWW-Authenticate: Bearer error="invalid_token"``); a
-  genuine token whose grant is no longer live (revoked, its share stopped, locked,
-  expired, the request cancelled, the package deleted): 403. Refusals count per client
+  genuine token whose grant is no longer live (:mod:`release.links`: revoked, its share
+  stopped, locked or made from a locked link, expired, the request closed, the package
+  deleted): 403. Refusals count per client
   address against ``portal.rate_limit_per_min`` (429 beyond: token guessing is slow);
   genuine tokens' calls count per grant (all its tokens together) against
   ``portal.dicomweb_requests_per_min``.
@@ -33,9 +34,10 @@ from sqlalchemy.orm import Session
 
 from portal.context import PortalContext
 from portal.dicomweb_token import check
-from portal.grantsession import actor, audit, client_address, is_live
+from portal.grantsession import actor, audit, client_address
 from portal.studyzip import request_studies
 from portal.viewer_data import viewer_folder
+from release.links import link_live
 from store.audit import record as audit_event
 from store.db import writing
 from store.models import Grant, Instance, Package, ReleaseRequest, RequestEvent, Series, Study
@@ -90,7 +92,7 @@ def _bearer(request: Request) -> str | None:
 def _scope(ctx: PortalContext, grant_id: int, name: str, now: datetime) -> Scope | None:
     with ctx.sessions() as s:
         grant = s.get(Grant, grant_id)
-        if grant is None or not is_live(s, grant, now):
+        if grant is None or not link_live(s, grant, now):
             return None
         reference = s.scalar(
             select(ReleaseRequest.reference).where(ReleaseRequest.id == grant.request_id)

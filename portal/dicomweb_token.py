@@ -10,9 +10,10 @@ a DICOMweb viewer (OHIF, Weasis, a PACS workstation) at ``portal.public_url +
 so the node checks it with its secret alone, and a token for one grant cannot be turned
 into one for another, or made to live longer. It is valid for
 ``portal.dicomweb_token_h`` hours, never past its grant's own expiry, and only while the
-grant is live (:func:`portal.grantsession.is_live`): revoking the grant (staff) or the
-share (the patient), a lock, the request's cancellation or the package's deletion end
-it at once. Nothing else names it: the audit trail and the logs carry its
+grant is live (:func:`release.links.link_live`): revoking the grant (staff) or the
+share (the patient), a lock (of the grant, or of the patient's link a share was made
+from), the request's cancellation or the package's deletion end it at once. Nothing
+else names it: the audit trail and the logs carry its
 :func:`short` name (8 hex digits of its SHA-256), never the token.
 """
 

@@ -3,9 +3,10 @@ the audit trail, and the pages every route may answer with.
 
 - The link cookie ``__Host-link`` holds the emailed token for an hour (it left the
   address bar at ``/d/``); the database is searched by its SHA-256 only.
-- A grant is *live* while it is not revoked, expired or locked, its package files
-  exist, its request is not cancelled or expired, and (for a forwarded grant) the
-  patient's grant it came from is not revoked. Anything else gets the one neutral page.
+- A grant is *live* by the one rule of :mod:`release.links` (not revoked, expired or
+  locked, its package files kept, its request not in a final state, and for a
+  forwarded grant the patient's grant it came from neither revoked nor locked), which
+  delivery's messages about a link follow too. Anything else gets the one neutral page.
 - A session (``__Host-session``) is a random token whose SHA-256 is a
   :class:`~store.models.PortalSession` row; it ends after ``portal.session_idle_min``
   minutes without a request, ``portal.patient_session_max_h`` hours after it was opened
@@ -34,19 +35,18 @@ from portal.context import PortalContext
 from portal.forms import csrf_ok, read_form
 from portal.pages import render
 from portal.site import context_of
+from release.links import judge, link_live
 from store.models import (
     Grant,
     Package,
     PortalSession,
     ReleaseRequest,
     RequestEvent,
-    RequestState,
 )
 
 LINK_COOKIE = "__Host-link"
 SESSION_COOKIE = "__Host-session"
 LINK_MAX_AGE_S = 3600
-_DEAD_REQUEST = (RequestState.CANCELLED, RequestState.EXPIRED)
 # last_seen_at is written at most this often (a download page makes many requests).
 _TOUCH_EVERY = timedelta(seconds=30)
 
@@ -123,25 +123,6 @@ def grant_by_token(s: Session, token: str | None) -> Grant | None:
     return s.scalars(select(Grant).where(Grant.token_hash == digest(token))).first()
 
 
-def is_live(s: Session, grant: Grant | None, now: datetime) -> bool:
-    """See the module docstring."""
-    if grant is None or grant.revoked_at is not None or grant.locked_at is not None:
-        return False
-    if now >= grant.expires_at or grant.package_id is None:
-        return False
-    package = s.get(Package, grant.package_id)
-    if package is None or package.deleted_at is not None:
-        return False
-    state = s.scalar(select(ReleaseRequest.state).where(ReleaseRequest.id == grant.request_id))
-    if state in _DEAD_REQUEST:
-        return False
-    if grant.parent_grant_id is not None:
-        parent = s.get(Grant, grant.parent_grant_id)
-        if parent is None or parent.revoked_at is not None:
-            return False
-    return True
-
-
 @dataclass(frozen=True)
 class LiveGrant:
     """A live grant as one query reads it, with what the code pages need besides."""
@@ -154,31 +135,27 @@ class LiveGrant:
 
 _PARENT = aliased(Grant)
 # Built once (a code check is hot): the grant of a token hash, its request's state and
-# reference, and the grant it was forwarded from; a grant without a package, or whose
-# package is deleted, is not live and has no row.
+# reference, the grant it was forwarded from and its package (a grant without one has
+# no row); release.links.judge decides on them.
 _LIVE = (
-    select(Grant, ReleaseRequest.state, ReleaseRequest.reference, _PARENT)
+    select(Grant, ReleaseRequest.state, ReleaseRequest.reference, _PARENT, Package)
     .join(ReleaseRequest, ReleaseRequest.id == Grant.request_id)
     .join(Package, Package.id == Grant.package_id)
     .outerjoin(_PARENT, _PARENT.id == Grant.parent_grant_id)
-    .where(Grant.token_hash == bindparam("token_hash"), Package.deleted_at.is_(None))
+    .where(Grant.token_hash == bindparam("token_hash"))
 )
 
 
 def live_grant(s: Session, token: str | None, now: datetime) -> LiveGrant | None:
     """The live grant of link ``token`` (one query, no lock), or None: the same
-    judgement as :func:`is_live`, whose reads it joins."""
+    judgement as :func:`release.links.link_live`, whose reads it joins."""
     if not token:
         return None
     row = s.execute(_LIVE, {"token_hash": digest(token)}).first()
     if row is None:
         return None
-    grant, state, reference, up = row
-    if grant.revoked_at is not None or grant.locked_at is not None or now >= grant.expires_at:
-        return None
-    if state in _DEAD_REQUEST:
-        return None
-    if grant.parent_grant_id is not None and (up is None or up.revoked_at is not None):
+    grant, state, reference, up, package = row
+    if not judge(grant, state=state, package=package, parent=up, now=now):
         return None
     return LiveGrant(grant, state, reference, up)
 
@@ -268,7 +245,7 @@ def session_and_grant(s: Session, request: Request, ctx: PortalContext) -> tuple
     if now - row.created_at >= timedelta(hours=ctx.portal.patient_session_max_h):
         return None
     grant = s.get(Grant, row.grant_id)
-    if grant is None or not is_live(s, grant, now):
+    if grant is None or not link_live(s, grant, now):
         return None
     session_id = row.id
     if now - row.last_seen_at >= _TOUCH_EVERY:
