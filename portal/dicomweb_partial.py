@@ -159,21 +159,26 @@ def tell_staff(ctx: PortalContext, scope: Scope, study_uid: str, missing: int, t
         "the viewer was told so"
     )
     now = ctx.clock()
+    told = (
+        select(StudyEvent.id)
+        .where(
+            StudyEvent.study_id == study_id,
+            StudyEvent.reason == reason,
+            StudyEvent.at >= now - _TOLD_WITHIN,
+        )
+        .limit(1)
+    )
     try:
+        with ctx.sessions() as s:
+            if s.scalar(told) is not None:
+                return  # told already: a viewer's retries take no write lock
         with ctx.sessions() as s, writing(s):
             # The study's row held (PostgreSQL) or the write lock taken (SQLite): two
             # viewers asking at once write one event.
             study = s.scalar(select(Study).where(Study.id == study_id).with_for_update())
             if study is None:
                 return
-            told = s.scalar(
-                select(StudyEvent.id).where(
-                    StudyEvent.study_id == study_id,
-                    StudyEvent.reason == reason,
-                    StudyEvent.at >= now - _TOLD_WITHIN,
-                )
-            )
-            if told is None:
+            if s.scalar(told) is None:
                 s.add(
                     StudyEvent(
                         study_id=study_id,
