@@ -304,15 +304,14 @@ def _store_all(
                 report.unsendable.add(uid)
                 continue
             status = sender.store(item.path, item.sop_class_uid, uid, context_id)
-            if not status or "Status" not in status:
-                report.statuses[uid] = None
+            report.statuses[uid] = status
+            if status is None:
                 raise PeerAborted(
                     f"{_where(dest)} aborted the association or did not answer a C-STORE "
                     "within the DIMSE timeout; what it acknowledged is kept, the rest is "
                     "sent again",
                     report,
                 )
-            report.statuses[uid] = int(status.Status)
 
 
 def _commit(

@@ -1,6 +1,6 @@
-"""C-STORE requests written straight to an established association's socket: the
-sending side of hospital-to-hospital delivery, and every use of pynetdicom's private
-API in Courier's SCU.
+"""C-STORE requests written straight to an established association's socket, and their
+responses read straight from it: the sending side of hospital-to-hospital delivery, and
+every use of pynetdicom's private API in Courier's SCU.
 
 Why: pynetdicom's ``send_c_store`` hands each P-DATA PDU to its DUL thread through a
 queue, an event queue and the state machine, one PDU per turn of a reactor that sleeps
@@ -8,20 +8,38 @@ queue, an event queue and the state machine, one PDU per turn of a reactor that 
 reactor around every message (polling until it has paused). A 0.5 MB CT slice to a
 receiver with dcmtk's 16 KB maximum PDU is 33 PDUs: pynetdicom sent 230 such slices a
 second into dcmtk's ``storescp`` where dcmtk's ``storescu`` sends 700 (``bench/send.py``).
+Each response then came back the same way: the DUL thread polled the socket (every
+0.1 ms), decoded the PDU and the command set into pydicom Datasets, and handed the
+message over a queue to the sending thread; with 10 KB instances that was half the
+sender's CPU time per instance, and a thread hand-over on every one.
 
 :class:`FastStore`, for a run of C-STOREs on one association:
 
 - pauses the association's reactor once for the run (as ``send_c_store`` does for each
   message, so that the reactor does not take the responses off the DIMSE queue), and
   makes sure it is held (:meth:`FastStore._wait_paused`: pynetdicom's own check races);
+- keeps the DUL thread off the socket while the run lasts (its transport check answers
+  "nothing arrived"; it still serves its queues, so an abort goes out as usual), once it
+  has gone round its loop with that check in place;
 - encodes each command set from bytes (six fixed elements, Implicit VR Little Endian);
 - sends the file's dataset bytes as stored (everything after the File Meta Information,
-  found from its group length without pydicom), cut into P-DATA-TF PDUs of the peer's
-  maximum length, several PDUs per ``sendall``, from the calling thread;
-- waits for the response on pynetdicom's DIMSE queue (the DUL thread still reads the
-  socket and decodes what arrives; while the run lasts it sleeps 0.1 ms instead of 1 ms
-  when idle, so a response is picked up sooner) and checks it as ``send_c_store`` does:
-  no answer within the DIMSE timeout aborts the association and gives an empty status.
+  found from its group length without pydicom; the file opened once), cut into
+  P-DATA-TF PDUs of the peer's maximum length, several PDUs per ``sendall``, from the
+  calling thread;
+- reads the response from the socket in the calling thread, waiting at most the DIMSE
+  timeout: a C-STORE-RSP in one PDV (what every peer we know sends) is read from bytes
+  (:func:`store_response`); anything else in a P-DATA-TF (a response in fragments, an
+  N-EVENT-REPORT, a malformed command) goes to pynetdicom's DIMSE provider as its DUL
+  thread would have passed it, the DUL thread reads the socket again from then on, and
+  the response is awaited on pynetdicom's DIMSE queue and checked as ``send_c_store``
+  does, for the rest of the run;
+- aborts the association (an empty status) when no answer comes within the DIMSE
+  timeout, the peer closes the connection or sends any other PDU (an A-ABORT, an
+  A-RELEASE-RQ), or the answer is for another message.
+
+The network (idle) timer is restarted when the run ends: the DUL saw none of the run's
+traffic. pynetdicom's ``EVT_PDU_RECV`` and ``EVT_DIMSE_RECV`` do not fire for responses
+read here (Courier binds neither).
 
 Only the calling thread writes to the socket while the run lasts (the paused reactor
 answers nothing, and we queue nothing for the DUL). A TLS socket is never written from
@@ -31,17 +49,19 @@ two threads (OpenSSL does not allow it): over TLS each instance goes through
 ``tests/scp/test_storesend.py::test_pynetdicom_internals_are_what_the_fast_send_expects``
 fails loudly when a pynetdicom upgrade changes what this relies on
 (``Association._reactor_checkpoint``, ``_is_paused``, ``_handle_no_response``,
-``_check_received_status``, ``dul.socket.socket``, ``dul._run_loop_delay``,
-``dimse.get_msg``).
+``_check_received_status``, ``dul.socket.socket``, ``dul._is_transport_event``,
+``dul._idle_timer``, ``dimse.get_msg``, ``dimse.receive_primitive``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import ssl
 import struct
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -51,28 +71,36 @@ from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
+from pynetdicom.pdu import P_DATA_TF
 
 log = logging.getLogger("courier.scp.storesend")
 
 C_STORE_RQ = 0x0001  # Command Field: C-STORE-RQ
+C_STORE_RSP = 0x8001  # Command Field: C-STORE-RSP
 DATASET_PRESENT = 0x0001  # Command Data Set Type: anything but 0x0101
+NO_DATASET = 0x0101  # Command Data Set Type: no data set follows
 PRIORITY_LOW = 0x0002  # Priority: LOW (pynetdicom's default, kept)
 # Fragment size when the peer sets no maximum PDU length (0: unlimited).
 UNLIMITED_FRAGMENT = 1 << 20
-# Bytes gathered before one sendall (several PDUs at a time).
+# Bytes gathered before one sendall (several PDUs at a time); also what one read of
+# the file asks for.
 SEND_BUFFER = 256 * 1024
-# How long to wait for the association's reactor to pause (it checks every 1 ms).
+# How long to wait for the association's reactor to pause (it checks every 1 ms), and
+# for the DUL thread to go round its loop (it sleeps 1 ms when idle).
 PAUSE_TIMEOUT_S = 5.0
 # How long the reactor must read as paused before the run starts (see _wait_paused).
 PAUSE_SETTLE_S = 0.003
-# The DUL thread's sleep when it found nothing to do, while a run lasts (pynetdicom's is
-# 1 ms: each response would wait up to that long to be read).
-DUL_IDLE_S = 0.0001
+# The largest PDU read while awaiting a response (a C-STORE-RSP is under 1 KB; a
+# longer one is not a response to anything we sent).
+MAX_RESPONSE_PDU = 1 << 24
 
 _P_DATA_TF = 0x04
 _COMMAND_LAST = 0x03  # message control header: command, last fragment
 _DATA = 0x00  # dataset, more fragments follow
 _DATA_LAST = 0x02  # dataset, last fragment
+# What the fields of a C-STORE-RSP come in (Implicit VR Little Endian, group 0000).
+_RSP_FIELDS = (0x0100, 0x0120, 0x0800, 0x0900)  # Command Field, Message ID Being
+# Responded To, Command Data Set Type, Status: each a US (2 bytes)
 
 
 def _element(group_element: tuple[int, int], value: bytes) -> bytes:
@@ -105,33 +133,73 @@ def pdu_header(context_id: int, control: int, length: int) -> bytes:
     return struct.pack(">BBIIBB", _P_DATA_TF, 0, pdv + 4, pdv, context_id, control)
 
 
+def store_response(body: bytes) -> tuple[int, int] | None:
+    """(Message ID Being Responded To, Status) of a P-DATA-TF PDU's ``body`` (after its
+    6-byte header) holding one PDV: a whole C-STORE-RSP command set with no data set
+    (PS3.7 9.3.1.2). None for anything else (several PDVs, a fragment, another command,
+    an element that does not parse, a field missing or not 2 bytes long): pynetdicom
+    decodes those."""
+    if len(body) < 6:
+        return None
+    (pdv_length,) = struct.unpack_from(">I", body)
+    if pdv_length + 4 != len(body) or body[5] != _COMMAND_LAST:
+        return None
+    fields: dict[int, int] = {}
+    pos, end = 6, len(body)
+    while pos < end:
+        if end - pos < 8:
+            return None
+        group, element, length = struct.unpack_from("<HHI", body, pos)
+        pos += 8
+        if group != 0x0000 or length > end - pos:
+            return None
+        if element in _RSP_FIELDS:
+            if length != 2 or element in fields:
+                return None
+            (fields[element],) = struct.unpack_from("<H", body, pos)
+        pos += length
+    if len(fields) != len(_RSP_FIELDS):
+        return None
+    if fields[0x0100] != C_STORE_RSP or fields[0x0800] != NO_DATASET:
+        return None
+    return fields[0x0120], fields[0x0900]
+
+
+def _offset_in(head: bytes) -> int | None:
+    """Where the dataset starts, from the first bytes of a file: after the preamble
+    and the File Meta Information whose group length (0002,0000) comes first; None
+    when the file does not start so."""
+    if (
+        len(head) >= 144
+        and head[128:132] == b"DICM"
+        and head[132:138] == b"\x02\x00\x00\x00UL"
+        and head[138:140] == b"\x04\x00"
+    ):
+        (group_length,) = struct.unpack_from("<I", head, 140)
+        return 144 + int(group_length)
+    return None
+
+
 def dataset_offset(path: Path) -> int:
     """Where the dataset starts in a DICOM file (after preamble and File Meta).
 
     Read from the File Meta Information Group Length (0002,0000), which every file
     Courier stores has; anything else is left to pydicom's ``split_dataset``."""
     with path.open("rb") as f:
-        head = f.read(144)
-    if (
-        len(head) == 144
-        and head[128:132] == b"DICM"
-        and head[132:138] == b"\x02\x00\x00\x00UL"
-        and head[138:140] == b"\x04\x00"
-    ):
-        (group_length,) = struct.unpack("<I", head[140:144])
-        return 144 + int(group_length)
-    return int(split_dataset(path)[1])
+        offset = _offset_in(f.read(144))
+    return offset if offset is not None else int(split_dataset(path)[1])
 
 
 class _PeerGone(Exception):
-    """Writing to the socket failed: the peer closed or reset the connection."""
+    """Writing to or reading from the socket failed: the peer closed or reset the
+    connection."""
 
 
 class FastStore:
     """C-STOREs of files on one established association (see the module docstring).
 
     Use as a context manager around the run; :meth:`store` sends one file and returns
-    the status Dataset (empty: no valid answer, the association is aborted).
+    the peer's status (None: no valid answer, the association is aborted).
     """
 
     def __init__(self, assoc: Association) -> None:
@@ -141,7 +209,8 @@ class FastStore:
         self._sock: socket.socket | None = None if isinstance(sock, ssl.SSLSocket) else sock
         max_pdu = int(assoc.acceptor.maximum_length or 0)
         self._fragment = max_pdu - 6 if max_pdu > 6 else UNLIMITED_FRAGMENT
-        self._idle_s: float | None = None
+        self._poll: Any = None  # select.poll on the socket while we read it
+        self._timeout_s: float | None = None
 
     def __enter__(self) -> Self:
         assoc: Any = self._assoc
@@ -154,8 +223,7 @@ class FastStore:
                 assoc._reactor_checkpoint.set()
                 self._sock = None
                 return self
-            self._idle_s = assoc.dul._run_loop_delay
-            assoc.dul._run_loop_delay = DUL_IDLE_S
+            self._hold_dul()
         return self
 
     @staticmethod
@@ -182,6 +250,38 @@ class FastStore:
             time.sleep(0.0001)
         return False
 
+    def _hold_dul(self) -> None:
+        """Keep the DUL thread off the socket: its transport check answers "nothing
+        arrived" until :meth:`_release_dul`. We read responses ourselves only once it
+        has run that check (so it is not in the middle of reading a PDU); when it does
+        not within :data:`PAUSE_TIMEOUT_S`, the responses come through it as before."""
+        dul: Any = self._assoc.dul
+        went_round = threading.Event()
+
+        def nothing_arrived() -> bool:
+            went_round.set()
+            return False
+
+        dul._is_transport_event = nothing_arrived
+        if went_round.wait(PAUSE_TIMEOUT_S) and self._assoc.is_established:
+            poll = select.poll()
+            assert self._sock is not None
+            poll.register(self._sock, select.POLLIN)
+            self._poll = poll
+            self._timeout_s = self._assoc.dimse_timeout
+            return
+        log.warning("association DUL thread did not go round; reading responses through it")
+        self._release_dul()
+
+    def _release_dul(self) -> None:
+        """The DUL thread reads the socket again (from a PDU boundary: we read whole
+        PDUs), with the network timer restarted."""
+        dul: Any = self._assoc.dul
+        if "_is_transport_event" in vars(dul):
+            del dul._is_transport_event
+            dul._idle_timer.restart()
+        self._poll = None
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -189,42 +289,128 @@ class FastStore:
         tb: TracebackType | None,
     ) -> None:
         if self._sock is not None:
+            self._release_dul()
             assoc: Any = self._assoc
-            if self._idle_s is not None:
-                assoc.dul._run_loop_delay = self._idle_s
             assoc._reactor_checkpoint.set()
 
-    def store(self, path: Path, sop_class: str, sop_instance: str, context_id: int) -> Dataset:
+    def _abort(self) -> None:
+        self._release_dul()  # the DUL sends the A-ABORT and closes the connection
+        self._assoc.abort()
+
+    def store(self, path: Path, sop_class: str, sop_instance: str, context_id: int) -> int | None:
         """C-STORE the dataset of the file at ``path`` on presentation context
-        ``context_id`` (whose transfer syntax must be the file's); the peer's status."""
+        ``context_id`` (whose transfer syntax must be the file's); the peer's status,
+        None when it gave no valid answer (the association is then aborted).
+
+        Raises ``OSError`` when the file cannot be read (the association is aborted:
+        part of the message may have gone out)."""
         assoc: Any = self._assoc
         if not assoc.is_established:
-            return Dataset()  # the peer aborted (or released) before this one
+            return None  # the peer aborted (or released) before this one
         if self._sock is None:
-            status: Dataset = assoc.send_c_store(path)
-            return status
+            return _status_code(assoc.send_c_store(path))
         self._message_id = self._message_id % 0xFFFF + 1
         message_id = self._message_id
         try:
             self._send(path, sop_class, sop_instance, context_id, message_id)
         except _PeerGone:
-            # The peer went away mid-message; the DUL sees the closed connection too.
-            assoc.abort()
-            return Dataset()
+            # The peer went away mid-message.
+            self._abort()
+            return None
         except BaseException:
             # The file could not be read: half a message went out, so the association
             # cannot carry another; the error is the caller's, as with send_c_store.
-            assoc.abort()
+            self._abort()
             raise
+        if self._poll is not None:
+            return self._read_response(message_id)
+        return self._dimse_response(message_id)
+
+    def _dimse_response(self, message_id: int) -> int | None:
+        """The response as pynetdicom's DUL thread decoded it, checked as
+        ``send_c_store`` checks it."""
+        assoc: Any = self._assoc
         _cx, rsp = assoc.dimse.get_msg(block=True)
         if rsp is None:
             assoc._handle_no_response()  # the DIMSE timeout, or the peer aborted
-            return Dataset()
+            return None
         if not isinstance(rsp, C_STORE) or rsp.MessageIDBeingRespondedTo != message_id:
             assoc.abort()  # not the answer to this request
-            return Dataset()
-        checked: Dataset = assoc._check_received_status(rsp)
-        return checked
+            return None
+        return _status_code(assoc._check_received_status(rsp))
+
+    def _read_response(self, message_id: int) -> int | None:
+        """The response read from the socket here (see the module docstring)."""
+        deadline = None if self._timeout_s is None else time.monotonic() + self._timeout_s
+        try:
+            head = self._recv(6, deadline)
+            pdu_type, _, length = struct.unpack(">BBI", head)
+            if pdu_type != _P_DATA_TF or length > MAX_RESPONSE_PDU:
+                log.error(
+                    "the peer sent PDU type 0x%02X (%d bytes) while a C-STORE awaited "
+                    "its response; aborting the association",
+                    pdu_type,
+                    length,
+                )
+                self._abort()
+                return None
+            body = self._recv(length, deadline)
+        except TimeoutError:
+            log.error("no C-STORE response within the DIMSE timeout; aborting the association")
+            self._abort()
+            return None
+        except _PeerGone:
+            log.error("the peer closed the connection while a C-STORE awaited its response")
+            self._abort()
+            return None
+        answer = store_response(body)
+        if answer is None:
+            return self._hand_over(head + body, message_id)
+        responded_to, status = answer
+        if responded_to != message_id:
+            log.error(
+                "C-STORE response to message %d while message %d awaited its own; "
+                "aborting the association",
+                responded_to,
+                message_id,
+            )
+            self._abort()  # not the answer to this request
+            return None
+        return status
+
+    def _hand_over(self, pdu: bytes, message_id: int) -> int | None:
+        """Give a P-DATA-TF PDU we did not read as a C-STORE-RSP to pynetdicom's DIMSE
+        provider (as its DUL thread would have), let the DUL thread read the socket
+        again, and take the response from pynetdicom for the rest of the run."""
+        try:
+            decoded = P_DATA_TF()
+            decoded.decode(pdu)
+            self._assoc.dimse.receive_primitive(decoded.to_primitive())
+        except Exception:
+            log.exception("the peer's P-DATA-TF does not decode; aborting the association")
+            self._abort()
+            return None
+        self._release_dul()
+        return self._dimse_response(message_id)
+
+    def _recv(self, n: int, deadline: float | None) -> bytes:
+        """Exactly ``n`` bytes from the socket (so the DUL thread can take over at a
+        PDU boundary). Raises ``TimeoutError`` at ``deadline``, :class:`_PeerGone` when
+        the connection closes or fails first."""
+        assert self._sock is not None and self._poll is not None
+        got = bytearray()
+        while len(got) < n:
+            wait_ms = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+            if not self._poll.poll(wait_ms):
+                raise TimeoutError()
+            try:
+                chunk = self._sock.recv(n - len(got))
+            except OSError as exc:
+                raise _PeerGone() from exc
+            if not chunk:
+                raise _PeerGone()
+            got += chunk
+        return bytes(got)
 
     def _send(
         self, path: Path, sop_class: str, sop_instance: str, context_id: int, message_id: int
@@ -233,19 +419,33 @@ class FastStore:
         command = command_set(message_id, sop_class, sop_instance)
         buf = bytearray(pdu_header(context_id, _COMMAND_LAST, len(command)))
         buf += command
-        offset = dataset_offset(path)
         fragment = self._fragment
-        with path.open("rb", buffering=0) as f:
-            left = os.fstat(f.fileno()).st_size - offset
-            f.seek(offset)
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            # One read holds a small file whole, and the meta of any file.
+            data = f.read(min(size, SEND_BUFFER)) if size else b""
+            offset = _offset_in(data)
+            if offset is None:
+                offset = int(split_dataset(path)[1])
+            if offset > len(data):
+                f.seek(offset)
+                data = b""
+            else:
+                data = data[offset:]
+            left = size - offset
+            pos = 0  # in data
             while True:
-                data = f.read(min(fragment, left)) if left > 0 else b""
-                left -= len(data)
-                if left > 0 and len(data) == 0:
-                    raise OSError(f"{path.name} ended before its size said")
+                n = min(fragment, left) if left > 0 else 0
+                if len(data) - pos < n:
+                    data = data[pos:] + f.read(max(SEND_BUFFER, n))
+                    pos = 0
+                    if len(data) < n:
+                        raise OSError(f"{path.name} ended before its size said")
+                left -= n
                 last = left <= 0
-                buf += pdu_header(context_id, _DATA_LAST if last else _DATA, len(data))
-                buf += data
+                buf += pdu_header(context_id, _DATA_LAST if last else _DATA, n)
+                buf += memoryview(data)[pos : pos + n]
+                pos += n
                 if last or len(buf) >= SEND_BUFFER:
                     self._write(buf)
                     buf.clear()
@@ -258,3 +458,8 @@ class FastStore:
             self._sock.sendall(data)
         except OSError as exc:
             raise _PeerGone() from exc
+
+
+def _status_code(status: Dataset) -> int | None:
+    """The Status of a status Dataset pynetdicom returned (empty: no valid answer)."""
+    return int(status.Status) if "Status" in status else None

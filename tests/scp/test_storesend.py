@@ -11,23 +11,28 @@ from __future__ import annotations
 import inspect
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 from pydicom.filereader import read_dataset
-from pynetdicom import AE
+from pynetdicom import AE, evt, fsm
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_ECHO_RSP, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket
 
 from scp import storesend
-from scp.storescu import PeerAborted, ScuSettings, acknowledged, send_instances
+from scp.storescu import AeFactory, PeerAborted, ScuSettings, acknowledged, send_instances
 from tests import synthetic
 from tests.peers import DcmtkStorescp, PynetdicomScp, have_dcmtk, require_peer
 
@@ -72,8 +77,16 @@ def test_pynetdicom_internals_are_what_the_fast_send_expects() -> None:
     assert callable(assoc._check_received_status)
     assert "self.socket = " in inspect.getsource(AssociationSocket.__init__)
     assert "block" in inspect.signature(DIMSEServiceProvider.get_msg).parameters
-    assert isinstance(assoc.dul._run_loop_delay, float)
-    assert "time.sleep(self._run_loop_delay)" in inspect.getsource(type(assoc.dul).run_reactor)
+    # The DUL thread is kept off the socket through its transport check, and its network
+    # timer restarted after the run.
+    dul_loop = inspect.getsource(type(assoc.dul).run_reactor)
+    assert "elif self._is_transport_event():" in dul_loop
+    assert "self._idle_timer.restart()" in dul_loop
+    assert callable(assoc.dul._is_transport_event)
+    assert callable(assoc.dul._idle_timer.restart)
+    # What the DUL does with a P-DATA-TF, which a response we do not read is handed to.
+    assert "dimse.receive_primitive(" in inspect.getsource(fsm.DT_2)
+    assert "self.msg_queue.put(" in inspect.getsource(DIMSEServiceProvider.receive_primitive)
     # Its own send pauses the reactor the same way, and the reactor waits on the event.
     send = inspect.getsource(Association.send_c_store)
     assert "self._reactor_checkpoint.clear()" in send
@@ -148,6 +161,25 @@ def test_many_fragments_arrive_byte_identical(
     }
 
 
+def test_large_and_bare_files_arrive_byte_identical(
+    tmp_path: Path, small_pdu_storescp: DcmtkStorescp
+) -> None:
+    """Slices larger than one read of the file (storesend.SEND_BUFFER), and a file
+    without a meta group length (its dataset found by pydicom)."""
+    large = synthetic.make_ct_series(tmp_path / "large", n_slices=2, rows=512, cols=512)
+    assert all(p.stat().st_size > storesend.SEND_BUFFER for p in large)
+    (small,) = synthetic.make_ct_series(tmp_path / "small", n_slices=1, rows=16, cols=16)
+    raw = small.read_bytes()
+    bare = tmp_path / "bare.dcm"
+    bare.write_bytes(raw[:132] + raw[144:])  # drop (0002,0000)
+    items = items_of([*large, bare])
+    report = send_instances(Dest("HOSP2", "127.0.0.1", small_pdu_storescp.port), items)
+    assert report.statuses == {i.sop_instance_uid: 0 for i in items}
+    expected = {i.sop_instance_uid: synthetic.dataset_bytes(i.path) for i in items[:2]}
+    expected[items[2].sop_instance_uid] = synthetic.dataset_bytes(small)
+    assert _received(small_pdu_storescp) == expected
+
+
 def test_a_peer_that_stops_answering_is_an_abort_with_the_acknowledged_kept(
     ct: list[Path],
 ) -> None:
@@ -204,3 +236,173 @@ def test_a_reactor_that_does_not_pause_falls_back_to_pynetdicom(
     assert len(sent) == len(items)  # each one through pynetdicom's send_c_store
     assert len(report.statuses) == len(items)
     assert all(acknowledged(s) for s in report.statuses.values())
+
+
+def _pdus(message: DIMSEMessage, max_pdu: int = 16382) -> list[bytes]:
+    """The P-DATA-TF PDUs pynetdicom sends ``message`` in, encoded."""
+    out = []
+    for primitive in message.encode_msg(1, max_pdu):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        out.append(pdu.encode())
+    return out
+
+
+def _store_rsp(message_id: int, status: int, comment: str | None = None) -> C_STORE_RSP:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = message_id
+    rsp.AffectedSOPClassUID = CTImageStorage
+    rsp.AffectedSOPInstanceUID = "1.2.3.4.5"
+    rsp.Status = status
+    setattr(rsp, "ErrorComment", comment)  # noqa: B010 (typed as None in pynetdicom)
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    return message
+
+
+def _echo_rsp() -> C_ECHO_RSP:
+    rsp = C_ECHO()
+    rsp.MessageIDBeingRespondedTo = 3
+    rsp.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    rsp.Status = 0x0000
+    message = C_ECHO_RSP()
+    message.primitive_to_message(rsp)
+    return message
+
+
+def _command(pdu: bytes) -> bytes:
+    """The command set in a PDU holding one PDV."""
+    return pdu[12:]
+
+
+def _one_pdv(command: bytes) -> bytes:
+    return storesend.pdu_header(1, 0x03, len(command)) + command
+
+
+def _without(command: bytes, element: int) -> bytes:
+    """``command`` without element (0000,``element``)."""
+    out, pos = bytearray(), 0
+    while pos < len(command):
+        _group, elem, length = struct.unpack_from("<HHI", command, pos)
+        if elem != element:
+            out += command[pos : pos + 8 + length]
+        pos += 8 + length
+    return bytes(out)
+
+
+_OK = _pdus(_store_rsp(7, 0x0000))[0]
+
+
+@pytest.mark.parametrize(
+    ("pdu", "expected"),
+    [
+        (_OK, (7, 0x0000)),
+        (_pdus(_store_rsp(65535, 0xB000))[0], (65535, 0xB000)),
+        (_pdus(_store_rsp(2, 0xA700, "out of space"))[0], (2, 0xA700)),  # with a comment
+        (_pdus(_store_rsp(7, 0x0000), max_pdu=64)[0], None),  # the first of fragments
+        (_pdus(_echo_rsp())[0], None),  # another command
+        (_one_pdv(_without(_command(_OK), 0x0900)), None),  # no Status
+        (_one_pdv(_command(_OK)[:-3]), None),  # the last element cut short
+        (_OK + b"\0\0\0\0", None),  # bytes after the PDV
+    ],
+    ids=[
+        "success",
+        "warning",
+        "failure-with-comment",
+        "fragment",
+        "echo",
+        "no-status",
+        "cut-short",
+        "trailing",
+    ],
+)
+def test_store_response_reads_only_a_whole_c_store_rsp(
+    pdu: bytes, expected: tuple[int, int] | None
+) -> None:
+    assert storesend.store_response(pdu[6:]) == expected
+
+
+def test_two_pdvs_in_one_pdu_are_left_to_pynetdicom() -> None:
+    one = _pdus(_store_rsp(7, 0))[0]
+    body = one[6:] + one[6:]
+    assert storesend.store_response(body) is None
+
+
+class _TinyPduAE(AE):
+    """An AE that asks peers for PDUs of at most 64 bytes: their responses come in
+    fragments of 58 bytes."""
+
+    def associate(self, *args: Any, **kwargs: Any) -> Association:
+        kwargs["max_pdu"] = 64
+        return super().associate(*args, **kwargs)
+
+
+def test_a_response_in_fragments_is_read_through_pynetdicom(
+    ct: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = items_of(ct)
+    handed: list[int] = []
+    original = storesend.FastStore._hand_over
+
+    def counting(self: storesend.FastStore, pdu: bytes, message_id: int) -> int | None:
+        handed.append(message_id)
+        return original(self, pdu, message_id)
+
+    monkeypatch.setattr(storesend.FastStore, "_hand_over", counting)
+    factory: AeFactory = _TinyPduAE
+    with PynetdicomScp("HOSP2", storage=True) as peer:
+        report = send_instances(Dest("HOSP2", "127.0.0.1", peer.port), items, ae_factory=factory)
+        received = dict(peer.received)
+    assert handed == [1]  # the first response; pynetdicom reads the rest of the run
+    assert report.statuses == {i.sop_instance_uid: 0 for i in items}
+    assert received == {i.sop_instance_uid: synthetic.dataset_bytes(i.path) for i in items}
+
+
+def test_a_peer_that_aborts_mid_run_is_an_abort_with_the_acknowledged_kept(
+    ct: list[Path],
+) -> None:
+    items = items_of(ct)
+    seen: list[str] = []
+
+    def store(event: Any) -> int:
+        seen.append(str(event.request.AffectedSOPInstanceUID))
+        if len(seen) == 2:
+            event.assoc.abort()  # an A-ABORT instead of the second response
+        return 0x0000  # Success
+
+    peer = PynetdicomScp("HOSP2", contexts=[CTImageStorage], handlers=[(evt.EVT_C_STORE, store)])
+    settings = ScuSettings("COURIER", 5.0, 10.0, 10.0)
+    with peer, pytest.raises(PeerAborted) as caught:
+        send_instances(Dest("HOSP2", "127.0.0.1", peer.port), items, settings=settings)
+    statuses = caught.value.report.statuses
+    assert statuses == {items[0].sop_instance_uid: 0, items[1].sop_instance_uid: None}
+    assert seen == [items[0].sop_instance_uid, items[1].sop_instance_uid]
+
+
+def test_the_network_timer_restarts_after_a_run_the_dul_did_not_see(ct: list[Path]) -> None:
+    """Responses read here do not restart pynetdicom's idle timer: a run longer than the
+    network timeout must not leave it expired (the reactor would abort on resuming)."""
+    items = items_of(ct)
+    with PynetdicomScp("HOSP2", storage=True) as peer:
+        peer.before_store = lambda _uid: time.sleep(0.3)
+        ae = AE(ae_title="COURIER")
+        ae.add_requested_context(CTImageStorage, items[0].transfer_syntax_uid)
+        ae.network_timeout = 0.5
+        assoc = ae.associate("127.0.0.1", peer.port, ae_title="HOSP2")
+        try:
+            assert assoc.is_established
+            (cx,) = assoc.accepted_contexts
+            with storesend.FastStore(assoc) as sender:
+                statuses = [
+                    sender.store(
+                        i.path, i.sop_class_uid, i.sop_instance_uid, int(cx.context_id or 0)
+                    )
+                    for i in items
+                ]
+            assert not assoc.dul.idle_timer_expired()
+            assert statuses == [0] * len(items)
+            assoc.release()
+            assert assoc.is_released
+        finally:
+            if assoc.is_established:
+                assoc.abort()
