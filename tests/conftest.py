@@ -7,6 +7,7 @@ they fail instead: nothing is silently skipped in CI.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -113,7 +114,22 @@ class LocalScp:
             return int(s.scalar(select(func.count()).select_from(Instance)) or 0)
 
     def spool_files(self) -> list[Path]:
-        return sorted(p for p in self.content.spool.iterdir() if p.is_file())
+        """Datasets in the spool (arriving or left behind): not the pool's empty files."""
+        files = [p for p in self.content.spool.iterdir() if p.is_file()]
+        ready = spool.ready_names()  # after listing: a file then in the pool still is
+        return sorted(p for p in files if str(p) not in ready)
+
+
+def spool_leftovers(data_dir: Path) -> list[Path]:
+    """Datasets in a node's spool (arriving or left behind). A running node's receivers
+    keep a few empty spool files ready (scp.spool's pool): a dataset's file is never
+    empty (its preamble and File Meta Information are written first)."""
+    found = []
+    for p in (data_dir / "spool").rglob("*"):
+        with contextlib.suppress(FileNotFoundError):  # handed out and placed meanwhile
+            if p.is_file() and p.stat().st_size > 0:
+                found.append(p)
+    return sorted(found)
 
 
 def start_local_scp(db: Database, root: Path, **overrides: Any) -> LocalScp:

@@ -15,7 +15,7 @@ import pytest
 from node.cli import main
 from node.config import ConfigError, load_config
 from tests import synthetic
-from tests.conftest import COURIER
+from tests.conftest import COURIER, spool_leftovers
 from tests.scu import rewrite, send
 
 REJECT_SR_AND_STRANGERS = """\
@@ -70,7 +70,7 @@ def test_reject_rules_refuse_at_c_store(node_factory: object, tmp_path: Path) ->
     assert send(node.port, [files[2]], calling="TESTAE") == [0x0124]
     stored = list((node.data_dir / "instances").rglob("*.dcm"))
     assert len(stored) == 1
-    assert [p for p in (node.data_dir / "spool").rglob("*") if p.is_file()] == []
+    assert spool_leftovers(node.data_dir) == []
     assert "refused by rule no-sr" in node.log.read_text()
 
 

@@ -31,6 +31,7 @@ from tests.conftest import (
     free_port,
     have_postgres,
     need,
+    spool_leftovers,
     start_local_scp,
 )
 from tests.scu import dataset_bytes, send
@@ -93,7 +94,7 @@ def test_kill_9_during_a_1000_instance_push(
         # Restart: recovery runs, then the disk and the index must agree.
         node = node_factory(db)  # type: ignore[operator]
         _check_consistent(db, node.data_dir, acked, ("PYSCU", "COURIER", "127.0.0.1"))
-        assert [p for p in (node.data_dir / "spool").rglob("*") if p.is_file()] == []
+        assert spool_leftovers(node.data_dir) == []
         node.stop()
     assert acked, "the pushes were killed before anything was acknowledged"
     node = node_factory(db)  # type: ignore[operator]

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from store.models import Instance, Study
 from tests import synthetic
-from tests.conftest import LocalScp, have_dcmtk, need
+from tests.conftest import LocalScp, have_dcmtk, need, spool_leftovers
 from tests.scu import dataset_bytes, send, storescu
 
 
@@ -117,6 +117,8 @@ def test_node_with_two_receiving_processes(
     assert [s["instances"] for s in studies] == [200]
     stored = list((node.data_dir / "instances").rglob("*.dcm"))
     assert len(stored) == 200
+    assert spool_leftovers(node.data_dir) == []
+    node.stop()  # an orderly stop: the receivers delete their ready spool files too
     assert [p for p in (node.data_dir / "spool").rglob("*") if p.is_file()] == []
 
 
