@@ -216,9 +216,9 @@ def test_a_file_is_flushed_before_its_final_name_exists(
     original = content_module.fsync_file
     final = tmp_path / "instances/1/2/a.dcm"
 
-    def recording(path: Path) -> None:
+    def recording(path: Path, fd: int | None = None) -> None:
         seen.append(final.exists())
-        original(path)
+        original(path, fd)
 
     monkeypatch.setattr(content_module, "fsync_file", recording)
     content = ContentStore(tmp_path, syncs=GroupSync())
