@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
+    CursorResult,
     Dialect,
     Engine,
     Pool,
@@ -40,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, TimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.db import _GATE_WAIT_S, _GATES
+from store.db import _GATE_WAIT_S, _GATES, writing
 from store.errors import DatabaseUnavailable, StoreError
 from store.models import (
     Instance,
@@ -395,28 +396,49 @@ class Catalog:
         elements out, so a re-send from another AE title or address is the same content
         in a file of another length (what storage commitment checks). The row's sender
         stays: it is what the rules matched at first receipt.
+
+        Two restores of one instance at once (two receiving processes, or nodes on one
+        PostgreSQL) move the totals once per change of the row: the row is locked before
+        its size is read (SQLite's write lock, taken first; PostgreSQL's row lock, FOR
+        UPDATE, which a second restorer waits for and then reads the first's committed
+        row), and the totals follow only when the conditional UPDATE changed the row (its
+        row count): a restore that finds the row already restored at this size changes
+        nothing.
         """
         i, st, se = _INSTANCES.c, _STUDIES.c, _SERIES.c
-        # The row's size before this transaction's own update of it (the first statement
-        # writes, so SQLite takes its write lock before anything is read).
-        delta = size_bytes - (select(i.size_bytes).where(i.id == instance_id).scalar_subquery())
-        of_instance = select(i.study_id, i.series_id).where(i.id == instance_id)
-        with guarded(self._sessions) as s, s.begin():
-            s.execute(
-                update(_STUDIES)
-                .where(st.id == of_instance.with_only_columns(i.study_id).scalar_subquery())
-                .values(size_bytes=st.size_bytes + delta)
-            )
-            s.execute(
-                update(_SERIES)
-                .where(se.id == of_instance.with_only_columns(i.series_id).scalar_subquery())
-                .values(size_bytes=se.size_bytes + delta)
-            )
-            s.execute(
-                update(_INSTANCES)
+        with guarded(self._sessions) as s, writing(s):
+            row = s.execute(
+                select(i.size_bytes, i.study_id, i.series_id)
                 .where(i.id == instance_id)
-                .values(file_missing=False, size_bytes=size_bytes)
-            )
+                .with_for_update()
+            ).first()
+            if row is None:
+                return
+            old, study_id, series_id = int(row[0]), int(row[1]), int(row[2])
+            changed = cast(
+                CursorResult[Any],
+                s.execute(
+                    update(_INSTANCES)
+                    .where(
+                        i.id == instance_id,
+                        (i.file_missing == True) | (i.size_bytes != size_bytes),  # noqa: E712
+                    )
+                    .values(file_missing=False, size_bytes=size_bytes)
+                ),
+            ).rowcount
+            delta = size_bytes - old
+            if changed == 1 and delta:
+                s.execute(
+                    update(_STUDIES)
+                    .where(st.id == study_id)
+                    .values(size_bytes=st.size_bytes + delta)
+                )
+                s.execute(
+                    update(_SERIES)
+                    .where(se.id == series_id)
+                    .values(size_bytes=se.size_bytes + delta)
+                )
+            s.commit()
 
     def add(
         self, rec: InstanceRecord, received_at: datetime | None = None, *, relaxed: bool = False
