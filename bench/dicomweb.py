@@ -49,7 +49,8 @@ from store.content import ContentStore
 from store.db import make_engine, make_sessions, migrate
 from store.models import Package, ReleaseRequest, RequestStudy, Study
 from tests import synthetic
-from tests.peers import Orthanc, free_port
+from tests.orthanc import Orthanc
+from tests.peers import free_port
 
 SECRET = b"d" * 32
 MB = 1e6

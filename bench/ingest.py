@@ -64,7 +64,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import peers, synthetic  # noqa: E402
+from tests import synthetic  # noqa: E402
+from tests.dcmtk import DcmtkStorescp, have_dcmtk, wait_for_echo  # noqa: E402
+from tests.orthanc import ORTHANC_BIN, Orthanc, have_orthanc  # noqa: E402
+from tests.peers import free_port, nodelay_env  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
 # Bump when the generator's output changes, so a stale cache is rebuilt.
@@ -247,7 +250,7 @@ class Running:
 
 
 def _wait_echo(port: int, ae: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    if not peers.wait_for_echo("127.0.0.1", port, ae, timeout=STARTUP_TIMEOUT, process=process):
+    if not wait_for_echo("127.0.0.1", port, ae, timeout=STARTUP_TIMEOUT, process=process):
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
         raise ReceiverUnavailable(f"did not answer C-ECHO within {STARTUP_TIMEOUT:.0f} s\n{tail}")
 
@@ -274,7 +277,7 @@ def _count_files(directory: Path) -> Callable[[], int | None]:
 @contextlib.contextmanager
 def run_storescp(workdir: Path, workers: int) -> Iterator[Running]:
     out = workdir / "storescp"
-    with peers.DcmtkStorescp("STORESCP", out_dir=out, fork=True) as scp:
+    with DcmtkStorescp("STORESCP", out_dir=out, fork=True) as scp:
         assert scp.process is not None
         yield Running(scp.port, scp.ae_title, scp.process.pid, _count_files(out))
 
@@ -283,14 +286,12 @@ def run_storescp(workdir: Path, workers: int) -> Iterator[Running]:
 def run_pynetdicom(workdir: Path, workers: int) -> Iterator[Running]:
     out = workdir / "pynetdicom"
     out.mkdir(parents=True)
-    port = peers.free_port()
+    port = free_port()
     log = workdir / "pynetdicom.log"
     argv = [sys.executable, "-m", "pynetdicom", "storescp", str(port)]
     argv += ["-aet", "STORESCP", "-ba", "127.0.0.1", "-od", str(out)]
     with log.open("wb") as sink:
-        process = subprocess.Popen(
-            argv, stdout=sink, stderr=subprocess.STDOUT, env=peers.nodelay_env()
-        )
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=nodelay_env())
     try:
         _wait_echo(port, "STORESCP", process, log)
         yield Running(port, "STORESCP", process.pid, _count_files(out))
@@ -300,9 +301,9 @@ def run_pynetdicom(workdir: Path, workers: int) -> Iterator[Running]:
 
 @contextlib.contextmanager
 def run_orthanc(workdir: Path, workers: int) -> Iterator[Running]:
-    if not peers.have_orthanc():
-        raise ReceiverUnavailable(f"{peers.ORTHANC_BIN} is not installed")
-    with peers.Orthanc(workdir=workdir) as orthanc:
+    if not have_orthanc():
+        raise ReceiverUnavailable(f"{ORTHANC_BIN} is not installed")
+    with Orthanc(workdir=workdir) as orthanc:
         assert orthanc.process is not None
 
         def count() -> int | None:
@@ -317,7 +318,7 @@ def courier_config(data_dir: Path, port: int, workers: int) -> str:
     another node on this machine."""
     node = {"name": "bench", "data_dir": str(data_dir)}
     scp = {"ae_title": "COURIER", "host": "127.0.0.1", "port": port, "workers": workers}
-    web = {"port": peers.free_port(), "public_url": "http://127.0.0.1"}
+    web = {"port": free_port(), "public_url": "http://127.0.0.1"}
     return f"node: {json.dumps(node)}\nscp: {json.dumps(scp)}\nportal: {json.dumps(web)}\n"
 
 
@@ -327,7 +328,7 @@ def run_courier(workdir: Path, workers: int) -> Iterator[Running]:
         raise ReceiverUnavailable(f"{COURIER_BIN} is missing (pip install -e . first)")
     data_dir = workdir / "courier-data"
     data_dir.mkdir(parents=True)
-    port = peers.free_port()
+    port = free_port()
     config = workdir / "courier.yaml"
     config.write_text(courier_config(data_dir, port, workers))
     log = workdir / "courier.log"
@@ -336,7 +337,7 @@ def run_courier(workdir: Path, workers: int) -> Iterator[Running]:
             [str(COURIER_BIN), "serve", "--config", str(config)],
             stdout=sink,
             stderr=subprocess.STDOUT,
-            env=peers.nodelay_env(),
+            env=nodelay_env(),
             cwd=workdir,
         )
     try:
@@ -385,7 +386,7 @@ def push(running: Running, data: DataSet, associations: int, logdir: Path) -> fl
             argv = ["storescu", "-aet", "BENCH", "-aec", running.ae_title, "127.0.0.1"]
             argv += [str(running.port), *map(str, chunk)]
             sink = stack.enter_context((logdir / f"storescu-{i}.log").open("wb"))
-            env = peers.nodelay_env()
+            env = nodelay_env()
             procs.append(subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env))
         codes = [proc.wait() for proc in procs]
     seconds = time.perf_counter() - t0
@@ -479,7 +480,7 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "dcmtk": _version(["storescu", "--version"]),
-        "orthanc": _version([peers.ORTHANC_BIN, "--version"]),
+        "orthanc": _version([ORTHANC_BIN, "--version"]),
         "pynetdicom": pynetdicom.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -520,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
 
-    if not peers.have_dcmtk():
+    if not have_dcmtk():
         print("dcmtk (storescu, storescp, echoscu) is required: apt-get install dcmtk")
         return 2
     sets = data_sets(args.sets)

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest import data_sets  # noqa: E402
-from tests import peers  # noqa: E402
+from tests import dcmtk  # noqa: E402
 
 STAGES = (
     "header",
@@ -118,7 +118,7 @@ def push(port: int, files: list[Path], associations: int) -> None:
     failures: list[str] = []
 
     def one(part: list[Path]) -> None:
-        result = peers.storescu("127.0.0.1", port, part)
+        result = dcmtk.storescu("127.0.0.1", port, part)
         if result.returncode != 0:
             failures.append(result.stderr[-1500:])
 

@@ -36,7 +36,7 @@ from ingest import data_sets, run_courier, run_storescp, settled_cpu_seconds  # 
 
 from scp.pacs import move_study  # noqa: E402
 from scp.pacs_settings import PacsSettings  # noqa: E402
-from tests import peers  # noqa: E402
+from tests.orthanc import Orthanc  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[float]] = {"courier": [], "storescp": []}
     with tempfile.TemporaryDirectory(prefix="bench-pull-") as tmp:
         work = Path(tmp)
-        with peers.Orthanc(workdir=work, config={"DicomScuTimeout": 60}) as orthanc:
+        with Orthanc(workdir=work, config={"DicomScuTimeout": 60}) as orthanc:
             orthanc.upload(ct.files)
             study_uid = orthanc.study_instance_uids()[0]
             for i in range(args.repeat):

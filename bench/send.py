@@ -47,7 +47,7 @@ from ingest import DataSet, data_sets  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 
 from scp.storescu import acknowledged, send_instances  # noqa: E402
-from tests import peers  # noqa: E402
+from tests import dcmtk  # noqa: E402
 
 AE_TITLE = "STORESCP"
 
@@ -96,7 +96,7 @@ def _children_cpu() -> float:
 def send_storescu(port: int, items: Sequence[Item]) -> float:
     """dcmtk's storescu, one association; returns its CPU seconds."""
     before = _children_cpu()
-    done = peers.storescu(
+    done = dcmtk.storescu(
         "127.0.0.1", port, [i.path for i in items], "BENCH", AE_TITLE, timeout=1800
     )
     if done.returncode != 0:
@@ -160,7 +160,7 @@ def measure(sender: str, items: Sequence[Item]) -> Run:
 
 
 def _measure(sender: str, items: Sequence[Item]) -> Run:
-    with peers.DcmtkStorescp(AE_TITLE, fork=True) as scp:
+    with dcmtk.DcmtkStorescp(AE_TITLE, fork=True) as scp:
         t0 = time.perf_counter()
         cpu = SENDERS[sender](scp.port, items)
         seconds = time.perf_counter() - t0
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sets", default="ct", help="comma-separated: ct, small")
     parser.add_argument("--no-pynetdicom", action="store_true", help="skip the slow reference")
     args = parser.parse_args(argv)
-    if not peers.have_dcmtk():
+    if not dcmtk.have_dcmtk():
         print("dcmtk (storescu, storescp) is required: apt-get install dcmtk")
         return 2
     senders = ["storescu", "courier"] + ([] if args.no_pynetdicom else ["pynetdicom"])

@@ -46,7 +46,8 @@ from store.content import ContentStore
 from store.db import make_engine, make_sessions, migrate
 from store.models import Package, PortalSession, ReleaseRequest, RequestStudy, Study
 from tests import synthetic
-from tests.peers import Orthanc, free_port, have_orthanc
+from tests.orthanc import Orthanc, have_orthanc
+from tests.peers import free_port
 
 SECRET = b"v" * 32
 FOLDER = "BENCH-VIEW"

@@ -34,7 +34,9 @@ from scp.settings import ScpSettings  # noqa: E402
 from store.catalog import Catalog  # noqa: E402
 from store.content import ContentStore  # noqa: E402
 from store.db import make_engine, make_sessions, migrate  # noqa: E402
-from tests.peers import free_port, have_dcmtk, have_orthanc  # noqa: E402
+from tests.dcmtk import have_dcmtk  # noqa: E402
+from tests.orthanc import have_orthanc  # noqa: E402
+from tests.peers import free_port  # noqa: E402
 from tests.peers import require_peer as need  # noqa: E402
 from tests.scu import close_socket  # noqa: E402
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from pydicom.filewriter import dcmwrite
 from pynetdicom import AE, _config
 
-from tests import peers
+from tests import dcmtk
+from tests.pynetdicom_peers import park_reactor
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -64,7 +65,7 @@ def send(
             if not assoc.is_established:
                 statuses.append(None)
                 continue
-            peers.park_reactor(assoc)
+            park_reactor(assoc)
             try:
                 rsp = assoc.send_c_store(f)
             except RuntimeError:  # the association ended while the reactor was parked
@@ -89,9 +90,9 @@ def storescu(
     called: str = "COURIER",
     timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
-    """dcmtk's storescu to Courier on loopback: :func:`tests.peers.storescu` (which sets
+    """dcmtk's storescu to Courier on loopback: :func:`tests.dcmtk.storescu` (which sets
     TCP_NODELAY=1, as Debian's dcmtk keeps Nagle on otherwise), with ``extra`` options."""
-    return peers.storescu("127.0.0.1", port, files, calling, called, extra, timeout=timeout)
+    return dcmtk.storescu("127.0.0.1", port, files, calling, called, extra, timeout=timeout)
 
 
 def rewrite(src: Path, out: Path, **changes: object) -> Path:

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import COURIER, Database, NodeProcess, have_orthanc, need
-from tests.peers import Orthanc, free_port
+from tests.orthanc import Orthanc
+from tests.peers import free_port
 from tests.release.helpers import EMAIL, MOBILE, courier
 from tests.scp.pacs_peers import N_INSTANCES, PATIENT, pacs_study
 

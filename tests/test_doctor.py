@@ -22,7 +22,8 @@ from node import doctor
 from node.cli import main
 from node.config import load_config
 from tests.conftest import free_port, have_orthanc, need, start_node, wait_for_port, write_config
-from tests.peers import Orthanc, PynetdicomScp
+from tests.orthanc import Orthanc
+from tests.pynetdicom_peers import PynetdicomScp
 from tests.smtp_server import SmtpServer
 from tests.twilio_server import TwilioServer
 

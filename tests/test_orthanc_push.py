@@ -11,7 +11,7 @@ from sqlalchemy import select
 from store.models import Instance, Study
 from tests import synthetic
 from tests.conftest import LocalScp, have_orthanc, need
-from tests.peers import Orthanc
+from tests.orthanc import Orthanc
 from tests.scu import dataset_bytes
 
 

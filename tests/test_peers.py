@@ -9,16 +9,9 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
-from tests.peers import (
-    DcmtkStorescp,
-    Orthanc,
-    echoscu,
-    free_port,
-    have_dcmtk,
-    have_orthanc,
-    require_peer,
-    storescu,
-)
+from tests.dcmtk import DcmtkStorescp, echoscu, have_dcmtk, storescu
+from tests.orthanc import Orthanc, have_orthanc
+from tests.peers import free_port, require_peer
 from tests.synthetic import (
     dataset_bytes,
     dcmtk_knows,

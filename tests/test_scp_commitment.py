@@ -35,7 +35,7 @@ from store.content import ContentStore
 from store.models import Instance, Series, Study, StudyEvent
 from tests import synthetic
 from tests.conftest import Database, free_port
-from tests.peers import PynetdicomScp, park_reactor
+from tests.pynetdicom_peers import PynetdicomScp, park_reactor
 from tests.scu import close_socket, send
 
 SCU_AE = "CMTSCU"

@@ -21,7 +21,8 @@ import pytest
 from scp.admission import Limits
 from tests import synthetic
 from tests.conftest import Database, LocalScp, start_local_scp
-from tests.peers import echoscu, have_dcmtk, require_peer, storescu
+from tests.dcmtk import echoscu, have_dcmtk, storescu
+from tests.peers import require_peer
 
 SQLITE = pytest.mark.parametrize("db", ["sqlite"], indirect=True)
 # dcmtk's own deadlines: TCP connect, A-ASSOCIATE-AC and each DIMSE response in 2 s.

@@ -17,7 +17,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from tests.peers import have_dcmtk, require_peer
+from tests.dcmtk import have_dcmtk
+from tests.peers import require_peer
 from tests.synthetic import (
     PATIENT_NAME,
     TRANSFER_SYNTAXES,

@@ -43,7 +43,9 @@ from store.models import CommitmentReport, DicomSend, ReleaseRequest, RequestSta
 from tests import synthetic
 from tests.conftest import Database
 from tests.delivery.test_dicomsend import N, Rig
-from tests.peers import Orthanc, PynetdicomScp, free_port, have_orthanc, require_peer
+from tests.orthanc import Orthanc, have_orthanc
+from tests.peers import free_port, require_peer
+from tests.pynetdicom_peers import PynetdicomScp
 from tests.release.helpers import courier, wait_state
 from tests.scu import close_socket, send
 

@@ -42,15 +42,10 @@ from store.models import (
     RequestState,
 )
 from tests.conftest import Database
-from tests.peers import (
-    DcmtkStorescp,
-    Orthanc,
-    PynetdicomScp,
-    free_port,
-    have_dcmtk,
-    have_orthanc,
-    require_peer,
-)
+from tests.dcmtk import DcmtkStorescp, have_dcmtk
+from tests.orthanc import Orthanc, have_orthanc
+from tests.peers import free_port, require_peer
+from tests.pynetdicom_peers import PynetdicomScp
 from tests.release.helpers import draft_data
 from tests.release.test_purge import World
 

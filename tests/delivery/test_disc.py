@@ -35,8 +35,9 @@ from store.content import ContentStore
 from store.models import Instance, RequestState, RequestStudy, Study, utcnow
 from tests import synthetic
 from tests.conftest import Database
+from tests.dcmtk import have_dcmtk
 from tests.delivery.test_package import read_fileset
-from tests.peers import have_dcmtk, require_peer
+from tests.peers import require_peer
 from tests.release.helpers import draft
 from tests.release.test_cli_requests import config  # noqa: F401  (fixture: node.yaml on db)
 

@@ -23,7 +23,7 @@ from delivery.grants import GrantKeys
 from store.models import Grant, Package
 from tests import synthetic
 from tests.conftest import COURIER, Database, have_dcmtk, need
-from tests.peers import DcmtkStorescp
+from tests.dcmtk import DcmtkStorescp
 from tests.release.helpers import courier, create_by_cli, wait_state
 from tests.scu import storescu
 from tests.smtp_server import SmtpServer

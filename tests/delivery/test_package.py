@@ -43,7 +43,8 @@ from delivery.packaging.package import (
 )
 from delivery.packaging.parts import SeriesGroup, Sized, plan_parts
 from tests import synthetic
-from tests.peers import have_dcmtk, require_peer
+from tests.dcmtk import have_dcmtk
+from tests.peers import require_peer
 
 REPO = Path(__file__).resolve().parents[2]
 CREATED = datetime(2024, 1, 2, 10, 15, tzinfo=UTC)

@@ -29,7 +29,8 @@ from release.requests import RequestBook
 from store.content import ContentStore
 from store.models import Pull, ReleaseRequest, RequestEvent
 from tests.conftest import Database, have_orthanc, need
-from tests.peers import Orthanc, free_port
+from tests.orthanc import Orthanc
+from tests.peers import free_port
 from tests.portal.test_staff import Clock, Site, count, draft
 from tests.portal.test_staff import open_site as staff_site
 from tests.scp.pacs_peers import N_INSTANCES, PATIENT, pacs_study

@@ -16,7 +16,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from scp.pacs_settings import PacsSettings
 from tests import synthetic
-from tests.peers import Orthanc, PynetdicomScp
+from tests.orthanc import Orthanc
+from tests.pynetdicom_peers import PynetdicomScp
 
 PATIENT = "PULL0001"
 ACCESSION = "PULLACC1"

@@ -11,7 +11,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from scp import association
-from tests.peers import PynetdicomScp, free_port
+from tests.peers import free_port
+from tests.pynetdicom_peers import PynetdicomScp
 
 TIMEOUTS = {"connect_timeout_s": 5.0, "dimse_timeout_s": 5.0, "network_timeout_s": 5.0}
 

@@ -18,7 +18,8 @@ from scp import pacs
 from scp.pacs_settings import PacsSettings, with_scp_defaults
 from store.models import Instance, Study
 from tests.conftest import LocalScp, have_orthanc, need
-from tests.peers import Orthanc, free_port
+from tests.orthanc import Orthanc
+from tests.peers import free_port
 from tests.scp.pacs_peers import (
     ACCESSION,
     N_INSTANCES,

@@ -24,7 +24,8 @@ from store.catalog import Catalog
 from store.content import ContentStore
 from store.models import Pull, PullState, ReleaseRequest, RequestState
 from tests.conftest import Database, have_orthanc, need
-from tests.peers import Orthanc, free_port
+from tests.orthanc import Orthanc
+from tests.peers import free_port
 from tests.release.helpers import draft
 from tests.scp.pacs_peers import (
     N_INSTANCES,

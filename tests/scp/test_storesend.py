@@ -34,7 +34,9 @@ from pynetdicom.transport import AssociationSocket
 from scp import storesend
 from scp.storescu import AeFactory, PeerAborted, ScuSettings, acknowledged, send_instances
 from tests import synthetic
-from tests.peers import DcmtkStorescp, PynetdicomScp, have_dcmtk, require_peer
+from tests.dcmtk import DcmtkStorescp, have_dcmtk
+from tests.peers import require_peer
+from tests.pynetdicom_peers import PynetdicomScp
 
 
 @dataclass(frozen=True)
