@@ -12,7 +12,7 @@ Two ways in, one wait:
 - :class:`CommitmentReports` is the in-process meeting point: :meth:`~CommitmentReports.expect`
   registers a transaction, :meth:`~CommitmentReports.handle` is an ``EVT_N_EVENT_REPORT``
   handler bound on the sending association (tests also bind it on a small SCP of their
-  own, ``tests.peers.PynetdicomScp``, as Courier's AE for a peer's new association).
+  own, ``tests.pynetdicom_peers.PynetdicomScp``, as Courier's AE for a peer's new association).
 - :class:`ReportBook` is the durable one, for the main SCP: its receiving processes
   are not the sender's, so :meth:`ReportBook.handle` writes each report as a
   :class:`~store.models.CommitmentReport` row and answers 0x0000 only once it is
