@@ -1,5 +1,5 @@
-"""The spool (scp/spool.py): durability on the file's own descriptor, the pool of ready
-files, the early writeback."""
+"""The spool (scp/spool.py): durability on the file's own descriptor, and the pool of
+ready files."""
 
 from __future__ import annotations
 
@@ -129,31 +129,3 @@ def test_a_failing_folder_is_logged_once_and_files_are_created_inline(
     finally:
         pool.shutdown()
     assert list(folder.iterdir()) == []
-
-
-def test_large_datasets_start_their_writeback_early(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    kicks: list[tuple[int, int]] = []
-    monkeypatch.setattr(spool, "_writeback", lambda fd, offset, n: kicks.append((offset, n)))
-    spooled = spool.SpoolFile(tmp_path)
-    chunk = b"\x01" * 16_384
-    total = 3 * spool.WRITEBACK_BYTES + 5000
-    written = 0
-    while written < total:
-        written += spooled.write(chunk[: total - written])
-    spooled.datasync()  # still what makes it durable
-    assert [off for off, _n in kicks] == [0, *(sum(n for _o, n in kicks[:i]) for i in range(1, 3))]
-    assert all(n >= spool.WRITEBACK_BYTES for _o, n in kicks) and len(kicks) == 3
-    assert os.path.getsize(spooled.name) == total
-    spooled.discard()
-
-
-def test_the_real_writeback_call_accepts_a_spool_file(tmp_path: Path) -> None:
-    if spool._writeback is None:
-        pytest.skip("no sync_file_range here")
-    spooled = spool.SpoolFile(tmp_path)
-    spooled.write(b"\0" * (spool.WRITEBACK_BYTES + 1))
-    spooled.datasync()
-    assert os.path.getsize(spooled.name) == spool.WRITEBACK_BYTES + 1
-    spooled.discard()
