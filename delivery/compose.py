@@ -36,6 +36,12 @@ from store.models import Grant, Notification, RequestState, utcnow
 
 #: A corrected report is news whether or not the patient downloaded already.
 REPORT_UPDATE_STATES = (RequestState.NOTIFIED, RequestState.DOWNLOADED)
+#: Why a report update was not sent (its row's ``last_error``): a re-issue of the
+#: locked link queues it again (:func:`delivery.report_updates.queue_again`).
+REPORT_UPDATE_DROPPED = (
+    "the link was stopped, locked or expired (or its package deleted, its request closed) "
+    "since the report update was queued"
+)
 
 
 class ComposeError(Exception):
@@ -157,12 +163,7 @@ class Composer:
         if row.kind == "report_update_email":
             now = self._clock()
             if not link_live(s, grant, now) or request_state(s, grant) not in REPORT_UPDATE_STATES:
-                raise ComposeError(
-                    "the link was stopped, locked or expired (or its package deleted, its "
-                    "request closed) since the report update was queued",
-                    outcome="superseded",
-                    alert=False,
-                )
+                raise ComposeError(REPORT_UPDATE_DROPPED, outcome="superseded", alert=False)
             return messages.report_update_email(
                 to=row.recipient,
                 link_url=self.link_url(grant),

@@ -12,6 +12,11 @@ request's timeline says so and the patient's link email's grant gets a
 ``report_update_email`` in the outbox (:func:`delivery.messages.report_update_email`).
 Only requests whose link is live (``notified`` or ``downloaded``, package not deleted)
 are updated; a preliminary report never goes out.
+
+A link locked by wrong codes gets the part but not the email: the composer drops it
+(:data:`delivery.compose.REPORT_UPDATE_DROPPED`). When staff re-issue the locked link
+(:func:`portal.staff_actions.reissue`), :func:`queue_again` moves that email to the new
+link and queues it once more, so the patient still hears of the correction.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import and_, exists, select
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from delivery.compose import REPORT_UPDATE_DROPPED
 from delivery.outbox import Outbox
 from delivery.packaging.zipwriter import PartWriter
 from delivery.report_render import ReportFile, render_report
@@ -35,6 +41,8 @@ from store.catalog import guarded
 from store.content import DIR_MODE, ContentStore
 from store.models import (
     Grant,
+    Notification,
+    NotificationState,
     Package,
     ReleaseRequest,
     Report,
@@ -47,6 +55,7 @@ from store.models import (
 
 log = logging.getLogger("courier.delivery.report_updates")
 ACTOR = "delivery"
+KIND = "report_update_email"
 LIVE = (RequestState.NOTIFIED.value, RequestState.DOWNLOADED.value)
 #: Candidates read per sweep (:meth:`ReportUpdates.due`).
 PAGE = 1000
@@ -243,7 +252,7 @@ class ReportUpdates:
             if grant is not None:
                 self._outbox.enqueue(
                     s,
-                    kind="report_update_email",
+                    kind=KIND,
                     channel="email",
                     recipient=req.recipient_email,
                     language=req.language,
@@ -259,6 +268,57 @@ class ReportUpdates:
                 f"{writer.size} bytes",
                 at=now,
             )
+
+
+def queue_again(s: Session, old_grant_id: int, new_grant_id: int, now: datetime) -> int | None:
+    """Queue for the link ``new_grant_id`` the corrected-report email that the locked
+    link ``old_grant_id`` (now revoked: staff re-issued it) did not get, in ``s``'s
+    transaction; returns the outbox row's id, or None when there was none.
+
+    The newest such row counts: dropped by the composer because the link was locked
+    (``failed`` with :data:`~delivery.compose.REPORT_UPDATE_DROPPED`), or still
+    ``queued`` (it would be dropped: the old link no longer works). One email, however
+    many corrections were missed: it says only that an updated report is there. The
+    row itself moves to the new link (its message id, never sent, stays), so it is
+    queued once: the conditional UPDATE matches only while the row still names the old
+    link (row count 1: this transaction won); a second node re-issuing the same link
+    at the same time waits for the first's row lock, then matches nothing."""
+    nid = s.scalar(
+        select(Notification.id)
+        .where(
+            Notification.kind == KIND,
+            Notification.grant_id == old_grant_id,
+            or_(
+                Notification.state == NotificationState.QUEUED,
+                and_(
+                    Notification.state == NotificationState.FAILED,
+                    Notification.last_error == REPORT_UPDATE_DROPPED,
+                ),
+            ),
+        )
+        .order_by(Notification.id.desc())
+        .limit(1)
+    )
+    if nid is None:
+        return None
+    won = s.execute(  # type: ignore[attr-defined]
+        update(Notification)
+        .where(
+            Notification.id == nid,
+            Notification.grant_id == old_grant_id,
+            Notification.state.in_((NotificationState.QUEUED, NotificationState.FAILED)),
+        )
+        .values(
+            grant_id=new_grant_id,
+            state=NotificationState.QUEUED,
+            next_attempt_at=now,
+            claimed_until=None,
+            claimed_by=None,
+            last_error="",
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return nid if won == 1 else None
 
 
 def _manifest(reference: str, created: datetime, writer: PartWriter) -> bytes:

@@ -18,7 +18,9 @@ success redirects back (303) with a fixed "done" note.
   a *new* link made, with the same expiry, and its email queued, as the delivery batch
   does. Clearing the lock instead would re-open a link that someone may be guessing
   codes on; a new token makes the old one worthless. Patient links only (a clinician's
-  link is the patient's to share again).
+  link is the patient's to share again). A corrected-report email the locked link did
+  not get is queued again for the new link, once
+  (:func:`delivery.report_updates.queue_again`).
 - ``cd``: puts the request in the CD burn queue (a ``staff`` job of
   :mod:`delivery.discs`) with a ``marked for CD`` note; refused while it has an open job.
   Writing the image, marking it burned and cancelling it are :mod:`portal.staff_discs`.
@@ -41,6 +43,7 @@ from sqlalchemy.orm import Session
 from delivery.discs import DiscRefused, open_job
 from delivery.grants import new_grant
 from delivery.outbox import queue_link_again
+from delivery.report_updates import queue_again
 from portal.context import PortalContext
 from portal.forms import Form
 from portal.site import context_of
@@ -143,9 +146,11 @@ def reissue(s: Session, ctx: PortalContext, req: ReleaseRequest, form: Form, now
     fresh = new_grant(s, ctx.keys, req, package_id=old.package_id, link_days=1, now=now)
     fresh.expires_at = old.expires_at
     _link_email(s, ctx, req, fresh)
+    again = queue_again(s, old.id, fresh.id, now)
+    more = "; the corrected-report email the locked link missed is queued again" if again else ""
     return (
         f"link #{old.id} was locked after repeated wrong codes: revoked and re-issued as "
-        f"link #{fresh.id}; new link email queued"
+        f"link #{fresh.id}; new link email queued{more}"
     )
 
 
