@@ -24,8 +24,10 @@ sender's CPU time per instance, and a thread hand-over on every one.
 - encodes each command set from bytes (six fixed elements, Implicit VR Little Endian);
 - sends the file's dataset bytes as stored (everything after the File Meta Information,
   found from its group length without pydicom; the file opened once), cut into
-  P-DATA-TF PDUs of the peer's maximum length, several PDUs per ``sendall``, from the
-  calling thread;
+  P-DATA-TF PDUs of the peer's maximum length, from the calling thread: the file is
+  read straight into one 256 KB buffer behind the PDU headers, sent with one
+  ``sendall`` each time it fills (several PDUs at a time, or a PDU in parts when the
+  peer's maximum is larger), so memory stays bounded whatever the instance's size;
 - reads the response from the socket in the calling thread, waiting at most the DIMSE
   timeout: a C-STORE-RSP in one PDV (what every peer we know sends) is read from bytes
   (:func:`store_response`); anything else in a P-DATA-TF (a response in fragments, an
@@ -55,6 +57,7 @@ fails loudly when a pynetdicom upgrade changes what this relies on
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import select
@@ -82,9 +85,11 @@ NO_DATASET = 0x0101  # Command Data Set Type: no data set follows
 PRIORITY_LOW = 0x0002  # Priority: LOW (pynetdicom's default, kept)
 # Fragment size when the peer sets no maximum PDU length (0: unlimited).
 UNLIMITED_FRAGMENT = 1 << 20
-# Bytes gathered before one sendall (several PDUs at a time); also what one read of
-# the file asks for.
+# Bytes gathered before one sendall (several PDUs at a time; a file is read straight
+# into it).
 SEND_BUFFER = 256 * 1024
+# The first read of a file: a small file whole, and the meta of any file.
+HEAD_READ = 64 * 1024
 # How long to wait for the association's reactor to pause (it checks every 1 ms), and
 # for the DUL thread to go round its loop (it sleeps 1 ms when idle).
 PAUSE_TIMEOUT_S = 5.0
@@ -210,6 +215,8 @@ class FastStore:
         max_pdu = int(assoc.acceptor.maximum_length or 0)
         self._fragment = max_pdu - 6 if max_pdu > 6 else UNLIMITED_FRAGMENT
         self._poll: Any = None  # select.poll on the socket while we read it
+        self._buf = bytearray(SEND_BUFFER)  # what goes out in one sendall
+        self._fill = 0
         self._timeout_s: float | None = None
 
     def __enter__(self) -> Self:
@@ -415,49 +422,64 @@ class FastStore:
     def _send(
         self, path: Path, sop_class: str, sop_instance: str, context_id: int, message_id: int
     ) -> None:
-        assert self._sock is not None
+        self._fill = 0  # whatever an earlier failure left is not sent
         command = command_set(message_id, sop_class, sop_instance)
-        buf = bytearray(pdu_header(context_id, _COMMAND_LAST, len(command)))
-        buf += command
+        self._put(pdu_header(context_id, _COMMAND_LAST, len(command)))
+        self._put(command)
         fragment = self._fragment
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
-            # One read holds a small file whole, and the meta of any file.
-            data = f.read(min(size, SEND_BUFFER)) if size else b""
-            offset = _offset_in(data)
+            head = f.read(min(size, HEAD_READ)) if size else b""
+            offset = _offset_in(head)
             if offset is None:
                 offset = int(split_dataset(path)[1])
-            if offset > len(data):
+            if offset > len(head):
                 f.seek(offset)
-                data = b""
-            else:
-                data = data[offset:]
+            pending = memoryview(head)[offset:]  # read, not yet in the buffer
             left = size - offset
-            pos = 0  # in data
             while True:
                 n = min(fragment, left) if left > 0 else 0
-                if len(data) - pos < n:
-                    data = data[pos:] + f.read(max(SEND_BUFFER, n))
-                    pos = 0
-                    if len(data) < n:
-                        raise OSError(f"{path.name} ended before its size said")
                 left -= n
                 last = left <= 0
-                buf += pdu_header(context_id, _DATA_LAST if last else _DATA, n)
-                buf += memoryview(data)[pos : pos + n]
-                pos += n
-                if last or len(buf) >= SEND_BUFFER:
-                    self._write(buf)
-                    buf.clear()
+                self._put(pdu_header(context_id, _DATA_LAST if last else _DATA, n))
+                taken = min(n, len(pending))
+                if taken:
+                    self._put(pending[:taken])
+                    pending = pending[taken:]
+                self._put_file(f, n - taken, path)
                 if last:
+                    self._flush()
                     return
 
-    def _write(self, data: bytearray) -> None:
+    def _put(self, data: bytes | memoryview) -> None:
+        """Add ``data`` to the send buffer (sending what it holds first when full)."""
+        if len(data) > len(self._buf) - self._fill:
+            self._flush()
+        self._buf[self._fill : self._fill + len(data)] = data
+        self._fill += len(data)
+
+    def _put_file(self, f: io.FileIO, n: int, path: Path) -> None:
+        """Read the next ``n`` bytes of ``f`` straight into the send buffer (sending it
+        each time it is full): each byte of a slice is copied once on its way out."""
+        view = memoryview(self._buf)
+        while n > 0:
+            if self._fill == len(self._buf):
+                self._flush()
+            want = min(n, len(self._buf) - self._fill)
+            got = f.readinto(view[self._fill : self._fill + want])
+            if not got:
+                raise OSError(f"{path.name} ended before its size said")
+            self._fill += got
+            n -= got
+
+    def _flush(self) -> None:
         assert self._sock is not None
         try:
-            self._sock.sendall(data)
+            self._sock.sendall(memoryview(self._buf)[: self._fill])
         except OSError as exc:
             raise _PeerGone() from exc
+        finally:
+            self._fill = 0
 
 
 def _status_code(status: Dataset) -> int | None:

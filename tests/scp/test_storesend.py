@@ -9,6 +9,7 @@ decoding them with pydicom and pynetdicom.
 from __future__ import annotations
 
 import inspect
+import socket
 import struct
 import threading
 import time
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pydicom
@@ -180,6 +182,51 @@ def test_large_and_bare_files_arrive_byte_identical(
     expected = {i.sop_instance_uid: synthetic.dataset_bytes(i.path) for i in items[:2]}
     expected[items[2].sop_instance_uid] = synthetic.dataset_bytes(small)
     assert _received(small_pdu_storescp) == expected
+
+
+@pytest.mark.parametrize("max_pdu", [4096, 16384, 300_000, 0])  # 0: unlimited (1 MB PDVs)
+def test_the_pdus_decode_to_the_files_dataset_whatever_the_maximum(
+    tmp_path: Path, max_pdu: int
+) -> None:
+    """What _send writes, read back with pynetdicom: the command set, then the dataset as
+    stored, in PDVs no longer than the peer's maximum allows (a PDV larger than the send
+    buffer goes out in parts)."""
+    (path,) = synthetic.make_ct_series(tmp_path / "ct", n_slices=1, rows=512, cols=512)
+    ours, theirs = socket.socketpair()
+    fake = SimpleNamespace(
+        dul=SimpleNamespace(socket=SimpleNamespace(socket=ours)),
+        acceptor=SimpleNamespace(maximum_length=max_pdu),
+    )
+    sender = storesend.FastStore(fake)  # type: ignore[arg-type]
+    got = bytearray()
+    reader = threading.Thread(target=lambda: _read_all(theirs, got))
+    reader.start()
+    try:
+        sender._send(path, CTImageStorage, "1.2.3.4", 5, 9)
+    finally:
+        ours.shutdown(socket.SHUT_WR)
+        reader.join(10)
+        ours.close()
+        theirs.close()
+    command, dataset, pos = bytearray(), bytearray(), 0
+    while pos < len(got):
+        (length,) = struct.unpack_from(">I", got, pos + 2)
+        assert max_pdu == 0 or length <= max_pdu  # the PDU's variable field
+        pdu = P_DATA_TF()
+        pdu.decode(bytes(got[pos : pos + 6 + length]))
+        pos += 6 + length
+        for item in pdu.presentation_data_value_items:
+            assert item.presentation_context_id == 5
+            pdv = item.presentation_data_value
+            assert pdv is not None
+            (command if pdv[0] & 0x01 else dataset).extend(pdv[1:])
+    assert bytes(command) == storesend.command_set(9, CTImageStorage, "1.2.3.4")
+    assert bytes(dataset) == synthetic.dataset_bytes(path)
+
+
+def _read_all(sock: socket.socket, into: bytearray) -> None:
+    while chunk := sock.recv(1 << 20):
+        into.extend(chunk)
 
 
 def test_a_peer_that_stops_answering_is_an_abort_with_the_acknowledged_kept(
