@@ -41,6 +41,7 @@ AlertKind = Literal[
     "code_undelivered",
     "more_time",
     "release_held",
+    "release_rule_missing",
 ]
 # Node-wide alerts: they name no request.
 _NODE_ALERTS = frozenset({"rules_reload_failed", "sms_breaker"})

@@ -155,10 +155,10 @@ def add_request_parsers(
         "--held",
         nargs="?",
         const="held",
-        choices=("held", "embargo", "report", "max_wait_passed", "staff"),
+        choices=("held", "embargo", "report", "max_wait_passed", "rule_missing", "staff"),
         help="only those a release hold keeps back now (any hold; or one kind: embargo, "
-        "report, max_wait_passed: the report did not come in time, staff: held by staff or "
-        "a lost rule)",
+        "report, max_wait_passed: the report did not come in time, rule_missing: a study's "
+        "rule no longer exists, staff: held by staff)",
     )
     ls.add_argument("--limit", type=int, default=100)
 

@@ -58,7 +58,7 @@ from node.config import Config
 from node.pulls import PullQueue, Wanted
 from portal.context import PortalContext
 from portal.staff_studies import PacsLookupFailed, PacsStudy
-from release.embargo import ReleaseKeeper, Verdict
+from release.embargo import RULE_MISSING, ReleaseKeeper, Verdict
 from release.phonepolicy import PhonePolicy
 from release.reports import studies_with_reports
 from release.requests import RequestBook
@@ -333,9 +333,11 @@ class DeliveryService:
         return studies_with_reports(s, request_id, self.rules(), self.cfg.delivery.reports)
 
     def release_held_alert(self, s: Session, req: ReleaseRequest) -> None:
-        """Keeper hook: the final report did not come in time and the policy says
-        ``hold_for_staff``; queued in the transaction that holds the request."""
-        self.outbox.alert(s, "release_held", reference=req.reference, request_id=req.id)
+        """Keeper hook: the release policy holds the request for staff (the final report
+        did not come in time and the policy says ``hold_for_staff``, or a study's rule no
+        longer exists: each its own alert); queued in the transaction that holds it."""
+        kind = "release_rule_missing" if req.hold_kind == RULE_MISSING else "release_held"
+        self.outbox.alert(s, kind, reference=req.reference, request_id=req.id)
 
     def release_expected_email(self, s: Session, req: ReleaseRequest, verdict: Verdict) -> None:
         """Keeper hook: tell the patient when to expect the link (staff asked for it at

@@ -64,12 +64,12 @@ _REFUSALS: dict[int | str, dict[str, Any]] = {
 }
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="at most this many, newest first")]
 Held = Annotated[
-    Literal["held", "embargo", "report", "max_wait_passed", "staff"],
+    Literal["held", "embargo", "report", "max_wait_passed", "rule_missing", "staff"],
     Query(
         description="only requests a release hold keeps back now: any hold (held), or "
         "one kind: embargo, report (waiting for the final report), max_wait_passed (the "
-        "report did not come by max_wait: held for staff to decide), staff (held by staff, "
-        "or a study's rule no longer exists)"
+        "report did not come by max_wait: held for staff to decide), rule_missing (a "
+        "study's rule no longer exists: held for staff to decide), staff (held by staff)"
     ),
 ]
 
@@ -164,9 +164,9 @@ def list_requests(
 ) -> list[dict[str, Any]]:
     """Release requests, newest first, optionally only those in ``state``, and only
     those a release hold keeps back now (``held``: ``held`` any hold; ``embargo``,
-    ``report``, ``max_wait_passed``, ``staff``). ``link_email``: the latest link email's
-    status (``queued``, ``accepted`` by the mail server, ``failed``) and since when; null
-    when none was queued."""
+    ``report``, ``max_wait_passed``, ``rule_missing``, ``staff``). ``link_email``: the
+    latest link email's status (``queued``, ``accepted`` by the mail server, ``failed``)
+    and since when; null when none was queued."""
     where = held_now(deps.clock(), held) if held else None
     rows = [request_dict(r) for r in deps.book.list(state=state, limit=limit, where=where)]
     links = link_status(deps.sessions, [r["id"] for r in rows])

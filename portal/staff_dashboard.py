@@ -23,7 +23,17 @@ from delivery.discs import WHY_TEXT
 from delivery.outbox import stale_links
 from portal.staff_choices import LIVE
 from release.embargo import describe, local_time, policy_reasons
-from release.holds import EMBARGO, HOLDABLE, MAX_WAIT, REPORT, STAFF, held_now, needs_staff
+from release.holds import (
+    EMBARGO,
+    EXPLAINED,
+    HOLDABLE,
+    MAX_WAIT,
+    REPORT,
+    RULE_MISSING,
+    STAFF,
+    held_now,
+    needs_staff,
+)
 from store.models import (
     DiscJob,
     Grant,
@@ -58,11 +68,11 @@ class RequestLine:
 @dataclass(frozen=True)
 class HeldLine:
     """A request a hold keeps back: which kind (``embargo``, ``report``,
-    ``max_wait_passed``, ``staff``), until when (None: until staff release it), when
-    the release policy last looked at it (``since``: ``hold_checked_at``, which the sweep
-    rewrites at every run for a report wait, so the page calls it "Checked", not "held
-    since"; and that time as staff read it: local, with the zone's abbreviation), and
-    the request page's words for it (local time)."""
+    ``max_wait_passed``, ``rule_missing``, ``staff``), until when (None: until staff
+    release it), when the release policy last looked at it (``since``:
+    ``hold_checked_at``, which the sweep rewrites at every run for a report wait, so the
+    page calls it "Checked", not "held since"; and that time as staff read it: local,
+    with the zone's abbreviation), and the request page's words for it (local time)."""
 
     reference: str
     state: str
@@ -120,8 +130,8 @@ class Dashboard:
     embargoed: list[HeldLine] = field(default_factory=list)
     report_wait: list[HeldLine] = field(default_factory=list)
     staff_until: list[HeldLine] = field(default_factory=list)
-    # How many of each (not capped at LIST_LIMIT): max_wait_passed, staff_open (held by
-    # staff until released), embargo, report, staff_until.
+    # How many of each (not capped at LIST_LIMIT): max_wait_passed, rule_missing,
+    # staff_open (held by staff until released), embargo, report, staff_until.
     held_counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -131,7 +141,7 @@ class Dashboard:
     @property
     def for_staff_count(self) -> int:
         """How many only a staff member can let go (``for_staff``, not capped)."""
-        return self.held_counts.get(MAX_WAIT, 0) + self.held_counts.get("staff_open", 0)
+        return sum(self.held_counts.get(k, 0) for k in (MAX_WAIT, RULE_MISSING, "staff_open"))
 
     @property
     def quiet(self) -> bool:
@@ -168,7 +178,14 @@ def _held(s: Session, now: datetime, zone: tzinfo, board: Dashboard) -> None:
 
     Each list is sorted and cut in SQL (at most :data:`LIST_LIMIT`), so the longest held
     and the soonest to end are never the ones left out; the counts are not capped."""
-    counts = {MAX_WAIT: 0, "staff_open": 0, EMBARGO: 0, REPORT: 0, "staff_until": 0}
+    counts = {
+        MAX_WAIT: 0,
+        RULE_MISSING: 0,
+        "staff_open": 0,
+        EMBARGO: 0,
+        REPORT: 0,
+        "staff_until": 0,
+    }
     for kind, open_ended, n in s.execute(
         select(ReleaseRequest.hold_kind, ReleaseRequest.hold_until.is_(None), func.count())
         .where(held_now(now))
@@ -202,8 +219,9 @@ def _held(s: Session, now: datetime, zone: tzinfo, board: Dashboard) -> None:
                 .limit(LIST_LIMIT)
             )
         )
-        # Why the policy holds it for staff: its line on the timeline names the max_wait.
-        why = policy_reasons(s, [req.id for req, _ in rows if req.hold_kind == MAX_WAIT])
+        # Why the policy holds it for staff: its line on the timeline names the max_wait
+        # or the lost rule.
+        why = policy_reasons(s, [req.id for req, _ in rows if req.hold_kind in EXPLAINED])
         for req, at in rows:
             into.append(
                 HeldLine(
@@ -312,8 +330,8 @@ def request_lines(
 ) -> list[RequestLine]:
     """Requests, newest first (at most :data:`LIST_LIMIT`), optionally in ``state`` and
     held (``hold``: ``held`` any hold, or ``embargo``, ``report``, ``max_wait_passed``,
-    ``staff``: :func:`release.holds.held_now`). Each line says its hold at ``now`` in
-    ``zone``."""
+    ``rule_missing``, ``staff``: :func:`release.holds.held_now`). Each line says its
+    hold at ``now`` in ``zone``."""
     q = (
         select(ReleaseRequest)
         .order_by(ReleaseRequest.created_at.desc(), ReleaseRequest.id.desc())
@@ -324,13 +342,14 @@ def request_lines(
     if hold:
         q = q.where(held_now(now, hold))
     rows = list(s.scalars(q.limit(LIST_LIMIT)))
-    why = policy_reasons(s, [r.id for r in rows if r.hold_kind == MAX_WAIT])
+    why = policy_reasons(s, [r.id for r in rows if r.hold_kind in EXPLAINED])
     return [line(r, len(r.selections), _hold_text(r, now, zone, why)) for r in rows]
 
 
 def _hold_text(req: ReleaseRequest, now: datetime, zone: tzinfo, why: dict[int, str]) -> str | None:
     """The hold's words for a request not yet packaged (None: nothing holds it); ``why``:
-    the policy's lines of the ``max_wait_passed`` ones (:func:`policy_reasons`)."""
+    the policy's lines of the ``max_wait_passed`` and ``rule_missing`` ones
+    (:func:`policy_reasons`)."""
     if not req.hold_kind or RequestState(req.state) not in HOLDABLE:
         return None
     return describe(req, zone, now, why.get(req.id, ""))

@@ -48,7 +48,7 @@ from portal.staff_studies import (
     studies_on_pacs,
 )
 from portal.staff_studies_waiting import why_waiting
-from release.embargo import HOLDABLE, MAX_WAIT, describe, policy_reasons
+from release.embargo import EXPLAINED, HOLDABLE, describe, policy_reasons
 from release.errors import InvalidRequest, RequestConflict, RequestNotFound
 from release.mismatch import mismatches
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
@@ -132,7 +132,8 @@ HOLDS = {
     "embargo": "embargoed",
     "report": "waiting for the report",
     "max_wait_passed": "held for staff: the report did not come in time",
-    "staff": "held by staff (or: the study's rule no longer exists)",
+    "rule_missing": "held for staff: a study's rule no longer exists",
+    "staff": "held by staff",
 }
 
 
@@ -459,8 +460,9 @@ def detail_page(
         held = mismatches(s, fresh.id)  # studies held: patient identity differs
         waiting = why_waiting(s, fresh)  # no study yet, held, incomplete, mismatch
         radiology = request_reports(s, fresh.id)  # portal.staff_request_reports
-        # Held because the report did not come by max_wait: the policy's line says why.
-        why = policy_reasons(s, [fresh.id]) if fresh.hold_kind == MAX_WAIT else {}
+        # Held because the report did not come by max_wait, or a study's rule is gone:
+        # the policy's line says why.
+        why = policy_reasons(s, [fresh.id]) if fresh.hold_kind in EXPLAINED else {}
     done = DONE.get(request.query_params.get("done", ""), "")
     return page(
         request,

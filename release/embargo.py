@@ -22,10 +22,17 @@ latest embargo end, a wait for the report if any asks for it, ``hold_for_staff``
     end; only staff release it (or hold it on). The timeline's line from the policy says
     why (the deadline, the rule and its ``max_wait``: :func:`policy_reasons`). Decided
     afresh when the request becomes ready again (a new study came), like the others.
+``rule_missing``
+    A rule that attached one of its studies was renamed or removed since: its policy is
+    unknown, so the safe side is to hold it (never the site default, never at once)
+    until staff release it or hold it on; staff are alerted, and the timeline's line
+    names the rule (:func:`policy_reasons`). Decided afresh when the request becomes
+    ready again, like the others.
 ``staff``
     Held by staff (:meth:`ReleaseKeeper.extend`): until ``hold_until`` (then the policy
     decides again; it never ends before the policy's own hold), or until released when
-    that is NULL. Also the safe side when a study's rule no longer exists.
+    that is NULL. (A lost rule held requests as ``staff`` before ``rule_missing``
+    existed; those rows keep it.)
 
 The policy is applied once a request is ready (:meth:`ReleaseKeeper.sweep`, and at the
 latest by the batch's claim through :meth:`ReleaseKeeper.gate`, in the claim's
@@ -54,10 +61,12 @@ from release.errors import InvalidRequest, InvalidTransition
 
 # The kinds of hold and their SQL live in release.holds (cheap to import); re-exported.
 from release.holds import EMBARGO as EMBARGO
+from release.holds import EXPLAINED as EXPLAINED
 from release.holds import HOLDABLE as HOLDABLE
 from release.holds import MAX_WAIT as MAX_WAIT
 from release.holds import NONE as NONE
 from release.holds import REPORT as REPORT
+from release.holds import RULE_MISSING as RULE_MISSING
 from release.holds import STAFF as STAFF
 from release.holds import is_free as is_free
 from release.holds import releasable as releasable
@@ -185,11 +194,23 @@ def decide(
     return Verdict(NONE, None, note_ or _NOTHING)
 
 
+def rule_missing_why(rule: str) -> str:
+    """Why a ``rule_missing`` hold holds, and what staff do next, in plain words
+    (``rule``: its name, "" when not known)."""
+    which = f"rule {rule}" if rule else "a rule that attached one of its studies"
+    return (
+        f"held for staff to decide: {which} no longer exists (renamed or removed from the "
+        "rules file since), so its release policy is unknown. Release it now if the "
+        "studies may go out, or hold it longer; restoring the rule does not release it"
+    )
+
+
 def describe(req: ReleaseRequest, zone: tzinfo, now: datetime, why: str = "") -> str | None:
     """What the request page shows of the hold (None: nothing holds it):
     "embargoed until …", "waiting for the report …", "held for staff to decide: …",
     "held by staff …". ``why``: the policy's own line for a ``max_wait_passed`` hold
-    (:func:`policy_reasons`), which names the deadline and the ``max_wait``."""
+    (:func:`policy_reasons`), which names the deadline and the ``max_wait``, or for a
+    ``rule_missing`` one, which names the rule."""
     if req.hold_kind == EMBARGO and req.hold_until is not None and req.hold_until > now:
         return f"embargoed until {local_time(req.hold_until, zone)}"
     if req.hold_kind == REPORT:
@@ -200,6 +221,8 @@ def describe(req: ReleaseRequest, zone: tzinfo, now: datetime, why: str = "") ->
             "the final report did not come within the release policy's max_wait: "
             "held for staff to decide"
         )
+    if req.hold_kind == RULE_MISSING:
+        return why or rule_missing_why("")
     if req.hold_kind == STAFF:
         if req.hold_until is None:
             return "held for staff: release it when ready"
@@ -267,7 +290,7 @@ class ReleaseKeeper:
             if study.rule and (ruleset is None or ruleset.rule(study.rule) is None):
                 # Renamed or removed since it attached the study: its policy is unknown,
                 # so the safe side is to hold (never the site default, never at once).
-                return Verdict(STAFF, None, f"rule {study.rule} no longer exists: staff decide")
+                return Verdict(RULE_MISSING, None, rule_missing_why(study.rule))
         chosen = self.policies(studies)
         waits = any(p.until is not None for _, p, _ in chosen)
         reported = waits and final_report(s, sorted({st.study_uid for st in studies}))
@@ -287,7 +310,7 @@ class ReleaseKeeper:
         if changed or (first and found.why != _NOTHING):
             note(s, req, ACTOR, found.why, now)
             log.info("request %s: release hold %r", req.reference, found.kind or "none")
-        if found.kind in (STAFF, MAX_WAIT) and changed and self._on_staff_hold is not None:
+        if found.kind in (STAFF, MAX_WAIT, RULE_MISSING) and changed and self._on_staff_hold:
             self._on_staff_hold(s, req)
         told = first and found.kind in (EMBARGO, REPORT) and found.until is not None
         if told and req.tell_patient_when and req.recipient_email and self._on_expected:

@@ -18,10 +18,18 @@ from store.models import ReleaseRequest, RequestState
 
 NONE, EMBARGO, REPORT, STAFF = "", "embargo", "report", "staff"
 #: The report did not come by ``max_wait`` and the policy says ``hold_for_staff``: held
-#: until a staff member decides (no end). Not ``staff``, which a staff member set (or a
-#: lost rule): the lists, the API and the CLI tell the two apart. Rows held so before
-#: this kind existed keep ``staff``.
+#: until a staff member decides (no end). Not ``staff``, which a staff member set: the
+#: lists, the API and the CLI tell the two apart. Rows held so before this kind existed
+#: keep ``staff``.
 MAX_WAIT = "max_wait_passed"
+#: A rule that attached one of the request's studies was renamed or removed since: its
+#: release policy is unknown, so the request is held until a staff member decides (no
+#: end; never released under the site default). Rows held so before this kind existed
+#: keep ``staff``.
+RULE_MISSING = "rule_missing"
+#: Kinds whose reason is the release policy's own line on the timeline (the deadline and
+#: the ``max_wait``; the lost rule's name): :func:`release.embargo.policy_reasons`.
+EXPLAINED = (MAX_WAIT, RULE_MISSING)
 #: States in which staff may still hold or release a request (before packaging).
 HOLDABLE = (
     RequestState.PENDING,
@@ -44,13 +52,14 @@ def releasable(now: datetime) -> ColumnElement[bool]:
 
 
 #: What staff may ask the lists for: any hold, or one kind (``held_now``'s ``kind``).
-HOLD_FILTERS = ("held", EMBARGO, REPORT, MAX_WAIT, STAFF)
+HOLD_FILTERS = ("held", EMBARGO, REPORT, MAX_WAIT, RULE_MISSING, STAFF)
 
 
 def held_now(now: datetime, kind: str = "held") -> ColumnElement[bool]:
     """The SQL condition of a request a hold keeps back at ``now``: not yet packaged
     (:data:`HOLDABLE`), and its hold not over (:func:`releasable` false). ``kind`` narrows
-    it to one kind (``embargo``, ``report``, ``max_wait_passed``, ``staff``); ``held``:
+    it to one kind (``embargo``, ``report``, ``max_wait_passed``, ``rule_missing``,
+    ``staff``); ``held``:
     any. What the staff pages, the REST API and ``courier request list --held`` show as
     held."""
     if kind not in HOLD_FILTERS:
@@ -64,10 +73,10 @@ def held_now(now: datetime, kind: str = "held") -> ColumnElement[bool]:
 
 
 def needs_staff() -> ColumnElement[bool]:
-    """The SQL condition of a hold only a staff member ends: ``max_wait_passed``, or
-    ``staff`` with no end (combine it with :func:`held_now`)."""
+    """The SQL condition of a hold only a staff member ends: ``max_wait_passed``,
+    ``rule_missing``, or ``staff`` with no end (combine it with :func:`held_now`)."""
     return or_(
-        ReleaseRequest.hold_kind == MAX_WAIT,
+        ReleaseRequest.hold_kind.in_([MAX_WAIT, RULE_MISSING]),
         and_(ReleaseRequest.hold_kind == STAFF, ReleaseRequest.hold_until.is_(None)),
     )
 

@@ -30,7 +30,7 @@ def request_dict(req: ReleaseRequest) -> dict[str, Any]:
         "updated_at": req.updated_at,
         "due_by": req.due_by,
         # The release policy's hold (release.embargo): "" none, embargo, report,
-        # max_wait_passed, staff.
+        # max_wait_passed, rule_missing, staff.
         "hold": req.hold_kind,
         "hold_until": req.hold_until,
         "tell_patient_when": req.tell_patient_when,

@@ -107,6 +107,7 @@ KINDS = [
     "code_undelivered",
     "more_time",
     "release_held",
+    "release_rule_missing",
 ]
 
 

@@ -2,8 +2,9 @@
 
 Through the staff pages (FastAPI's TestClient, SQLite and PostgreSQL) on the pages'
 injected clock; the site's zone is node.yaml's default, Europe/London. A request held
-because the report did not come by max_wait (``max_wait_passed``) and one a staff member
-held until released sit with what needs attention, each saying why.
+because the report did not come by max_wait (``max_wait_passed``), one whose study's rule
+no longer exists (``rule_missing``) and one a staff member held until released sit with
+what needs attention, each saying why.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from sqlalchemy import select
 
 from portal import staff_dashboard
 from portal.staff_dashboard import dashboard
-from release.embargo import ACTOR, EMBARGO, MAX_WAIT, REPORT, STAFF
+from release.embargo import (
+    ACTOR,
+    EMBARGO,
+    MAX_WAIT,
+    REPORT,
+    RULE_MISSING,
+    STAFF,
+    rule_missing_why,
+)
 from release.progress import note
 from release.requests import RequestBook
 from store.models import ReleaseRequest, RequestState
@@ -51,7 +60,8 @@ def held(
     since: datetime = START,
 ) -> str:
     """A request in ``state`` (pending or ready) held ``kind`` until ``until`` since
-    ``since``; a ``max_wait_passed`` one with the policy's line on its timeline."""
+    ``since``; a ``max_wait_passed`` or ``rule_missing`` one with the policy's line on
+    its timeline."""
     ref = make_request(site)
     if state == RequestState.READY:
         RequestBook(site.db.sessions, site.clock).transition(ref, state, "rules", "x")
@@ -60,8 +70,8 @@ def held(
         req.hold_kind, req.hold_until, req.hold_checked_at = kind, until, since
         if name:
             req.patient_name = name
-        if kind == MAX_WAIT:
-            note(s, req, ACTOR, WHY, since)
+        if kind in (MAX_WAIT, RULE_MISSING):
+            note(s, req, ACTOR, WHY if kind == MAX_WAIT else RULE_WHY, since)
     return ref
 
 
@@ -70,6 +80,8 @@ WHY = (
     "the final report did not come by 2026-03-02 09:00 GMT (rule us-report: max_wait 7d "
     "from arrival): held for staff to decide"
 )
+# What release.embargo.ReleaseKeeper.verdict writes when a study's rule is gone.
+RULE_WHY = rule_missing_why("ct-gone")
 
 
 @pytest.fixture
@@ -81,6 +93,7 @@ def holds(site: Site) -> dict[str, str]:
         "staff_until": held(site, STAFF, START + timedelta(days=1), state=RequestState.PENDING),
         "for_staff": held(site, STAFF, None),
         "max_wait": held(site, MAX_WAIT, None),
+        "rule_missing": held(site, RULE_MISSING, None),
         "ended": held(site, EMBARGO, START - timedelta(minutes=1)),
         "free": make_request(site),
     }
@@ -99,15 +112,21 @@ def test_the_dashboard_counts_and_lists_each_kind_of_hold(
         board = dashboard(s, START)
     assert board.held_counts == {
         "max_wait_passed": 1,
+        "rule_missing": 1,
         "staff_open": 1,
         "embargo": 1,
         "report": 1,
         "staff_until": 1,
     }
-    assert board.held == 5 and board.for_staff_count == 2
-    assert [h.reference for h in board.for_staff] == [holds["for_staff"], holds["max_wait"]]
-    assert [h.kind for h in board.for_staff] == [STAFF, MAX_WAIT]
+    assert board.held == 6 and board.for_staff_count == 3
+    assert [h.reference for h in board.for_staff] == [
+        holds["for_staff"],
+        holds["max_wait"],
+        holds["rule_missing"],
+    ]
+    assert [h.kind for h in board.for_staff] == [STAFF, MAX_WAIT, RULE_MISSING]
     assert board.for_staff[1].text == WHY  # why, with the max_wait, from the timeline
+    assert board.for_staff[2].text == RULE_WHY  # the lost rule named, what to do next
     assert [h.reference for h in board.embargoed] == [holds["embargo"]]
     assert [h.reference for h in board.report_wait] == [holds["report"]]
     assert [h.reference for h in board.staff_until] == [holds["staff_until"]]
@@ -119,15 +138,17 @@ def test_the_dashboard_counts_and_lists_each_kind_of_hold(
     # Held for staff: with what needs attention, before the overdue/failed sections.
     needs = page.index('id="needs-decision"')
     assert needs < page.index('id="held"') and needs < page.index('id="counts"')
-    assert "Held for you to decide (2)" in page
+    assert "Held for you to decide (3)" in page
     assert f'id="held-for-staff-{holds["for_staff"]}"' in page
     assert f'id="held-for-staff-{holds["max_wait"]}"' in page
     assert "held for staff: release it when ready" in page
     assert f'<span class="hold hold-max_wait_passed">{WHY}</span>' in page
+    assert f'<span class="hold hold-rule_missing">{RULE_WHY}</span>' in page
+    assert 'id="held-count-rule-missing">1<' in page
     assert 'id="held-count-embargo">1<' in page and 'id="held-count-report">1<' in page
     assert 'id="held-count-staff-until">1<' in page and 'id="held-count-max-wait">1<' in page
     assert 'id="held-count-staff-open">1<' in page and "more:" not in page
-    assert "Held by the release policy (5)" in page
+    assert "Held by the release policy (6)" in page
     # The local time (Europe/London), and when each was held.
     assert "embargoed until 2026-03-05 09:00 GMT" in page
     assert "waiting for the report (at most until 2026-03-09 09:00 GMT)" in page
@@ -175,11 +196,19 @@ def test_the_list_shows_a_hold_badge_and_filters_by_hold(site: Site, holds: dict
     one = site.client.get(f"/staff/requests/{holds['max_wait']}").text
     assert f'<p class="notice" id="hold-state"><strong>{WHY}</strong></p>' in one
     assert 'id="action-release-now"' in one and 'id="action-hold"' in one
-    wanted = {holds[k] for k in ("embargo", "report", "staff_until", "for_staff", "max_wait")}
+    # A lost rule's request page says which rule and what to do next.
+    lost = site.client.get(f"/staff/requests/{holds['rule_missing']}").text
+    assert f'<p class="notice" id="hold-state"><strong>{RULE_WHY}</strong></p>' in lost
+    assert f'id="hold-{holds["rule_missing"]}">{RULE_WHY}' in page
+    wanted = {
+        holds[k]
+        for k in ("embargo", "report", "staff_until", "for_staff", "max_wait", "rule_missing")
+    }
     assert listed("hold=held") == wanted
     assert listed("hold=embargo") == {holds["embargo"]}
     assert listed("hold=report") == {holds["report"]}
     assert listed("hold=max_wait_passed") == {holds["max_wait"]}
+    assert listed("hold=rule_missing") == {holds["rule_missing"]}
     assert listed("hold=staff") == {holds["staff_until"], holds["for_staff"]}
     assert listed("hold=staff&state=pending") == {holds["staff_until"]}
     assert listed("hold=held&state=ready") == wanted - {holds["staff_until"]}
@@ -217,8 +246,10 @@ def test_the_api_lists_held_requests(site: Site, holds: dict[str, str], api: Api
         return {r["reference"] for r in got.json()}
 
     assert listed("held=held") == {
-        holds[k] for k in ("embargo", "report", "staff_until", "for_staff", "max_wait")
+        holds[k]
+        for k in ("embargo", "report", "staff_until", "for_staff", "max_wait", "rule_missing")
     }
+    assert listed("held=rule_missing") == {holds["rule_missing"]}
     assert listed("held=embargo") == {holds["embargo"]}
     assert listed("held=max_wait_passed") == {holds["max_wait"]}
     assert listed("held=staff&state=ready") == {holds["for_staff"]}
@@ -268,8 +299,9 @@ def test_every_kind_of_hold_is_offered_by_the_cli_the_api_and_the_list() -> None
     assert Held.__origin__.__args__ == HOLD_FILTERS  # type: ignore[attr-defined]
     with pytest.raises(SystemExit):
         parser("request").parse_args(["request", "list", "--held", "nonsense"])
-    args = parser("request").parse_args(["request", "list", "--held", MAX_WAIT])
-    assert args.held == MAX_WAIT
+    for kind in (MAX_WAIT, RULE_MISSING):
+        args = parser("request").parse_args(["request", "list", "--held", kind])
+        assert args.held == kind
 
 
 def test_the_held_lists_are_sorted_before_they_are_cut(

@@ -23,11 +23,13 @@ from release.embargo import (
     MAX_WAIT,
     NONE,
     REPORT,
+    RULE_MISSING,
     STAFF,
     ReleaseKeeper,
     describe,
     final_report,
     policy_reasons,
+    rule_missing_why,
 )
 from release.errors import InvalidRequest
 from release.holds import held_at, held_now
@@ -490,6 +492,13 @@ def test_a_rule_that_no_longer_exists_holds_for_staff(db: Database, tmp_path: Pa
     ref = world.ready("renamed-since")
     assert world.claimable() is None
     row = world.row(ref)
-    assert (row.hold_kind, row.hold_until) == (STAFF, None)
-    assert "rule renamed-since no longer exists: staff decide" in world.timeline(ref)
+    # Its own kind (not staff, which a staff member sets), with the rule named and what
+    # staff do next on the timeline; staff are alerted once, and the sweep leaves it.
+    assert (row.hold_kind, row.hold_until) == (RULE_MISSING, None)
+    why = rule_missing_why("renamed-since")
+    assert why in world.timeline(ref)
+    assert "rule renamed-since no longer exists" in why and "Release it now" in why
     assert world.staff_holds == [ref]
+    world.clock.now += timedelta(days=30)
+    assert world.keeper.sweep() == [] and world.claimable() is None
+    assert world.row(ref).hold_kind == RULE_MISSING and world.staff_holds == [ref]
