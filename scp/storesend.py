@@ -37,7 +37,9 @@ sender's CPU time per instance, and a thread hand-over on every one.
   does, for the rest of the run;
 - aborts the association (an empty status) when no answer comes within the DIMSE
   timeout, the peer closes the connection or sends any other PDU (an A-ABORT, an
-  A-RELEASE-RQ), or the answer is for another message.
+  A-RELEASE-RQ), or the answer is for another message; and when the peer reads nothing
+  of a request for the network timeout (the socket's timeout while the run lasts; the
+  connection is shut down first, as an A-ABORT could not get through either).
 
 The network (idle) timer is restarted when the run ends: the DUL saw none of the run's
 traffic. pynetdicom's ``EVT_PDU_RECV`` and ``EVT_DIMSE_RECV`` do not fire for responses
@@ -57,6 +59,7 @@ fails loudly when a pynetdicom upgrade changes what this relies on
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -200,6 +203,10 @@ class _PeerGone(Exception):
     connection."""
 
 
+class _Stalled(Exception):
+    """The peer took no byte for the network timeout while a C-STORE was being sent."""
+
+
 class FastStore:
     """C-STOREs of files on one established association (see the module docstring).
 
@@ -218,6 +225,7 @@ class FastStore:
         self._buf = bytearray(SEND_BUFFER)  # what goes out in one sendall
         self._fill = 0
         self._timeout_s: float | None = None
+        self._blocking: float | None = None  # the socket's timeout before the run
 
     def __enter__(self) -> Self:
         assoc: Any = self._assoc
@@ -276,6 +284,9 @@ class FastStore:
             poll.register(self._sock, select.POLLIN)
             self._poll = poll
             self._timeout_s = self._assoc.dimse_timeout
+            # A peer that stops reading must not hold a sendall for ever.
+            self._blocking = self._sock.gettimeout()
+            self._sock.settimeout(self._assoc.network_timeout)
             return
         log.warning("association DUL thread did not go round; reading responses through it")
         self._release_dul()
@@ -287,6 +298,9 @@ class FastStore:
         if "_is_transport_event" in vars(dul):
             del dul._is_transport_event
             dul._idle_timer.restart()
+        if self._poll is not None and self._sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                self._sock.settimeout(self._blocking)
         self._poll = None
 
     def __exit__(
@@ -320,6 +334,17 @@ class FastStore:
         message_id = self._message_id
         try:
             self._send(path, sop_class, sop_instance, context_id, message_id)
+        except _Stalled:
+            log.error(
+                "the peer read nothing of a C-STORE for the network timeout; closing the "
+                "connection and aborting the association"
+            )
+            assert self._sock is not None
+            with contextlib.suppress(OSError):
+                # pynetdicom's A-ABORT would wait behind the unread bytes for ever.
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._abort()
+            return None
         except _PeerGone:
             # The peer went away mid-message.
             self._abort()
@@ -476,6 +501,8 @@ class FastStore:
         assert self._sock is not None
         try:
             self._sock.sendall(memoryview(self._buf)[: self._fill])
+        except TimeoutError as exc:
+            raise _Stalled() from exc
         except OSError as exc:
             raise _PeerGone() from exc
         finally:

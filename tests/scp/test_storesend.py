@@ -9,6 +9,8 @@ decoding them with pydicom and pynetdicom.
 from __future__ import annotations
 
 import inspect
+import os
+import signal
 import socket
 import struct
 import threading
@@ -405,6 +407,33 @@ def test_a_response_in_fragments_is_read_through_pynetdicom(
     assert handed == [1]  # the first response; pynetdicom reads the rest of the run
     assert report.statuses == {i.sop_instance_uid: 0 for i in items}
     assert received == {i.sop_instance_uid: synthetic.dataset_bytes(i.path) for i in items}
+
+
+def test_a_peer_that_stops_reading_is_an_abort_after_the_network_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dcmtk's storescp, stopped (SIGSTOP) once the association is up: the 8 MB slice
+    fills the connection's buffers and sendall waits; the network timeout ends it."""
+    require_peer("dcmtk", have_dcmtk())
+    (path,) = synthetic.make_ct_series(tmp_path / "big", n_slices=1, rows=2048, cols=2048)
+    items = items_of([path])
+    settings = ScuSettings("COURIER", 5.0, 1.0, 1.0)  # network timeout: max of the two
+    with DcmtkStorescp("HOSP2") as peer:
+        assert peer.process is not None
+        pid = peer.process.pid
+        original = storesend.FastStore.store
+
+        def stopping_the_peer(self: storesend.FastStore, *args: Any) -> int | None:
+            os.kill(pid, signal.SIGSTOP)
+            return original(self, *args)
+
+        monkeypatch.setattr(storesend.FastStore, "store", stopping_the_peer)
+        try:
+            with pytest.raises(PeerAborted) as caught:
+                send_instances(Dest("HOSP2", "127.0.0.1", peer.port), items, settings=settings)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    assert caught.value.report.statuses == {items[0].sop_instance_uid: None}
 
 
 def test_a_peer_that_aborts_mid_run_is_an_abort_with_the_acknowledged_kept(
