@@ -22,7 +22,9 @@ with what to fix (503, nothing written), never a 500.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -48,7 +50,7 @@ from portal.staff_studies import (
     studies_on_pacs,
 )
 from portal.staff_studies_waiting import why_waiting
-from release.embargo import EXPLAINED, HOLDABLE, describe, policy_reasons
+from release.embargo import EXPLAINED, HOLDABLE, describe, local_time, policy_reasons
 from release.errors import InvalidRequest, RequestConflict, RequestNotFound
 from release.mismatch import mismatches
 from release.validation import SUPPORTED_LANGUAGES, RequestDraft, validation_errors
@@ -113,8 +115,23 @@ def page(
         # The nav offers API keys only to those who may manage them (portal.staff_admins).
         staff_admin=staff.username in ctx.portal.staff_admins,
         now=ctx.clock(),
+        # Times as staff read them: delivery.timezone's local time with its abbreviation
+        # (the "when" macro of staff/_macros.html.j2).
+        local=local_clock(ctx.delivery.timezone),
+        staff_zone=ctx.delivery.timezone,
         **values,
     )
+
+
+def local_clock(zone: str) -> Callable[[datetime], str]:
+    """``at`` (aware, or naive meaning UTC) as :func:`release.embargo.local_time` says
+    it in ``zone``: ``2026-03-30 10:00 BST``."""
+    tz = ZoneInfo(zone)
+
+    def local(at: datetime) -> str:
+        return local_time(at if at.tzinfo is not None else at.replace(tzinfo=UTC), tz)
+
+    return local
 
 
 def not_found(request: Request, ctx: PortalContext, staff: Staff, message: str) -> HTMLResponse:
