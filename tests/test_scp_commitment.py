@@ -17,6 +17,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, build_role, evt
+from pynetdicom.pdu import P_DATA_TF
 from sqlalchemy import select, update
 
 from scp import spool
@@ -78,15 +79,28 @@ def commit_scp(db: Database, tmp_path: Path) -> Iterator[CommitScp]:
 
 @dataclass
 class Reports:
-    """N-EVENT-REPORTs received by the test SCU (or its listener)."""
+    """N-EVENT-REPORTs received by the test SCU (or its listener).
+
+    ``arrived`` is set inside the handler, before pynetdicom sends its response;
+    ``answered`` once a P-DATA-TF went out after a report arrived: the response, the only
+    data the SCU sends after its N-ACTION (whose PDU the SCU's own DUL thread sent before
+    it could read the report). The SCU releases only after ``answered`` (see
+    :func:`ask_commitment`).
+    """
 
     got: list[tuple[int, Dataset]] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
+    answered: threading.Event = field(default_factory=threading.Event)
 
     def handle(self, event: evt.Event) -> tuple[int, None]:
         self.got.append((int(event.request.EventTypeID), event.event_information))
         self.arrived.set()
         return 0x0000, None
+
+    def sent(self, event: evt.Event) -> None:
+        """``EVT_PDU_SENT`` handler (the DUL thread, once the PDU is on the socket)."""
+        if self.got and isinstance(event.pdu, P_DATA_TF):
+            self.answered.set()
 
     def one(self) -> tuple[int, dict[str, int | None]]:
         """The single report: event type, and each instance's Failure Reason (None: ok)."""
@@ -131,7 +145,10 @@ def ask_commitment(
         port,
         ae_title="COURIER",
         ext_neg=ext_neg,  # type: ignore[arg-type]
-        evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handle)],
+        evt_handlers=[
+            (evt.EVT_N_EVENT_REPORT, reports.handle),
+            (evt.EVT_PDU_SENT, reports.sent),
+        ],
     )
     try:
         assert assoc.is_established
@@ -149,7 +166,11 @@ def ask_commitment(
             info, action_type, STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
         )
         if take_scp_role and int(status.Status) == 0:
-            reports.arrived.wait(WAIT_S)
+            # Not ``arrived``: the handler sets it before its N-EVENT-REPORT-RSP is queued,
+            # and a release queued first puts the DUL in Sta7, where that P-DATA request
+            # is an InvalidEventError ('Evt9' in 'Sta7') in pynetdicom's DUL thread and
+            # Courier never gets its answer.
+            reports.answered.wait(WAIT_S)
         assoc.release()
         return int(status.Status)
     finally:
