@@ -5,6 +5,7 @@ changes goes back to receiving (injected clock throughout)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections.abc import Callable
@@ -56,7 +57,8 @@ rules:
 
 class Clock:
     def __init__(self) -> None:
-        # Recovery dates re-indexed files by their mtime: start from the real time.
+        # Near the real time, like the rows that default to it; recovery's dates (file
+        # mtimes) come from this clock, see World.receive.
         self.now = datetime.now(UTC) + timedelta(seconds=1)
 
     def __call__(self) -> datetime:
@@ -116,6 +118,11 @@ class World:
             dest = self.content.path(rel)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(p, dest)
+            # Recovery dates a re-indexed file by its mtime: stamp it with this clock, not
+            # the real time, which under load runs past the clock (settle's 61 s step then
+            # leaves the study receiving, and its request pending).
+            stamp = self.clock.now.timestamp()
+            os.utime(dest, (stamp, stamp))
         recover(self.content, self.sessions, self.catalog)
         return str(pydicom.dcmread(paths[0]).StudyInstanceUID)
 
