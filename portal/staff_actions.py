@@ -20,7 +20,11 @@ success redirects back (303) with a fixed "done" note.
   codes on; a new token makes the old one worthless. Patient links only (a clinician's
   link is the patient's to share again). A corrected-report email the locked link did
   not get is queued again for the new link, once
-  (:func:`delivery.report_updates.queue_again`).
+  (:func:`delivery.report_updates.queue_again`). Two staff members (or two nodes on one
+  PostgreSQL database) re-issuing the same link at once make one new link: the revoke is
+  a conditional UPDATE (still locked, not revoked) and only the transaction whose UPDATE
+  changed the row goes on; the other waits for its row lock, matches nothing and is
+  refused with :data:`ALREADY_REISSUED`, having queued nothing.
 - ``cd``: puts the request in the CD burn queue (a ``staff`` job of
   :mod:`delivery.discs`) with a ``marked for CD`` note; refused while it has an open job.
   Writing the image, marking it burned and cancelling it are :mod:`portal.staff_discs`.
@@ -61,6 +65,10 @@ log = logging.getLogger("courier.portal.staff")
 router = APIRouter(prefix="/staff")
 MAX_EXTEND_DAYS = 365
 MAX_REASON = 2000
+ALREADY_REISSUED = (
+    "This link was already re-issued (or revoked) by someone else; nothing was sent twice. "
+    "Look at the links again."
+)
 
 
 class Refused(Exception):
@@ -138,11 +146,24 @@ def extend(s: Session, ctx: PortalContext, req: ReleaseRequest, form: Form, now:
 
 def reissue(s: Session, ctx: PortalContext, req: ReleaseRequest, form: Form, now: datetime) -> str:
     old = _grant(s, req, form)
+    if old.purpose == "patient" and old.locked_at is not None and old.revoked_at is not None:
+        raise Refused(ALREADY_REISSUED)
     if grant_state(old, now) != "locked" or old.purpose != "patient":
         raise Refused("Only a locked patient link (not revoked, not expired) is re-issued.")
     if RequestState(req.state) not in LIVE:
         raise Refused("This request's links are no longer in use.")
-    _revoke_tree(s, old, now)
+    # The check above read the row without a lock: a concurrent re-issue may have
+    # revoked it since. Row count 1: this transaction won and issues the new link; 0:
+    # the other one did (we waited for its row lock, then matched nothing), so nothing
+    # is queued here and the transaction rolls back.
+    won = s.execute(  # type: ignore[attr-defined]
+        update(Grant)
+        .where(Grant.id == old.id, Grant.locked_at.is_not(None), Grant.revoked_at.is_(None))
+        .values(revoked_at=now)
+    ).rowcount
+    if won != 1:
+        raise Refused(ALREADY_REISSUED)
+    _revoke_tree(s, old, now)  # the links forwarded from it, and every session
     fresh = new_grant(s, ctx.keys, req, package_id=old.package_id, link_days=1, now=now)
     fresh.expires_at = old.expires_at
     _link_email(s, ctx, req, fresh)
