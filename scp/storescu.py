@@ -64,7 +64,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from scp import association
 from scp.association import REJECTED_TRANSIENT
 from scp.commitment import CommitmentReports
-from scp.storesend import FastStore
+from scp.storesend import FastStore, hold_reactor
 
 log = logging.getLogger("courier.scp.storescu")
 
@@ -344,6 +344,7 @@ def _commit(
         request.ReferencedSOPSequence.append(ref)
     wait = reports.expect(transaction)
     report.transaction_uid = transaction
+    hold_reactor(assoc)  # so that the reactor cannot take the N-ACTION's response
     status, _reply = assoc.send_n_action(
         request, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
     )

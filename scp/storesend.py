@@ -198,6 +198,18 @@ def dataset_offset(path: Path) -> int:
     return offset if offset is not None else int(split_dataset(path)[1])
 
 
+def hold_reactor(assoc: Association) -> bool:
+    """Pause the association's reactor before one of pynetdicom's ``send_*`` calls (an
+    N-ACTION after the run), and wait until it really holds (see
+    :meth:`FastStore._wait_paused`: ``send_*`` pauses it too, but may go ahead while the
+    reactor, just resumed by the end of a run, is passing its checkpoint and takes the
+    response). The ``send_*`` call resumes it. False when it did not hold still within
+    :data:`PAUSE_TIMEOUT_S` (the call then goes ahead as pynetdicom's alone would)."""
+    held: Any = assoc
+    held._reactor_checkpoint.clear()
+    return FastStore._wait_paused(held)
+
+
 class _PeerGone(Exception):
     """Writing to or reading from the socket failed: the peer closed or reset the
     connection."""
