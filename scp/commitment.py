@@ -27,6 +27,15 @@ delivered it first, polling the :class:`ReportBook` (when the reports have one) 
 for (late) is answered 0x0000 and dropped; one on a new association stays in the
 book, where ``delivery.dicomsend`` applies it when the request's next attempt starts.
 
+A report handed over by :meth:`CommitmentReports.handle` ends the wait only once our
+N-EVENT-REPORT-RSP is on the socket (``EVT_PDU_SENT``), or the connection closed. The
+handler runs before pynetdicom queues that response, and with the reactor marked
+paused: a sender that released as soon as the handler had the report could queue its
+A-RELEASE-RQ first, and pynetdicom refuses the response in the state that leaves
+(InvalidEventError 'Evt9' in 'Sta7', in its own thread): the peer gets no answer (it
+may report again) and the release waits for a timeout. The wait stays bounded by its
+timeout; a report whose response never went out is still returned then.
+
 Log lines hold Transaction UIDs, counts and status codes only.
 """
 
@@ -43,6 +52,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom.pdu import P_DATA_TF
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -206,9 +216,11 @@ class CommitmentWait:
         self._done = threading.Event()
         self._result: CommitmentResult | None = None
 
-    def _set(self, result: CommitmentResult) -> None:
+    def _arrived(self, result: CommitmentResult, assoc: Any) -> None:
+        """The report came on ``assoc`` (in its handler, before pynetdicom queued our
+        response): keep it, and end the wait once that response was sent."""
         self._result = result
-        self._done.set()
+        after_response(assoc, self._done.set)
 
     def wait(self, timeout_s: float) -> CommitmentResult | None:
         """The result, or None when no report came within ``timeout_s``; stops waiting
@@ -279,5 +291,43 @@ class CommitmentReports:
             "" if wait else " (nobody waits for it: dropped)",
         )
         if wait is not None:
-            wait._set(result)
+            wait._arrived(result, event.assoc)
         return SUCCESS, None  # Success: report received
+
+
+def after_response(assoc: Any, then: Callable[[], None]) -> None:
+    """Call ``then`` (once, in pynetdicom's DUL thread) when ``assoc`` has sent the end
+    of the DIMSE response its running ``EVT_N_EVENT_REPORT`` handler is about to give, or
+    when the connection closes first.
+
+    Call it from that handler: nothing else is sent on the association meanwhile (its
+    reactor is in the handler, our N-ACTION went out before the peer could report on
+    it), so the next PDU carrying the last fragment of a command set is the response,
+    which holds no data set (we answer ``(status, None)``).
+    """
+    fired = threading.Lock()
+
+    def fire() -> None:
+        if fired.acquire(blocking=False):
+            assoc.unbind(evt.EVT_PDU_SENT, pdu_sent)
+            assoc.unbind(evt.EVT_CONN_CLOSE, closed)
+            then()
+
+    def pdu_sent(event: evt.Event) -> None:
+        if _ends_command(event.pdu):
+            fire()
+
+    def closed(_event: evt.Event) -> None:
+        fire()
+
+    assoc.bind(evt.EVT_PDU_SENT, pdu_sent)
+    assoc.bind(evt.EVT_CONN_CLOSE, closed)
+
+
+def _ends_command(pdu: object) -> bool:
+    """True for a P-DATA-TF holding the last fragment of a command set (message control
+    header bits xxxxxx11, PS3.8 E.2)."""
+    return isinstance(pdu, P_DATA_TF) and any(
+        item.presentation_data_value and item.presentation_data_value[0] & 0x03 == 0x03
+        for item in pdu.presentation_data_value_items
+    )
