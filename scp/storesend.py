@@ -23,7 +23,9 @@ sender's CPU time per instance, and a thread hand-over on every one.
   has gone round its loop with that check in place;
 - encodes each command set from bytes (six fixed elements, Implicit VR Little Endian);
 - sends the file's dataset bytes as stored (everything after the File Meta Information,
-  found from its group length without pydicom; the file opened once), cut into
+  found from its group length without pydicom; the file opened once), without any
+  group 0002 elements a modality put at the start of the dataset (File Meta only:
+  :func:`dataset_offset`; a deflated dataset goes whole), cut into
   P-DATA-TF PDUs of the peer's maximum length, from the calling thread: the file is
   read straight into one 256 KB buffer behind the PDU headers, sent with one
   ``sendall`` each time it fills (several PDUs at a time, or a PDU in parts when the
@@ -78,6 +80,8 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu import P_DATA_TF
+
+from store.filemeta import MalformedMeta, dataset_start
 
 log = logging.getLogger("courier.scp.storesend")
 
@@ -173,29 +177,33 @@ def store_response(body: bytes) -> tuple[int, int] | None:
     return fields[0x0120], fields[0x0900]
 
 
-def _offset_in(head: bytes) -> int | None:
-    """Where the dataset starts, from the first bytes of a file: after the preamble
-    and the File Meta Information whose group length (0002,0000) comes first; None
-    when the file does not start so."""
-    if (
-        len(head) >= 144
-        and head[128:132] == b"DICM"
-        and head[132:138] == b"\x02\x00\x00\x00UL"
-        and head[138:140] == b"\x04\x00"
-    ):
-        (group_length,) = struct.unpack_from("<I", head, 140)
-        return 144 + int(group_length)
-    return None
+def _offset_in(source: io.RawIOBase | io.BufferedIOBase, path: Path) -> int:
+    """Where the dataset proper starts in the file open as ``source`` (see
+    :func:`dataset_offset`). Raises ``OSError`` when its group 0002 elements do not
+    parse (:class:`MalformedMeta`): nothing of it can go out."""
+    try:
+        offset = dataset_start(source)
+    except MalformedMeta as exc:
+        raise OSError(f"{path.name} cannot be sent: {exc}") from None
+    return offset if offset is not None else int(split_dataset(path)[1])
 
 
 def dataset_offset(path: Path) -> int:
-    """Where the dataset starts in a DICOM file (after preamble and File Meta).
+    """Where the dataset to send starts in a DICOM file: after the preamble, the File
+    Meta Information and any group 0002 elements a modality put at the start of the
+    dataset (PS3.10 7.1: group 0002 is File Meta only; PS3.7 does not carry it in a
+    DIMSE data set, and it may name the modality's internal addresses). Found as
+    ``store.filemeta.dataset_start`` finds it for every other copy that leaves the
+    hospital, from the File Meta Information Group Length (0002,0000), which every file
+    Courier stores has; anything else is left to pydicom's ``split_dataset``.
 
-    Read from the File Meta Information Group Length (0002,0000), which every file
-    Courier stores has; anything else is left to pydicom's ``split_dataset``."""
+    A deflated dataset is sent from the end of the meta group, as stored: its first
+    bytes are a deflate stream, not elements, and re-encoding it to drop any group 0002
+    inside would change the bytes the sending modality deflated.
+
+    Raises ``OSError`` when the file cannot be read or its group 0002 does not parse."""
     with path.open("rb") as f:
-        offset = _offset_in(f.read(144))
-    return offset if offset is not None else int(split_dataset(path)[1])
+        return _offset_in(f, path)
 
 
 def hold_reactor(assoc: Association) -> bool:
@@ -335,8 +343,9 @@ class FastStore:
         ``context_id`` (whose transfer syntax must be the file's); the peer's status,
         None when it gave no valid answer (the association is then aborted).
 
-        Raises ``OSError`` when the file cannot be read (the association is aborted:
-        part of the message may have gone out)."""
+        Raises ``OSError`` when the file cannot be read, or its group 0002 elements do
+        not parse (:func:`dataset_offset`); the association is aborted: part of the
+        message may have gone out."""
         assoc: Any = self._assoc
         if not assoc.is_established:
             return None  # the peer aborted (or released) before this one
@@ -467,11 +476,9 @@ class FastStore:
         with open(path, "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(min(size, HEAD_READ)) if size else b""
-            offset = _offset_in(head)
-            if offset is None:
-                offset = int(split_dataset(path)[1])
-            if offset > len(head):
-                f.seek(offset)
+            # A small file was read whole: its dataset is found in the bytes read.
+            offset = _offset_in(io.BytesIO(head) if len(head) == size else f, path)
+            f.seek(max(offset, len(head)))
             pending = memoryview(head)[offset:]  # read, not yet in the buffer
             left = size - offset
             while True:

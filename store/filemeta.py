@@ -9,6 +9,8 @@ that reads stored files:
 
 - :func:`content_sha256`: the file's SHA-256 as if the sender elements were not in it
   (the index's ``sha256``), and its size on disk;
+- :func:`dataset_start`: where the dataset proper starts, past those leading group 0002
+  elements (the C-STORE sender, ``scp.storesend``, sends from there);
 - :class:`OutgoingFile`: the file as it leaves the hospital (ZIP parts, disc images,
   DICOMweb): the meta group re-encoded without the sender elements, its group length to
   match, and without any group 0002 elements at the start of the dataset (a modality
@@ -125,10 +127,41 @@ def outgoing_head(source: io.RawIOBase | io.BufferedIOBase) -> tuple[bytes, int]
     shorter than it says, or its elements do not parse, and as
     :func:`_dataset_group_0002` does.
     """
+    found = _meta_and_leading(source)
+    if found is None:
+        return b"", 0
+    length, kept, leading = found
+    if len(kept) == length and not leading:
+        return b"", 0
+    return PREAMBLE + meta_group(kept), _HEAD + length + leading
+
+
+def dataset_start(source: io.RawIOBase | io.BufferedIOBase) -> int | None:
+    """Where the dataset proper starts in the file open as ``source`` (read from its
+    start): after the meta group and after the group 0002 elements at the start of the
+    dataset, as :class:`OutgoingFile` leaves them out (none are looked for in a
+    deflated dataset: it goes as stored). None when the file has no meta group length
+    to find them by. ``source`` is left somewhere past the meta group.
+
+    Raises :class:`MalformedMeta` as :func:`outgoing_head` does.
+    """
+    found = _meta_and_leading(source)
+    if found is None:
+        return None
+    length, _kept, leading = found
+    return _HEAD + length + leading
+
+
+def _meta_and_leading(
+    source: io.RawIOBase | io.BufferedIOBase,
+) -> tuple[int, bytes, int] | None:
+    """(meta group length, its elements without the sender's, bytes of group 0002
+    elements at the start of the dataset) of the file open as ``source``, read from its
+    start; None without a meta group length. Raises as :func:`outgoing_head`."""
     source.seek(0)
     head = source.read(_HEAD) or b""
     if head[: len(_GROUP_LENGTH)] != _GROUP_LENGTH:
-        return b"", 0
+        return None
     length = struct.unpack_from("<I", head, _HEAD - 4)[0]
     if length > MAX_META:
         raise MalformedMeta(f"the meta group says it is {length} bytes long")
@@ -140,9 +173,7 @@ def outgoing_head(source: io.RawIOBase | io.BufferedIOBase) -> tuple[bytes, int]
         raise MalformedMeta("the meta group's elements do not parse")
     # A deflated dataset is a deflate stream: its first bytes are not elements.
     leading = 0 if _transfer_syntax(kept) == DEFLATED else _dataset_group_0002(source)
-    if len(kept) == length and not leading:
-        return b"", 0
-    return PREAMBLE + meta_group(kept), _HEAD + length + leading
+    return length, kept, leading
 
 
 #: Deflated Explicit VR Little Endian (PS3.5 A.5).

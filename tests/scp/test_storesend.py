@@ -25,6 +25,11 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.filereader import read_dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE, evt, fsm
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -37,6 +42,7 @@ from pynetdicom.transport import AssociationSocket
 
 from scp import storesend
 from scp.storescu import AeFactory, PeerAborted, ScuSettings, acknowledged, send_instances
+from store.filemeta import outgoing_head
 from tests import synthetic
 from tests.dcmtk import DcmtkStorescp, have_dcmtk
 from tests.peers import require_peer
@@ -484,3 +490,141 @@ def test_the_network_timer_restarts_after_a_run_the_dul_did_not_see(ct: list[Pat
         finally:
             if assoc.is_established:
                 assoc.abort()
+
+
+# Group 0002 elements a modality put at the start of its dataset (Explicit VR Little
+# Endian, as pydicom and scp.header read them whatever the dataset's transfer syntax):
+# (0002,0013) Implementation Version Name, (0002,0016) Source Application Entity Title.
+_LEADING_0002 = (
+    struct.pack("<HH2sH", 0x0002, 0x0013, b"SH", 8)
+    + b"MODV1.0 "
+    + struct.pack("<HH2sH", 0x0002, 0x0016, b"AE", 12)
+    + b"CT_SCANNER01"
+)
+
+
+def _with_leading_0002(path: Path, out: Path) -> Path:
+    """A copy of ``path`` whose dataset starts with :data:`_LEADING_0002`."""
+    raw = path.read_bytes()
+    start = len(raw) - len(synthetic.dataset_bytes(path))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(raw[:start] + _LEADING_0002 + raw[start:])
+    return out
+
+
+def _file_in(tmp_path: Path, ts: str, leading: bool) -> Path:
+    """One small synthetic CT in transfer syntax ``ts``, with or without group 0002 at
+    the start of its dataset."""
+    made = synthetic.make_transfer_syntax_studies(
+        tmp_path / "made", n_instances=1, rows=16, cols=16, syntaxes=[ts]
+    )
+    (path,) = made[ts]
+    return _with_leading_0002(path, tmp_path / "leading.dcm") if leading else path
+
+
+def _wire_dataset(path: Path, max_pdu: int = 4096) -> bytes:
+    """The dataset bytes FastStore._send writes for ``path`` (its PDVs, joined)."""
+    ours, theirs = socket.socketpair()
+    fake = SimpleNamespace(
+        dul=SimpleNamespace(socket=SimpleNamespace(socket=ours)),
+        acceptor=SimpleNamespace(maximum_length=max_pdu),
+    )
+    sender = storesend.FastStore(fake)  # type: ignore[arg-type]
+    got = bytearray()
+    reader = threading.Thread(target=lambda: _read_all(theirs, got))
+    reader.start()
+    try:
+        sender._send(path, CTImageStorage, "1.2.3.4", 5, 9)
+    finally:
+        ours.shutdown(socket.SHUT_WR)
+        reader.join(10)
+        ours.close()
+        theirs.close()
+    dataset, pos = bytearray(), 0
+    while pos < len(got):
+        (length,) = struct.unpack_from(">I", got, pos + 2)
+        pdu = P_DATA_TF()
+        pdu.decode(bytes(got[pos : pos + 6 + length]))
+        pos += 6 + length
+        for item in pdu.presentation_data_value_items:
+            pdv = item.presentation_data_value
+            assert pdv is not None
+            if not pdv[0] & 0x01:
+                dataset.extend(pdv[1:])
+    return bytes(dataset)
+
+
+# (transfer syntax, dataset starts with group 0002, what goes out: the source's dataset
+# bytes without the leading group 0002 (True) or all of them as stored (False)).
+_GROUP_0002_CASES = [
+    pytest.param(ImplicitVRLittleEndian, True, True, id="implicit-with-0002"),
+    pytest.param(ExplicitVRLittleEndian, True, True, id="explicit-with-0002"),
+    pytest.param(ImplicitVRLittleEndian, False, False, id="implicit-plain"),
+    pytest.param(ExplicitVRLittleEndian, False, False, id="explicit-plain"),
+    # A deflate stream is not walked for elements: its bytes go as stored.
+    pytest.param(DeflatedExplicitVRLittleEndian, False, False, id="deflated-plain"),
+]
+
+
+@pytest.mark.parametrize(("ts", "leading", "dropped"), _GROUP_0002_CASES)
+def test_the_wire_carries_no_group_0002_of_the_dataset(
+    tmp_path: Path, ts: str, leading: bool, dropped: bool
+) -> None:
+    path = _file_in(tmp_path, ts, leading)
+    stored = synthetic.dataset_bytes(path)
+    expected = stored[len(_LEADING_0002) :] if dropped else stored
+    assert _wire_dataset(path) == expected
+    assert storesend.dataset_offset(path) == path.stat().st_size - len(expected)
+    # The same place every other outgoing copy starts its dataset from.
+    with path.open("rb") as f:
+        _head, replaced = outgoing_head(f)
+    if replaced:
+        assert storesend.dataset_offset(path) == replaced
+
+
+def test_a_large_file_with_group_0002_in_its_dataset_goes_without_it(tmp_path: Path) -> None:
+    """Larger than the first read of a file (storesend.HEAD_READ): found in the file."""
+    (big,) = synthetic.make_ct_series(tmp_path / "ct", n_slices=1, rows=256, cols=256)
+    assert big.stat().st_size > storesend.HEAD_READ
+    path = _with_leading_0002(big, tmp_path / "leading.dcm")
+    assert _wire_dataset(path, 16384) == synthetic.dataset_bytes(big)
+
+
+def test_a_deflated_dataset_goes_as_stored_whatever_its_first_bytes(tmp_path: Path) -> None:
+    """A deflated file's dataset is never walked: bytes after its meta group that would
+    read as group 0002 elements are part of the deflate stream, and go out."""
+    path = _file_in(tmp_path, DeflatedExplicitVRLittleEndian, True)
+    assert _wire_dataset(path) == synthetic.dataset_bytes(path)
+
+
+def test_a_malformed_group_0002_run_is_an_oserror_before_any_dataset_byte(
+    tmp_path: Path,
+) -> None:
+    (plain,) = synthetic.make_ct_series(tmp_path / "ct", n_slices=1, rows=16, cols=16)
+    raw = plain.read_bytes()
+    start = len(raw) - len(synthetic.dataset_bytes(plain))
+    path = tmp_path / "cut.dcm"
+    # A group 0002 element whose length runs past the end of the file.
+    path.write_bytes(raw[:start] + struct.pack("<HH2sH", 0x0002, 0x0016, b"AE", 0xFFFE) + b"X")
+    with pytest.raises(OSError, match="cannot be sent"):
+        storesend.dataset_offset(path)
+    with pytest.raises(OSError, match="cannot be sent"):
+        _wire_dataset(path)
+
+
+@pytest.mark.parametrize(
+    ("ts", "leading", "dropped"),
+    [case for case in _GROUP_0002_CASES if case.values[0] != DeflatedExplicitVRLittleEndian],
+)
+def test_what_dcmtk_receives_has_no_group_0002_in_its_dataset(
+    tmp_path: Path, small_pdu_storescp: DcmtkStorescp, ts: str, leading: bool, dropped: bool
+) -> None:
+    path = _file_in(tmp_path, ts, leading)
+    items = items_of([path])
+    report = send_instances(Dest("HOSP2", "127.0.0.1", small_pdu_storescp.port), items)
+    assert report.statuses == {items[0].sop_instance_uid: 0}
+    stored = synthetic.dataset_bytes(path)
+    expected = stored[len(_LEADING_0002) :] if dropped else stored
+    (received,) = _received(small_pdu_storescp).values()
+    assert received[:2] != b"\x02\x00"  # no group 0002 leads the dataset
+    assert received == expected
