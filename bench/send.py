@@ -42,45 +42,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import pydicom  # noqa: E402
-from ingest import DataSet, data_sets  # noqa: E402
+from ingest import data_sets  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 
 from scp.storescu import acknowledged, send_instances  # noqa: E402
 from tests import dcmtk  # noqa: E402
+from tests.send_items import Dest, Item, items_of  # noqa: E402
 
 AE_TITLE = "STORESCP"
-
-
-@dataclass(frozen=True)
-class Item:
-    path: Path
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-
-
-@dataclass(frozen=True)
-class Dest:
-    ae_title: str
-    host: str
-    port: int
-    commitment: str = "off"
-
-
-def items_of(data: DataSet) -> list[Item]:
-    out = []
-    for path in data.files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        out.append(
-            Item(
-                path,
-                str(ds.SOPClassUID),
-                str(ds.SOPInstanceUID),
-                str(ds.file_meta.TransferSyntaxUID),
-            )
-        )
-    return out
 
 
 def _self_cpu() -> float:
@@ -184,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     senders = ["storescu", "courier"] + ([] if args.no_pynetdicom else ["pynetdicom"])
     lines = []
     for data in data_sets(args.sets.split(",")):
-        items = items_of(data)
+        items = items_of(list(data.files))
         n, mb = len(items), data.total_bytes / 1e6
         runs: dict[str, list[Run]] = {s: [] for s in senders}
         for i in range(args.repeat):

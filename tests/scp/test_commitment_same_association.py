@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -33,43 +32,13 @@ from scp.commitment import CommitmentReports
 from scp.storescu import ScuSettings, send_instances
 from tests import synthetic
 from tests.pynetdicom_peers import PynetdicomScp, park_reactor
+from tests.send_items import Dest, items_of
 
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"  # Storage Commitment Push Model SOP Class
 WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"
 ALL_COMMITTED = 1  # Event Type ID: Storage Commitment Request Successful
 WAIT_S = 30.0
 HOLD_S = 0.5  # how long Courier's handler waits for a release to be queued
-
-
-@dataclass(frozen=True)
-class Item:
-    path: Path
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-
-
-@dataclass(frozen=True)
-class Dest:
-    ae_title: str
-    host: str
-    port: int
-    commitment: str = "required"
-
-
-def items_of(files: list[Path]) -> list[Item]:
-    out = []
-    for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        out.append(
-            Item(
-                path,
-                str(ds.SOPClassUID),
-                str(ds.SOPInstanceUID),
-                str(ds.file_meta.TransferSyntaxUID),
-            )
-        )
-    return out
 
 
 @dataclass
@@ -169,7 +138,10 @@ def test_a_report_on_the_same_association_is_answered_before_the_release(
     items = items_of(synthetic.make_ct_series(tmp_path / "ct", n_slices=2, rows=16, cols=16))
     settings = ScuSettings("COURIER", 5.0, 10.0, 10.0)
     report = send_instances(
-        Dest("HOSP5", "127.0.0.1", port), items, settings=settings, reports=HeldBackReports()
+        Dest("HOSP5", "127.0.0.1", port, commitment="required"),
+        items,
+        settings=settings,
+        reports=HeldBackReports(),
     )
     assert report.commitment == "reported"
     assert report.committed == {i.sop_instance_uid for i in items}

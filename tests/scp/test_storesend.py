@@ -16,13 +16,11 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pydicom
 import pytest
 from pydicom.filereader import read_dataset
 from pydicom.uid import (
@@ -47,37 +45,7 @@ from tests import synthetic
 from tests.dcmtk import DcmtkStorescp, have_dcmtk
 from tests.peers import require_peer
 from tests.pynetdicom_peers import PynetdicomScp
-
-
-@dataclass(frozen=True)
-class Item:
-    path: Path
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-
-
-@dataclass(frozen=True)
-class Dest:
-    ae_title: str
-    host: str
-    port: int
-    commitment: str = "off"
-
-
-def items_of(files: list[Path]) -> list[Item]:
-    out = []
-    for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        out.append(
-            Item(
-                path,
-                str(ds.SOPClassUID),
-                str(ds.SOPInstanceUID),
-                str(ds.file_meta.TransferSyntaxUID),
-            )
-        )
-    return out
+from tests.send_items import Dest, items_of
 
 
 def test_pynetdicom_internals_are_what_the_fast_send_expects() -> None:
