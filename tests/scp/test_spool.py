@@ -43,9 +43,13 @@ def _wait_full(expected: int) -> set[str]:
     """The pool's files once it holds ``expected`` (bounded wait: the thread makes one in
     well under a millisecond)."""
     deadline = time.monotonic() + 10
-    while len(names := spool.ready_names()) < expected and time.monotonic() < deadline:
+    while len(spool.ready_names()) < expected and time.monotonic() < deadline:
         time.sleep(0.01)
-    return names
+    # ready_names() counts a file the thread is still creating: wait until it is made.
+    pool = spool._pool
+    while pool is not None and pool._making is not None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return spool.ready_names()
 
 
 def _fds() -> int:
@@ -73,8 +77,11 @@ def test_the_pool_hands_out_distinct_empty_files_and_refills(pooled: Path) -> No
         assert os.stat(f.name).st_mode & 0o777 == 0o600
         assert Path(f.name).name.startswith(f"{os.getpid()}-") and f.name.endswith(".part")
     assert ready & {f.name for f in files}, "the pool's own files were handed out"
-    refilled = _wait_full(spool.POOL_SIZE)
-    assert len(refilled) == spool.POOL_SIZE and not refilled & {f.name for f in files}
+    # The thread refills while files are still being taken and rests once the pool is
+    # full; a take after that leaves it above half, which wakes nothing (by design), so
+    # the pool is somewhere above half here, never holding a file handed out.
+    refilled = _wait_full(spool.POOL_SIZE // 2 + 1)
+    assert len(refilled) > spool.POOL_SIZE // 2 and not refilled & {f.name for f in files}
     for f in files:
         f.write(b"x")
         f.discard()
