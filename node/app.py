@@ -86,11 +86,10 @@ class Node:
     role: Role = "all"
 
     def reload_rules(self) -> None:
-        """SIGHUP: reload the rules here and in every receiving process."""
+        """SIGHUP: reload the rules here; the receiving processes take up the version
+        accepted here as soon as it is (:meth:`run` tells them)."""
         if self.rulebook is not None:
             self.rulebook.reload_requested.set()
-        if self.receivers is not None:
-            self.receivers.reload_rules()
 
     def run(self) -> None:
         """Start what the role runs (SCP, web, worker) and sweep until stopped."""
@@ -112,9 +111,10 @@ class Node:
         engine, sessions, content = open_store(self.cfg)
         # Before any receiver starts: they count into this folder too (telemetry.metrics).
         metrics.configure(metrics_dir(self.cfg, store_url(self.cfg)), clear=True)
-        # This process keeps its own rulebook: the sweeps match with it, and it
-        # reports reload errors (status, staff alert).
-        self.rulebook = Rulebook(self.cfg)
+        # This process leads the rules: it loads them, the sweeps match with them, it
+        # reports reload errors (status, staff alert), and it records the version it
+        # accepted, which the receivers take up (node.rulebook): one version in force.
+        self.rulebook = Rulebook(self.cfg, role="lead")
         receivers = None
         if receives:
             with turn(engine, "spool-recovery") as mine:
@@ -168,17 +168,23 @@ class Node:
         status = StatusFile(self.cfg.data_dir)
         web_port = self.cfg.portal.port if web is not None else None
         round_s = self.cfg.scp.stability_check_s
-        # The rules are looked at about once a second, as each receiving process does
-        # with its own rulebook, so the status and the staff alert follow what they
-        # apply; the sweeps and the status heartbeat come every stability_check_s.
+        # The rules are looked at about once a second (the receivers look for the
+        # version accepted here as often), so the status and the staff alert follow
+        # what they apply; the sweeps and the status heartbeat come every
+        # stability_check_s.
         tick_s = min(round_s, RULES_CHECK_S)
         next_round = time.monotonic() + round_s
         written: tuple[int, str | None] | None = None
         written_at = 0.0
         died: tuple[int, int] | None = None
+        accepted = rulebook.digest  # the receivers read it at their start
         try:
             while True:
                 rules = rulebook.current()  # notices a changed rules file or a SIGHUP
+                if rulebook.digest != accepted:  # a new version: the receivers take it up
+                    accepted = rulebook.digest
+                    if receivers is not None:
+                        receivers.reload_rules()
                 if rulebook.last_error and rulebook.last_error != alerted_error:
                     try:
                         delivery.rules_failed()  # staff hear of it once per new error

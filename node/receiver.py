@@ -5,7 +5,8 @@ and runs everything else itself: the web app, the sweeps, the scheduler and the
 relay, the RIS listener, the audit shipping. A receiving process imports what
 receiving needs and nothing more: pynetdicom and the SCP, the header walk and ingest,
 the catalog (SQLAlchemy and the models), the rules (the screen applies them to each
-instance), telemetry, and node.yaml's schema (a SIGHUP re-reads the rules from it).
+instance: it compiles the version the node process accepted, node.rulebook),
+telemetry, and node.yaml's schema.
 Not the web app, the scheduler, the channels, packaging or the imaging renderer
 (``tests/test_receiver.py`` holds that, on ``sys.modules``).
 
@@ -22,8 +23,9 @@ With the parent (:class:`node.receivers.Receivers`):
 - It writes one line, ``listening``, on stdout once its ports listen; the parent waits
   for that line before it says the node is ready. A process that cannot listen logs
   why and exits 1 without writing it.
-- SIGTERM: stop listening and exit 0. SIGHUP: reload the rules. SIGINT is ignored (a
-  terminal's Ctrl-C reaches the whole process group; the parent decides). It dies with
+- SIGTERM: stop listening and exit 0. SIGHUP: take up the rules the node accepted.
+  SIGINT is ignored (a terminal's Ctrl-C reaches the whole process group; the parent
+  decides). It dies with
   the parent, even one killed by ``kill -9`` (``PR_SET_PDEATHSIG``).
 """
 
@@ -133,7 +135,7 @@ def start(cfg: Config) -> tuple[Any, Rulebook]:
     sessions = make_sessions(engine)
     content = node_content(cfg, url)
     spool.install(content.spool)
-    rulebook = Rulebook(cfg)
+    rulebook = Rulebook(cfg, role="follow")  # the node process decides the version
     ingest = Ingest(
         content,
         Catalog(sessions),

@@ -7,9 +7,9 @@ runs the rest, so a receiving process holds the SCP's memory only, and the node
 process none of it: it never imports the SCP's server side (:mod:`scp.server`).
 
 :class:`Receivers` starts them all and waits until each says it listens (or exits, or
-``timeout_s`` passes: :class:`ReceiverError`), forwards SIGHUP (reload the rules), tells
-which died, and stops them with SIGTERM (SIGKILL after ``grace_s``). Their log lines go
-to the node's stderr, in the node's format.
+``timeout_s`` passes: :class:`ReceiverError`), tells them of a new version of the rules
+(SIGHUP), tells which died, and stops them with SIGTERM (SIGKILL after ``grace_s``).
+Their log lines go to the node's stderr, in the node's format.
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ class Receivers:
         return [(p.pid, p.returncode) for p in self.procs if p.poll() is not None]
 
     def reload_rules(self) -> None:
-        """Ask every receiving process to reload the rules (SIGHUP).
+        """Ask every receiving process to take up the version of the rules the node
+        accepted (SIGHUP; each also looks about once a second).
 
         Only those that listen: one still starting has no handler yet, and SIGHUP's
         default action would kill it. It gets the signal once it listens."""
