@@ -502,8 +502,9 @@ class FastDUL(DULServiceProvider):
             )
         finally:
             store.spooled.close()
-            with contextlib.suppress(OSError):
-                os.unlink(store.spooled.name)  # still there unless ingest placed it
+            if not store.spooled.placed:  # refused, or stored already: delete it
+                with contextlib.suppress(OSError):
+                    os.unlink(store.spooled.name)
             self._idle_timer.restart()
             self._storing = False
         self._respond(store, status)

@@ -273,6 +273,8 @@ class Ingest:
         for _attempt in range(_PLACE_TRIES):
             try:
                 self._content.place(path, rel, replace=take_over, fd=fd)
+                if spooled is not None:
+                    spooled.placed = True  # the spool name is gone
                 break
             except FileExistsError:
                 known = self._catalog.lookup(rec.sop_instance_uid)

@@ -111,6 +111,9 @@ class SpoolFile:
         self.digest = hashlib.sha256()
         self._fault = fault
         self.closed = False
+        # Set by ingest once the file was moved into the content store under its
+        # final name: the spool name is gone, nothing to delete.
+        self.placed = False
         with _open_lock:
             _open[self.name] = self
 
@@ -152,17 +155,6 @@ class SpoolFile:
 
     def flush(self) -> None:
         """Nothing to flush: writes go straight to the kernel."""
-
-    def datasync(self) -> None:
-        """Make the bytes written so far durable: ``fdatasync`` (``fsync`` where the
-        platform has none) on this file's own descriptor, so no second open is needed.
-
-        Raises OSError as the call does, ValueError once :meth:`close` was called.
-        """
-        if self.closed:
-            raise ValueError(f"spool file {self.name} is closed")
-        sync = getattr(os, "fdatasync", os.fsync)
-        sync(self._fd)
 
     def tell(self) -> int:
         """Bytes written so far."""
