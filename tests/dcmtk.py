@@ -60,21 +60,7 @@ def storescu(
     """
     paths = _as_paths(files_or_dir)
     scan = ["+sd", "+r"] if any(os.path.isdir(p) for p in paths) else []
-    argv = [
-        "storescu",
-        "-aet",
-        calling_ae,
-        "-aec",
-        called_ae,
-        *scan,
-        *extra,
-        loopback_host(host),
-        str(port),
-        *paths,
-    ]
-    return subprocess.run(
-        argv, env=nodelay_env(), capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return _run("storescu", calling_ae, called_ae, [*scan, *extra], host, port, paths, timeout)
 
 
 def echoscu(
@@ -87,18 +73,28 @@ def echoscu(
     timeout: float = 30.0,
 ) -> subprocess.CompletedProcess[str]:
     """Send one C-ECHO with dcmtk's ``echoscu``; exit code 0 means the peer answered."""
-    argv = [
-        "echoscu",
-        "-aet",
-        calling_ae,
-        "-aec",
-        called_ae,
-        *extra,
-        loopback_host(host),
-        str(port),
-    ]
+    return _run("echoscu", calling_ae, called_ae, extra, host, port, (), timeout)
+
+
+def _run(
+    tool: str,
+    calling_ae: str,
+    called_ae: str,
+    options: Sequence[str],
+    host: str,
+    port: int,
+    paths: Sequence[str],
+    timeout: float,
+) -> subprocess.CompletedProcess[str]:
+    """Run a dcmtk SCU against ``host:port`` (TCP_NODELAY; output captured as text)."""
+    argv = [tool, "-aet", calling_ae, "-aec", called_ae, *options, loopback_host(host), str(port)]
     return subprocess.run(
-        argv, env=nodelay_env(), capture_output=True, text=True, timeout=timeout, check=False
+        [*argv, *paths],
+        env=nodelay_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 

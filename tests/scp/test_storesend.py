@@ -168,6 +168,14 @@ def test_the_pdus_decode_to_the_files_dataset_whatever_the_maximum(
     stored, in PDVs no longer than the peer's maximum allows (a PDV larger than the send
     buffer goes out in parts)."""
     (path,) = synthetic.make_ct_series(tmp_path / "ct", n_slices=1, rows=512, cols=512)
+    command, dataset = _wire(path, max_pdu)
+    assert bytes(command) == storesend.command_set(9, CTImageStorage, "1.2.3.4")
+    assert bytes(dataset) == synthetic.dataset_bytes(path)
+
+
+def _wire(path: Path, max_pdu: int) -> tuple[bytes, bytes]:
+    """The command set and the dataset FastStore._send writes for ``path`` (context 5,
+    message 9), each joined from its PDVs; every PDU within ``max_pdu`` (0: unlimited)."""
     ours, theirs = socket.socketpair()
     fake = SimpleNamespace(
         dul=SimpleNamespace(socket=SimpleNamespace(socket=ours)),
@@ -196,8 +204,7 @@ def test_the_pdus_decode_to_the_files_dataset_whatever_the_maximum(
             pdv = item.presentation_data_value
             assert pdv is not None
             (command if pdv[0] & 0x01 else dataset).extend(pdv[1:])
-    assert bytes(command) == storesend.command_set(9, CTImageStorage, "1.2.3.4")
-    assert bytes(dataset) == synthetic.dataset_bytes(path)
+    return bytes(command), bytes(dataset)
 
 
 def _read_all(sock: socket.socket, into: bytearray) -> None:
@@ -492,34 +499,7 @@ def _file_in(tmp_path: Path, ts: str, leading: bool) -> Path:
 
 def _wire_dataset(path: Path, max_pdu: int = 4096) -> bytes:
     """The dataset bytes FastStore._send writes for ``path`` (its PDVs, joined)."""
-    ours, theirs = socket.socketpair()
-    fake = SimpleNamespace(
-        dul=SimpleNamespace(socket=SimpleNamespace(socket=ours)),
-        acceptor=SimpleNamespace(maximum_length=max_pdu),
-    )
-    sender = storesend.FastStore(fake)  # type: ignore[arg-type]
-    got = bytearray()
-    reader = threading.Thread(target=lambda: _read_all(theirs, got))
-    reader.start()
-    try:
-        sender._send(path, CTImageStorage, "1.2.3.4", 5, 9)
-    finally:
-        ours.shutdown(socket.SHUT_WR)
-        reader.join(10)
-        ours.close()
-        theirs.close()
-    dataset, pos = bytearray(), 0
-    while pos < len(got):
-        (length,) = struct.unpack_from(">I", got, pos + 2)
-        pdu = P_DATA_TF()
-        pdu.decode(bytes(got[pos : pos + 6 + length]))
-        pos += 6 + length
-        for item in pdu.presentation_data_value_items:
-            pdv = item.presentation_data_value
-            assert pdv is not None
-            if not pdv[0] & 0x01:
-                dataset.extend(pdv[1:])
-    return bytes(dataset)
+    return _wire(path, max_pdu)[1]
 
 
 # (transfer syntax, dataset starts with group 0002, what goes out: the source's dataset
