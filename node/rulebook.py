@@ -82,7 +82,7 @@ class Rulebook:
             self._accepted_path.unlink(missing_ok=True)
             self.reload(quiet=True)
         else:
-            self._follow()  # the node recorded its version before starting receivers
+            self._follow(quiet=True)  # the node recorded its version before starting us
 
     def current(self) -> RuleSet:
         """The rules in force, after a throttled check for a new version."""
@@ -126,7 +126,7 @@ class Rulebook:
                 log.info("rules reloaded: %d rules", len(cfg.ruleset))
             return True
 
-    def _follow(self) -> bool:
+    def _follow(self, *, quiet: bool = False) -> bool:
         """Take up the version the node accepted, if it recorded a new one."""
         try:
             st = os.stat(self._accepted_path)
@@ -147,7 +147,8 @@ class Rulebook:
                 return False
             self._ruleset = ruleset
             self.digest = record.digest
-            log.info("rules taken up: %d rules", len(ruleset))
+            if not quiet:
+                log.info("rules taken up: %d rules", len(ruleset))
             return True
 
     def _load(self) -> tuple[Config, Accepted] | None:
