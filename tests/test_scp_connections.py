@@ -23,6 +23,7 @@ from tests import synthetic
 from tests.conftest import Database, LocalScp, start_local_scp
 from tests.dcmtk import echoscu, have_dcmtk, storescu
 from tests.peers import require_peer
+from tests.raw_association import associate, associate_rq, connect
 
 SQLITE = pytest.mark.parametrize("db", ["sqlite"], indirect=True)
 # dcmtk's own deadlines: TCP connect, A-ASSOCIATE-AC and each DIMSE response in 2 s.
@@ -30,63 +31,6 @@ QUICK = ["-to", "2", "-ta", "2", "-td", "2"]
 PACS_HOST = "127.0.0.1"
 LOCAL_LIMIT = (0x02, 0x03, 0x02)  # A-ASSOCIATE-RJ transient, provider: local limit exceeded
 CALLING_AE_UNKNOWN = (0x01, 0x01, 0x03)
-
-
-def _item(kind: int, body: bytes) -> bytes:
-    return struct.pack(">BBH", kind, 0, len(body)) + body
-
-
-def associate_rq(calling: str, called: str = "COURIER") -> bytes:
-    """An A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) proposing Verification, by hand."""
-    context = _item(
-        0x20,
-        bytes([1, 0, 0, 0]) + _item(0x30, b"1.2.840.10008.1.1") + _item(0x40, b"1.2.840.10008.1.2"),
-    )
-    user = _item(0x50, _item(0x51, struct.pack(">L", 16384)) + _item(0x52, b"1.2.826.0.1.3"))
-    body = (
-        struct.pack(">HH", 1, 0)
-        + called.ljust(16).encode()
-        + calling.ljust(16).encode()
-        + bytes(32)
-        + _item(0x10, b"1.2.840.10008.3.1.1.1")
-        + context
-        + user
-    )
-    return struct.pack(">BBL", 0x01, 0, len(body)) + body
-
-
-def connect(port: int, source: str) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
-
-
-def associate(port: int, source: str, calling: str) -> tuple[socket.socket, tuple[int, ...]]:
-    """Open a raw association; returns the socket and () when accepted, else the
-    A-ASSOCIATE-RJ (result, source, reason). The socket stays open (idle)."""
-    sock = connect(port, source)
-    try:
-        sock.sendall(associate_rq(calling))
-        header = _recv_exactly(sock, 6)
-        pdu_type, _, length = struct.unpack(">BBL", header)
-        body = _recv_exactly(sock, length)
-    except BaseException:
-        sock.close()  # e.g. closed by the server: never leave the socket to the collector
-        raise
-    if pdu_type == 0x02:  # A-ASSOCIATE-AC
-        return sock, ()
-    sock_result = (body[1], body[2], body[3])
-    if pdu_type != 0x03:
-        sock.close()
-        raise AssertionError(f"unexpected PDU type 0x{pdu_type:02X}")
-    return sock, sock_result
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        assert chunk, "closed by the server"
-        out += chunk
-    return out
 
 
 def closed_by_server(sock: socket.socket, within: float) -> bool:
