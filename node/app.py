@@ -45,7 +45,7 @@ from node.receivers import ReceiverError, Receivers
 from node.rulebook import Rulebook
 from node.status import StatusFile
 from node.stores import METRICS_DIR as METRICS_DIR  # re-exported: its home was here
-from node.stores import metrics_dir, shared_database, store_url
+from node.stores import metrics_dir, rules_record, shared_database, store_url
 from node.stores import open_store as open_store  # re-exported: its home was here
 from node.web import WebServer
 from release.matching import Matcher
@@ -114,12 +114,18 @@ class Node:
         # This process leads the rules: it loads them, the sweeps match with them, it
         # reports reload errors (status, staff alert), and it records the version it
         # accepted, which the receivers take up (node.rulebook): one version in force.
-        self.rulebook = Rulebook(self.cfg, role="lead")
+        self.rulebook = Rulebook(
+            self.cfg, role="lead", record=rules_record(self.cfg, store_url(self.cfg))
+        )
         receivers = None
         if receives:
             with turn(engine, "spool-recovery") as mine:
                 if mine:  # a node starting at the same moment does it otherwise
                     recover(content, sessions, Catalog(sessions))
+                else:
+                    # Its own spool is this node's alone (spool/<node.name> with a shared
+                    # database): its leftovers go at every start, whoever re-indexes.
+                    content.sweep_spool()
             assert self.cfg.source is not None, "load the config from a file"
             receivers = self.receivers = Receivers(
                 self.cfg.source, self.cfg.scp.workers, port=self.cfg.scp.port

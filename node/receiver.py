@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from node.logs import setup_logging
 
     try:
-        cfg = load_config(Path(args[0]))
+        # The rules are not compiled from the files here: the node's record is (start).
+        cfg = load_config(Path(args[0]), compile_rules=False)
     except ConfigError as exc:
         print(f"courier receiver: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
@@ -110,7 +111,7 @@ def start(cfg: Config) -> tuple[Any, Rulebook]:
     The parent has migrated the database, recovered the spool and cleared the metrics
     folder before it starts any receiver.
     """
-    from node.stores import metrics_dir, node_content, store_url
+    from node.stores import metrics_dir, node_content, rules_record, store_url
 
     url = store_url(cfg)
     with _the_other_dialect_unloaded(url):  # store.models is imported here
@@ -135,7 +136,8 @@ def start(cfg: Config) -> tuple[Any, Rulebook]:
     sessions = make_sessions(engine)
     content = node_content(cfg, url)
     spool.install(content.spool)
-    rulebook = Rulebook(cfg, role="follow")  # the node process decides the version
+    # The node process decided the version and recorded it: compile that one.
+    rulebook = Rulebook(cfg, role="follow", record=rules_record(cfg, url))
     ingest = Ingest(
         content,
         Catalog(sessions),

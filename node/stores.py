@@ -19,6 +19,8 @@ from store.db import database_url, make_engine, make_sessions, migrate
 
 #: Prometheus counters of every process of the node, under node.data_dir (cleared at start).
 METRICS_DIR = "metrics"
+#: The rules the node process accepted (node.rulebook), under node.data_dir.
+RULES_RECORD = "rules-accepted"
 
 
 def store_url(cfg: Config) -> str:
@@ -40,6 +42,15 @@ def metrics_dir(cfg: Config, url: str) -> Path:
     when nodes share the data directory (each clears its own at start)."""
     base = cfg.data_dir / METRICS_DIR
     return base / cfg.node.name if shared_database(url) else base
+
+
+def rules_record(cfg: Config, url: str) -> Path:
+    """This node's record of the rules it accepted (:mod:`node.rulebook`):
+    ``<data_dir>/rules-accepted.json``, or ``rules-accepted/<node.name>.json`` when nodes
+    share the data directory (each node's receivers follow their own node)."""
+    if shared_database(url):
+        return cfg.data_dir / RULES_RECORD / f"{cfg.node.name}.json"
+    return cfg.data_dir / f"{RULES_RECORD}.json"
 
 
 def node_content(cfg: Config, url: str) -> ContentStore:

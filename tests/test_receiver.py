@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from node.config import load_config
-from node.stores import open_store
+from node.rulebook import Rulebook
+from node.stores import open_store, rules_record, store_url
 from tests import synthetic
 from tests.conftest import COURIER, free_port, start_node, write_config
 from tests.scu import send
@@ -80,8 +81,10 @@ print(json.dumps(loaded))
 def _config(tmp_path: Path, extra_scp: str = "") -> Path:
     config = tmp_path / "node.yaml"
     write_config(config, tmp_path / "data", free_port(), extra_scp=extra_scp)
-    engine, _sessions, _content = open_store(load_config(config))  # migrated, as serve does
+    cfg = load_config(config)
+    engine, _sessions, _content = open_store(cfg)  # migrated, as serve does
     engine.dispose()
+    Rulebook(cfg, record=rules_record(cfg, store_url(cfg)))  # recorded, as serve does
     return config
 
 
