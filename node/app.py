@@ -34,7 +34,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.discs import DiscQueue
-from node import banner
+from node import banner, runlock
 from node.auditlog import AuditRun
 from node.config import Config, ConfigError
 from node.delivery import DeliveryService
@@ -92,7 +92,16 @@ class Node:
             self.rulebook.reload_requested.set()
 
     def run(self) -> None:
-        """Start what the role runs (SCP, web, worker) and sweep until stopped."""
+        """Start what the role runs (SCP, web, worker) and sweep until stopped.
+
+        Raises :class:`node.runlock.NodeRunning` at once when this node already runs."""
+        lock = runlock.take(self.cfg, store_url(self.cfg))  # before anything is touched
+        try:
+            self._run()
+        finally:
+            runlock.release(lock)
+
+    def _run(self) -> None:
         receives = self.role in ("all", "scp")
         works = self.role in ("all", "worker")
         if self.role != "all" and not shared_database(store_url(self.cfg)):

@@ -294,7 +294,7 @@ def _run(argv: list[str]) -> int:
         print(f"courier: {exc}", file=sys.stderr)
         return 3  # EXIT_UNAVAILABLE
     except ConfigError as exc:
-        print(f"courier: invalid configuration:\n{exc}", file=sys.stderr)
+        print(f"courier: {exc.heading}:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -43,6 +43,9 @@ DEFAULT_CONFIG = "node.yaml"
 class ConfigError(Exception):
     """node.yaml is unreadable or invalid; ``str()`` lists each problem on its own line."""
 
+    #: What the command line prints above the problems.
+    heading = "invalid configuration"
+
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
