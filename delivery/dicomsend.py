@@ -18,12 +18,19 @@ association per attempt, through an injected :class:`Sender` (the node passes
    - every instance acknowledged (and committed, when commitment is ``required``, or
      ``auto`` with a peer that offers it) → ``delivered`` (audited as an export);
    - a permanent failure (the peer refused the association for good; it accepts none
-     of the instances' SOP class/transfer syntax pairs; nothing to send) → ``failed``
-     and a staff alert in the outbox, like every other failed delivery;
+     of the instances' SOP class/transfer syntax pairs; nothing to send; a stored file
+     could not be read, as when a package cannot be built: the others are sent and
+     recorded, staff resend the request once the store is fixed) → ``failed`` and a
+     staff alert in the outbox, like every other failed delivery;
    - anything else (peer down, busy, a failure status for some instances, no
-     commitment when it is required) → back to ``ready`` with the next attempt due
-     after :class:`~delivery.relay.RetryPolicy`'s backoff; after ``max_attempts``,
-     ``failed`` and a staff alert.
+     commitment when it is required, the sender failing unexpectedly) → back to
+     ``ready`` with the next attempt due after :class:`~delivery.relay.RetryPolicy`'s
+     backoff; after ``max_attempts``, ``failed`` and a staff alert.
+
+   An exception out of the sender is such a failed attempt (nothing is recorded as
+   acknowledged; the timeline says where it was raised): it never leaves
+   :meth:`DicomDelivery.deliver`, so the request is not left ``packaging`` and the
+   rest of the batch goes on.
 
 Each attempt's timeline entry says: sent N, acknowledged M, failed K, committed C. A
 crash mid-attempt leaves the request ``packaging``; the batch's start-up recovery puts
@@ -54,10 +61,12 @@ from __future__ import annotations
 import json
 import logging
 import random
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import select, update
@@ -114,7 +123,8 @@ class AttemptReport(Protocol):
 
     ``statuses``: SOP Instance UID → the peer's C-STORE status (None: not answered).
     ``unsendable``: UIDs whose SOP class/transfer syntax the peer accepted no context
-    for. ``commitment``: ``off``, ``not-offered``, ``none-to-ask``, ``refused``,
+    for. ``unreadable``: UIDs not sent because their stored file could not be read.
+    ``commitment``: ``off``, ``not-offered``, ``none-to-ask``, ``refused``,
     ``no-report`` or ``reported`` (then ``committed`` and ``commit_failed``).
     ``transaction_uid``: the N-ACTION's Transaction UID ("" when none was sent).
     ``error``/``permanent``: the association failed (after what ``statuses`` holds).
@@ -124,6 +134,8 @@ class AttemptReport(Protocol):
     def statuses(self) -> Mapping[str, int | None]: ...
     @property
     def unsendable(self) -> AbstractSet[str]: ...
+    @property
+    def unreadable(self) -> AbstractSet[str]: ...
     @property
     def commitment(self) -> str: ...
     @property
@@ -141,7 +153,7 @@ class AttemptReport(Protocol):
 class Sender(Protocol):
     """Sends ``items`` to ``target`` over one association and asks for commitment of
     those acknowledged plus ``commit_also``; never raises for network failures (they
-    come back in the report)."""
+    come back in the report). Should it raise anyway, the attempt counts as failed."""
 
     def __call__(
         self, target: Target, items: Sequence[PackageItem], commit_also: Sequence[PackageItem]
@@ -151,6 +163,32 @@ class Sender(Protocol):
 def stored(status: int | None) -> bool:
     """True when a C-STORE status means the peer stored the instance."""
     return status is not None and status in _STORED
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """The report of an attempt whose sender raised: nothing known to be acknowledged."""
+
+    error: str
+    statuses: Mapping[str, int | None] = field(default_factory=dict)
+    unsendable: AbstractSet[str] = frozenset()
+    unreadable: AbstractSet[str] = frozenset()
+    commitment: str = "off"
+    committed: AbstractSet[str] = frozenset()
+    commit_failed: Mapping[str, int] = field(default_factory=dict)
+    transaction_uid: str = ""
+    permanent: bool = False
+
+
+def _where_raised(exc: BaseException) -> str:
+    """The exception's type and the innermost line it came from (``scp/storescu.py:348``):
+    enough to find it, and no message (it might name a file or a value)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    last = frames[-1]
+    parts = Path(last.filename).parts
+    return f"{type(exc).__name__} at {'/'.join(parts[-2:])}:{last.lineno}"
 
 
 @dataclass(frozen=True)
@@ -223,9 +261,29 @@ class DicomDelivery:
             len(to_send),
             len(commit_also),
         )
-        report = self._sender(target, to_send, commit_also)
+        report = self._send(ref, target, to_send, commit_also)
         asked = {i.sop_instance_uid for i in commit_also}
         return self._record(req_id, ref, target, attempt, items, progress, asked, report)
+
+    def _send(
+        self,
+        ref: str,
+        target: Target,
+        to_send: Sequence[PackageItem],
+        commit_also: Sequence[PackageItem],
+    ) -> AttemptReport:
+        """The sender's report; a failed attempt's when it raised (see the module
+        docstring): never an exception out of the batch."""
+        try:
+            return self._sender(target, to_send, commit_also)
+        except Exception as exc:
+            where = _where_raised(exc)
+            log.error("request %s: the C-STORE sender to %s raised %s", ref, target.ae_title, where)
+            return _Raised(
+                f"the C-STORE sender to {target} failed unexpectedly ({where}); the attempt "
+                "counts as failed and is tried again; if this repeats, report it with the "
+                "node's log"
+            )
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -408,10 +466,12 @@ class DicomDelivery:
                         )
                         .values(applied_at=now)
                     )
+            unreadable = len(set(report.unreadable))
             counts = (
                 f"sent {sent}, acknowledged {len(acked_now)}, failed {failed_now}, "
                 f"committed {len(committed)}"
                 + (f", commitment failed {len(commit_failed)}" if commit_failed else "")
+                + (f", unreadable {unreadable}" if unreadable else "")
             )
             summary = f"attempt {attempt} to {target}: {counts}"
             outcome, why = self._judge(target, report, all_uids, acked_all, committed_all)
@@ -476,6 +536,13 @@ class DicomDelivery:
         if missing:
             if report.error:
                 return "retry", report.error
+            unreadable = set(report.unreadable) & missing
+            if unreadable:
+                return "failed", (
+                    f"{len(unreadable)} stored file(s) could not be read and were not sent "
+                    "(the log names the instances); check the content store, then send "
+                    "the request again"
+                )
             unsendable = set(report.unsendable)
             if unsendable and unsendable >= missing:
                 return "failed", (

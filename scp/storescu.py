@@ -8,7 +8,11 @@ Information go out unchanged, straight to the socket in PDUs of the peer's maxim
 length, and a 2 GB instance never sits in memory); the presentation context of each
 (SOP Class, Transfer Syntax) pair is looked up once per association. Each
 C-STORE status is recorded in a :class:`StoreReport`; an instance whose context the
-peer did not accept is reported unsent.
+peer did not accept is reported unsent, and so is one whose stored file cannot be read
+(missing, unreadable, cut short, a File Meta Information that does not parse): it is
+named in ``unreadable`` and the run goes on with the next instance, unless part of its
+message had gone out (the association is then aborted: :class:`StoreScuError`,
+permanent, as a package with an unreadable file fails).
 
 Storage commitment (``auto``: when the peer accepts the SOP class; ``required``: the
 caller fails the attempt without it): the acknowledged instances (and ``commit_also``,
@@ -36,7 +40,7 @@ failed) as ``report``:
   when it said so (A-ASSOCIATE-RJ result "rejected-permanent": unknown called or
   calling AE title), transient otherwise (busy).
 - :class:`PeerAborted` (``ConnectionError``): the association broke, or the peer went
-  silent, mid-way.
+  silent, mid-way (also when it is gone by the storage commitment request).
 
 :func:`attempt` is :func:`send_instances` that returns these failures in the report
 (``error``, ``permanent``) instead of raising: the shape ``delivery.dicomsend`` takes.
@@ -64,7 +68,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from scp import association
 from scp.association import REJECTED_TRANSIENT
 from scp.commitment import CommitmentReports
-from scp.storesend import FastStore, hold_reactor
+from scp.storesend import FastStore, hold_reactor, resume_reactor
 
 log = logging.getLogger("courier.scp.storescu")
 
@@ -123,17 +127,19 @@ class StoreReport:
     """What one association achieved.
 
     ``statuses`` maps each SOP Instance UID tried to the peer's C-STORE status (None:
-    no context accepted for it, or no answer). ``commitment`` is ``off`` (not wanted),
-    ``not-offered`` (the peer refused the SOP class), ``none-to-ask`` (nothing
-    acknowledged), ``refused`` (the N-ACTION failed: ``commitment_status``),
-    ``no-report`` (no N-EVENT-REPORT in time) or ``reported`` (``committed`` and
-    ``commit_failed`` hold the answer). ``transaction_uid`` is the N-ACTION's ("" when
-    none was sent). ``error``/``permanent`` are set by :func:`attempt` when the
-    association failed.
+    no context accepted for it (also in ``unsendable``), its stored file could not be
+    read, so it was not sent (also in ``unreadable``), or no answer). ``commitment`` is
+    ``off`` (not wanted), ``not-offered`` (the peer refused the SOP class),
+    ``none-to-ask`` (nothing acknowledged), ``refused`` (the N-ACTION failed:
+    ``commitment_status``), ``no-report`` (no N-EVENT-REPORT in time) or ``reported``
+    (``committed`` and ``commit_failed`` hold the answer). ``transaction_uid`` is the
+    N-ACTION's ("" when none was sent). ``error``/``permanent`` are set by
+    :func:`attempt` when the association failed.
     """
 
     statuses: dict[str, int | None] = field(default_factory=dict)
     unsendable: set[str] = field(default_factory=set)
+    unreadable: set[str] = field(default_factory=set)
     commitment: str = "off"
     commitment_status: int | None = None
     committed: frozenset[str] = frozenset()
@@ -224,7 +230,9 @@ def send_instances(
     association is seen. Raises :class:`PeerUnreachable`, :class:`AssociationRejected`,
     :class:`PeerAborted` (each with the partial report), or :class:`StoreScuError`
     (permanent) when the instances need more presentation contexts than one
-    association holds.
+    association holds or when a stored file failed part-way through its C-STORE. A
+    file that cannot be read before any of it is sent is reported in ``unreadable``,
+    not raised.
     """
     settings = settings or ScuSettings()
     reports = reports or CommitmentReports()
@@ -303,7 +311,30 @@ def _store_all(
                 report.statuses[uid] = None
                 report.unsendable.add(uid)
                 continue
-            status = sender.store(item.path, item.sop_class_uid, uid, context_id)
+            try:
+                status = sender.store(item.path, item.sop_class_uid, uid, context_id)
+            except OSError as exc:
+                # Not sent, not acknowledged: the caller fails the request (staff
+                # resend it once the store is fixed; the rest is not sent twice).
+                report.statuses[uid] = None
+                report.unreadable.add(uid)
+                log.error(
+                    "instance %s not sent to %s: its stored file cannot be read (%s)",
+                    uid,
+                    dest.ae_title,
+                    type(exc).__name__,  # the message may name the file: not logged
+                )
+                if not assoc.is_established:
+                    raise StoreScuError(
+                        f"a stored file could not be read part-way through its C-STORE to "
+                        f"{_where(dest)}, so the association was aborted; check the "
+                        "content store (the log names the instance); what the peer "
+                        "acknowledged is kept; send the request again once the file is "
+                        "restored",
+                        report,
+                        permanent=True,
+                    ) from exc
+                continue
             report.statuses[uid] = status
             if status is None:
                 raise PeerAborted(
@@ -342,19 +373,30 @@ def _commit(
         ref.ReferencedSOPClassUID = item.sop_class_uid
         ref.ReferencedSOPInstanceUID = item.sop_instance_uid
         request.ReferencedSOPSequence.append(ref)
+    gone = PeerAborted(
+        f"{_where(dest)} aborted the association or did not answer the storage "
+        "commitment request; it is asked again",
+        report,
+    )
+    if not assoc.is_established:
+        raise gone  # e.g. an A-ABORT right after the last C-STORE-RSP: nothing was asked
     wait = reports.expect(transaction)
     report.transaction_uid = transaction
     hold_reactor(assoc)  # so that the reactor cannot take the N-ACTION's response
-    status, _reply = assoc.send_n_action(
-        request, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
-    )
+    try:
+        status, _reply = assoc.send_n_action(
+            request, 1, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+        )
+    except RuntimeError as exc:
+        # pynetdicom: "The association with a peer SCP must be established...": the
+        # peer aborted after the check above; nothing was sent.
+        resume_reactor(assoc)  # held above: its thread must see the end
+        reports.forget(transaction)
+        report.transaction_uid = ""
+        raise gone from exc
     if not status or "Status" not in status:
         reports.forget(transaction)
-        raise PeerAborted(
-            f"{_where(dest)} aborted the association or did not answer the storage "
-            "commitment request; it is asked again",
-            report,
-        )
+        raise gone
     code = int(status.Status)
     report.commitment_status = code
     if code != SUCCESS:

@@ -41,7 +41,12 @@ sender's CPU time per instance, and a thread hand-over on every one.
   timeout, the peer closes the connection or sends any other PDU (an A-ABORT, an
   A-RELEASE-RQ), or the answer is for another message; and when the peer reads nothing
   of a request for the network timeout (the socket's timeout while the run lasts; the
-  connection is shut down first, as an A-ABORT could not get through either).
+  connection is shut down first, as an A-ABORT could not get through either). That
+  timeout stays on the socket until the run ends or is aborted, also after a response
+  was handed over to pynetdicom: this thread still writes the run's requests.
+- raises ``OSError`` for a file that cannot be read, and leaves the association as it
+  was when nothing of that message had gone out yet (the caller goes on with the next
+  instance); it aborts the association when part of it had.
 
 The network (idle) timer is restarted when the run ends: the DUL saw none of the run's
 traffic. pynetdicom's ``EVT_PDU_RECV`` and ``EVT_DIMSE_RECV`` do not fire for responses
@@ -185,7 +190,17 @@ def _offset_in(source: io.RawIOBase | io.BufferedIOBase, path: Path) -> int:
         offset = dataset_start(source)
     except MalformedMeta as exc:
         raise OSError(f"{path.name} cannot be sent: {exc}") from None
-    return offset if offset is not None else int(split_dataset(path)[1])
+    if offset is not None:
+        return offset
+    try:
+        return int(split_dataset(path)[1])
+    except OSError:
+        raise
+    except Exception as exc:  # pydicom's errors for a file it cannot read as DICOM
+        raise OSError(
+            f"{path.name} cannot be sent: its File Meta Information does not parse "
+            f"({type(exc).__name__})"
+        ) from None
 
 
 def dataset_offset(path: Path) -> int:
@@ -201,7 +216,8 @@ def dataset_offset(path: Path) -> int:
     bytes are a deflate stream, not elements, and re-encoding it to drop any group 0002
     inside would change the bytes the sending modality deflated.
 
-    Raises ``OSError`` when the file cannot be read or its group 0002 does not parse."""
+    Raises ``OSError`` when the file cannot be read or its group 0002 does not parse
+    (also for a file without a meta group length that pydicom cannot read)."""
     with path.open("rb") as f:
         return _offset_in(f, path)
 
@@ -216,6 +232,14 @@ def hold_reactor(assoc: Association) -> bool:
     held: Any = assoc
     held._reactor_checkpoint.clear()
     return FastStore._wait_paused(held)
+
+
+def resume_reactor(assoc: Association) -> None:
+    """Let the reactor held by :func:`hold_reactor` run again, when the ``send_*`` call
+    that would have resumed it did not run (it raised: the association had ended);
+    a reactor left held would never see the end of its association."""
+    held: Any = assoc
+    held._reactor_checkpoint.set()
 
 
 class _PeerGone(Exception):
@@ -246,6 +270,8 @@ class FastStore:
         self._fill = 0
         self._timeout_s: float | None = None
         self._blocking: float | None = None  # the socket's timeout before the run
+        self._timed = False  # the network timeout is on the socket (restore _blocking)
+        self._out = False  # bytes of the current message went out
 
     def __enter__(self) -> Self:
         assoc: Any = self._assoc
@@ -304,24 +330,32 @@ class FastStore:
             poll.register(self._sock, select.POLLIN)
             self._poll = poll
             self._timeout_s = self._assoc.dimse_timeout
-            # A peer that stops reading must not hold a sendall for ever.
+            # A peer that stops reading must not hold a sendall for ever: kept until
+            # the run ends (_restore_timeout), whoever reads the responses.
             self._blocking = self._sock.gettimeout()
             self._sock.settimeout(self._assoc.network_timeout)
+            self._timed = True
             return
         log.warning("association DUL thread did not go round; reading responses through it")
         self._release_dul()
 
     def _release_dul(self) -> None:
         """The DUL thread reads the socket again (from a PDU boundary: we read whole
-        PDUs), with the network timer restarted."""
+        PDUs), with the network timer restarted. The socket keeps the network timeout:
+        this thread may still write requests (after a hand-over)."""
         dul: Any = self._assoc.dul
         if "_is_transport_event" in vars(dul):
             del dul._is_transport_event
             dul._idle_timer.restart()
-        if self._poll is not None and self._sock is not None:
+        self._poll = None
+
+    def _restore_timeout(self) -> None:
+        """The socket's timeout as it was before the run (None for a requestor:
+        pynetdicom's DUL expects blocking reads), once this thread writes no more."""
+        if self._timed and self._sock is not None:
+            self._timed = False
             with contextlib.suppress(OSError):  # already closed
                 self._sock.settimeout(self._blocking)
-        self._poll = None
 
     def __exit__(
         self,
@@ -331,11 +365,13 @@ class FastStore:
     ) -> None:
         if self._sock is not None:
             self._release_dul()
+            self._restore_timeout()
             assoc: Any = self._assoc
             assoc._reactor_checkpoint.set()
 
     def _abort(self) -> None:
         self._release_dul()  # the DUL sends the A-ABORT and closes the connection
+        self._restore_timeout()
         self._assoc.abort()
 
     def store(self, path: Path, sop_class: str, sop_instance: str, context_id: int) -> int | None:
@@ -343,14 +379,16 @@ class FastStore:
         ``context_id`` (whose transfer syntax must be the file's); the peer's status,
         None when it gave no valid answer (the association is then aborted).
 
-        Raises ``OSError`` when the file cannot be read, or its group 0002 elements do
-        not parse (:func:`dataset_offset`); the association is aborted: part of the
-        message may have gone out."""
+        Raises ``OSError`` when the file cannot be read (missing, unreadable, shorter
+        than its size), or its File Meta Information or group 0002 elements do not
+        parse (:func:`dataset_offset`). The association is aborted only when part of
+        the message had gone out (it cannot carry another); otherwise it is left as it
+        was, for the next instance."""
         assoc: Any = self._assoc
         if not assoc.is_established:
             return None  # the peer aborted (or released) before this one
         if self._sock is None:
-            return _status_code(assoc.send_c_store(path))
+            return self._pynetdicom_store(path)
         self._message_id = self._message_id % 0xFFFF + 1
         message_id = self._message_id
         try:
@@ -371,13 +409,33 @@ class FastStore:
             self._abort()
             return None
         except BaseException:
-            # The file could not be read: half a message went out, so the association
-            # cannot carry another; the error is the caller's, as with send_c_store.
-            self._abort()
+            # The file could not be read (the error is the caller's, as with
+            # send_c_store). Once part of the message went out the association cannot
+            # carry another; before that, nothing of it reached the peer.
+            self._fill = 0
+            if self._out:
+                self._abort()
             raise
         if self._poll is not None:
             return self._read_response(message_id)
         return self._dimse_response(message_id)
+
+    def _pynetdicom_store(self, path: Path) -> int | None:
+        """The C-STORE through pynetdicom's ``send_c_store`` (TLS, or a reactor that did
+        not pause). The file is checked first as :meth:`store` checks it, so that an
+        unreadable one raises ``OSError`` before anything is sent; an ``OSError`` while
+        pynetdicom sends it aborts the association (part of it may have gone out)."""
+        assoc: Any = self._assoc
+        dataset_offset(path)
+        try:
+            return _status_code(assoc.send_c_store(path))
+        except RuntimeError:
+            if not assoc.is_established:
+                return None  # the peer aborted in the meantime
+            raise
+        except OSError:
+            assoc.abort()
+            raise
 
     def _dimse_response(self, message_id: int) -> int | None:
         """The response as pynetdicom's DUL thread decoded it, checked as
@@ -469,6 +527,7 @@ class FastStore:
         self, path: Path, sop_class: str, sop_instance: str, context_id: int, message_id: int
     ) -> None:
         self._fill = 0  # whatever an earlier failure left is not sent
+        self._out = False
         command = command_set(message_id, sop_class, sop_instance)
         self._put(pdu_header(context_id, _COMMAND_LAST, len(command)))
         self._put(command)
@@ -518,6 +577,7 @@ class FastStore:
 
     def _flush(self) -> None:
         assert self._sock is not None
+        self._out = True  # part of the message may be on the wire from here on
         try:
             self._sock.sendall(memoryview(self._buf)[: self._fill])
         except TimeoutError as exc:

@@ -236,20 +236,6 @@ def test_a_peer_that_stops_answering_is_an_abort_with_the_acknowledged_kept(
     assert "did not answer a C-STORE" in str(caught.value)
 
 
-def test_a_missing_file_is_the_callers_error_and_ends_the_association(
-    ct: list[Path],
-) -> None:
-    items = items_of(ct)
-    items[1].path.unlink()
-    with PynetdicomScp("HOSP2", storage=True) as peer:
-        with pytest.raises(FileNotFoundError):
-            send_instances(Dest("HOSP2", "127.0.0.1", peer.port), items)
-        assert peer.uids(0) == [items[0].sop_instance_uid]
-        # The next association works.
-        report = send_instances(Dest("HOSP2", "127.0.0.1", peer.port), [items[0], items[2]])
-    assert all(acknowledged(s) for s in report.statuses.values())
-
-
 def test_a_reactor_that_does_not_pause_falls_back_to_pynetdicom(
     ct: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
