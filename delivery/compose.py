@@ -37,9 +37,9 @@ from store.models import Grant, Notification, RequestState, utcnow
 #: A corrected report is news whether or not the patient downloaded already.
 REPORT_UPDATE_STATES = (RequestState.NOTIFIED, RequestState.DOWNLOADED)
 #: Why a report update was not sent (its row's ``last_error``): a re-issue of the
-#: locked link queues it again (:func:`delivery.report_updates.queue_again`); one the
+#: locked link queues it again (:func:`delivery.report_reissue.queue_again`); one the
 #: relay held at the re-issue and dropped after it is queued for the new link at the
-#: next sweep (:func:`delivery.report_updates.requeue_dropped`). The composer only reads:
+#: next sweep (:func:`delivery.report_reissue.requeue_dropped`). The composer only reads:
 #: the relay records the drop, so the move waits until the row is ``failed``.
 REPORT_UPDATE_DROPPED = (
     "the link was stopped, locked or expired (or its package deleted, its request closed) "

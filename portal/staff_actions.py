@@ -20,7 +20,7 @@ success redirects back (303) with a fixed "done" note.
   codes on; a new token makes the old one worthless. Patient links only (a clinician's
   link is the patient's to share again). A corrected-report email the locked link did
   not get is queued again for the new link, once
-  (:func:`delivery.report_updates.queue_again`). Two staff members (or two nodes on one
+  (:func:`delivery.report_reissue.queue_again`). Two staff members (or two nodes on one
   PostgreSQL database) re-issuing the same link at once make one new link: the revoke is
   a conditional UPDATE (still locked, not revoked) and only the transaction whose UPDATE
   changed the row goes on; the other waits for its row lock, matches nothing and is
@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session
 from delivery.discs import DiscRefused, open_job
 from delivery.grants import new_grant
 from delivery.outbox import queue_link_again
-from delivery.report_updates import queue_again
+from delivery.report_reissue import queue_again
 from portal.context import PortalContext
 from portal.forms import Form
 from portal.site import context_of

@@ -1,5 +1,5 @@
 """A corrected-report email dropped because the patient's link was locked is sent once
-the link is re-issued (:func:`delivery.report_updates.queue_again`).
+the link is re-issued (:func:`delivery.report_reissue.queue_again`).
 
 End to end on SQLite and PostgreSQL: the staff pages re-issue the link, the real relay
 sends through a real aiosmtpd server (STARTTLS and implicit TLS, AUTH). The email that
@@ -24,7 +24,7 @@ from delivery.compose import REPORT_UPDATE_DROPPED, Branding, Composer
 from delivery.email import SmtpChannel
 from delivery.grants import new_grant
 from delivery.relay import Relay
-from delivery.report_updates import KIND, queue_again
+from delivery.report_reissue import KIND, queue_again
 from store.models import Grant, Notification, NotificationState, ReleaseRequest
 from tests.conftest import Database
 from tests.delivery.conftest import PASSWORD, email_settings
