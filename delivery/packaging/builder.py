@@ -19,7 +19,7 @@ flat: nothing but directory records stays in memory.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -49,7 +49,7 @@ class PackageFacts:
 
     counts: Counts
     series_index: dict[str, int]  # series UID -> 1-based position in the package
-    previews: dict[str, bytes | str]  # series UID -> JPEG, or why there is none
+    previews: Mapping[str, bytes | str]  # series UID -> JPEG, or why there is none
 
 
 def _header(item: PackageItem, rerun: str = _RERUN) -> Dataset:
