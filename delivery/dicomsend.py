@@ -30,7 +30,22 @@ association per attempt, through an injected :class:`Sender` (the node passes
    An exception out of the sender is such a failed attempt (nothing is recorded as
    acknowledged; the timeline says where it was raised): it never leaves
    :meth:`DicomDelivery.deliver`, so the request is not left ``packaging`` and the
-   rest of the batch goes on.
+   rest of the batch goes on. So is any other unexpected exception once the request is
+   claimed (building the items, applying late reports, reading the progress, recording
+   the outcome): if the request is still ``packaging``, the attempt is failed the
+   same way (retry, or ``failed`` and a staff alert after ``max_attempts``), logged
+   with the exception's type and file:line, never its message (it might quote a path
+   or a value). Recording is one transaction, so a recording step that raised
+   recorded nothing of the attempt: what it sent is not counted as acknowledged and
+   is sent again (harmless to a PACS); the rows of earlier attempts stay as they were.
+   A request no longer ``packaging`` (the step raised after its move was committed)
+   is left as it is.
+
+A stored file that is not the size the index recorded when it was received (cut short
+inside its pixel data, or changed since) is not sent: the sender checks the size of
+the file it opened against :attr:`PackageItem.size_bytes
+<delivery.packaging.package.PackageItem>` and reports the instance ``unreadable``
+(above). Only the size: hashing every file before it is sent would read it twice.
 
 Each attempt's timeline entry says: sent N, acknowledged M, failed K, committed C. A
 crash mid-attempt leaves the request ``packaging``; the batch's start-up recovery puts
@@ -102,6 +117,13 @@ ACTOR = "delivery"
 _STORED = frozenset({0x0000, 0x0001, 0xB000, 0xB006, 0xB007})
 
 DEFAULT_POLICY = RetryPolicy(base_s=60.0, cap_s=3600.0, max_attempts=8)
+
+# What :meth:`DicomDelivery.deliver` returns for a request an attempt already moved.
+_OUTCOMES = {
+    RequestState.DELIVERED: "delivered",
+    RequestState.READY: "retrying",
+    RequestState.FAILED: "failed",
+}
 
 
 @dataclass(frozen=True)
@@ -236,6 +258,15 @@ class DicomDelivery:
             return "skipped"
         req_id, ref, target, attempt = claimed
         try:
+            return self._attempt(req_id, ref, target, attempt)
+        except Exception as exc:
+            # Never out of the batch: the request would stay ``packaging`` and the
+            # requests after it would wait (see the module docstring).
+            return self._unexpected(req_id, ref, target, attempt, exc)
+
+    def _attempt(self, req_id: int, ref: str, target: Target, attempt: int) -> str:
+        """The claimed attempt: send, then record; returns as :meth:`deliver`."""
+        try:
             items = package_items(
                 self._sessions, self._content, req_id, report_studies=self._report_studies
             )
@@ -284,6 +315,31 @@ class DicomDelivery:
                 "counts as failed and is tried again; if this repeats, report it with the "
                 "node's log"
             )
+
+    def _unexpected(
+        self, req_id: int, ref: str, target: Target, attempt: int, exc: Exception
+    ) -> str:
+        """A claimed attempt that raised: failed through the usual path when the request
+        is still ``packaging``; otherwise its state says what happened."""
+        where = _where_raised(exc)
+        log.error("request %s: the delivery to %s raised %s", ref, target.ae_title, where)
+        why = (
+            f"the delivery to {target} failed unexpectedly ({where}); nothing of this "
+            "attempt was recorded as acknowledged, so it is tried again; if this repeats, "
+            "report it with the node's log"
+        )
+        now = self._clock()
+        with guarded(self._sessions) as s, s.begin():
+            req = s.scalars(
+                select(ReleaseRequest).where(ReleaseRequest.id == req_id).with_for_update()
+            ).first()
+            if req is None:
+                return "skipped"
+            if req.state != RequestState.PACKAGING or req.destination is None:
+                # Moved before the step raised (the move is committed): leave it.
+                return _OUTCOMES.get(RequestState(req.state), "skipped")
+            req.destination.last_error = why[:2000]
+            return self._retry_or_fail(s, req, ref, target, attempt, f"attempt {attempt}", why, now)
 
     # -- claiming ---------------------------------------------------------------------
 
@@ -502,24 +558,44 @@ class DicomDelivery:
                 )
                 log.info("request %s delivered to %s", ref, target.ae_title)
                 return "delivered"
-            if outcome == "retry" and attempt < self._policy.max_attempts:
-                wait = self._policy.delay(attempt, self._rng, None)
-                dest.next_attempt_at = now + timedelta(seconds=wait)
-                self._book.move(
-                    s,
-                    req,
-                    RequestState.PACKAGING,
-                    RequestState.READY,
-                    ACTOR,
-                    f"{summary}; {why}; next attempt in {wait:.0f} s",
-                    now,
-                )
-                log.warning("request %s: attempt %d to %s failed", ref, attempt, target.ae_title)
-                return "retrying"
             if outcome == "retry":
-                why = f"gave up after {attempt} attempts; last: {why}"
+                return self._retry_or_fail(s, req, ref, target, attempt, summary, why, now)
             self._fail_in(s, req, f"{summary}; {why}", now)
             return "failed"
+
+    def _retry_or_fail(
+        self,
+        s: Session,
+        req: ReleaseRequest,
+        ref: str,
+        target: Target,
+        attempt: int,
+        summary: str,
+        why: str,
+        now: datetime,
+    ) -> str:
+        """A failed attempt of a ``packaging`` request, in the caller's transaction:
+        back to ``ready`` after the backoff, or ``failed`` and a staff alert after
+        ``max_attempts``; returns ``retrying`` or ``failed``."""
+        dest = req.destination
+        assert dest is not None
+        if attempt < self._policy.max_attempts:
+            wait = self._policy.delay(attempt, self._rng, None)
+            dest.next_attempt_at = now + timedelta(seconds=wait)
+            self._book.move(
+                s,
+                req,
+                RequestState.PACKAGING,
+                RequestState.READY,
+                ACTOR,
+                f"{summary}; {why}; next attempt in {wait:.0f} s",
+                now,
+            )
+            log.warning("request %s: attempt %d to %s failed", ref, attempt, target.ae_title)
+            return "retrying"
+        why = f"gave up after {attempt} attempts; last: {why}"
+        self._fail_in(s, req, f"{summary}; {why}", now)
+        return "failed"
 
     def _judge(
         self,

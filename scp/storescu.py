@@ -9,7 +9,8 @@ length, and a 2 GB instance never sits in memory); the presentation context of e
 (SOP Class, Transfer Syntax) pair is looked up once per association. Each
 C-STORE status is recorded in a :class:`StoreReport`; an instance whose context the
 peer did not accept is reported unsent, and so is one whose stored file cannot be read
-(missing, unreadable, cut short, a File Meta Information that does not parse): it is
+(missing, unreadable, cut short, not the size the index recorded, a File Meta
+Information that does not parse): it is
 named in ``unreadable`` and the run goes on with the next instance, unless part of its
 message had gone out (the association is then aborted: :class:`StoreScuError`,
 permanent, as a package with an unreadable file fails).
@@ -312,7 +313,10 @@ def _store_all(
                 report.unsendable.add(uid)
                 continue
             try:
-                status = sender.store(item.path, item.sop_class_uid, uid, context_id)
+                # The size the index recorded, where the item carries it
+                # (delivery's PackageItem.size_bytes): a file changed since is not sent.
+                size = getattr(item, "size_bytes", None)
+                status = sender.store(item.path, item.sop_class_uid, uid, context_id, size)
             except OSError as exc:
                 # Not sent, not acknowledged: the caller fails the request (staff
                 # resend it once the store is fixed; the rest is not sent twice).

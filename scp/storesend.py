@@ -46,7 +46,12 @@ sender's CPU time per instance, and a thread hand-over on every one.
   was handed over to pynetdicom: this thread still writes the run's requests.
 - raises ``OSError`` for a file that cannot be read, and leaves the association as it
   was when nothing of that message had gone out yet (the caller goes on with the next
-  instance); it aborts the association when part of it had.
+  instance); it aborts the association when part of it had. Given the size the index
+  recorded for the file, it raises :class:`SizeMismatch` (an ``OSError``) before any
+  of the message goes out when the open file (``fstat`` of the descriptor it then
+  reads) is not that size: a file cut short inside its pixel data still parses, and
+  would be stored by the peer as it is. Only the size is checked, not the digest
+  (hashing every file before it is sent would read it twice).
 
 The network (idle) timer is restarted when the run ends: the DUL saw none of the run's
 traffic. pynetdicom's ``EVT_PDU_RECV`` and ``EVT_DIMSE_RECV`` do not fire for responses
@@ -242,6 +247,31 @@ def resume_reactor(assoc: Association) -> None:
     held._reactor_checkpoint.set()
 
 
+class SizeMismatch(OSError):
+    """The stored file is not the size the index recorded when it was received (cut
+    short, or changed since): it is not sent. Restore it from a backup (or receive the
+    instance again), then send the request again."""
+
+
+def _check_size(f: io.FileIO | io.BufferedReader, sop_instance: str, expected: int | None) -> int:
+    """The size of the open file ``f`` (``fstat`` of the descriptor that is read);
+    raises :class:`SizeMismatch` when ``expected`` is given and differs."""
+    size = os.fstat(f.fileno()).st_size
+    if expected is not None and size != expected:
+        # UID and sizes only: the path may name the patient.
+        log.error(
+            "instance %s not sent: its stored file's size differs from the index "
+            "(%d bytes, %d indexed)",
+            sop_instance,
+            size,
+            expected,
+        )
+        raise SizeMismatch(
+            f"instance {sop_instance}: the stored file's size differs from the index"
+        )
+    return size
+
+
 class _PeerGone(Exception):
     """Writing to or reading from the socket failed: the peer closed or reset the
     connection."""
@@ -374,25 +404,35 @@ class FastStore:
         self._restore_timeout()
         self._assoc.abort()
 
-    def store(self, path: Path, sop_class: str, sop_instance: str, context_id: int) -> int | None:
+    def store(
+        self,
+        path: Path,
+        sop_class: str,
+        sop_instance: str,
+        context_id: int,
+        size: int | None = None,
+    ) -> int | None:
         """C-STORE the dataset of the file at ``path`` on presentation context
         ``context_id`` (whose transfer syntax must be the file's); the peer's status,
         None when it gave no valid answer (the association is then aborted).
 
+        ``size``: the file's size as the index recorded it (None: not checked).
+
         Raises ``OSError`` when the file cannot be read (missing, unreadable, shorter
         than its size), or its File Meta Information or group 0002 elements do not
-        parse (:func:`dataset_offset`). The association is aborted only when part of
-        the message had gone out (it cannot carry another); otherwise it is left as it
-        was, for the next instance."""
+        parse (:func:`dataset_offset`); :class:`SizeMismatch` when it is not ``size``
+        bytes long (nothing of the message has gone out then). The association is
+        aborted only when part of the message had gone out (it cannot carry another);
+        otherwise it is left as it was, for the next instance."""
         assoc: Any = self._assoc
         if not assoc.is_established:
             return None  # the peer aborted (or released) before this one
         if self._sock is None:
-            return self._pynetdicom_store(path)
+            return self._pynetdicom_store(path, sop_instance, size)
         self._message_id = self._message_id % 0xFFFF + 1
         message_id = self._message_id
         try:
-            self._send(path, sop_class, sop_instance, context_id, message_id)
+            self._send(path, sop_class, sop_instance, context_id, message_id, size)
         except _Stalled:
             log.error(
                 "the peer read nothing of a C-STORE for the network timeout; closing the "
@@ -420,13 +460,17 @@ class FastStore:
             return self._read_response(message_id)
         return self._dimse_response(message_id)
 
-    def _pynetdicom_store(self, path: Path) -> int | None:
+    def _pynetdicom_store(self, path: Path, sop_instance: str, size: int | None) -> int | None:
         """The C-STORE through pynetdicom's ``send_c_store`` (TLS, or a reactor that did
-        not pause). The file is checked first as :meth:`store` checks it, so that an
-        unreadable one raises ``OSError`` before anything is sent; an ``OSError`` while
-        pynetdicom sends it aborts the association (part of it may have gone out)."""
+        not pause). The file is checked first as :meth:`store` checks it (its size,
+        its meta), so that an unreadable one raises ``OSError`` before anything is
+        sent; an ``OSError`` while pynetdicom sends it aborts the association (part of
+        it may have gone out). pynetdicom opens the file again: a change between the
+        two opens is not seen here."""
         assoc: Any = self._assoc
-        dataset_offset(path)
+        with path.open("rb") as f:
+            _check_size(f, sop_instance, size)
+            _offset_in(f, path)
         try:
             return _status_code(assoc.send_c_store(path))
         except RuntimeError:
@@ -524,7 +568,13 @@ class FastStore:
         return bytes(got)
 
     def _send(
-        self, path: Path, sop_class: str, sop_instance: str, context_id: int, message_id: int
+        self,
+        path: Path,
+        sop_class: str,
+        sop_instance: str,
+        context_id: int,
+        message_id: int,
+        expected: int | None = None,
     ) -> None:
         self._fill = 0  # whatever an earlier failure left is not sent
         self._out = False
@@ -533,7 +583,9 @@ class FastStore:
         self._put(command)
         fragment = self._fragment
         with open(path, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
+            # Before anything of this message is flushed: the command set sits in
+            # the buffer, which a failure here discards.
+            size = _check_size(f, sop_instance, expected)
             head = f.read(min(size, HEAD_READ)) if size else b""
             # A small file was read whole: its dataset is found in the bytes read.
             offset = _offset_in(io.BytesIO(head) if len(head) == size else f, path)

@@ -87,6 +87,7 @@ def package_items(
             modality=modality or None,
             series_number=_int(series_number),
             instance_number=_int(inst.instance_number),
+            size_bytes=inst.size_bytes,
         )
         for inst, study_uid, series_uid, series_number, modality in rows
     ]

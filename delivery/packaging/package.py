@@ -75,7 +75,10 @@ class PackageItem:
     """One stored instance to deliver, as the index knows it.
 
     ``path`` is the instance file in the content store; the UIDs must match its header
-    (checked while packaging). The optional fields order series and instances.
+    (checked while packaging). The optional fields order series and instances;
+    ``size_bytes`` is the file's size as the index recorded it when it was received
+    (None: not known), so a sender can refuse a file that changed since (a C-STORE
+    sends the file's bytes as they are, and a copy cut short would be stored as is).
     """
 
     path: Path
@@ -87,6 +90,7 @@ class PackageItem:
     modality: str | None = None
     series_number: int | None = None
     instance_number: int | None = None
+    size_bytes: int | None = None
 
 
 @dataclass(frozen=True)
