@@ -40,7 +40,7 @@ from ingest import (  # noqa: E402
     settled_cpu_seconds,
 )
 
-from tests.raw_association import associate  # noqa: E402
+from tests.raw_association import associate, still_open  # noqa: E402
 
 RECEIVERS = ("courier", "orthanc", "storescp", "pynetdicom")
 
@@ -52,16 +52,6 @@ def _cpu_share(running: Running, seconds: float) -> float:
     time.sleep(seconds)
     used = settled_cpu_seconds(running.pid) - before
     return 100.0 * used / (time.monotonic() - start)
-
-
-def _still_open(sock: socket.socket) -> bool:
-    sock.settimeout(0.05)
-    try:
-        return sock.recv(1) != b""
-    except TimeoutError:
-        return True
-    except OSError:
-        return False
 
 
 def measure(receiver: str, associations: int, seconds: float, workers: int) -> tuple[float, float]:
@@ -83,7 +73,7 @@ def measure(receiver: str, associations: int, seconds: float, workers: int) -> t
                     raise RuntimeError(f"association {i + 1} refused: {refused}")
             time.sleep(1.0)
             idle = _cpu_share(running, seconds)
-            if not all(_still_open(s) for s in held):
+            if not all(still_open(s, 0.05) for s in held):
                 raise RuntimeError("an idle association was closed during the measure")
         finally:
             for sock in held:

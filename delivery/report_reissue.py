@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from delivery.compose import REPORT_UPDATE_DROPPED, REPORT_UPDATE_STATES
@@ -111,23 +111,14 @@ def queue_again(s: Session, old_grant_id: int, new_grant_id: int, now: datetime)
     )
     if nid is None:
         return None
-    won = s.execute(  # type: ignore[attr-defined]
-        update(Notification)
-        .where(
-            Notification.id == nid,
-            Notification.grant_id == old_grant_id,
-            Notification.state.in_((NotificationState.QUEUED, NotificationState.FAILED)),
-        )
-        .values(
-            grant_id=new_grant_id,
-            state=NotificationState.QUEUED,
-            next_attempt_at=now,
-            claimed_until=None,
-            claimed_by=None,
-            last_error="",
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    won = _move(
+        s,
+        nid,
+        old_grant_id,
+        new_grant_id,
+        now,
+        Notification.state.in_((NotificationState.QUEUED, NotificationState.FAILED)),
+    )
     return nid if won == 1 else None
 
 
@@ -204,24 +195,15 @@ def requeue_dropped(s: Session, old_grant_id: int, now: datetime) -> int | None:
     )
     if queued is not None or nid is None:
         return None
-    won = s.execute(  # type: ignore[attr-defined]
-        update(Notification)
-        .where(
-            Notification.id == nid,
-            Notification.grant_id == old_grant_id,
-            Notification.state == NotificationState.FAILED,
-            Notification.last_error == REPORT_UPDATE_DROPPED,
-        )
-        .values(
-            grant_id=grant.id,
-            state=NotificationState.QUEUED,
-            next_attempt_at=now,
-            claimed_until=None,
-            claimed_by=None,
-            last_error="",
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    won = _move(
+        s,
+        nid,
+        old_grant_id,
+        grant.id,
+        now,
+        Notification.state == NotificationState.FAILED,
+        Notification.last_error == REPORT_UPDATE_DROPPED,
+    )
     if won != 1:
         return None
     req = s.get(ReleaseRequest, grant.request_id)
@@ -235,3 +217,30 @@ def requeue_dropped(s: Session, old_grant_id: int, now: datetime) -> int | None:
             now,
         )
     return nid
+
+
+def _move(
+    s: Session,
+    nid: int,
+    old_grant_id: int,
+    new_grant_id: int,
+    now: datetime,
+    *still: ColumnElement[bool],
+) -> int:
+    """Queue outbox row ``nid`` again for link ``new_grant_id``, if it is still the old
+    link's and ``still`` holds (one conditional UPDATE: one winner); rows changed."""
+    return int(
+        s.execute(  # type: ignore[attr-defined]
+            update(Notification)
+            .where(Notification.id == nid, Notification.grant_id == old_grant_id, *still)
+            .values(
+                grant_id=new_grant_id,
+                state=NotificationState.QUEUED,
+                next_attempt_at=now,
+                claimed_until=None,
+                claimed_by=None,
+                last_error="",
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    )

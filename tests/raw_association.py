@@ -67,3 +67,14 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
         assert chunk, "closed by the server"
         out += chunk
     return out
+
+
+def still_open(sock: socket.socket, wait: float = 0.3) -> bool:
+    """Whether the peer has not closed ``sock`` (nothing read within ``wait`` seconds)."""
+    sock.settimeout(wait)
+    try:
+        return sock.recv(1) != b""
+    except TimeoutError:
+        return True
+    except OSError:
+        return False

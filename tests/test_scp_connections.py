@@ -23,7 +23,7 @@ from tests import synthetic
 from tests.conftest import Database, LocalScp, start_local_scp
 from tests.dcmtk import echoscu, have_dcmtk, storescu
 from tests.peers import require_peer
-from tests.raw_association import associate, associate_rq, connect
+from tests.raw_association import associate, associate_rq, connect, still_open
 
 SQLITE = pytest.mark.parametrize("db", ["sqlite"], indirect=True)
 # dcmtk's own deadlines: TCP connect, A-ASSOCIATE-AC and each DIMSE response in 2 s.
@@ -46,16 +46,6 @@ def closed_by_server(sock: socket.socket, within: float) -> bool:
         except OSError:  # reset
             return True
     return False
-
-
-def still_open(sock: socket.socket, wait: float = 0.3) -> bool:
-    sock.settimeout(wait)
-    try:
-        return sock.recv(1) != b""
-    except TimeoutError:
-        return True
-    except OSError:
-        return False
 
 
 class Trickler:

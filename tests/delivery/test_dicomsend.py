@@ -66,6 +66,7 @@ class Rig:
 
     def __init__(self, db: Database, root: Path, *, max_attempts: int = 4) -> None:
         self.world = World(db, root)
+        self.root = root
         self.reports = CommitmentReports()
         self.outbox = Outbox(clock=self.world.clock, staff_email="staff@hospital.example")
         self.settings = ScuSettings("COURIER", 5.0, 30.0, 15.0)
@@ -97,6 +98,47 @@ class Rig:
         return attempt(
             target, items, settings=self.settings, commit_also=commit_also, reports=self.reports
         )
+
+    def delivery(self, sender: Any, *, max_attempts: int = 4) -> DicomDelivery:
+        """A DicomDelivery on this rig's store with ``sender`` in place of the real one."""
+        return DicomDelivery(
+            self.world.sessions,
+            self.world.content,
+            self.world.book,
+            self.outbox,
+            sender,
+            policy=RetryPolicy(base_s=60, cap_s=600, max_attempts=max_attempts),
+            clock=self.world.clock,
+        )
+
+    def batch_with(self, dicom: DicomDelivery | None) -> DeliveryBatch:
+        """A delivery batch on this rig's store with ``dicom`` (None: no DICOM sender)."""
+        return DeliveryBatch(
+            self.world.sessions,
+            self.world.content,
+            self.world.book,
+            self.outbox,
+            GrantKeys(b"k" * 32),
+            self.root / "packages",
+            clock=self.world.clock,
+            dicom=dicom,
+        )
+
+    def two_requests(self) -> tuple[str, str, int]:
+        """Two ready requests of the same study to one destination port (not listening
+        yet); their references and the port."""
+        from release.validation import RequestDraft
+
+        port = free_port()
+        dest = {"ae_title": "HOSP2", "host": "127.0.0.1", "port": port, "commitment": "off"}
+        first, second = (
+            self.book.create(RequestDraft.model_validate(dicom_draft(**dest)), "test").reference
+            for _ in range(2)
+        )
+        self.world.receive("h2h", N, accession=ACCESSION)  # the same study for both
+        self.world.settle()
+        assert {self.book.get(r).state for r in (first, second)} == {RequestState.READY}
+        return first, second, port
 
     def request(self, **destination: Any) -> str:
         """A ready request to ``destination`` with N stored instances; its reference."""
@@ -303,15 +345,7 @@ def test_a_refused_association_fails_the_request_and_alerts_staff(rig: Rig) -> N
 def test_without_a_sender_the_request_stays_ready(db: Database, tmp_path: Path) -> None:
     rig = Rig(db, tmp_path)
     ref = rig.request(ae_title="HOSP2", host="127.0.0.1", port=free_port())
-    bare = DeliveryBatch(
-        db.sessions,
-        rig.world.content,
-        rig.book,
-        rig.outbox,
-        GrantKeys(b"k" * 32),
-        tmp_path / "packages",
-        clock=rig.world.clock,
-    )
+    bare = rig.batch_with(None)
     assert bare.deliver(ref) == "skipped"
     assert rig.book.get(ref).state == RequestState.READY
 

@@ -12,16 +12,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from delivery.batch import DeliveryBatch
-from delivery.dicomsend import AttemptReport, DicomDelivery, Target
-from delivery.grants import GrantKeys
+from delivery.dicomsend import AttemptReport, Target
 from delivery.packaging.package import PackageItem
-from delivery.relay import RetryPolicy
-from release.validation import RequestDraft
 from scp.storescu import attempt
 from store.models import Instance, RequestState
 from tests.conftest import Database
-from tests.delivery.test_dicomsend import ACCESSION, N, Rig, dicom_draft, recording_scp
+from tests.delivery.test_dicomsend import N, Rig, recording_scp
 from tests.peers import free_port
 
 
@@ -33,21 +29,9 @@ def _raising(
     )
 
 
-def _delivery(rig: Rig, sender: object, max_attempts: int) -> DicomDelivery:
-    return DicomDelivery(
-        rig.world.sessions,
-        rig.world.content,
-        rig.book,
-        rig.outbox,
-        sender,  # type: ignore[arg-type]
-        policy=RetryPolicy(base_s=60, cap_s=600, max_attempts=max_attempts),
-        clock=rig.world.clock,
-    )
-
-
 def test_a_sender_that_raises_is_a_failed_attempt_then_a_staff_alert(rig: Rig) -> None:
     ref = rig.request(ae_title="HOSP2", host="127.0.0.1", port=free_port())
-    dicom = _delivery(rig, _raising, max_attempts=2)
+    dicom = rig.delivery(_raising, max_attempts=2)
     assert dicom.deliver(ref) == "retrying"
     req = rig.book.get(ref)
     assert req.state == RequestState.READY and req.destination is not None
@@ -65,15 +49,7 @@ def test_a_sender_that_raises_is_a_failed_attempt_then_a_staff_alert(rig: Rig) -
 def test_a_sender_that_raises_does_not_stop_the_batch(db: Database, tmp_path: Path) -> None:
     """The batch goes on to the next request (delivered here) after the failed one."""
     rig = Rig(db, tmp_path)
-    port = free_port()
-    dest = {"ae_title": "HOSP2", "host": "127.0.0.1", "port": port, "commitment": "off"}
-    first, second = (
-        rig.book.create(RequestDraft.model_validate(dicom_draft(**dest)), "test").reference
-        for _ in range(2)
-    )
-    rig.world.receive("h2h", N, accession=ACCESSION)  # the same study for both
-    rig.world.settle()
-    assert {rig.book.get(r).state for r in (first, second)} == {RequestState.READY}
+    first, second, port = rig.two_requests()
 
     def sender(
         target: Target, items: Sequence[PackageItem], commit_also: Sequence[PackageItem]
@@ -83,16 +59,7 @@ def test_a_sender_that_raises_does_not_stop_the_batch(db: Database, tmp_path: Pa
             return _raising(target, items, commit_also)
         return attempt(target, items, settings=rig.settings, commit_also=commit_also)
 
-    batch = DeliveryBatch(
-        db.sessions,
-        rig.world.content,
-        rig.book,
-        rig.outbox,
-        GrantKeys(b"k" * 32),
-        tmp_path / "packages",
-        clock=rig.world.clock,
-        dicom=_delivery(rig, sender, max_attempts=4),
-    )
+    batch = rig.batch_with(rig.delivery(sender, max_attempts=4))
     with recording_scp(port):
         report = batch.run(urgent_only=False)
     assert len(report.retrying) == 1 and len(report.delivered) == 1

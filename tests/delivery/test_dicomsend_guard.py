@@ -21,15 +21,12 @@ from sqlalchemy import select
 from delivery import dicomsend
 from delivery.batch import DeliveryBatch
 from delivery.dicomsend import AttemptReport, DicomDelivery, Target
-from delivery.grants import GrantKeys
 from delivery.packaging.items import package_items
 from delivery.packaging.package import PackageItem
-from delivery.relay import RetryPolicy
-from release.validation import RequestDraft
 from scp.storescu import attempt
 from store.models import Instance, RequestState
 from tests.conftest import Database
-from tests.delivery.test_dicomsend import ACCESSION, N, Rig, dicom_draft, recording_scp
+from tests.delivery.test_dicomsend import N, Rig, recording_scp
 from tests.peers import free_port
 
 CUT = 64  # bytes cut from the end of a file: inside its pixel data (the last element)
@@ -66,45 +63,14 @@ def test_a_file_cut_short_after_it_was_indexed_is_not_sent(
     assert not any(str(path.parent) in m or path.name in m for m in said)  # no path
 
 
-def _two_requests(db: Database, rig: Rig) -> tuple[str, str, int]:
-    port = free_port()
-    dest = {"ae_title": "HOSP2", "host": "127.0.0.1", "port": port, "commitment": "off"}
-    first, second = (
-        rig.book.create(RequestDraft.model_validate(dicom_draft(**dest)), "test").reference
-        for _ in range(2)
-    )
-    rig.world.receive("h2h", N, accession=ACCESSION)  # the same study for both
-    rig.world.settle()
-    assert {rig.book.get(r).state for r in (first, second)} == {RequestState.READY}
-    return first, second, port
-
-
-def _batch(db: Database, rig: Rig, tmp_path: Path, max_attempts: int) -> DeliveryBatch:
+def _batch(rig: Rig, max_attempts: int) -> DeliveryBatch:
     def sender(
         target: Target, items: Sequence[PackageItem], commit_also: Sequence[PackageItem]
     ) -> AttemptReport:
         rig.sent.append([i.sop_instance_uid for i in items])
         return attempt(target, items, settings=rig.settings, commit_also=commit_also)
 
-    dicom = DicomDelivery(
-        db.sessions,
-        rig.world.content,
-        rig.book,
-        rig.outbox,
-        sender,
-        policy=RetryPolicy(base_s=60, cap_s=600, max_attempts=max_attempts),
-        clock=rig.world.clock,
-    )
-    return DeliveryBatch(
-        db.sessions,
-        rig.world.content,
-        rig.book,
-        rig.outbox,
-        GrantKeys(b"k" * 32),
-        tmp_path / "packages",
-        clock=rig.world.clock,
-        dicom=dicom,
-    )
+    return rig.batch_with(rig.delivery(sender, max_attempts=max_attempts))
 
 
 class Boom(RuntimeError):
@@ -151,8 +117,8 @@ def test_a_step_that_raises_is_a_failed_attempt_and_the_batch_goes_on(
     step: str,
 ) -> None:
     rig = Rig(db, tmp_path)
-    first, second, port = _two_requests(db, rig)
-    batch = _batch(db, rig, tmp_path, max_attempts=4)
+    first, second, port = rig.two_requests()
+    batch = _batch(rig, max_attempts=4)
     calls: list[int] = []
     _break(monkeypatch, step, calls)
     with caplog.at_level(logging.INFO), recording_scp(port) as peer:
@@ -188,15 +154,7 @@ def test_a_step_that_raises_at_the_last_attempt_fails_with_a_staff_alert(
 ) -> None:
     port = free_port()
     ref = rig.request(ae_title="HOSP2", host="127.0.0.1", port=port, commitment="off")
-    dicom = DicomDelivery(
-        rig.world.sessions,
-        rig.world.content,
-        rig.book,
-        rig.outbox,
-        rig._send,
-        policy=RetryPolicy(base_s=60, cap_s=600, max_attempts=1),
-        clock=rig.world.clock,
-    )
+    dicom = rig.delivery(rig._send, max_attempts=1)
     calls: list[int] = []
     _break(monkeypatch, step, calls)
     with recording_scp(port):
