@@ -45,7 +45,7 @@ from node.receivers import ReceiverError, Receivers
 from node.rulebook import Rulebook
 from node.status import StatusFile
 from node.stores import METRICS_DIR as METRICS_DIR  # re-exported: its home was here
-from node.stores import metrics_dir, rules_record, shared_database, store_url
+from node.stores import metrics_dir, rules_record, shared_database, status_path, store_url
 from node.stores import open_store as open_store  # re-exported: its home was here
 from node.web import WebServer
 from release.matching import Matcher
@@ -180,7 +180,7 @@ class Node:
         audit = AuditRun(self.cfg, sessions)
         audit.start()
         alerted_error: str | None = None
-        status = StatusFile(self.cfg.data_dir)
+        status = StatusFile(status_path(self.cfg, store_url(self.cfg)))
         web_port = self.cfg.portal.port if web is not None else None
         round_s = self.cfg.scp.stability_check_s
         # The rules are looked at about once a second (the receivers look for the

@@ -323,13 +323,13 @@ def _serve(args: argparse.Namespace, cfg: Config) -> int:
 
 def _status(args: argparse.Namespace, cfg: Config) -> int:
     from node.status import read_status, status_text
-    from node.stores import open_store
+    from node.stores import open_store, status_path, store_url
 
     engine, sessions, _content = open_store(cfg)
     try:
         # Three missed sweeps (and at least 30 s) before the node counts as not running.
         stale = max(30.0, 3 * cfg.scp.stability_check_s)
-        status = read_status(cfg.data_dir, sessions, stale_after_s=stale)
+        status = read_status(status_path(cfg, store_url(cfg)), sessions, stale_after_s=stale)
     finally:
         engine.dispose()
     print_result(args, status, status_text(status))

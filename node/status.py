@@ -1,6 +1,7 @@
 """The running node's health, for ``courier status`` (and, later, the staff page).
 
-``courier serve`` rewrites ``<data_dir>/status.json`` atomically on every sweep: its
+``courier serve`` rewrites ``<data_dir>/status.json`` (``status/<node.name>.json`` when
+nodes share the data directory) atomically on every sweep: its
 pid, ports, a heartbeat, and whether the last rules reload failed (the running rules
 stay in force then, and staff must hear of it). ``courier status`` reads that file and
 counts studies and requests by state in the database. Nothing here holds patient data:
@@ -20,17 +21,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.catalog import guarded
-from store.content import FILE_MODE
+from store.content import DIR_MODE, FILE_MODE
 from store.models import ReleaseRequest, Study, utcnow
-
-STATUS_FILE = "status.json"
 
 
 class StatusFile:
     """Writes and reads the node's status file."""
 
-    def __init__(self, data_dir: Path, clock: Callable[[], datetime] = utcnow) -> None:
-        self.path = data_dir / STATUS_FILE
+    def __init__(self, path: Path, clock: Callable[[], datetime] = utcnow) -> None:
+        """``path``: :func:`node.stores.status_path` (one file per node)."""
+        self.path = path
         self._clock = clock
         self._started = clock()
 
@@ -57,6 +57,7 @@ class StatusFile:
 def _replace(path: Path, record: dict[str, Any]) -> None:
     """Write ``record`` to ``path`` through a temporary file, owner-only (as all of
     node.data_dir: see store.content.FILE_MODE)."""
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)  # os.open's mode applies only to a new file
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
@@ -66,15 +67,16 @@ def _replace(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_status(
-    data_dir: Path,
+    path: Path,
     sessions: sessionmaker[Session],
     *,
     stale_after_s: float,
     clock: Callable[[], datetime] = utcnow,
 ) -> dict[str, Any]:
-    """The node's status: ``running``, ``rules_error``, counts by state, ``healthy``."""
+    """The node's status (its file at ``path``, :func:`node.stores.status_path`):
+    ``running``, ``rules_error``, counts by state, ``healthy``."""
     try:
-        node: dict[str, Any] = json.loads((data_dir / STATUS_FILE).read_text(encoding="utf-8"))
+        node: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         node = {}
     beat = node.get("heartbeat_at")

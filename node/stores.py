@@ -19,6 +19,8 @@ from store.db import database_url, make_engine, make_sessions, migrate
 
 #: Prometheus counters of every process of the node, under node.data_dir (cleared at start).
 METRICS_DIR = "metrics"
+#: The node's status (node.status), under node.data_dir.
+STATUS_FILE = "status.json"
 #: The rules the node process accepted (node.rulebook), under node.data_dir.
 RULES_RECORD = "rules-accepted"
 
@@ -51,6 +53,14 @@ def rules_record(cfg: Config, url: str) -> Path:
     if shared_database(url):
         return cfg.data_dir / RULES_RECORD / f"{cfg.node.name}.json"
     return cfg.data_dir / f"{RULES_RECORD}.json"
+
+
+def status_path(cfg: Config, url: str) -> Path:
+    """This node's status file (:mod:`node.status`): ``<data_dir>/status.json``, or
+    ``status/<node.name>.json`` when nodes share the data directory (each its own)."""
+    if shared_database(url):
+        return cfg.data_dir / "status" / f"{cfg.node.name}.json"
+    return cfg.data_dir / STATUS_FILE
 
 
 def node_content(cfg: Config, url: str) -> ContentStore:

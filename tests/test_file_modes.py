@@ -128,7 +128,7 @@ def test_modules_give_owner_only_modes_whatever_the_umask(tmp_path: Path, umask_
         with engine.connect() as conn:  # the WAL and shared-memory files exist now
             conn.execute(text("SELECT 1"))
             assert (data / "courier.db-wal").exists()
-            StatusFile(data).write(scp_port=1)
+            StatusFile(data / "status.json").write(scp_port=1)
             (data / "packages").mkdir(mode=0o700)  # delivery.packaging.package makes it so
             writer = PartWriter(data / "packages" / "part.zip", datetime.now(UTC))
             try:
