@@ -31,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -40,9 +39,9 @@ from pathlib import Path
 from typing import Literal
 
 from node.config import Config, ConfigError, load_config
+from node.stores import replace_file
 from rules import RuleSet, RuleSyntaxError, load_rules_from_data, load_rules_text
 from rules.source import YamlSourceError, read_yaml_text
-from store.content import DIR_MODE, FILE_MODE
 
 log = logging.getLogger("courier.node.rules")
 
@@ -276,17 +275,7 @@ class Accepted:
         temporary file of its own); raises OSError."""
         record = {"sha256": self.digest, "rules": count, "kind": self.kind}
         record |= {"source": self.source, "text": self.text}
-        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(record))
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        replace_file(path, json.dumps(record))
 
 
 def _read_accepted(path: Path) -> Accepted | None:

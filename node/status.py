@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from node.stores import replace_file
 from store.catalog import guarded
-from store.content import DIR_MODE, FILE_MODE
 from store.models import ReleaseRequest, Study, utcnow
 
 
@@ -42,7 +42,7 @@ class StatusFile:
             "heartbeat_at": self._clock().isoformat(),
             **fields,
         }
-        _replace(self.path, record)
+        replace_file(self.path, json.dumps(record, indent=2))
 
     def clear(self) -> None:
         """Say the node stopped cleanly (keeps the last rules state for the record)."""
@@ -51,19 +51,7 @@ class StatusFile:
         except (OSError, ValueError):
             return
         record["stopped_at"] = self._clock().isoformat()
-        _replace(self.path, record)
-
-
-def _replace(path: Path, record: dict[str, Any]) -> None:
-    """Write ``record`` to ``path`` through a temporary file, owner-only (as all of
-    node.data_dir: see store.content.FILE_MODE)."""
-    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)  # os.open's mode applies only to a new file
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+        replace_file(self.path, json.dumps(record, indent=2))
 
 
 def read_status(

@@ -7,6 +7,9 @@ index database imports SQLAlchemy and the store, and nothing else (:mod:`node.cl
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -14,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.config import Config, ConfigError
-from store.content import ContentStore
+from store.content import DIR_MODE, FILE_MODE, ContentStore
 from store.db import database_url, make_engine, make_sessions, migrate
 
 #: Prometheus counters of every process of the node, under node.data_dir (cleared at start).
@@ -80,3 +83,20 @@ def open_store(cfg: Config) -> tuple[Engine, sessionmaker[Session], ContentStore
     content = node_content(cfg, url)
     content.prepare()
     return engine, make_sessions(engine), content
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically, owner-only (as all of node.data_dir),
+    through a temporary file of its own beside it; makes the folder if missing. Raises
+    OSError (nothing half-written is left under either name)."""
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
